@@ -1,0 +1,1507 @@
+//! The copy-on-write filesystem as plain methods: an immutable image directory, frozen layers
+//! and one writable layer, merged into one tree. The FUSE adapter (`fuse.rs`) only translates
+//! requests into these calls, so everything here can be tested without a kernel mount.
+//!
+//! Locking: each node has its own locks (`meta`, `dir`, `data`); the data path (read, write,
+//! fsync, truncate) takes only the node's `data` lock. Operations that change the namespace
+//! also hold `namespace`, which serialises them against each other (so a rename sees a stable
+//! tree) but never blocks reads or writes of file data. No code path holds two node locks of
+//! the same kind at once except under `namespace`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::blockmap::BlockMap;
+use crate::error::{Error, Result};
+use crate::journal::{self, Journal, Record};
+use crate::layer::LayerStack;
+use crate::node::{Attr, Data, Dir, Ino, Kind, LayerFile, Meta, Node, Perms, Time, ROOT_INO};
+use crate::BLOCK_SIZE;
+
+const NAME_MAX: usize = 255;
+
+/// Who is asking: the owner of files and directories that a request makes.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What a `setattr` changes; `None` leaves an attribute as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Time>,
+    pub mtime: Option<Time>,
+    pub ctime: Option<Time>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub name: OsString,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// How the merged tree is presented.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Present the image's files as owned by this uid and gid instead of their own.
+    pub owner: Option<(u32, u32)>,
+}
+
+struct TopLayer {
+    data_dir: PathBuf,
+    journal: Mutex<Journal>,
+    /// Inodes that have a data file in this layer.
+    data_inos: Mutex<HashSet<Ino>>,
+    /// A data file was created or removed since the data directory was last fsynced.
+    data_dir_dirty: AtomicBool,
+}
+
+struct FrozenLayer {
+    data_dir: PathBuf,
+    data_inos: HashSet<Ino>,
+}
+
+pub struct CowFs {
+    image: PathBuf,
+    options: Options,
+    top: TopLayer,
+    /// Frozen layers, top-most first.
+    frozen: Vec<FrozenLayer>,
+    nodes: RwLock<HashMap<Ino, Arc<Node>>>,
+    /// Image paths of adopted nodes, consulted when an image directory is loaded.
+    adopted: Mutex<HashMap<PathBuf, Ino>>,
+    next_ino: AtomicU64,
+    namespace: Mutex<()>,
+    stack: LayerStack,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn check_name(name: &OsStr) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(Error::NameTooLong);
+    }
+    if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {
+        return Err(Error::Invalid);
+    }
+    Ok(())
+}
+
+/// Reads `buf.len()` bytes at `offset`, filling what lies past the end of the file with zeros.
+fn read_full(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf[done..].fill(0);
+    Ok(())
+}
+
+impl CowFs {
+    /// Opens the merged tree of `stack`'s image and layers, replaying the layers' journals.
+    pub fn new(stack: LayerStack, options: Options) -> Result<CowFs> {
+        let image = stack.image().to_owned();
+        let mut layer_dirs = stack.layer_dirs();
+        let top_dir = layer_dirs
+            .pop()
+            .expect("a layer stack always has a writable layer");
+        let (journal, top_records) = Journal::open(&top_dir.join("journal"))?;
+
+        let image_meta = fs::symlink_metadata(&image)?;
+        let root = Node {
+            ino: ROOT_INO,
+            kind: Kind::Dir,
+            origin: Some(PathBuf::new()),
+            adopted: AtomicBool::new(true),
+            meta: Mutex::new(Meta {
+                perms: None,
+                image_size: image_meta.size(),
+                image_nlink: image_meta.nlink() as u32,
+                parent: ROOT_INO,
+                name: OsString::new(),
+                symlink_target: None,
+                nlookup: 0,
+                open: 0,
+                unlinked: false,
+            }),
+            dir: Some(Mutex::new(Dir::default())),
+            data: None,
+        };
+        let mut fs = CowFs {
+            image,
+            options,
+            top: TopLayer {
+                data_dir: top_dir.join("data"),
+                journal: Mutex::new(journal),
+                data_inos: Mutex::new(HashSet::new()),
+                data_dir_dirty: AtomicBool::new(false),
+            },
+            frozen: Vec::new(),
+            nodes: RwLock::new(HashMap::from([(ROOT_INO, Arc::new(root))])),
+            adopted: Mutex::new(HashMap::from([(PathBuf::new(), ROOT_INO)])),
+            next_ino: AtomicU64::new(ROOT_INO + 1),
+            namespace: Mutex::new(()),
+            stack,
+        };
+        for dir in &layer_dirs {
+            let (records, _) = journal::read(&dir.join("journal"))?;
+            fs.replay(&records, false)?;
+            fs.frozen.push(FrozenLayer {
+                data_dir: dir.join("data"),
+                data_inos: data_inos(&dir.join("data"))?,
+            });
+        }
+        fs.frozen.reverse();
+        fs.replay(&top_records, true)?;
+        *lock(&fs.top.data_inos) = data_inos(&fs.top.data_dir)?;
+        Ok(fs)
+    }
+
+    /// The layer stack under this tree.
+    pub fn stack(&self) -> &LayerStack {
+        &self.stack
+    }
+
+    /// Gives the layer stack back, for checkpoint, revert or reset once the tree is unmounted.
+    pub fn into_stack(self) -> LayerStack {
+        self.stack
+    }
+
+    fn replay(&mut self, records: &[Record], top: bool) -> Result<()> {
+        let corrupt = |what: String| Error::Corrupt(what);
+        for record in records {
+            match record {
+                Record::Adopt { ino, path } => {
+                    let path = PathBuf::from(path);
+                    let meta = fs::symlink_metadata(self.image.join(&path)).map_err(|e| {
+                        corrupt(format!(
+                            "the journal names image entry {path:?}, which the image lacks: {e}"
+                        ))
+                    })?;
+                    let kind = Kind::from_file_type(meta.file_type());
+                    self.insert_node(*ino, kind, Some(path.clone()), true, None);
+                    lock(&self.adopted).insert(path, *ino);
+                }
+                Record::Create {
+                    ino,
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                    rdev,
+                    target,
+                    time,
+                } => {
+                    let perms = Perms {
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                        rdev: *rdev,
+                        atime: *time,
+                        mtime: *time,
+                        ctime: *time,
+                    };
+                    let node = self.insert_node(*ino, *kind, None, true, Some(perms));
+                    lock(&node.meta).symlink_target = target.clone();
+                }
+                Record::Attr {
+                    ino,
+                    mode,
+                    uid,
+                    gid,
+                    atime,
+                    mtime,
+                    ctime,
+                } => {
+                    let node = self.replayed(*ino)?;
+                    let mut meta = lock(&node.meta);
+                    let rdev = meta.perms.map_or(0, |p| p.rdev);
+                    meta.perms = Some(Perms {
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                        rdev,
+                        atime: *atime,
+                        mtime: *mtime,
+                        ctime: *ctime,
+                    });
+                }
+                Record::Link {
+                    dir,
+                    name,
+                    ino,
+                    time,
+                } => {
+                    let parent = self.replayed(*dir)?;
+                    let child = self.replayed(*ino)?;
+                    {
+                        let mut meta = lock(&child.meta);
+                        meta.parent = *dir;
+                        meta.name = name.clone();
+                        meta.unlinked = false;
+                    }
+                    self.replay_entry(&parent, name, Some(*ino), *time)?;
+                }
+                Record::Unlink { dir, name, time } => {
+                    let parent = self.replayed(*dir)?;
+                    self.replay_entry(&parent, name, None, *time)?;
+                }
+                Record::Drop { ino } => {
+                    let node = self.nodes.get_mut().unwrap().remove(ino);
+                    if let Some(origin) = node.as_ref().and_then(|n| n.origin.clone()) {
+                        lock(&self.adopted).remove(&origin);
+                    }
+                    if top {
+                        remove_data_files(&self.top.data_dir, *ino)?;
+                    }
+                }
+            }
+            let ino = match record {
+                Record::Adopt { ino, .. }
+                | Record::Create { ino, .. }
+                | Record::Link { ino, .. } => *ino,
+                _ => 0,
+            };
+            self.next_ino.fetch_max(ino + 1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn replay_entry(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        target: Option<Ino>,
+        time: Time,
+    ) -> Result<()> {
+        let dir = parent
+            .dir
+            .as_ref()
+            .ok_or_else(|| Error::Corrupt(format!("inode {} is not a directory", parent.ino)))?;
+        lock(dir).overrides.insert(name.to_owned(), target);
+        let mut meta = lock(&parent.meta);
+        if meta.perms.is_none() {
+            drop(meta);
+            self.load_perms(parent)?;
+            meta = lock(&parent.meta);
+        }
+        if let Some(perms) = meta.perms.as_mut() {
+            perms.mtime = time;
+            perms.ctime = time;
+        }
+        Ok(())
+    }
+
+    fn replayed(&self, ino: Ino) -> Result<Arc<Node>> {
+        self.nodes
+            .read()
+            .unwrap()
+            .get(&ino)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "the journal refers to inode {ino} before making it"
+                ))
+            })
+    }
+
+    fn insert_node(
+        &self,
+        ino: Ino,
+        kind: Kind,
+        origin: Option<PathBuf>,
+        adopted: bool,
+        perms: Option<Perms>,
+    ) -> Arc<Node> {
+        let node = Arc::new(Node {
+            ino,
+            kind,
+            origin,
+            adopted: AtomicBool::new(adopted),
+            meta: Mutex::new(Meta {
+                perms,
+                image_size: 0,
+                image_nlink: 1,
+                parent: ROOT_INO,
+                name: OsString::new(),
+                symlink_target: None,
+                nlookup: 0,
+                open: 0,
+                unlinked: false,
+            }),
+            dir: (kind == Kind::Dir).then(|| Mutex::new(Dir::default())),
+            data: (kind == Kind::File).then(|| RwLock::new(Data::default())),
+        });
+        self.nodes.write().unwrap().insert(ino, node.clone());
+        node
+    }
+
+    fn node(&self, ino: Ino) -> Result<Arc<Node>> {
+        self.nodes
+            .read()
+            .unwrap()
+            .get(&ino)
+            .cloned()
+            .ok_or(Error::Stale)
+    }
+
+    fn image_path(&self, node: &Node) -> Option<PathBuf> {
+        node.origin.as_ref().map(|origin| self.image.join(origin))
+    }
+
+    /// Reads the attributes of an image node from the image, once.
+    fn load_perms(&self, node: &Node) -> Result<Perms> {
+        if let Some(perms) = lock(&node.meta).perms {
+            return Ok(perms);
+        }
+        let path = self
+            .image_path(node)
+            .ok_or_else(|| Error::Corrupt(format!("inode {} has no attributes", node.ino)))?;
+        let st = fs::symlink_metadata(&path)?;
+        let (uid, gid) = self.options.owner.unwrap_or((st.uid(), st.gid()));
+        let perms = Perms {
+            mode: st.mode() & 0o7777,
+            uid,
+            gid,
+            rdev: st.rdev() as u32,
+            atime: Time(st.atime(), st.atime_nsec() as u32),
+            mtime: Time(st.mtime(), st.mtime_nsec() as u32),
+            ctime: Time(st.ctime(), st.ctime_nsec() as u32),
+        };
+        let target = if node.kind == Kind::Symlink {
+            Some(fs::read_link(&path)?.into_os_string())
+        } else {
+            None
+        };
+        let mut meta = lock(&node.meta);
+        meta.image_size = st.size();
+        meta.image_nlink = st.nlink() as u32;
+        if meta.symlink_target.is_none() {
+            meta.symlink_target = target;
+        }
+        Ok(*meta.perms.get_or_insert(perms))
+    }
+
+    /// Loads a directory's merged listing: the image's entries under the journals' overrides.
+    fn entries<'a>(
+        &self,
+        node: &Node,
+        dir: &'a mut Dir,
+    ) -> Result<&'a mut BTreeMap<OsString, Ino>> {
+        if dir.entries.is_none() {
+            let mut entries = BTreeMap::new();
+            let mut subdirs = 0;
+            if let Some(origin) = &node.origin {
+                let adopted = lock(&self.adopted);
+                for entry in fs::read_dir(self.image.join(origin))? {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    if dir.overrides.contains_key(&name) {
+                        continue;
+                    }
+                    let path = origin.join(&name);
+                    let child = match adopted
+                        .get(&path)
+                        .and_then(|ino| self.nodes.read().unwrap().get(ino).cloned())
+                    {
+                        Some(child) => child,
+                        None => {
+                            let kind = Kind::from_file_type(entry.file_type()?);
+                            let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+                            self.insert_node(ino, kind, Some(path), false, None)
+                        }
+                    };
+                    let mut meta = lock(&child.meta);
+                    meta.parent = node.ino;
+                    meta.name = name.clone();
+                    entries.insert(name, child.ino);
+                }
+            }
+            for (name, target) in dir.overrides.drain() {
+                if let Some(ino) = target {
+                    entries.insert(name, ino);
+                }
+            }
+            let nodes = self.nodes.read().unwrap();
+            for ino in entries.values() {
+                if nodes.get(ino).is_some_and(|n| n.kind == Kind::Dir) {
+                    subdirs += 1;
+                }
+            }
+            dir.subdirs = subdirs;
+            dir.entries = Some(entries);
+        }
+        Ok(dir.entries.as_mut().unwrap())
+    }
+
+    fn dir_of<'a>(&self, node: &'a Node) -> Result<&'a Mutex<Dir>> {
+        node.dir.as_ref().ok_or(Error::NotDir)
+    }
+
+    fn child(&self, parent: &Node, name: &OsStr) -> Result<Option<Arc<Node>>> {
+        let mut dir = lock(self.dir_of(parent)?);
+        let ino = self.entries(parent, &mut dir)?.get(name).copied();
+        drop(dir);
+        ino.map(|ino| self.node(ino)).transpose()
+    }
+
+    /// The logical size of a file, from its top-most data file or the image.
+    fn file_size(&self, node: &Node) -> Result<u64> {
+        let data = node.data.as_ref().expect("a file has data");
+        if let Some(size) = data.read().unwrap().size {
+            return Ok(size);
+        }
+        let mut data = data.write().unwrap();
+        if data.size.is_none() {
+            data.size = Some(self.stored_size(node)?);
+        }
+        Ok(data.size.unwrap())
+    }
+
+    fn stored_size(&self, node: &Node) -> Result<u64> {
+        if lock(&self.top.data_inos).contains(&node.ino) {
+            return Ok(fs::metadata(self.top.data_dir.join(node.ino.to_string()))?.len());
+        }
+        for layer in &self.frozen {
+            if layer.data_inos.contains(&node.ino) {
+                return Ok(fs::metadata(layer.data_dir.join(node.ino.to_string()))?.len());
+            }
+        }
+        if node.origin.is_some() {
+            self.load_perms(node)?;
+            return Ok(lock(&node.meta).image_size);
+        }
+        Ok(0)
+    }
+
+    /// Opens the files that hold a file's data: the layers' data files and the image file.
+    fn resolve(&self, node: &Node, data: &mut Data) -> Result<()> {
+        if data.resolved {
+            return Ok(());
+        }
+        if data.size.is_none() {
+            data.size = Some(self.stored_size(node)?);
+        }
+        let name = node.ino.to_string();
+        let open = |dir: &Path, writable: bool| -> Result<LayerFile> {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .open(dir.join(&name))?;
+            let map = match BlockMap::open(&dir.join(format!("{name}.map")), writable) {
+                Ok(map) => Some(map),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e.into()),
+            };
+            Ok(LayerFile { file, map })
+        };
+        let mut reaches_image = true;
+        if lock(&self.top.data_inos).contains(&node.ino) {
+            let top = open(&self.top.data_dir, true)?;
+            reaches_image = top.map.is_some();
+            data.top = Some(top);
+        }
+        for layer in &self.frozen {
+            if !reaches_image {
+                break;
+            }
+            if layer.data_inos.contains(&node.ino) {
+                let file = open(&layer.data_dir, false)?;
+                reaches_image = file.map.is_some();
+                data.lower.push(file);
+            }
+        }
+        if reaches_image {
+            if let Some(path) = self.image_path(node) {
+                data.image = Some(File::open(path)?);
+            }
+        }
+        data.resolved = true;
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset` from level `level` of a file's data (0 is the top
+    /// layer when it has a data file, then the frozen layers, then the image).
+    fn read_level(data: &Data, level: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let file = if data.top.is_some() {
+            if level == 0 {
+                data.top.as_ref()
+            } else {
+                data.lower.get(level - 1)
+            }
+        } else {
+            data.lower.get(level)
+        };
+        let Some(file) = file else {
+            return match &data.image {
+                Some(image) => read_full(image, offset, buf),
+                None => {
+                    buf.fill(0);
+                    Ok(())
+                }
+            };
+        };
+        let Some(map) = &file.map else {
+            return read_full(&file.file, offset, buf);
+        };
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let (owned, run_end) = owned_run(map, pos, end);
+            let chunk = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+            if owned {
+                read_full(&file.file, pos, chunk)?;
+            } else {
+                Self::read_level(data, level + 1, pos, chunk)?;
+            }
+            pos = run_end;
+        }
+        Ok(())
+    }
+
+    /// Makes sure the writable layer has a data file for `node`: a sparse file of the
+    /// current size, with a block map when layers beneath still show through.
+    fn copy_up(&self, node: &Node, data: &mut Data) -> Result<()> {
+        self.resolve(node, data)?;
+        if data.top.is_some() {
+            return Ok(());
+        }
+        self.adopt(&[node])?;
+        let size = data.size.unwrap_or(0);
+        let below = !data.lower.is_empty() || data.image.is_some();
+        let name = node.ino.to_string();
+        let map = if below && size > 0 {
+            let map = BlockMap::create(&self.top.data_dir.join(format!("{name}.map")), size)?;
+            Some(map)
+        } else {
+            None
+        };
+        // Built under a temporary name so that the data file appears with its full size.
+        let tmp = self.top.data_dir.join(format!("{name}.new"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        file.set_len(size)?;
+        fs::rename(&tmp, self.top.data_dir.join(&name))?;
+        lock(&self.top.data_inos).insert(node.ino);
+        self.top.data_dir_dirty.store(true, Ordering::Release);
+        if map.is_none() {
+            data.lower.clear();
+            data.image = None;
+        }
+        data.top = Some(LayerFile { file, map });
+        data.new_in_top = true;
+        Ok(())
+    }
+
+    /// Records in the journal which image entries these nodes stand for, where it does not
+    /// know yet.
+    fn adopt(&self, nodes: &[&Node]) -> Result<()> {
+        let mut batch = Vec::new();
+        self.adoption_records(nodes, &mut batch);
+        self.append(batch, nodes)
+    }
+
+    fn adoption_records(&self, nodes: &[&Node], batch: &mut Vec<Record>) {
+        for node in nodes {
+            if !node.adopted.load(Ordering::Acquire) {
+                let path = node
+                    .origin
+                    .clone()
+                    .expect("only image nodes are not adopted");
+                batch.push(Record::Adopt {
+                    ino: node.ino,
+                    path: path.into_os_string(),
+                });
+            }
+        }
+    }
+
+    /// Appends one operation's records to the journal, then marks `adopted` nodes as known.
+    fn append(&self, batch: Vec<Record>, adopted: &[&Node]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut journal = lock(&self.top.journal);
+        journal.append(&batch)?;
+        for node in adopted {
+            if !node.adopted.swap(true, Ordering::AcqRel) {
+                if let Some(origin) = &node.origin {
+                    lock(&self.adopted).insert(origin.clone(), node.ino);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn attr_of(&self, node: &Node) -> Result<Attr> {
+        let perms = self.load_perms(node)?;
+        let (size, nlink) = match node.kind {
+            Kind::File => (
+                self.file_size(node)?,
+                if lock(&node.meta).unlinked { 0 } else { 1 },
+            ),
+            Kind::Dir => {
+                let dir = lock(node.dir.as_ref().unwrap());
+                let nlink = match &dir.entries {
+                    Some(_) => 2 + dir.subdirs,
+                    None => lock(&node.meta).image_nlink.max(2),
+                };
+                (4096, nlink)
+            }
+            Kind::Symlink => {
+                let meta = lock(&node.meta);
+                (
+                    meta.symlink_target.as_ref().map_or(0, |t| t.len() as u64),
+                    1,
+                )
+            }
+            _ => (0, 1),
+        };
+        let nlink = if node.kind != Kind::File && lock(&node.meta).unlinked {
+            0
+        } else {
+            nlink
+        };
+        Ok(Attr {
+            ino: node.ino,
+            kind: node.kind,
+            size,
+            mode: perms.mode,
+            nlink,
+            uid: perms.uid,
+            gid: perms.gid,
+            rdev: perms.rdev,
+            atime: perms.atime,
+            mtime: perms.mtime,
+            ctime: perms.ctime,
+        })
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        self.attr_of(&*self.node(ino)?)
+    }
+
+    /// Looks a name up and counts the kernel's reference to the node.
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Attr> {
+        if name.len() > NAME_MAX {
+            return Err(Error::NameTooLong);
+        }
+        let parent = self.node(parent)?;
+        let child = self.child(&parent, name)?.ok_or(Error::NotFound)?;
+        let attr = self.attr_of(&child)?;
+        lock(&child.meta).nlookup += 1;
+        Ok(attr)
+    }
+
+    /// Drops `n` of the kernel's references to a node.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        let Ok(node) = self.node(ino) else { return };
+        let gone = {
+            let mut meta = lock(&node.meta);
+            meta.nlookup = meta.nlookup.saturating_sub(n);
+            meta.unlinked && meta.nlookup == 0 && meta.open == 0
+        };
+        if gone && ino != ROOT_INO {
+            self.nodes.write().unwrap().remove(&ino);
+        }
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<OsString> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Symlink {
+            return Err(Error::Invalid);
+        }
+        self.load_perms(&node)?;
+        let target = lock(&node.meta).symlink_target.clone();
+        target.ok_or_else(|| Error::Corrupt(format!("symlink {ino} has no target")))
+    }
+
+    pub fn readdir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
+        let node = self.node(ino)?;
+        let mut dir = lock(self.dir_of(&node)?);
+        let entries: Vec<(OsString, Ino)> = self
+            .entries(&node, &mut dir)?
+            .iter()
+            .map(|(n, i)| (n.clone(), *i))
+            .collect();
+        drop(dir);
+        let nodes = self.nodes.read().unwrap();
+        Ok(entries
+            .into_iter()
+            .filter_map(|(name, ino)| {
+                Some(DirEntry {
+                    ino,
+                    kind: nodes.get(&ino)?.kind,
+                    name,
+                })
+            })
+            .collect())
+    }
+
+    /// The parent of a directory, for `..`.
+    pub fn parent(&self, ino: Ino) -> Result<Ino> {
+        Ok(lock(&self.node(ino)?.meta).parent)
+    }
+
+    /// Makes a node: a file, directory, symlink or special file.
+    fn make(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        kind: Kind,
+        mode: u32,
+        rdev: u32,
+        target: Option<&OsStr>,
+        caller: Caller,
+    ) -> Result<Attr> {
+        check_name(name)?;
+        let _ns = lock(&self.namespace);
+        let parent = self.node(parent)?;
+        let parent_perms = self.load_perms(&parent)?;
+        let mut dir = lock(self.dir_of(&parent)?);
+        if lock(&parent.meta).unlinked {
+            return Err(Error::NotFound);
+        }
+        if self.entries(&parent, &mut dir)?.contains_key(name) {
+            return Err(Error::Exists);
+        }
+        let now = Time::now();
+        let mut mode = mode & 0o7777;
+        let gid = if parent_perms.mode & libc::S_ISGID != 0 {
+            if kind == Kind::Dir {
+                mode |= libc::S_ISGID;
+            }
+            parent_perms.gid
+        } else {
+            caller.gid
+        };
+        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+        let perms = Perms {
+            mode,
+            uid: caller.uid,
+            gid,
+            rdev,
+            atime: now,
+            mtime: now,
+            ctime: now,
+        };
+        let mut batch = Vec::new();
+        self.adoption_records(&[&parent], &mut batch);
+        batch.push(Record::Create {
+            ino,
+            kind,
+            mode,
+            uid: perms.uid,
+            gid,
+            rdev,
+            target: target.map(OsStr::to_owned),
+            time: now,
+        });
+        batch.push(Record::Link {
+            dir: parent.ino,
+            name: name.to_owned(),
+            ino,
+            time: now,
+        });
+        self.append(batch, &[&parent])?;
+
+        let node = self.insert_node(ino, kind, None, true, Some(perms));
+        {
+            let mut meta = lock(&node.meta);
+            meta.parent = parent.ino;
+            meta.name = name.to_owned();
+            meta.symlink_target = target.map(OsStr::to_owned);
+            meta.nlookup = 1;
+        }
+        if let Some(data) = &node.data {
+            let mut data = data.write().unwrap();
+            data.size = Some(0);
+            data.resolved = true;
+        }
+        self.entries(&parent, &mut dir)?
+            .insert(name.to_owned(), ino);
+        if kind == Kind::Dir {
+            dir.subdirs += 1;
+        }
+        drop(dir);
+        touch_dir(&parent, now);
+        self.attr_of(&node)
+    }
+
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> Result<Attr> {
+        let kind = Kind::from_mode(mode).ok_or(Error::Invalid)?;
+        if kind == Kind::Dir || kind == Kind::Symlink {
+            return Err(Error::Invalid);
+        }
+        self.make(parent, name, kind, mode, rdev, None, caller)
+    }
+
+    pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, caller: Caller) -> Result<Attr> {
+        self.make(parent, name, Kind::Dir, mode, 0, None, caller)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        target: &OsStr,
+        caller: Caller,
+    ) -> Result<Attr> {
+        if target.len() > 4095 {
+            return Err(Error::NameTooLong);
+        }
+        self.make(parent, name, Kind::Symlink, 0o777, 0, Some(target), caller)
+    }
+
+    /// Creates and opens a regular file (`O_CREAT`). With `exclusive`, an existing name is
+    /// an error; otherwise the existing file is opened.
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> Result<Attr> {
+        let attr = match self.make(parent, name, Kind::File, mode, 0, None, caller) {
+            Err(Error::Exists) if flags & libc::O_EXCL == 0 => {
+                let attr = self.lookup(parent, name)?;
+                if attr.kind == Kind::Dir {
+                    return Err(Error::IsDir);
+                }
+                attr
+            }
+            result => result?,
+        };
+        self.open(attr.ino, flags)?;
+        if flags & libc::O_TRUNC != 0 && attr.kind == Kind::File && attr.size != 0 {
+            return self.setattr(
+                attr.ino,
+                SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                },
+            );
+        }
+        Ok(attr)
+    }
+
+    pub fn link(&self, _ino: Ino, _parent: Ino, _name: &OsStr) -> Result<Attr> {
+        Err(Error::NotPermitted)
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: Ino, name: &OsStr, want_dir: bool) -> Result<()> {
+        if name.len() > NAME_MAX {
+            return Err(Error::NameTooLong);
+        }
+        if want_dir && name == "." {
+            return Err(Error::Invalid);
+        }
+        if want_dir && name == ".." {
+            return Err(Error::NotEmpty);
+        }
+        let _ns = lock(&self.namespace);
+        let parent = self.node(parent)?;
+        let child = self.child(&parent, name)?.ok_or(Error::NotFound)?;
+        match (want_dir, child.kind == Kind::Dir) {
+            (true, false) => return Err(Error::NotDir),
+            (false, true) => return Err(Error::IsDir),
+            (true, true) => {
+                let mut dir = lock(child.dir.as_ref().unwrap());
+                if !self.entries(&child, &mut dir)?.is_empty() {
+                    return Err(Error::NotEmpty);
+                }
+            }
+            (false, false) => {}
+        }
+        let now = Time::now();
+        let mut batch = Vec::new();
+        self.adoption_records(&[&parent], &mut batch);
+        batch.push(Record::Unlink {
+            dir: parent.ino,
+            name: name.to_owned(),
+            time: now,
+        });
+        batch.push(Record::Drop { ino: child.ino });
+        self.append(batch, &[&parent])?;
+        {
+            let mut dir = lock(parent.dir.as_ref().unwrap());
+            self.entries(&parent, &mut dir)?.remove(name);
+            if child.kind == Kind::Dir {
+                dir.subdirs -= 1;
+            }
+        }
+        touch_dir(&parent, now);
+        self.unlinked(&child, now)
+    }
+
+    /// A node lost its only name: forget it now, or when its last handle closes.
+    fn unlinked(&self, node: &Node, now: Time) -> Result<()> {
+        let idle = {
+            let mut meta = lock(&node.meta);
+            meta.unlinked = true;
+            if let Some(perms) = meta.perms.as_mut() {
+                perms.ctime = now;
+            }
+            meta.open == 0
+        };
+        if idle {
+            self.discard(node)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes an unlinked node's data in the writable layer.
+    fn discard(&self, node: &Node) -> Result<()> {
+        if let Some(data) = &node.data {
+            let mut data = data.write().unwrap();
+            *data = Data {
+                size: data.size,
+                ..Data::default()
+            };
+        }
+        if lock(&self.top.data_inos).remove(&node.ino) {
+            remove_data_files(&self.top.data_dir, node.ino)?;
+            self.top.data_dir_dirty.store(true, Ordering::Release);
+        }
+        if lock(&node.meta).nlookup == 0 {
+            self.nodes.write().unwrap().remove(&node.ino);
+        }
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        check_name(new_name)?;
+        if name.len() > NAME_MAX {
+            return Err(Error::NameTooLong);
+        }
+        if flags & !libc::RENAME_NOREPLACE != 0 {
+            return Err(Error::Invalid);
+        }
+        let _ns = lock(&self.namespace);
+        let from_dir = self.node(parent)?;
+        let to_dir = self.node(new_parent)?;
+        let node = self.child(&from_dir, name)?.ok_or(Error::NotFound)?;
+        self.dir_of(&to_dir)?;
+        if lock(&to_dir.meta).unlinked {
+            return Err(Error::NotFound);
+        }
+        let target = self.child(&to_dir, new_name)?;
+        if let Some(target) = &target {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(Error::Exists);
+            }
+            if target.ino == node.ino {
+                return Ok(());
+            }
+            match (node.kind == Kind::Dir, target.kind == Kind::Dir) {
+                (true, false) => return Err(Error::NotDir),
+                (false, true) => return Err(Error::IsDir),
+                (true, true) => {
+                    let mut dir = lock(target.dir.as_ref().unwrap());
+                    if !self.entries(target, &mut dir)?.is_empty() {
+                        return Err(Error::NotEmpty);
+                    }
+                }
+                (false, false) => {}
+            }
+        }
+        if node.kind == Kind::Dir {
+            // A directory cannot move into its own subtree.
+            let mut ancestor = to_dir.ino;
+            loop {
+                if ancestor == node.ino {
+                    return Err(Error::Invalid);
+                }
+                if ancestor == ROOT_INO {
+                    break;
+                }
+                ancestor = lock(&self.node(ancestor)?.meta).parent;
+            }
+        }
+
+        let now = Time::now();
+        let mut batch = Vec::new();
+        self.adoption_records(&[&from_dir, &to_dir, &node], &mut batch);
+        batch.push(Record::Unlink {
+            dir: from_dir.ino,
+            name: name.to_owned(),
+            time: now,
+        });
+        batch.push(Record::Link {
+            dir: to_dir.ino,
+            name: new_name.to_owned(),
+            ino: node.ino,
+            time: now,
+        });
+        if let Some(target) = &target {
+            batch.push(Record::Drop { ino: target.ino });
+        }
+        self.append(batch, &[&from_dir, &to_dir, &node])?;
+
+        let is_dir = node.kind == Kind::Dir;
+        {
+            let mut dir = lock(from_dir.dir.as_ref().unwrap());
+            self.entries(&from_dir, &mut dir)?.remove(name);
+            if is_dir {
+                dir.subdirs -= 1;
+            }
+        }
+        {
+            let mut dir = lock(to_dir.dir.as_ref().unwrap());
+            self.entries(&to_dir, &mut dir)?
+                .insert(new_name.to_owned(), node.ino);
+            if is_dir && target.is_none() {
+                dir.subdirs += 1;
+            }
+        }
+        {
+            let mut meta = lock(&node.meta);
+            meta.parent = to_dir.ino;
+            meta.name = new_name.to_owned();
+        }
+        if self.load_perms(&node).is_ok() {
+            if let Some(perms) = lock(&node.meta).perms.as_mut() {
+                perms.ctime = now;
+            }
+        }
+        touch_dir(&from_dir, now);
+        touch_dir(&to_dir, now);
+        if let Some(target) = target {
+            self.unlinked(&target, now)?;
+        }
+        Ok(())
+    }
+
+    /// Counts an open handle of a node.
+    pub fn open(&self, ino: Ino, flags: i32) -> Result<()> {
+        let node = self.node(ino)?;
+        if node.kind == Kind::Dir && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(Error::IsDir);
+        }
+        lock(&node.meta).open += 1;
+        if flags & libc::O_TRUNC != 0 && node.kind == Kind::File {
+            let result = self.truncate(&node, 0);
+            if result.is_err() {
+                self.release(ino)?;
+            }
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Drops an open handle of a node; the last one closes its files.
+    pub fn release(&self, ino: Ino) -> Result<()> {
+        let node = self.node(ino)?;
+        let (last, unlinked) = {
+            let mut meta = lock(&node.meta);
+            meta.open = meta.open.saturating_sub(1);
+            (meta.open == 0, meta.unlinked)
+        };
+        if last && unlinked {
+            return self.discard(&node);
+        }
+        if last {
+            if let Some(data) = &node.data {
+                let mut data = data.write().unwrap();
+                // Close the files, keeping what is known; the next access opens them again.
+                *data = Data {
+                    size: data.size,
+                    new_in_top: data.new_in_top,
+                    ..Data::default()
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&self, ino: Ino) -> Result<Arc<Node>> {
+        let node = self.node(ino)?;
+        match node.kind {
+            Kind::File => Ok(node),
+            Kind::Dir => Err(Error::IsDir),
+            _ => Err(Error::Invalid),
+        }
+    }
+
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let node = self.file(ino)?;
+        let lock_ = node.data.as_ref().unwrap();
+        {
+            let data = lock_.read().unwrap();
+            if data.resolved {
+                return Self::read_resolved(&data, offset, size);
+            }
+        }
+        let mut data = lock_.write().unwrap();
+        self.resolve(&node, &mut data)?;
+        Self::read_resolved(&data, offset, size)
+    }
+
+    fn read_resolved(data: &Data, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let file_size = data.size.unwrap_or(0);
+        let end = file_size.min(offset.saturating_add(size as u64));
+        if end <= offset {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        Self::read_level(data, 0, offset, &mut buf)?;
+        Ok(buf)
+    }
+
+    pub fn write(&self, ino: Ino, offset: u64, bytes: &[u8]) -> Result<u32> {
+        let node = self.file(ino)?;
+        let mut data = node.data.as_ref().unwrap().write().unwrap();
+        self.copy_up(&node, &mut data)?;
+        let size = data.size.unwrap_or(0);
+        let end = offset + bytes.len() as u64;
+        let top = data.top.as_mut().unwrap();
+        match &mut top.map {
+            Some(map) if offset < map.lower_limit() => {
+                // Blocks that start below the lower limit and are not yet owned are copied
+                // up whole: read what the write does not cover from beneath.
+                let first = offset / BLOCK_SIZE;
+                let last = (end - 1) / BLOCK_SIZE;
+                let head_start = if map.is_owned(first) {
+                    offset
+                } else {
+                    first * BLOCK_SIZE
+                };
+                let tail_end = if map.is_owned(last) {
+                    end
+                } else {
+                    ((last + 1) * BLOCK_SIZE).min(size.max(end)).max(end)
+                };
+                let mut buf = vec![0u8; (tail_end - head_start) as usize];
+                if head_start < offset {
+                    // Reading at level 0 gives the current merged contents.
+                    Self::read_level(
+                        &data,
+                        0,
+                        head_start,
+                        &mut buf[..(offset - head_start) as usize],
+                    )?;
+                }
+                if tail_end > end {
+                    let at = (end - head_start) as usize;
+                    Self::read_level(&data, 0, end, &mut buf[at..])?;
+                }
+                buf[(offset - head_start) as usize..(end - head_start) as usize]
+                    .copy_from_slice(bytes);
+                let top = data.top.as_mut().unwrap();
+                top.file.write_all_at(&buf, head_start)?;
+                top.map.as_mut().unwrap().set_owned(first, last)?;
+            }
+            _ => top.file.write_all_at(bytes, offset)?,
+        }
+        data.size = Some(size.max(end));
+        drop(data);
+        let now = Time::now();
+        if let Some(perms) = lock(&node.meta).perms.as_mut() {
+            perms.mtime = now;
+            perms.ctime = now;
+        }
+        Ok(bytes.len() as u32)
+    }
+
+    fn truncate(&self, node: &Node, size: u64) -> Result<()> {
+        let mut data = node.data.as_ref().unwrap().write().unwrap();
+        self.copy_up(node, &mut data)?;
+        let top = data.top.as_mut().unwrap();
+        if let Some(map) = &mut top.map {
+            map.lower_the_limit(size)?;
+        }
+        top.file.set_len(size)?;
+        data.size = Some(size);
+        drop(data);
+        let now = Time::now();
+        if let Some(perms) = lock(&node.meta).perms.as_mut() {
+            perms.mtime = now;
+            perms.ctime = now;
+        }
+        Ok(())
+    }
+
+    pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
+        let node = self.node(ino)?;
+        if let Some(size) = set.size {
+            match node.kind {
+                Kind::File => self.truncate(&node, size)?,
+                Kind::Dir => return Err(Error::IsDir),
+                _ => return Err(Error::Invalid),
+            }
+        }
+        if set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some()
+        {
+            let _ns = lock(&self.namespace);
+            let mut perms = self.load_perms(&node)?;
+            let now = Time::now();
+            if let Some(mode) = set.mode {
+                perms.mode = mode & 0o7777;
+            }
+            perms.uid = set.uid.unwrap_or(perms.uid);
+            perms.gid = set.gid.unwrap_or(perms.gid);
+            perms.atime = set.atime.unwrap_or(perms.atime);
+            perms.mtime = set.mtime.unwrap_or(perms.mtime);
+            perms.ctime = set.ctime.unwrap_or(now);
+            let mut batch = Vec::new();
+            self.adoption_records(&[&node], &mut batch);
+            batch.push(Record::Attr {
+                ino,
+                mode: perms.mode,
+                uid: perms.uid,
+                gid: perms.gid,
+                atime: perms.atime,
+                mtime: perms.mtime,
+                ctime: perms.ctime,
+            });
+            self.append(batch, &[&node])?;
+            lock(&node.meta).perms = Some(perms);
+        } else if let Some(ctime) = set.ctime {
+            if let Some(perms) = lock(&node.meta).perms.as_mut() {
+                perms.ctime = ctime;
+            }
+        }
+        self.attr_of(&node)
+    }
+
+    /// Preallocates space (`mode` 0 or `FALLOC_FL_KEEP_SIZE`); other modes are refused with
+    /// `EOPNOTSUPP`, on which PostgreSQL and glibc fall back to writing zeros.
+    pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: i32) -> Result<()> {
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(Error::NotSupported);
+        }
+        let node = self.file(ino)?;
+        let mut data = node.data.as_ref().unwrap().write().unwrap();
+        self.copy_up(&node, &mut data)?;
+        let top = data.top.as_ref().unwrap();
+        // SAFETY: fallocate on a file descriptor we own.
+        let rc = unsafe { libc::fallocate(top.file.as_raw_fd(), mode, offset as i64, len as i64) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        if mode == 0 {
+            let size = data.size.unwrap_or(0).max(offset + len);
+            data.size = Some(size);
+        }
+        Ok(())
+    }
+
+    /// Makes a file's data and the journal durable.
+    pub fn fsync(&self, ino: Ino, datasync: bool) -> Result<()> {
+        let node = self.node(ino)?;
+        if let Some(data) = &node.data {
+            let mut data = data.write().unwrap();
+            if let Some(top) = &data.top {
+                if datasync {
+                    top.file.sync_data()?;
+                } else {
+                    top.file.sync_all()?;
+                }
+                if let Some(map) = &top.map {
+                    map.sync()?;
+                }
+            }
+            data.new_in_top = false;
+        }
+        self.sync_metadata()
+    }
+
+    /// Makes the namespace durable.
+    pub fn fsyncdir(&self, ino: Ino) -> Result<()> {
+        self.node(ino)?;
+        self.sync_metadata()
+    }
+
+    fn sync_metadata(&self) -> Result<()> {
+        if self.top.data_dir_dirty.swap(false, Ordering::AcqRel) {
+            if let Err(e) = crate::crashsafe::fsync_dir(&self.top.data_dir) {
+                self.top.data_dir_dirty.store(true, Ordering::Release);
+                return Err(e.into());
+            }
+        }
+        lock(&self.top.journal).sync()?;
+        Ok(())
+    }
+
+    /// Makes everything durable, as at unmount.
+    pub fn sync_all(&self) -> Result<()> {
+        let nodes: Vec<Arc<Node>> = self.nodes.read().unwrap().values().cloned().collect();
+        for node in nodes {
+            if let Some(data) = &node.data {
+                if let Some(top) = &data.read().unwrap().top {
+                    top.file.sync_all()?;
+                    if let Some(map) = &top.map {
+                        map.sync()?;
+                    }
+                }
+            }
+        }
+        self.sync_metadata()
+    }
+
+    pub fn statfs(&self) -> Result<Statfs> {
+        let path = std::ffi::CString::new(self.top.data_dir.as_os_str().as_bytes())
+            .map_err(|_| Error::Invalid)?;
+        // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        Ok(Statfs {
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: st.f_bsize as u32,
+            namelen: NAME_MAX as u32,
+            frsize: st.f_frsize as u32,
+        })
+    }
+
+    /// The logical size of the merged tree: the sum of the sizes of its regular files.
+    pub fn logical_size(&self) -> Result<u64> {
+        let mut total = 0;
+        let mut todo = vec![ROOT_INO];
+        while let Some(dir) = todo.pop() {
+            for entry in self.readdir(dir)? {
+                match entry.kind {
+                    Kind::Dir => todo.push(entry.ino),
+                    Kind::File => total += self.file_size(&*self.node(entry.ino)?)?,
+                    _ => {}
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// The extent of bytes from `pos` (below `end`) that are all owned by the map's layer, or all
+/// not: `(owned, run_end)`.
+fn owned_run(map: &BlockMap, pos: u64, end: u64) -> (bool, u64) {
+    let limit = map.lower_limit();
+    if pos >= limit {
+        return (true, end);
+    }
+    let owned = map.is_owned(pos / BLOCK_SIZE);
+    let mut run_end = ((pos / BLOCK_SIZE + 1) * BLOCK_SIZE).min(end);
+    while run_end < end && run_end < limit && map.is_owned(run_end / BLOCK_SIZE) == owned {
+        run_end = (run_end + BLOCK_SIZE).min(end);
+    }
+    // Past the limit everything is owned: a run of not-owned bytes stops there.
+    if !owned {
+        run_end = run_end.min(limit);
+    }
+    (owned, run_end)
+}
+
+fn touch_dir(dir: &Node, now: Time) {
+    if let Some(perms) = lock(&dir.meta).perms.as_mut() {
+        perms.mtime = now;
+        perms.ctime = now;
+    }
+}
+
+fn data_inos(data_dir: &Path) -> Result<HashSet<Ino>> {
+    let mut inos = HashSet::new();
+    for entry in fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Ok(ino) = name.parse::<Ino>() {
+            inos.insert(ino);
+        } else if name.ends_with(".new") {
+            // A copy-up cut short by a crash.
+            fs::remove_file(entry.path())?;
+        }
+    }
+    // A block map without its data file is from a copy-up cut short too.
+    for entry in fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if let Some(ino) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".map"))
+            .and_then(|n| n.parse::<Ino>().ok())
+        {
+            if !inos.contains(&ino) {
+                fs::remove_file(entry.path())?;
+            }
+        }
+    }
+    Ok(inos)
+}
+
+fn remove_data_files(data_dir: &Path, ino: Ino) -> io::Result<()> {
+    for name in [format!("{ino}.map"), ino.to_string()] {
+        match fs::remove_file(data_dir.join(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}

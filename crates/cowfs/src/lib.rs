@@ -1,0 +1,31 @@
+//! cowfs: a writable, copy-on-write view of an immutable directory tree.
+//!
+//! An *image* is a read-only directory tree that nothing ever modifies. A *layer stack* sits
+//! on top of it: frozen layers, then one writable layer. The merged tree looks like an
+//! ordinary POSIX directory; changing a file stores only the changed blocks, in the writable
+//! layer. Checkpoint, revert and reset change the stack in constant time.
+//!
+//! - [`LayerStack`] owns a layer directory and its on-disk format (`layer.rs`).
+//! - [`CowFs`] is the merged tree as plain methods (`fs.rs`), usable without a kernel mount.
+//! - [`mount`] serves a [`CowFs`] through FUSE (`fuse.rs`).
+//!
+//! cowfs knows nothing about databases.
+
+mod blockmap;
+pub mod crashsafe;
+mod error;
+mod fs;
+mod fuse;
+mod journal;
+mod layer;
+mod node;
+
+pub use error::{Error, Result};
+pub use fs::{Caller, CowFs, DirEntry, Options, SetAttr, Statfs};
+pub use fuse::{mount, unmount_stale, MountConfig, Mounted};
+pub use layer::{disk_usage, LayerStack, Usage};
+pub use node::{Attr, Ino, Kind, Time, ROOT_INO};
+
+/// The granularity of copy-on-write: a block that a layer changes is stored whole.
+/// PostgreSQL's pages are 8 KiB, so a page write never copies more than itself.
+pub const BLOCK_SIZE: u64 = 8192;
