@@ -38,21 +38,12 @@ pub(crate) struct BlockMap {
 impl BlockMap {
     /// Creates a new map with no owned blocks. The caller makes it durable.
     pub(crate) fn create(path: &Path, lower_limit: u64) -> io::Result<BlockMap> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
         let mut header = [0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(MAGIC);
         header[8..16].copy_from_slice(&lower_limit.to_le_bytes());
         file.write_all_at(&header, 0)?;
-        Ok(BlockMap {
-            file,
-            lower_limit,
-            bits: Vec::new(),
-        })
+        Ok(BlockMap { file, lower_limit, bits: Vec::new() })
     }
 
     pub(crate) fn open(path: &Path, writable: bool) -> io::Result<BlockMap> {
@@ -69,11 +60,7 @@ impl BlockMap {
         let len = file.metadata()?.len().saturating_sub(HEADER_LEN);
         let mut bits = vec![0u8; len as usize];
         file.read_exact_at(&mut bits, HEADER_LEN)?;
-        Ok(BlockMap {
-            file,
-            lower_limit,
-            bits,
-        })
+        Ok(BlockMap { file, lower_limit, bits })
     }
 
     pub(crate) fn lower_limit(&self) -> u64 {
@@ -94,9 +81,7 @@ impl BlockMap {
             return true;
         }
         let byte = (block / 8) as usize;
-        self.bits
-            .get(byte)
-            .is_some_and(|b| b & (1 << (block % 8)) != 0)
+        self.bits.get(byte).is_some_and(|b| b & (1 << (block % 8)) != 0)
     }
 
     /// Marks blocks `first..=last` as owned by this layer. The data must already be written.
@@ -112,8 +97,7 @@ impl BlockMap {
         for block in first..=last {
             self.bits[(block / 8) as usize] |= 1 << (block % 8);
         }
-        self.file
-            .write_all_at(&self.bits[lo..=hi], HEADER_LEN + lo as u64)
+        self.file.write_all_at(&self.bits[lo..=hi], HEADER_LEN + lo as u64)
     }
 
     pub(crate) fn sync(&self) -> io::Result<()> {

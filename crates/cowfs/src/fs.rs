@@ -135,10 +135,8 @@ impl CowFs {
     pub fn new(stack: LayerStack, options: Options) -> Result<CowFs> {
         let image = stack.image().to_owned();
         let mut layer_dirs = stack.layer_dirs();
-        let top_dir = layer_dirs
-            .pop()
-            .expect("a layer stack always has a writable layer");
-        let (journal, top_records) = Journal::open(&top_dir.join("journal"))?;
+        let top_dir = layer_dirs.pop().expect("a layer stack always has a writable layer");
+        let (journal, top_records) = Journal::open(&top_dir.join("journal")).map_err(|e| at(&top_dir, e))?;
 
         let image_meta = fs::symlink_metadata(&image)?;
         let root = Node {
@@ -150,6 +148,7 @@ impl CowFs {
                 perms: None,
                 image_size: image_meta.size(),
                 image_nlink: image_meta.nlink() as u32,
+                image_loaded: true,
                 parent: ROOT_INO,
                 name: OsString::new(),
                 symlink_target: None,
@@ -177,16 +176,21 @@ impl CowFs {
             stack,
         };
         for dir in &layer_dirs {
-            let (records, _) = journal::read(&dir.join("journal"))?;
-            fs.replay(&records, false)?;
-            fs.frozen.push(FrozenLayer {
-                data_dir: dir.join("data"),
-                data_inos: data_inos(&dir.join("data"))?,
-            });
+            let (records, _) = journal::read(&dir.join("journal")).map_err(|e| at(dir, e))?;
+            fs.replay(&records, false).map_err(|e| at(dir, e))?;
+            let data_inos = data_inos(&dir.join("data")).map_err(|e| at(dir, e))?;
+            fs.frozen.push(FrozenLayer { data_dir: dir.join("data"), data_inos });
         }
         fs.frozen.reverse();
-        fs.replay(&top_records, true)?;
-        *lock(&fs.top.data_inos) = data_inos(&fs.top.data_dir)?;
+        fs.replay(&top_records, true).map_err(|e| at(&top_dir, e))?;
+        let mut inos = data_inos(&fs.top.data_dir).map_err(|e| at(&fs.top.data_dir, e))?;
+        // Data files of inodes no journal knows belong to files unlinked while open.
+        let known = fs.nodes.get_mut().unwrap();
+        for ino in inos.iter().filter(|ino| !known.contains_key(ino)) {
+            remove_data_files(&fs.top.data_dir, *ino)?;
+        }
+        inos.retain(|ino| known.contains_key(ino));
+        *lock(&fs.top.data_inos) = inos;
         Ok(fs)
     }
 
@@ -201,30 +205,28 @@ impl CowFs {
     }
 
     fn replay(&mut self, records: &[Record], top: bool) -> Result<()> {
-        let corrupt = |what: String| Error::Corrupt(what);
+        let mut dropped = HashSet::new();
         for record in records {
+            self.replay_one(record, top, &mut dropped)
+                .map_err(|e| Error::Corrupt(format!("replaying {record:?}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn replay_one(&mut self, record: &Record, top: bool, dropped: &mut HashSet<Ino>) -> Result<()> {
+        let corrupt = |what: String| Error::Corrupt(what);
+        {
             match record {
                 Record::Adopt { ino, path } => {
                     let path = PathBuf::from(path);
                     let meta = fs::symlink_metadata(self.image.join(&path)).map_err(|e| {
-                        corrupt(format!(
-                            "the journal names image entry {path:?}, which the image lacks: {e}"
-                        ))
+                        corrupt(format!("the journal names image entry {path:?}, which the image lacks: {e}"))
                     })?;
                     let kind = Kind::from_file_type(meta.file_type());
                     self.insert_node(*ino, kind, Some(path.clone()), true, None);
                     lock(&self.adopted).insert(path, *ino);
                 }
-                Record::Create {
-                    ino,
-                    kind,
-                    mode,
-                    uid,
-                    gid,
-                    rdev,
-                    target,
-                    time,
-                } => {
+                Record::Create { ino, kind, mode, uid, gid, rdev, target, time } => {
                     let perms = Perms {
                         mode: *mode,
                         uid: *uid,
@@ -237,15 +239,8 @@ impl CowFs {
                     let node = self.insert_node(*ino, *kind, None, true, Some(perms));
                     lock(&node.meta).symlink_target = target.clone();
                 }
-                Record::Attr {
-                    ino,
-                    mode,
-                    uid,
-                    gid,
-                    atime,
-                    mtime,
-                    ctime,
-                } => {
+                Record::Attr { ino, .. } if dropped.contains(ino) => {}
+                Record::Attr { ino, mode, uid, gid, atime, mtime, ctime } => {
                     let node = self.replayed(*ino)?;
                     let mut meta = lock(&node.meta);
                     let rdev = meta.perms.map_or(0, |p| p.rdev);
@@ -259,12 +254,7 @@ impl CowFs {
                         ctime: *ctime,
                     });
                 }
-                Record::Link {
-                    dir,
-                    name,
-                    ino,
-                    time,
-                } => {
+                Record::Link { dir, name, ino, time } => {
                     let parent = self.replayed(*dir)?;
                     let child = self.replayed(*ino)?;
                     {
@@ -280,6 +270,7 @@ impl CowFs {
                     self.replay_entry(&parent, name, None, *time)?;
                 }
                 Record::Drop { ino } => {
+                    dropped.insert(*ino);
                     let node = self.nodes.get_mut().unwrap().remove(ino);
                     if let Some(origin) = node.as_ref().and_then(|n| n.origin.clone()) {
                         lock(&self.adopted).remove(&origin);
@@ -289,28 +280,24 @@ impl CowFs {
                     }
                 }
             }
+            // An inode number any record names is never handed out again: a later replay of
+            // this record must not touch a new node that reused it.
             let ino = match record {
                 Record::Adopt { ino, .. }
                 | Record::Create { ino, .. }
-                | Record::Link { ino, .. } => *ino,
-                _ => 0,
+                | Record::Link { ino, .. }
+                | Record::Attr { ino, .. }
+                | Record::Drop { ino } => *ino,
+                Record::Unlink { dir, .. } => *dir,
             };
             self.next_ino.fetch_max(ino + 1, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    fn replay_entry(
-        &self,
-        parent: &Node,
-        name: &OsStr,
-        target: Option<Ino>,
-        time: Time,
-    ) -> Result<()> {
-        let dir = parent
-            .dir
-            .as_ref()
-            .ok_or_else(|| Error::Corrupt(format!("inode {} is not a directory", parent.ino)))?;
+    fn replay_entry(&self, parent: &Node, name: &OsStr, target: Option<Ino>, time: Time) -> Result<()> {
+        let dir =
+            parent.dir.as_ref().ok_or_else(|| Error::Corrupt(format!("inode {} is not a directory", parent.ino)))?;
         lock(dir).overrides.insert(name.to_owned(), target);
         let mut meta = lock(&parent.meta);
         if meta.perms.is_none() {
@@ -331,11 +318,7 @@ impl CowFs {
             .unwrap()
             .get(&ino)
             .cloned()
-            .ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "the journal refers to inode {ino} before making it"
-                ))
-            })
+            .ok_or_else(|| Error::Corrupt(format!("the journal refers to inode {ino} before making it")))
     }
 
     fn insert_node(
@@ -355,6 +338,7 @@ impl CowFs {
                 perms,
                 image_size: 0,
                 image_nlink: 1,
+                image_loaded: false,
                 parent: ROOT_INO,
                 name: OsString::new(),
                 symlink_target: None,
@@ -370,26 +354,26 @@ impl CowFs {
     }
 
     fn node(&self, ino: Ino) -> Result<Arc<Node>> {
-        self.nodes
-            .read()
-            .unwrap()
-            .get(&ino)
-            .cloned()
-            .ok_or(Error::Stale)
+        self.nodes.read().unwrap().get(&ino).cloned().ok_or(Error::Stale)
     }
 
     fn image_path(&self, node: &Node) -> Option<PathBuf> {
         node.origin.as_ref().map(|origin| self.image.join(origin))
     }
 
-    /// Reads the attributes of an image node from the image, once.
+    /// Reads the attributes of an image node from the image, once. Journaled attributes win
+    /// over the image's; the image's size, link count and symlink target are read regardless.
     fn load_perms(&self, node: &Node) -> Result<Perms> {
-        if let Some(perms) = lock(&node.meta).perms {
-            return Ok(perms);
+        {
+            let meta = lock(&node.meta);
+            if let Some(perms) = meta.perms {
+                if meta.image_loaded || node.origin.is_none() {
+                    return Ok(perms);
+                }
+            }
         }
-        let path = self
-            .image_path(node)
-            .ok_or_else(|| Error::Corrupt(format!("inode {} has no attributes", node.ino)))?;
+        let path =
+            self.image_path(node).ok_or_else(|| Error::Corrupt(format!("inode {} has no attributes", node.ino)))?;
         let st = fs::symlink_metadata(&path)?;
         let (uid, gid) = self.options.owner.unwrap_or((st.uid(), st.gid()));
         let perms = Perms {
@@ -401,12 +385,9 @@ impl CowFs {
             mtime: Time(st.mtime(), st.mtime_nsec() as u32),
             ctime: Time(st.ctime(), st.ctime_nsec() as u32),
         };
-        let target = if node.kind == Kind::Symlink {
-            Some(fs::read_link(&path)?.into_os_string())
-        } else {
-            None
-        };
+        let target = if node.kind == Kind::Symlink { Some(fs::read_link(&path)?.into_os_string()) } else { None };
         let mut meta = lock(&node.meta);
+        meta.image_loaded = true;
         meta.image_size = st.size();
         meta.image_nlink = st.nlink() as u32;
         if meta.symlink_target.is_none() {
@@ -416,11 +397,7 @@ impl CowFs {
     }
 
     /// Loads a directory's merged listing: the image's entries under the journals' overrides.
-    fn entries<'a>(
-        &self,
-        node: &Node,
-        dir: &'a mut Dir,
-    ) -> Result<&'a mut BTreeMap<OsString, Ino>> {
+    fn entries<'a>(&self, node: &Node, dir: &'a mut Dir) -> Result<&'a mut BTreeMap<OsString, Ino>> {
         if dir.entries.is_none() {
             let mut entries = BTreeMap::new();
             let mut subdirs = 0;
@@ -433,10 +410,7 @@ impl CowFs {
                         continue;
                     }
                     let path = origin.join(&name);
-                    let child = match adopted
-                        .get(&path)
-                        .and_then(|ino| self.nodes.read().unwrap().get(ino).cloned())
-                    {
+                    let child = match adopted.get(&path).and_then(|ino| self.nodes.read().unwrap().get(ino).cloned()) {
                         Some(child) => child,
                         None => {
                             let kind = Kind::from_file_type(entry.file_type()?);
@@ -517,10 +491,7 @@ impl CowFs {
         }
         let name = node.ino.to_string();
         let open = |dir: &Path, writable: bool| -> Result<LayerFile> {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(writable)
-                .open(dir.join(&name))?;
+            let file = OpenOptions::new().read(true).write(writable).open(dir.join(&name))?;
             let map = match BlockMap::open(&dir.join(format!("{name}.map")), writable) {
                 Ok(map) => Some(map),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -599,7 +570,11 @@ impl CowFs {
         if data.top.is_some() {
             return Ok(());
         }
-        self.adopt(&[node])?;
+        // An unlinked node's data file is garbage after a crash: the mount collects data files
+        // of unknown inodes, so it is not adopted.
+        if !lock(&node.meta).unlinked {
+            self.adopt(&[node])?;
+        }
         let size = data.size.unwrap_or(0);
         let below = !data.lower.is_empty() || data.image.is_some();
         let name = node.ino.to_string();
@@ -611,12 +586,7 @@ impl CowFs {
         };
         // Built under a temporary name so that the data file appears with its full size.
         let tmp = self.top.data_dir.join(format!("{name}.new"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
         file.set_len(size)?;
         fs::rename(&tmp, self.top.data_dir.join(&name))?;
         lock(&self.top.data_inos).insert(node.ino);
@@ -641,14 +611,8 @@ impl CowFs {
     fn adoption_records(&self, nodes: &[&Node], batch: &mut Vec<Record>) {
         for node in nodes {
             if !node.adopted.load(Ordering::Acquire) {
-                let path = node
-                    .origin
-                    .clone()
-                    .expect("only image nodes are not adopted");
-                batch.push(Record::Adopt {
-                    ino: node.ino,
-                    path: path.into_os_string(),
-                });
+                let path = node.origin.clone().expect("only image nodes are not adopted");
+                batch.push(Record::Adopt { ino: node.ino, path: path.into_os_string() });
             }
         }
     }
@@ -673,10 +637,7 @@ impl CowFs {
     fn attr_of(&self, node: &Node) -> Result<Attr> {
         let perms = self.load_perms(node)?;
         let (size, nlink) = match node.kind {
-            Kind::File => (
-                self.file_size(node)?,
-                if lock(&node.meta).unlinked { 0 } else { 1 },
-            ),
+            Kind::File => (self.file_size(node)?, if lock(&node.meta).unlinked { 0 } else { 1 }),
             Kind::Dir => {
                 let dir = lock(node.dir.as_ref().unwrap());
                 let nlink = match &dir.entries {
@@ -687,18 +648,11 @@ impl CowFs {
             }
             Kind::Symlink => {
                 let meta = lock(&node.meta);
-                (
-                    meta.symlink_target.as_ref().map_or(0, |t| t.len() as u64),
-                    1,
-                )
+                (meta.symlink_target.as_ref().map_or(0, |t| t.len() as u64), 1)
             }
             _ => (0, 1),
         };
-        let nlink = if node.kind != Kind::File && lock(&node.meta).unlinked {
-            0
-        } else {
-            nlink
-        };
+        let nlink = if node.kind != Kind::File && lock(&node.meta).unlinked { 0 } else { nlink };
         Ok(Attr {
             ino: node.ino,
             kind: node.kind,
@@ -756,22 +710,13 @@ impl CowFs {
     pub fn readdir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
         let node = self.node(ino)?;
         let mut dir = lock(self.dir_of(&node)?);
-        let entries: Vec<(OsString, Ino)> = self
-            .entries(&node, &mut dir)?
-            .iter()
-            .map(|(n, i)| (n.clone(), *i))
-            .collect();
+        let entries: Vec<(OsString, Ino)> =
+            self.entries(&node, &mut dir)?.iter().map(|(n, i)| (n.clone(), *i)).collect();
         drop(dir);
         let nodes = self.nodes.read().unwrap();
         Ok(entries
             .into_iter()
-            .filter_map(|(name, ino)| {
-                Some(DirEntry {
-                    ino,
-                    kind: nodes.get(&ino)?.kind,
-                    name,
-                })
-            })
+            .filter_map(|(name, ino)| Some(DirEntry { ino, kind: nodes.get(&ino)?.kind, name }))
             .collect())
     }
 
@@ -813,15 +758,7 @@ impl CowFs {
             caller.gid
         };
         let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
-        let perms = Perms {
-            mode,
-            uid: caller.uid,
-            gid,
-            rdev,
-            atime: now,
-            mtime: now,
-            ctime: now,
-        };
+        let perms = Perms { mode, uid: caller.uid, gid, rdev, atime: now, mtime: now, ctime: now };
         let mut batch = Vec::new();
         self.adoption_records(&[&parent], &mut batch);
         batch.push(Record::Create {
@@ -834,12 +771,7 @@ impl CowFs {
             target: target.map(OsStr::to_owned),
             time: now,
         });
-        batch.push(Record::Link {
-            dir: parent.ino,
-            name: name.to_owned(),
-            ino,
-            time: now,
-        });
+        batch.push(Record::Link { dir: parent.ino, name: name.to_owned(), ino, time: now });
         self.append(batch, &[&parent])?;
 
         let node = self.insert_node(ino, kind, None, true, Some(perms));
@@ -855,24 +787,16 @@ impl CowFs {
             data.size = Some(0);
             data.resolved = true;
         }
-        self.entries(&parent, &mut dir)?
-            .insert(name.to_owned(), ino);
+        self.entries(&parent, &mut dir)?.insert(name.to_owned(), ino);
         if kind == Kind::Dir {
             dir.subdirs += 1;
         }
         drop(dir);
-        touch_dir(&parent, now);
+        touch(&parent, now);
         self.attr_of(&node)
     }
 
-    pub fn mknod(
-        &self,
-        parent: Ino,
-        name: &OsStr,
-        mode: u32,
-        rdev: u32,
-        caller: Caller,
-    ) -> Result<Attr> {
+    pub fn mknod(&self, parent: Ino, name: &OsStr, mode: u32, rdev: u32, caller: Caller) -> Result<Attr> {
         let kind = Kind::from_mode(mode).ok_or(Error::Invalid)?;
         if kind == Kind::Dir || kind == Kind::Symlink {
             return Err(Error::Invalid);
@@ -884,13 +808,7 @@ impl CowFs {
         self.make(parent, name, Kind::Dir, mode, 0, None, caller)
     }
 
-    pub fn symlink(
-        &self,
-        parent: Ino,
-        name: &OsStr,
-        target: &OsStr,
-        caller: Caller,
-    ) -> Result<Attr> {
+    pub fn symlink(&self, parent: Ino, name: &OsStr, target: &OsStr, caller: Caller) -> Result<Attr> {
         if target.len() > 4095 {
             return Err(Error::NameTooLong);
         }
@@ -899,14 +817,7 @@ impl CowFs {
 
     /// Creates and opens a regular file (`O_CREAT`). With `exclusive`, an existing name is
     /// an error; otherwise the existing file is opened.
-    pub fn create(
-        &self,
-        parent: Ino,
-        name: &OsStr,
-        mode: u32,
-        flags: i32,
-        caller: Caller,
-    ) -> Result<Attr> {
+    pub fn create(&self, parent: Ino, name: &OsStr, mode: u32, flags: i32, caller: Caller) -> Result<Attr> {
         let attr = match self.make(parent, name, Kind::File, mode, 0, None, caller) {
             Err(Error::Exists) if flags & libc::O_EXCL == 0 => {
                 let attr = self.lookup(parent, name)?;
@@ -919,13 +830,7 @@ impl CowFs {
         };
         self.open(attr.ino, flags)?;
         if flags & libc::O_TRUNC != 0 && attr.kind == Kind::File && attr.size != 0 {
-            return self.setattr(
-                attr.ino,
-                SetAttr {
-                    size: Some(0),
-                    ..SetAttr::default()
-                },
-            );
+            return self.setattr(attr.ino, SetAttr { size: Some(0), ..SetAttr::default() });
         }
         Ok(attr)
     }
@@ -969,11 +874,7 @@ impl CowFs {
         let now = Time::now();
         let mut batch = Vec::new();
         self.adoption_records(&[&parent], &mut batch);
-        batch.push(Record::Unlink {
-            dir: parent.ino,
-            name: name.to_owned(),
-            time: now,
-        });
+        batch.push(Record::Unlink { dir: parent.ino, name: name.to_owned(), time: now });
         batch.push(Record::Drop { ino: child.ino });
         self.append(batch, &[&parent])?;
         {
@@ -983,7 +884,7 @@ impl CowFs {
                 dir.subdirs -= 1;
             }
         }
-        touch_dir(&parent, now);
+        touch(&parent, now);
         self.unlinked(&child, now)
     }
 
@@ -1007,10 +908,7 @@ impl CowFs {
     fn discard(&self, node: &Node) -> Result<()> {
         if let Some(data) = &node.data {
             let mut data = data.write().unwrap();
-            *data = Data {
-                size: data.size,
-                ..Data::default()
-            };
+            *data = Data { size: data.size, ..Data::default() };
         }
         if lock(&self.top.data_inos).remove(&node.ino) {
             remove_data_files(&self.top.data_dir, node.ino)?;
@@ -1022,14 +920,7 @@ impl CowFs {
         Ok(())
     }
 
-    pub fn rename(
-        &self,
-        parent: Ino,
-        name: &OsStr,
-        new_parent: Ino,
-        new_name: &OsStr,
-        flags: u32,
-    ) -> Result<()> {
+    pub fn rename(&self, parent: Ino, name: &OsStr, new_parent: Ino, new_name: &OsStr, flags: u32) -> Result<()> {
         check_name(new_name)?;
         if name.len() > NAME_MAX {
             return Err(Error::NameTooLong);
@@ -1082,17 +973,8 @@ impl CowFs {
         let now = Time::now();
         let mut batch = Vec::new();
         self.adoption_records(&[&from_dir, &to_dir, &node], &mut batch);
-        batch.push(Record::Unlink {
-            dir: from_dir.ino,
-            name: name.to_owned(),
-            time: now,
-        });
-        batch.push(Record::Link {
-            dir: to_dir.ino,
-            name: new_name.to_owned(),
-            ino: node.ino,
-            time: now,
-        });
+        batch.push(Record::Unlink { dir: from_dir.ino, name: name.to_owned(), time: now });
+        batch.push(Record::Link { dir: to_dir.ino, name: new_name.to_owned(), ino: node.ino, time: now });
         if let Some(target) = &target {
             batch.push(Record::Drop { ino: target.ino });
         }
@@ -1108,8 +990,7 @@ impl CowFs {
         }
         {
             let mut dir = lock(to_dir.dir.as_ref().unwrap());
-            self.entries(&to_dir, &mut dir)?
-                .insert(new_name.to_owned(), node.ino);
+            self.entries(&to_dir, &mut dir)?.insert(new_name.to_owned(), node.ino);
             if is_dir && target.is_none() {
                 dir.subdirs += 1;
             }
@@ -1124,8 +1005,8 @@ impl CowFs {
                 perms.ctime = now;
             }
         }
-        touch_dir(&from_dir, now);
-        touch_dir(&to_dir, now);
+        touch(&from_dir, now);
+        touch(&to_dir, now);
         if let Some(target) = target {
             self.unlinked(&target, now)?;
         }
@@ -1164,11 +1045,7 @@ impl CowFs {
             if let Some(data) = &node.data {
                 let mut data = data.write().unwrap();
                 // Close the files, keeping what is known; the next access opens them again.
-                *data = Data {
-                    size: data.size,
-                    new_in_top: data.new_in_top,
-                    ..Data::default()
-                };
+                *data = Data { size: data.size, new_in_top: data.new_in_top, ..Data::default() };
             }
         }
         Ok(())
@@ -1221,32 +1098,19 @@ impl CowFs {
                 // up whole: read what the write does not cover from beneath.
                 let first = offset / BLOCK_SIZE;
                 let last = (end - 1) / BLOCK_SIZE;
-                let head_start = if map.is_owned(first) {
-                    offset
-                } else {
-                    first * BLOCK_SIZE
-                };
-                let tail_end = if map.is_owned(last) {
-                    end
-                } else {
-                    ((last + 1) * BLOCK_SIZE).min(size.max(end)).max(end)
-                };
+                let head_start = if map.is_owned(first) { offset } else { first * BLOCK_SIZE };
+                let tail_end =
+                    if map.is_owned(last) { end } else { ((last + 1) * BLOCK_SIZE).min(size.max(end)).max(end) };
                 let mut buf = vec![0u8; (tail_end - head_start) as usize];
                 if head_start < offset {
                     // Reading at level 0 gives the current merged contents.
-                    Self::read_level(
-                        &data,
-                        0,
-                        head_start,
-                        &mut buf[..(offset - head_start) as usize],
-                    )?;
+                    Self::read_level(&data, 0, head_start, &mut buf[..(offset - head_start) as usize])?;
                 }
                 if tail_end > end {
                     let at = (end - head_start) as usize;
                     Self::read_level(&data, 0, end, &mut buf[at..])?;
                 }
-                buf[(offset - head_start) as usize..(end - head_start) as usize]
-                    .copy_from_slice(bytes);
+                buf[(offset - head_start) as usize..(end - head_start) as usize].copy_from_slice(bytes);
                 let top = data.top.as_mut().unwrap();
                 top.file.write_all_at(&buf, head_start)?;
                 top.map.as_mut().unwrap().set_owned(first, last)?;
@@ -1255,11 +1119,7 @@ impl CowFs {
         }
         data.size = Some(size.max(end));
         drop(data);
-        let now = Time::now();
-        if let Some(perms) = lock(&node.meta).perms.as_mut() {
-            perms.mtime = now;
-            perms.ctime = now;
-        }
+        touch(&node, Time::now());
         Ok(bytes.len() as u32)
     }
 
@@ -1273,11 +1133,7 @@ impl CowFs {
         top.file.set_len(size)?;
         data.size = Some(size);
         drop(data);
-        let now = Time::now();
-        if let Some(perms) = lock(&node.meta).perms.as_mut() {
-            perms.mtime = now;
-            perms.ctime = now;
-        }
+        touch(&node, Time::now());
         Ok(())
     }
 
@@ -1290,12 +1146,7 @@ impl CowFs {
                 _ => return Err(Error::Invalid),
             }
         }
-        if set.mode.is_some()
-            || set.uid.is_some()
-            || set.gid.is_some()
-            || set.atime.is_some()
-            || set.mtime.is_some()
-        {
+        if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.atime.is_some() || set.mtime.is_some() {
             let _ns = lock(&self.namespace);
             let mut perms = self.load_perms(&node)?;
             let now = Time::now();
@@ -1307,8 +1158,12 @@ impl CowFs {
             perms.atime = set.atime.unwrap_or(perms.atime);
             perms.mtime = set.mtime.unwrap_or(perms.mtime);
             perms.ctime = set.ctime.unwrap_or(now);
+            // An unlinked node's attributes die with it: nothing to journal.
+            let unlinked = lock(&node.meta).unlinked;
             let mut batch = Vec::new();
-            self.adoption_records(&[&node], &mut batch);
+            if !unlinked {
+                self.adoption_records(&[&node], &mut batch);
+            }
             batch.push(Record::Attr {
                 ino,
                 mode: perms.mode,
@@ -1318,7 +1173,9 @@ impl CowFs {
                 mtime: perms.mtime,
                 ctime: perms.ctime,
             });
-            self.append(batch, &[&node])?;
+            if !unlinked {
+                self.append(batch, &[&node])?;
+            }
             lock(&node.meta).perms = Some(perms);
         } else if let Some(ctime) = set.ctime {
             if let Some(perms) = lock(&node.meta).perms.as_mut() {
@@ -1347,6 +1204,8 @@ impl CowFs {
             let size = data.size.unwrap_or(0).max(offset + len);
             data.size = Some(size);
         }
+        drop(data);
+        touch(&node, Time::now());
         Ok(())
     }
 
@@ -1404,8 +1263,7 @@ impl CowFs {
     }
 
     pub fn statfs(&self) -> Result<Statfs> {
-        let path = std::ffi::CString::new(self.top.data_dir.as_os_str().as_bytes())
-            .map_err(|_| Error::Invalid)?;
+        let path = std::ffi::CString::new(self.top.data_dir.as_os_str().as_bytes()).map_err(|_| Error::Invalid)?;
         // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
@@ -1459,11 +1317,17 @@ fn owned_run(map: &BlockMap, pos: u64, end: u64) -> (bool, u64) {
     (owned, run_end)
 }
 
-fn touch_dir(dir: &Node, now: Time) {
-    if let Some(perms) = lock(&dir.meta).perms.as_mut() {
+/// Sets a node's mtime and ctime, as a change of its contents does.
+fn touch(node: &Node, now: Time) {
+    if let Some(perms) = lock(&node.meta).perms.as_mut() {
         perms.mtime = now;
         perms.ctime = now;
     }
+}
+
+/// Says which layer an error at mount time came from.
+fn at(layer: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Corrupt(format!("{}: {e}", layer.display()))
 }
 
 fn data_inos(data_dir: &Path) -> Result<HashSet<Ino>> {
@@ -1483,11 +1347,7 @@ fn data_inos(data_dir: &Path) -> Result<HashSet<Ino>> {
     for entry in fs::read_dir(data_dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        if let Some(ino) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".map"))
-            .and_then(|n| n.parse::<Ino>().ok())
-        {
+        if let Some(ino) = name.to_str().and_then(|n| n.strip_suffix(".map")).and_then(|n| n.parse::<Ino>().ok()) {
             if !inos.contains(&ino) {
                 fs::remove_file(entry.path())?;
             }

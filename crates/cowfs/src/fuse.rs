@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, SessionUnmounter,
+    TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Caller, CowFs, DirEntry, SetAttr};
@@ -45,12 +45,7 @@ impl Default for MountConfig {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        MountConfig {
-            allow_other: root,
-            threads: cores.clamp(2, 8),
-            writeback_cache: true,
-            fsname: "cowfs".into(),
-        }
+        MountConfig { allow_other: root, threads: cores.clamp(2, 8), writeback_cache: true, fsname: "cowfs".into() }
     }
 }
 
@@ -83,10 +78,7 @@ impl Unmounter {
 
 /// Mounts `fs` at `mountpoint`. Serve it with [`Mounted::run`].
 pub fn mount(fs: CowFs, mountpoint: &Path, config: &MountConfig) -> io::Result<Mounted> {
-    let mut options = vec![
-        MountOption::FSName(config.fsname.clone()),
-        MountOption::Subtype("cowfs".into()),
-    ];
+    let mut options = vec![MountOption::FSName(config.fsname.clone()), MountOption::Subtype("cowfs".into())];
     options.push(MountOption::DefaultPermissions);
     options.push(MountOption::NoAtime);
     // SAFETY: geteuid has no preconditions.
@@ -96,11 +88,7 @@ pub fn mount(fs: CowFs, mountpoint: &Path, config: &MountConfig) -> io::Result<M
     }
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = options;
-    fuse_config.acl = if config.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
+    fuse_config.acl = if config.allow_other { SessionACL::All } else { SessionACL::Owner };
     fuse_config.n_threads = Some(config.threads.max(1));
     fuse_config.clone_fd = true;
     let fuse_fs = FuseFs {
@@ -110,10 +98,7 @@ pub fn mount(fs: CowFs, mountpoint: &Path, config: &MountConfig) -> io::Result<M
         writeback_cache: config.writeback_cache,
     };
     let session = Session::new(fuse_fs, mountpoint, &fuse_config)?;
-    Ok(Mounted {
-        session,
-        mountpoint: mountpoint.to_owned(),
-    })
+    Ok(Mounted { session, mountpoint: mountpoint.to_owned() })
 }
 
 impl Mounted {
@@ -123,15 +108,31 @@ impl Mounted {
 
     /// Serves requests until the filesystem is unmounted, then makes everything durable.
     pub fn run(self) -> io::Result<()> {
-        self.session.run()
+        match self.session.run() {
+            // When the connection is torn down at unmount, the kernel may answer a worker's
+            // read with ECONNABORTED instead of ENODEV: either way, the session is over.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+                tracing::debug!("FUSE connection closed: {e}");
+                Ok(())
+            }
+            result => result,
+        }
     }
 }
 
 /// Cleans up after a server that died: when `mountpoint` is a FUSE mount whose server is gone
 /// (`ENOTCONN`), detaches it. Returns whether it did.
 pub fn unmount_stale(mountpoint: &Path) -> io::Result<bool> {
-    match std::fs::metadata(mountpoint) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+    // statfs always reaches the server (stat may be answered from the kernel's cache), so it
+    // tells a dead server apart.
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statfs fills the struct we pass; the path is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 {
+        return Ok(false);
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ENOTCONN) => {
             detach(mountpoint)?;
             Ok(true)
         }
@@ -140,8 +141,7 @@ pub fn unmount_stale(mountpoint: &Path) -> io::Result<bool> {
 }
 
 fn detach(mountpoint: &Path) -> io::Result<()> {
-    let path =
-        std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: umount2 with a valid C string.
     if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
         return Ok(());
@@ -151,17 +151,11 @@ fn detach(mountpoint: &Path) -> io::Result<()> {
         return Err(err);
     }
     // Not root: fusermount3 may unmount what this user mounted.
-    let status = std::process::Command::new("fusermount3")
-        .args(["-u", "-z", "--"])
-        .arg(mountpoint)
-        .status()?;
+    let status = std::process::Command::new("fusermount3").args(["-u", "-z", "--"]).arg(mountpoint).status()?;
     if status.success() {
         Ok(())
     } else {
-        Err(io::Error::other(format!(
-            "fusermount3 -u {} failed: {status}",
-            mountpoint.display()
-        )))
+        Err(io::Error::other(format!("fusermount3 -u {} failed: {status}", mountpoint.display())))
     }
 }
 
@@ -215,10 +209,7 @@ fn time(t: TimeOrNow) -> Time {
 }
 
 fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
+    Caller { uid: req.uid(), gid: req.gid() }
 }
 
 fn reply_entry(reply: ReplyEntry, result: crate::Result<Attr>) {
@@ -289,8 +280,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _span =
-            tracing::debug_span!("setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size).entered();
+        let _span = tracing::debug_span!("setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size).entered();
         let set = SetAttr {
             mode,
             uid,
@@ -314,38 +304,15 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let _span = tracing::debug_span!("mknod", parent = parent.0, ?name, mode).entered();
         let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
-        reply_entry(
-            reply,
-            self.fs.mknod(parent.0, name, mode, rdev, caller(req)),
-        );
+        reply_entry(reply, self.fs.mknod(parent.0, name, mode, rdev, caller(req)));
     }
 
-    fn mkdir(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let _span = tracing::debug_span!("mkdir", parent = parent.0, ?name, mode).entered();
-        reply_entry(
-            reply,
-            self.fs.mkdir(parent.0, name, mode & !umask, caller(req)),
-        );
+        reply_entry(reply, self.fs.mkdir(parent.0, name, mode & !umask, caller(req)));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -358,20 +325,9 @@ impl Filesystem for FuseFs {
         reply_empty(reply, self.fs.rmdir(parent.0, name));
     }
 
-    fn symlink(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &Path,
-        reply: ReplyEntry,
-    ) {
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let _span = tracing::debug_span!("symlink", parent = parent.0, ?link_name).entered();
-        reply_entry(
-            reply,
-            self.fs
-                .symlink(parent.0, link_name, target.as_os_str(), caller(req)),
-        );
+        reply_entry(reply, self.fs.symlink(parent.0, link_name, target.as_os_str(), caller(req)));
     }
 
     fn rename(
@@ -384,31 +340,13 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _span = tracing::debug_span!(
-            "rename",
-            parent = parent.0,
-            ?name,
-            newparent = newparent.0,
-            ?newname
-        )
-        .entered();
-        reply_empty(
-            reply,
-            self.fs
-                .rename(parent.0, name, newparent.0, newname, flags.bits()),
-        );
+        let _span =
+            tracing::debug_span!("rename", parent = parent.0, ?name, newparent = newparent.0, ?newname).entered();
+        reply_empty(reply, self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()));
     }
 
-    fn link(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        let _span =
-            tracing::debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _span = tracing::debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
         reply_entry(reply, self.fs.link(ino.0, newparent.0, newname));
     }
 
@@ -467,14 +405,7 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         reply.ok();
     }
 
@@ -492,14 +423,7 @@ impl Filesystem for FuseFs {
         reply_empty(reply, self.fs.release(ino.0));
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         let _span = tracing::debug_span!("fsync", ino = ino.0, datasync).entered();
         reply_empty(reply, self.fs.fsync(ino.0, datasync));
     }
@@ -510,86 +434,47 @@ impl Filesystem for FuseFs {
         let listing = self.fs.readdir(ino.0).and_then(|entries| {
             let parent = self.fs.parent(ino.0)?;
             let mut all = Vec::with_capacity(entries.len() + 2);
-            all.push(DirEntry {
-                ino: ino.0,
-                kind: Kind::Dir,
-                name: ".".into(),
-            });
-            all.push(DirEntry {
-                ino: parent,
-                kind: Kind::Dir,
-                name: "..".into(),
-            });
+            all.push(DirEntry { ino: ino.0, kind: Kind::Dir, name: ".".into() });
+            all.push(DirEntry { ino: parent, kind: Kind::Dir, name: "..".into() });
             all.extend(entries);
             Ok(all)
         });
         match listing {
             Ok(entries) => {
                 let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-                self.dir_handles
-                    .lock()
-                    .unwrap()
-                    .insert(fh, Arc::new(entries));
+                self.dir_handles.lock().unwrap().insert(fh, Arc::new(entries));
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _span = tracing::debug_span!("readdir", ino = ino.0, offset).entered();
         let Some(entries) = self.dir_handles.lock().unwrap().get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
         for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(
-                INodeNo(entry.ino),
-                (i + 1) as u64,
-                file_type(entry.kind),
-                &entry.name,
-            ) {
+            if reply.add(INodeNo(entry.ino), (i + 1) as u64, file_type(entry.kind), &entry.name) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         self.dir_handles.lock().unwrap().remove(&fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _span = tracing::debug_span!("fsyncdir", ino = ino.0).entered();
         reply_empty(reply, self.fs.fsyncdir(ino.0));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.fs.statfs() {
-            Ok(s) => reply.statfs(
-                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
-            ),
+            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -609,14 +494,7 @@ impl Filesystem for FuseFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
         reply.error(Errno::ENOSYS);
     }
 
@@ -639,10 +517,7 @@ impl Filesystem for FuseFs {
         reply: ReplyCreate,
     ) {
         let _span = tracing::debug_span!("create", parent = parent.0, ?name, mode, flags).entered();
-        match self
-            .fs
-            .create(parent.0, name, mode & !umask, flags, caller(req))
-        {
+        match self.fs.create(parent.0, name, mode & !umask, flags, caller(req)) {
             Ok(attr) => reply.created(
                 &TTL,
                 &file_attr(&attr),

@@ -66,15 +66,7 @@ pub(crate) enum Record {
         time: Time,
     },
     /// The attributes of `ino` are now these.
-    Attr {
-        ino: u64,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-        atime: Time,
-        mtime: Time,
-        ctime: Time,
-    },
+    Attr { ino: u64, mode: u32, uid: u32, gid: u32, atime: Time, mtime: Time, ctime: Time },
     /// Inode `ino` has no name left; its data in this layer is garbage.
     Drop { ino: u64 },
 }
@@ -127,11 +119,7 @@ impl Delta {
     /// The records that rebuild this delta, in an order replay accepts: nodes before the
     /// entries and attributes that refer to them.
     fn records(&self) -> impl Iterator<Item = &Record> {
-        self.adopt
-            .values()
-            .chain(self.created.values())
-            .chain(self.attrs.values())
-            .chain(self.entries.values())
+        self.adopt.values().chain(self.created.values()).chain(self.attrs.values()).chain(self.entries.values())
     }
 }
 
@@ -150,11 +138,7 @@ pub(crate) struct Journal {
 impl Journal {
     /// Creates an empty journal. The caller makes its directory entry durable.
     pub(crate) fn create(path: &Path) -> io::Result<()> {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)?
-            .sync_all()
+        OpenOptions::new().write(true).create_new(true).open(path)?.sync_all()
     }
 
     /// Opens the journal of the writable layer, returning it and its records for replay.
@@ -216,8 +200,7 @@ impl Journal {
     }
 
     fn wants_compaction(&self) -> bool {
-        self.records_since_compaction > 4096
-            && self.records_since_compaction > 4 * self.compacted_records
+        self.records_since_compaction > 4096 && self.records_since_compaction > 4 * self.compacted_records
     }
 
     fn compact(&mut self) -> io::Result<()> {
@@ -228,10 +211,7 @@ impl Journal {
             contents.push(b'\n');
         }
         crashsafe::replace_file(&self.path, &contents)?;
-        self.file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = OpenOptions::new().read(true).append(true).open(&self.path)?;
         self.len = contents.len() as u64;
         self.synced_len = self.len;
         self.compacted_records = records.len();
@@ -256,10 +236,7 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<Record>, u64)> {
             Ok(batch) => records.extend(batch),
             Err(_) if end + 1 == rest.len() => break, // a torn last batch
             Err(e) => {
-                return Err(Error::Corrupt(format!(
-                    "{}: bad batch at byte {good_len}: {e}",
-                    path.display()
-                )));
+                return Err(Error::Corrupt(format!("{}: bad batch at byte {good_len}: {e}", path.display())));
             }
         }
         good_len += end as u64 + 1;
@@ -298,19 +275,14 @@ mod bytes {
 mod opt_bytes {
     use super::*;
 
-    pub fn serialize<S: serde::Serializer>(
-        name: &Option<OsString>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(name: &Option<OsString>, s: S) -> Result<S::Ok, S::Error> {
         match name {
             Some(name) => bytes::serialize(name, s),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<OsString>, D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<OsString>, D::Error> {
         bytes::deserialize(d).map(Some)
     }
 }
@@ -320,12 +292,7 @@ mod tests {
     use super::*;
 
     fn link(dir: u64, name: &str, ino: u64) -> Record {
-        Record::Link {
-            dir,
-            name: name.into(),
-            ino,
-            time: Time::default(),
-        }
+        Record::Link { dir, name: name.into(), ino, time: Time::default() }
     }
 
     #[test]
@@ -358,11 +325,7 @@ mod tests {
     #[test]
     fn non_utf8_names_round_trip() {
         let name = OsString::from_vec(vec![b'a', 0xff, b'b']);
-        let record = Record::Unlink {
-            dir: 1,
-            name: name.clone(),
-            time: Time::default(),
-        };
+        let record = Record::Unlink { dir: 1, name: name.clone(), time: Time::default() };
         let json = serde_json::to_string(&record).unwrap();
         assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), record);
     }
@@ -386,27 +349,16 @@ mod tests {
         for i in 0..5000u64 {
             let ino = 100 + i;
             journal.append(&[create(ino), link(1, "tmp", ino)]).unwrap();
-            let unlink = Record::Unlink {
-                dir: 1,
-                name: "tmp".into(),
-                time: Time::default(),
-            };
+            let unlink = Record::Unlink { dir: 1, name: "tmp".into(), time: Time::default() };
             journal.append(&[unlink, Record::Drop { ino }]).unwrap();
         }
         journal.append(&[create(7), link(1, "kept", 7)]).unwrap();
         let (records, _) = read(&path).unwrap();
         // 20,002 records were written; compaction keeps the journal within 4096 of the net change.
-        assert!(
-            records.len() <= 4096 + 4,
-            "journal was not compacted: {} records",
-            records.len()
-        );
+        assert!(records.len() <= 4096 + 4, "journal was not compacted: {} records", records.len());
         let mut delta = Delta::default();
         records.iter().for_each(|r| delta.apply(r));
         assert!(delta.created.contains_key(&7));
-        assert_eq!(
-            delta.entries.get(&(1, "kept".into())),
-            Some(&link(1, "kept", 7))
-        );
+        assert_eq!(delta.entries.get(&(1, "kept".into())), Some(&link(1, "kept", 7)));
     }
 }

@@ -65,12 +65,8 @@ impl LayerStack {
     /// empty. Fails when another process (a mount) holds the directory, or when it was made
     /// over a different image.
     pub fn open(dir: &Path, image: &Path) -> Result<LayerStack> {
-        let image = fs::canonicalize(image).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("image directory {}: {e}", image.display()),
-            )
-        })?;
+        let image = fs::canonicalize(image)
+            .map_err(|e| io::Error::new(e.kind(), format!("image directory {}: {e}", image.display())))?;
         if !fs::metadata(&image)?.is_dir() {
             return Err(io::Error::new(
                 io::ErrorKind::NotADirectory,
@@ -114,17 +110,8 @@ impl LayerStack {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(dir.join("layers"))?;
                 fs::create_dir_all(dir.join("trash"))?;
-                let manifest = Manifest {
-                    format: FORMAT,
-                    block_size: BLOCK_SIZE,
-                    image,
-                    layers: vec![],
-                };
-                let mut stack = LayerStack {
-                    dir,
-                    manifest,
-                    _lock: lock,
-                };
+                let manifest = Manifest { format: FORMAT, block_size: BLOCK_SIZE, image, layers: vec![] };
+                let mut stack = LayerStack { dir, manifest, _lock: lock };
                 let id = stack.new_layer()?;
                 stack.manifest.layers.push(id);
                 stack.commit()?;
@@ -132,11 +119,7 @@ impl LayerStack {
             }
             Err(e) => return Err(e.into()),
         };
-        let stack = LayerStack {
-            dir,
-            manifest,
-            _lock: lock,
-        };
+        let stack = LayerStack { dir, manifest, _lock: lock };
         stack.collect_garbage()?;
         Ok(stack)
     }
@@ -151,11 +134,7 @@ impl LayerStack {
 
     /// The directories of the layers, bottom to top; the last one is writable.
     pub fn layer_dirs(&self) -> Vec<PathBuf> {
-        self.manifest
-            .layers
-            .iter()
-            .map(|id| self.layer_dir(*id))
-            .collect()
+        self.manifest.layers.iter().map(|id| self.layer_dir(*id)).collect()
     }
 
     /// Freezes the writable layer and starts a new, empty one over it.
@@ -189,10 +168,7 @@ impl LayerStack {
     }
 
     pub fn usage(&self) -> io::Result<Usage> {
-        Ok(Usage {
-            stored_bytes: disk_usage(&self.dir)?,
-            layers: self.manifest.layers.len(),
-        })
+        Ok(Usage { stored_bytes: disk_usage(&self.dir)?, layers: self.manifest.layers.len() })
     }
 
     fn layer_dir(&self, id: u64) -> PathBuf {
@@ -232,12 +208,7 @@ impl LayerStack {
 
     /// Moves layers that the manifest does not name to the trash, and empties it.
     fn collect_garbage(&self) -> Result<()> {
-        let live: HashSet<String> = self
-            .manifest
-            .layers
-            .iter()
-            .map(|id| format!("{id:06}"))
-            .collect();
+        let live: HashSet<String> = self.manifest.layers.iter().map(|id| format!("{id:06}")).collect();
         for entry in fs::read_dir(self.dir.join("layers"))? {
             let entry = entry?;
             let name = entry.file_name();
@@ -272,22 +243,14 @@ impl LayerStack {
 }
 
 fn lock(dir: &Path) -> Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join("lock"))?;
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("lock"))?;
     // SAFETY: flock on a file descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             return Err(io::Error::new(
                 io::ErrorKind::ResourceBusy,
-                format!(
-                    "layer directory {} is in use by another process (a mount?)",
-                    dir.display()
-                ),
+                format!("layer directory {} is in use by another process (a mount?)", dir.display()),
             )
             .into());
         }

@@ -144,6 +144,8 @@ pub(crate) struct Node {
 pub(crate) struct Meta {
     /// `None` until read from the image (image nodes only).
     pub perms: Option<Perms>,
+    /// Whether the image's own attributes below have been read (image nodes only).
+    pub image_loaded: bool,
     /// The image's own size and link count for this node, once read.
     pub image_size: u64,
     pub image_nlink: u32,

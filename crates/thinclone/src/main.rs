@@ -5,11 +5,7 @@ mod mount;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "thinclone",
-    version,
-    about = "Writable copies of large PostgreSQL databases in about a second"
-)]
+#[command(name = "thinclone", version, about = "Writable copies of large PostgreSQL databases in about a second")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,10 +19,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("THINCLONE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("THINCLONE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -35,9 +35,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let owner = args.owner.as_deref().map(lookup_user).transpose()?;
 
-    if cowfs::unmount_stale(&args.mountpoint)
-        .context("cleaning up a mount left by a crashed server")?
-    {
+    if cowfs::unmount_stale(&args.mountpoint).context("cleaning up a mount left by a crashed server")? {
         tracing::warn!(mountpoint = %args.mountpoint.display(), "detached a mount whose server had died");
     }
     let stack = cowfs::LayerStack::open(&args.layer, &args.image)

@@ -1,0 +1,234 @@
+//! Helpers shared by the integration tests: the real `thinclone` binary, real mounts, and
+//! checks of whether this machine can run them.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn thinclone_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_thinclone"))
+}
+
+/// Whether FUSE mounts can be made here. Tests that need them say so and return early where
+/// they cannot; CI runs as root with /dev/fuse, where they always run.
+pub fn fuse_available(test: &str) -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    let ok = Path::new("/dev/fuse").exists() && (root || which("fusermount3"));
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("{test}: FUSE is not available (need /dev/fuse and root or fusermount3), but CI must run this test");
+        }
+        eprintln!("skipped {test}: FUSE is not available (need /dev/fuse and root or fusermount3)");
+    }
+    ok
+}
+
+pub fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// A `thinclone mount` process serving a layer directory over an image.
+pub struct Mount {
+    pub image: PathBuf,
+    pub layer: PathBuf,
+    pub mountpoint: PathBuf,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Mount {
+    pub fn start(image: &Path, layer: &Path, mountpoint: &Path, extra_args: &[&str]) -> Mount {
+        fs::create_dir_all(mountpoint).unwrap();
+        let mut mount = Mount {
+            image: image.to_owned(),
+            layer: layer.to_owned(),
+            mountpoint: mountpoint.to_owned(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        mount.spawn();
+        mount
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(thinclone_bin())
+            .arg("mount")
+            .arg("--image")
+            .arg(&self.image)
+            .arg("--layer")
+            .arg(&self.layer)
+            .arg(&self.mountpoint)
+            .args(&self.extra_args)
+            .env("THINCLONE_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting thinclone mount");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // A dead server's mount stays listed, answering ENOTCONN, until the new server
+        // detaches it: ready means listed and answering.
+        while !(is_mounted(&self.mountpoint) && statfs_ok(&self.mountpoint)) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("thinclone mount exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "mount did not come up at {}", self.mountpoint.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and starts a new one on the same
+    /// layer directory.
+    pub fn kill_and_remount(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.spawn();
+    }
+
+    /// Unmounts with SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().unwrap();
+            assert!(status.success(), "thinclone mount exited with {status}");
+            assert!(!is_mounted(&self.mountpoint), "still mounted after SIGTERM");
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+        }
+    }
+}
+
+/// Whether a filesystem answers at `path`: statfs always reaches a FUSE server.
+pub fn statfs_ok(path: &Path) -> bool {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(path) = fs::canonicalize(path).or_else(|_| Ok::<_, ()>(path.to_owned())) else { return false };
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo.lines().any(|line| line.split(' ').nth(4).is_some_and(|mp| Path::new(mp) == path))
+}
+
+/// Copies a tree as `cp -a` would (contents, modes, symlinks).
+pub fn copy_tree(from: &Path, to: &Path) {
+    let meta = fs::symlink_metadata(from).unwrap();
+    if meta.is_dir() {
+        fs::create_dir_all(to).unwrap();
+        for entry in fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+        fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777)).unwrap();
+    } else if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(from).unwrap(), to).unwrap();
+    } else {
+        fs::copy(from, to).unwrap();
+    }
+}
+
+/// What a tree holds, for comparing two trees: kind, permission bits, size and contents (or
+/// symlink target) of every entry by relative path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Dir { mode: u32 },
+    File { mode: u32, size: u64, digest: u64 },
+    Symlink { target: PathBuf },
+    Other { mode: u32 },
+}
+
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    let mut out = BTreeMap::new();
+    walk(root, Path::new(""), &mut out);
+    out
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Entry>) {
+    let path = root.join(rel);
+    let meta = fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+    let mode = meta.mode() & 0o7777;
+    let entry = if meta.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        for name in names {
+            walk(root, &rel.join(name), out);
+        }
+        Entry::Dir { mode }
+    } else if meta.file_type().is_symlink() {
+        Entry::Symlink { target: fs::read_link(&path).unwrap() }
+    } else if meta.is_file() {
+        Entry::File { mode, size: meta.len(), digest: digest_file(&path) }
+    } else {
+        Entry::Other { mode }
+    };
+    out.insert(rel.to_owned(), entry);
+}
+
+pub fn digest_file(path: &Path) -> u64 {
+    // FNV-1a: enough to tell contents apart in tests.
+    let mut hash: u64 = 0xcbf29ce484222325;
+    let mut file = fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            hash ^= b as u64;
+            hash = hash.wrapping_mul(0x100000001b3);
+        }
+    }
+    hash
+}
+
+/// Describes how two snapshots differ, or `None` when they are equal.
+pub fn diff(expected: &BTreeMap<PathBuf, Entry>, actual: &BTreeMap<PathBuf, Entry>) -> Option<String> {
+    let mut out = String::new();
+    for (path, e) in expected {
+        match actual.get(path) {
+            None => out += &format!("missing {}: expected {e:?}\n", path.display()),
+            Some(a) if a != e => out += &format!("differs {}: expected {e:?}, got {a:?}\n", path.display()),
+            _ => {}
+        }
+    }
+    for (path, a) in actual {
+        if !expected.contains_key(path) {
+            out += &format!("unexpected {}: {a:?}\n", path.display());
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
