@@ -23,6 +23,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::BLOCK_SIZE;
 
@@ -33,6 +34,8 @@ pub(crate) struct BlockMap {
     file: File,
     lower_limit: u64,
     bits: Vec<u8>,
+    /// Changed since the last sync.
+    dirty: AtomicBool,
 }
 
 impl BlockMap {
@@ -43,7 +46,7 @@ impl BlockMap {
         header[..8].copy_from_slice(MAGIC);
         header[8..16].copy_from_slice(&lower_limit.to_le_bytes());
         file.write_all_at(&header, 0)?;
-        Ok(BlockMap { file, lower_limit, bits: Vec::new() })
+        Ok(BlockMap { file, lower_limit, bits: Vec::new(), dirty: AtomicBool::new(true) })
     }
 
     pub(crate) fn open(path: &Path, writable: bool) -> io::Result<BlockMap> {
@@ -60,7 +63,7 @@ impl BlockMap {
         let len = file.metadata()?.len().saturating_sub(HEADER_LEN);
         let mut bits = vec![0u8; len as usize];
         file.read_exact_at(&mut bits, HEADER_LEN)?;
-        Ok(BlockMap { file, lower_limit, bits })
+        Ok(BlockMap { file, lower_limit, bits, dirty: AtomicBool::new(false) })
     }
 
     pub(crate) fn lower_limit(&self) -> u64 {
@@ -72,6 +75,7 @@ impl BlockMap {
         if limit < self.lower_limit {
             self.file.write_all_at(&limit.to_le_bytes(), 8)?;
             self.lower_limit = limit;
+            self.dirty.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -97,11 +101,19 @@ impl BlockMap {
         for block in first..=last {
             self.bits[(block / 8) as usize] |= 1 << (block % 8);
         }
-        self.file.write_all_at(&self.bits[lo..=hi], HEADER_LEN + lo as u64)
+        self.file.write_all_at(&self.bits[lo..=hi], HEADER_LEN + lo as u64)?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
     }
 
     pub(crate) fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.file.sync_data() {
+                self.dirty.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -190,6 +190,4 @@ pub(crate) struct Data {
     pub lower: Vec<LayerFile>,
     /// The image file, when the image still shows through.
     pub image: Option<File>,
-    /// The top data file was created since the last fsync of the layer's data directory.
-    pub new_in_top: bool,
 }

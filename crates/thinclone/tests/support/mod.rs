@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
@@ -231,4 +233,9 @@ pub fn diff(expected: &BTreeMap<PathBuf, Entry>, actual: &BTreeMap<PathBuf, Entr
         }
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// Bytes allocated on disk under `path`, as `du` counts them.
+pub fn layer_du(path: &Path) -> u64 {
+    cowfs::disk_usage(path).unwrap()
 }
