@@ -171,12 +171,13 @@ struct Handle {
 }
 
 struct Harness {
-    _dir: tempfile::TempDir,
     pristine: PathBuf,
     model: PathBuf,
     mount: Mount,
     handles: Vec<Option<Handle>>,
     ops_done: usize,
+    // Last: fields drop in order, and the directory must outlive the mount.
+    _dir: tempfile::TempDir,
 }
 
 /// The result of an operation as compared between the two sides.
@@ -452,7 +453,7 @@ fn cases(default: u32) -> u32 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(12), max_shrink_iters: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(24), max_shrink_iters: 400, ..ProptestConfig::default() })]
 
     #[test]
     fn mount_matches_a_plain_copy(ops in proptest::collection::vec(op(false), 150..300)) {

@@ -69,7 +69,9 @@ impl Mount {
             .arg(&self.layer)
             .arg(&self.mountpoint)
             .args(&self.extra_args)
-            .env("THINCLONE_LOG", "warn")
+            // Lets a test run be repeated in another mount mode, e.g. `--no-passthrough`.
+            .args(std::env::var("THINCLONE_TEST_MOUNT_ARGS").unwrap_or_default().split_whitespace())
+            .env("THINCLONE_LOG", std::env::var("THINCLONE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .spawn()
             .expect("starting thinclone mount");
@@ -77,7 +79,7 @@ impl Mount {
         let deadline = Instant::now() + Duration::from_secs(20);
         // A dead server's mount stays listed, answering ENOTCONN, until the new server
         // detaches it: ready means listed and answering.
-        while !(is_mounted(&self.mountpoint) && statfs_ok(&self.mountpoint)) {
+        while !fuse_answers(&self.mountpoint) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("thinclone mount exited early: {status}");
             }
@@ -132,11 +134,14 @@ impl Drop for Mount {
     }
 }
 
-/// Whether a filesystem answers at `path`: statfs always reaches a FUSE server.
-pub fn statfs_ok(path: &Path) -> bool {
+/// Whether a live FUSE filesystem answers at `path`, in one call: statfs always reaches the
+/// server (a dead one gives ENOTCONN), and its type tells a FUSE mount from the directory
+/// under it (which a remount briefly exposes between detaching a dead mount and mounting).
+pub fn fuse_answers(path: &Path) -> bool {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 }
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == FUSE_SUPER_MAGIC }
 }
 
 pub fn is_mounted(path: &Path) -> bool {
