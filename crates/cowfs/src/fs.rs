@@ -23,7 +23,7 @@ use crate::blockmap::BlockMap;
 use crate::error::{Error, Result};
 use crate::journal::{self, Journal, Record};
 use crate::layer::LayerStack;
-use crate::node::{Attr, Data, Dir, Ino, Kind, LayerFile, Meta, Node, Perms, Time, ROOT_INO};
+use crate::node::{Attr, Data, Dir, Ino, Kind, LayerFile, Node, Perms, Time, ROOT_INO};
 use crate::BLOCK_SIZE;
 
 const NAME_MAX: usize = 255;
@@ -138,27 +138,7 @@ impl CowFs {
         let top_dir = layer_dirs.pop().expect("a layer stack always has a writable layer");
         let (journal, top_records) = Journal::open(&top_dir.join("journal")).map_err(|e| at(&top_dir, e))?;
 
-        let image_meta = fs::symlink_metadata(&image)?;
-        let root = Node {
-            ino: ROOT_INO,
-            kind: Kind::Dir,
-            origin: Some(PathBuf::new()),
-            adopted: AtomicBool::new(true),
-            meta: Mutex::new(Meta {
-                perms: None,
-                image_size: image_meta.size(),
-                image_nlink: image_meta.nlink() as u32,
-                image_loaded: true,
-                parent: ROOT_INO,
-                name: OsString::new(),
-                symlink_target: None,
-                nlookup: 0,
-                open: 0,
-                unlinked: false,
-            }),
-            dir: Some(Mutex::new(Dir::default())),
-            data: None,
-        };
+        let root = Node::new(ROOT_INO, Kind::Dir, Some(PathBuf::new()), true, None);
         let mut fs = CowFs {
             image,
             options,
@@ -339,26 +319,7 @@ impl CowFs {
         adopted: bool,
         perms: Option<Perms>,
     ) -> Arc<Node> {
-        let node = Arc::new(Node {
-            ino,
-            kind,
-            origin,
-            adopted: AtomicBool::new(adopted),
-            meta: Mutex::new(Meta {
-                perms,
-                image_size: 0,
-                image_nlink: 1,
-                image_loaded: false,
-                parent: ROOT_INO,
-                name: OsString::new(),
-                symlink_target: None,
-                nlookup: 0,
-                open: 0,
-                unlinked: false,
-            }),
-            dir: (kind == Kind::Dir).then(|| Mutex::new(Dir::default())),
-            data: (kind == Kind::File).then(|| RwLock::new(Data::default())),
-        });
+        let node = Arc::new(Node::new(ino, kind, origin, adopted, perms));
         self.nodes.write().unwrap().insert(ino, node.clone());
         node
     }

@@ -141,6 +141,33 @@ pub(crate) struct Node {
     pub data: Option<RwLock<Data>>,
 }
 
+impl Node {
+    /// A node with no name yet (its parent and name are set when it is linked) and, for an
+    /// image node, attributes still to be read from the image.
+    pub fn new(ino: Ino, kind: Kind, origin: Option<PathBuf>, adopted: bool, perms: Option<Perms>) -> Node {
+        Node {
+            ino,
+            kind,
+            origin,
+            adopted: AtomicBool::new(adopted),
+            meta: Mutex::new(Meta {
+                perms,
+                image_loaded: false,
+                image_size: 0,
+                image_nlink: 1,
+                parent: ROOT_INO,
+                name: OsString::new(),
+                symlink_target: None,
+                nlookup: 0,
+                open: 0,
+                unlinked: false,
+            }),
+            dir: (kind == Kind::Dir).then(|| Mutex::new(Dir::default())),
+            data: (kind == Kind::File).then(|| RwLock::new(Data::default())),
+        }
+    }
+}
+
 pub(crate) struct Meta {
     /// `None` until read from the image (image nodes only).
     pub perms: Option<Perms>,
