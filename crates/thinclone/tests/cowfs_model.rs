@@ -514,3 +514,26 @@ fn regression_unlinked_open_file_keeps_working() {
         Op::Kill,
     ]);
 }
+
+/// A `drop` record for an inode number that was never adopted did not raise the inode
+/// high-water mark: after a remount the number went to another file, and replaying the old
+/// `drop` deleted that file's data.
+#[test]
+fn regression_inode_numbers_are_not_reused_after_a_drop() {
+    regression(&[
+        Op::Rename { from: 6, to: 9 },
+        Op::Unlink { path: 8 },
+        Op::Kill,
+        Op::Write { path: 0, offset: 0, len: 1, seed: 2 },
+        Op::Kill,
+        Op::Write { path: 0, offset: 0, len: 1, seed: 0 },
+        Op::Kill,
+    ]);
+}
+
+/// An image file whose attributes were journaled lost its size after a remount: the image's
+/// size was only read along with the attributes.
+#[test]
+fn regression_journaled_attributes_keep_the_image_size() {
+    regression(&[Op::Chmod { path: 2, mode: 0o600 }, Op::Rename { from: 2, to: 6 }, Op::Kill, Op::Stat { path: 6 }]);
+}
