@@ -1,0 +1,11 @@
+//! The thinclone daemon: what images and clones exist (its state, in SQLite), how a clone's
+//! storage is made (drivers), and the operations on them.
+//!
+//! It is the only part that decides what happens and when. It uses the PostgreSQL engine
+//! (`pg`) and the copy-on-write filesystem (`cowfs`) as libraries and knows about both.
+
+pub mod driver;
+mod name;
+pub mod store;
+
+pub use name::{InvalidName, Name};
