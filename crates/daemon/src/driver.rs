@@ -140,10 +140,13 @@ impl Driver for Cowfs {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+        // A daemon that is killed leaves the mount running; the next one stops it by this.
+        fs::write(clone_dir.join("mount.pid"), child.id().to_string())?;
         Ok(Attached { data_dir: data, server: Some(child) })
     }
 
     fn detach(&self, clone_dir: &Path, attached: Attached) -> io::Result<()> {
+        let _ = fs::remove_file(clone_dir.join("mount.pid"));
         let Some(mut child) = attached.server else { return Ok(()) };
         // SAFETY: signalling our own child; SIGTERM unmounts cleanly.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -170,6 +170,16 @@ impl Server {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// Gives the superuser a new password. The server gets a SCRAM verifier computed here,
+    /// so the password itself never reaches it or its logs.
+    pub fn set_superuser_password(&self, password: &str) -> Result<String> {
+        let role = self.superuser()?;
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        let sql = format!("ALTER ROLE \"{}\" PASSWORD '{}'", role.replace('"', "\"\""), verifier);
+        self.sql("postgres", &sql)?;
+        Ok(role)
+    }
+
     /// Stops the server (fast shutdown: SIGINT) and waits for it.
     pub fn stop(mut self, timeout: Duration) -> Result<()> {
         // SAFETY: signalling our own child.

@@ -1,6 +1,9 @@
 //! The `thinclone` command: argument parsing and glue over the library crates.
 
+mod client;
+mod commands;
 mod mount;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -13,6 +16,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon in the foreground: state, the REST API, clones' mounts and servers.
+    Serve(serve::ServeArgs),
+    /// Make, list and remove images (immutable copies of a database).
+    Image {
+        #[command(subcommand)]
+        command: commands::ImageCommand,
+        #[command(flatten)]
+        opts: commands::ClientOpts,
+    },
+    /// Make and manage clones (private, writable databases made from an image).
+    Clone {
+        #[command(subcommand)]
+        command: commands::CloneCommand,
+        #[command(flatten)]
+        opts: commands::ClientOpts,
+    },
     /// Mount a copy-on-write view of an image directory in the foreground (low level).
     Mount(mount::MountArgs),
 }
@@ -24,6 +43,9 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Image { command, opts } => commands::image(command, &opts),
+        Command::Clone { command, opts } => commands::clone(command, &opts),
         Command::Mount(args) => mount::run(args),
     };
     match result {
