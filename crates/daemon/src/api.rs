@@ -107,13 +107,7 @@ async fn create_image(State(d): State<Arc<Daemon>>, Json(body): Json<CreateImage
     let name = name(&body.name)?;
     let image = match (body.from_dir, body.from_url) {
         (Some(dir), None) => blocking(move || d.create_image_from_dir(name, &dir)).await?,
-        (None, Some(_url)) => {
-            return Err(ApiError(OpError::BadRequest(
-                "images from a live server (from_url) are not supported by this daemon yet; \
-                 stop the server, or take a base backup, and use from_dir"
-                    .into(),
-            )))
-        }
+        (None, Some(url)) => blocking(move || d.create_image_from_url(name, &url)).await?,
         _ => return Err(ApiError(OpError::BadRequest("give exactly one of from_dir and from_url".into()))),
     };
     Ok((StatusCode::ACCEPTED, Json(image)))

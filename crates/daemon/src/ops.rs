@@ -235,6 +235,78 @@ impl Daemon {
         self.image(&image.name)
     }
 
+    /// Starts making an image from a live server, which keeps running: pg_basebackup takes a
+    /// consistent copy, then the copy is prepared. The image is `creating` until then.
+    pub fn create_image_from_url(self: &Arc<Self>, name: Name, url: &str) -> Result<ImageView> {
+        let source = pg::SourceUrl::parse(url).map_err(OpError::BadRequest)?;
+        let client = pg::Installation::newest().map_err(engine)?;
+        // An unreachable source is the caller's mistake: say so now, not in a failed image.
+        let sep = if source.shown.contains('?') { '&' } else { '?' };
+        let probe = pg::Program::new(client.program("pg_isready"))
+            .args(["-d", &format!("{}{sep}connect_timeout=5", source.shown), "-t", "5"])
+            .run();
+        if let Err(e) = probe {
+            let why = match &e {
+                pg::Error::Failed { stderr, .. } if !stderr.is_empty() => stderr.clone(),
+                _ => "no response".into(),
+            };
+            return Err(OpError::BadRequest(format!("cannot reach the source {}: {why}", source.shown)));
+        }
+        let image = Image {
+            name: name.clone(),
+            status: Status::Creating,
+            message: Some("copying (pg_basebackup)".into()),
+            pg_version: None,
+            logical_bytes: 0,
+            stored_bytes: 0,
+            file_count: 0,
+            source: source.shown.clone(),
+            created_at: Timestamp::now(),
+        };
+        lock(&self.store).insert_image(&image)?;
+        let progress = Arc::new(Progress::default());
+        lock(&self.progress).insert(name.clone(), progress.clone());
+        let daemon = self.clone();
+        std::thread::spawn(move || {
+            let result = daemon.make_image_from_url(&name, &source, &client, &progress);
+            daemon.finish_image(&name, result);
+        });
+        self.image(&image.name)
+    }
+
+    fn make_image_from_url(
+        &self,
+        name: &Name,
+        source: &pg::SourceUrl,
+        client: &pg::Installation,
+        progress: &Progress,
+    ) -> Result<()> {
+        let partial = self.partial_image_dir(name);
+        let _ = fs::remove_dir_all(&partial);
+        fs::create_dir(&partial).map_err(internal("making the image directory"))?;
+        // PostgreSQL refuses a data directory that others can read.
+        fs::set_permissions(&partial, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(internal("making the image directory private"))?;
+        chown_tree(&partial, &self.user).map_err(internal("giving the image to the database's user"))?;
+        pg::basebackup(client, source, &partial, &self.user, |done, total| {
+            progress.done_bytes.store(done, Ordering::Relaxed);
+            progress.total_bytes.store(total, Ordering::Relaxed);
+        })
+        .map_err(|e| match e {
+            pg::Error::Failed { stderr, .. } => OpError::BadRequest(format!("pg_basebackup failed: {stderr}")),
+            other => engine(other),
+        })?;
+        let version = pg::data_dir_version(&partial).map_err(engine)?;
+        {
+            let store = lock(&self.store);
+            let mut image = store.image(name)?;
+            image.pg_version = Some(version);
+            store.update_image(&image)?;
+        }
+        let installation = pg::Installation::find(version).map_err(engine)?;
+        self.seal_image(name, &partial, &installation)
+    }
+
     fn make_image_from_dir(
         &self,
         name: &Name,
@@ -378,7 +450,7 @@ impl Daemon {
             let store = lock(&self.store);
             let image = store.image(&image_name)?;
             if image.status != Status::Ready {
-                return Err(OpError::Conflict(format!("image {image_name} is {:?}, not ready", image.status)));
+                return Err(OpError::Conflict(format!("image {image_name} is {}, not ready", image.status.as_str())));
             }
             if store.clone_named(&name).is_ok() {
                 return Err(OpError::Conflict(format!("clone {name} already exists")));

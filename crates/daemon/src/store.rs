@@ -40,7 +40,7 @@ pub enum Status {
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Status::Creating => "creating",
             Status::Ready => "ready",

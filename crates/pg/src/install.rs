@@ -32,6 +32,27 @@ impl Installation {
         Err(Error::MissingVersion { major, searched })
     }
 
+    /// The newest version installed, whose client programs (`pg_basebackup`, `pg_isready`)
+    /// work with servers of older versions too.
+    pub fn newest() -> Result<Installation> {
+        let mut majors: Vec<u32> = ["/usr/lib/postgresql", "/usr"]
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix("pgsql-").unwrap_or(&name).parse().ok()
+            })
+            .collect();
+        majors.sort_unstable();
+        for major in majors.into_iter().rev() {
+            if let Ok(found) = Installation::find(major) {
+                return Ok(found);
+            }
+        }
+        Err(Error::MissingVersion { major: 0, searched: vec!["/usr/lib/postgresql".into(), "/usr/pgsql-*".into()] })
+    }
+
     /// The path of one of this version's programs (`postgres`, `pg_ctl`, `psql`, …).
     pub fn program(&self, name: &str) -> PathBuf {
         self.bin_dir.join(name)

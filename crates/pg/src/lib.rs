@@ -4,11 +4,13 @@
 //! It knows nothing about FUSE or about how a data directory is stored: it is given
 //! directories and works on them.
 
+mod basebackup;
 mod cmd;
 mod datadir;
 mod install;
 mod server;
 
+pub use basebackup::{basebackup, SourceUrl};
 pub use cmd::{Program, RunAs};
 pub use datadir::data_dir_version;
 pub use install::Installation;
