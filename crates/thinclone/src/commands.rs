@@ -429,7 +429,7 @@ fn opt_bytes(value: Option<u64>) -> String {
 }
 
 /// Sizes in binary units with one decimal: `512 B`, `240.0 KiB`, `600.0 MiB`, `1.5 GiB`.
-fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if bytes < 1024 {
         return format!("{bytes} B");

@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod demo;
 mod mount;
 mod serve;
 
@@ -16,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Show what thinclone does: a sample database, an image of it, three clones, a reset.
+    Demo(demo::DemoArgs),
     /// Run the daemon in the foreground: state, the REST API, clones' mounts and servers.
     Serve(serve::ServeArgs),
     /// Make, list and remove images (immutable copies of a database).
@@ -43,6 +46,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Image { command, opts } => commands::image(command, &opts),
         Command::Clone { command, opts } => commands::clone(command, &opts),
