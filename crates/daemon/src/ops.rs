@@ -648,36 +648,50 @@ impl Daemon {
 
     /// Stops a server and a mount of this clone that outlived a killed daemon.
     fn clean_leftovers(&self, clone: &store::Clone) {
-        let data = driver::data_dir(&self.clone_dir(&clone.name));
-        let pid_file = self.run_dir(&clone.name).join("postgres.pid");
-        if let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|s| s.lines().next()?.trim().parse::<i32>().ok())
-        {
-            // SAFETY: signal 0 checks existence; SIGINT is PostgreSQL's fast shutdown.
-            if unsafe { libc::kill(pid, 0) } == 0 {
-                tracing::info!(clone = %clone.name, pid, "stopping a server left by the previous daemon");
-                unsafe { libc::kill(pid, libc::SIGINT) };
-                for _ in 0..3000 {
-                    if unsafe { libc::kill(pid, 0) } != 0 {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
+        let clone_dir = self.clone_dir(&clone.name);
+        let data = driver::data_dir(&clone_dir);
+        let layer = clone_dir.join("layer");
+        // The pid files may be stale (after a reboot the numbers belong to other processes):
+        // a process is stopped only if its command line names this clone's own directory.
+        let leftovers = [
+            (self.run_dir(&clone.name).join("postgres.pid"), data, libc::SIGINT, "server"),
+            (clone_dir.join("mount.pid"), layer, libc::SIGTERM, "mount"),
+        ];
+        for (pid_file, own_path, signal, what) in leftovers {
+            let Some(pid) = read_pid(&pid_file) else { continue };
+            if !is_live_process_of(pid, &own_path) {
+                continue;
+            }
+            tracing::info!(clone = %clone.name, pid, "stopping a {what} left by the previous daemon");
+            // SAFETY: a signal to a live process whose command line names this clone.
+            unsafe { libc::kill(pid, signal) };
+            for _ in 0..3000 {
+                if !is_live_process_of(pid, &own_path) {
+                    break;
                 }
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
-        let mount_pid = self.clone_dir(&clone.name).join("mount.pid");
-        if let Some(pid) = fs::read_to_string(&mount_pid).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
-            if unsafe { libc::kill(pid, 0) } == 0 {
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-                for _ in 0..3000 {
-                    if unsafe { libc::kill(pid, 0) } != 0 {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-        let _ = cowfs::unmount_stale(&data);
+        let _ = cowfs::unmount_stale(&driver::data_dir(&clone_dir));
     }
+}
+
+/// The first line of a pid file, as a pid.
+fn read_pid(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.lines().next()?.trim().parse().ok()
+}
+
+/// Whether `pid` is a running (not zombie) process with `path` among its arguments.
+fn is_live_process_of(pid: i32, path: &Path) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state is the first field after the command name, which is in parentheses.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    if matches!(state, Some("Z") | Some("X") | None) {
+        return false;
+    }
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let wanted = path.as_os_str().as_encoded_bytes();
+    cmdline.split(|&b| b == 0).any(|arg| arg == wanted)
 }
 
 /// Logical bytes and file count of a tree.
@@ -727,4 +741,27 @@ fn generate_password() -> String {
     let filled = fs::File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes));
     assert!(filled.is_ok(), "/dev/urandom is unreadable");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_live_process_naming_the_path_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("clones/a/data");
+        // A shell that keeps the path among its arguments (`; true` stops it exec'ing sleep).
+        let mut child =
+            std::process::Command::new("sh").args(["-c", "sleep 30; true", "sh"]).arg(&ours).spawn().unwrap();
+        let pid = child.id() as i32;
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(is_live_process_of(pid, &ours));
+        assert!(!is_live_process_of(pid, &dir.path().join("clones/b/data")), "another clone's path matched");
+        // Killed but not reaped: a zombie is gone.
+        child.kill().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!is_live_process_of(pid, &ours), "a zombie counted as live");
+        child.wait().unwrap();
+    }
 }

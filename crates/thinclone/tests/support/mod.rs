@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod pg;
 
 use std::collections::BTreeMap;
