@@ -120,19 +120,29 @@ impl Mounted {
     }
 }
 
+/// Whether a live FUSE filesystem answers at `path`, in one call: statfs always reaches the
+/// server (`stat` may be answered from the kernel's cache; a dead server gives ENOTCONN), and
+/// the filesystem type tells a FUSE mount from the directory beneath it.
+pub fn is_live_mount(path: &Path) -> bool {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    statfs(path).is_ok_and(|st| st.f_type as i64 == FUSE_SUPER_MAGIC)
+}
+
+fn statfs(path: &Path) -> io::Result<libc::statfs> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statfs fills the struct we pass; the path is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
 /// Cleans up after a server that died: when `mountpoint` is a FUSE mount whose server is gone
 /// (`ENOTCONN`), detaches it. Returns whether it did.
 pub fn unmount_stale(mountpoint: &Path) -> io::Result<bool> {
-    // statfs always reaches the server (stat may be answered from the kernel's cache), so it
-    // tells a dead server apart.
-    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: statfs fills the struct we pass; the path is a valid C string.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 {
-        return Ok(false);
-    }
-    match io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::ENOTCONN) => {
+    match statfs(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             detach(mountpoint)?;
             Ok(true)
         }

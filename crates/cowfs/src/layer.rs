@@ -244,9 +244,17 @@ impl LayerStack {
 
 fn lock(dir: &Path) -> Result<File> {
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("lock"))?;
+    // A lock just released can still be held for a moment by a child that another thread
+    // forked and has not yet exec'd (it shares the descriptor until then), so a busy lock is
+    // retried for a short while before it counts as another user's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            continue;
+        }
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             return Err(io::Error::new(
                 io::ErrorKind::ResourceBusy,

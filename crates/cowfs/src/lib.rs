@@ -22,7 +22,7 @@ mod node;
 
 pub use error::{Error, Result};
 pub use fs::{Caller, CowFs, DirEntry, Options, SetAttr, Statfs};
-pub use fuse::{mount, unmount_stale, MountConfig, Mounted};
+pub use fuse::{is_live_mount, mount, unmount_stale, MountConfig, Mounted};
 pub use layer::{disk_usage, LayerStack, Usage};
 pub use node::{Attr, Ino, Kind, Time, ROOT_INO};
 

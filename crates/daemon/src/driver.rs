@@ -127,7 +127,7 @@ impl Driver for Cowfs {
             .process_group(0)
             .spawn()?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !fuse_answers(&data) {
+        while !cowfs::is_live_mount(&data) {
             if let Some(status) = child.try_wait()? {
                 let log = fs::read_to_string(clone_dir.join("mount.log")).unwrap_or_default();
                 let last = log.lines().rev().find(|l| l.contains("error")).unwrap_or("").to_string();
@@ -232,15 +232,6 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Whether a live FUSE filesystem answers at `path`, in one call (see `cowfs::unmount_stale`).
-fn fuse_answers(path: &Path) -> bool {
-    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: statfs fills the struct we pass; the path is a valid C string.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == FUSE_SUPER_MAGIC }
 }
 
 #[cfg(test)]

@@ -223,13 +223,28 @@ impl Daemon {
             source: source.display().to_string(),
             created_at: Timestamp::now(),
         };
+        let total = tree_size(&source).0;
+        self.start_image_job(image, total, move |daemon, progress| {
+            daemon.make_image_from_dir(&name, &source, &installation, progress)
+        })
+    }
+
+    /// Records a new image as `creating` and makes it in the background with `job`; its
+    /// outcome (ready, or failed with the reason) lands in the store.
+    fn start_image_job(
+        self: &Arc<Self>,
+        image: Image,
+        total_bytes: u64,
+        job: impl FnOnce(&Daemon, &Progress) -> Result<()> + Send + 'static,
+    ) -> Result<ImageView> {
         lock(&self.store).insert_image(&image)?;
         let progress = Arc::new(Progress::default());
-        progress.total_bytes.store(tree_size(&source).0, Ordering::Relaxed);
-        lock(&self.progress).insert(name.clone(), progress.clone());
+        progress.total_bytes.store(total_bytes, Ordering::Relaxed);
+        lock(&self.progress).insert(image.name.clone(), progress.clone());
         let daemon = self.clone();
+        let name = image.name.clone();
         std::thread::spawn(move || {
-            let result = daemon.make_image_from_dir(&name, &source, &installation, &progress);
+            let result = job(&daemon, &progress);
             daemon.finish_image(&name, result);
         });
         self.image(&image.name)
@@ -263,15 +278,9 @@ impl Daemon {
             source: source.shown.clone(),
             created_at: Timestamp::now(),
         };
-        lock(&self.store).insert_image(&image)?;
-        let progress = Arc::new(Progress::default());
-        lock(&self.progress).insert(name.clone(), progress.clone());
-        let daemon = self.clone();
-        std::thread::spawn(move || {
-            let result = daemon.make_image_from_url(&name, &source, &client, &progress);
-            daemon.finish_image(&name, result);
-        });
-        self.image(&image.name)
+        self.start_image_job(image, 0, move |daemon, progress| {
+            daemon.make_image_from_url(&name, &source, &client, progress)
+        })
     }
 
     fn make_image_from_url(

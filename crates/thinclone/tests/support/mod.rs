@@ -135,14 +135,10 @@ impl Drop for Mount {
     }
 }
 
-/// Whether a live FUSE filesystem answers at `path`, in one call: statfs always reaches the
-/// server (a dead one gives ENOTCONN), and its type tells a FUSE mount from the directory
-/// under it (which a remount briefly exposes between detaching a dead mount and mounting).
+/// Whether a live FUSE filesystem answers at `path` (not a dead mount, nor the directory
+/// beneath a mount that a remount briefly exposes).
 pub fn fuse_answers(path: &Path) -> bool {
-    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == FUSE_SUPER_MAGIC }
+    cowfs::is_live_mount(path)
 }
 
 pub fn is_mounted(path: &Path) -> bool {
