@@ -8,6 +8,7 @@ mod api;
 pub mod driver;
 mod name;
 mod ops;
+pub mod reflink;
 pub mod store;
 
 pub use api::{app, serve};

@@ -125,6 +125,9 @@ struct Running {
 
 pub struct Daemon {
     config: Config,
+    /// The driver for clones made without one: reflink where the data directory's filesystem
+    /// shares blocks, cowfs elsewhere.
+    default_driver: DriverKind,
     user: pg::RunAs,
     store: Mutex<Store>,
     running: Mutex<HashMap<Name, Running>>,
@@ -147,7 +150,26 @@ impl Daemon {
         let store = Store::open(&config.data_dir.join("state.db"))?;
         let user = pg::RunAs::user(&config.os_user)
             .map_err(|e| OpError::BadRequest(format!("{e}: set the OS user clones run as with --os-user")))?;
+        let default_driver = match crate::reflink::supported(&config.data_dir) {
+            Ok(true) => DriverKind::Reflink,
+            Ok(false) => DriverKind::Cowfs,
+            Err(e) => {
+                tracing::warn!("could not probe for reflink support, using cowfs: {e}");
+                DriverKind::Cowfs
+            }
+        };
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            driver = default_driver.as_str(),
+            "default clone driver: {}",
+            if default_driver == DriverKind::Reflink {
+                "reflink (the filesystem shares blocks between files)"
+            } else {
+                "cowfs (the filesystem cannot share blocks between files)"
+            }
+        );
         let daemon = Arc::new(Daemon {
+            default_driver,
             config,
             user,
             store: Mutex::new(store),
@@ -178,6 +200,7 @@ impl Daemon {
     fn driver(&self, kind: DriverKind) -> Box<dyn Driver> {
         match kind {
             DriverKind::Cowfs => Box::new(driver::Cowfs { program: self.config.program.clone() }),
+            DriverKind::Reflink => Box::new(driver::Reflink),
             DriverKind::Copy => Box::new(driver::FullCopy),
         }
     }
@@ -454,7 +477,14 @@ impl Daemon {
     /// Makes a clone and starts its server; returns once it accepts SQL.
     pub fn create_clone(&self, name: Name, image_name: Name, kind: Option<DriverKind>) -> Result<CloneView> {
         let _op = lock(&self.clone_ops);
-        let kind = kind.unwrap_or(DriverKind::Cowfs);
+        let kind = kind.unwrap_or(self.default_driver);
+        if kind == DriverKind::Reflink && !crate::reflink::supported(&self.config.data_dir).unwrap_or(false) {
+            return Err(OpError::BadRequest(format!(
+                "the reflink driver needs a filesystem that shares blocks between files (XFS with \
+                 reflink=1, or btrfs), and {} is not on one; use --driver cowfs",
+                self.config.data_dir.display()
+            )));
+        }
         let (image, port) = {
             let store = lock(&self.store);
             let image = store.image(&image_name)?;

@@ -103,6 +103,8 @@ pub enum CloneCommand {
 pub enum Driver {
     /// A copy-on-write FUSE layer over the image: about a second, whatever the size.
     Cowfs,
+    /// Files that share the image's blocks (XFS with reflink=1, btrfs): native speed.
+    Reflink,
     /// A full copy of the image's files.
     Copy,
 }
@@ -111,6 +113,7 @@ impl Driver {
     fn as_str(self) -> &'static str {
         match self {
             Driver::Cowfs => "cowfs",
+            Driver::Reflink => "reflink",
             Driver::Copy => "copy",
         }
     }
