@@ -214,11 +214,7 @@ impl Driver for FullCopy {
     }
 
     fn reset(&self, image: &Path, clone_dir: &Path) -> io::Result<()> {
-        let data = data_dir(clone_dir);
-        let old = clone_dir.join("data.old");
-        fs::rename(&data, &old)?;
-        copy_tree(image, &data, false)?;
-        fs::remove_dir_all(old)
+        replace_with_copy(image, clone_dir, false)
     }
 
     fn stored_bytes(&self, clone_dir: &Path) -> io::Result<u64> {
@@ -252,22 +248,28 @@ impl Driver for Reflink {
     }
 
     fn reset(&self, image: &Path, clone_dir: &Path) -> io::Result<()> {
-        let data = data_dir(clone_dir);
-        let fresh = clone_dir.join("data.new");
-        let _ = fs::remove_dir_all(&fresh);
-        copy_tree(image, &fresh, true).inspect_err(|_| {
-            let _ = fs::remove_dir_all(&fresh);
-        })?;
-        let old = clone_dir.join("data.old");
-        fs::rename(&data, &old)?;
-        fs::rename(&fresh, &data)?;
-        fs::remove_dir_all(old)
+        replace_with_copy(image, clone_dir, true)
     }
 
     /// Only the bytes no longer shared with the image (see `reflink.rs`).
     fn stored_bytes(&self, clone_dir: &Path) -> io::Result<u64> {
         crate::reflink::exclusive_bytes(&data_dir(clone_dir))
     }
+}
+
+/// Replaces a clone's data directory with a fresh copy of the image. The copy is made aside
+/// first, so that a failed copy (a full disk) leaves the clone as it was.
+fn replace_with_copy(image: &Path, clone_dir: &Path, reflink: bool) -> io::Result<()> {
+    let data = data_dir(clone_dir);
+    let fresh = clone_dir.join("data.new");
+    let _ = fs::remove_dir_all(&fresh);
+    copy_tree(image, &fresh, reflink).inspect_err(|_| {
+        let _ = fs::remove_dir_all(&fresh);
+    })?;
+    let old = clone_dir.join("data.old");
+    fs::rename(&data, &old)?;
+    fs::rename(&fresh, &data)?;
+    fs::remove_dir_all(old)
 }
 
 /// Copies a tree with `cp -a`, which keeps modes, owners, times and sparseness; with
