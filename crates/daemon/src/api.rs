@@ -16,8 +16,9 @@ use crate::driver::DriverKind;
 use crate::ops::{Daemon, OpError};
 use crate::Name;
 
-/// An error answer: 4xx with a message that says what to do, or 500 with a generic body and
-/// the detail in the log.
+/// An error answer: 4xx with a message that says what to do, or 500 saying what failed
+/// inside the daemon (logged there too). The daemon serves its own host's operator, so the
+/// 500 keeps its detail rather than hiding it.
 pub struct ApiError(OpError);
 
 impl From<OpError> for ApiError {
