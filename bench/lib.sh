@@ -224,7 +224,7 @@ seconds_since() {
 # du_bytes PATH...: allocated bytes (as du counts them) of the trees, not crossing into other
 # filesystems (so a clone's FUSE mount inside its directory is not walked).
 du_bytes() {
-    du -s -x -B1 -- "$@" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }'
+    du -s -x -B1 -- "$@" 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'
 }
 
 # fs_used_bytes PATH: bytes in use on the filesystem holding PATH, after a sync of it.

@@ -386,7 +386,8 @@ phase() { # phase NAME: ends the current phase (recording its duration) and star
     return 0
 }
 
-fmt_bytes() { numfmt --to=iec-i --suffix=B --format=%.1f -- "$1"; }
+# numfmt wants an integer; mawk may have printed a large sum as 1.1e+10.
+fmt_bytes() { numfmt --to=iec-i --suffix=B --format=%.1f -- "$(printf '%.0f' "$1")"; }
 
 # ---------------------------------------------------------------- thinclone and servers
 
