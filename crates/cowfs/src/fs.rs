@@ -1219,7 +1219,7 @@ impl CowFs {
 
     fn sync_metadata(&self) -> Result<()> {
         if self.top.data_dir_dirty.swap(false, Ordering::AcqRel) {
-            if let Err(e) = crate::crashsafe::fsync_dir(&self.top.data_dir) {
+            if let Err(e) = sys::crashsafe::fsync_dir(&self.top.data_dir) {
                 self.top.data_dir_dirty.store(true, Ordering::Release);
                 return Err(e.into());
             }

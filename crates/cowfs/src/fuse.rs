@@ -161,12 +161,13 @@ fn detach(mountpoint: &Path) -> io::Result<()> {
         return Err(err);
     }
     // Not root: fusermount3 may unmount what this user mounted.
-    let status = std::process::Command::new("fusermount3").args(["-u", "-z", "--"]).arg(mountpoint).status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!("fusermount3 -u {} failed: {status}", mountpoint.display())))
-    }
+    sys::Program::new("fusermount3")
+        .args(["-u", "-z", "--"])
+        .arg(mountpoint)
+        .timeout(std::time::Duration::from_secs(30))
+        .run()
+        .map(drop)
+        .map_err(io::Error::other)
 }
 
 fn errno(e: Error) -> Errno {

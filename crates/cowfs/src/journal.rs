@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::crashsafe;
+use sys::crashsafe;
 use crate::error::{Error, Result};
 use crate::node::{Kind, Time};
 

@@ -25,14 +25,14 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::journal::Journal;
-use crate::{crashsafe, BLOCK_SIZE};
+use crate::BLOCK_SIZE;
+use sys::crashsafe;
 
 const FORMAT: u32 = 1;
 
@@ -168,7 +168,7 @@ impl LayerStack {
     }
 
     pub fn usage(&self) -> io::Result<Usage> {
-        Ok(Usage { stored_bytes: disk_usage(&self.dir)?, layers: self.manifest.layers.len() })
+        Ok(Usage { stored_bytes: sys::tree::disk_usage(&self.dir)?, layers: self.manifest.layers.len() })
     }
 
     fn layer_dir(&self, id: u64) -> PathBuf {
@@ -265,22 +265,6 @@ fn lock(dir: &Path) -> Result<File> {
         return Err(e.into());
     }
     Ok(file)
-}
-
-/// Bytes allocated on disk for everything under `path`, counted as `du` does.
-pub fn disk_usage(path: &Path) -> io::Result<u64> {
-    let meta = fs::symlink_metadata(path)?;
-    let mut total = meta.blocks() * 512;
-    if meta.is_dir() {
-        for entry in fs::read_dir(path)? {
-            match disk_usage(&entry?.path()) {
-                Ok(bytes) => total += bytes,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(total)
 }
 
 #[cfg(test)]

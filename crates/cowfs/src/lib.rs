@@ -12,7 +12,6 @@
 //! cowfs knows nothing about databases.
 
 mod blockmap;
-pub mod crashsafe;
 mod error;
 mod fs;
 mod fuse;
@@ -23,9 +22,10 @@ mod node;
 pub use error::{Error, Result};
 pub use fs::{Caller, CowFs, DirEntry, Options, SetAttr, Statfs};
 pub use fuse::{is_live_mount, mount, unmount_stale, MountConfig, Mounted};
-pub use layer::{disk_usage, LayerStack, Usage};
+pub use layer::{LayerStack, Usage};
 pub use node::{Attr, Ino, Kind, Time, ROOT_INO};
 
 /// The granularity of copy-on-write: a block that a layer changes is stored whole.
-/// PostgreSQL's pages are 8 KiB, so a page write never copies more than itself.
+/// Databases write pages of 8 KiB or a multiple of it, so a page write never copies more
+/// than itself.
 pub const BLOCK_SIZE: u64 = 8192;

@@ -9,6 +9,9 @@ use std::fmt;
 #[serde(transparent)]
 pub struct Name(String);
 
+/// The rule of [`Name::new`] as a regular expression, for the OpenAPI schema.
+pub const PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "invalid name {name:?}: {why}; use 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
@@ -52,6 +55,34 @@ impl fmt::Display for Name {
     }
 }
 
+impl std::str::FromStr for Name {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<Name, InvalidName> {
+        Name::new(s)
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl utoipa::PartialSchema for Name {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(MAX_LEN))
+            .description(Some("A name of an image or a clone: 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a letter or a digit"))
+            .examples(["prod-2026-11"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Name {}
+
 impl<'de> serde::Deserialize<'de> for Name {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
         let s = String::deserialize(d)?;
@@ -84,6 +115,18 @@ mod tests {
         ] {
             let err = Name::new(name).unwrap_err().to_string();
             assert!(err.contains(why), "{name:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_pattern_says_the_same_as_the_code() {
+        // The pattern is ^[a-z0-9][a-z0-9_-]{0,62}$; check it by hand on the edges.
+        assert_eq!(PATTERN, "^[a-z0-9][a-z0-9_-]{0,62}$");
+        for ok in ["a", "9", "a-", "a_b", &"x".repeat(63)] {
+            assert!(Name::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["_a", "-a", "A", "a.b", &"x".repeat(64)] {
+            assert!(Name::new(bad).is_err(), "{bad}");
         }
     }
 

@@ -1,0 +1,169 @@
+//! Clones: private, writable databases made from an image.
+
+use crate::{Name, OperationId, Timestamp};
+
+/// How a clone's files are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Driver {
+    /// A copy-on-write FUSE layer over the image: about a second, whatever the size.
+    Cowfs,
+    /// Files that share the image's blocks (XFS with reflink=1, btrfs): kernel speed.
+    Reflink,
+    /// A full copy of the image's files: the baseline.
+    Copy,
+}
+
+impl Driver {
+    pub const ALL: [Driver; 3] = [Driver::Cowfs, Driver::Reflink, Driver::Copy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Cowfs => "cowfs",
+            Driver::Reflink => "reflink",
+            Driver::Copy => "copy",
+        }
+    }
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Driver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Driver, String> {
+        Driver::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| format!("unknown driver {s:?}: use cowfs, reflink or copy"))
+    }
+}
+
+/// Where a clone is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CloneStatus {
+    /// Its storage is being made and its server started for the first time.
+    Creating,
+    /// Its server is starting.
+    Starting,
+    /// It accepts connections.
+    Ready,
+    /// Its server is stopping.
+    Stopping,
+    /// Its server is stopped; its data is kept.
+    Stopped,
+    /// Going back to its image's state.
+    Resetting,
+    /// Being removed.
+    Deleting,
+    /// Its server could not start, or an operation on it failed; `message` says why. Its
+    /// data is kept: start it again, or remove it.
+    Failed,
+}
+
+impl CloneStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloneStatus::Creating => "creating",
+            CloneStatus::Starting => "starting",
+            CloneStatus::Ready => "ready",
+            CloneStatus::Stopping => "stopping",
+            CloneStatus::Stopped => "stopped",
+            CloneStatus::Resetting => "resetting",
+            CloneStatus::Deleting => "deleting",
+            CloneStatus::Failed => "failed",
+        }
+    }
+
+    /// Whether an operation is under way on the clone.
+    pub fn is_transitional(self) -> bool {
+        matches!(
+            self,
+            CloneStatus::Creating
+                | CloneStatus::Starting
+                | CloneStatus::Stopping
+                | CloneStatus::Resetting
+                | CloneStatus::Deleting
+        )
+    }
+}
+
+impl std::fmt::Display for CloneStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A clone, as `GET /v1/clones/{name}` answers it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Clone {
+    pub name: Name,
+    pub image: Name,
+    pub status: CloneStatus,
+    /// Why it failed, or which step is under way.
+    pub message: Option<String>,
+    pub driver: Driver,
+    /// The database engine, e.g. `postgresql`.
+    pub engine: String,
+    pub engine_version: String,
+    /// The address clients connect to.
+    pub host: String,
+    pub port: u16,
+    /// The database user the connection URL logs in as: the image's superuser.
+    pub user: String,
+    /// A connection URL with the clone's credentials.
+    pub url: String,
+    /// The disk the clone uses beyond its image, as last measured.
+    pub stored_bytes: u64,
+    /// The size of its image's files.
+    pub logical_bytes: u64,
+    /// When `stored_bytes` was measured; sizes are measured in the background.
+    pub sizes_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    /// The operation under way on it, if any.
+    pub operation: Option<OperationId>,
+}
+
+/// `POST /v1/clones`: make a clone of an image and start it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClone {
+    pub name: Name,
+    pub image: Name,
+    /// How its files are stored; the server's default when not given (reflink where the
+    /// filesystem shares blocks, cowfs elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<Driver>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<CreateClone>(r#"{"name":"a","image":"b","drvier":"copy"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `drvier`"), "{err}");
+        let err = serde_json::from_str::<crate::CreateImage>(r#"{"name":"a","form_dir":"/x"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `form_dir`"), "{err}");
+    }
+
+    #[test]
+    fn names_are_checked_when_read() {
+        let err = serde_json::from_str::<CreateClone>(r#"{"name":"../x","image":"b"}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid name"), "{err}");
+    }
+
+    #[test]
+    fn drivers_parse_and_print() {
+        for d in Driver::ALL {
+            assert_eq!(d.as_str().parse::<Driver>().unwrap(), d);
+            assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
+        }
+        assert!("zfs".parse::<Driver>().unwrap_err().contains("use cowfs, reflink or copy"));
+    }
+}

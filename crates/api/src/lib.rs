@@ -1,0 +1,51 @@
+//! thinclone's wire types: what crosses the REST API (and, later, the channel between the
+//! server and its agents). Requests, answers, the one error body, validated names, ids, and
+//! status enums, each with its serde form and its OpenAPI schema.
+//!
+//! This crate holds types only: no HTTP framework, no runtime, no I/O. The server and the
+//! client both depend on it, so that no field list is written twice. The server's stored
+//! rows are separate types that convert into these.
+//!
+//! Requests reject unknown fields, so that a typo (`form_dir`) is an error rather than a
+//! silently ignored field.
+
+mod clone;
+mod error;
+mod image;
+mod name;
+mod operation;
+mod time;
+
+pub use clone::{Clone, CloneStatus, CreateClone, Driver};
+pub use error::{ErrorBody, ErrorCode};
+pub use image::{CreateImage, Image, ImageStatus};
+pub use name::{InvalidName, Name, MAX_LEN as NAME_MAX_LEN};
+pub use operation::{
+    InvalidOperationId, Operation, OperationId, OperationKind, OperationState, Progress, Target, TargetKind,
+};
+pub use time::Timestamp;
+
+/// `GET /v1/health`: the server answers, and which version it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok` when the server answers at all.
+    pub status: String,
+    /// The server's version, e.g. `0.1.0`.
+    pub version: String,
+}
+
+/// The path of every route, relative to the server's base URL. The server mounts its
+/// handlers at these paths and the client calls them, so that the two cannot disagree.
+pub mod paths {
+    pub const HEALTH: &str = "/v1/health";
+    pub const OPENAPI: &str = "/v1/openapi.json";
+    pub const IMAGES: &str = "/v1/images";
+    pub const IMAGE: &str = "/v1/images/{name}";
+    pub const CLONES: &str = "/v1/clones";
+    pub const CLONE: &str = "/v1/clones/{name}";
+    pub const CLONE_START: &str = "/v1/clones/{name}/start";
+    pub const CLONE_STOP: &str = "/v1/clones/{name}/stop";
+    pub const CLONE_RESET: &str = "/v1/clones/{name}/reset";
+    pub const OPERATIONS: &str = "/v1/operations";
+    pub const OPERATION: &str = "/v1/operations/{id}";
+}

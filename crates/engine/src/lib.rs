@@ -1,0 +1,207 @@
+//! The database engine trait: everything a database engine does behind an image and its
+//! clones, so that nothing above it names a particular engine.
+//!
+//! An engine recognises a data directory and its version, finds its installed server
+//! programs, takes a consistent copy of a live server, prepares a copy so that clones start
+//! without crash recovery, starts and stops an instance on a directory and port, sets the
+//! instance's credentials, and builds its connection URL.
+//!
+//! What differs between engines, and how the trait says it:
+//! - versions are strings (`15`, `10.11`): a clone runs only with its image's version;
+//! - the superuser's name comes from the image ([`ImageFacts::superuser`]), never a constant;
+//! - an instance's configuration is given on its command line and in its run directory, never
+//!   written into the data directory, whatever the engine's own configuration files say;
+//! - memory is one setting ([`InstanceSpec::memory`]) that each engine maps to its own knob.
+
+mod secret;
+mod source;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use secret::Secret;
+pub use source::SourceUrl;
+pub use sys::User;
+
+/// What went wrong in an engine. [`Error::is_callers_mistake`] tells the caller's mistakes
+/// (a bad source, a missing version) from failures inside.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path} is not a {engine} data directory ({why})")]
+    NotADataDir { engine: &'static str, path: PathBuf, why: String },
+    /// No server programs of the wanted version on this host.
+    #[error("{engine} {version} is not installed on this host (looked in {}); {hint}", searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    MissingVersion { engine: &'static str, version: String, searched: Vec<PathBuf>, hint: String },
+    /// A connection URL this engine cannot use.
+    #[error("{0}")]
+    BadSource(String),
+    /// A source server that does not answer, or refuses us.
+    #[error("cannot reach the source {url}: {why}")]
+    Unreachable { url: String, why: String },
+    /// A data directory a running server is using.
+    #[error("{0}")]
+    InUse(String),
+    /// A disk filled up.
+    #[error("{what}: the disk is full ({detail})")]
+    DiskFull { what: String, detail: String },
+    /// A program of the engine failed.
+    #[error(transparent)]
+    Program(#[from] sys::Error),
+    /// Anything else; the message says what was being done.
+    #[error("{0}")]
+    Other(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whether the caller can fix this by asking differently (a 4xx, not a 5xx).
+    pub fn is_callers_mistake(&self) -> bool {
+        matches!(
+            self,
+            Error::NotADataDir { .. }
+                | Error::MissingVersion { .. }
+                | Error::BadSource(_)
+                | Error::Unreachable { .. }
+                | Error::InUse(_)
+        )
+    }
+
+    /// Whether a full disk caused this.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::DiskFull { .. } => true,
+            Error::Program(e) => e.is_disk_full(),
+            Error::Io(e) => e.raw_os_error() == Some(28),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What preparing an image learned about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFacts {
+    /// The engine's major version, e.g. `15`.
+    pub version: String,
+    /// The superuser clones' connection URLs log in as (the image's bootstrap superuser).
+    pub superuser: String,
+}
+
+/// How to run an instance on a clone's data directory.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// The engine version of the data directory (the image's).
+    pub version: String,
+    pub data_dir: PathBuf,
+    /// Everything the instance needs besides its data: socket, configuration, log, pid
+    /// file. Created if missing, private to `user`.
+    pub run_dir: PathBuf,
+    pub port: u16,
+    /// The addresses it listens on for TCP; empty for none (local socket only).
+    pub listen: Vec<IpAddr>,
+    /// Whether clients from other hosts may connect (with a password), besides loopback.
+    pub remote_clients: bool,
+    /// The OS user it runs as.
+    pub user: User,
+    /// A name for it in process titles and logs.
+    pub label: String,
+    /// Its main memory cache, e.g. `64MB`; the engine's default when `None`.
+    pub memory: Option<String>,
+}
+
+/// The sample database `thinclone demo` makes, and the SQL it uses to show isolation.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// What was made, in words, e.g. "a bank of 1,000,000 accounts".
+    pub description: String,
+    /// Changes some rows.
+    pub change_sql: String,
+    /// One number that the change moves: its value before the change is `unchanged_value`.
+    pub check_sql: String,
+    pub unchanged_value: String,
+}
+
+/// A database engine.
+pub trait Engine: Send + Sync + 'static {
+    /// A short, stable id, used in the API and the catalog (lower case, no spaces).
+    fn id(&self) -> &'static str;
+
+    /// The engine's name for people, as its makers write it.
+    fn name(&self) -> &'static str;
+
+    /// Whether a connection URL is this engine's (by its scheme).
+    fn accepts_url(&self, url: &SourceUrl) -> bool;
+
+    /// The version of the server that made `dir`, or [`Error::NotADataDir`].
+    fn detect(&self, dir: &Path) -> Result<String>;
+
+    /// Whether a server is running on `dir` now.
+    fn is_in_use(&self, dir: &Path) -> bool;
+
+    /// The versions whose server programs are installed here, oldest first.
+    fn installed_versions(&self) -> Vec<String>;
+
+    /// Checks that `version`'s server programs are installed, with a message that says
+    /// where it looked and how to install them.
+    fn check_installed(&self, version: &str) -> Result<()>;
+
+    /// Checks that the source answers, with the credentials in its URL only.
+    fn probe(&self, source: &SourceUrl) -> Result<()>;
+
+    /// Takes a consistent copy of the live server at `source` into `target` (an empty
+    /// directory owned by `user`), calling `progress` with bytes done and the estimated
+    /// total. The copy needs [`Engine::prepare`] before use.
+    fn copy_live(
+        &self,
+        source: &SourceUrl,
+        target: &Path,
+        user: &User,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()>;
+
+    /// Turns a copied data directory into an image: recovery runs to its end here, once,
+    /// and the server shuts down cleanly, so that clones start without replaying anything.
+    /// Temporary files go to `run_dir`.
+    fn prepare(&self, data_dir: &Path, run_dir: &Path, user: &User) -> Result<ImageFacts>;
+
+    /// Starts an instance and returns once it accepts connections.
+    fn start(&self, spec: &InstanceSpec, timeout: Duration) -> Result<Box<dyn Instance>>;
+
+    /// Finds an instance of `spec` that an earlier process started and left running, so
+    /// that it can be adopted rather than restarted.
+    fn adopt(&self, spec: &InstanceSpec) -> Option<Box<dyn Instance>>;
+
+    /// The connection URL of an instance.
+    fn url(&self, host: &str, port: u16, user: &str, password: &str) -> String;
+
+    /// Makes a stopped sample database in `data_dir` (empty, owned by `user`), for the demo.
+    fn make_sample(&self, data_dir: &Path, run_dir: &Path, user: &User, scale: u32) -> Result<Sample>;
+
+    /// Runs one SQL statement through a connection URL and returns its output as text.
+    fn query(&self, url: &str, sql: &str) -> Result<String>;
+}
+
+/// A running instance. Dropping it stops it at once (so that a failed operation never
+/// leaves a server running on a directory about to be deleted), unless it was
+/// [`Instance::detach`]ed.
+pub trait Instance: Send {
+    fn pid(&self) -> u32;
+
+    /// Whether it still runs.
+    fn is_running(&mut self) -> bool;
+
+    /// Sets the password of the database user `user`.
+    fn set_password(&self, user: &str, password: &Secret) -> Result<()>;
+
+    /// Runs SQL as the superuser over its private socket; returns the output as text.
+    fn sql(&self, sql: &str) -> Result<String>;
+
+    /// Stops it cleanly, or at once after `timeout`.
+    fn stop(self: Box<Self>, timeout: Duration) -> Result<()>;
+
+    /// Lets it run on after this value is dropped, for a later process to adopt.
+    fn detach(self: Box<Self>);
+}

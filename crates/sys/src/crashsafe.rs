@@ -1,0 +1,98 @@
+//! Durable writes: write a temporary file, fsync it, rename it into place and fsync the
+//! directory. Every piece of state that is replaced whole (cowfs's `stack.json`, an agent's
+//! clone records and intents) goes through here, so that after a crash at any point the file
+//! holds either the old or the new contents in full.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Replaces `path` with `contents` durably.
+pub fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fsync_parent(path)
+}
+
+/// Replaces `path` durably with `value` as pretty JSON.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    replace_file(path, &bytes)
+}
+
+/// Reads a JSON file written by [`write_json`]; `None` when it does not exist.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes a file durably; a file that is not there is not an error.
+pub fn remove_file(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => fsync_parent(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Renames durably: both directories' entries are on disk when it returns.
+pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to)?;
+    fsync_parent(to)?;
+    if from.parent() != to.parent() {
+        fsync_parent(from)?;
+    }
+    Ok(())
+}
+
+/// Makes a directory's entries (creations, renames, removals) durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Makes the entry of `path` in its parent directory durable.
+pub fn fsync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => fsync_dir(parent),
+        _ => fsync_dir(Path::new(".")),
+    }
+}
+
+/// Creates a directory and makes its entry durable.
+pub fn create_dir(path: &Path) -> io::Result<()> {
+    fs::create_dir(path)?;
+    fsync_parent(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trips_and_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert_eq!(read_json::<Vec<u32>>(&path).unwrap(), None);
+        write_json(&path, &vec![1, 2]).unwrap();
+        write_json(&path, &vec![3]).unwrap();
+        assert_eq!(read_json::<Vec<u32>>(&path).unwrap(), Some(vec![3]));
+        assert!(!dir.path().join("state.json.tmp").exists());
+        fs::write(&path, "{").unwrap();
+        assert_eq!(read_json::<Vec<u32>>(&path).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        remove_file(&path).unwrap();
+        remove_file(&path).unwrap();
+    }
+}

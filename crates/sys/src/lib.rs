@@ -1,0 +1,23 @@
+//! thinclone's contact with the operating system, in one place:
+//!
+//! - [`process`]: the one way external programs are started, with user, environment,
+//!   working directory, timeout, and their output drained while they run;
+//! - [`user`]: OS users by name or uid;
+//! - [`crashsafe`]: durable writes (write, fsync, rename, fsync the directory);
+//! - [`tree`]: walks of directory trees (sizes, ownership, removal, copies);
+//! - [`procfs`]: what `/proc` says of a process;
+//! - [`wait`]: waiting for a condition with a timeout;
+//! - [`space`]: free space of a filesystem.
+//!
+//! Nothing here knows about databases, filesystems of our own, or HTTP.
+
+pub mod crashsafe;
+pub mod process;
+pub mod procfs;
+pub mod space;
+pub mod tree;
+pub mod user;
+pub mod wait;
+
+pub use process::{Error, Process, Program};
+pub use user::User;

@@ -1,0 +1,89 @@
+//! What `/proc` says of a process: whether it lives, and whether it is the one we think.
+
+use std::fs;
+use std::path::Path;
+
+/// The first line of a pid file, as a pid.
+pub fn read_pid(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.lines().next()?.trim().parse().ok().filter(|&pid| pid > 0)
+}
+
+/// Whether `pid` is a running process (not a zombie).
+pub fn is_alive(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state is the first field after the command name, which is in parentheses.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
+/// Whether `pid` is a running (not zombie) process with `path` among its arguments. Pid
+/// files may be stale (after a reboot the numbers belong to other processes), so a process
+/// is only ever signalled when its command line names what it is meant to serve.
+pub fn is_live_process_of(pid: i32, path: &Path) -> bool {
+    if !is_alive(pid) {
+        return false;
+    }
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let wanted = path.as_os_str().as_encoded_bytes();
+    cmdline.split(|&b| b == 0).any(|arg| arg == wanted)
+}
+
+/// The argument list of a process.
+pub fn cmdline(pid: i32) -> Option<Vec<String>> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+}
+
+/// Every live process whose command line has an argument under `dir` (for finding what a
+/// killed program left running in its data directory).
+pub fn processes_under(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let prefix = dir.as_os_str().as_encoded_bytes();
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            is_alive(pid)
+                && fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg.starts_with(prefix)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn only_a_live_process_naming_the_path_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("clones/a/data");
+        // A shell that keeps the path among its arguments (`; true` stops it exec'ing sleep).
+        // Started directly: this is a test of what /proc shows of any process.
+        #[allow(clippy::disallowed_methods)]
+        let mut child =
+            std::process::Command::new("sh").args(["-c", "sleep 30; true", "sh"]).arg(&ours).spawn().unwrap();
+        let pid = child.id() as i32;
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(is_live_process_of(pid, &ours));
+        assert!(processes_under(dir.path()).contains(&pid));
+        assert!(!is_live_process_of(pid, &dir.path().join("clones/b/data")), "another clone's path matched");
+        // Killed but not reaped: a zombie is gone.
+        child.kill().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!is_live_process_of(pid, &ours), "a zombie counted as live");
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn pid_files_are_read_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pid");
+        assert_eq!(read_pid(&f), None);
+        fs::write(&f, "123\n/data\n").unwrap();
+        assert_eq!(read_pid(&f), Some(123));
+        fs::write(&f, "-1\n").unwrap();
+        assert_eq!(read_pid(&f), None);
+    }
+}

@@ -1,0 +1,2 @@
+//! thinclone development tasks.
+fn main() {}
