@@ -7,91 +7,179 @@
 //!   path; it needs the image and the clone on the same filesystem.
 //! - `copy`: a plain full copy of the image, the baseline and fallback.
 //!
-//! A clone's directory (`CLONES/<name>/`) belongs to its driver. Every driver presents the
-//! data directory at `CLONES/<name>/data`.
+//! A clone's directory (`clones/<name>/`) belongs to its driver, except for the agent's own
+//! record (`clone.json`). Every driver presents the data directory at `clones/<name>/data`.
+//!
+//! Every step is safe to interrupt with kill -9 and to run again: `create` and `reset` of the
+//! copying drivers build the new tree aside (`data.new`) and swap it in with renames, and
+//! [`Driver::recover`] finishes or undoes a swap a crash interrupted; cowfs's own stack
+//! operations commit with one rename.
 
 use std::fs;
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DriverKind {
-    Cowfs,
-    Reflink,
-    Copy,
-}
-
-impl DriverKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DriverKind::Cowfs => "cowfs",
-            DriverKind::Reflink => "reflink",
-            DriverKind::Copy => "copy",
-        }
-    }
-}
-
-impl std::str::FromStr for DriverKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<DriverKind, String> {
-        match s {
-            "cowfs" => Ok(DriverKind::Cowfs),
-            "reflink" => Ok(DriverKind::Reflink),
-            "copy" => Ok(DriverKind::Copy),
-            other => Err(format!("unknown driver {other:?}: use cowfs, reflink or copy")),
-        }
-    }
-}
-
-/// A data directory made available by [`Driver::attach`].
-#[derive(Debug)]
-pub struct Attached {
-    pub data_dir: PathBuf,
-    /// The process serving it, if any (the cowfs mount).
-    pub server: Option<Child>,
-}
-
-pub trait Driver: Send + Sync {
-    fn kind(&self) -> DriverKind;
-
-    /// Makes a clone's storage in `clone_dir` (which must not exist) from `image`.
-    fn create(&self, image: &Path, clone_dir: &Path) -> io::Result<()>;
-
-    /// Makes the clone's data directory usable, presented as owned by `owner`.
-    fn attach(&self, image: &Path, clone_dir: &Path, owner: &str) -> io::Result<Attached>;
-
-    /// Undoes `attach`.
-    fn detach(&self, clone_dir: &Path, attached: Attached) -> io::Result<()>;
-
-    /// Returns a detached clone to the image's state.
-    fn reset(&self, image: &Path, clone_dir: &Path) -> io::Result<()>;
-
-    /// Bytes the clone's storage occupies on disk beyond the image.
-    fn stored_bytes(&self, clone_dir: &Path) -> io::Result<u64>;
-
-    /// Deletes a detached clone's storage.
-    fn destroy(&self, clone_dir: &Path) -> io::Result<()> {
-        match fs::remove_dir_all(clone_dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-}
+use api::Driver as Kind;
+use sys::tree::CopyData;
+use sys::User;
 
 /// The data directory of a clone, whatever its driver.
 pub fn data_dir(clone_dir: &Path) -> PathBuf {
     clone_dir.join("data")
 }
 
-/// cowfs: a layer directory over the image, mounted by a `thinclone mount` process.
+/// A data directory made available by [`Driver::attach`] or [`Driver::adopt`].
+#[derive(Debug)]
+pub struct Attached {
+    pub data_dir: PathBuf,
+    /// The process serving it, if any (the cowfs mount).
+    pub mount: Option<Mount>,
+}
+
+/// A cowfs mount process: our child, or one an earlier agent left running.
+#[derive(Debug)]
+pub enum Mount {
+    Child(sys::Process),
+    Adopted(i32),
+}
+
+impl Mount {
+    pub fn pid(&self) -> i32 {
+        match self {
+            Mount::Child(p) => p.pid() as i32,
+            Mount::Adopted(pid) => *pid,
+        }
+    }
+
+    /// Whether the mount process still runs.
+    pub fn is_running(&mut self) -> bool {
+        match self {
+            Mount::Child(p) => matches!(p.try_wait(), Ok(None)),
+            Mount::Adopted(pid) => sys::procfs::is_alive(*pid),
+        }
+    }
+
+    /// SIGTERM (a clean unmount), then SIGKILL after `timeout`.
+    fn stop(self, timeout: Duration) -> io::Result<bool> {
+        match self {
+            Mount::Child(mut p) => {
+                let (status, killed) = p.stop(libc::SIGTERM, timeout)?;
+                Ok(status.success() && !killed)
+            }
+            Mount::Adopted(pid) => {
+                // SAFETY: kill has no memory-safety preconditions; the pid was checked to be
+                // a live mount of this clone when it was adopted.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                if sys::wait::until(timeout, Duration::from_millis(5), || (!sys::procfs::is_alive(pid)).then_some(()))
+                    .is_some()
+                {
+                    return Ok(true);
+                }
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                sys::wait::until(Duration::from_secs(10), Duration::from_millis(5), || {
+                    (!sys::procfs::is_alive(pid)).then_some(())
+                });
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// What a driver's failure was.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{what}: the disk is full ({detail})")]
+    DiskFull { what: String, detail: String },
+    #[error("{what}: {detail}")]
+    Failed { what: String, detail: String },
+}
+
+impl DriverError {
+    fn from_io(what: &str, e: io::Error) -> DriverError {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            DriverError::DiskFull { what: what.into(), detail: e.to_string() }
+        } else {
+            DriverError::Failed { what: what.into(), detail: e.to_string() }
+        }
+    }
+
+    fn from_program(what: &str, e: sys::Error) -> DriverError {
+        if e.is_disk_full() {
+            DriverError::DiskFull { what: what.into(), detail: e.to_string() }
+        } else {
+            DriverError::Failed { what: what.into(), detail: e.to_string() }
+        }
+    }
+}
+
+pub type Result<T, E = DriverError> = std::result::Result<T, E>;
+
+fn io_ctx<T>(what: &str, r: io::Result<T>) -> Result<T> {
+    r.map_err(|e| DriverError::from_io(what, e))
+}
+
+pub trait Driver: Send + Sync {
+    fn kind(&self) -> Kind;
+
+    /// Makes a clone's storage in `clone_dir` (which exists) from `image`.
+    fn create(&self, image: &Path, clone_dir: &Path) -> Result<()>;
+
+    /// Makes the clone's data directory usable, presented as owned by `owner`.
+    fn attach(&self, image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached>;
+
+    /// Takes over an attachment an earlier agent left in place (a live mount), if any.
+    fn adopt(&self, _clone_dir: &Path) -> Option<Attached> {
+        None
+    }
+
+    /// Undoes `attach`.
+    fn detach(&self, clone_dir: &Path, attached: Attached) -> Result<()>;
+
+    /// Stops and removes whatever of this clone's storage an earlier agent left attached
+    /// (a mount whose process lives or died), so that it can be attached afresh or removed.
+    fn clean_leftovers(&self, _clone_dir: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether an attachment still serves: the mount's process runs and answers.
+    fn is_healthy(&self, _clone_dir: &Path, _attached: &mut Attached) -> bool {
+        true
+    }
+
+    /// Returns a detached clone to the image's state.
+    fn reset(&self, image: &Path, clone_dir: &Path) -> Result<()>;
+
+    /// Finishes or undoes a `create` or `reset` that a crash interrupted, so that the clone
+    /// has exactly one whole data directory again (or none, for a create). Idempotent.
+    fn recover(&self, _clone_dir: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    /// Bytes the clone's storage occupies on disk beyond the image.
+    fn stored_bytes(&self, clone_dir: &Path) -> io::Result<u64>;
+
+    /// Deletes a detached clone's storage (its whole directory).
+    fn destroy(&self, clone_dir: &Path) -> Result<()> {
+        self.clean_leftovers(clone_dir)?;
+        io_ctx("removing the clone's storage", sys::tree::remove(clone_dir))
+    }
+}
+
+/// The driver of a kind.
+pub fn driver(kind: Kind, mount_program: &Path) -> Box<dyn Driver> {
+    match kind {
+        Kind::Cowfs => Box::new(Cowfs { program: mount_program.to_owned() }),
+        Kind::Reflink => Box::new(CopyDriver { data: CopyData::Reflink }),
+        Kind::Copy => Box::new(CopyDriver { data: CopyData::Copy }),
+    }
+}
+
+/// cowfs: a layer directory over the image, mounted by a `thinclone mount` process: the
+/// documented command line of the cowfs server (README, "Mounting a clone by hand").
 pub struct Cowfs {
-    /// The `thinclone` binary that serves mounts.
+    /// The `thinclone` binary.
     pub program: PathBuf,
 }
 
@@ -99,195 +187,204 @@ impl Cowfs {
     fn layer(clone_dir: &Path) -> PathBuf {
         clone_dir.join("layer")
     }
+
+    fn pid_file(clone_dir: &Path) -> PathBuf {
+        clone_dir.join("mount.pid")
+    }
+
+    /// The pid of a live mount process serving this clone's layer, if one runs.
+    fn live_mount_pid(clone_dir: &Path) -> Option<i32> {
+        let pid = sys::procfs::read_pid(&Self::pid_file(clone_dir))?;
+        sys::procfs::is_live_process_of(pid, &Self::layer(clone_dir)).then_some(pid)
+    }
 }
 
 impl Driver for Cowfs {
-    fn kind(&self) -> DriverKind {
-        DriverKind::Cowfs
+    fn kind(&self) -> Kind {
+        Kind::Cowfs
     }
 
-    fn create(&self, image: &Path, clone_dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(clone_dir)?;
-        fs::create_dir(data_dir(clone_dir))?;
+    fn create(&self, image: &Path, clone_dir: &Path) -> Result<()> {
+        let data = data_dir(clone_dir);
+        match fs::create_dir(&data) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(DriverError::from_io("making the clone's mountpoint", e))
+            }
+            _ => {}
+        }
         // Opening the layer directory creates it: a manifest and an empty journal.
-        cowfs::LayerStack::open(&Self::layer(clone_dir), image).map_err(io::Error::other)?;
+        cowfs::LayerStack::open(&Self::layer(clone_dir), image)
+            .map_err(|e| DriverError::from_io("making the clone's layer", io::Error::other(e)))?;
         Ok(())
     }
 
-    fn attach(&self, image: &Path, clone_dir: &Path, owner: &str) -> io::Result<Attached> {
+    fn attach(&self, image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached> {
         let data = data_dir(clone_dir);
-        let log = fs::OpenOptions::new().create(true).append(true).open(clone_dir.join("mount.log"))?;
-        let mut child = Command::new(&self.program)
+        self.clean_leftovers(clone_dir)?;
+        let log = clone_dir.join("mount.log");
+        let process = sys::Program::new(&self.program)
             .arg("mount")
             .arg("--image")
             .arg(image)
             .arg("--layer")
             .arg(Self::layer(clone_dir))
             .arg(&data)
-            .args(["--owner", owner])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            // Its own process group: a signal to the daemon's group does not reach it, so
-            // clones keep running across a daemon restart.
-            .process_group(0)
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cowfs::is_live_mount(&data) {
-            if let Some(status) = child.try_wait()? {
-                let log = fs::read_to_string(clone_dir.join("mount.log")).unwrap_or_default();
-                let last = log.lines().rev().find(|l| l.contains("error")).unwrap_or("").to_string();
-                return Err(io::Error::other(format!("the cowfs mount exited ({status}): {last}")));
+            .arg("--owner")
+            .arg(owner.uid.to_string())
+            // Its own process group: a signal to the agent's group does not reach it, so
+            // clones keep running across a restart of the agent.
+            .own_process_group()
+            .spawn_logged(&log)
+            .map_err(|e| DriverError::from_program("starting the cowfs mount", e))?;
+        let mut mount = Mount::Child(process);
+        let up = sys::wait::until(Duration::from_secs(30), Duration::from_millis(2), || {
+            if cowfs::is_live_mount(&data) {
+                return Some(true);
             }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "the cowfs mount did not come up within 30 s"));
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        // A daemon that is killed leaves the mount running; the next one stops it by this.
-        fs::write(clone_dir.join("mount.pid"), child.id().to_string())?;
-        Ok(Attached { data_dir: data, server: Some(child) })
-    }
-
-    fn detach(&self, clone_dir: &Path, attached: Attached) -> io::Result<()> {
-        let _ = fs::remove_file(clone_dir.join("mount.pid"));
-        let Some(mut child) = attached.server else { return Ok(()) };
-        // SAFETY: signalling our own child; SIGTERM unmounts cleanly.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                if !status.success() {
-                    return Err(io::Error::other(format!(
-                        "the cowfs mount of {} exited with {status}",
-                        clone_dir.display()
-                    )));
+            (!mount.is_running()).then_some(false)
+        });
+        match up {
+            Some(true) => {}
+            other => {
+                if other.is_none() {
+                    // Timed out: the mount is stopped before we say so.
+                    let _ = mount.stop(Duration::from_secs(5));
                 }
-                return Ok(());
+                let log = fs::read_to_string(&log).unwrap_or_default();
+                let last = log.lines().rev().find(|l| l.contains("ERROR") || l.contains("error")).unwrap_or("");
+                let what = if other.is_none() { "did not come up within 30 s" } else { "exited" };
+                return Err(DriverError::Failed {
+                    what: "mounting the clone's storage".into(),
+                    detail: format!("the cowfs mount {what}: {}", last.trim()),
+                });
             }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                cowfs::unmount_stale(&data_dir(clone_dir))?;
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(5));
         }
+        // An agent that is killed leaves the mount running; the next one adopts it by this.
+        io_ctx("recording the mount's pid", sys::crashsafe::replace_file(&Self::pid_file(clone_dir), mount.pid().to_string().as_bytes()))?;
+        Ok(Attached { data_dir: data, mount: Some(mount) })
     }
 
-    fn reset(&self, image: &Path, clone_dir: &Path) -> io::Result<()> {
-        let mut stack = cowfs::LayerStack::open(&Self::layer(clone_dir), image).map_err(io::Error::other)?;
-        stack.reset().map_err(io::Error::other)
-    }
-
-    fn stored_bytes(&self, clone_dir: &Path) -> io::Result<u64> {
-        cowfs::disk_usage(&Self::layer(clone_dir))
-    }
-}
-
-/// copy: a full copy of the image (`cp -a`), the baseline.
-pub struct FullCopy;
-
-impl Driver for FullCopy {
-    fn kind(&self) -> DriverKind {
-        DriverKind::Copy
-    }
-
-    fn create(&self, image: &Path, clone_dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(clone_dir)?;
-        copy_tree(image, &data_dir(clone_dir), false)
-    }
-
-    fn attach(&self, _image: &Path, clone_dir: &Path, owner: &str) -> io::Result<Attached> {
+    fn adopt(&self, clone_dir: &Path) -> Option<Attached> {
+        let pid = Self::live_mount_pid(clone_dir)?;
         let data = data_dir(clone_dir);
-        let status = Command::new("chown").arg("-R").arg(format!("{owner}:")).arg(&data).status()?;
-        if !status.success() {
-            return Err(io::Error::other(format!("chown -R {owner} {} failed", data.display())));
+        cowfs::is_live_mount(&data).then(|| Attached { data_dir: data, mount: Some(Mount::Adopted(pid)) })
+    }
+
+    fn detach(&self, clone_dir: &Path, attached: Attached) -> Result<()> {
+        if let Some(mount) = attached.mount {
+            let clean = io_ctx("stopping the cowfs mount", mount.stop(Duration::from_secs(30)))?;
+            if !clean {
+                tracing::warn!(clone_dir = %clone_dir.display(), "the cowfs mount did not stop cleanly; detaching it");
+            }
         }
-        Ok(Attached { data_dir: data, server: None })
+        self.clean_leftovers(clone_dir)
     }
 
-    fn detach(&self, _clone_dir: &Path, _attached: Attached) -> io::Result<()> {
+    fn clean_leftovers(&self, clone_dir: &Path) -> Result<()> {
+        if let Some(pid) = Self::live_mount_pid(clone_dir) {
+            tracing::info!(clone_dir = %clone_dir.display(), pid, "stopping a cowfs mount left running");
+            io_ctx("stopping a leftover cowfs mount", Mount::Adopted(pid).stop(Duration::from_secs(30)))?;
+        }
+        let data = data_dir(clone_dir);
+        io_ctx("detaching a dead cowfs mount", cowfs::unmount_stale(&data))?;
+        io_ctx("removing the mount's pid file", sys::crashsafe::remove_file(&Self::pid_file(clone_dir)))?;
         Ok(())
     }
 
-    fn reset(&self, image: &Path, clone_dir: &Path) -> io::Result<()> {
-        replace_with_copy(image, clone_dir, false)
+    fn is_healthy(&self, _clone_dir: &Path, attached: &mut Attached) -> bool {
+        attached.mount.as_mut().is_some_and(Mount::is_running) && cowfs::is_live_mount(&attached.data_dir)
+    }
+
+    fn reset(&self, image: &Path, clone_dir: &Path) -> Result<()> {
+        let mut stack = cowfs::LayerStack::open(&Self::layer(clone_dir), image)
+            .map_err(|e| DriverError::from_io("opening the clone's layer", io::Error::other(e)))?;
+        stack.reset().map_err(|e| DriverError::from_io("resetting the clone's layer", io::Error::other(e)))
     }
 
     fn stored_bytes(&self, clone_dir: &Path) -> io::Result<u64> {
-        cowfs::disk_usage(&data_dir(clone_dir))
+        sys::tree::disk_usage(&Self::layer(clone_dir))
     }
 }
 
-/// reflink: a copy of the image whose files share its blocks until they are written.
-pub struct Reflink;
+/// reflink and copy: a tree copied from the image, sharing its blocks (reflink) or not.
+pub struct CopyDriver {
+    pub data: CopyData,
+}
 
-impl Driver for Reflink {
-    fn kind(&self) -> DriverKind {
-        DriverKind::Reflink
+impl CopyDriver {
+    /// Builds a fresh copy of the image at `data.new` and swaps it in for `data`:
+    /// `data` → `data.old`, `data.new` → `data`, then `data.old` is removed. A crash at any
+    /// point leaves a state that [`Driver::recover`] completes.
+    fn copy_in(&self, image: &Path, clone_dir: &Path, what: &str) -> Result<()> {
+        let fresh = clone_dir.join("data.new");
+        io_ctx(what, sys::tree::remove(&fresh))?;
+        sys::tree::copy(image, &fresh, self.data, None).map_err(|e| DriverError::from_program(what, e))?;
+        let data = data_dir(clone_dir);
+        let old = clone_dir.join("data.old");
+        if data.exists() {
+            io_ctx(what, sys::crashsafe::rename(&data, &old))?;
+        }
+        io_ctx(what, sys::crashsafe::rename(&fresh, &data))?;
+        io_ctx(what, sys::tree::remove(&old))
+    }
+}
+
+impl Driver for CopyDriver {
+    fn kind(&self) -> Kind {
+        match self.data {
+            CopyData::Copy => Kind::Copy,
+            CopyData::Reflink => Kind::Reflink,
+        }
     }
 
-    fn create(&self, image: &Path, clone_dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(clone_dir)?;
-        copy_tree(image, &data_dir(clone_dir), true).inspect_err(|_| {
-            // Nothing half-made stays behind.
-            let _ = fs::remove_dir_all(data_dir(clone_dir));
-        })
+    fn create(&self, image: &Path, clone_dir: &Path) -> Result<()> {
+        self.copy_in(image, clone_dir, "copying the image")
     }
 
-    fn attach(&self, image: &Path, clone_dir: &Path, owner: &str) -> io::Result<Attached> {
+    fn attach(&self, _image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached> {
+        let data = data_dir(clone_dir);
         // Ownership is metadata: changing it does not unshare any block.
-        FullCopy.attach(image, clone_dir, owner)
+        io_ctx("giving the clone's files to its OS user", sys::tree::chown(&data, owner.uid, owner.gid))?;
+        Ok(Attached { data_dir: data, mount: None })
     }
 
-    fn detach(&self, _clone_dir: &Path, _attached: Attached) -> io::Result<()> {
+    fn adopt(&self, clone_dir: &Path) -> Option<Attached> {
+        let data = data_dir(clone_dir);
+        data.is_dir().then_some(Attached { data_dir: data, mount: None })
+    }
+
+    fn detach(&self, _clone_dir: &Path, _attached: Attached) -> Result<()> {
         Ok(())
     }
 
-    fn reset(&self, image: &Path, clone_dir: &Path) -> io::Result<()> {
-        replace_with_copy(image, clone_dir, true)
+    fn reset(&self, image: &Path, clone_dir: &Path) -> Result<()> {
+        self.copy_in(image, clone_dir, "copying the image afresh")
     }
 
-    /// Only the bytes no longer shared with the image (see `reflink.rs`).
+    fn recover(&self, clone_dir: &Path) -> Result<()> {
+        let data = data_dir(clone_dir);
+        let fresh = clone_dir.join("data.new");
+        let old = clone_dir.join("data.old");
+        if !data.exists() && old.exists() {
+            if fresh.exists() {
+                // Crashed between the two renames: the new copy was complete.
+                io_ctx("finishing an interrupted reset", sys::crashsafe::rename(&fresh, &data))?;
+            } else {
+                io_ctx("undoing an interrupted reset", sys::crashsafe::rename(&old, &data))?;
+            }
+        }
+        // A copy in progress is never complete: it is thrown away.
+        io_ctx("removing an interrupted copy", sys::tree::remove(&fresh))?;
+        io_ctx("removing the replaced copy", sys::tree::remove(&old))
+    }
+
     fn stored_bytes(&self, clone_dir: &Path) -> io::Result<u64> {
-        crate::reflink::exclusive_bytes(&data_dir(clone_dir))
+        match self.data {
+            CopyData::Copy => sys::tree::disk_usage(&data_dir(clone_dir)),
+            // Only the bytes no longer shared with the image (see reflink.rs).
+            CopyData::Reflink => crate::reflink::exclusive_bytes(&data_dir(clone_dir)),
+        }
     }
-}
-
-/// Replaces a clone's data directory with a fresh copy of the image. The copy is made aside
-/// first, so that a failed copy (a full disk) leaves the clone as it was.
-fn replace_with_copy(image: &Path, clone_dir: &Path, reflink: bool) -> io::Result<()> {
-    let data = data_dir(clone_dir);
-    let fresh = clone_dir.join("data.new");
-    let _ = fs::remove_dir_all(&fresh);
-    copy_tree(image, &fresh, reflink).inspect_err(|_| {
-        let _ = fs::remove_dir_all(&fresh);
-    })?;
-    let old = clone_dir.join("data.old");
-    fs::rename(&data, &old)?;
-    fs::rename(&fresh, &data)?;
-    fs::remove_dir_all(old)
-}
-
-/// Copies a tree with `cp -a`, which keeps modes, owners, times and sparseness; with
-/// `reflink`, every file shares the source's blocks, or the copy fails (it never falls back
-/// to copying data: across filesystems it fails with "Invalid cross-device link").
-fn copy_tree(from: &Path, to: &Path, reflink: bool) -> io::Result<()> {
-    // The copy driver is the honest baseline: a real copy even where cp could reflink.
-    let mode = if reflink { "--reflink=always" } else { "--reflink=never" };
-    let out = Command::new("cp").args(["-a", mode, "--"]).arg(from).arg(to).output()?;
-    if !out.status.success() {
-        return Err(io::Error::other(format!(
-            "cp -a {mode} {} {} failed: {}",
-            from.display(),
-            to.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -295,17 +392,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copy_driver_copies_resets_and_destroys() {
+    fn copy_driver_copies_resets_recovers_and_destroys() {
         let image = tempfile::tempdir().unwrap();
         fs::write(image.path().join("f"), "image").unwrap();
         let clones = tempfile::tempdir().unwrap();
         let clone = clones.path().join("c");
-        let driver = FullCopy;
+        fs::create_dir(&clone).unwrap();
+        let driver = CopyDriver { data: CopyData::Copy };
         driver.create(image.path(), &clone).unwrap();
         fs::write(data_dir(&clone).join("f"), "changed").unwrap();
         assert!(driver.stored_bytes(&clone).unwrap() > 0);
         driver.reset(image.path(), &clone).unwrap();
         assert_eq!(fs::read_to_string(data_dir(&clone).join("f")).unwrap(), "image");
+
+        // A crash between the renames of a reset: data.old and a complete data.new.
+        fs::write(data_dir(&clone).join("f"), "changed").unwrap();
+        fs::rename(data_dir(&clone), clone.join("data.old")).unwrap();
+        sys::tree::copy(image.path(), &clone.join("data.new"), CopyData::Copy, None).unwrap();
+        driver.recover(&clone).unwrap();
+        assert_eq!(fs::read_to_string(data_dir(&clone).join("f")).unwrap(), "image");
+        assert!(!clone.join("data.old").exists() && !clone.join("data.new").exists());
+
+        // A crash during the copy: a partial data.new is thrown away, data stays.
+        fs::create_dir(clone.join("data.new")).unwrap();
+        driver.recover(&clone).unwrap();
+        assert!(!clone.join("data.new").exists());
+        assert_eq!(fs::read_to_string(data_dir(&clone).join("f")).unwrap(), "image");
+
         driver.destroy(&clone).unwrap();
         assert!(!clone.exists());
         assert_eq!(fs::read_to_string(image.path().join("f")).unwrap(), "image");
@@ -317,7 +430,10 @@ mod tests {
         fs::write(image.path().join("f"), vec![1u8; 1 << 20]).unwrap();
         let clones = tempfile::tempdir().unwrap();
         let clone = clones.path().join("c");
+        fs::create_dir(&clone).unwrap();
         let driver = Cowfs { program: "/nonexistent".into() };
+        driver.create(image.path(), &clone).unwrap();
+        // Creating again (a retried create) is harmless.
         driver.create(image.path(), &clone).unwrap();
         assert!(data_dir(&clone).is_dir());
         let stored = driver.stored_bytes(&clone).unwrap();
@@ -325,11 +441,5 @@ mod tests {
         driver.reset(image.path(), &clone).unwrap();
         driver.destroy(&clone).unwrap();
         assert!(!clone.exists());
-    }
-
-    #[test]
-    fn driver_names_parse() {
-        assert_eq!("cowfs".parse::<DriverKind>().unwrap(), DriverKind::Cowfs);
-        assert!("zfs".parse::<DriverKind>().unwrap_err().contains("use cowfs, reflink or copy"));
     }
 }

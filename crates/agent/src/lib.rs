@@ -1,1 +1,220 @@
-//! Placeholder; see ARCHITECTURE.md.
+//! thinclone's agent: everything that happens on one database host. It makes images into its
+//! image directory, makes clones' storage with the drivers, runs their database servers,
+//! keeps them running across its own restarts, and recovers whatever a crash interrupted.
+//!
+//! The server asks; the agent does. The two meet at the [`Agent`] trait, whose in-process
+//! implementation ([`LocalAgent`]) is a plain call, so that agents on other hosts change the
+//! transport only. The agent decides nothing about names, ports or who may do what: those
+//! come from the server in each request.
+//!
+//! # Data directory layout
+//!
+//! ```text
+//! DATA_DIR/
+//!   images/<name>/           a sealed image: a prepared data directory, never written again
+//!   images/<name>.partial/   an image being made
+//!   clones/<name>/           a clone: clone.json (record.rs) and its driver's storage
+//!                            (data/, and layer/ and mount.pid for cowfs)
+//!   run/clones/<name>/       its server's socket, configuration, log and pid file
+//!   run/images/<name>/       the same for the temporary server that prepares an image
+//! ```
+
+pub mod driver;
+mod images;
+mod local;
+mod record;
+pub mod reflink;
+
+use std::path::{Path, PathBuf};
+
+pub use engine::{Secret, SourceUrl};
+pub use local::{AgentConfig, LocalAgent};
+pub use record::{CloneRecord, Desired, Intent};
+
+use api::{Driver, Name, Timestamp};
+
+/// What an agent could not do, told apart the way the server must tell its callers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AgentError {
+    pub kind: ErrorKind,
+    /// What happened and, for a caller's mistake, what to do about it.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request was wrong (a source that is not a data directory, a missing version).
+    BadRequest,
+    NotFound,
+    /// The object exists already, or its state does not allow the request.
+    Conflict,
+    /// A disk filled up; what the operation wrote was freed.
+    DiskFull,
+    /// A failure inside the agent; the message says what it was doing.
+    Internal,
+}
+
+impl AgentError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> AgentError {
+        AgentError { kind, message: message.into() }
+    }
+
+    pub fn internal(message: impl Into<String>) -> AgentError {
+        AgentError::new(ErrorKind::Internal, message)
+    }
+
+    fn from_engine(what: &str, e: engine::Error) -> AgentError {
+        let kind = if e.is_disk_full() {
+            ErrorKind::DiskFull
+        } else if e.is_callers_mistake() {
+            ErrorKind::BadRequest
+        } else {
+            ErrorKind::Internal
+        };
+        AgentError::new(kind, format!("{what}: {e}"))
+    }
+
+    fn from_driver(e: driver::DriverError) -> AgentError {
+        let kind = match e {
+            driver::DriverError::DiskFull { .. } => ErrorKind::DiskFull,
+            driver::DriverError::Failed { .. } => ErrorKind::Internal,
+        };
+        AgentError::new(kind, e.to_string())
+    }
+}
+
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+/// Where a new image comes from.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    /// A data directory of a stopped server, or a base backup, on the agent's host.
+    Dir(PathBuf),
+    /// A live server.
+    Url(SourceUrl),
+}
+
+/// What the agent learned of a source when it checked it, before any copying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFacts {
+    /// The engine's id.
+    pub engine: String,
+    /// The version, when it can be known before copying (a directory's).
+    pub version: Option<String>,
+    /// The source as it may be shown and stored: a canonical path, or the URL without
+    /// its password.
+    pub shown: String,
+}
+
+/// An image the agent made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeImage {
+    pub engine: String,
+    pub version: String,
+    /// The superuser clones' URLs log in as.
+    pub superuser: String,
+    pub logical_bytes: u64,
+    pub stored_bytes: u64,
+    pub file_count: u64,
+}
+
+/// Everything an agent needs to make and run a clone; the server decides all of it.
+#[derive(Debug, Clone)]
+pub struct CloneSpec {
+    pub name: Name,
+    pub image: Name,
+    pub engine: String,
+    pub version: String,
+    pub superuser: String,
+    pub driver: Driver,
+    pub port: u16,
+    pub password: Secret,
+}
+
+/// The state of a clone on its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloneState {
+    /// Its server accepts connections.
+    Running,
+    /// Stopped, as asked.
+    Stopped,
+    /// Meant to run, but does not; the report's message says why.
+    Failed,
+}
+
+/// How a clone is on its agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneReport {
+    pub name: Name,
+    pub state: CloneState,
+    pub message: Option<String>,
+    /// Disk its storage uses beyond the image, as last measured, and when.
+    pub stored_bytes: Option<u64>,
+    pub sizes_at: Option<Timestamp>,
+}
+
+/// What an agent offers.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    /// The driver for clones made without one: reflink where the filesystem shares blocks,
+    /// cowfs elsewhere.
+    pub default_driver: Driver,
+    /// The drivers this host can use.
+    pub drivers: Vec<Driver>,
+    /// The address clients connect to clones at.
+    pub host: String,
+    pub data_dir: PathBuf,
+}
+
+/// What the server asks of an agent. Every method is idempotent where a retry after a lost
+/// answer could happen: removing what is gone succeeds, stopping what is stopped succeeds.
+pub trait Agent: Send + Sync {
+    fn info(&self) -> AgentInfo;
+
+    /// Checks a data directory on this host as an image source: it is a data directory of
+    /// an engine installed here, and not thinclone's own.
+    fn check_source_dir(&self, dir: &Path) -> Result<SourceFacts>;
+
+    /// Checks that a live source answers, with its URL's credentials only.
+    fn check_source_url(&self, url: &SourceUrl) -> Result<SourceFacts>;
+
+    /// Makes and seals an image, calling `progress` with bytes copied and the estimated
+    /// total, and `step` with what it is doing. On failure nothing of it is left.
+    fn make_image(
+        &self,
+        name: &Name,
+        source: &ImageSource,
+        progress: &(dyn Fn(u64, u64) + Sync),
+        step: &(dyn Fn(&str) + Sync),
+    ) -> Result<MadeImage>;
+
+    /// Removes an image's files (gone already is fine).
+    fn remove_image(&self, name: &Name) -> Result<()>;
+
+    /// Whether nothing listens on `port` on this host.
+    fn port_is_free(&self, port: u16) -> bool;
+
+    /// Makes a clone and starts it; on failure nothing of it is left.
+    fn create_clone(&self, spec: &CloneSpec) -> Result<CloneReport>;
+
+    /// Starts a clone's server (and storage). A clone whose processes died is started
+    /// afresh. A start that fails keeps the clone, `Failed` with the reason.
+    fn start_clone(&self, name: &Name) -> Result<CloneReport>;
+
+    /// Stops a clone's server and storage, keeping its data.
+    fn stop_clone(&self, name: &Name) -> Result<CloneReport>;
+
+    /// Returns a clone to its image's state, on the same port with the same credentials,
+    /// running again if it was running.
+    fn reset_clone(&self, name: &Name) -> Result<CloneReport>;
+
+    /// Stops and removes a clone (gone already is fine).
+    fn delete_clone(&self, name: &Name) -> Result<()>;
+
+    /// How a clone is, or `None` when this agent has no such clone.
+    fn clone_report(&self, name: &Name) -> Option<CloneReport>;
+
+    /// Every clone this agent has.
+    fn clone_reports(&self) -> Vec<CloneReport>;
+}

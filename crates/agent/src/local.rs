@@ -1,0 +1,668 @@
+//! [`LocalAgent`]: the agent of the host it runs on. It keeps each clone's record on disk
+//! (record.rs), works on one clone at a time per clone (a lock each, so that a long copy
+//! never blocks another clone), recovers at start what a crash interrupted, and adopts the
+//! servers and mounts an earlier agent left running rather than restarting them.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use api::{Driver, Name, Timestamp};
+use engine::{Engine, Instance, InstanceSpec, Secret};
+use sys::User;
+
+use crate::driver::{self, Attached};
+use crate::record::{CloneRecord, Desired, Intent};
+use crate::{
+    Agent, AgentError, AgentInfo, CloneReport, CloneSpec, CloneState, ErrorKind, ImageSource, MadeImage, Result,
+    SourceFacts, SourceUrl,
+};
+
+/// How long a clone's server may take to start. Crash recovery after a kill may replay WAL.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a clean stop may take before the server is stopped at once.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How an agent runs.
+#[derive(Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    /// The OS user clones' servers run as.
+    pub os_user: User,
+    /// The addresses clones' servers listen on.
+    pub listen: Vec<IpAddr>,
+    /// Whether clients on other hosts may connect to clones (with their password).
+    pub remote_clients: bool,
+    /// The address clients reach clones at, for their connection URLs.
+    pub host: String,
+    /// Each clone server's main memory cache (the engine's default when `None`).
+    pub memory: Option<String>,
+    /// The `thinclone` binary, whose `mount` command serves cowfs mounts.
+    pub mount_program: PathBuf,
+    /// The database engines this agent can run.
+    pub engines: Vec<Arc<dyn Engine>>,
+    /// How often clones' disk use is measured in the background.
+    pub size_interval: Duration,
+}
+
+/// A clone whose storage is attached and whose server runs.
+struct Running {
+    attached: Attached,
+    instance: Box<dyn Instance>,
+}
+
+pub struct LocalAgent {
+    config: AgentConfig,
+    default_driver: Driver,
+    drivers: Vec<Driver>,
+    /// One lock per clone: operations on one clone are serialised, others go on.
+    locks: Mutex<HashMap<Name, Arc<Mutex<()>>>>,
+    running: Mutex<HashMap<Name, Running>>,
+    /// Each clone's disk use beyond its image, and when it was measured.
+    sizes: Mutex<HashMap<Name, (u64, Timestamp)>>,
+    stopping: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn internal(what: &str) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
+    move |e| {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            AgentError::new(ErrorKind::DiskFull, format!("{what}: the disk is full"))
+        } else {
+            AgentError::internal(format!("{what}: {e}"))
+        }
+    }
+}
+
+impl LocalAgent {
+    /// Opens the agent's data directory (creating it), recovers what a crash interrupted,
+    /// brings back the clones that are meant to run, and starts measuring disk use.
+    pub fn open(config: AgentConfig) -> Result<Arc<LocalAgent>> {
+        for dir in ["images", "clones", "run/clones", "run/images"] {
+            let path = config.data_dir.join(dir);
+            fs::create_dir_all(&path).map_err(internal("creating the data directory"))?;
+        }
+        // Clones' servers must reach their own run directories beneath these.
+        for dir in ["", "run", "run/clones", "run/images", "clones"] {
+            fs::set_permissions(config.data_dir.join(dir), fs::Permissions::from_mode(0o711))
+                .map_err(internal("setting the data directory's permissions"))?;
+        }
+        let reflink = match crate::reflink::supported(&config.data_dir) {
+            Ok(yes) => yes,
+            Err(e) => {
+                tracing::warn!("could not probe for reflink support, using cowfs: {e}");
+                false
+            }
+        };
+        let default_driver = if reflink { Driver::Reflink } else { Driver::Cowfs };
+        let drivers = if reflink { Driver::ALL.to_vec() } else { vec![Driver::Cowfs, Driver::Copy] };
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            driver = %default_driver,
+            "default clone driver: {}",
+            if reflink {
+                "reflink (the filesystem shares blocks between files)"
+            } else {
+                "cowfs (the filesystem cannot share blocks between files)"
+            }
+        );
+        let agent = Arc::new(LocalAgent {
+            config,
+            default_driver,
+            drivers,
+            locks: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            sizes: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+        });
+        agent.recover_images();
+        agent.recover_clones();
+        agent.refresh_sizes();
+        let weak = Arc::downgrade(&agent);
+        std::thread::Builder::new()
+            .name("sizes".into())
+            .spawn(move || measure_sizes(weak))
+            .map_err(internal("starting the size thread"))?;
+        Ok(agent)
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub(crate) fn image_dir(&self, name: &Name) -> PathBuf {
+        self.config.data_dir.join("images").join(name.as_str())
+    }
+
+    pub(crate) fn partial_image_dir(&self, name: &Name) -> PathBuf {
+        self.config.data_dir.join("images").join(format!("{name}.partial"))
+    }
+
+    pub(crate) fn image_run_dir(&self, name: &Name) -> PathBuf {
+        self.config.data_dir.join("run/images").join(name.as_str())
+    }
+
+    fn clone_dir(&self, name: &Name) -> PathBuf {
+        self.config.data_dir.join("clones").join(name.as_str())
+    }
+
+    fn clone_run_dir(&self, name: &Name) -> PathBuf {
+        self.config.data_dir.join("run/clones").join(name.as_str())
+    }
+
+    pub(crate) fn engine(&self, id: &str) -> Result<Arc<dyn Engine>> {
+        self.config.engines.iter().find(|e| e.id() == id).cloned().ok_or_else(|| {
+            AgentError::new(ErrorKind::BadRequest, format!("this agent has no database engine {id:?}"))
+        })
+    }
+
+    fn driver(&self, kind: Driver) -> Box<dyn driver::Driver> {
+        driver::driver(kind, &self.config.mount_program)
+    }
+
+    fn clone_lock(&self, name: &Name) -> Arc<Mutex<()>> {
+        lock(&self.locks).entry(name.clone()).or_default().clone()
+    }
+
+    fn instance_spec(&self, record: &CloneRecord) -> InstanceSpec {
+        InstanceSpec {
+            version: record.version.clone(),
+            data_dir: driver::data_dir(&self.clone_dir(&record.name)),
+            run_dir: self.clone_run_dir(&record.name),
+            port: record.port,
+            listen: self.config.listen.clone(),
+            remote_clients: self.config.remote_clients,
+            user: self.config.os_user.clone(),
+            superuser: record.superuser.clone(),
+            label: format!("thinclone-{}", record.name),
+            memory: self.config.memory.clone(),
+        }
+    }
+
+    fn load(&self, name: &Name) -> Result<CloneRecord> {
+        CloneRecord::load(&self.clone_dir(name))
+            .map_err(internal("reading the clone's record"))?
+            .ok_or_else(|| AgentError::new(ErrorKind::NotFound, format!("no clone named {name} on this host")))
+    }
+
+    fn save(&self, record: &CloneRecord) -> Result<()> {
+        record.save(&self.clone_dir(&record.name)).map_err(internal("writing the clone's record"))
+    }
+
+    /// Attaches a clone's storage, starts its server and sets its password.
+    fn bring_up(&self, record: &CloneRecord) -> Result<()> {
+        let engine = self.engine(&record.engine)?;
+        let image = self.image_dir(&record.image);
+        if !image.is_dir() {
+            return Err(AgentError::internal(format!(
+                "the files of image {} are missing at {}",
+                record.image,
+                image.display()
+            )));
+        }
+        let clone_dir = self.clone_dir(&record.name);
+        let driver = self.driver(record.driver);
+        let attached = driver.attach(&image, &clone_dir, &self.config.os_user).map_err(AgentError::from_driver)?;
+        let spec = self.instance_spec(record);
+        let started = engine.start(&spec, START_TIMEOUT).and_then(|instance| {
+            // Dropping the instance on failure stops its server.
+            instance.set_password(&record.superuser, &Secret::new(record.password.clone())).map(|()| instance)
+        });
+        match started {
+            Ok(instance) => {
+                lock(&self.running).insert(record.name.clone(), Running { attached, instance });
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(d) = driver.detach(&clone_dir, attached) {
+                    tracing::warn!(clone = %record.name, "detaching the storage after a failed start: {d}");
+                }
+                Err(AgentError::from_engine("starting the clone's server", e))
+            }
+        }
+    }
+
+    /// Stops a clone's server and detaches its storage: ours, or what an earlier agent left.
+    fn tear_down(&self, record: &CloneRecord) -> Result<()> {
+        let clone_dir = self.clone_dir(&record.name);
+        let driver = self.driver(record.driver);
+        let running = lock(&self.running).remove(&record.name);
+        match running {
+            Some(Running { attached, instance }) => {
+                if let Err(e) = instance.stop(STOP_TIMEOUT) {
+                    tracing::warn!(clone = %record.name, "stopping the server: {e}");
+                }
+                driver.detach(&clone_dir, attached).map_err(AgentError::from_driver)
+            }
+            None => {
+                if let Ok(engine) = self.engine(&record.engine) {
+                    if let Some(instance) = engine.adopt(&self.instance_spec(record)) {
+                        tracing::info!(clone = %record.name, pid = instance.pid(), "stopping a server left running");
+                        if let Err(e) = instance.stop(STOP_TIMEOUT) {
+                            tracing::warn!(clone = %record.name, "stopping a leftover server: {e}");
+                        }
+                    }
+                }
+                driver.clean_leftovers(&clone_dir).map_err(AgentError::from_driver)
+            }
+        }
+    }
+
+    /// Takes over the server and storage an earlier agent left running for this clone.
+    fn adopt(&self, record: &CloneRecord) -> bool {
+        let Ok(engine) = self.engine(&record.engine) else { return false };
+        let driver = self.driver(record.driver);
+        let Some(mut attached) = driver.adopt(&self.clone_dir(&record.name)) else { return false };
+        if !driver.is_healthy(&self.clone_dir(&record.name), &mut attached) {
+            return false;
+        }
+        let Some(instance) = engine.adopt(&self.instance_spec(record)) else { return false };
+        tracing::info!(clone = %record.name, pid = instance.pid(), "adopted the clone's running server");
+        lock(&self.running).insert(record.name.clone(), Running { attached, instance });
+        true
+    }
+
+    fn report(&self, record: &CloneRecord) -> CloneReport {
+        let running = lock(&self.running).contains_key(&record.name);
+        let (state, message) = match (running, record.desired) {
+            (true, _) => (CloneState::Running, None),
+            (false, Desired::Stopped) => (CloneState::Stopped, None),
+            (false, Desired::Running) => (
+                CloneState::Failed,
+                Some(record.failure.clone().unwrap_or_else(|| "its server is not running; start it".into())),
+            ),
+        };
+        let size = lock(&self.sizes).get(&record.name).copied();
+        CloneReport {
+            name: record.name.clone(),
+            state,
+            message,
+            stored_bytes: size.map(|s| s.0),
+            sizes_at: size.map(|s| s.1),
+        }
+    }
+
+    /// Measures one clone's disk use now.
+    fn measure(&self, record: &CloneRecord) {
+        match self.driver(record.driver).stored_bytes(&self.clone_dir(&record.name)) {
+            Ok(bytes) => {
+                lock(&self.sizes).insert(record.name.clone(), (bytes, Timestamp::now()));
+            }
+            Err(e) => tracing::debug!(clone = %record.name, "measuring disk use: {e}"),
+        }
+    }
+
+    fn records(&self) -> Vec<CloneRecord> {
+        let Ok(entries) = fs::read_dir(self.config.data_dir.join("clones")) else { return Vec::new() };
+        let mut records: Vec<CloneRecord> = entries
+            .flatten()
+            .filter_map(|e| CloneRecord::load(&e.path()).ok().flatten())
+            .collect();
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        records
+    }
+
+    fn refresh_sizes(&self) {
+        for record in self.records() {
+            if self.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            self.measure(&record);
+        }
+    }
+
+    /// Lets go of every clone, as at shutdown. With `stop_clones`, their servers and mounts
+    /// are stopped (their records still say they are meant to run, so the next start brings
+    /// them back); otherwise they run on, for the next start to adopt.
+    pub fn shutdown(&self, stop_clones: bool) {
+        self.stopping.store(true, Ordering::Relaxed);
+        for record in self.records() {
+            let guard = self.clone_lock(&record.name);
+            let _op = lock(&guard);
+            if stop_clones {
+                if let Err(e) = self.tear_down(&record) {
+                    tracing::warn!(clone = %record.name, "stopping at shutdown: {e}");
+                }
+            } else if let Some(running) = lock(&self.running).remove(&record.name) {
+                running.instance.detach();
+                // The mount process runs on too: dropping our handle neither stops nor reaps it.
+                drop(running.attached);
+            }
+        }
+    }
+
+    /// Removes images that a crash left half-made, and their temporary servers' files.
+    fn recover_images(&self) {
+        let Ok(entries) = fs::read_dir(self.config.data_dir.join("images")) else { return };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".partial") {
+                tracing::warn!(path = %entry.path().display(), "removing an image left half-made by a crash");
+                if let Err(e) = sys::tree::remove(&entry.path()) {
+                    tracing::error!("removing {}: {e}", entry.path().display());
+                }
+            }
+        }
+        let runs = self.config.data_dir.join("run/images");
+        if let Ok(entries) = fs::read_dir(&runs) {
+            for entry in entries.flatten() {
+                // A preparing server a crash left running is stopped before its files go.
+                for pid in sys::procfs::processes_under(&self.partial_dir_of_run(&entry.path())) {
+                    tracing::warn!(pid, "stopping a preparing server left running");
+                    // SAFETY: kill has no memory-safety preconditions; the process's command
+                    // line names a half-made image of ours.
+                    unsafe { libc::kill(pid, libc::SIGQUIT) };
+                }
+                let _ = sys::tree::remove(&entry.path());
+            }
+        }
+    }
+
+    fn partial_dir_of_run(&self, run_dir: &Path) -> PathBuf {
+        let name = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.config.data_dir.join("images").join(format!("{name}.partial"))
+    }
+
+    /// Finishes or rolls back each clone's interrupted operation, then brings back the
+    /// clones that are meant to run: adopted where their server and storage still run,
+    /// started afresh otherwise. A clone that fails to come back is kept, failed.
+    fn recover_clones(&self) {
+        let Ok(entries) = fs::read_dir(self.config.data_dir.join("clones")) else { return };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            match CloneRecord::load(&dir) {
+                Ok(Some(record)) => {
+                    if let Err(e) = self.recover_clone(record) {
+                        tracing::error!(clone_dir = %dir.display(), "recovering the clone: {e}");
+                    }
+                }
+                Ok(None) => {
+                    // Made by a create that a crash stopped before its record was written:
+                    // it was never handed out.
+                    tracing::warn!(path = %dir.display(), "removing a clone directory without a record");
+                    // Only cowfs leaves anything running (a mount).
+                    if let Err(e) = self.driver(Driver::Cowfs).clean_leftovers(&dir) {
+                        tracing::error!(path = %dir.display(), "stopping what it left running: {e}");
+                    }
+                    if let Err(e) = sys::tree::remove(&dir) {
+                        tracing::error!(path = %dir.display(), "removing it: {e}");
+                    }
+                }
+                Err(e) => tracing::error!(path = %dir.display(), "unreadable clone record, left alone: {e}"),
+            }
+        }
+    }
+
+    fn recover_clone(&self, mut record: CloneRecord) -> Result<()> {
+        let name = record.name.clone();
+        let clone_dir = self.clone_dir(&name);
+        let driver = self.driver(record.driver);
+        match record.intent {
+            Some(Intent::Create) if !record.ever_ready => {
+                tracing::warn!(clone = %name, "removing a clone whose creation was interrupted (it was never ready)");
+                self.tear_down(&record)?;
+                driver.destroy(&clone_dir).map_err(AgentError::from_driver)?;
+                let _ = sys::tree::remove(&self.clone_run_dir(&name));
+                return Ok(());
+            }
+            Some(Intent::Delete) => {
+                tracing::info!(clone = %name, "finishing an interrupted removal");
+                self.tear_down(&record)?;
+                driver.destroy(&clone_dir).map_err(AgentError::from_driver)?;
+                let _ = sys::tree::remove(&self.clone_run_dir(&name));
+                return Ok(());
+            }
+            Some(Intent::Stop) => {
+                tracing::info!(clone = %name, "finishing an interrupted stop");
+                self.tear_down(&record)?;
+                record.desired = Desired::Stopped;
+            }
+            Some(Intent::Reset) => {
+                tracing::info!(clone = %name, "finishing an interrupted reset");
+                self.tear_down(&record)?;
+                driver.recover(&clone_dir).map_err(AgentError::from_driver)?;
+                driver.reset(&self.image_dir(&record.image), &clone_dir).map_err(AgentError::from_driver)?;
+            }
+            Some(Intent::Start) | Some(Intent::Create) => {
+                self.tear_down(&record)?;
+            }
+            None => {}
+        }
+        driver.recover(&clone_dir).map_err(AgentError::from_driver)?;
+        let had_intent = record.intent.take().is_some();
+        self.save(&record)?;
+        match record.desired {
+            Desired::Stopped => self.tear_down(&record),
+            Desired::Running => {
+                if !had_intent && self.adopt(&record) {
+                    return Ok(());
+                }
+                self.tear_down(&record)?;
+                tracing::info!(clone = %name, port = record.port, "bringing the clone back");
+                match self.bring_up(&record) {
+                    Ok(()) => {
+                        record.failure = None;
+                        record.ever_ready = true;
+                        self.save(&record)
+                    }
+                    Err(e) => {
+                        tracing::error!(clone = %name, "could not bring the clone back: {e}");
+                        record.failure = Some(e.message.clone());
+                        self.save(&record)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Measures every clone's disk use every `size_interval`, until the agent is dropped.
+fn measure_sizes(agent: Weak<LocalAgent>) {
+    loop {
+        let interval = match agent.upgrade() {
+            Some(a) if !a.stopping.load(Ordering::Relaxed) => a.config.size_interval,
+            _ => return,
+        };
+        std::thread::sleep(interval);
+        match agent.upgrade() {
+            Some(a) if !a.stopping.load(Ordering::Relaxed) => a.refresh_sizes(),
+            _ => return,
+        }
+    }
+}
+
+impl Agent for LocalAgent {
+    fn info(&self) -> AgentInfo {
+        AgentInfo {
+            default_driver: self.default_driver,
+            drivers: self.drivers.clone(),
+            host: self.config.host.clone(),
+            data_dir: self.config.data_dir.clone(),
+        }
+    }
+
+    fn check_source_dir(&self, dir: &Path) -> Result<SourceFacts> {
+        crate::images::check_source_dir(self, dir)
+    }
+
+    fn check_source_url(&self, url: &SourceUrl) -> Result<SourceFacts> {
+        crate::images::check_source_url(self, url)
+    }
+
+    fn make_image(
+        &self,
+        name: &Name,
+        source: &ImageSource,
+        progress: &(dyn Fn(u64, u64) + Sync),
+        step: &(dyn Fn(&str) + Sync),
+    ) -> Result<MadeImage> {
+        crate::images::make_image(self, name, source, progress, step)
+    }
+
+    fn remove_image(&self, name: &Name) -> Result<()> {
+        sys::tree::remove(&self.image_dir(name)).map_err(internal("removing the image's files"))
+    }
+
+    fn port_is_free(&self, port: u16) -> bool {
+        let addresses: Vec<IpAddr> =
+            if self.config.listen.is_empty() { vec![IpAddr::from([127, 0, 0, 1])] } else { self.config.listen.clone() };
+        addresses.iter().all(|a| std::net::TcpListener::bind((*a, port)).is_ok())
+    }
+
+    fn create_clone(&self, spec: &CloneSpec) -> Result<CloneReport> {
+        let guard = self.clone_lock(&spec.name);
+        let _op = lock(&guard);
+        let clone_dir = self.clone_dir(&spec.name);
+        if CloneRecord::load(&clone_dir).map_err(internal("reading the clone's record"))?.is_some() {
+            return Err(AgentError::new(ErrorKind::Conflict, format!("clone {} already exists on this host", spec.name)));
+        }
+        let image = self.image_dir(&spec.image);
+        if !image.is_dir() {
+            return Err(AgentError::new(ErrorKind::NotFound, format!("no image named {} on this host", spec.image)));
+        }
+        // A directory without a record is what a crash left before the record was written.
+        sys::tree::remove(&clone_dir).map_err(internal("clearing the clone's directory"))?;
+        fs::create_dir(&clone_dir).map_err(internal("making the clone's directory"))?;
+        let mut record = CloneRecord {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            engine: spec.engine.clone(),
+            version: spec.version.clone(),
+            superuser: spec.superuser.clone(),
+            driver: spec.driver,
+            port: spec.port,
+            password: spec.password.expose().to_owned(),
+            desired: Desired::Running,
+            ever_ready: false,
+            intent: Some(Intent::Create),
+            failure: None,
+        };
+        // Recorded first: a crash from here on is cleaned up by recovery.
+        self.save(&record)?;
+        let driver = self.driver(spec.driver);
+        let made = driver
+            .create(&image, &clone_dir)
+            .map_err(AgentError::from_driver)
+            .and_then(|()| self.bring_up(&record));
+        if let Err(e) = made {
+            if let Err(t) = self.tear_down(&record) {
+                tracing::warn!(clone = %spec.name, "stopping after a failed create: {t}");
+            }
+            if let Err(d) = driver.destroy(&clone_dir) {
+                tracing::error!(clone = %spec.name, "removing after a failed create: {d}");
+            }
+            let _ = sys::tree::remove(&self.clone_run_dir(&spec.name));
+            return Err(e);
+        }
+        record.ever_ready = true;
+        record.intent = None;
+        self.save(&record)?;
+        self.measure(&record);
+        Ok(self.report(&record))
+    }
+
+    fn start_clone(&self, name: &Name) -> Result<CloneReport> {
+        let guard = self.clone_lock(name);
+        let _op = lock(&guard);
+        let mut record = self.load(name)?;
+        let healthy = {
+            let mut running = lock(&self.running);
+            match running.get_mut(name) {
+                Some(r) => {
+                    r.instance.is_running()
+                        && self.driver(record.driver).is_healthy(&self.clone_dir(name), &mut r.attached)
+                }
+                None => false,
+            }
+        };
+        if healthy && record.desired == Desired::Running {
+            return Ok(self.report(&record));
+        }
+        record.intent = Some(Intent::Start);
+        record.desired = Desired::Running;
+        self.save(&record)?;
+        // Whatever is left of dead processes goes first, so that the start is real.
+        self.tear_down(&record)?;
+        let result = self.bring_up(&record);
+        record.intent = None;
+        match &result {
+            Ok(()) => {
+                record.failure = None;
+                record.ever_ready = true;
+            }
+            Err(e) => record.failure = Some(e.message.clone()),
+        }
+        self.save(&record)?;
+        result.map(|()| self.report(&record))
+    }
+
+    fn stop_clone(&self, name: &Name) -> Result<CloneReport> {
+        let guard = self.clone_lock(name);
+        let _op = lock(&guard);
+        let mut record = self.load(name)?;
+        record.intent = Some(Intent::Stop);
+        record.desired = Desired::Stopped;
+        self.save(&record)?;
+        self.tear_down(&record)?;
+        record.intent = None;
+        record.failure = None;
+        self.save(&record)?;
+        Ok(self.report(&record))
+    }
+
+    fn reset_clone(&self, name: &Name) -> Result<CloneReport> {
+        let guard = self.clone_lock(name);
+        let _op = lock(&guard);
+        let mut record = self.load(name)?;
+        record.intent = Some(Intent::Reset);
+        self.save(&record)?;
+        self.tear_down(&record)?;
+        let clone_dir = self.clone_dir(name);
+        // A failed copy (a full disk) leaves the clone as it was; it comes back up either way.
+        let reset = self
+            .driver(record.driver)
+            .reset(&self.image_dir(&record.image), &clone_dir)
+            .map_err(AgentError::from_driver);
+        let started = if record.desired == Desired::Running { self.bring_up(&record) } else { Ok(()) };
+        record.intent = None;
+        match &started {
+            Ok(()) => record.failure = None,
+            Err(e) => record.failure = Some(e.message.clone()),
+        }
+        self.save(&record)?;
+        self.measure(&record);
+        reset.and(started).map(|()| self.report(&record))
+    }
+
+    fn delete_clone(&self, name: &Name) -> Result<()> {
+        let guard = self.clone_lock(name);
+        let _op = lock(&guard);
+        let clone_dir = self.clone_dir(name);
+        let Some(mut record) = CloneRecord::load(&clone_dir).map_err(internal("reading the clone's record"))? else {
+            return sys::tree::remove(&clone_dir).map_err(internal("removing the clone's directory"));
+        };
+        record.intent = Some(Intent::Delete);
+        self.save(&record)?;
+        self.tear_down(&record)?;
+        self.driver(record.driver).destroy(&clone_dir).map_err(AgentError::from_driver)?;
+        sys::tree::remove(&self.clone_run_dir(name)).map_err(internal("removing the clone's run directory"))?;
+        lock(&self.sizes).remove(name);
+        Ok(())
+    }
+
+    fn clone_report(&self, name: &Name) -> Option<CloneReport> {
+        let record = CloneRecord::load(&self.clone_dir(name)).ok().flatten()?;
+        Some(self.report(&record))
+    }
+
+    fn clone_reports(&self) -> Vec<CloneReport> {
+        self.records().iter().map(|r| self.report(r)).collect()
+    }
+}

@@ -1,0 +1,109 @@
+//! A clone's record on its agent: `clones/<name>/clone.json`, replaced whole and durably
+//! (sys::crashsafe) at every change.
+//!
+//! It holds what the agent needs to run the clone without the server (after a restart):
+//! its image, engine, driver, port and credentials, whether it is meant to run, and the
+//! **intent** of an operation under way. An operation writes its intent before it acts and
+//! clears it when done, so that recovery after a crash at any point knows what was going on
+//! and finishes or rolls it back:
+//!
+//! | intent | recovery |
+//! |---|---|
+//! | create | the clone was never handed out: everything of it is removed |
+//! | start  | the start is tried again |
+//! | stop   | the clone is stopped |
+//! | reset  | an interrupted copy is finished or undone, then the reset runs again |
+//! | delete | the removal is finished |
+//!
+//! A clone that has ever been ready is never removed by recovery, only by a delete.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use api::{Driver, Name};
+use serde::{Deserialize, Serialize};
+
+/// Whether a clone is meant to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+/// An operation under way on a clone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Intent {
+    Create,
+    Start,
+    Stop,
+    Reset,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloneRecord {
+    pub name: Name,
+    pub image: Name,
+    pub engine: String,
+    pub version: String,
+    pub superuser: String,
+    pub driver: Driver,
+    pub port: u16,
+    /// The password of the superuser; the file is readable by root (or the agent's user) only.
+    pub password: String,
+    pub desired: Desired,
+    /// Whether it has ever accepted connections. Recovery never removes such a clone.
+    pub ever_ready: bool,
+    pub intent: Option<Intent>,
+    /// Why its last start failed, while it is meant to run but does not.
+    pub failure: Option<String>,
+}
+
+impl CloneRecord {
+    pub fn path(clone_dir: &Path) -> PathBuf {
+        clone_dir.join("clone.json")
+    }
+
+    pub fn load(clone_dir: &Path) -> io::Result<Option<CloneRecord>> {
+        sys::crashsafe::read_json(&Self::path(clone_dir))
+    }
+
+    /// Replaces the record durably; the directory must exist.
+    pub fn save(&self, clone_dir: &Path) -> io::Result<()> {
+        let path = Self::path(clone_dir);
+        sys::crashsafe::write_json(&path, self)?;
+        // Only root (or the agent's own user) may read the password.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips_privately() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = CloneRecord {
+            name: Name::new("a").unwrap(),
+            image: Name::new("img").unwrap(),
+            engine: "e".into(),
+            version: "1".into(),
+            superuser: "root".into(),
+            driver: Driver::Cowfs,
+            port: 7000,
+            password: "pw".into(),
+            desired: Desired::Running,
+            ever_ready: false,
+            intent: Some(Intent::Create),
+            failure: None,
+        };
+        record.save(dir.path()).unwrap();
+        assert_eq!(CloneRecord::load(dir.path()).unwrap(), Some(record));
+        let mode = std::fs::metadata(CloneRecord::path(dir.path())).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    }
+}
