@@ -1,221 +1,381 @@
-//! A small blocking HTTP client of the daemon's REST API (`doc/API.md`), used by the CLI.
+//! The typed, blocking client of thinclone's REST API. The CLI, the demo, the tests and the
+//! benchmarks all talk to the server through it.
 //!
-//! Every call returns the daemon's object as a typed struct that keeps any field this
-//! client does not know about, so `--json` can print the whole object back. A 4xx or 5xx
-//! answer becomes an error whose message is exactly the daemon's `error`; a daemon that
-//! cannot be reached becomes an error that says how to start it.
+//! Requests and answers are the `api` crate's types, and every path comes from
+//! [`api::paths`], so that the client and the server cannot disagree on a field or a route.
+//! Each route has one method. A request that changes something answers with an
+//! [`Operation`]; [`Client::wait`] and [`Client::follow`] poll it to its end, and the
+//! `*_and_wait` methods do the whole round (ask, wait, fetch the result) for callers that
+//! need no progress display.
+//!
+//! Errors are one [`Error`] type: a 4xx or 5xx answer becomes [`Error::Api`], whose message
+//! is exactly the server's; a server that cannot be reached becomes [`Error::Unreachable`],
+//! whose message says how to start one; a failed operation becomes
+//! [`Error::OperationFailed`], whose message is exactly the operation's error.
+
+mod error;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
+use api::{
+    Clone, CreateClone, CreateImage, ErrorBody, ErrorCode, Health, Image, Name, Operation, OperationId, OperationState,
+};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde::Serialize;
 
-/// How long to wait for a TCP connection to the daemon.
+pub use error::{Error, Result};
+
+/// How long to wait for a TCP connection to the server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Reads, lists and polls: the daemon answers these from its state at once.
-pub const SHORT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Calls that start, stop or copy a PostgreSQL server, or remove files: making a clone
-/// takes about a second, but a busy machine or a large database can stretch that.
-pub const LONG_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long one request may take, by default. The server answers every request within
+/// about a second (a longer job goes on as an operation), but checking a source (connecting
+/// to a live server) or a busy machine can stretch that.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the `*_and_wait` methods ask how an operation is going, by default.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// The largest answer the client reads (a long list of operations or clones).
+const MAX_ANSWER_BYTES: u64 = 64 << 20;
 
-/// An image, as `GET /v1/images/{name}` answers it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Image {
-    pub name: String,
-    /// `creating`, `ready` or `failed`.
-    pub status: String,
-    #[serde(default)]
-    pub message: Option<String>,
-    #[serde(default)]
-    pub pg_version: Option<u32>,
-    #[serde(default)]
-    pub logical_bytes: Option<u64>,
-    #[serde(default)]
-    pub stored_bytes: Option<u64>,
-    #[serde(default)]
-    pub file_count: Option<u64>,
-    #[serde(default)]
-    pub source: Option<String>,
-    #[serde(default)]
-    pub created_at: Option<String>,
-    /// Present while the image is being made.
-    #[serde(default)]
-    pub progress: Option<Progress>,
-    /// Fields this client does not know, kept so `--json` prints them too.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
+/// What a path segment may hold unencoded: letters, digits, `-`, `_` and `~`. A `.` is
+/// encoded too, so that no segment can be `..`.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
 
-/// How far the making of an image has got. `total_bytes` is an estimate and may grow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    pub done_bytes: u64,
-    pub total_bytes: u64,
-}
-
-/// A clone, as `GET /v1/clones/{name}` answers it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Clone {
-    pub name: String,
-    pub image: String,
-    /// `creating`, `ready`, `stopped` or `failed`.
-    pub status: String,
-    #[serde(default)]
-    pub message: Option<String>,
-    #[serde(default)]
-    pub driver: Option<String>,
-    #[serde(default)]
-    pub port: Option<u16>,
-    /// A libpq connection URL with the clone's superuser and password.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Disk the clone uses beyond its image.
-    #[serde(default)]
-    pub layer_bytes: Option<u64>,
-    #[serde(default)]
-    pub logical_bytes: Option<u64>,
-    #[serde(default)]
-    pub created_at: Option<String>,
-    /// Fields this client does not know, kept so `--json` prints them too.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-/// Where a new image comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageSource {
-    /// A PostgreSQL data directory on the daemon's machine (an absolute path).
-    Dir(String),
-    /// A connection URL of a running server to take a base backup from.
-    Url(String),
-}
-
-/// What the clone actions `POST /v1/clones/{name}/{action}` can be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloneAction {
-    Stop,
-    Start,
-    Reset,
+enum Method {
+    Get,
+    Post,
+    Delete,
 }
 
-impl CloneAction {
-    fn path_segment(self) -> &'static str {
+impl Method {
+    fn as_str(self) -> &'static str {
         match self {
-            CloneAction::Stop => "stop",
-            CloneAction::Start => "start",
-            CloneAction::Reset => "reset",
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
         }
     }
 }
 
-/// A client of one daemon, at a base URL like `http://127.0.0.1:7420`.
+/// The body of `POST /v1/clones/{name}/start|stop|reset`: an empty object.
+#[derive(Serialize)]
+struct Empty {}
+
+/// A client of one server, at a base URL like `http://127.0.0.1:7420`.
+#[derive(Debug, Clone)]
 pub struct Client {
     base_url: String,
     agent: ureq::Agent,
+    request_timeout: Duration,
+    poll_interval: Duration,
+    wait_timeout: Option<Duration>,
 }
 
 impl Client {
+    /// A client of the server at `base_url`. Nothing is sent until the first call; a bad
+    /// URL is reported then, as [`Error::BadUrl`].
     pub fn new(base_url: &str) -> Client {
         let config = ureq::Agent::config_builder()
-            // 4xx and 5xx answers carry the daemon's message in their body: read it.
+            // 4xx and 5xx answers carry the server's message in their body: read it.
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_global(Some(SHORT_TIMEOUT))
             .user_agent(concat!("thinclone/", env!("CARGO_PKG_VERSION")))
             .build();
-        Client { base_url: base_url.trim_end_matches('/').to_owned(), agent: config.new_agent() }
-    }
-
-    /// `POST /v1/images`: starts making an image and answers at once with it (`creating`).
-    pub fn create_image(&self, name: &str, source: &ImageSource) -> anyhow::Result<Image> {
-        let body = match source {
-            ImageSource::Dir(dir) => serde_json::json!({ "name": name, "from_dir": dir }),
-            ImageSource::Url(url) => serde_json::json!({ "name": name, "from_url": url }),
-        };
-        // The daemon may check the source (open the directory, connect to the server)
-        // before it answers.
-        self.call("POST", "/v1/images", Some(&body), LONG_TIMEOUT)
-    }
-
-    pub fn images(&self) -> anyhow::Result<Vec<Image>> {
-        self.call("GET", "/v1/images", None, SHORT_TIMEOUT)
-    }
-
-    pub fn image(&self, name: &str) -> anyhow::Result<Image> {
-        self.call("GET", &format!("/v1/images/{}", encode_segment(name)), None, SHORT_TIMEOUT)
-    }
-
-    pub fn remove_image(&self, name: &str) -> anyhow::Result<()> {
-        let path = format!("/v1/images/{}", encode_segment(name));
-        self.call::<Option<Value>>("DELETE", &path, None, LONG_TIMEOUT).map(drop)
-    }
-
-    /// `POST /v1/clones`: answers once the clone accepts SQL.
-    pub fn create_clone(&self, name: &str, image: &str, driver: Option<&str>) -> anyhow::Result<Clone> {
-        let mut body = serde_json::json!({ "name": name, "image": image });
-        if let Some(driver) = driver {
-            body["driver"] = driver.into();
+        Client {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            agent: config.new_agent(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            wait_timeout: None,
         }
-        self.call("POST", "/v1/clones", Some(&body), LONG_TIMEOUT)
     }
 
-    pub fn clones(&self) -> anyhow::Result<Vec<Clone>> {
-        self.call("GET", "/v1/clones", None, SHORT_TIMEOUT)
+    /// How long one request may take ([`DEFAULT_REQUEST_TIMEOUT`] unless set).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Client {
+        self.request_timeout = timeout;
+        self
     }
 
-    pub fn clone_named(&self, name: &str) -> anyhow::Result<Clone> {
-        self.call("GET", &format!("/v1/clones/{}", encode_segment(name)), None, SHORT_TIMEOUT)
+    /// How often the `*_and_wait` methods poll an operation ([`DEFAULT_POLL_INTERVAL`]
+    /// unless set).
+    pub fn with_poll_interval(mut self, interval: Duration) -> Client {
+        self.poll_interval = interval;
+        self
     }
 
-    /// Stops, starts or resets a clone and answers with it afterwards.
-    pub fn clone_action(&self, name: &str, action: CloneAction) -> anyhow::Result<Clone> {
-        let path = format!("/v1/clones/{}/{}", encode_segment(name), action.path_segment());
-        self.call("POST", &path, Some(&Value::Object(Map::new())), LONG_TIMEOUT)
+    /// How long waiting for an operation may take in all before [`Error::WaitTimeout`]
+    /// (no limit unless set: making an image of a large database takes hours).
+    pub fn with_wait_timeout(mut self, timeout: Option<Duration>) -> Client {
+        self.wait_timeout = timeout;
+        self
     }
 
-    pub fn remove_clone(&self, name: &str) -> anyhow::Result<()> {
-        let path = format!("/v1/clones/{}", encode_segment(name));
-        self.call::<Option<Value>>("DELETE", &path, None, LONG_TIMEOUT).map(drop)
+    /// The server's base URL, without a trailing `/`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
     }
 
-    /// Makes one call and decodes its JSON answer; an empty body decodes as JSON `null`.
-    fn call<T: DeserializeOwned>(
+    /// `GET /v1/health`.
+    pub fn health(&self) -> Result<Health> {
+        self.get(api::paths::HEALTH)
+    }
+
+    /// `GET /v1/openapi.json`: the OpenAPI document, as the server's text.
+    pub fn openapi(&self) -> Result<String> {
+        let (status, text) = self.exchange(Method::Get, api::paths::OPENAPI, None::<&Empty>)?;
+        self.check_status(status, &text)?;
+        Ok(text)
+    }
+
+    /// `GET /v1/images`.
+    pub fn list_images(&self) -> Result<Vec<Image>> {
+        self.get(api::paths::IMAGES)
+    }
+
+    /// `GET /v1/images/{name}`.
+    pub fn get_image(&self, name: &Name) -> Result<Image> {
+        self.get(&fill(api::paths::IMAGE, "name", name.as_str()))
+    }
+
+    /// `POST /v1/images`: starts making an image.
+    pub fn create_image(&self, request: &CreateImage) -> Result<Operation> {
+        self.post(api::paths::IMAGES, request)
+    }
+
+    /// `DELETE /v1/images/{name}`: starts removing an image.
+    pub fn delete_image(&self, name: &Name) -> Result<Operation> {
+        self.call(Method::Delete, &fill(api::paths::IMAGE, "name", name.as_str()), None::<&Empty>)
+    }
+
+    /// `GET /v1/clones`.
+    pub fn list_clones(&self) -> Result<Vec<Clone>> {
+        self.get(api::paths::CLONES)
+    }
+
+    /// `GET /v1/clones/{name}`; its `url` carries the clone's password.
+    pub fn get_clone(&self, name: &Name) -> Result<Clone> {
+        self.get(&fill(api::paths::CLONE, "name", name.as_str()))
+    }
+
+    /// `POST /v1/clones`: starts making a clone.
+    pub fn create_clone(&self, request: &CreateClone) -> Result<Operation> {
+        self.post(api::paths::CLONES, request)
+    }
+
+    /// `POST /v1/clones/{name}/start`.
+    pub fn start_clone(&self, name: &Name) -> Result<Operation> {
+        self.post(&fill(api::paths::CLONE_START, "name", name.as_str()), &Empty {})
+    }
+
+    /// `POST /v1/clones/{name}/stop`.
+    pub fn stop_clone(&self, name: &Name) -> Result<Operation> {
+        self.post(&fill(api::paths::CLONE_STOP, "name", name.as_str()), &Empty {})
+    }
+
+    /// `POST /v1/clones/{name}/reset`.
+    pub fn reset_clone(&self, name: &Name) -> Result<Operation> {
+        self.post(&fill(api::paths::CLONE_RESET, "name", name.as_str()), &Empty {})
+    }
+
+    /// `DELETE /v1/clones/{name}`: starts removing a clone.
+    pub fn delete_clone(&self, name: &Name) -> Result<Operation> {
+        self.call(Method::Delete, &fill(api::paths::CLONE, "name", name.as_str()), None::<&Empty>)
+    }
+
+    /// `GET /v1/operations`: the most recent operations, newest first.
+    pub fn list_operations(&self) -> Result<Vec<Operation>> {
+        self.get(api::paths::OPERATIONS)
+    }
+
+    /// `GET /v1/operations/{id}`.
+    pub fn get_operation(&self, id: OperationId) -> Result<Operation> {
+        self.get(&fill(api::paths::OPERATION, "id", &id.to_string()))
+    }
+
+    /// Polls operation `id` every `poll_interval` until it has ended, and returns it,
+    /// `succeeded` or `failed` (see [`succeeded`]). `on_progress` sees every answer,
+    /// the last one included.
+    pub fn wait(
         &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-        timeout: Duration,
-    ) -> anyhow::Result<T> {
-        let url = format!("{}{}", self.base_url, path);
-        let result = match (method, body) {
-            ("GET", _) => self.agent.get(&url).config().timeout_global(Some(timeout)).build().call(),
-            ("DELETE", _) => self.agent.delete(&url).config().timeout_global(Some(timeout)).build().call(),
-            ("POST", Some(body)) => {
-                self.agent.post(&url).config().timeout_global(Some(timeout)).build().send_json(body)
+        id: OperationId,
+        poll_interval: Duration,
+        mut on_progress: impl FnMut(&Operation),
+    ) -> Result<Operation> {
+        let op = self.get_operation(id)?;
+        on_progress(&op);
+        self.poll(op, poll_interval, on_progress)
+    }
+
+    /// Like [`Client::wait`], from an operation already in hand (the answer to the request
+    /// that started it): an operation that has already ended is returned without a call.
+    pub fn follow(
+        &self,
+        op: Operation,
+        poll_interval: Duration,
+        mut on_progress: impl FnMut(&Operation),
+    ) -> Result<Operation> {
+        on_progress(&op);
+        self.poll(op, poll_interval, on_progress)
+    }
+
+    fn poll(
+        &self,
+        mut op: Operation,
+        interval: Duration,
+        mut on_progress: impl FnMut(&Operation),
+    ) -> Result<Operation> {
+        let started = Instant::now();
+        while op.state == OperationState::Running {
+            if let Some(timeout) = self.wait_timeout {
+                if started.elapsed() >= timeout {
+                    return Err(Error::WaitTimeout { id: op.id, timeout });
+                }
             }
-            ("POST", None) => self.agent.post(&url).config().timeout_global(Some(timeout)).build().send_empty(),
-            _ => unreachable!("the client makes no {method} calls"),
-        };
-        let mut response = result.map_err(|e| self.transport_error(method, path, timeout, e))?;
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().map_err(|e| self.transport_error(method, path, timeout, e))?;
-        if status >= 400 {
-            return Err(status_error(status, &text));
+            std::thread::sleep(interval);
+            op = self.get_operation(op.id)?;
+            on_progress(&op);
         }
-        let text = if text.trim().is_empty() { "null" } else { text.as_str() };
-        serde_json::from_str(text).with_context(|| {
-            format!("the thinclone daemon at {} sent an unexpected answer to {method} {path}", self.base_url)
+        Ok(op)
+    }
+
+    /// Follows an operation to its end, without progress; a failed one is an error.
+    fn finish(&self, op: Operation) -> Result<Operation> {
+        succeeded(self.follow(op, self.poll_interval, |_| {})?)
+    }
+
+    /// Makes an image and returns it once it is ready.
+    pub fn create_image_and_wait(&self, request: &CreateImage) -> Result<Image> {
+        self.finish(self.create_image(request)?)?;
+        self.get_image(&request.name)
+    }
+
+    /// Removes an image and returns the ended operation.
+    pub fn delete_image_and_wait(&self, name: &Name) -> Result<Operation> {
+        self.finish(self.delete_image(name)?)
+    }
+
+    /// Makes a clone and returns it once it accepts connections.
+    pub fn create_clone_and_wait(&self, request: &CreateClone) -> Result<Clone> {
+        self.finish(self.create_clone(request)?)?;
+        self.get_clone(&request.name)
+    }
+
+    /// Starts a clone and returns it once it accepts connections.
+    pub fn start_clone_and_wait(&self, name: &Name) -> Result<Clone> {
+        self.finish(self.start_clone(name)?)?;
+        self.get_clone(name)
+    }
+
+    /// Stops a clone and returns it, stopped.
+    pub fn stop_clone_and_wait(&self, name: &Name) -> Result<Clone> {
+        self.finish(self.stop_clone(name)?)?;
+        self.get_clone(name)
+    }
+
+    /// Resets a clone to its image and returns it once it accepts connections again.
+    pub fn reset_clone_and_wait(&self, name: &Name) -> Result<Clone> {
+        self.finish(self.reset_clone(name)?)?;
+        self.get_clone(name)
+    }
+
+    /// Removes a clone and returns the ended operation.
+    pub fn delete_clone_and_wait(&self, name: &Name) -> Result<Operation> {
+        self.finish(self.delete_clone(name)?)
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::Get, path, None::<&Empty>)
+    }
+
+    fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
+        self.call(Method::Post, path, Some(body))
+    }
+
+    /// Makes one call and decodes its JSON answer.
+    fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> Result<T> {
+        let (status, text) = self.exchange(method, path, body)?;
+        self.check_status(status, &text)?;
+        serde_json::from_str(&text).map_err(|e| Error::Decode {
+            url: self.base_url.clone(),
+            method: method.as_str(),
+            path: path.to_owned(),
+            why: e.to_string(),
         })
     }
 
-    /// Describes a failure to talk to the daemon at all.
-    fn transport_error(&self, method: &str, path: &str, timeout: Duration, e: ureq::Error) -> anyhow::Error {
-        let base = &self.base_url;
-        let unreachable =
-            |why: &str| anyhow!("cannot reach the thinclone daemon at {base}: {why}; start it with `thinclone serve`");
+    /// Sends one request and reads the whole answer, whatever its status.
+    fn exchange(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> Result<(u16, String)> {
+        check_base_url(&self.base_url)?;
+        let url = format!("{}{}", self.base_url, path);
+        let timeout = Some(self.request_timeout);
+        let result = match method {
+            Method::Get => self.agent.get(&url).config().timeout_global(timeout).build().call(),
+            Method::Delete => self.agent.delete(&url).config().timeout_global(timeout).build().call(),
+            Method::Post => {
+                let request = self.agent.post(&url).config().timeout_global(timeout).build();
+                match body {
+                    Some(body) => {
+                        let json = serde_json::to_vec(body).expect("the API's requests encode as JSON");
+                        request.header("content-type", "application/json").send(&json[..])
+                    }
+                    None => request.send_empty(),
+                }
+            }
+        };
+        let mut response = result.map_err(|e| self.transport_error(method, path, e))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_string()
+            .map_err(|e| self.transport_error(method, path, e))?;
+        Ok((status, text))
+    }
+
+    /// Turns a 4xx or 5xx answer into [`Error::Api`]. A body that is not the API's error
+    /// body (from a proxy, say) still gives a message, with the status.
+    fn check_status(&self, status: u16, text: &str) -> Result<()> {
+        if status < 400 {
+            return Ok(());
+        }
+        #[derive(serde::Deserialize)]
+        struct JustTheMessage {
+            error: String,
+        }
+        let body = match serde_json::from_str::<ErrorBody>(text) {
+            Ok(body) => body,
+            Err(_) => {
+                let code = ErrorCode::from_http_status(status);
+                match serde_json::from_str::<JustTheMessage>(text) {
+                    Ok(JustTheMessage { error }) => ErrorBody::new(code, error),
+                    Err(_) => {
+                        let base = &self.base_url;
+                        let text = text.trim();
+                        let error = if text.is_empty() {
+                            format!("the server at {base} answered HTTP {status}")
+                        } else {
+                            let text: String = text.chars().take(500).collect();
+                            format!("the server at {base} answered HTTP {status}: {text}")
+                        };
+                        ErrorBody::new(code, error)
+                    }
+                }
+            }
+        };
+        Err(Error::Api { status, body })
+    }
+
+    /// Describes a failure to talk to the server at all.
+    fn transport_error(&self, method: Method, path: &str, e: ureq::Error) -> Error {
+        let url = self.base_url.clone();
+        let unreachable = |why: &str| Error::Unreachable { url: url.clone(), why: why.to_owned() };
+        let other =
+            |why: String| Error::Transport { url: url.clone(), method: method.as_str(), path: path.to_owned(), why };
         match e {
             ureq::Error::Io(e) => match e.kind() {
                 io::ErrorKind::ConnectionRefused => unreachable("connection refused"),
@@ -223,161 +383,56 @@ impl Client {
                 io::ErrorKind::NetworkUnreachable => unreachable("network unreachable"),
                 io::ErrorKind::HostUnreachable => unreachable("host unreachable"),
                 io::ErrorKind::NotFound => unreachable("not found"),
-                _ => anyhow!("{method} {path} to the thinclone daemon at {base} failed: {e}"),
+                _ => other(e.to_string()),
             },
             ureq::Error::HostNotFound => unreachable("host not found"),
             ureq::Error::ConnectionFailed => unreachable("connection failed"),
             ureq::Error::Timeout(ureq::Timeout::Connect) => {
                 unreachable(&format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()))
             }
-            ureq::Error::Timeout(_) => {
-                anyhow!("the thinclone daemon at {base} did not answer {method} {path} within {} s", timeout.as_secs())
-            }
-            ureq::Error::BadUri(why) => {
-                anyhow!("invalid daemon URL {base:?}: {why}; give one like http://127.0.0.1:7420 with --url or THINCLONE_URL")
-            }
-            e => anyhow!("{method} {path} to the thinclone daemon at {base} failed: {e}"),
+            ureq::Error::Timeout(_) => Error::Timeout {
+                url: url.clone(),
+                method: method.as_str(),
+                path: path.to_owned(),
+                timeout: self.request_timeout,
+            },
+            ureq::Error::BadUri(why) => Error::BadUrl { url: url.clone(), why },
+            e => other(e.to_string()),
         }
     }
 }
 
-/// The error for a 4xx or 5xx answer: the daemon's own message when the body is
-/// `{"error": "..."}`, else whatever the body says.
-fn status_error(status: u16, body: &str) -> anyhow::Error {
-    #[derive(Deserialize)]
-    struct ErrorBody {
-        error: String,
-    }
-    match serde_json::from_str::<ErrorBody>(body) {
-        Ok(ErrorBody { error }) => anyhow!(error),
-        Err(_) if body.trim().is_empty() => anyhow!("the thinclone daemon answered HTTP {status}"),
-        Err(_) => anyhow!("the thinclone daemon answered HTTP {status}: {}", body.trim()),
+/// Checks that a base URL is one the client can use: `http://HOST[:PORT]`, with at most a
+/// path prefix.
+fn check_base_url(base: &str) -> Result<()> {
+    let bad = |why: String| Err(Error::BadUrl { url: base.to_owned(), why });
+    match url::Url::parse(base) {
+        Err(e) => bad(e.to_string()),
+        Ok(url) if url.scheme() != "http" => {
+            bad(format!("the scheme is {:?}, and this client speaks http only", url.scheme()))
+        }
+        Ok(url) if url.host_str().is_none_or(str::is_empty) => bad("it has no host".to_owned()),
+        Ok(url) if url.query().is_some() || url.fragment().is_some() => bad("it has a query or a fragment".to_owned()),
+        Ok(_) => Ok(()),
     }
 }
 
-/// Percent-encodes a name for use as one URL path segment, so a bad name reaches the
-/// daemon whole and is refused there with a message, instead of naming another path.
-fn encode_segment(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// An ended operation as a result: `Ok` when it succeeded, [`Error::OperationFailed`] when
+/// it failed. An operation still running is returned as it is.
+pub fn succeeded(op: Operation) -> Result<Operation> {
+    match op.state {
+        OperationState::Failed => Err(Error::OperationFailed(Box::new(op))),
+        OperationState::Succeeded | OperationState::Running => Ok(op),
     }
-    out
+}
+
+/// A route's path with its one `{key}` filled in by `value`, percent-encoded as one path
+/// segment: whatever `value` holds, it cannot name another route.
+fn fill(template: &str, key: &str, value: &str) -> String {
+    let placeholder = format!("{{{key}}}");
+    debug_assert!(template.contains(&placeholder), "{template} has no {placeholder}");
+    template.replace(&placeholder, &utf8_percent_encode(value, SEGMENT).to_string())
 }
 
 #[cfg(test)]
-mod tests {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::TcpListener;
-    use std::thread;
-
-    use super::*;
-
-    /// Answers one HTTP request with `status` and `body`, and returns the request line.
-    fn serve_once(status: &str, body: &'static str) -> (String, thread::JoinHandle<String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let status = status.to_owned();
-        let handle = thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            reader.read_line(&mut request_line).unwrap();
-            let mut content_length = 0;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if line == "\r\n" || line.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = line.split_once(':') {
-                    if k.eq_ignore_ascii_case("content-length") {
-                        content_length = v.trim().parse().unwrap();
-                    }
-                }
-            }
-            let mut request_body = vec![0; content_length];
-            reader.read_exact(&mut request_body).unwrap();
-            let mut stream = stream;
-            write!(
-                stream,
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .unwrap();
-            format!("{}{}", request_line.trim_end(), String::from_utf8(request_body).unwrap())
-        });
-        (base, handle)
-    }
-
-    #[test]
-    fn a_refused_connection_says_how_to_start_the_daemon() {
-        let port = {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let client = Client::new(&format!("http://127.0.0.1:{port}/"));
-        let err = client.images().unwrap_err();
-        assert_eq!(
-            format!("{err:#}"),
-            format!(
-                "cannot reach the thinclone daemon at http://127.0.0.1:{port}: connection refused; \
-                 start it with `thinclone serve`"
-            )
-        );
-    }
-
-    #[test]
-    fn an_error_answer_becomes_exactly_the_daemons_message() {
-        let (base, server) = serve_once("404 Not Found", r#"{"error": "no image named prod"}"#);
-        let err = Client::new(&base).image("prod").unwrap_err();
-        assert_eq!(format!("{err:#}"), "no image named prod");
-        assert_eq!(server.join().unwrap(), "GET /v1/images/prod HTTP/1.1");
-    }
-
-    #[test]
-    fn an_error_answer_without_a_json_body_says_the_status() {
-        let (base, server) = serve_once("502 Bad Gateway", "upstream down\n");
-        let err = Client::new(&base).clones().unwrap_err();
-        assert_eq!(format!("{err:#}"), "the thinclone daemon answered HTTP 502: upstream down");
-        server.join().unwrap();
-    }
-
-    #[test]
-    fn a_clone_answer_is_decoded_and_keeps_unknown_fields() {
-        let (base, server) = serve_once(
-            "201 Created",
-            r#"{"name": "alice", "image": "prod", "status": "ready", "message": null, "driver": "cowfs",
-                "port": 7501, "url": "postgresql://postgres:x@127.0.0.1:7501/postgres", "layer_bytes": 245760,
-                "logical_bytes": 629145600, "created_at": "2026-11-21T23:01:00Z", "pid": 42}"#,
-        );
-        let clone = Client::new(&base).create_clone("alice", "prod", Some("copy")).unwrap();
-        assert_eq!(clone.port, Some(7501));
-        assert_eq!(clone.layer_bytes, Some(245760));
-        assert_eq!(clone.extra.get("pid"), Some(&Value::from(42)));
-        let request = server.join().unwrap();
-        assert!(request.starts_with("POST /v1/clones HTTP/1.1"), "{request}");
-        let sent: Value = serde_json::from_str(request.trim_start_matches("POST /v1/clones HTTP/1.1")).unwrap();
-        assert_eq!(sent, serde_json::json!({"name": "alice", "image": "prod", "driver": "copy"}));
-        let printed = serde_json::to_value(&clone).unwrap();
-        assert_eq!(printed["pid"], 42);
-        assert_eq!(printed["url"], "postgresql://postgres:x@127.0.0.1:7501/postgres");
-    }
-
-    #[test]
-    fn a_no_content_answer_is_success() {
-        let (base, server) = serve_once("204 No Content", "");
-        Client::new(&base).remove_clone("alice").unwrap();
-        assert_eq!(server.join().unwrap(), "DELETE /v1/clones/alice HTTP/1.1");
-    }
-
-    #[test]
-    fn names_are_one_path_segment() {
-        assert_eq!(encode_segment("prod-15_a"), "prod-15_a");
-        assert_eq!(encode_segment("../etc/x y"), "%2E%2E%2Fetc%2Fx%20y");
-    }
-}
+mod tests;
