@@ -1,1 +1,14 @@
-//! Placeholder; see ARCHITECTURE.md.
+//! thinclone's server: the source of truth. It keeps the catalog of images, clones and
+//! operations (catalog.rs), decides names and ports, checks every request, records what it
+//! is about to do, and has an agent do the work (ops.rs). It serves the REST API and its
+//! OpenAPI document (rest.rs).
+//!
+//! It never touches a data directory itself: everything on a host goes through
+//! [`agent::Agent`].
+
+mod catalog;
+mod ops;
+mod rest;
+
+pub use ops::{CloneAction, Server, ServerConfig, ServerError};
+pub use rest::{app, openapi, openapi_json, serve};

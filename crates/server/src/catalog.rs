@@ -1,0 +1,578 @@
+//! The catalog: what images, clones and operations exist, in an embedded SQLite database
+//! (`state.db` in the data directory).
+//!
+//! SQLite runs in WAL mode with `synchronous=FULL`, so a change is durable once its statement
+//! returns, and a kill of the server loses nothing it has answered. The schema's version is
+//! SQLite's `user_version`; `migrate` brings an older file up to date.
+//!
+//! The rows here are the catalog's own types. They are never sent as they are: the server
+//! turns them into the `api` crate's wire types (views.rs).
+
+use std::path::Path;
+use std::time::Duration;
+
+use api::{CloneStatus, Driver, ImageStatus, Name, OperationId, OperationKind, OperationState, Timestamp};
+use rusqlite::{params, Connection, OptionalExtension};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{kind} {name} already exists")]
+    Exists { kind: &'static str, name: String },
+    #[error("port {0} is already taken by another clone")]
+    PortTaken(u16),
+    #[error("no image named {0}")]
+    NoImage(String),
+    #[error("no {kind} named {name}")]
+    NotFound { kind: &'static str, name: String },
+    /// A change the object's state does not allow now; the message says why.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the state database {0} was made by an older thinclone; start with a new --data-dir")]
+    TooOld(String),
+    #[error("the state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRow {
+    pub name: Name,
+    pub status: ImageStatus,
+    pub message: Option<String>,
+    pub engine: String,
+    pub engine_version: Option<String>,
+    pub superuser: Option<String>,
+    pub source: String,
+    pub logical_bytes: u64,
+    pub stored_bytes: u64,
+    pub file_count: u64,
+    pub created_at: Timestamp,
+    pub operation: Option<OperationId>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloneRow {
+    pub name: Name,
+    pub image: Name,
+    pub status: CloneStatus,
+    pub message: Option<String>,
+    pub driver: Driver,
+    pub port: u16,
+    pub password: String,
+    pub created_at: Timestamp,
+    pub operation: Option<OperationId>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationRow {
+    pub id: OperationId,
+    pub kind: OperationKind,
+    pub target: Name,
+    pub state: OperationState,
+    pub message: Option<String>,
+    pub error: Option<String>,
+    pub created_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+}
+
+pub struct Catalog {
+    conn: Connection,
+}
+
+const SCHEMA_VERSION: i64 = 2;
+
+/// How many ended operations the catalog keeps.
+const OPERATIONS_KEPT: i64 = 1000;
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        let catalog = Catalog { conn };
+        catalog.migrate(path)?;
+        Ok(catalog)
+    }
+
+    fn migrate(&self, path: &Path) -> Result<()> {
+        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version == 1 {
+            return Err(CatalogError::TooOld(path.display().to_string()));
+        }
+        if version < 2 {
+            self.conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE images (
+                     name TEXT PRIMARY KEY,
+                     status TEXT NOT NULL,
+                     message TEXT,
+                     engine TEXT NOT NULL,
+                     engine_version TEXT,
+                     superuser TEXT,
+                     source TEXT NOT NULL,
+                     logical_bytes INTEGER NOT NULL DEFAULT 0,
+                     stored_bytes INTEGER NOT NULL DEFAULT 0,
+                     file_count INTEGER NOT NULL DEFAULT 0,
+                     created_at INTEGER NOT NULL,
+                     operation INTEGER
+                 );
+                 CREATE TABLE clones (
+                     name TEXT PRIMARY KEY,
+                     image TEXT NOT NULL REFERENCES images(name),
+                     status TEXT NOT NULL,
+                     message TEXT,
+                     driver TEXT NOT NULL,
+                     port INTEGER NOT NULL UNIQUE,
+                     password TEXT NOT NULL,
+                     created_at INTEGER NOT NULL,
+                     operation INTEGER
+                 );
+                 CREATE TABLE operations (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     kind TEXT NOT NULL,
+                     target TEXT NOT NULL,
+                     state TEXT NOT NULL,
+                     message TEXT,
+                     error TEXT,
+                     created_at INTEGER NOT NULL,
+                     finished_at INTEGER
+                 );
+                 CREATE INDEX operations_running ON operations(state) WHERE state = 'running';
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
+        debug_assert_eq!(SCHEMA_VERSION, 2);
+        Ok(())
+    }
+
+    /// Runs `f` in one transaction: all of its changes land, or none.
+    pub fn transaction<T>(&mut self, f: impl FnOnce(&Catalog) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                if let Err(rollback) = self.conn.execute_batch("ROLLBACK") {
+                    tracing::error!("rolling back a catalog transaction: {rollback}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ images
+
+    pub fn insert_image(&self, image: &ImageRow) -> Result<()> {
+        let result = self.conn.execute(
+            "INSERT INTO images (name, status, message, engine, engine_version, superuser, source, logical_bytes,
+                                 stored_bytes, file_count, created_at, operation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                image.name.as_str(),
+                image.status.as_str(),
+                image.message,
+                image.engine,
+                image.engine_version,
+                image.superuser,
+                image.source,
+                image.logical_bytes as i64,
+                image.stored_bytes as i64,
+                image.file_count as i64,
+                image.created_at.0,
+                image.operation.map(|o| o.0 as i64),
+            ],
+        );
+        constraint(result, "image", &image.name)
+    }
+
+    pub fn update_image(&self, image: &ImageRow) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE images SET status = ?2, message = ?3, engine = ?4, engine_version = ?5, superuser = ?6,
+                 logical_bytes = ?7, stored_bytes = ?8, file_count = ?9, operation = ?10
+             WHERE name = ?1",
+            params![
+                image.name.as_str(),
+                image.status.as_str(),
+                image.message,
+                image.engine,
+                image.engine_version,
+                image.superuser,
+                image.logical_bytes as i64,
+                image.stored_bytes as i64,
+                image.file_count as i64,
+                image.operation.map(|o| o.0 as i64),
+            ],
+        )?;
+        found(n, "image", &image.name)
+    }
+
+    pub fn image(&self, name: &Name) -> Result<ImageRow> {
+        self.conn
+            .query_row("SELECT * FROM images WHERE name = ?1", [name.as_str()], image_row)
+            .optional()?
+            .ok_or_else(|| CatalogError::NotFound { kind: "image", name: name.to_string() })
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRow>> {
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM images ORDER BY name")?;
+        let rows = stmt.query_map([], image_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn delete_image(&self, name: &Name) -> Result<()> {
+        let n = self.conn.execute("DELETE FROM images WHERE name = ?1", [name.as_str()])?;
+        found(n, "image", name)
+    }
+
+    // ------------------------------------------------------------------ clones
+
+    pub fn insert_clone(&self, clone: &CloneRow) -> Result<()> {
+        let result = self.conn.execute(
+            "INSERT INTO clones (name, image, status, message, driver, port, password, created_at, operation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                clone.name.as_str(),
+                clone.image.as_str(),
+                clone.status.as_str(),
+                clone.message,
+                clone.driver.as_str(),
+                clone.port,
+                clone.password,
+                clone.created_at.0,
+                clone.operation.map(|o| o.0 as i64),
+            ],
+        );
+        match constraint(result, "clone", &clone.name) {
+            Err(CatalogError::Sqlite(e)) if is_constraint(&e, "clones.port") => Err(CatalogError::PortTaken(clone.port)),
+            Err(CatalogError::Sqlite(e)) if is_constraint(&e, "FOREIGN KEY") => {
+                Err(CatalogError::NoImage(clone.image.to_string()))
+            }
+            other => other,
+        }
+    }
+
+    /// Changes a clone's status, message and operation.
+    pub fn set_clone_status(
+        &self,
+        name: &Name,
+        status: CloneStatus,
+        message: Option<&str>,
+        operation: Option<OperationId>,
+    ) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE clones SET status = ?2, message = ?3, operation = ?4 WHERE name = ?1",
+            params![name.as_str(), status.as_str(), message, operation.map(|o| o.0 as i64)],
+        )?;
+        found(n, "clone", name)
+    }
+
+    pub fn clone_named(&self, name: &Name) -> Result<CloneRow> {
+        self.conn
+            .query_row("SELECT * FROM clones WHERE name = ?1", [name.as_str()], clone_row)
+            .optional()?
+            .ok_or_else(|| CatalogError::NotFound { kind: "clone", name: name.to_string() })
+    }
+
+    pub fn clones(&self) -> Result<Vec<CloneRow>> {
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM clones ORDER BY name")?;
+        let rows = stmt.query_map([], clone_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn clones_of(&self, image: &Name) -> Result<Vec<Name>> {
+        let mut stmt = self.conn.prepare_cached("SELECT name FROM clones WHERE image = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([image.as_str()], |r| name_column(r, "name"))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn delete_clone(&self, name: &Name) -> Result<()> {
+        let n = self.conn.execute("DELETE FROM clones WHERE name = ?1", [name.as_str()])?;
+        found(n, "clone", name)
+    }
+
+    /// The ports clones have, so that a new clone gets another.
+    pub fn used_ports(&self) -> Result<Vec<u16>> {
+        let mut stmt = self.conn.prepare_cached("SELECT port FROM clones")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // -------------------------------------------------------------- operations
+
+    /// Records a new running operation and returns its id.
+    pub fn insert_operation(&self, kind: OperationKind, target: &Name, message: Option<&str>) -> Result<OperationId> {
+        self.conn.execute(
+            "INSERT INTO operations (kind, target, state, message, created_at) VALUES (?1, ?2, 'running', ?3, ?4)",
+            params![kind.as_str(), target.as_str(), message, Timestamp::now().0],
+        )?;
+        // Keep the table bounded: the oldest ended operations go.
+        self.conn.execute(
+            "DELETE FROM operations WHERE state != 'running' AND id <= (SELECT max(id) FROM operations) - ?1",
+            [OPERATIONS_KEPT],
+        )?;
+        Ok(OperationId(self.conn.last_insert_rowid() as u64))
+    }
+
+    pub fn set_operation_message(&self, id: OperationId, message: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE operations SET message = ?2 WHERE id = ?1 AND state = 'running'",
+            params![id.0 as i64, message],
+        )?;
+        Ok(())
+    }
+
+    /// Ends an operation: succeeded, or failed with `error`.
+    pub fn finish_operation(&self, id: OperationId, error: Option<&str>) -> Result<()> {
+        let state = if error.is_some() { OperationState::Failed } else { OperationState::Succeeded };
+        self.conn.execute(
+            "UPDATE operations SET state = ?2, error = ?3, message = NULL, finished_at = ?4 WHERE id = ?1",
+            params![id.0 as i64, state.as_str(), error, Timestamp::now().0],
+        )?;
+        Ok(())
+    }
+
+    pub fn operation(&self, id: OperationId) -> Result<OperationRow> {
+        self.conn
+            .query_row("SELECT * FROM operations WHERE id = ?1", [id.0 as i64], operation_row)
+            .optional()?
+            .ok_or_else(|| CatalogError::NotFound { kind: "operation", name: id.to_string() })
+    }
+
+    /// The most recent operations, newest first.
+    pub fn operations(&self, limit: u32) -> Result<Vec<OperationRow>> {
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM operations ORDER BY id DESC LIMIT ?1")?;
+        let rows = stmt.query_map([limit], operation_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn running_operations(&self) -> Result<Vec<OperationRow>> {
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM operations WHERE state = 'running' ORDER BY id")?;
+        let rows = stmt.query_map([], operation_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn is_constraint(e: &rusqlite::Error, needle: &str) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(f, Some(msg)) => {
+            f.code == rusqlite::ErrorCode::ConstraintViolation && msg.contains(needle)
+        }
+        _ => false,
+    }
+}
+
+/// An insert's result, with a taken name told apart from any other constraint.
+fn constraint(result: rusqlite::Result<usize>, kind: &'static str, name: &Name) -> Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if is_constraint(&e, &format!("{kind}s.name")) => {
+            Err(CatalogError::Exists { kind, name: name.to_string() })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn found(rows: usize, kind: &'static str, name: &Name) -> Result<()> {
+    if rows == 0 {
+        return Err(CatalogError::NotFound { kind, name: name.to_string() });
+    }
+    Ok(())
+}
+
+fn bad_column(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+}
+
+fn name_column(row: &rusqlite::Row, column: &str) -> rusqlite::Result<Name> {
+    let text: String = row.get(column)?;
+    Name::new(&text).map_err(bad_column)
+}
+
+fn parsed<T: std::str::FromStr>(row: &rusqlite::Row, column: &str) -> rusqlite::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let text: String = row.get(column)?;
+    text.parse::<T>().map_err(|e| bad_column(format!("{column}: {e}")))
+}
+
+fn operation_id(row: &rusqlite::Row, column: &str) -> rusqlite::Result<Option<OperationId>> {
+    Ok(row.get::<_, Option<i64>>(column)?.map(|id| OperationId(id as u64)))
+}
+
+fn image_status(s: &str) -> Result<ImageStatus, String> {
+    [ImageStatus::Creating, ImageStatus::Ready, ImageStatus::Failed, ImageStatus::Deleting]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+        .ok_or_else(|| format!("unknown image status {s:?}"))
+}
+
+fn clone_status(s: &str) -> Result<CloneStatus, String> {
+    [
+        CloneStatus::Creating,
+        CloneStatus::Starting,
+        CloneStatus::Ready,
+        CloneStatus::Stopping,
+        CloneStatus::Stopped,
+        CloneStatus::Resetting,
+        CloneStatus::Deleting,
+        CloneStatus::Failed,
+    ]
+    .into_iter()
+    .find(|v| v.as_str() == s)
+    .ok_or_else(|| format!("unknown clone status {s:?}"))
+}
+
+fn image_row(row: &rusqlite::Row) -> rusqlite::Result<ImageRow> {
+    Ok(ImageRow {
+        name: name_column(row, "name")?,
+        status: image_status(&row.get::<_, String>("status")?).map_err(bad_column)?,
+        message: row.get("message")?,
+        engine: row.get("engine")?,
+        engine_version: row.get("engine_version")?,
+        superuser: row.get("superuser")?,
+        source: row.get("source")?,
+        logical_bytes: row.get::<_, i64>("logical_bytes")? as u64,
+        stored_bytes: row.get::<_, i64>("stored_bytes")? as u64,
+        file_count: row.get::<_, i64>("file_count")? as u64,
+        created_at: Timestamp(row.get("created_at")?),
+        operation: operation_id(row, "operation")?,
+    })
+}
+
+fn clone_row(row: &rusqlite::Row) -> rusqlite::Result<CloneRow> {
+    Ok(CloneRow {
+        name: name_column(row, "name")?,
+        image: name_column(row, "image")?,
+        status: clone_status(&row.get::<_, String>("status")?).map_err(bad_column)?,
+        message: row.get("message")?,
+        driver: parsed(row, "driver")?,
+        port: row.get("port")?,
+        password: row.get("password")?,
+        created_at: Timestamp(row.get("created_at")?),
+        operation: operation_id(row, "operation")?,
+    })
+}
+
+fn operation_row(row: &rusqlite::Row) -> rusqlite::Result<OperationRow> {
+    Ok(OperationRow {
+        id: OperationId(row.get::<_, i64>("id")? as u64),
+        kind: parsed(row, "kind")?,
+        target: name_column(row, "target")?,
+        state: parsed(row, "state")?,
+        message: row.get("message")?,
+        error: row.get("error")?,
+        created_at: Timestamp(row.get("created_at")?),
+        finished_at: row.get::<_, Option<i64>>("finished_at")?.map(Timestamp),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn image(n: &str) -> ImageRow {
+        ImageRow {
+            name: name(n),
+            status: ImageStatus::Creating,
+            message: None,
+            engine: "e".into(),
+            engine_version: None,
+            superuser: None,
+            source: "/srv/data".into(),
+            logical_bytes: 0,
+            stored_bytes: 0,
+            file_count: 0,
+            created_at: Timestamp(1_795_300_000),
+            operation: None,
+        }
+    }
+
+    fn clone(n: &str, image: &str, port: u16) -> CloneRow {
+        CloneRow {
+            name: name(n),
+            image: name(image),
+            status: CloneStatus::Creating,
+            message: None,
+            driver: Driver::Cowfs,
+            port,
+            password: "secret".into(),
+            created_at: Timestamp::now(),
+            operation: None,
+        }
+    }
+
+    #[test]
+    fn rows_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let catalog = Catalog::open(&path).unwrap();
+            let mut img = image("prod");
+            catalog.insert_image(&img).unwrap();
+            img.status = ImageStatus::Ready;
+            img.engine_version = Some("15".into());
+            img.logical_bytes = 600 << 20;
+            catalog.update_image(&img).unwrap();
+            catalog.insert_clone(&clone("alice", "prod", 7501)).unwrap();
+            let op = catalog.insert_operation(OperationKind::CloneCreate, &name("alice"), Some("copying")).unwrap();
+            catalog.finish_operation(op, Some("it broke")).unwrap();
+        }
+        let catalog = Catalog::open(&path).unwrap();
+        let img = catalog.image(&name("prod")).unwrap();
+        assert_eq!((img.status, img.engine_version.as_deref(), img.logical_bytes), (ImageStatus::Ready, Some("15"), 600 << 20));
+        assert_eq!(catalog.clones_of(&img.name).unwrap(), vec![name("alice")]);
+        assert_eq!(catalog.used_ports().unwrap(), vec![7501]);
+        let ops = catalog.operations(10).unwrap();
+        assert_eq!(ops.len(), 1);
+        assert_eq!((ops[0].state, ops[0].error.as_deref()), (OperationState::Failed, Some("it broke")));
+        assert!(catalog.running_operations().unwrap().is_empty());
+    }
+
+    /// Regression: every constraint violation was reported as "already exists".
+    #[test]
+    fn each_constraint_has_its_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("state.db")).unwrap();
+        catalog.insert_image(&image("prod")).unwrap();
+        assert!(matches!(catalog.insert_image(&image("prod")), Err(CatalogError::Exists { kind: "image", .. })));
+        assert!(matches!(catalog.image(&name("nope")), Err(CatalogError::NotFound { .. })));
+        assert!(matches!(catalog.insert_clone(&clone("c", "nope", 7000)), Err(CatalogError::NoImage(_))));
+        catalog.insert_clone(&clone("c", "prod", 7000)).unwrap();
+        assert!(matches!(catalog.insert_clone(&clone("c", "prod", 7001)), Err(CatalogError::Exists { kind: "clone", .. })));
+        let err = catalog.insert_clone(&clone("d", "prod", 7000)).unwrap_err();
+        assert!(matches!(err, CatalogError::PortTaken(7000)), "{err}");
+        assert_eq!(err.to_string(), "port 7000 is already taken by another clone");
+    }
+
+    #[test]
+    fn a_transaction_lands_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut catalog = Catalog::open(&dir.path().join("state.db")).unwrap();
+        let result = catalog.transaction(|c| {
+            c.insert_image(&image("a"))?;
+            c.insert_image(&image("a"))
+        });
+        assert!(result.is_err());
+        assert!(catalog.images().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_old_state_database_is_refused_with_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 1).unwrap();
+        let err = Catalog::open(&path).err().unwrap();
+        assert!(err.to_string().contains("made by an older thinclone"), "{err}");
+    }
+}

@@ -1,0 +1,704 @@
+//! The server's operations on images and clones: what the REST API calls.
+//!
+//! Each request that changes something is checked first (names, states, ports, the
+//! source), refused at once with a [`ServerError`] when it cannot be done, and otherwise
+//! recorded as an operation together with the target's new status, in one catalog
+//! transaction, before anything is done. The work then runs on a thread of its own through
+//! the [`Agent`], and its end (succeeded, or failed with the reason) lands in the catalog.
+//! After a crash, [`Server::open`] finishes each operation that was running: the agent has
+//! already finished or rolled back its part (agent/src/record.rs), and every agent call is
+//! idempotent, so the server asks again and records the outcome.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use agent::{Agent, AgentError, CloneReport, CloneSpec, CloneState, ErrorKind, ImageSource, Secret, SourceUrl};
+use api::{
+    CloneStatus, CreateClone, CreateImage, ImageStatus, Name, Operation, OperationId, OperationKind, Progress,
+    Timestamp,
+};
+use engine::Engine;
+
+use crate::catalog::{Catalog, CatalogError, CloneRow, ImageRow, OperationRow};
+
+/// What went wrong, told apart the way the API must tell its callers.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The caller asked for something invalid; the message says what to do.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The name is taken, or the object's state does not allow the request now.
+    #[error("{0}")]
+    Conflict(String),
+    /// A part the request needs is not available now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A failure inside the server; logged where it is answered.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<CatalogError> for ServerError {
+    fn from(e: CatalogError) -> ServerError {
+        match e {
+            CatalogError::Exists { .. } | CatalogError::PortTaken(_) | CatalogError::Refused(_) => {
+                ServerError::Conflict(e.to_string())
+            }
+            CatalogError::NotFound { .. } | CatalogError::NoImage(_) => ServerError::NotFound(e.to_string()),
+            CatalogError::TooOld(_) | CatalogError::Sqlite(_) => ServerError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<AgentError> for ServerError {
+    fn from(e: AgentError) -> ServerError {
+        match e.kind {
+            ErrorKind::BadRequest => ServerError::BadRequest(e.message),
+            ErrorKind::NotFound => ServerError::NotFound(e.message),
+            ErrorKind::Conflict => ServerError::Conflict(e.message),
+            ErrorKind::DiskFull => ServerError::Unavailable(e.message),
+            ErrorKind::Internal => ServerError::Internal(e.message),
+        }
+    }
+}
+
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where `state.db` lives.
+    pub data_dir: PathBuf,
+    /// Clones get ports from this range (inclusive).
+    pub ports: (u16, u16),
+}
+
+/// What can be done to a clone besides making and removing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloneAction {
+    Start,
+    Stop,
+    Reset,
+}
+
+impl CloneAction {
+    fn kind(self) -> OperationKind {
+        match self {
+            CloneAction::Start => OperationKind::CloneStart,
+            CloneAction::Stop => OperationKind::CloneStop,
+            CloneAction::Reset => OperationKind::CloneReset,
+        }
+    }
+
+    fn status(self) -> CloneStatus {
+        match self {
+            CloneAction::Start => CloneStatus::Starting,
+            CloneAction::Stop => CloneStatus::Stopping,
+            CloneAction::Reset => CloneStatus::Resetting,
+        }
+    }
+}
+
+pub struct Server {
+    config: ServerConfig,
+    catalog: Mutex<Catalog>,
+    agent: Arc<dyn Agent>,
+    engines: Vec<Arc<dyn Engine>>,
+    /// Bytes copied so far by running image operations.
+    progress: Mutex<HashMap<OperationId, Progress>>,
+    jobs: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// 24 random bytes as hex: a password that needs no escaping in a URL.
+fn generate_password() -> Result<String> {
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| ServerError::Internal(format!("reading /dev/urandom for a password: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Server {
+    /// Opens the catalog in `config.data_dir` and finishes the operations a crash
+    /// interrupted. The agent must have recovered already (opening it does).
+    pub fn open(config: ServerConfig, agent: Arc<dyn Agent>, engines: Vec<Arc<dyn Engine>>) -> Result<Arc<Server>> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| ServerError::Internal(format!("creating {}: {e}", config.data_dir.display())))?;
+        let catalog = Catalog::open(&config.data_dir.join("state.db"))?;
+        let server = Arc::new(Server {
+            config,
+            catalog: Mutex::new(catalog),
+            agent,
+            engines,
+            progress: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(Vec::new()),
+        });
+        server.recover()?;
+        Ok(server)
+    }
+
+    fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        lock(&self.catalog)
+    }
+
+    fn engine(&self, id: &str) -> Result<&Arc<dyn Engine>> {
+        self.engines
+            .iter()
+            .find(|e| e.id() == id)
+            .ok_or_else(|| ServerError::Internal(format!("no database engine {id:?} is built into this server")))
+    }
+
+    /// Runs an operation's work on a thread of its own, inside a span that names it, and
+    /// records its end.
+    fn spawn(self: &Arc<Self>, id: OperationId, kind: OperationKind, target: &Name, work: impl FnOnce(&Server) -> Result<(), String> + Send + 'static) {
+        let server = self.clone();
+        let span = tracing::info_span!("operation", id = id.0, kind = kind.as_str(), target = %target);
+        let handle = std::thread::spawn(move || {
+            let _entered = span.enter();
+            tracing::info!("started");
+            let result = work(&server);
+            match &result {
+                Ok(()) => tracing::info!("succeeded"),
+                Err(e) => tracing::warn!("failed: {e}"),
+            }
+            lock(&server.progress).remove(&id);
+            if let Err(e) = server.catalog().finish_operation(id, result.err().as_deref()) {
+                tracing::error!("recording the operation's end: {e}");
+            }
+        });
+        let mut jobs = lock(&self.jobs);
+        jobs.retain(|j| !j.is_finished());
+        jobs.push(handle);
+    }
+
+    /// Waits for every operation under way to end.
+    pub fn shutdown(&self) {
+        let jobs: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.jobs));
+        for job in jobs {
+            if job.join().is_err() {
+                tracing::error!("an operation's thread panicked");
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ views
+
+    fn operation_view(&self, row: OperationRow) -> Operation {
+        let progress = lock(&self.progress).get(&row.id).copied();
+        Operation {
+            id: row.id,
+            kind: row.kind,
+            target: api::Target { kind: row.kind.target_kind(), name: row.target },
+            state: row.state,
+            message: row.message,
+            progress,
+            error: row.error,
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+        }
+    }
+
+    fn image_view(&self, row: ImageRow, clone_count: u64) -> api::Image {
+        let progress = row.operation.and_then(|op| lock(&self.progress).get(&op).copied());
+        api::Image {
+            name: row.name,
+            status: row.status,
+            message: row.message,
+            engine: row.engine,
+            engine_version: row.engine_version,
+            source: row.source,
+            logical_bytes: row.logical_bytes,
+            stored_bytes: row.stored_bytes,
+            file_count: row.file_count,
+            clone_count,
+            created_at: row.created_at,
+            operation: if row.status == ImageStatus::Creating || row.status == ImageStatus::Deleting {
+                row.operation
+            } else {
+                None
+            },
+            progress: if row.status == ImageStatus::Creating { progress } else { None },
+        }
+    }
+
+    fn clone_view(&self, row: CloneRow, image: Option<&ImageRow>, report: Option<&CloneReport>, host: &str) -> api::Clone {
+        let (status, message) = if row.status.is_transitional() {
+            (row.status, row.message.clone())
+        } else {
+            match report.map(|r| (r.state, r.message.clone())) {
+                Some((CloneState::Running, _)) => (CloneStatus::Ready, None),
+                Some((CloneState::Stopped, _)) => (CloneStatus::Stopped, None),
+                Some((CloneState::Failed, message)) => (CloneStatus::Failed, message),
+                None => (row.status, row.message.clone()),
+            }
+        };
+        let engine = image.map(|i| i.engine.clone()).unwrap_or_default();
+        let user = image.and_then(|i| i.superuser.clone()).unwrap_or_default();
+        let url = self.engines.iter().find(|e| e.id() == engine).map_or_else(String::new, |e| {
+            e.url(host, row.port, &user, &row.password)
+        });
+        api::Clone {
+            name: row.name,
+            image: row.image,
+            status,
+            message,
+            driver: row.driver,
+            engine,
+            engine_version: image.and_then(|i| i.engine_version.clone()).unwrap_or_default(),
+            host: host.to_owned(),
+            port: row.port,
+            user,
+            url,
+            stored_bytes: report.and_then(|r| r.stored_bytes).unwrap_or(0),
+            logical_bytes: image.map_or(0, |i| i.logical_bytes),
+            sizes_at: report.and_then(|r| r.sizes_at),
+            created_at: row.created_at,
+            operation: if row.status.is_transitional() { row.operation } else { None },
+        }
+    }
+
+    // ------------------------------------------------------------------ reads
+
+    pub fn images(&self) -> Result<Vec<api::Image>> {
+        let (rows, clones) = {
+            let catalog = self.catalog();
+            (catalog.images()?, catalog.clones()?)
+        };
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let count = clones.iter().filter(|c| c.image == row.name).count() as u64;
+                self.image_view(row, count)
+            })
+            .collect())
+    }
+
+    pub fn image(&self, name: &Name) -> Result<api::Image> {
+        let (row, count) = {
+            let catalog = self.catalog();
+            (catalog.image(name)?, catalog.clones_of(name)?.len() as u64)
+        };
+        Ok(self.image_view(row, count))
+    }
+
+    pub fn clones(&self) -> Result<Vec<api::Clone>> {
+        let (rows, images) = {
+            let catalog = self.catalog();
+            (catalog.clones()?, catalog.images()?)
+        };
+        let reports: HashMap<Name, CloneReport> =
+            self.agent.clone_reports().into_iter().map(|r| (r.name.clone(), r)).collect();
+        let host = self.agent.info().host;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let image = images.iter().find(|i| i.name == row.image);
+                let report = reports.get(&row.name);
+                self.clone_view(row, image, report, &host)
+            })
+            .collect())
+    }
+
+    pub fn clone_named(&self, name: &Name) -> Result<api::Clone> {
+        let (row, image) = {
+            let catalog = self.catalog();
+            let row = catalog.clone_named(name)?;
+            let image = catalog.image(&row.image).ok();
+            (row, image)
+        };
+        let report = self.agent.clone_report(name);
+        Ok(self.clone_view(row, image.as_ref(), report.as_ref(), &self.agent.info().host))
+    }
+
+    pub fn operations(&self) -> Result<Vec<Operation>> {
+        let rows = self.catalog().operations(200)?;
+        Ok(rows.into_iter().map(|r| self.operation_view(r)).collect())
+    }
+
+    pub fn operation(&self, id: OperationId) -> Result<Operation> {
+        let row = self.catalog().operation(id)?;
+        Ok(self.operation_view(row))
+    }
+
+    // ------------------------------------------------------------------ images
+
+    /// Starts making an image. The source is checked now, so that a wrong one is refused
+    /// with a 4xx rather than becoming a failed image.
+    pub fn create_image(self: &Arc<Self>, request: CreateImage) -> Result<Operation> {
+        let name = request.name;
+        if self.catalog().image(&name).is_ok() {
+            return Err(ServerError::Conflict(format!("image {name} already exists")));
+        }
+        let (source, facts) = match (request.from_dir, request.from_url) {
+            (Some(dir), None) => {
+                let dir = PathBuf::from(dir);
+                let facts = self.agent.check_source_dir(&dir)?;
+                (ImageSource::Dir(Path::new(&facts.shown).to_owned()), facts)
+            }
+            (None, Some(url)) => {
+                let url = SourceUrl::parse(&url).map_err(ServerError::BadRequest)?;
+                let facts = self.agent.check_source_url(&url)?;
+                (ImageSource::Url(url), facts)
+            }
+            _ => return Err(ServerError::BadRequest("give exactly one of from_dir and from_url".into())),
+        };
+        let id = self.catalog().transaction(|c| {
+            let id = c.insert_operation(OperationKind::ImageCreate, &name, Some("copying"))?;
+            c.insert_image(&ImageRow {
+                name: name.clone(),
+                status: ImageStatus::Creating,
+                message: Some("copying".into()),
+                engine: facts.engine.clone(),
+                engine_version: facts.version.clone(),
+                superuser: None,
+                source: facts.shown.clone(),
+                logical_bytes: 0,
+                stored_bytes: 0,
+                file_count: 0,
+                created_at: Timestamp::now(),
+                operation: Some(id),
+            })?;
+            Ok(id)
+        })?;
+        lock(&self.progress).insert(id, Progress::default());
+        let target = name.clone();
+        self.spawn(id, OperationKind::ImageCreate, &target, move |server| {
+            let progress = |done, total| {
+                lock(&server.progress).insert(id, Progress { done_bytes: done, total_bytes: total });
+            };
+            let step = |message: &str| {
+                let catalog = server.catalog();
+                if let Err(e) = catalog.set_operation_message(id, message).and_then(|()| {
+                    let mut row = catalog.image(&name)?;
+                    row.message = Some(message.to_owned());
+                    catalog.update_image(&row)
+                }) {
+                    tracing::warn!("recording the step: {e}");
+                }
+            };
+            let made = server.agent.make_image(&name, &source, &progress, &step);
+            let catalog = server.catalog();
+            let mut row = catalog.image(&name).map_err(|e| e.to_string())?;
+            row.operation = None;
+            match made {
+                Ok(made) => {
+                    row.status = ImageStatus::Ready;
+                    row.message = None;
+                    row.engine = made.engine;
+                    row.engine_version = Some(made.version);
+                    row.superuser = Some(made.superuser);
+                    row.logical_bytes = made.logical_bytes;
+                    row.stored_bytes = made.stored_bytes;
+                    row.file_count = made.file_count;
+                    catalog.update_image(&row).map_err(|e| e.to_string())
+                }
+                Err(e) => {
+                    row.status = ImageStatus::Failed;
+                    row.message = Some(e.message.clone());
+                    catalog.update_image(&row).map_err(|e| e.to_string())?;
+                    Err(e.message)
+                }
+            }
+        });
+        self.operation(id)
+    }
+
+    /// Removes an image; refused while it has clones or is being made.
+    pub fn delete_image(self: &Arc<Self>, name: &Name) -> Result<Operation> {
+        let id = self.catalog().transaction(|c| {
+            let mut row = c.image(name)?;
+            let clones = c.clones_of(name)?;
+            if !clones.is_empty() {
+                let names: Vec<&str> = clones.iter().map(Name::as_str).collect();
+                return Err(CatalogError::Refused(format!(
+                    "image {name} has clones ({}); remove them first with `thinclone clone rm`",
+                    names.join(", ")
+                )));
+            }
+            if matches!(row.status, ImageStatus::Creating | ImageStatus::Deleting) {
+                return Err(CatalogError::Refused(format!("image {name} is {}; wait for it to end", row.status)));
+            }
+            let id = c.insert_operation(OperationKind::ImageDelete, name, None)?;
+            row.status = ImageStatus::Deleting;
+            row.operation = Some(id);
+            c.update_image(&row)?;
+            Ok(id)
+        })?;
+        let name = name.clone();
+        self.spawn(id, OperationKind::ImageDelete, &name.clone(), move |server| {
+            match server.agent.remove_image(&name) {
+                Ok(()) => server.catalog().delete_image(&name).map_err(|e| e.to_string()),
+                Err(e) => {
+                    let catalog = server.catalog();
+                    if let Ok(mut row) = catalog.image(&name) {
+                        row.status = ImageStatus::Failed;
+                        row.message = Some(format!("removing it failed: {e}; try `image rm` again"));
+                        row.operation = None;
+                        if let Err(e) = catalog.update_image(&row) {
+                            tracing::error!("recording the failure: {e}");
+                        }
+                    }
+                    Err(e.message)
+                }
+            }
+        });
+        self.operation(id)
+    }
+
+    // ------------------------------------------------------------------ clones
+
+    /// Starts making a clone: its name, image, driver and port are settled now.
+    pub fn create_clone(self: &Arc<Self>, request: CreateClone) -> Result<Operation> {
+        let info = self.agent.info();
+        let driver = request.driver.unwrap_or(info.default_driver);
+        if !info.drivers.contains(&driver) {
+            return Err(ServerError::BadRequest(format!(
+                "the {driver} driver is not available here: {}",
+                match driver {
+                    api::Driver::Reflink => format!(
+                        "it needs a filesystem that shares blocks between files (XFS with reflink=1, or btrfs), \
+                         and {} is not on one; use --driver cowfs",
+                        info.data_dir.display()
+                    ),
+                    _ => "use one of the drivers the agent reports".into(),
+                }
+            )));
+        }
+        let name = request.name;
+        let password = generate_password()?;
+        let (id, spec) = {
+            let mut catalog = self.catalog();
+            let image = match catalog.image(&request.image) {
+                Ok(image) => image,
+                Err(CatalogError::NotFound { .. }) => {
+                    return Err(ServerError::NotFound(format!("no image named {}", request.image)))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if image.status != ImageStatus::Ready {
+                return Err(ServerError::Conflict(format!("image {} is {}, not ready", image.name, image.status)));
+            }
+            if catalog.clone_named(&name).is_ok() {
+                return Err(ServerError::Conflict(format!("clone {name} already exists")));
+            }
+            let engine = self.engine(&image.engine)?;
+            let (version, superuser) = match (&image.engine_version, &image.superuser) {
+                (Some(v), Some(s)) => (v.clone(), s.clone()),
+                _ => return Err(ServerError::Internal(format!("image {} has no engine version or superuser", image.name))),
+            };
+            engine.check_installed(&version).map_err(|e| ServerError::BadRequest(e.to_string()))?;
+            let used = catalog.used_ports()?;
+            let port = (self.config.ports.0..=self.config.ports.1)
+                .find(|p| !used.contains(p) && self.agent.port_is_free(*p))
+                .ok_or_else(|| {
+                    ServerError::Conflict(format!(
+                        "no free port left in the clone port range {}-{}; remove a clone or widen --ports",
+                        self.config.ports.0, self.config.ports.1
+                    ))
+                })?;
+            let id = catalog.transaction(|c| {
+                let id = c.insert_operation(OperationKind::CloneCreate, &name, None)?;
+                c.insert_clone(&CloneRow {
+                    name: name.clone(),
+                    image: image.name.clone(),
+                    status: CloneStatus::Creating,
+                    message: None,
+                    driver,
+                    port,
+                    password: password.clone(),
+                    created_at: Timestamp::now(),
+                    operation: Some(id),
+                })?;
+                Ok(id)
+            })?;
+            let spec = CloneSpec {
+                name: name.clone(),
+                image: image.name.clone(),
+                engine: image.engine.clone(),
+                version,
+                superuser,
+                driver,
+                port,
+                password: Secret::new(password),
+            };
+            (id, spec)
+        };
+        self.spawn(id, OperationKind::CloneCreate, &name, move |server| {
+            let made = server.agent.create_clone(&spec);
+            let catalog = server.catalog();
+            match made {
+                Ok(_) => catalog.set_clone_status(&spec.name, CloneStatus::Ready, None, None).map_err(|e| e.to_string()),
+                Err(e) => {
+                    // The agent left nothing of it; neither does the catalog.
+                    if let Err(d) = catalog.delete_clone(&spec.name) {
+                        tracing::error!("removing the clone's record: {d}");
+                    }
+                    Err(e.message)
+                }
+            }
+        });
+        self.operation(id)
+    }
+
+    /// Marks a clone as under an operation, refusing when another one is under way.
+    fn begin_clone_op(&self, name: &Name, kind: OperationKind, status: CloneStatus) -> Result<OperationId> {
+        Ok(self.catalog().transaction(|c| {
+            let row = c.clone_named(name)?;
+            if row.status.is_transitional() {
+                return Err(CatalogError::Refused(format!(
+                    "clone {name} is {}{}; wait for it to end",
+                    row.status,
+                    row.operation.map(|o| format!(" (operation {o})")).unwrap_or_default()
+                )));
+            }
+            let id = c.insert_operation(kind, name, None)?;
+            c.set_clone_status(name, status, None, Some(id))?;
+            Ok(id)
+        })?)
+    }
+
+    /// Records a clone's state after an operation, from what its agent reports.
+    fn settle_clone(&self, name: &Name, result: &agent::Result<CloneReport>) -> Result<(), String> {
+        let report = match result {
+            Ok(report) => Some(report.clone()),
+            Err(_) => self.agent.clone_report(name),
+        };
+        let (status, message) = match report {
+            Some(CloneReport { state: CloneState::Running, .. }) => (CloneStatus::Ready, None),
+            Some(CloneReport { state: CloneState::Stopped, .. }) => (CloneStatus::Stopped, None),
+            Some(CloneReport { state: CloneState::Failed, message, .. }) => (CloneStatus::Failed, message),
+            None => (CloneStatus::Failed, Some("its agent no longer has it; remove it".to_owned())),
+        };
+        let message = match result {
+            Err(e) if message.is_none() && status == CloneStatus::Failed => Some(e.message.clone()),
+            _ => message,
+        };
+        self.catalog().set_clone_status(name, status, message.as_deref(), None).map_err(|e| e.to_string())?;
+        result.as_ref().map(drop).map_err(|e| e.message.clone())
+    }
+
+    pub fn clone_action(self: &Arc<Self>, name: &Name, action: CloneAction) -> Result<Operation> {
+        let id = self.begin_clone_op(name, action.kind(), action.status())?;
+        let target = name.clone();
+        self.spawn(id, action.kind(), name, move |server| {
+            let result = match action {
+                CloneAction::Start => server.agent.start_clone(&target),
+                CloneAction::Stop => server.agent.stop_clone(&target),
+                CloneAction::Reset => server.agent.reset_clone(&target),
+            };
+            server.settle_clone(&target, &result)
+        });
+        self.operation(id)
+    }
+
+    pub fn delete_clone(self: &Arc<Self>, name: &Name) -> Result<Operation> {
+        let id = self.begin_clone_op(name, OperationKind::CloneDelete, CloneStatus::Deleting)?;
+        let target = name.clone();
+        self.spawn(id, OperationKind::CloneDelete, name, move |server| server.finish_delete(&target));
+        self.operation(id)
+    }
+
+    fn finish_delete(&self, name: &Name) -> Result<(), String> {
+        match self.agent.delete_clone(name) {
+            Ok(()) => self.catalog().delete_clone(name).map_err(|e| e.to_string()),
+            Err(e) => {
+                let message = format!("removing it failed: {e}; try `clone rm` again");
+                if let Err(c) = self.catalog().set_clone_status(name, CloneStatus::Failed, Some(&message), None) {
+                    tracing::error!("recording the failure: {c}");
+                }
+                Err(e.message)
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- recovery
+
+    /// Finishes, after a restart, each operation that was running when the server stopped,
+    /// and removes clones the agent has that no record asked for.
+    fn recover(&self) -> Result<()> {
+        let running = self.catalog().running_operations()?;
+        for op in running {
+            let span = tracing::info_span!("recovery", id = op.id.0, kind = op.kind.as_str(), target = %op.target);
+            let _entered = span.enter();
+            let outcome = self.recover_operation(&op);
+            if let Err(e) = &outcome {
+                tracing::warn!("interrupted operation ended failed: {e}");
+            } else {
+                tracing::info!("interrupted operation finished");
+            }
+            self.catalog().finish_operation(op.id, outcome.err().as_deref())?;
+        }
+        // Whatever the catalog knows nothing about was never asked for (or its removal was
+        // recorded before the agent finished): the catalog is the truth about what exists.
+        let known: Vec<Name> = self.catalog().clones()?.into_iter().map(|c| c.name).collect();
+        for report in self.agent.clone_reports() {
+            if !known.contains(&report.name) {
+                tracing::warn!(clone = %report.name, "removing a clone no record asks for");
+                if let Err(e) = self.agent.delete_clone(&report.name) {
+                    tracing::error!(clone = %report.name, "removing it: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn recover_operation(&self, op: &OperationRow) -> Result<(), String> {
+        let name = &op.target;
+        let interrupted = "interrupted by a restart of the server";
+        match op.kind {
+            OperationKind::ImageCreate => {
+                // The agent removed the half-made copy when it started.
+                let catalog = self.catalog();
+                if let Ok(mut row) = catalog.image(name) {
+                    if row.status == ImageStatus::Creating {
+                        if let Err(e) = self.agent.remove_image(name) {
+                            tracing::error!("removing the image's files: {e}");
+                        }
+                        row.status = ImageStatus::Failed;
+                        row.message = Some(format!("{interrupted}; remove it and create it again"));
+                        row.operation = None;
+                        catalog.update_image(&row).map_err(|e| e.to_string())?;
+                    }
+                }
+                Err(interrupted.into())
+            }
+            OperationKind::ImageDelete => {
+                self.agent.remove_image(name).map_err(|e| e.message)?;
+                match self.catalog().delete_image(name) {
+                    Ok(()) | Err(CatalogError::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            OperationKind::CloneCreate => match self.agent.clone_report(name) {
+                Some(report) => self.settle_clone(name, &Ok(report)),
+                None => {
+                    if let Err(e) = self.catalog().delete_clone(name) {
+                        tracing::warn!("removing the clone's record: {e}");
+                    }
+                    Err(interrupted.into())
+                }
+            },
+            OperationKind::CloneStart => self.settle_clone(name, &self.agent.start_clone(name)),
+            OperationKind::CloneStop => self.settle_clone(name, &self.agent.stop_clone(name)),
+            OperationKind::CloneReset => self.settle_clone(name, &self.agent.reset_clone(name)),
+            OperationKind::CloneDelete => self.finish_delete(name),
+        }
+    }
+
+    /// Waits up to `wait` for an operation to end, and returns it as it is then.
+    pub fn wait_briefly(&self, id: OperationId, wait: Duration) -> Result<Operation> {
+        sys::wait::until(wait, Duration::from_millis(10), || {
+            self.operation(id).ok().filter(|op| op.state.is_finished())
+        })
+        .map_or_else(|| self.operation(id), Ok)
+    }
+}
