@@ -66,7 +66,13 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
-        let code = ErrorCode::from_http_status(rejection.status().as_u16());
+        let code = match &rejection {
+            JsonRejection::MissingJsonContentType(_) => ErrorCode::UnsupportedMediaType,
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+            // A body that does not fit the type (axum says 422) is the caller's mistake like
+            // any other: 400.
+            _ => ErrorCode::BadRequest,
+        };
         let message = match &rejection {
             JsonRejection::MissingJsonContentType(_) => {
                 "the request body must be JSON, sent with `content-type: application/json`".to_owned()

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -68,23 +68,6 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
 
 /// Resolves a user name or numeric uid to its uid and primary gid.
 fn lookup_user(user: &str) -> anyhow::Result<(u32, u32)> {
-    let c_user = std::ffi::CString::new(user)?;
-    // SAFETY: getpwnam/getpwuid return a pointer to static storage or null; we copy the
-    // fields out at once and use no other passwd call meanwhile.
-    let pw = unsafe {
-        let pw = libc::getpwnam(c_user.as_ptr());
-        if pw.is_null() {
-            match user.parse::<u32>() {
-                Ok(uid) => libc::getpwuid(uid),
-                Err(_) => pw,
-            }
-        } else {
-            pw
-        }
-    };
-    if pw.is_null() {
-        bail!("no such user: {user}");
-    }
-    // SAFETY: pw is non-null and points to a valid passwd struct.
-    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+    let user = sys::User::lookup(user)?;
+    Ok((user.uid, user.gid))
 }

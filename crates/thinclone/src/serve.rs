@@ -1,12 +1,14 @@
-//! `thinclone serve`: the daemon in the foreground. It plays both the control role (state and
-//! the REST API) and the local agent (mounts and servers), until SIGTERM or SIGINT.
+//! `thinclone serve`: the server and an agent for this host in one process, in the
+//! foreground, until SIGTERM or SIGINT.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// Where images, clones and state live [default: /var/lib/thinclone as root,
     /// $XDG_DATA_HOME/thinclone otherwise].
@@ -15,18 +17,29 @@ pub struct ServeArgs {
     /// The address the REST API listens on.
     #[arg(long, default_value = "127.0.0.1:7420")]
     listen: SocketAddr,
-    /// The OS user clones' servers run as [default: postgres as root, yourself otherwise].
+    /// The OS user clones' servers run as [default: the engine's usual user as root
+    /// (postgres), yourself otherwise].
     #[arg(long)]
     os_user: Option<String>,
     /// Ports for clones' servers, as FIRST-LAST.
     #[arg(long, default_value = "7500-7999", value_parser = parse_range)]
     ports: (u16, u16),
-    /// The address clones' servers listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    clone_listen: String,
-    /// shared_buffers of each clone's server.
+    /// The addresses clones' servers listen on, comma-separated. An address other than
+    /// loopback lets clients on other hosts connect, with the clone's password.
+    #[arg(long, default_value = "127.0.0.1", value_delimiter = ',')]
+    clone_listen: Vec<IpAddr>,
+    /// The host name or address clients reach clones at, put in their connection URLs
+    /// [default: the first --clone-listen address, or this host's name when that is a
+    /// wildcard such as 0.0.0.0].
+    #[arg(long)]
+    clone_host: Option<String>,
+    /// Each clone server's main memory cache.
     #[arg(long, default_value = "64MB")]
-    shared_buffers: String,
+    clone_memory: String,
+    /// Stop clones' servers and mounts when the server exits. Without it they run on, and
+    /// the next start takes them over without a restart.
+    #[arg(long)]
+    stop_clones_at_exit: bool,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -39,8 +52,7 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 }
 
 pub fn default_data_dir() -> PathBuf {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if sys::user::running_as_root() {
         return PathBuf::from("/var/lib/thinclone");
     }
     let base = std::env::var_os("XDG_DATA_HOME")
@@ -50,36 +62,60 @@ pub fn default_data_dir() -> PathBuf {
     base.join("thinclone")
 }
 
+/// The address put in clones' URLs when none is given.
+fn default_clone_host(listen: &[IpAddr]) -> String {
+    match listen.first() {
+        Some(a) if !a.is_unspecified() => match a {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        },
+        Some(_) => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into()),
+        None => "127.0.0.1".into(),
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-    let os_user = args.os_user.unwrap_or_else(|| {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            "postgres".into()
-        } else {
-            pg::RunAs::current().name
-        }
-    });
-    let config = daemon::Config {
-        data_dir: data_dir.clone(),
-        ports: args.ports,
-        listen_address: args.clone_listen,
-        os_user,
-        shared_buffers: args.shared_buffers,
-        program: std::env::current_exe().context("finding the thinclone binary")?,
+    let os_user = match &args.os_user {
+        Some(name) => sys::User::lookup(name).with_context(|| "set the OS user clones run as with --os-user")?,
+        None if sys::user::running_as_root() => sys::User::lookup("postgres")
+            .context("as root, clones' servers run as the OS user `postgres`; create it or pass --os-user")?,
+        None => sys::User::current(),
     };
+    let remote_clients = args.clone_listen.iter().any(|a| !a.is_loopback());
+    let host = args.clone_host.clone().unwrap_or_else(|| default_clone_host(&args.clone_listen));
+    let engines = crate::engines::all();
+    let agent_config = agent::AgentConfig {
+        data_dir: data_dir.clone(),
+        os_user,
+        listen: args.clone_listen.clone(),
+        remote_clients,
+        host,
+        memory: Some(args.clone_memory.clone()),
+        mount_program: std::env::current_exe().context("finding the thinclone binary")?,
+        engines: engines.clone(),
+        size_interval: Duration::from_secs(30),
+    };
+    let server_config = server::ServerConfig { data_dir: data_dir.clone(), ports: args.ports };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let stop_clones = args.stop_clones_at_exit;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
-        let daemon = tokio::task::spawn_blocking(move || daemon::Daemon::open(config))
-            .await?
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+        let (agent, server) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let agent = agent::LocalAgent::open(agent_config)
+                .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+            let server = server::Server::open(server_config, agent.clone() as Arc<dyn agent::Agent>, engines)
+                .with_context(|| format!("opening the catalog in {}", data_dir.display()))?;
+            Ok((agent, server))
+        })
+        .await??;
         // Tests and scripts read this line to learn the address (e.g. with --listen :0).
         eprintln!("thinclone listening on http://{}", listener.local_addr()?);
-        tracing::info!(data_dir = %data_dir.display(), "serving");
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -89,8 +125,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             tracing::info!("shutting down");
         };
-        daemon::serve(daemon.clone(), listener, shutdown).await?;
-        tokio::task::spawn_blocking(move || daemon.shutdown()).await?;
+        server::serve(server.clone(), listener, shutdown).await?;
+        tokio::task::spawn_blocking(move || {
+            server.shutdown();
+            agent.shutdown(stop_clones);
+        })
+        .await?;
         Ok(())
     })
 }
