@@ -1,0 +1,268 @@
+//! thinclone as the benchmarks run it: the release binary (built here, or given), cowfs
+//! mounts (`thinclone mount`) and daemons (`thinclone serve`) as child processes that are
+//! stopped when their guard is dropped, and the typed client of a daemon.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::exec::{self, tail, Cmd, Exec};
+use super::host;
+use super::progress::{log, warn};
+
+/// The thinclone binary: `given` (`--bin`, `THINCLONE_BIN`), or the release build of the
+/// repository, built now with `cargo build --release -p thinclone`.
+pub fn binary(exec: &Exec, repo: &Path, given: Option<&Path>, build_log: &Path) -> Result<PathBuf> {
+    if let Some(bin) = given {
+        let bin = fs::canonicalize(bin).with_context(|| format!("--bin {}", bin.display()))?;
+        log(&format!("using the thinclone binary {}", bin.display()));
+        return Ok(bin);
+    }
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        Some(dir) => repo.join(dir),
+        None => repo.join("target"),
+    };
+    log("cargo build --release -p thinclone");
+    let mut cmd = Cmd::new(cargo())
+        .args(["build", "--release", "--quiet", "-p", "thinclone", "--manifest-path"])
+        .arg(repo.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .timeout(Duration::from_secs(3600));
+    // The toolchain and its settings come from our environment (sys::Program starts clean).
+    for key in ["HOME", "PATH", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "RUSTFLAGS", "CARGO_BUILD_JOBS"] {
+        if let Some(v) = std::env::var_os(key) {
+            cmd = cmd.env(key, v);
+        }
+    }
+    exec.run_to(&cmd, build_log).context("building thinclone")?;
+    let bin = target.join("release/thinclone");
+    if !bin.is_file() {
+        bail!("the built binary is not at {}", bin.display());
+    }
+    Ok(bin)
+}
+
+/// cargo: the one running us (`CARGO`), else the first on `PATH`, else `~/.cargo/bin/cargo`.
+fn cargo() -> PathBuf {
+    if let Some(c) = std::env::var_os("CARGO") {
+        return c.into();
+    }
+    let on_path = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("cargo")).find(|c| c.is_file()));
+    on_path.unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo/bin/cargo")
+    })
+}
+
+/// The environment every thinclone child gets: its log level (ours, or `warn`).
+fn with_log_level(cmd: Cmd) -> Cmd {
+    let level = std::env::var("THINCLONE_LOG").unwrap_or_else(|_| "warn".to_owned());
+    cmd.env("THINCLONE_LOG", level)
+}
+
+/// A cowfs mount: `thinclone mount --image IMAGE --layer LAYER MOUNTPOINT [--owner USER]`,
+/// unmounted when dropped.
+pub struct Mount {
+    process: sys::Process,
+    pub mount_point: PathBuf,
+    stopped: bool,
+}
+
+impl Mount {
+    /// Starts the mount and waits until it is up.
+    pub fn start(exec: &Exec, bin: &Path, image: &Path, layer: &Path, mount_point: &Path, log: &Path, owner: Option<&str>) -> Result<Mount> {
+        fs::create_dir_all(mount_point)?;
+        if host::is_mount_point(mount_point) {
+            bail!("{} is already a mount point", mount_point.display());
+        }
+        let mut cmd = with_log_level(Cmd::new(bin))
+            .args(["mount", "--image"])
+            .arg(image)
+            .arg("--layer")
+            .arg(layer)
+            .arg(mount_point);
+        if let Some(owner) = owner {
+            cmd = cmd.args(["--owner", owner]);
+        }
+        let process = exec.spawn(&cmd, log)?;
+        let mut mount = Mount { process, mount_point: mount_point.to_owned(), stopped: false };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !host::is_mount_point(mount_point) {
+            exec::check_interrupted()?;
+            if mount.process.try_wait()?.is_some() {
+                mount.stopped = true;
+                bail!("thinclone mount exited before mounting {} (log {}):\n{}", mount_point.display(), log.display(), tail(log, 20));
+            }
+            if Instant::now() >= deadline {
+                bail!("timed out waiting for the cowfs mount at {} (log {})", mount_point.display(), log.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(mount)
+    }
+
+    pub fn stop(mut self) {
+        self.unmount();
+    }
+
+    /// SIGTERM to the mount process (it unmounts cleanly); after 15 s a lazy unmount and
+    /// SIGKILL of that process only.
+    fn unmount(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let clean = self.process.wait_timeout(Duration::ZERO).ok().flatten().is_some() || {
+            self.process.signal(libc::SIGTERM);
+            matches!(self.process.wait_timeout(Duration::from_secs(15)), Ok(Some(_)))
+        };
+        if host::is_mount_point(&self.mount_point) {
+            warn(&format!("mount at {} still present after SIGTERM; lazy unmount", self.mount_point.display()));
+            lazy_unmount(&self.mount_point);
+        }
+        if !clean {
+            warn(&format!("thinclone mount pid {} still running; killing it", self.process.pid()));
+            let _ = self.process.stop(libc::SIGKILL, Duration::from_secs(10)); // reported above
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// A lazy unmount of a FUSE or other mount (fusermount3, fusermount, then umount -l).
+pub fn lazy_unmount(mount_point: &Path) {
+    for (prog, args) in [("fusermount3", &["-u", "-z"][..]), ("fusermount", &["-u", "-z"][..]), ("umount", &["-l"][..])] {
+        let Some(path) = host::find_program(prog) else { continue };
+        if Cmd::new(path).args(args).arg(mount_point).program().run().is_ok() {
+            return;
+        }
+    }
+    warn(&format!("could not unmount {}", mount_point.display()));
+}
+
+/// A daemon: `thinclone serve --data-dir DIR --listen 127.0.0.1:0 --ports FIRST-LAST
+/// [extra]`, stopped when dropped, with whatever it left running.
+pub struct Daemon {
+    process: sys::Process,
+    pub data_dir: PathBuf,
+    /// Its base URL, from its `thinclone listening on http://…` line.
+    pub url: String,
+    pub log: PathBuf,
+    stopped: bool,
+}
+
+impl Daemon {
+    pub fn start(exec: &Arc<Exec>, bin: &Path, data_dir: &Path, ports: (u16, u16), log: &Path, extra: &[&str]) -> Result<Daemon> {
+        fs::create_dir_all(data_dir)?;
+        let offset = fs::metadata(log).map_or(0, |m| m.len()) as usize;
+        let cmd = with_log_level(Cmd::new(bin))
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--ports", &format!("{}-{}", ports.0, ports.1)])
+            .args(extra);
+        let process = exec.spawn(&cmd, log)?;
+        let mut daemon = Daemon { process, data_dir: data_dir.to_owned(), url: String::new(), log: log.to_owned(), stopped: false };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            exec::check_interrupted()?;
+            let text = fs::read(log).map(|b| String::from_utf8_lossy(&b[offset.min(b.len())..]).into_owned()).unwrap_or_default();
+            if let Some(url) = listening_url(&text) {
+                daemon.url = url;
+                return Ok(daemon);
+            }
+            if daemon.process.try_wait()?.is_some() {
+                daemon.stopped = true;
+                bail!("thinclone serve exited before listening (log {}):\n{}", log.display(), tail(log, 20));
+            }
+            if Instant::now() >= deadline {
+                bail!("timed out waiting for thinclone serve on {} (log {})", data_dir.display(), log.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.process.pid() as i32
+    }
+
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    /// SIGTERM (it stops its clones' servers and mounts), SIGKILL after 5 minutes, then
+    /// [`stop_leftovers`].
+    fn shut_down(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        match self.process.stop(libc::SIGTERM, Duration::from_secs(300)) {
+            Ok((_, true)) => warn(&format!("thinclone serve pid {} did not stop on SIGTERM; killed", self.process.pid())),
+            Ok(_) => {}
+            Err(e) => warn(&format!("stopping thinclone serve: {e}")),
+        }
+        stop_leftovers(&self.data_dir);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// The URL of a `thinclone listening on http://…` line.
+fn listening_url(log: &str) -> Option<String> {
+    log.lines().find_map(|l| {
+        let rest = &l[l.find("thinclone listening on ")? + "thinclone listening on ".len()..];
+        let url = rest.split_whitespace().next()?;
+        url.starts_with("http://").then(|| url.to_owned())
+    })
+}
+
+/// Stops what a daemon of `data_dir` may have left running: every live process whose
+/// command line names a path inside it (postgres gets a fast shutdown, others SIGTERM,
+/// SIGKILL after 30 s), then lazily unmounts what is still mounted under it.
+pub fn stop_leftovers(data_dir: &Path) {
+    let mut prefix = data_dir.as_os_str().to_owned();
+    prefix.push("/");
+    for pid in sys::procfs::processes_under(Path::new(&prefix)) {
+        let postgres = sys::procfs::cmdline(pid)
+            .and_then(|c| c.first().cloned())
+            .is_some_and(|p| p.ends_with("postgres"));
+        warn(&format!("stopping pid {pid} left by the daemon of {}", data_dir.display()));
+        let signal = if postgres { libc::SIGINT } else { libc::SIGTERM };
+        // SAFETY: kill of a live process whose command line names our data directory.
+        unsafe { libc::kill(pid, signal) };
+        let gone = sys::wait::until(Duration::from_secs(30), Duration::from_millis(100), || {
+            (!sys::procfs::is_alive(pid)).then_some(())
+        });
+        if gone.is_none() {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    for mount in host::mounts_under(data_dir) {
+        warn(&format!("lazy unmount of {}", mount.display()));
+        lazy_unmount(&mount);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_listening_line_gives_the_url() {
+        let log = "2026-11-29T12:00:00Z WARN something\nthinclone listening on http://127.0.0.1:41234\n";
+        assert_eq!(super::listening_url(log).as_deref(), Some("http://127.0.0.1:41234"));
+        assert_eq!(super::listening_url("nothing yet"), None);
+    }
+}
