@@ -1,83 +1,229 @@
-//! Finding the server binaries of a PostgreSQL major version on this host.
+//! Finding the programs of PostgreSQL major versions on this host. The search order is: the
+//! directories the operator names, Debian's `/usr/lib/postgresql/N/bin`, the PGDG RPM layout
+//! `/usr/pgsql-N/bin`, and the directory `pg_config --bindir` reports.
 
+use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::{Error, Program, Result};
+use engine::{Error, Result};
+use sys::Program;
 
-/// The server binaries of one PostgreSQL major version.
+use crate::datadir::Major;
+use crate::ENGINE_NAME;
+
+/// The programs of one major version.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Installation {
-    pub major: u32,
+pub(crate) struct Installation {
+    pub major: Major,
     pub bin_dir: PathBuf,
 }
 
 impl Installation {
-    /// Finds the binaries of `major`: Debian's `/usr/lib/postgresql/N/bin`, the PGDG RPM
-    /// layout `/usr/pgsql-N/bin`, then `pg_config --bindir` if it reports that version.
-    pub fn find(major: u32) -> Result<Installation> {
-        let mut searched: Vec<PathBuf> =
-            vec![format!("/usr/lib/postgresql/{major}/bin").into(), format!("/usr/pgsql-{major}/bin").into()];
-        for dir in &searched {
-            if is_server_bin_dir(dir) {
-                return Ok(Installation { major, bin_dir: dir.clone() });
-            }
-        }
-        if let Ok(out) = Program::new("pg_config").args(["--bindir"]).run() {
-            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            if is_server_bin_dir(&dir) && server_major(&dir) == Some(major) {
-                return Ok(Installation { major, bin_dir: dir });
-            }
-            searched.push(dir);
-        }
-        Err(Error::MissingVersion { major, searched })
-    }
-
-    /// The newest version installed, whose client programs (`pg_basebackup`, `pg_isready`)
-    /// work with servers of older versions too.
-    pub fn newest() -> Result<Installation> {
-        let mut majors: Vec<u32> = ["/usr/lib/postgresql", "/usr"]
-            .iter()
-            .filter_map(|dir| std::fs::read_dir(dir).ok())
-            .flatten()
-            .filter_map(|e| {
-                let name = e.ok()?.file_name().into_string().ok()?;
-                name.strip_prefix("pgsql-").unwrap_or(&name).parse().ok()
-            })
-            .collect();
-        majors.sort_unstable();
-        for major in majors.into_iter().rev() {
-            if let Ok(found) = Installation::find(major) {
-                return Ok(found);
-            }
-        }
-        Err(Error::MissingVersion { major: 0, searched: vec!["/usr/lib/postgresql".into(), "/usr/pgsql-*".into()] })
-    }
-
-    /// The path of one of this version's programs (`postgres`, `pg_ctl`, `psql`, …).
+    /// The path of one of its programs (`postgres`, `psql`, `pg_basebackup`, …).
     pub fn program(&self, name: &str) -> PathBuf {
         self.bin_dir.join(name)
     }
+}
+
+/// Where to look for installations.
+#[derive(Debug, Clone)]
+pub(crate) struct Search {
+    /// Directories the operator names, searched first: each a `bin` directory, or an
+    /// installation prefix that holds one.
+    pub extra: Vec<PathBuf>,
+    /// Holds `N/bin` (Debian and Ubuntu).
+    pub debian_root: PathBuf,
+    /// Holds `pgsql-N/bin` (PGDG RPMs).
+    pub rpm_root: PathBuf,
+    /// Whether to ask `pg_config` (found in the clean `PATH`).
+    pub pg_config: bool,
+}
+
+impl Search {
+    /// The usual places, after `extra`.
+    pub fn standard(extra: Vec<PathBuf>) -> Search {
+        Search { extra, debian_root: "/usr/lib/postgresql".into(), rpm_root: "/usr".into(), pg_config: true }
+    }
+
+    /// The installation of `major`, or an error that says where it looked and how to
+    /// install it.
+    pub fn find(&self, major: Major) -> Result<Installation> {
+        let mut searched = Vec::new();
+        for dir in &self.extra {
+            searched.push(dir.clone());
+            if let Some(bin) = server_bin_dir(dir) {
+                if server_major(&bin) == Some(major) {
+                    return Ok(Installation { major, bin_dir: bin });
+                }
+            }
+        }
+        for bin in [self.debian_root.join(format!("{major}/bin")), self.rpm_root.join(format!("pgsql-{major}/bin"))] {
+            searched.push(bin.clone());
+            if is_server_bin_dir(&bin) {
+                return Ok(Installation { major, bin_dir: bin });
+            }
+        }
+        if let Some(bin) = self.pg_config_bin_dir() {
+            searched.push(bin.clone());
+            if is_server_bin_dir(&bin) && server_major(&bin) == Some(major) {
+                return Ok(Installation { major, bin_dir: bin });
+            }
+        }
+        let installed: Vec<String> = self.all().iter().map(|i| i.major.to_string()).collect();
+        let how = format!(
+            "install its server package, e.g. `apt-get install postgresql-{major}` (Debian, Ubuntu) or \
+             `dnf install postgresql{major}-server` (PGDG RPMs), or point thinclone at its bin directory"
+        );
+        let hint = if installed.is_empty() {
+            format!("no version of {ENGINE_NAME} is installed here at all; {how}")
+        } else {
+            format!("the versions installed here are {}; {how}", installed.join(", "))
+        };
+        Err(Error::MissingVersion { engine: ENGINE_NAME, version: major.to_string(), searched, hint })
+    }
+
+    /// Every installed version's installation, oldest first; where a version is found in
+    /// more than one place, the first in search order.
+    pub fn all(&self) -> Vec<Installation> {
+        let mut found: Vec<Installation> = Vec::new();
+        let mut add = |major: Option<Major>, bin_dir: PathBuf| {
+            if let Some(major) = major {
+                if !found.iter().any(|i| i.major == major) {
+                    found.push(Installation { major, bin_dir });
+                }
+            }
+        };
+        for dir in &self.extra {
+            if let Some(bin) = server_bin_dir(dir) {
+                add(server_major(&bin), bin);
+            }
+        }
+        for (root, prefix) in [(&self.debian_root, ""), (&self.rpm_root, "pgsql-")] {
+            let Ok(entries) = fs::read_dir(root) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(version) = name.strip_prefix(prefix) else { continue };
+                let bin = entry.path().join("bin");
+                if is_server_bin_dir(&bin) {
+                    add(Major::parse(version).ok(), bin);
+                }
+            }
+        }
+        if let Some(bin) = self.pg_config_bin_dir().filter(|b| is_server_bin_dir(b)) {
+            add(server_major(&bin), bin);
+        }
+        found.sort_by_key(|i| i.major);
+        found
+    }
+
+    /// The newest installation, whose client programs (`pg_basebackup`, `pg_isready`,
+    /// `psql`) also work with servers of older versions.
+    pub fn newest(&self) -> Result<Installation> {
+        if let Some(newest) = self.all().pop() {
+            return Ok(newest);
+        }
+        let mut searched = self.extra.clone();
+        searched.push(self.debian_root.join("*/bin"));
+        searched.push(self.rpm_root.join("pgsql-*/bin"));
+        searched.extend(self.pg_config_bin_dir());
+        Err(Error::MissingVersion {
+            engine: ENGINE_NAME,
+            version: "(any version)".into(),
+            searched,
+            hint: format!(
+                "no version of {ENGINE_NAME} is installed here at all; install one, e.g. `apt-get install \
+                 postgresql` (Debian, Ubuntu), or point thinclone at its bin directory"
+            ),
+        })
+    }
+
+    fn pg_config_bin_dir(&self) -> Option<PathBuf> {
+        if !self.pg_config {
+            return None;
+        }
+        // No pg_config in PATH is the common case, not an error.
+        let out = Program::new("pg_config").arg("--bindir").timeout(Duration::from_secs(10)).run().ok()?;
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (!dir.is_empty()).then(|| PathBuf::from(dir))
+    }
+}
+
+/// The bin directory of an operator-named directory: itself, or its `bin`.
+fn server_bin_dir(dir: &Path) -> Option<PathBuf> {
+    [dir.to_owned(), dir.join("bin")].into_iter().find(|d| is_server_bin_dir(d))
 }
 
 fn is_server_bin_dir(dir: &Path) -> bool {
     dir.join("postgres").is_file() && dir.join("pg_ctl").is_file()
 }
 
-/// The major version `postgres --version` reports, e.g. 15 for "postgres (PostgreSQL) 15.18".
-fn server_major(dir: &Path) -> Option<u32> {
-    let out = Program::new(dir.join("postgres")).arg("--version").run().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace().last()?.split('.').next()?.parse().ok()
+/// The major version `postgres --version` reports.
+fn server_major(bin: &Path) -> Option<Major> {
+    let out = Program::new(bin.join("postgres")).arg("--version").timeout(Duration::from_secs(10)).run().ok()?;
+    major_of_version_output(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Reads `postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` as 15; `16beta1` as 16.
+fn major_of_version_output(text: &str) -> Option<Major> {
+    let version = text.split_once("(PostgreSQL)")?.1.split_whitespace().next()?;
+    let digits: String = version.chars().take_while(char::is_ascii_digit).collect();
+    Major::parse(&digits).ok()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::symlink;
+
     use super::*;
 
+    fn nowhere(dir: &Path, extra: Vec<PathBuf>) -> Search {
+        Search { extra, debian_root: dir.join("debian"), rpm_root: dir.join("rpm"), pg_config: false }
+    }
+
     #[test]
-    fn a_missing_version_names_where_it_looked() {
-        let err = Installation::find(3).unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("PostgreSQL 3 is not installed") && text.contains("/usr/lib/postgresql/3/bin"), "{text}");
+    fn version_output_parses() {
+        assert_eq!(major_of_version_output("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"), Some(Major(15)));
+        assert_eq!(major_of_version_output("postgres (PostgreSQL) 17beta1"), Some(Major(17)));
+        assert_eq!(major_of_version_output("postgres (PostgreSQL) 9.6.24"), None);
+        assert_eq!(major_of_version_output("bash 5.2"), None);
+    }
+
+    /// Regression: with nothing installed, the error said "PostgreSQL 0 is not installed".
+    #[test]
+    fn regression_nothing_installed_is_said_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let search = nowhere(dir.path(), vec![dir.path().join("opt-pg")]);
+        assert!(search.all().is_empty());
+        for err in [search.newest().unwrap_err(), search.find(Major(15)).unwrap_err()] {
+            let text = err.to_string();
+            assert!(matches!(err, Error::MissingVersion { .. }) && err.is_callers_mistake(), "{text}");
+            assert!(!text.contains("PostgreSQL 0"), "{text}");
+            assert!(text.contains("no version of PostgreSQL is installed here at all"), "{text}");
+            assert!(text.contains("apt-get install postgresql"), "{text}");
+            assert!(text.contains(&format!("{}", dir.path().join("opt-pg").display())), "{text}");
+        }
+        let text = search.find(Major(15)).unwrap_err().to_string();
+        assert!(text.starts_with("PostgreSQL 15 is not installed on this host (looked in "), "{text}");
+        assert!(text.contains("debian/15/bin") && text.contains("rpm/pgsql-15/bin"), "{text}");
+        assert!(text.contains("apt-get install postgresql-15"), "{text}");
+    }
+
+    /// The operator's directories come first, whether a bin directory or a prefix.
+    #[test]
+    fn operator_directories_are_searched_first() {
+        let real = Path::new("/usr/lib/postgresql/15/bin");
+        assert!(is_server_bin_dir(real), "these tests need PostgreSQL 15 in {}", real.display());
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("pg15");
+        fs::create_dir_all(&prefix).unwrap();
+        symlink(real, prefix.join("bin")).unwrap();
+        let mut search = Search::standard(vec![dir.path().join("empty"), prefix.clone()]);
+        assert_eq!(search.find(Major(15)).unwrap().bin_dir, prefix.join("bin"));
+        assert_eq!(search.all().iter().find(|i| i.major == Major(15)).unwrap().bin_dir, prefix.join("bin"));
+        search.extra.clear();
+        assert_eq!(search.find(Major(15)).unwrap().bin_dir, real);
+        let err = search.find(Major(99)).unwrap_err().to_string();
+        assert!(err.contains("the versions installed here are") && err.contains("15"), "{err}");
     }
 }

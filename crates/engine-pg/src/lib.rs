@@ -1,45 +1,204 @@
-//! The PostgreSQL engine of thinclone: it finds the server binaries of a major version, reads
-//! and prepares data directories, and runs PostgreSQL programs as the database's OS user.
+//! The PostgreSQL engine: PostgreSQL's implementation of [`engine::Engine`] and
+//! [`engine::Instance`]. It finds installed versions, reads data directories, copies live
+//! servers with `pg_basebackup`, prepares images, and runs servers on clones' directories
+//! as their OS user, every program started through [`sys::Program`].
 //!
 //! It knows nothing about FUSE or about how a data directory is stored: it is given
 //! directories and works on them.
+//!
+//! - `install`: where each major version's programs are;
+//! - `datadir`: a data directory's version, its running server, its cluster state;
+//! - `server`: an instance's settings and run directory, start, adoption, SQL, stop;
+//! - `prepare`: a copy becomes an image;
+//! - `source`: live sources (reachability, base backups);
+//! - `client`: connection URLs and one-off queries;
+//! - `sample`: the demo's pgbench database.
 
-mod basebackup;
-mod cmd;
+mod client;
 mod datadir;
 mod install;
+mod prepare;
+mod sample;
 mod server;
+mod source;
 
-pub use basebackup::{basebackup, SourceUrl};
-pub use cmd::{Program, RunAs};
-pub use datadir::data_dir_version;
-pub use install::Installation;
-pub use server::{cluster_state, free_port, prepare, Server, ServerConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// What went wrong in the engine; the message says what to do where the caller can act.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// No server binaries of the wanted major version on this host.
-    #[error(
-        "PostgreSQL {major} is not installed on this host (looked in {}); install its server \
-         package, e.g. `apt-get install postgresql-{major}`",
-        searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-    )]
-    MissingVersion { major: u32, searched: Vec<std::path::PathBuf> },
-    /// The directory is not a PostgreSQL data directory.
-    #[error("{0} is not a PostgreSQL data directory (no readable PG_VERSION)")]
-    NotADataDir(std::path::PathBuf),
-    /// A program failed; `stderr` is what it said.
-    #[error("{program} failed ({status}): {stderr}")]
-    Failed { program: String, status: String, stderr: String },
-    /// A program ran longer than it was allowed to.
-    #[error("{program} did not finish within {seconds} s")]
-    TimedOut { program: String, seconds: u64 },
-    /// No OS user of that name.
-    #[error("no OS user named {0}")]
-    NoSuchUser(String),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
+use engine::{Error, ImageFacts, Instance, InstanceSpec, Result, Sample, SourceUrl, User};
+
+use crate::datadir::Major;
+use crate::install::Search;
+
+/// The engine's name for people.
+pub(crate) const ENGINE_NAME: &str = "PostgreSQL";
+
+/// The PostgreSQL engine, searching the usual installation directories.
+pub fn engine() -> Arc<dyn engine::Engine> {
+    Arc::new(Postgres::new())
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+/// The PostgreSQL engine.
+#[derive(Debug, Clone)]
+pub struct Postgres {
+    search: Search,
+}
+
+impl Postgres {
+    /// Searches the usual installation directories: Debian's `/usr/lib/postgresql/N/bin`,
+    /// the PGDG RPM layout `/usr/pgsql-N/bin`, and `pg_config --bindir`.
+    pub fn new() -> Postgres {
+        Postgres::with_bin_dirs(Vec::new())
+    }
+
+    /// Searches `extra` first: installation directories an operator points at, each a
+    /// `bin` directory or a prefix that holds one.
+    pub fn with_bin_dirs(extra: Vec<PathBuf>) -> Postgres {
+        Postgres { search: Search::standard(extra) }
+    }
+
+    fn installation(&self, version: &str) -> Result<install::Installation> {
+        self.search.find(Major::parse(version).map_err(|bad| bad.into_error())?)
+    }
+}
+
+impl Default for Postgres {
+    fn default() -> Postgres {
+        Postgres::new()
+    }
+}
+
+pub(crate) fn accepts_scheme(scheme: &str) -> bool {
+    matches!(scheme, "postgresql" | "postgres")
+}
+
+fn check_scheme(source: &SourceUrl) -> Result<()> {
+    if accepts_scheme(source.scheme()) {
+        Ok(())
+    } else {
+        Err(Error::BadSource(format!(
+            "{} is not a PostgreSQL connection URL; use postgresql://USER:PASSWORD@HOST:PORT/DATABASE",
+            source.shown()
+        )))
+    }
+}
+
+impl engine::Engine for Postgres {
+    fn id(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn name(&self) -> &'static str {
+        ENGINE_NAME
+    }
+
+    fn accepts_url(&self, url: &SourceUrl) -> bool {
+        accepts_scheme(url.scheme())
+    }
+
+    fn detect(&self, dir: &Path) -> Result<String> {
+        datadir::detect(dir).map(|major| major.to_string())
+    }
+
+    fn is_in_use(&self, dir: &Path) -> bool {
+        datadir::live_postmaster(dir).is_some()
+    }
+
+    fn installed_versions(&self) -> Vec<String> {
+        self.search.all().into_iter().map(|i| i.major.to_string()).collect()
+    }
+
+    fn check_installed(&self, version: &str) -> Result<()> {
+        self.installation(version).map(drop)
+    }
+
+    fn probe(&self, source: &SourceUrl) -> Result<()> {
+        check_scheme(source)?;
+        source::probe(&self.search, source)
+    }
+
+    fn copy_live(
+        &self,
+        source: &SourceUrl,
+        target: &Path,
+        user: &User,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        check_scheme(source)?;
+        source::copy_live(&self.search, source, target, user, progress)
+    }
+
+    fn prepare(&self, data_dir: &Path, run_dir: &Path, user: &User) -> Result<ImageFacts> {
+        prepare::prepare(&self.search, data_dir, run_dir, user)
+    }
+
+    fn start(&self, spec: &InstanceSpec, timeout: Duration) -> Result<Box<dyn Instance>> {
+        let installation = self.installation(&spec.version)?;
+        let found = datadir::detect(&spec.data_dir)?;
+        if found != installation.major {
+            return Err(Error::Other(format!(
+                "{} holds {ENGINE_NAME} {found}, not {} as its spec says",
+                spec.data_dir.display(),
+                spec.version
+            )));
+        }
+        Ok(Box::new(server::start(&installation, spec, timeout)?))
+    }
+
+    fn adopt(&self, spec: &InstanceSpec) -> Option<Box<dyn Instance>> {
+        let installation = match self.installation(&spec.version) {
+            Ok(installation) => installation,
+            Err(e) => {
+                tracing::warn!(data_dir = %spec.data_dir.display(), "not adopting a server left running: {e}");
+                return None;
+            }
+        };
+        Some(Box::new(server::adopt(&installation, spec)?))
+    }
+
+    fn url(&self, host: &str, port: u16, user: &str, password: &str) -> String {
+        client::url(host, port, user, password)
+    }
+
+    fn make_sample(&self, data_dir: &Path, run_dir: &Path, user: &User, scale: u32) -> Result<Sample> {
+        sample::make_sample(&self.search, data_dir, run_dir, user, scale)
+    }
+
+    fn query(&self, url: &str, sql: &str) -> Result<String> {
+        client::query(&self.search, url, sql)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use engine::Engine;
+
+    use super::*;
+
+    #[test]
+    fn names_and_urls() {
+        let pg = Postgres::new();
+        assert_eq!((pg.id(), pg.name()), ("postgresql", "PostgreSQL"));
+        for (url, ok) in [("postgresql://h/db", true), ("postgres://h/db", true), ("mysql://h/db", false)] {
+            assert_eq!(pg.accepts_url(&SourceUrl::parse(url).unwrap()), ok, "{url}");
+        }
+        let err = pg.probe(&SourceUrl::parse("mysql://u:secret@h/db").unwrap()).unwrap_err();
+        assert!(err.is_callers_mistake() && !err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn versions_named_by_callers_are_checked() {
+        let pg = Postgres::new();
+        assert!(pg.installed_versions().contains(&"15".to_string()), "these tests need PostgreSQL 15");
+        pg.check_installed("15").unwrap();
+        for bad in ["9.6", "fifteen", "0", ""] {
+            let err = pg.check_installed(bad).unwrap_err();
+            assert!(err.is_callers_mistake(), "{bad:?}: {err}");
+            assert!(!err.to_string().contains("PostgreSQL 0"), "{bad:?}: {err}");
+        }
+        let err = pg.check_installed("99").unwrap_err();
+        assert!(matches!(err, Error::MissingVersion { .. }), "{err}");
+        assert!(err.to_string().contains("apt-get install postgresql-99"), "{err}");
+    }
+}

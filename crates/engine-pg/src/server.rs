@@ -1,311 +1,491 @@
-//! Running a PostgreSQL server on a data directory: the settings a clone runs with, start
-//! with a readiness wait, stop, and running SQL over its private socket.
+//! Running a PostgreSQL server on a data directory: the settings an instance runs with, its
+//! run directory, start with a readiness wait, adoption of a server an earlier process left
+//! running, SQL over its private socket, passwords, and stop.
 //!
-//! Everything a server needs besides its data directory lives in a *run directory* outside
-//! it, owned by the server's OS user with mode 0700: the Unix socket, `pg_hba.conf`,
-//! `pg_ident.conf`, an empty `postgresql.conf` for images that have none (Debian keeps it in
-//! /etc), and the server log. So the data directory, and with it the image, is never
-//! touched by anything thinclone writes.
+//! Everything a server needs besides its data directory lives in its *run directory*,
+//! owned by the server's OS user with mode 0700:
+//!
+//! ```text
+//! pg_hba.conf        who may connect: trust on the private socket, SCRAM over TCP
+//! pg_ident.conf      empty
+//! postgresql.conf    empty, only for images that have none (Debian keeps it in /etc)
+//! postgres.log       the server's stderr
+//! postgres.pid       its pid (external_pid_file)
+//! .s.PGSQL.<port>    its socket, reachable only by its OS user and root
+//! ```
+//!
+//! Every setting is given on the `postgres` command line, where it wins over the image's
+//! `postgresql.conf` and `postgresql.auto.conf`. Nothing is written into the data directory,
+//! except that a stale `postmaster.pid` is removed before a start.
 
 use std::fs;
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
-use crate::{Error, Installation, Program, Result, RunAs};
+use engine::{Error, InstanceSpec, Result, Secret, User};
+use sys::Program;
 
-/// How a server runs.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub port: u16,
-    /// `listen_addresses`; empty for no TCP at all.
-    pub listen_addresses: String,
-    /// Socket, configuration files and log; created if missing.
-    pub run_dir: PathBuf,
-    pub shared_buffers: String,
-    /// More `-c name=value` settings, applied last.
-    pub extra: Vec<(String, String)>,
-}
+use crate::datadir::{live_postmaster, pid_file_says_ready, Major};
+use crate::install::Installation;
+use crate::ENGINE_NAME;
 
-impl ServerConfig {
-    /// The settings every server thinclone runs gets on its command line. They win over the
-    /// image's `postgresql.conf` and `postgresql.auto.conf`, and make a clone cheap and
-    /// harmless: no archiving or replication towards the source, no TLS files it may lack,
-    /// logs and pid files outside the data directory, and WAL settings that keep a fresh clone
-    /// to a few hundred KiB of writes.
-    fn settings(&self, data_dir: &Path) -> Vec<(String, String)> {
-        let run = self.run_dir.display().to_string();
-        let mut s: Vec<(String, String)> = vec![
-            ("port".into(), self.port.to_string()),
-            ("listen_addresses".into(), self.listen_addresses.clone()),
-            ("unix_socket_directories".into(), run.clone()),
-            ("unix_socket_permissions".into(), "0700".into()),
-            ("hba_file".into(), format!("{run}/pg_hba.conf")),
-            ("ident_file".into(), format!("{run}/pg_ident.conf")),
-            ("external_pid_file".into(), format!("{run}/postgres.pid")),
-            ("ssl".into(), "off".into()),
-            ("logging_collector".into(), "off".into()),
-            ("log_destination".into(), "stderr".into()),
-            ("archive_mode".into(), "off".into()),
-            ("archive_command".into(), "".into()),
-            ("restore_command".into(), "".into()),
-            ("primary_conninfo".into(), "".into()),
-            ("primary_slot_name".into(), "".into()),
-            ("max_wal_senders".into(), "0".into()),
-            ("max_replication_slots".into(), "0".into()),
-            ("shared_buffers".into(), self.shared_buffers.clone()),
-            ("wal_init_zero".into(), "off".into()),
-            ("wal_recycle".into(), "off".into()),
-            ("min_wal_size".into(), "32MB".into()),
-            ("max_wal_size".into(), "256MB".into()),
-        ];
-        if !data_dir.join("postgresql.conf").exists() {
-            s.push(("config_file".into(), format!("{run}/postgresql.conf")));
-        }
-        s.extend(self.extra.iter().cloned());
-        s
+/// The main memory cache of an instance whose spec names none.
+const DEFAULT_SHARED_BUFFERS: &str = "64MB";
+/// How long an immediate shutdown (SIGQUIT) may take before SIGKILL.
+const IMMEDIATE_SHUTDOWN: Duration = Duration::from_secs(10);
+/// How long a statement run by [`Server::sql`] may take.
+const SQL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often a wait looks again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// The `-c name=value` settings an instance runs with. They make a clone cheap and
+/// harmless: no archiving or replication towards the source, no TLS files it may lack, its
+/// own authentication, logs and pid file outside the data directory, and WAL settings that
+/// keep a fresh clone to a few hundred KiB of writes.
+pub(crate) fn settings(spec: &InstanceSpec, major: Major, needs_config_file: bool) -> Vec<(&'static str, String)> {
+    let run = |name: &str| spec.run_dir.join(name).display().to_string();
+    // Each address as given: 0.0.0.0 and :: are PostgreSQL's own wildcards, and nothing
+    // else listens on every address. An empty list means no TCP at all.
+    let listen: Vec<String> = spec.listen.iter().map(ToString::to_string).collect();
+    let mut s: Vec<(&'static str, String)> = vec![
+        // With -D, a `data_directory` in the image's postgresql.conf would send the server
+        // to another directory; the command line wins.
+        ("data_directory", spec.data_dir.display().to_string()),
+        ("port", spec.port.to_string()),
+        ("listen_addresses", listen.join(",")),
+        ("unix_socket_directories", spec.run_dir.display().to_string()),
+        ("unix_socket_permissions", "0700".into()),
+        ("hba_file", run("pg_hba.conf")),
+        ("ident_file", run("pg_ident.conf")),
+        ("external_pid_file", run("postgres.pid")),
+        ("cluster_name", spec.label.clone()),
+        ("ssl", "off".into()),
+        ("logging_collector", "off".into()),
+        ("log_destination", "stderr".into()),
+        ("archive_mode", "off".into()),
+        ("archive_command", String::new()),
+        ("max_wal_senders", "0".into()),
+        ("max_replication_slots", "0".into()),
+        ("shared_buffers", spec.memory.clone().unwrap_or_else(|| DEFAULT_SHARED_BUFFERS.into())),
+        ("min_wal_size", "32MB".into()),
+        ("max_wal_size", "256MB".into()),
+    ];
+    if major >= Major(12) {
+        // Settings of recovery.conf before 12; prepare removes that file.
+        s.extend([
+            ("restore_command", String::new()),
+            ("primary_conninfo", String::new()),
+            ("primary_slot_name", String::new()),
+            ("wal_init_zero", "off".into()),
+            ("wal_recycle", "off".into()),
+        ]);
     }
+    if needs_config_file {
+        s.push(("config_file", run("postgresql.conf")));
+    }
+    s
 }
 
-/// A server started by [`Server::start`], a child of this process.
-pub struct Server {
-    child: Child,
-    pub data_dir: PathBuf,
-    pub port: u16,
-    pub run_dir: PathBuf,
+/// The run directory's `pg_hba.conf`. The local socket is private to the instance's OS
+/// user, so it trusts; TCP needs a password checked with SCRAM, from loopback only unless
+/// the spec lets other hosts in.
+pub(crate) fn hba(remote_clients: bool) -> String {
+    let mut text = String::from(
+        "# Written by thinclone for this instance: who may connect, and how.\n\
+         local all all trust\n\
+         host all all 127.0.0.1/32 scram-sha-256\n\
+         host all all ::1/128 scram-sha-256\n",
+    );
+    if remote_clients {
+        text.push_str("host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n");
+    }
+    text
+}
+
+/// Creates or refreshes the run directory and its files, private to the spec's user.
+pub(crate) fn write_run_dir(spec: &InstanceSpec, needs_config_file: bool) -> Result<()> {
+    let dir = &spec.run_dir;
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    fs::write(dir.join("pg_hba.conf"), hba(spec.remote_clients))?;
+    fs::write(dir.join("pg_ident.conf"), "")?;
+    if needs_config_file {
+        fs::write(dir.join("postgresql.conf"), "# Empty: the image has no postgresql.conf.\n")?;
+    }
+    fs::OpenOptions::new().create(true).append(true).open(dir.join("postgres.log"))?;
+    if sys::user::running_as_root() {
+        sys::tree::chown(dir, spec.user.uid, spec.user.gid)?;
+    }
+    Ok(())
+}
+
+/// Whether the server of this data directory needs its configuration file from the run
+/// directory.
+pub(crate) fn needs_config_file(data_dir: &Path) -> bool {
+    !data_dir.join("postgresql.conf").exists()
+}
+
+/// A server's process while it is ours to stop.
+#[derive(Debug)]
+enum Running {
+    /// Started by this process: our child, reaped by us.
+    Child(sys::Process),
+    /// Started by an earlier process and adopted: watched through `/proc` and stopped by
+    /// signals, each sent only after checking that the pid still serves our data directory.
+    Adopted(i32),
+}
+
+/// A running PostgreSQL server. Dropping it shuts the server down at once (immediate
+/// shutdown, then SIGKILL) and waits for it, unless it was detached: a failed operation
+/// never leaves a server running on a directory about to be deleted.
+#[derive(Debug)]
+pub(crate) struct Server {
+    pid: u32,
+    /// `None` once it has exited (and, if our child, been reaped: its pid may then belong
+    /// to another process), or was detached.
+    running: Option<Running>,
+    data_dir: PathBuf,
+    run_dir: PathBuf,
+    port: u16,
+    user: User,
+    superuser: String,
     installation: Installation,
-    user: RunAs,
+}
+
+/// Starts a server as `spec` says and waits until it accepts connections.
+pub(crate) fn start(installation: &Installation, spec: &InstanceSpec, timeout: Duration) -> Result<Server> {
+    if let Some(pid) = live_postmaster(&spec.data_dir) {
+        return Err(Error::InUse(format!(
+            "a {ENGINE_NAME} server (pid {pid}) is already running on {}",
+            spec.data_dir.display()
+        )));
+    }
+    // The lock of a server that is gone. PostgreSQL would refuse to start if its pid now
+    // belongs to another process, as it may after a reboot.
+    match fs::remove_file(spec.data_dir.join("postmaster.pid")) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let config_file = needs_config_file(&spec.data_dir);
+    write_run_dir(spec, config_file)?;
+    let log = spec.run_dir.join("postgres.log");
+    let log_start = fs::metadata(&log).map_or(0, |m| m.len());
+    let mut program = Program::new(installation.program("postgres"))
+        .arg("-D")
+        .arg(&spec.data_dir)
+        .user(&spec.user)
+        .cwd(&spec.run_dir)
+        // A Ctrl-C meant for us must not reach it, and a server left running on purpose
+        // (detached) outlives us.
+        .own_process_group();
+    for (name, value) in settings(spec, installation.major, config_file) {
+        program = program.arg("-c").arg(format!("{name}={value}"));
+    }
+    let process = program.spawn_logged(&log)?;
+    let mut server = Server {
+        pid: process.pid(),
+        running: Some(Running::Child(process)),
+        data_dir: spec.data_dir.clone(),
+        run_dir: spec.run_dir.clone(),
+        port: spec.port,
+        user: spec.user.clone(),
+        superuser: spec.superuser.clone(),
+        installation: installation.clone(),
+    };
+    // On failure, dropping `server` stops whatever is left of it.
+    server.wait_ready(timeout, log_start)?;
+    Ok(server)
+}
+
+/// The server of `spec` that an earlier process started and left running, if it is there,
+/// serves this data directory, and accepts connections.
+pub(crate) fn adopt(installation: &Installation, spec: &InstanceSpec) -> Option<Server> {
+    let candidates = [spec.run_dir.join("postgres.pid"), spec.data_dir.join("postmaster.pid")];
+    let pid = candidates.iter().filter_map(|f| sys::procfs::read_pid(f)).find(|&pid| {
+        sys::procfs::is_live_process_of(pid, &spec.data_dir) && pid_file_says_ready(&spec.data_dir, pid)
+    })?;
+    Some(Server {
+        pid: pid as u32,
+        running: Some(Running::Adopted(pid)),
+        data_dir: spec.data_dir.clone(),
+        run_dir: spec.run_dir.clone(),
+        port: spec.port,
+        user: spec.user.clone(),
+        superuser: spec.superuser.clone(),
+        installation: installation.clone(),
+    })
 }
 
 impl Server {
-    /// Starts a server on `data_dir` as `user` and waits until it accepts connections.
-    pub fn start(
-        installation: &Installation,
-        data_dir: &Path,
-        config: &ServerConfig,
-        user: &RunAs,
-        timeout: Duration,
-    ) -> Result<Server> {
-        prepare_run_dir(&config.run_dir, data_dir, user)?;
-        let log_path = config.run_dir.join("postgres.log");
-        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        // A stale lock of a server that is gone would stop the start.
-        remove_stale_pid_file(data_dir)?;
-        let mut program = Program::new(installation.program("postgres")).arg("-D").arg(data_dir).user(user);
-        for (name, value) in config.settings(data_dir) {
-            program = program.arg("-c").arg(format!("{name}={value}"));
-        }
-        let child = program.spawn(Stdio::from(log.try_clone()?), Stdio::from(log))?;
-        let server = Server {
-            child,
-            data_dir: data_dir.to_owned(),
-            port: config.port,
-            run_dir: config.run_dir.clone(),
-            installation: installation.clone(),
-            user: user.clone(),
-        };
-        server.wait_ready(timeout)
-    }
-
-    fn wait_ready(mut self, timeout: Duration) -> Result<Server> {
-        let deadline = Instant::now() + timeout;
-        loop {
+    fn wait_ready(&mut self, timeout: Duration, log_start: u64) -> Result<()> {
+        let pid = self.pid as i32;
+        let data_dir = self.data_dir.clone();
+        let outcome = sys::wait::until(timeout, POLL, || {
             // Line 8 of postmaster.pid says "ready" once the server accepts connections.
-            if let Ok(pid_file) = fs::read_to_string(self.data_dir.join("postmaster.pid")) {
-                if pid_file.lines().nth(7).is_some_and(|l| l.trim() == "ready") {
-                    return Ok(self);
-                }
+            if pid_file_says_ready(&data_dir, pid) {
+                return Some(Ok(None));
             }
-            if let Some(status) = self.child.try_wait()? {
-                return Err(Error::Failed {
-                    program: "postgres".into(),
-                    status: status.to_string(),
-                    stderr: self.log_tail(),
-                });
+            match self.try_wait() {
+                Ok(None) => None,
+                Ok(Some(status)) => Some(Ok(Some(status))),
+                Err(e) => Some(Err(e)),
             }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return Err(Error::TimedOut { program: "postgres".into(), seconds: timeout.as_secs() });
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The last lines of the server log, for error messages.
-    pub fn log_tail(&self) -> String {
-        let log = fs::read_to_string(self.run_dir.join("postgres.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(8)..].join("\n")
-    }
-
-    /// Runs SQL as the superuser over the private socket; returns psql's unaligned output.
-    pub fn sql(&self, db: &str, sql: &str) -> Result<String> {
-        let out = Program::new(self.installation.program("psql"))
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.run_dir)
-            .args(["-p", &self.port.to_string(), "-d", db, "-U", &self.superuser()?, "-c", sql])
-            .user(&self.user)
-            .timeout(Duration::from_secs(120))
-            .run()?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-
-    /// The bootstrap superuser (the role with oid 10), which is not always `postgres`.
-    pub fn superuser(&self) -> Result<String> {
-        // Connecting needs a role name; the OS user's name is the conventional superuser, and
-        // the local trust line of our pg_hba.conf accepts any existing role.
-        let out = Program::new(self.installation.program("psql"))
-            .args(["-X", "-A", "-t", "-q", "-h"])
-            .arg(&self.run_dir)
-            .args(["-p", &self.port.to_string(), "-d", "postgres", "-U", &self.user.name])
-            .args(["-c", "SELECT rolname FROM pg_roles WHERE oid = 10"])
-            .user(&self.user)
-            .run()?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-
-    /// Gives the superuser a new password. The server gets a SCRAM verifier computed here,
-    /// so the password itself never reaches it or its logs.
-    pub fn set_superuser_password(&self, password: &str) -> Result<String> {
-        let role = self.superuser()?;
-        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
-        let sql = format!("ALTER ROLE \"{}\" PASSWORD '{}'", role.replace('"', "\"\""), verifier);
-        self.sql("postgres", &sql)?;
-        Ok(role)
-    }
-
-    /// Stops the server (fast shutdown: SIGINT) and waits for it.
-    pub fn stop(mut self, timeout: Duration) -> Result<()> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    tracing::warn!(data_dir = %self.data_dir.display(), %status, "postgres exited uncleanly");
-                }
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                // Immediate shutdown: the next start runs crash recovery, nothing is lost.
-                unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-                let _ = self.child.wait();
-                return Err(Error::TimedOut { program: "postgres (fast shutdown)".into(), seconds: timeout.as_secs() });
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
-
-/// Creates the run directory with its configuration files, owned by `user`, mode 0700.
-fn prepare_run_dir(run_dir: &Path, data_dir: &Path, user: &RunAs) -> Result<()> {
-    fs::create_dir_all(run_dir)?;
-    // Our own authentication: trust on the private socket (only this user and root can reach
-    // it), passwords over TCP.
-    let hba = "# Written by thinclone.\n\
-               local all all trust\n\
-               host all all 127.0.0.1/32 scram-sha-256\n\
-               host all all ::1/128 scram-sha-256\n";
-    fs::write(run_dir.join("pg_hba.conf"), hba)?;
-    fs::write(run_dir.join("pg_ident.conf"), "")?;
-    if !data_dir.join("postgresql.conf").exists() {
-        fs::write(run_dir.join("postgresql.conf"), "# Empty: the image has no postgresql.conf.\n")?;
-    }
-    for entry in ["", "pg_hba.conf", "pg_ident.conf", "postgresql.conf"] {
-        let path = run_dir.join(entry);
-        if path.exists() {
-            std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid))?;
-        }
-    }
-    fs::set_permissions(run_dir, fs::Permissions::from_mode(0o700))?;
-    Ok(())
-}
-
-/// Removes `postmaster.pid` when the process it names is gone.
-fn remove_stale_pid_file(data_dir: &Path) -> Result<()> {
-    let path = data_dir.join("postmaster.pid");
-    let Ok(text) = fs::read_to_string(&path) else { return Ok(()) };
-    let alive = text
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse::<i32>().ok())
-        // SAFETY: signal 0 only checks that the process exists.
-        .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
-    if !alive {
-        fs::remove_file(&path)?;
-    }
-    Ok(())
-}
-
-/// The cluster state `pg_controldata` reports, e.g. "shut down" or "in production".
-pub fn cluster_state(installation: &Installation, data_dir: &Path, user: &RunAs) -> Result<String> {
-    let out = Program::new(installation.program("pg_controldata")).arg(data_dir).user(user).run()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("Database cluster state:"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default())
-}
-
-/// Prepares a data directory to be an image: recovery (of a base backup, or of a copy of a
-/// server that was not shut down cleanly) runs to completion here, once, and ends in a clean
-/// shutdown, so that clones start without replaying WAL. Run it on a throwaway writable view
-/// of the raw copy; the server's log stays in `run_dir`.
-pub fn prepare(installation: &Installation, data_dir: &Path, user: &RunAs, run_dir: &Path) -> Result<()> {
-    // A standby or archive-recovery signal would keep the server from opening normally;
-    // replication slots would pin WAL in every clone; a stale lock would stop the start.
-    for name in ["standby.signal", "recovery.signal", "postmaster.pid", "postmaster.opts"] {
-        match fs::remove_file(data_dir.join(name)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
-    }
-    if let Ok(slots) = fs::read_dir(data_dir.join("pg_replslot")) {
-        for slot in slots {
-            fs::remove_dir_all(slot?.path())?;
-        }
-    }
-    let config = ServerConfig {
-        port: free_port()?,
-        listen_addresses: String::new(),
-        run_dir: run_dir.to_owned(),
-        shared_buffers: "128MB".into(),
-        extra: Vec::new(),
-    };
-    // Recovery of a large backup may take long.
-    let server = Server::start(installation, data_dir, &config, user, Duration::from_secs(24 * 3600))?;
-    // Connect to every database once: the first connection sets hint bits on the catalogs,
-    // which would otherwise be written by every clone.
-    let databases = server.sql("postgres", "SELECT datname FROM pg_database WHERE datallowconn")?;
-    for db in databases.lines().filter(|l| !l.is_empty()) {
-        server.sql(db, "SELECT 1")?;
-    }
-    server.stop(Duration::from_secs(3600))?;
-    let state = cluster_state(installation, data_dir, user)?;
-    if state != "shut down" {
-        return Err(Error::Failed {
-            program: "prepare".into(),
-            status: format!("cluster state {state:?}"),
-            stderr: "the server did not shut down cleanly after recovery".into(),
         });
-    }
-    for name in ["backup_label.old", "backup_manifest"] {
-        match fs::remove_file(data_dir.join(name)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
+        match outcome {
+            Some(Ok(None)) => Ok(()),
+            Some(Ok(Some(status))) => Err(sys::Error::Failed {
+                program: format!("postgres on {}", self.data_dir.display()),
+                status: status.to_string(),
+                stderr: self.log_since(log_start),
+            }
+            .into()),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(Error::Other(format!(
+                "postgres on {} did not accept connections within {} s; its log ends with:\n{}",
+                self.data_dir.display(),
+                timeout.as_secs(),
+                self.log_since(log_start)
+            ))),
         }
     }
-    Ok(())
+
+    /// The last lines the server logged since `offset`, for error messages.
+    fn log_since(&self, offset: u64) -> String {
+        let bytes = fs::read(self.run_dir.join("postgres.log")).unwrap_or_default();
+        let text = String::from_utf8_lossy(bytes.get(offset as usize..).unwrap_or(&bytes));
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Its exit status, if it has exited. An adopted server that is gone reports success:
+    /// its parent, not we, learns how it ended. Once it has exited, it is no longer ours.
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = match &mut self.running {
+            Some(Running::Child(p)) => p.try_wait()?,
+            Some(Running::Adopted(pid)) => {
+                (!sys::procfs::is_live_process_of(*pid, &self.data_dir)).then(|| ExitStatus::from_raw(0))
+            }
+            None => Some(ExitStatus::from_raw(0)),
+        };
+        if status.is_some() {
+            self.running = None;
+        }
+        Ok(status)
+    }
+
+    fn signal(&self, signal: i32) {
+        match &self.running {
+            Some(Running::Child(p)) => p.signal(signal),
+            Some(Running::Adopted(pid)) if sys::procfs::is_live_process_of(*pid, &self.data_dir) => {
+                // SAFETY: kill has no memory-safety preconditions; the pid was checked just
+                // above to be a live server of our data directory.
+                unsafe { libc::kill(*pid, signal) };
+            }
+            Some(Running::Adopted(_)) | None => {}
+        }
+    }
+
+    /// Waits up to `timeout` for it to exit; whether it did.
+    fn wait_gone(&mut self, timeout: Duration) -> io::Result<bool> {
+        Ok(sys::wait::until(timeout, POLL, || self.try_wait().transpose()).transpose()?.is_some())
+    }
+
+    /// Shuts it down: fast (SIGINT: sessions end, a checkpoint is written) if `fast` gives
+    /// that a time limit, then immediate (SIGQUIT: the next start runs crash recovery,
+    /// nothing committed is lost), then SIGKILL. Returns whether the first way it tried
+    /// was enough.
+    fn shut_down(&mut self, fast: Option<Duration>) -> io::Result<bool> {
+        if let Some(timeout) = fast {
+            self.signal(libc::SIGINT);
+            if self.wait_gone(timeout)? {
+                return Ok(true);
+            }
+        }
+        self.signal(libc::SIGQUIT);
+        if self.wait_gone(IMMEDIATE_SHUTDOWN)? {
+            return Ok(fast.is_none());
+        }
+        self.signal(libc::SIGKILL);
+        if !self.wait_gone(Duration::from_secs(60))? {
+            return Err(io::Error::other(format!(
+                "postgres on {} did not exit after SIGKILL",
+                self.data_dir.display()
+            )));
+        }
+        Ok(false)
+    }
+
+    /// Stops it cleanly, or at once after `timeout`. Returns whether it stopped cleanly.
+    pub(crate) fn stop_within(mut self, timeout: Duration) -> Result<bool> {
+        let clean = self.shut_down(Some(timeout))?;
+        if !clean {
+            tracing::warn!(data_dir = %self.data_dir.display(), "postgres did not stop within {} s; stopped at once", timeout.as_secs());
+        }
+        self.running = None;
+        Ok(clean)
+    }
+
+    /// A psql that connects as the superuser to `database` over the private socket.
+    fn psql(&self, database: &str, sql: &str) -> Program {
+        // A conninfo string rather than -d NAME: psql would read a database name that
+        // contains `=` as connection parameters.
+        let conninfo = format!(
+            "host={} port={} user={} dbname={}",
+            conninfo_quote(&self.run_dir.display().to_string()),
+            self.port,
+            conninfo_quote(&self.superuser),
+            conninfo_quote(database)
+        );
+        Program::new(self.installation.program("psql"))
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conninfo, "-c", sql])
+            .user(&self.user)
+            .timeout(SQL_TIMEOUT)
+    }
+
+    /// Runs SQL as the superuser in `database`; returns psql's unaligned output.
+    pub(crate) fn sql_in(&self, database: &str, sql: &str) -> Result<String> {
+        let out = self.psql(database, sql).run()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
 }
 
-/// A TCP port on 127.0.0.1 that nothing listens on now.
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.running.is_none() {
+            return;
+        }
+        tracing::debug!(data_dir = %self.data_dir.display(), "stopping postgres at once: its owner let go of it");
+        if let Err(e) = self.shut_down(None) {
+            tracing::error!(data_dir = %self.data_dir.display(), "stopping postgres: {e}");
+        }
+    }
+}
+
+impl engine::Instance for Server {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.try_wait(), Ok(None))
+    }
+
+    /// The server gets a SCRAM verifier computed here, never the password. The verifier
+    /// travels in the session's options (`PGOPTIONS`, the environment of psql), not in
+    /// psql's arguments, which every local user can read in `/proc`; the statement that
+    /// uses it names only the setting.
+    fn set_password(&self, user: &str, password: &Secret) -> Result<()> {
+        if user.is_empty() || user.contains('\0') {
+            return Err(Error::Other(format!("{user:?} is not a database user name")));
+        }
+        let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+        let sql = format!(
+            "DO $thinclone$ DECLARE target text := {}; BEGIN \
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = target) THEN \
+                 RAISE EXCEPTION 'there is no database user named %', quote_ident(target); \
+               END IF; \
+               EXECUTE format('ALTER ROLE %I PASSWORD %L', target, current_setting('thinclone.password_verifier')); \
+             END $thinclone$",
+            sql_literal(user)
+        );
+        self.psql("postgres", &sql).env("PGOPTIONS", format!("-c thinclone.password_verifier={verifier}")).run()?;
+        Ok(())
+    }
+
+    fn sql(&self, sql: &str) -> Result<String> {
+        self.sql_in("postgres", sql)
+    }
+
+    fn stop(self: Box<Self>, timeout: Duration) -> Result<()> {
+        self.stop_within(timeout).map(drop)
+    }
+
+    fn detach(mut self: Box<Self>) {
+        // Dropping a child's handle neither signals nor reaps it.
+        self.running = None;
+    }
+}
+
+/// A value for a libpq conninfo string: single-quoted, with `\` and `'` escaped.
+fn conninfo_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// An SQL string literal, right whatever `standard_conforming_strings` says (as libpq's
+/// `PQescapeLiteral` writes it).
+pub(crate) fn sql_literal(value: &str) -> String {
+    let quoted = value.replace('\'', "''");
+    if value.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    fn spec(listen: &[&str], remote_clients: bool) -> InstanceSpec {
+        InstanceSpec {
+            version: "15".into(),
+            data_dir: "/srv/clones/a/data".into(),
+            run_dir: "/srv/run/a".into(),
+            port: 7001,
+            listen: listen.iter().map(|a| a.parse::<IpAddr>().unwrap()).collect(),
+            remote_clients,
+            user: User::lookup("root").unwrap(),
+            superuser: "alice".into(),
+            label: "clone-a".into(),
+            memory: None,
+        }
+    }
+
+    fn setting<'a>(s: &'a [(&str, String)], name: &str) -> Option<&'a str> {
+        s.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn listen_addresses_are_exactly_the_ones_given() {
+        let s = settings(&spec(&[], false), Major(15), false);
+        assert_eq!(setting(&s, "listen_addresses"), Some(""));
+        let s = settings(&spec(&["127.0.0.1", "::1"], false), Major(15), false);
+        assert_eq!(setting(&s, "listen_addresses"), Some("127.0.0.1,::1"));
+        let s = settings(&spec(&["0.0.0.0"], true), Major(15), false);
+        assert_eq!(setting(&s, "listen_addresses"), Some("0.0.0.0"));
+        assert_eq!(setting(&s, "cluster_name"), Some("clone-a"));
+        assert_eq!(setting(&s, "shared_buffers"), Some("64MB"));
+        assert_eq!(setting(&s, "config_file"), None);
+        assert_eq!(setting(&s, "data_directory"), Some("/srv/clones/a/data"));
+        assert_eq!(setting(&s, "hba_file"), Some("/srv/run/a/pg_hba.conf"));
+        let s = settings(&spec(&[], false), Major(11), true);
+        assert_eq!(setting(&s, "config_file"), Some("/srv/run/a/postgresql.conf"));
+        assert_eq!(setting(&s, "wal_init_zero"), None, "PostgreSQL 11 has no wal_init_zero");
+    }
+
+    #[test]
+    fn remote_clients_need_a_password() {
+        let local = hba(false);
+        assert!(!local.contains("0.0.0.0/0") && !local.contains("::/0"), "{local}");
+        let remote = hba(true);
+        assert!(remote.contains("host all all 0.0.0.0/0 scram-sha-256"), "{remote}");
+        assert!(remote.contains("host all all ::/0 scram-sha-256"), "{remote}");
+        for line in remote.lines().filter(|l| l.starts_with("host")) {
+            assert!(line.ends_with("scram-sha-256"), "{line}");
+        }
+    }
+
+    #[test]
+    fn literals_are_quoted() {
+        assert_eq!(sql_literal("alice"), "'alice'");
+        assert_eq!(sql_literal("o'neil"), "'o''neil'");
+        assert_eq!(sql_literal("a\\b'c"), "E'a\\\\b''c'");
+        assert_eq!(conninfo_quote("it's a\\b"), "'it\\'s a\\\\b'");
+    }
 }

@@ -1,97 +1,414 @@
-//! The engine against a real PostgreSQL: a crashed server's copy is prepared into an image,
-//! and a server started on the prepared copy opens without replaying WAL and has the data.
+//! The PostgreSQL engine against real PostgreSQL 15 servers on plain directories: images
+//! prepared from crashed servers and live copies, instances started, adopted, stopped and
+//! logged into, and one regression test per engine defect fixed.
+//!
+//! They run as root, with the servers as the OS user `postgres`. A missing prerequisite
+//! fails the test with a message; nothing is skipped.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::net::{IpAddr, TcpListener};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use pg::{Installation, Program, RunAs, Server, ServerConfig};
+use engine::{Engine, Error, Instance, InstanceSpec, Secret, SourceUrl, User};
+use sys::Program;
 
-/// The newest PostgreSQL on the host, and the postgres OS user; `None` (test skipped, or
-/// failed under CI) when either is missing or we are not root.
-fn setup(test: &str) -> Option<(Installation, RunAs)> {
-    let newest = fs::read_dir("/usr/lib/postgresql")
-        .ok()
-        .and_then(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).max());
-    let found = newest
-        .and_then(|major| Installation::find(major).ok())
-        .zip(RunAs::user("postgres").ok())
-        .filter(|_| unsafe { libc::geteuid() } == 0);
-    if found.is_none() {
-        assert!(std::env::var_os("CI").is_none(), "{test}: CI must have root, PostgreSQL and its postgres user");
-        eprintln!("skipped {test}: needs root, PostgreSQL server binaries and a postgres user");
-    }
-    found
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+const START: Duration = Duration::from_secs(60);
+
+/// The engine, the `postgres` OS user and a scratch directory it can reach.
+struct Setup {
+    engine: Arc<dyn Engine>,
+    user: User,
+    work: tempfile::TempDir,
 }
 
-fn owned_dir(path: &Path, user: &RunAs, mode: u32) {
-    fs::create_dir_all(path).unwrap();
-    std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+fn setup() -> Setup {
+    assert!(sys::user::running_as_root(), "the engine tests run as root (their servers run as postgres)");
+    assert!(Path::new(BIN).join("postgres").is_file(), "the engine tests need PostgreSQL 15 in {BIN}");
+    let user = User::lookup("postgres").expect("the engine tests need the OS user postgres");
+    let work = tempfile::tempdir().unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    Setup { engine: engine_pg::engine(), user, work }
 }
 
-fn config(work: &Path, name: &str) -> ServerConfig {
-    ServerConfig {
-        port: pg::free_port().unwrap(),
-        listen_addresses: "127.0.0.1".into(),
-        run_dir: work.join(format!("run-{name}")),
-        shared_buffers: "32MB".into(),
-        extra: vec![],
+impl Setup {
+    fn path(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
     }
+
+    /// An empty directory owned by postgres.
+    fn dir(&self, name: &str) -> PathBuf {
+        let path = self.path(name);
+        fs::create_dir_all(&path).unwrap();
+        std::os::unix::fs::chown(&path, Some(self.user.uid), Some(self.user.gid)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+        path
+    }
+
+    /// A new data directory made by initdb, with `superuser` as its bootstrap superuser.
+    fn initdb(&self, name: &str, superuser: &str, extra: &[&str]) -> PathBuf {
+        let data = self.dir(name);
+        Program::new(Path::new(BIN).join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", superuser, "--no-sync"])
+            .args(extra)
+            .user(&self.user)
+            .run()
+            .unwrap();
+        data
+    }
+
+    fn spec(&self, name: &str, data_dir: &Path, superuser: &str) -> InstanceSpec {
+        InstanceSpec {
+            version: "15".into(),
+            data_dir: data_dir.to_owned(),
+            run_dir: self.path(&format!("run-{name}")),
+            port: free_port(),
+            listen: vec!["127.0.0.1".parse().unwrap()],
+            remote_clients: false,
+            user: self.user.clone(),
+            superuser: superuser.into(),
+            label: format!("test-{name}"),
+            memory: Some("32MB".into()),
+        }
+    }
+
+    fn start(&self, spec: &InstanceSpec) -> Box<dyn Instance> {
+        self.engine.start(spec, START).unwrap_or_else(|e| panic!("starting {}: {e}", spec.label))
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether any live process has an argument under `dir` (a server's `-D`).
+fn anything_runs_on(dir: &Path) -> bool {
+    !sys::procfs::processes_under(dir).is_empty()
 }
 
 #[test]
 fn a_prepared_copy_of_a_crashed_server_starts_without_redo() {
-    let Some((installation, user)) = setup("a_prepared_copy_of_a_crashed_server_starts_without_redo") else { return };
-    let work = tempfile::tempdir().unwrap();
-    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let work = work.path();
-
-    let source = work.join("source");
-    owned_dir(&source, &user, 0o700);
-    Program::new(installation.program("initdb"))
-        .args(["-D"])
-        .arg(&source)
-        .args(["-A", "trust", "-U", "postgres", "--no-sync"])
-        .user(&user)
-        .run()
-        .unwrap();
-    let server =
-        Server::start(&installation, &source, &config(work, "source"), &user, Duration::from_secs(60)).unwrap();
-    server.sql("postgres", "CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g").unwrap();
+    let t = setup();
+    let source = t.initdb("source", "postgres", &["-A", "trust"]);
+    let instance = t.start(&t.spec("source", &source, "postgres"));
+    instance.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g").unwrap();
+    assert!(t.engine.is_in_use(&source));
     // Crash it: the copy below needs recovery.
-    unsafe { libc::kill(server.pid() as i32, libc::SIGKILL) };
-    drop(server);
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(instance.pid() as i32, libc::SIGKILL) };
+    drop(instance);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(pg::cluster_state(&installation, &source, &user).unwrap(), "in production");
+    assert!(!t.engine.is_in_use(&source), "a dead server's postmaster.pid counted as in use");
 
-    let image = work.join("image");
-    assert!(std::process::Command::new("cp").arg("-a").arg(&source).arg(&image).status().unwrap().success());
-    pg::prepare(&installation, &image, &user, &work.join("run-prepare")).unwrap();
-    assert_eq!(pg::cluster_state(&installation, &image, &user).unwrap(), "shut down");
+    let image = t.path("image");
+    sys::tree::copy(&source, &image, sys::tree::CopyData::Copy, None).unwrap();
+    let facts = t.engine.prepare(&image, &t.path("run-prepare"), &t.user).unwrap();
+    assert_eq!((facts.version.as_str(), facts.superuser.as_str()), ("15", "postgres"));
     assert!(!image.join("postmaster.pid").exists());
 
-    let clone_config = config(work, "clone");
-    let clone = Server::start(&installation, &image, &clone_config, &user, Duration::from_secs(60)).unwrap();
-    assert_eq!(clone.sql("postgres", "SELECT count(*) FROM t").unwrap(), "10000");
-    let log = fs::read_to_string(clone_config.run_dir.join("postgres.log")).unwrap();
+    let spec = t.spec("clone", &image, &facts.superuser);
+    let clone = t.start(&spec);
+    assert_eq!(clone.sql("SELECT count(*) FROM t").unwrap(), "10000");
+    // The run directory is the server user's alone.
+    for name in ["", "pg_hba.conf", "pg_ident.conf", "postgres.log", "postgres.pid"] {
+        let meta = fs::metadata(spec.run_dir.join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (t.user.uid, t.user.gid), "{name}");
+    }
+    assert_eq!(fs::metadata(&spec.run_dir).unwrap().permissions().mode() & 0o777, 0o700);
+    let log = fs::read_to_string(spec.run_dir.join("postgres.log")).unwrap();
     assert!(log.contains("database system was shut down at"), "{log}");
     assert!(!log.contains("redo starts"), "the clone replayed WAL:\n{log}");
+    // Nothing of ours went into the data directory.
+    for name in ["postgres.log", "postgres.pid"] {
+        assert!(!image.join(name).exists(), "{name} was written into the data directory");
+    }
     clone.stop(Duration::from_secs(60)).unwrap();
-    assert_eq!(pg::cluster_state(&installation, &image, &user).unwrap(), "shut down");
+    assert!(!t.engine.is_in_use(&image));
+}
+
+/// Regression: a failed image preparation left its postgres running, and the caller then
+/// deleted the directory under it. The preparing server is stopped on every early return.
+#[test]
+fn regression_a_failed_prepare_leaves_no_server_running() {
+    let t = setup();
+    let data = t.initdb("data", "postgres", &["-A", "trust"]);
+    let instance = t.start(&t.spec("setup", &data, "postgres"));
+    // A database that nobody can connect to: preparing fails after its server started.
+    instance.sql("CREATE DATABASE broken").unwrap();
+    instance.sql("ALTER DATABASE broken SET session_preload_libraries = 'thinclone_no_such_library'").unwrap();
+    instance.stop(Duration::from_secs(60)).unwrap();
+
+    let run_dir = t.path("run-prepare");
+    let err = t.engine.prepare(&data, &run_dir, &t.user).unwrap_err().to_string();
+    assert!(err.contains("thinclone_no_such_library"), "{err}");
+    let log = fs::read_to_string(run_dir.join("postgres.log")).unwrap();
+    assert!(log.contains("ready to accept connections"), "the failure came before the server started:\n{log}");
+    assert!(!t.engine.is_in_use(&data), "the preparing server still runs");
+    assert!(!anything_runs_on(&data), "a process still runs on {}", data.display());
+}
+
+/// Regression: the connection URL hard-coded the user `postgres`, while an image's
+/// bootstrap superuser may have another name.
+#[test]
+fn regression_the_superuser_is_the_images_own() {
+    let t = setup();
+    let data = t.initdb("data", "alice", &["-A", "trust"]);
+    // Every statement logged: the password must not be among them.
+    let mut conf = fs::read_to_string(data.join("postgresql.conf")).unwrap();
+    conf.push_str("\nlog_statement = 'all'\n");
+    fs::write(data.join("postgresql.conf"), conf).unwrap();
+
+    let facts = t.engine.prepare(&data, &t.path("run-prepare"), &t.user).unwrap();
+    assert_eq!(facts.superuser, "alice");
+    let mut spec = t.spec("clone", &data, &facts.superuser);
+    spec.listen = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+    let instance = t.start(&spec);
+    let password = Secret::new("pä55 w'rd\"%@:/");
+    instance.set_password(&facts.superuser, &password).unwrap();
+    assert_eq!(instance.sql("SELECT current_user").unwrap(), "alice");
+    for host in ["127.0.0.1", "::1"] {
+        let url = t.engine.url(host, spec.port, &facts.superuser, password.expose());
+        assert_eq!(t.engine.query(&url, "SELECT current_user").unwrap(), "alice", "{host}");
+    }
+    let wrong = t.engine.url("127.0.0.1", spec.port, "alice", "not it");
+    let err = t.engine.query(&wrong, "SELECT 1").unwrap_err().to_string();
+    assert!(err.contains("password authentication failed") && !err.contains("not it"), "{err}");
+
+    let err = instance.set_password("nobody", &password).unwrap_err().to_string();
+    assert!(err.contains("no database user named nobody") && !err.contains("SCRAM"), "{err}");
+    let log = fs::read_to_string(spec.run_dir.join("postgres.log")).unwrap();
+    assert!(log.contains("statement: DO"), "log_statement did not apply:\n{log}");
+    assert!(!log.contains("pä55"), "the password reached the server's log:\n{log}");
+    instance.stop(Duration::from_secs(60)).unwrap();
+}
+
+/// A non-loopback IPv4 address of this machine, made on an interface of its own when there
+/// is none (removed again when dropped).
+struct Address {
+    ip: IpAddr,
+    made: Option<String>,
+}
+
+impl Address {
+    fn find_or_make() -> Address {
+        let out = Program::new("ip").args(["-o", "-4", "addr", "show", "scope", "global"]).run().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let found = text.lines().find_map(|l| l.split_whitespace().nth(3)?.split('/').next()?.parse::<IpAddr>().ok());
+        if let Some(ip) = found {
+            return Address { ip, made: None };
+        }
+        let link = format!("tc{}", std::process::id() % 100_000);
+        let ip = "198.51.100.7";
+        // A dummy interface, or where the kernel has none, one end of a veth pair.
+        let peer = format!("{link}p");
+        let kinds = [vec!["dummy"], vec!["veth", "peer", "name", peer.as_str()]];
+        let made = kinds.iter().find_map(|kind| {
+            let mut args = vec!["link", "add", link.as_str(), "type"];
+            args.extend(kind.iter().copied());
+            Program::new("ip").args(&args).run().err().map_or(Some(()), |e| {
+                eprintln!("ip {args:?}: {e}");
+                None
+            })
+        });
+        assert!(made.is_some(), "this machine has no non-loopback address, and no interface could be made for one");
+        let address = Address { ip: ip.parse().unwrap(), made: Some(link.clone()) };
+        for args in [vec!["addr", "add", &format!("{ip}/32"), "dev", &link], vec!["link", "set", &link, "up"]] {
+            Program::new("ip").args(&args).run().unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+        }
+        address
+    }
+}
+
+impl Drop for Address {
+    fn drop(&mut self) {
+        if let Some(link) = &self.made {
+            if let Err(e) = Program::new("ip").args(["link", "del", link]).run() {
+                eprintln!("removing the test's dummy interface {link}: {e}");
+            }
+        }
+    }
+}
+
+/// Regression: listening on an address other than loopback was useless, as pg_hba.conf
+/// admitted only 127.0.0.1 and ::1. With remote clients allowed, a password login from
+/// another address works; without, it is refused.
+#[test]
+fn regression_remote_clients_log_in_with_a_password() {
+    let t = setup();
+    let address = Address::find_or_make();
+    let data = t.initdb("data", "postgres", &["-A", "trust"]);
+    let password = Secret::new("remote-pw");
+    for remote_clients in [true, false] {
+        let mut spec = t.spec(&format!("remote-{remote_clients}"), &data, "postgres");
+        spec.listen = vec![address.ip];
+        spec.remote_clients = remote_clients;
+        let instance = t.start(&spec);
+        instance.set_password("postgres", &password).unwrap();
+        let url = t.engine.url(&address.ip.to_string(), spec.port, "postgres", password.expose());
+        let answer = t.engine.query(&url, "SELECT inet_client_addr()");
+        if remote_clients {
+            assert_eq!(answer.unwrap(), address.ip.to_string());
+        } else {
+            let err = answer.unwrap_err().to_string();
+            assert!(err.contains("no pg_hba.conf entry"), "{err}");
+        }
+        instance.stop(Duration::from_secs(60)).unwrap();
+    }
 }
 
 #[test]
-fn a_server_that_cannot_start_says_why() {
-    let Some((installation, user)) = setup("a_server_that_cannot_start_says_why") else { return };
-    let work = tempfile::tempdir().unwrap();
-    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let empty = work.path().join("empty");
-    owned_dir(&empty, &user, 0o700);
-    let err = Server::start(&installation, &empty, &config(work.path(), "x"), &user, Duration::from_secs(30))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.contains("postgres failed"), "{err}");
+fn an_instance_is_stopped_when_dropped_and_a_detached_one_is_adopted() {
+    let t = setup();
+    let data = t.initdb("data", "postgres", &["-A", "trust"]);
+    let spec = t.spec("a", &data, "postgres");
+
+    let instance = t.start(&spec);
+    assert!(t.engine.is_in_use(&data));
+    drop(instance);
+    assert!(!t.engine.is_in_use(&data) && !anything_runs_on(&data), "a dropped instance kept running");
+
+    let mut instance = t.start(&spec);
+    assert!(instance.is_running());
+    let pid = instance.pid();
+    let err = t.engine.start(&spec, START).err().expect("a second server started on one directory");
+    assert!(matches!(err, Error::InUse(_)) && err.is_callers_mistake(), "{err}");
+    assert!(t.engine.is_in_use(&data), "a refused start stopped the running server");
+    instance.detach();
+    assert!(sys::procfs::is_live_process_of(pid as i32, &data), "a detached instance stopped");
+
+    let mut adopted = t.engine.adopt(&spec).expect("the detached server was not adopted");
+    assert_eq!(adopted.pid(), pid);
+    assert!(adopted.is_running());
+    assert_eq!(adopted.sql("SELECT 6 * 7").unwrap(), "42");
+    adopted.stop(Duration::from_secs(60)).unwrap();
+    assert!(!t.engine.is_in_use(&data) && !anything_runs_on(&data));
+    assert!(t.engine.adopt(&spec).is_none(), "a stopped server was adopted");
+
+    // An adopted instance that is dropped stops too.
+    t.start(&spec).detach();
+    drop(t.engine.adopt(&spec).expect("not adopted"));
+    assert!(!t.engine.is_in_use(&data) && !anything_runs_on(&data), "a dropped adopted instance kept running");
+}
+
+#[test]
+fn a_server_that_cannot_start_says_why_and_leaves_nothing() {
+    let t = setup();
+    let data = t.initdb("data", "postgres", &["-A", "trust"]);
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut spec = t.spec("a", &data, "postgres");
+    spec.port = taken.local_addr().unwrap().port();
+    let err = t.engine.start(&spec, START).err().expect("started on a taken port").to_string();
+    assert!(err.contains("could not bind") || err.contains("could not create any TCP/IP sockets"), "{err}");
+    assert!(!anything_runs_on(&data));
+
+    let empty = t.dir("empty");
+    let err = t.engine.start(&t.spec("b", &empty, "postgres"), START).err().unwrap();
+    assert!(matches!(err, Error::NotADataDir { .. }), "{err}");
+    let err = t.engine.start(&InstanceSpec { version: "9.6".into(), ..t.spec("c", &data, "postgres") }, START);
+    assert!(err.err().unwrap().to_string().contains("9.6 is not supported"));
+}
+
+/// A test source server with its own pg_hba.conf (replication with a password over TCP),
+/// stopped when dropped.
+struct Source {
+    process: sys::Process,
+    port: u16,
+}
+
+impl Source {
+    fn start(t: &Setup, password: &str) -> Source {
+        let data = t.initdb("source", "postgres", &["--auth-local=trust", "--auth-host=scram-sha-256"]);
+        let port = free_port();
+        let run = t.dir("run-source");
+        let process = Program::new(Path::new(BIN).join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-c", &format!("port={port}"), "-c", "listen_addresses=127.0.0.1", "-c"])
+            .arg(format!("unix_socket_directories={}", run.display()))
+            .user(&t.user)
+            .spawn_logged(&run.join("log"))
+            .unwrap();
+        let source = Source { process, port };
+        let ready = sys::wait::until(START, Duration::from_millis(20), || {
+            let text = fs::read_to_string(data.join("postmaster.pid")).unwrap_or_default();
+            (text.lines().nth(7).map(str::trim) == Some("ready")).then_some(())
+        });
+        assert!(ready.is_some(), "the source server did not start");
+        Program::new(Path::new(BIN).join("psql"))
+            .args(["-X", "-q", "-h"])
+            .arg(&run)
+            .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c"])
+            .arg(format!(
+                "ALTER ROLE postgres PASSWORD '{password}'; CREATE TABLE t AS SELECT g FROM generate_series(1, 5000) g"
+            ))
+            .user(&t.user)
+            .run()
+            .unwrap();
+        source
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        if let Err(e) = self.process.stop(libc::SIGQUIT, Duration::from_secs(10)) {
+            eprintln!("stopping the source server: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_live_server_is_copied_and_prepared() {
+    let t = setup();
+    let source = Source::start(&t, "src-pw");
+    let url = |password: &str| {
+        SourceUrl::parse(&format!("postgresql://postgres:{password}@127.0.0.1:{}/postgres", source.port)).unwrap()
+    };
+
+    t.engine.probe(&url("src-pw")).unwrap();
+    let closed = SourceUrl::parse(&format!("postgresql://postgres:src-pw@127.0.0.1:{}/postgres", free_port())).unwrap();
+    let err = t.engine.probe(&closed).unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }) && err.is_callers_mistake(), "{err}");
+    assert!(!err.to_string().contains("src-pw"), "{err}");
+
+    let target = t.dir("copy");
+    let err = t.engine.copy_live(&url("wrong-pw"), &target, &t.user, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("password authentication failed") && !text.contains("wrong-pw"), "{text}");
+
+    let target = t.dir("copy2");
+    let mut reports = Vec::new();
+    t.engine.copy_live(&url("src-pw"), &target, &t.user, &mut |done, total| reports.push((done, total))).unwrap();
+    let &(done, total) = reports.last().expect("no progress was reported");
+    assert!(total > 1 << 20 && done == total, "{reports:?}");
+
+    // As from a Debian server, whose configuration lives in /etc.
+    fs::remove_file(target.join("postgresql.conf")).unwrap();
+    let facts = t.engine.prepare(&target, &t.path("run-prepare"), &t.user).unwrap();
+    assert_eq!(facts.superuser, "postgres");
+    assert!(!target.join("backup_label").exists() && !target.join("backup_manifest").exists());
+    let spec = t.spec("clone", &target, &facts.superuser);
+    let clone = t.start(&spec);
+    assert_eq!(clone.sql("SELECT count(*) FROM t").unwrap(), "5000");
+    assert!(spec.run_dir.join("postgresql.conf").exists() && !target.join("postgresql.conf").exists());
+    clone.stop(Duration::from_secs(60)).unwrap();
+}
+
+#[test]
+fn the_sample_database_shows_a_change() {
+    let t = setup();
+    let data = t.dir("sample");
+    let sample = t.engine.make_sample(&data, &t.path("run-sample"), &t.user, 1).unwrap();
+    assert!(sample.description.starts_with("pgbench scale 1 (about "), "{}", sample.description);
+    assert!(!t.engine.is_in_use(&data), "the sample's server still runs");
+    let instance = t.start(&t.spec("sample", &data, "postgres"));
+    assert_eq!(instance.sql(&sample.check_sql).unwrap(), sample.unchanged_value);
+    instance.sql(&sample.change_sql).unwrap();
+    assert_ne!(instance.sql(&sample.check_sql).unwrap(), sample.unchanged_value);
+    instance.stop(Duration::from_secs(60)).unwrap();
 }

@@ -33,7 +33,8 @@ pub enum Error {
     /// No server programs of the wanted version on this host.
     #[error("{engine} {version} is not installed on this host (looked in {}); {hint}", searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     MissingVersion { engine: &'static str, version: String, searched: Vec<PathBuf>, hint: String },
-    /// A connection URL this engine cannot use.
+    /// A source this engine cannot use: a malformed or foreign connection URL, or a data
+    /// directory of a version it does not support.
     #[error("{0}")]
     BadSource(String),
     /// A source server that does not answer, or refuses us.
@@ -106,6 +107,10 @@ pub struct InstanceSpec {
     pub remote_clients: bool,
     /// The OS user it runs as.
     pub user: User,
+    /// The database superuser that [`Instance::sql`] and [`Instance::set_password`] connect
+    /// as over the private socket: the image's [`ImageFacts::superuser`]. An engine cannot
+    /// learn it from a running instance without already knowing a name to log in with.
+    pub superuser: String,
     /// A name for it in process titles and logs.
     pub label: String,
     /// Its main memory cache, e.g. `64MB`; the engine's default when `None`.
