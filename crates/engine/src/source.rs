@@ -43,7 +43,11 @@ impl SourceUrl {
             if kept.is_empty() {
                 url.set_query(None);
             } else {
-                url.query_pairs_mut().clear().extend_pairs(kept);
+                // Percent escapes, not the form encoding's `+` for a space: connection URLs
+                // are read by libraries (libpq) that take `+` literally.
+                let enc = |s: &str| percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string();
+                let query: Vec<String> = kept.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect();
+                url.set_query(Some(&query.join("&")));
             }
         }
         Ok(SourceUrl { url, password })
@@ -81,6 +85,11 @@ impl SourceUrl {
         &self.url
     }
 }
+
+/// What is escaped in a query parameter's name or value: controls, space and the characters
+/// that delimit parameters.
+const QUERY_VALUE: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'#').add(b'&').add(b'+').add(b'=').add(b'%').add(b'<').add(b'>');
 
 fn percent_decode(s: &str) -> Result<String, std::str::Utf8Error> {
     percent_encoding::percent_decode_str(s).decode_utf8().map(|c| c.into_owned())
@@ -127,6 +136,8 @@ mod tests {
         assert_eq!(url.password().unwrap().expose(), "top secret");
         assert_eq!(url.shown(), "db://u@h:5/db?sslmode=require");
         assert!(!format!("{url:?}").contains("secret"));
+        let url = SourceUrl::parse("db://u@h/db?password=x&application_name=my%20app&options=-c%20a%3Db").unwrap();
+        assert_eq!(url.shown(), "db://u@h/db?application_name=my%20app&options=-c%20a%3Db");
         let url = SourceUrl::parse("db://h/db?password=x").unwrap();
         assert_eq!(url.shown(), "db://h/db");
     }

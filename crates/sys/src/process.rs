@@ -46,7 +46,7 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A program to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Program {
     path: PathBuf,
     args: Vec<OsString>,
@@ -55,6 +55,22 @@ pub struct Program {
     user: Option<User>,
     timeout: Duration,
     own_group: bool,
+    stdin: Option<Vec<u8>>,
+}
+
+/// Shows the program and its arguments, but only the names of its environment variables:
+/// their values may be secrets (`PGPASSWORD`).
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("path", &self.path)
+            .field("args", &self.args)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("cwd", &self.cwd)
+            .field("user", &self.user.as_ref().map(|u| &u.name))
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Program {
@@ -68,7 +84,15 @@ impl Program {
             user: None,
             timeout: Duration::from_secs(300),
             own_group: false,
+            stdin: None,
         }
+    }
+
+    /// Feeds `bytes` to the program's standard input (which is otherwise empty). Secrets and
+    /// scripts go here rather than in arguments.
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Program {
+        self.stdin = Some(bytes.into());
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<OsString>) -> Program {
@@ -157,11 +181,25 @@ impl Program {
     }
 
     fn spawn_with(&self, stdout: Stdio, stderr: Stdio) -> Result<Child> {
-        self.command()
+        let mut cmd = self.command();
+        if self.stdin.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .map_err(|source| Error::Start { program: self.path.display().to_string(), source })
+            .map_err(|source| Error::Start { program: self.path.display().to_string(), source })?;
+        if let Some(bytes) = self.stdin.clone() {
+            let mut pipe = child.stdin.take().expect("piped stdin");
+            // Written on a thread of its own, so that a program that writes before it reads
+            // cannot deadlock with us; a program that exits early closes the pipe, which
+            // ends the write with an error that is of no interest.
+            std::thread::spawn(move || {
+                let _ = std::io::Write::write_all(&mut pipe, &bytes);
+            });
+        }
+        Ok(child)
     }
 
     /// Runs to completion and returns its output; a non-zero exit is an error carrying the
@@ -346,6 +384,14 @@ mod tests {
         let err = Program::new("/bin/sh").args(["-c", "echo oops >&2; exit 3"]).run().unwrap_err();
         let text = err.to_string();
         assert!(text.contains("sh failed (exit status 3)") && text.contains("oops"), "{text}");
+    }
+
+    #[test]
+    fn stdin_is_fed_and_secrets_do_not_show() {
+        let p = Program::new("/bin/cat").stdin("hello\n").env("PGPASSWORD", "hunter2");
+        assert!(!format!("{p:?}").contains("hunter2"), "{p:?}");
+        let out = p.run().unwrap();
+        assert_eq!(out.stdout, b"hello\n");
     }
 
     #[test]

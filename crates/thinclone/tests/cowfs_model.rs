@@ -457,26 +457,20 @@ proptest! {
 
     #[test]
     fn mount_matches_a_plain_copy(ops in proptest::collection::vec(op(false), 150..300)) {
-        if !support::fuse_available("mount_matches_a_plain_copy") {
-            return Ok(());
-        }
+        support::require_fuse("mount_matches_a_plain_copy");
         run(&ops)?;
     }
 
     #[test]
     fn mount_survives_kill_9(ops in proptest::collection::vec(op(true), 150..300)) {
-        if !support::fuse_available("mount_survives_kill_9") {
-            return Ok(());
-        }
+        support::require_fuse("mount_survives_kill_9");
         run(&ops)?;
     }
 }
 
 /// Runs a fixed sequence, for regression tests.
 fn regression(ops: &[Op]) {
-    if !support::fuse_available("regression") {
-        return;
-    }
+    support::require_fuse("regression");
     if let Err(e) = run(ops) {
         panic!("{e}");
     }

@@ -13,9 +13,7 @@ use support::{digest_file, layer_du, pg, Mount};
 
 #[test]
 fn an_8k_write_into_a_256m_image_file_stores_at_most_64k() {
-    if !support::fuse_available("an_8k_write_into_a_256m_image_file") {
-        return;
-    }
+    support::require_fuse("an_8k_write_into_a_256m_image_file");
     let work = tempfile::tempdir().unwrap();
     let image = work.path().join("image");
     fs::create_dir(&image).unwrap();
@@ -57,9 +55,8 @@ fn an_8k_write_into_a_256m_image_file_stores_at_most_64k() {
 
 #[test]
 fn owner_option_presents_the_image_as_that_users() {
-    if !support::fuse_available("owner_option") || !pg::available("owner_option") {
-        return;
-    }
+    support::require_fuse("owner_option");
+    pg::require("owner_option");
     let work = tempfile::tempdir().unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let image = work.path().join("image");
@@ -90,9 +87,8 @@ fn owner_option_presents_the_image_as_that_users() {
 
 #[test]
 fn an_unprivileged_user_mounts_through_fusermount3() {
-    if !support::fuse_available("unprivileged_mount") || !pg::available("unprivileged_mount") {
-        return;
-    }
+    support::require_fuse("unprivileged_mount");
+    pg::require("unprivileged_mount");
     assert!(support::which("fusermount3"), "fusermount3 is needed (Debian package fuse3)");
     // udev makes /dev/fuse usable by everyone on a normal system; containers may not.
     let mode = fs::metadata("/dev/fuse").unwrap().permissions().mode();

@@ -40,9 +40,8 @@ fn checksums(root: &Path) -> BTreeMap<String, u64> {
 
 #[test]
 fn postgres_on_a_clone_survives_kill_9_of_the_server() {
-    if !support::fuse_available("postgres_on_a_clone") || !pg::available("postgres_on_a_clone") {
-        return;
-    }
+    support::require_fuse("postgres_on_a_clone");
+    pg::require("postgres_on_a_clone");
     let work = tempfile::tempdir().unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let work = work.path();

@@ -7,46 +7,10 @@ mod support;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use api::{Driver, Operation};
 use support::daemon::{psql, Daemon};
-
-/// A filesystem image file mounted on a loop device, unmounted when dropped.
-struct LoopFs {
-    mountpoint: PathBuf,
-}
-
-impl LoopFs {
-    /// Makes and mounts a 4 GiB (sparse) filesystem; `None` when its mkfs is missing here.
-    fn new(kind: &str, work: &Path) -> Option<LoopFs> {
-        let mkfs = format!("mkfs.{kind}");
-        if !support::which(&mkfs)
-            && !Path::new("/usr/sbin").join(&mkfs).exists()
-            && !Path::new("/sbin").join(&mkfs).exists()
-        {
-            assert!(std::env::var_os("CI").is_none(), "CI must have {mkfs} (scripts/install installs it)");
-            eprintln!("skipped {kind}: {mkfs} is not installed");
-            return None;
-        }
-        let image = work.join(format!("{kind}.img"));
-        fs::File::create(&image).unwrap().set_len(4 << 30).unwrap();
-        let args: &[&str] = if kind == "xfs" { &["-q", "-m", "reflink=1"] } else { &["-q"] };
-        let out = Command::new(&mkfs).args(args).arg(&image).output().unwrap();
-        assert!(out.status.success(), "{mkfs}: {}", String::from_utf8_lossy(&out.stderr));
-        let mountpoint = work.join(kind);
-        fs::create_dir(&mountpoint).unwrap();
-        let out = Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mountpoint).output().unwrap();
-        assert!(out.status.success(), "mount {kind}: {}", String::from_utf8_lossy(&out.stderr));
-        fs::set_permissions(&mountpoint, fs::Permissions::from_mode(0o755)).unwrap();
-        Some(LoopFs { mountpoint })
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mountpoint).status();
-    }
-}
+use support::LoopFs;
 
 fn checksums(dir: &Path) -> std::collections::BTreeMap<PathBuf, support::Entry> {
     support::snapshot(dir)
@@ -57,82 +21,76 @@ fn reflink_clones_work(root: &Path, ports: (u16, u16)) {
     let data = root.join("data");
     let daemon = Daemon::start(&data, ports);
     let source = support::daemon::pgbench_source();
-    let image = daemon.ok(&["image", "create", "prod", "--from-dir", source.to_str().unwrap()]);
-    assert_eq!(image["status"], "ready", "{image}");
+    let image: api::Image = daemon.ok(&["image", "create", "prod", "--from-dir", source.to_str().unwrap()]);
+    assert_eq!(image.status, api::ImageStatus::Ready, "{image:?}");
     let before = checksums(&data.join("images/prod"));
 
-    let a = daemon.ok(&["clone", "create", "a", "--image", "prod"]);
-    let b = daemon.ok(&["clone", "create", "b", "--image", "prod"]);
+    let a: api::Clone = daemon.ok(&["clone", "create", "a", "--image", "prod"]);
+    let b: api::Clone = daemon.ok(&["clone", "create", "b", "--image", "prod"]);
     for clone in [&a, &b] {
-        assert_eq!(clone["driver"], "reflink", "auto-selection on {}: {clone}", root.display());
+        assert_eq!(clone.driver, Driver::Reflink, "auto-selection on {}: {clone:?}", root.display());
     }
-    let (url_a, url_b) = (a["url"].as_str().unwrap(), b["url"].as_str().unwrap());
     let rows = (100_000 * support::daemon::source_scale()).to_string();
     let count = "SELECT count(*) FROM pgbench_accounts";
-    assert_eq!(psql(url_a, count).unwrap(), rows);
-    assert_eq!(psql(url_b, count).unwrap(), rows);
+    assert_eq!(psql(&a.url, count).unwrap(), rows);
+    assert_eq!(psql(&b.url, count).unwrap(), rows);
 
     // A fresh clone's own bytes: what its start wrote, not the image it shares.
-    let fresh = daemon.ok(&["clone", "show", "a"])["layer_bytes"].as_u64().unwrap();
+    let fresh = a.stored_bytes;
     eprintln!("{}: a fresh reflink clone holds {} KiB of its own", root.display(), fresh >> 10);
     assert!(fresh < 1 << 20, "a fresh reflink clone holds {fresh} exclusive bytes");
 
     // Writes in one clone are invisible in the other; reset brings the image back.
-    psql(url_a, "DELETE FROM pgbench_accounts WHERE aid <= 5000").unwrap();
-    assert_eq!(psql(url_b, count).unwrap(), rows);
-    let changed = daemon.ok(&["clone", "show", "a"])["layer_bytes"].as_u64().unwrap();
-    assert!(changed > fresh, "the change did not show in the exclusive bytes ({fresh} -> {changed})");
-    let reset = daemon.ok(&["clone", "reset", "a"]);
-    assert_eq!((reset["port"].clone(), reset["url"].clone()), (a["port"].clone(), a["url"].clone()));
-    assert_eq!(psql(url_a, count).unwrap(), rows);
+    psql(&a.url, "DELETE FROM pgbench_accounts WHERE aid <= 5000").unwrap();
+    psql(&a.url, "CHECKPOINT").unwrap();
+    assert_eq!(psql(&b.url, count).unwrap(), rows);
+    let reset: api::Clone = daemon.ok(&["clone", "reset", "a"]);
+    assert_eq!((reset.port, &reset.url), (a.port, &a.url));
+    assert_eq!(psql(&a.url, count).unwrap(), rows);
 
-    daemon.ok(&["clone", "rm", "a"]);
-    daemon.ok(&["clone", "rm", "b"]);
+    daemon.ok::<Operation>(&["clone", "rm", "a"]);
+    daemon.ok::<Operation>(&["clone", "rm", "b"]);
     assert!(support::diff(&before, &checksums(&data.join("images/prod"))).is_none(), "the image changed");
-    daemon.ok(&["image", "rm", "prod"]);
+    daemon.ok::<Operation>(&["image", "rm", "prod"]);
 }
 
 #[test]
 fn reflink_clones_on_xfs() {
-    if !support::fuse_available("reflink_clones_on_xfs") || !support::pg::available("reflink_clones_on_xfs") {
-        return;
-    }
+    support::require_fuse("reflink_clones_on_xfs");
+    support::pg::require("reflink_clones_on_xfs");
     let work = tempfile::Builder::new().prefix("thinclone-xfs-").tempdir_in("/var/tmp").unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let Some(xfs) = LoopFs::new("xfs", work.path()) else { return };
+    let xfs = LoopFs::new("xfs", work.path(), 4 << 30);
     reflink_clones_work(&xfs.mountpoint, (7850, 7869));
 }
 
 #[test]
 fn reflink_clones_on_btrfs() {
-    if !support::fuse_available("reflink_clones_on_btrfs") || !support::pg::available("reflink_clones_on_btrfs") {
-        return;
-    }
+    support::require_fuse("reflink_clones_on_btrfs");
+    support::pg::require("reflink_clones_on_btrfs");
     let work = tempfile::Builder::new().prefix("thinclone-btrfs-").tempdir_in("/var/tmp").unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let Some(btrfs) = LoopFs::new("btrfs", work.path()) else { return };
+    let btrfs = LoopFs::new("btrfs", work.path(), 4 << 30);
     reflink_clones_work(&btrfs.mountpoint, (7870, 7889));
 }
 
 #[test]
-fn ext4_gets_cowfs_and_reflink_across_filesystems_is_a_clear_error() {
-    if !support::fuse_available("ext4_gets_cowfs") || !support::pg::available("ext4_gets_cowfs") {
-        return;
-    }
+fn ext4_gets_cowfs_and_reflink_there_is_a_clear_error() {
+    support::require_fuse("ext4_gets_cowfs");
+    support::pg::require("ext4_gets_cowfs");
     let work = tempfile::Builder::new().prefix("thinclone-ext4-").tempdir_in("/var/tmp").unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let daemon = Daemon::start(&work.path().join("data"), (7890, 7899));
     let source = support::daemon::pgbench_source();
-    daemon.ok(&["image", "create", "prod", "--from-dir", source.to_str().unwrap()]);
-    let clone = daemon.ok(&["clone", "create", "c", "--image", "prod"]);
-    assert_eq!(clone["driver"], "cowfs", "{clone}");
+    daemon.ok::<api::Image>(&["image", "create", "prod", "--from-dir", source.to_str().unwrap()]);
+    let clone: api::Clone = daemon.ok(&["clone", "create", "c", "--image", "prod"]);
+    assert_eq!(clone.driver, Driver::Cowfs, "{clone:?}");
     // Asking for reflink where the filesystem cannot share blocks fails clearly, and leaves
     // nothing behind.
-    let err = daemon.cli(&["clone", "create", "r", "--image", "prod", "--driver", "reflink"]).unwrap_err();
-    assert!(err.contains("reflink") || err.contains("clone"), "{err}");
-    let clones = daemon.ok(&["clone", "list"]);
-    assert_eq!(clones.as_array().unwrap().len(), 1, "{clones}");
+    let err = daemon.cli::<api::Clone>(&["clone", "create", "r", "--image", "prod", "--driver", "reflink"]).unwrap_err();
+    assert!(err.contains("the reflink driver is not available here") && err.contains("--driver cowfs"), "{err}");
+    assert_eq!(daemon.ok::<Vec<api::Clone>>(&["clone", "list"]).len(), 1);
     assert!(!work.path().join("data/clones/r").exists(), "a half-made reflink clone was left behind");
-    daemon.ok(&["clone", "rm", "c"]);
-    daemon.ok(&["image", "rm", "prod"]);
+    daemon.ok::<Operation>(&["clone", "rm", "c"]);
+    daemon.ok::<Operation>(&["image", "rm", "prod"]);
 }

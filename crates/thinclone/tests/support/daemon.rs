@@ -1,8 +1,9 @@
-//! A real `thinclone serve` for the integration tests, driven through the real CLI: start it
-//! on a data directory, learn its URL from its stderr, run `thinclone image|clone … --json`
-//! against it, kill it with SIGKILL and start it again on the same data directory. Also the
-//! shared pgbench source database, `psql` over a clone's URL, and a census of what a daemon
-//! left behind (processes and mounts under its data directory).
+//! A real `thinclone serve` for the integration tests, driven through the real CLI and the
+//! typed client: start it on a data directory, learn its URL from its stderr, run
+//! `thinclone image|clone … --json` against it (decoded into the `api` types), kill it with
+//! SIGKILL and start it again on the same data directory. Also the shared pgbench source
+//! database, `psql` over a clone's URL, and a census of what a server left behind
+//! (processes and mounts under its data directory).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,6 +15,7 @@ use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::pg;
@@ -29,6 +31,8 @@ pub struct Daemon {
     /// The daemon's stderr, across all its starts.
     pub log: PathBuf,
     pub ports: (u16, u16),
+    /// More `thinclone serve` arguments, given at every start.
+    pub extra_args: Vec<String>,
     url: String,
     child: Option<Child>,
     starts: u32,
@@ -38,12 +42,18 @@ impl Daemon {
     /// Starts a daemon on `data_dir` (created if missing), its clones on ports `ports`
     /// (inclusive). Its stderr goes to `<data_dir>.log`.
     pub fn start(data_dir: &Path, ports: (u16, u16)) -> Daemon {
+        Daemon::start_with(data_dir, ports, &[])
+    }
+
+    /// Like [`Daemon::start`], with more `thinclone serve` arguments.
+    pub fn start_with(data_dir: &Path, ports: (u16, u16), extra_args: &[&str]) -> Daemon {
         let mut log = data_dir.as_os_str().to_owned();
         log.push(".log");
         let mut daemon = Daemon {
             data_dir: data_dir.to_owned(),
             log: PathBuf::from(log),
             ports,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             url: String::new(),
             child: None,
             starts: 0,
@@ -64,6 +74,7 @@ impl Daemon {
             .args(["--listen", "127.0.0.1:0"])
             .arg("--ports")
             .arg(format!("{}-{}", self.ports.0, self.ports.1))
+            .args(&self.extra_args)
             .env("THINCLONE_LOG", std::env::var("THINCLONE_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -138,6 +149,11 @@ impl Daemon {
         &self.url
     }
 
+    /// The typed client of this server.
+    pub fn client(&self) -> client::Client {
+        client::Client::new(&self.url)
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -155,27 +171,29 @@ impl Daemon {
         self.cli_command(args).output().expect("running the thinclone CLI")
     }
 
-    /// Runs `thinclone ARGS --url URL --json`: its stdout parsed as JSON (`null` when empty)
-    /// on success, its stderr on a non-zero exit.
-    pub fn cli(&self, args: &[&str]) -> Result<Value, String> {
+    /// Runs `thinclone ARGS --url URL --json`: its stdout decoded as `T` on success, its
+    /// stderr on a non-zero exit.
+    pub fn cli<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T, String> {
         let out = self.cli_output(args);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         if !out.status.success() {
             return Err(if stderr.is_empty() { format!("exited with {} and no message", out.status) } else { stderr });
         }
-        if stdout.trim().is_empty() {
-            return Ok(Value::Null);
-        }
         serde_json::from_str(&stdout)
-            .map_err(|e| format!("`thinclone {}` printed no JSON ({e}): {stdout}", args.join(" ")))
+            .map_err(|e| format!("`thinclone {}` printed no JSON of the expected shape ({e}): {stdout}", args.join(" ")))
     }
 
-    /// Like [`Daemon::cli`], but a failure panics with the command and the daemon's log.
-    pub fn ok(&self, args: &[&str]) -> Value {
+    /// Like [`Daemon::cli`], but a failure panics with the command and the server's log.
+    pub fn ok<T: DeserializeOwned>(&self, args: &[&str]) -> T {
         self.cli(args).unwrap_or_else(|e| {
-            panic!("`thinclone {}` failed: {e}\n--- daemon log ---\n{}", args.join(" "), self.log_tail(30))
+            panic!("`thinclone {}` failed: {e}\n--- server log ---\n{}", args.join(" "), self.log_tail(30))
         })
+    }
+
+    /// Like [`Daemon::ok`], as untyped JSON.
+    pub fn ok_value(&self, args: &[&str]) -> Value {
+        self.ok(args)
     }
 
     /// Kills the daemon with SIGKILL, as a crash would. Its clones' mounts and servers stay.
@@ -368,4 +386,49 @@ fn build_source() -> PathBuf {
         super::layer_du(&server.data) >> 20
     );
     work
+}
+
+/// One psql session kept open over a connection URL, for checking that a connection lives
+/// through something (a restart of the server).
+pub struct PsqlSession {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl PsqlSession {
+    pub fn open(url: &str) -> PsqlSession {
+        let mut child = Command::new(pg::bin_dir().unwrap().join("psql"))
+            .arg(url)
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting psql");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        PsqlSession { child, stdin, lines }
+    }
+
+    /// Runs one statement in the session and returns its output.
+    pub fn query(&mut self, sql: &str) -> String {
+        writeln!(self.stdin, "{sql};\n\\echo __end__").expect("writing to psql");
+        let mut out = Vec::new();
+        loop {
+            match self.lines.next() {
+                Some(Ok(line)) if line == "__end__" => return out.join("\n"),
+                Some(Ok(line)) => out.push(line),
+                _ => panic!("the psql session ended (its connection was lost?) after {out:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for PsqlSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -23,16 +23,14 @@ pub fn bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, bin)| bin)
 }
 
-/// Whether PostgreSQL tests can run here; CI must be able to.
-pub fn available(test: &str) -> bool {
-    let ok = bin_dir().is_some() && unsafe { libc::geteuid() } == 0;
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("{test}: PostgreSQL server binaries (and root) are needed, but missing");
-        }
-        eprintln!("skipped {test}: needs root and PostgreSQL server binaries under /usr/lib/postgresql");
-    }
-    ok
+/// Checks that PostgreSQL tests can run here (root, and server programs), and fails the test
+/// with what is missing if not.
+pub fn require(test: &str) {
+    assert!(unsafe { libc::geteuid() } == 0, "{test} needs root: run the tests with scripts/test");
+    assert!(
+        bin_dir().is_some(),
+        "{test} needs PostgreSQL server programs under /usr/lib/postgresql; scripts/install installs them"
+    );
 }
 
 pub fn postgres_ids() -> (u32, u32) {
@@ -104,8 +102,9 @@ impl Server {
         let _ = fs::remove_file(&self.log);
         fs::write(&self.log, "").unwrap();
         chown_postgres(&self.log);
+        let listen = if self.data.join("thinclone-test-tcp").exists() { "127.0.0.1" } else { "" };
         let opts = format!(
-            "-p {} -k {} -c listen_addresses='' -c shared_buffers=64MB -c max_wal_size=256MB -c fsync=on",
+            "-p {} -k {} -c listen_addresses='{listen}' -c shared_buffers=64MB -c max_wal_size=256MB -c fsync=on",
             self.port,
             self.socket_dir.display()
         );
@@ -120,6 +119,20 @@ impl Server {
         assert!(out.status.success(), "pg_ctl start failed:\n{}", self.log_tail());
         let pid = fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
         self.pid.set(pid.lines().next().and_then(|l| l.trim().parse().ok()));
+    }
+
+    /// Makes the server (from its next start) listen on 127.0.0.1 and take TCP logins with a
+    /// password only: `postgres` gets `password`. The socket stays `trust` for the tests' own
+    /// psql. Call it while the server runs.
+    pub fn require_passwords(&self, password: &str) {
+        self.psql("postgres", &format!("ALTER ROLE postgres PASSWORD '{password}'"));
+        let hba = "local all all trust\n\
+                   host all all 127.0.0.1/32 scram-sha-256\n\
+                   host replication all 127.0.0.1/32 scram-sha-256\n";
+        fs::write(self.data.join("pg_hba.conf"), hba).unwrap();
+        fs::write(self.data.join("thinclone-test-tcp"), "").unwrap();
+        self.stop();
+        self.start();
     }
 
     pub fn stop(&self) {
