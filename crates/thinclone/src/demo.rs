@@ -1,254 +1,363 @@
-//! `thinclone demo`: the main job end to end, on a sample database. It uses a running daemon,
-//! or starts one in a temporary data directory. It makes a pgbench database, takes an image
-//! of it and makes three clones. Then it changes one clone, shows that the others are
-//! untouched, resets the changed one, and prints what it all cost.
+//! `thinclone demo`: the main job end to end, on a sample database. It uses the server at
+//! `--url` if one answers, or starts one on a temporary data directory. It has the engine
+//! make a sample database, takes an image of it and makes three clones. Then it changes one
+//! clone, shows that the others are untouched, resets the changed one, prints what it all
+//! cost, and removes what it made (unless `--keep`).
 
-use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use api::{CreateClone, CreateImage, Name, Timestamp};
+use clap::builder::PossibleValuesParser;
+use client::Client;
+use engine::Engine;
 
-use crate::client::{Client, CloneAction, ImageSource};
-use crate::commands::human_bytes;
+use crate::cli::format::human_bytes;
+use crate::engines;
+
+/// How long a server the demo started may take to listen.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the server may take to stop its clones on SIGTERM.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long to wait for the server to measure a clone's disk use after a change: it
+/// measures in the background, every 30 s by default.
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(40);
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Use the daemon at this URL if one answers there; otherwise start one for the demo.
+    /// Use the thinclone server at this URL if one answers there; otherwise start one for
+    /// the demo.
     #[arg(long, env = "THINCLONE_URL", default_value = "http://127.0.0.1:7420")]
     url: String,
-    /// Size of the sample database, in pgbench scale units (1 unit is about 15 MB).
+    /// The database engine of the sample database.
+    #[arg(long, default_value = engines::DEFAULT, value_parser = PossibleValuesParser::new(engines::ids()))]
+    engine: String,
+    /// The size of the sample database, in the engine's sample units (for the default
+    /// engine, 1 is about 15 MB).
     #[arg(long, default_value_t = 10)]
     scale: u32,
-    /// Leave the clones, the image and a daemon it started running at the end.
+    /// Leave the clones, the image and a server it started running at the end.
     #[arg(long)]
     keep: bool,
-}
-
-/// A daemon the demo started, stopped when dropped unless kept.
-struct OwnDaemon {
-    child: Child,
-    keep: bool,
-}
-
-impl Drop for OwnDaemon {
-    fn drop(&mut self) {
-        if !self.keep {
-            // SAFETY: signalling our own child; SIGTERM stops its clones cleanly.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let _ = self.child.wait();
-        }
-    }
 }
 
 fn step(text: &str) {
     eprintln!("==> {text}");
 }
 
+/// What the demo made, to remove at the end.
+#[derive(Default)]
+struct Made {
+    image: Option<Name>,
+    clones: Vec<Name>,
+}
+
+/// A server the demo started.
+struct OwnServer {
+    process: sys::Process,
+    url: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let engine = engines::by_id(&args.engine).with_context(|| format!("no engine {:?}", args.engine))?;
     let work = std::env::temp_dir().join(format!("thinclone-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    // The database's user must reach the sample source and the run directories.
-    std::fs::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    // The database servers' OS user must reach the sample and the run directories.
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("opening {} to other users", work.display()))?;
 
-    // A daemon: the one at --url if it answers, else our own.
+    // A server: the one at --url if it answers, else our own.
     let existing = Client::new(&args.url);
-    let (client, own) = if existing.images().is_ok() {
-        step(&format!("using the daemon at {}", args.url));
-        (existing, None)
-    } else {
-        step("starting a daemon in a temporary data directory");
-        let (url, child) = start_daemon(&work)?;
-        (Client::new(&url), Some(OwnDaemon { child, keep: args.keep }))
-    };
-
-    // A sample source database.
-    let installation = pg::Installation::newest().context("finding PostgreSQL")?;
-    // SAFETY: geteuid has no preconditions.
-    let user = if unsafe { libc::geteuid() } == 0 { pg::RunAs::user("postgres")? } else { pg::RunAs::current() };
-    step(&format!("making a sample database: PostgreSQL {}, pgbench scale {}", installation.major, args.scale));
-    let t = Instant::now();
-    let source = work.join("source");
-    make_sample(&installation, &user, &source, &work.join("run-source"), args.scale)?;
-    let sample_time = t.elapsed();
-
-    // An image of it.
-    let suffix = format!("{:x}", std::process::id());
-    let image_name = format!("demo-{suffix}");
-    step(&format!("taking image {image_name}"));
-    let t = Instant::now();
-    client.create_image(&image_name, &ImageSource::Dir(source.display().to_string()))?;
-    let image = loop {
-        let image = client.image(&image_name)?;
-        match image.status.as_str() {
-            "ready" => break image,
-            "failed" => bail!("the image failed: {}", image.message.unwrap_or_default()),
-            _ => std::thread::sleep(Duration::from_millis(200)),
+    let (client, own) = match existing.health() {
+        Ok(_) => {
+            step(&format!("using the thinclone server at {}", args.url));
+            (existing, None)
+        }
+        Err(_) => {
+            step("starting a thinclone server on a temporary data directory");
+            let own = start_server(&work)?;
+            (Client::new(&own.url), Some(own))
         }
     };
-    let image_time = t.elapsed();
-    let logical = image.logical_bytes.unwrap_or(0);
+    let client =
+        client.with_poll_interval(Duration::from_millis(100)).with_wait_timeout(Some(Duration::from_secs(3600)));
 
-    // Three clones.
-    let mut clones = Vec::new();
-    for letter in ["a", "b", "c"] {
-        let name = format!("demo-{suffix}-{letter}");
-        step(&format!("making clone {name}"));
-        let t = Instant::now();
-        let clone = client.create_clone(&name, &image_name, None)?;
-        clones.push((clone, t.elapsed()));
-    }
-    let url = |i: usize| clones[i].0.url.clone().unwrap_or_default();
-
-    // Change one, check the others.
-    let sum = "SELECT sum(abalance) FROM pgbench_accounts";
-    step(&format!("changing {}: 1000 accounts' balances go up by 100", clones[0].0.name));
-    psql(&installation, &url(0), "UPDATE pgbench_accounts SET abalance = abalance + 100 WHERE aid <= 1000")?;
-    let sums: Vec<String> = (0..3).map(|i| psql(&installation, &url(i), sum)).collect::<anyhow::Result<_>>()?;
-    for (i, s) in sums.iter().enumerate() {
-        eprintln!("    {}: sum(abalance) = {s}", clones[i].0.name);
-    }
-    if sums[1] != "0" || sums[2] != "0" || sums[0] == "0" {
-        bail!("the clones are not isolated: sums {sums:?}");
-    }
-    let changed_layer = client.clone_named(&clones[0].0.name)?.layer_bytes.unwrap_or(0);
-
-    step(&format!("resetting {}", clones[0].0.name));
-    let t = Instant::now();
-    client.clone_action(&clones[0].0.name, CloneAction::Reset)?;
-    let reset_time = t.elapsed();
-    let after = psql(&installation, &url(0), sum)?;
-    if after != "0" {
-        bail!("the reset clone still has its changes: sum {after}");
-    }
-    eprintln!("    {}: sum(abalance) = {after} again", clones[0].0.name);
-
-    // The summary.
-    println!();
-    println!("thinclone demo: a {} database, its image and three clones", human_bytes(logical));
-    println!();
-    println!("  sample database made (initdb + pgbench -i)   {:>8.1} s", sample_time.as_secs_f64());
-    println!("  image taken and prepared                      {:>8.1} s", image_time.as_secs_f64());
-    for (clone, time) in &clones {
-        let fresh = clone.layer_bytes.unwrap_or(0);
-        println!(
-            "  clone {:<24} ready in {:>5.2} s, {} on disk for {} of data",
-            clone.name,
-            time.as_secs_f64(),
-            human_bytes(fresh),
-            human_bytes(logical)
-        );
-    }
-    println!("  after updating 1000 rows, {} held {} on disk", clones[0].0.name, human_bytes(changed_layer));
-    println!("  reset to the image in {:.2} s; the other clones never saw the change", reset_time.as_secs_f64());
-    println!();
-    for (clone, _) in &clones {
-        println!("  psql '{}'", clone.url.clone().unwrap_or_default());
-    }
-    println!();
+    let mut made = Made::default();
+    let result = show(&args, engine, &work, &client, &mut made);
 
     if args.keep {
-        println!("kept: the image, the clones and the daemon. Remove them with `thinclone clone rm` and `thinclone image rm`.");
+        println!("kept: the image, the clones and the server. Remove them with `thinclone clone rm` and `thinclone image rm`.");
         if let Some(own) = &own {
-            println!("the daemon's pid is {}; its data directory is {}", own.child.id(), work.join("daemon").display());
+            println!(
+                "the server listens on {}; its pid is {}, its data directory {}, its log {}",
+                own.url,
+                own.process.pid(),
+                own.data_dir.display(),
+                own.log.display()
+            );
         }
+        result?;
     } else {
-        step("cleaning up");
-        for (clone, _) in &clones {
-            client.remove_clone(&clone.name)?;
-        }
-        client.remove_image(&image_name)?;
-        drop(own);
-        let _ = std::fs::remove_dir_all(&work);
+        let cleaned = clean_up(&client, &made, own, &work);
+        result?;
+        cleaned?;
     }
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// Starts `thinclone serve` on a free port with its data in `work/daemon`.
-fn start_daemon(work: &Path) -> anyhow::Result<(String, Child)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(work.join("daemon"))
-        .args(["--listen", "127.0.0.1:0", "--ports", "7700-7799"])
-        .env("THINCLONE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting thinclone serve")?;
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(url) = line.strip_prefix("thinclone listening on ") {
-                    break url.trim().to_string();
-                }
-                eprintln!("    daemon: {line}");
-            }
-            _ => {
-                let status = child.wait()?;
-                bail!("the daemon exited before listening ({status})");
-            }
-        }
+/// The demo proper: sample, image, clones, change, check, reset, summary.
+fn show(args: &DemoArgs, engine: Arc<dyn Engine>, work: &Path, client: &Client, made: &mut Made) -> anyhow::Result<()> {
+    // A sample source database.
+    let user = if sys::user::running_as_root() {
+        let name = engines::service_user(engine.as_ref())
+            .with_context(|| format!("finding the OS user {} servers run as", engine.name()))?;
+        sys::User::lookup(name).with_context(|| format!("finding the OS user {} servers run as", engine.name()))?
+    } else {
+        sys::User::current()
     };
-    // Keep draining the daemon's log so that it never blocks on a full pipe.
-    let log: PathBuf = work.join("daemon.log");
-    std::thread::spawn(move || {
-        use std::io::Write;
-        let mut file = std::fs::File::create(log).ok();
-        for line in lines.map_while(Result::ok) {
-            if let Some(f) = file.as_mut() {
-                let _ = writeln!(f, "{line}");
-            }
-        }
-    });
-    Ok((url, child))
-}
+    step(&format!("making a sample {} database, scale {}", engine.name(), args.scale));
+    let t = Instant::now();
+    let source = work.join("sample");
+    let run_dir = work.join("sample-run");
+    for dir in [&source, &run_dir] {
+        private_dir(dir, &user)?;
+    }
+    let sample = engine.make_sample(&source, &run_dir, &user, args.scale).context("making the sample database")?;
+    let sample_time = t.elapsed();
+    eprintln!("    {}", sample.description);
 
-/// initdb + pgbench -i, then a clean stop: a stopped data directory to take an image of.
-fn make_sample(
-    installation: &pg::Installation,
-    user: &pg::RunAs,
-    data: &Path,
-    run_dir: &Path,
-    scale: u32,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data)?;
-    std::os::unix::fs::chown(data, Some(user.uid), Some(user.gid))?;
-    std::fs::set_permissions(data, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    pg::Program::new(installation.program("initdb"))
-        .arg("-D")
-        .arg(data)
-        .args(["-A", "trust", "-U", "postgres", "--no-sync"])
-        .user(user)
-        .run()?;
-    let config = pg::ServerConfig {
-        port: pg::free_port()?,
-        listen_addresses: String::new(),
-        run_dir: run_dir.to_owned(),
-        shared_buffers: "128MB".into(),
-        extra: vec![],
+    // An image of it.
+    let suffix = format!("{:x}", std::process::id());
+    let image_name = Name::new(&format!("demo-{suffix}")).context("naming the image")?;
+    step(&format!("taking image {image_name}"));
+    let t = Instant::now();
+    let from_dir = source.to_str().context("the temporary directory's path is not UTF-8")?.to_owned();
+    made.image = Some(image_name.clone());
+    let image = client.create_image_and_wait(&CreateImage {
+        name: image_name.clone(),
+        from_dir: Some(from_dir),
+        from_url: None,
+    })?;
+    let image_time = t.elapsed();
+    let logical = image.logical_bytes;
+
+    // Three clones.
+    let mut clones = Vec::new();
+    for letter in ["a", "b", "c"] {
+        let name = Name::new(&format!("demo-{suffix}-{letter}")).context("naming a clone")?;
+        step(&format!("making clone {name}"));
+        let t = Instant::now();
+        made.clones.push(name.clone());
+        let clone = client.create_clone_and_wait(&CreateClone { name, image: image_name.clone(), driver: None })?;
+        clones.push((clone, t.elapsed()));
+    }
+    let names: Vec<&Name> = clones.iter().map(|(c, _)| &c.name).collect();
+    let query = |i: usize, sql: &str| -> anyhow::Result<String> {
+        let value = engine.query(&clones[i].0.url, sql).with_context(|| format!("querying clone {}", names[i]))?;
+        Ok(value.trim().to_owned())
     };
-    let server = pg::Server::start(installation, data, &config, user, Duration::from_secs(60))?;
-    pg::Program::new(installation.program("pgbench"))
-        .args(["-i", "-q", "-s", &scale.to_string(), "-h"])
-        .arg(run_dir)
-        .args(["-p", &config.port.to_string(), "-U", "postgres", "postgres"])
-        .user(user)
-        .timeout(Duration::from_secs(3600))
-        .run()?;
-    server.stop(Duration::from_secs(120))?;
+
+    // Change one, check the others.
+    step(&format!("changing {}", names[0]));
+    let before_change = Timestamp::now();
+    query(0, &sample.change_sql)?;
+    eprintln!("    checking with: {}", sample.check_sql);
+    let values: Vec<String> = (0..3).map(|i| query(i, &sample.check_sql)).collect::<anyhow::Result<_>>()?;
+    for (name, value) in names.iter().zip(&values) {
+        eprintln!("    {name}: {value}");
+    }
+    if values[0] == sample.unchanged_value || values[1..].iter().any(|v| *v != sample.unchanged_value) {
+        bail!("the clones are not isolated: expected {} in all but the first, got {values:?}", sample.unchanged_value);
+    }
+    step(&format!("waiting for the server's next measurement of the disk {} uses", names[0]));
+    let changed = measured_after(client, names[0], before_change)?;
+
+    step(&format!("resetting {}", names[0]));
+    let t = Instant::now();
+    client.reset_clone_and_wait(names[0])?;
+    let reset_time = t.elapsed();
+    let after = query(0, &sample.check_sql)?;
+    if after != sample.unchanged_value {
+        bail!("the reset clone still has its change: {after}, not {}", sample.unchanged_value);
+    }
+    eprintln!("    {}: {after} again", names[0]);
+
+    // The summary.
+    println!();
+    println!("thinclone demo: {} of {} data, its image and three clones", human_bytes(logical), engine.name());
+    println!();
+    println!("  sample database made                          {:>8.1} s", sample_time.as_secs_f64());
+    println!("  image taken and prepared                      {:>8.1} s", image_time.as_secs_f64());
+    for (clone, time) in &clones {
+        println!(
+            "  clone {:<24} ready in {:>5.2} s, {} on disk for {} of data",
+            clone.name,
+            time.as_secs_f64(),
+            stored_text(clone),
+            human_bytes(logical)
+        );
+    }
+    match changed {
+        Some(bytes) => println!("  after its change, {} held {} on disk", names[0], human_bytes(bytes)),
+        None => println!("  after its change, {} was not measured again in time", names[0]),
+    }
+    println!("  reset to the image in {:.2} s; the other clones never saw the change", reset_time.as_secs_f64());
+    println!();
+    for (clone, _) in &clones {
+        println!("  {}  {}", clone.name, clone.url);
+    }
+    println!();
     Ok(())
 }
 
-/// Runs one SQL statement through a connection URL; returns its unaligned output.
-fn psql(installation: &pg::Installation, url: &str, sql: &str) -> anyhow::Result<String> {
-    let out =
-        pg::Program::new(installation.program("psql")).args(["-X", "-A", "-t", "-q", "-d", url, "-c", sql]).run()?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+/// A clone's disk use as the server last measured it.
+fn stored_text(clone: &api::Clone) -> String {
+    match clone.sizes_at {
+        Some(_) => human_bytes(clone.stored_bytes),
+        None => "(not measured yet)".to_owned(),
+    }
+}
+
+/// The clone's disk use once the server has measured it after `after` (it measures in the
+/// background), or `None` if that takes longer than [`MEASURE_TIMEOUT`].
+fn measured_after(client: &Client, name: &Name, after: Timestamp) -> anyhow::Result<Option<u64>> {
+    let deadline = Instant::now() + MEASURE_TIMEOUT;
+    loop {
+        let clone = client.get_clone(name)?;
+        if clone.sizes_at.is_some_and(|at| at > after) {
+            return Ok(Some(clone.stored_bytes));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Creates `dir` empty, owned by `user` and private to it, as a database server wants it.
+fn private_dir(dir: &Path, user: &sys::User) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
+        .with_context(|| format!("giving {} to {}", dir.display(), user.name))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))
+}
+
+/// Starts `thinclone serve` on a free port with its data under `work`, and learns its URL
+/// from the line it logs once it listens.
+fn start_server(work: &Path) -> anyhow::Result<OwnServer> {
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    let data_dir = work.join("server");
+    let log = work.join("server.log");
+    let level = std::env::var("THINCLONE_LOG").unwrap_or_else(|_| "info".to_owned());
+    let mut process = sys::Program::new(exe)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--listen", "127.0.0.1:0", "--ports", "7700-7799"])
+        .env("THINCLONE_LOG", level)
+        .spawn_logged(&log)
+        .context("starting thinclone serve")?;
+    let started = sys::wait::until(SERVER_START_TIMEOUT, Duration::from_millis(50), || {
+        if let Ok(Some(status)) = process.try_wait() {
+            return Some(Err(status.to_string()));
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        listening_url(&text).map(Ok)
+    });
+    match started {
+        Some(Ok(url)) => Ok(OwnServer { process, url, data_dir, log }),
+        Some(Err(status)) => bail!("the server exited ({status}) before listening; its log:\n{}", tail(&log, 20)),
+        None => {
+            let stopped = process.stop(libc::SIGTERM, SERVER_STOP_TIMEOUT);
+            if let Err(e) = stopped {
+                eprintln!("warning: stopping the server that did not listen: {e}");
+            }
+            bail!("the server did not listen within {} s; its log:\n{}", SERVER_START_TIMEOUT.as_secs(), tail(&log, 20))
+        }
+    }
+}
+
+/// The URL in the server's `thinclone listening on http://…` line.
+fn listening_url(log: &str) -> Option<String> {
+    const MARK: &str = "thinclone listening on ";
+    let line = log.lines().find(|l| l.contains(MARK))?;
+    let rest = &line[line.find(MARK)? + MARK.len()..];
+    rest.split_whitespace().next().map(str::to_owned)
+}
+
+/// The last `n` lines of a log file, for an error message.
+fn tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Removes the clones and the image, stops our own server, and removes the temporary
+/// directory once nothing runs in it. Goes on after a failure, and reports the first.
+fn clean_up(client: &Client, made: &Made, own: Option<OwnServer>, work: &Path) -> anyhow::Result<()> {
+    step("cleaning up");
+    let mut first_error: Option<anyhow::Error> = None;
+    let mut note = |e: anyhow::Error| {
+        eprintln!("warning: {e:#}");
+        first_error.get_or_insert(e);
+    };
+    for name in &made.clones {
+        match client.delete_clone_and_wait(name) {
+            Ok(_) => {}
+            // It was never made.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => note(anyhow::Error::new(e).context(format!("removing clone {name}"))),
+        }
+    }
+    if let Some(name) = &made.image {
+        match client.delete_image_and_wait(name) {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => note(anyhow::Error::new(e).context(format!("removing image {name}"))),
+        }
+    }
+    if let Some(mut own) = own {
+        match own.process.stop(libc::SIGTERM, SERVER_STOP_TIMEOUT) {
+            Ok((_, false)) => {}
+            Ok((_, true)) => note(anyhow::anyhow!(
+                "the server did not stop within {} s of SIGTERM and was killed; its log is {}",
+                SERVER_STOP_TIMEOUT.as_secs(),
+                own.log.display()
+            )),
+            Err(e) => note(anyhow::Error::new(e).context("stopping the server")),
+        }
+    }
+    match first_error {
+        // Something may still run on it: leave the directory for a look.
+        Some(e) => {
+            eprintln!("left {} in place", work.display());
+            Err(e)
+        }
+        None => std::fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listening_line_gives_the_url() {
+        assert_eq!(
+            listening_url("thinclone listening on http://127.0.0.1:39113\n").as_deref(),
+            Some("http://127.0.0.1:39113")
+        );
+        let log = "2026-11-29T13:00:00Z  INFO serve: recovering\n\
+                   2026-11-29T13:00:01Z  INFO thinclone listening on http://127.0.0.1:40000 (pid 7)\n";
+        assert_eq!(listening_url(log).as_deref(), Some("http://127.0.0.1:40000"));
+        assert_eq!(listening_url("starting\n"), None);
+    }
 }

@@ -1,0 +1,466 @@
+//! How the CLI shows the server's objects to people: aligned tables for lists, `key: value`
+//! listings for one object, sizes in binary units. (`--json` prints the objects as they are.)
+
+use std::fmt::Write as _;
+
+use api::{Clone, Image, ImageStatus, Operation, OperationKind, OperationState, Progress, Timestamp};
+
+/// `key: value` pairs of one object, in the order they are shown.
+pub type Fields = Vec<(&'static str, String)>;
+
+pub fn image_fields(image: &Image) -> Fields {
+    let mut fields = vec![("name", image.name.to_string()), ("status", image.status.to_string())];
+    if let Some(message) = &image.message {
+        fields.push(("message", message.clone()));
+    }
+    if let Some(p) = image.progress {
+        fields.push(("progress", progress_text(p)));
+    }
+    fields.extend([
+        ("engine", engine_text(&image.engine, image.engine_version.as_deref())),
+        ("source", image.source.clone()),
+        ("logical size", human_bytes(image.logical_bytes)),
+        ("stored size", human_bytes(image.stored_bytes)),
+        ("files", image.file_count.to_string()),
+        ("clones", image.clone_count.to_string()),
+        ("created_at", image.created_at.to_string()),
+    ]);
+    if let Some(op) = image.operation {
+        fields.push(("operation", op.to_string()));
+    }
+    fields
+}
+
+/// One clone, with its connection URL: the user asked for this clone.
+pub fn clone_fields(clone: &Clone, now: Timestamp) -> Fields {
+    let mut fields = vec![
+        ("name", clone.name.to_string()),
+        ("image", clone.image.to_string()),
+        ("status", clone.status.to_string()),
+    ];
+    if let Some(message) = &clone.message {
+        fields.push(("message", message.clone()));
+    }
+    let stored = match clone.sizes_at {
+        Some(at) => format!("{}, measured {}", human_bytes(clone.stored_bytes), ago(at.age(now))),
+        None => "not measured yet".to_owned(),
+    };
+    fields.extend([
+        ("driver", clone.driver.to_string()),
+        ("engine", engine_text(&clone.engine, Some(&clone.engine_version))),
+        ("port", clone.port.to_string()),
+        ("url", clone.url.clone()),
+        ("stored size", stored),
+        ("logical size", human_bytes(clone.logical_bytes)),
+        ("created_at", clone.created_at.to_string()),
+    ]);
+    if let Some(op) = clone.operation {
+        fields.push(("operation", op.to_string()));
+    }
+    fields
+}
+
+pub fn operation_fields(op: &Operation) -> Fields {
+    let mut fields = vec![
+        ("id", op.id.to_string()),
+        ("kind", op.kind.to_string()),
+        ("target", format!("{} {}", target_kind_text(op.kind), op.target.name)),
+        ("state", op.state.as_str().to_owned()),
+    ];
+    if let Some(message) = &op.message {
+        fields.push(("message", message.clone()));
+    }
+    if let Some(p) = op.progress {
+        fields.push(("progress", progress_text(p)));
+    }
+    if let Some(error) = &op.error {
+        fields.push(("error", error.clone()));
+    }
+    fields.push(("created_at", op.created_at.to_string()));
+    if let Some(at) = op.finished_at {
+        fields.push(("finished_at", at.to_string()));
+    }
+    fields
+}
+
+pub fn images_table(images: &[Image]) -> String {
+    let rows = images
+        .iter()
+        .map(|i| {
+            vec![
+                i.name.to_string(),
+                status_text(i.status.as_str(), i.status == ImageStatus::Creating, i.progress),
+                engine_text(&i.engine, i.engine_version.as_deref()),
+                human_bytes(i.logical_bytes),
+                human_bytes(i.stored_bytes),
+                i.clone_count.to_string(),
+                i.created_at.to_string(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &[
+            ("NAME", Left),
+            ("STATUS", Left),
+            ("ENGINE", Left),
+            ("LOGICAL", Right),
+            ("STORED", Right),
+            ("CLONES", Right),
+            ("CREATED", Left),
+        ],
+        &rows,
+    )
+}
+
+/// The clones, without their connection URLs: those carry passwords, and a listing is not
+/// a request for every clone's password (`clone show NAME` prints one, `--json` all).
+pub fn clones_table(clones: &[Clone]) -> String {
+    let rows = clones
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.to_string(),
+                c.image.to_string(),
+                c.status.to_string(),
+                c.driver.to_string(),
+                format!("{}:{}", c.host, c.port),
+                if c.sizes_at.is_some() { human_bytes(c.stored_bytes) } else { "-".to_owned() },
+                c.created_at.to_string(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &[
+            ("NAME", Left),
+            ("IMAGE", Left),
+            ("STATUS", Left),
+            ("DRIVER", Left),
+            ("ADDRESS", Left),
+            ("STORED", Right),
+            ("CREATED", Left),
+        ],
+        &rows,
+    )
+}
+
+pub fn operations_table(ops: &[Operation]) -> String {
+    let rows = ops
+        .iter()
+        .map(|op| {
+            let detail = op.error.as_deref().or(op.message.as_deref()).unwrap_or("-");
+            vec![
+                op.id.to_string(),
+                op.kind.to_string(),
+                op.target.name.to_string(),
+                status_text(op.state.as_str(), op.state == OperationState::Running, op.progress),
+                op.created_at.to_string(),
+                op.finished_at.map_or_else(|| "-".to_owned(), |t| t.to_string()),
+                detail.to_owned(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &[
+            ("ID", Right),
+            ("KIND", Left),
+            ("TARGET", Left),
+            ("STATE", Left),
+            ("CREATED", Left),
+            ("FINISHED", Left),
+            ("DETAIL", Left),
+        ],
+        &rows,
+    )
+}
+
+/// What an operation is doing, for people: `creating image prod`.
+pub fn describe(op: &Operation) -> String {
+    let verb = match op.kind {
+        OperationKind::ImageCreate | OperationKind::CloneCreate => "creating",
+        OperationKind::ImageDelete | OperationKind::CloneDelete => "removing",
+        OperationKind::CloneStart => "starting",
+        OperationKind::CloneStop => "stopping",
+        OperationKind::CloneReset => "resetting",
+    };
+    format!("{verb} {} {}", target_kind_text(op.kind), op.target.name)
+}
+
+fn target_kind_text(kind: OperationKind) -> &'static str {
+    match kind.target_kind() {
+        api::TargetKind::Image => "image",
+        api::TargetKind::Clone => "clone",
+    }
+}
+
+/// `creating 42%` while something under way reports progress, else the bare status.
+fn status_text(status: &str, under_way: bool, progress: Option<Progress>) -> String {
+    match progress {
+        Some(p) if under_way && p.total_bytes > 0 => {
+            let percent = (p.done_bytes.min(p.total_bytes) as f64 * 100.0 / p.total_bytes as f64).floor();
+            format!("{status} {percent:.0}%")
+        }
+        _ => status.to_owned(),
+    }
+}
+
+fn progress_text(p: Progress) -> String {
+    format!("{} of about {}", human_bytes(p.done_bytes), human_bytes(p.total_bytes))
+}
+
+fn engine_text(engine: &str, version: Option<&str>) -> String {
+    match version {
+        Some(v) if !v.is_empty() => format!("{engine} {v}"),
+        _ => engine.to_owned(),
+    }
+}
+
+/// How long ago, roughly: `just now`, `40 s ago`, `12 min ago`, `3 h ago`, `2 days ago`.
+pub fn ago(seconds: u64) -> String {
+    match seconds {
+        0 => "just now".to_owned(),
+        1..120 => format!("{seconds} s ago"),
+        120..7200 => format!("{} min ago", seconds / 60),
+        7200..172_800 => format!("{} h ago", seconds / 3600),
+        _ => format!("{} days ago", seconds / 86_400),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+use Align::{Left, Right};
+
+/// Columns two spaces apart, each as wide as its widest cell, with no trailing spaces.
+fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = columns.iter().map(|(h, _)| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let headers: Vec<String> = columns.iter().map(|(h, _)| h.to_string()).collect();
+    for row in std::iter::once(&headers).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let (width, align) = (widths[i], columns[i].1);
+            if i > 0 {
+                line.push_str("  ");
+            }
+            match align {
+                Left => write!(line, "{cell:<width$}"),
+                Right => write!(line, "{cell:>width$}"),
+            }
+            .expect("writing to a String");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `key: value` lines with the values aligned.
+pub fn key_values(fields: &[(&str, String)]) -> String {
+    let width = fields.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
+    let mut out = String::new();
+    for (key, value) in fields {
+        writeln!(out, "{:<width$} {value}", format!("{key}:")).expect("writing to a String");
+    }
+    out
+}
+
+/// Sizes in binary units with one decimal: `512 B`, `240.0 KiB`, `600.0 MiB`, `1.5 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    // Round first, so 1023.96 KiB shows as 1.0 MiB rather than 1024.0 KiB.
+    while (value * 10.0).round() / 10.0 >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use api::{CloneStatus, Driver, OperationId};
+    use client::testing::{self, operation};
+
+    use super::*;
+
+    #[test]
+    fn sizes_are_human_readable() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(245_760), "240.0 KiB");
+        assert_eq!(human_bytes(512 * 1024 * 1024), "512.0 MiB");
+        assert_eq!(human_bytes(629_145_600), "600.0 MiB");
+        assert_eq!(human_bytes(1024 * 1024 - 1), "1.0 MiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024 / 2), "1.5 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn ages_are_rough() {
+        assert_eq!(ago(0), "just now");
+        assert_eq!(ago(40), "40 s ago");
+        assert_eq!(ago(125), "2 min ago");
+        assert_eq!(ago(3 * 3600 + 5), "3 h ago");
+        assert_eq!(ago(3 * 86_400), "3 days ago");
+    }
+
+    #[test]
+    fn the_images_table_is_aligned() {
+        let mut staging = testing::creating_image("staging-eu", 1 << 30, 4 << 30);
+        staging.engine_version = None;
+        staging.logical_bytes = 0;
+        staging.clone_count = 0;
+        let table = images_table(&[testing::image("prod"), staging]);
+        assert_eq!(
+            table,
+            "\
+NAME        STATUS        ENGINE    LOGICAL     STORED  CLONES  CREATED
+prod        ready         db 15   600.0 MiB  603.7 MiB       2  2026-11-21T22:26:40Z
+staging-eu  creating 25%  db            0 B  603.7 MiB       0  2026-11-21T22:26:40Z
+"
+        );
+        assert_eq!(images_table(&[]), "NAME  STATUS  ENGINE  LOGICAL  STORED  CLONES  CREATED\n");
+    }
+
+    #[test]
+    fn the_clones_table_is_aligned_and_shows_no_password() {
+        let alice = testing::clone("alice", "prod", 7501);
+        let mut bob = testing::clone("bob-long-name", "prod", 7502);
+        bob.status = CloneStatus::Stopped;
+        bob.driver = Driver::Copy;
+        bob.stored_bytes = 629_145_600;
+        let mut carol = testing::clone("carol", "prod", 7503);
+        carol.status = CloneStatus::Creating;
+        carol.sizes_at = None;
+        let table = clones_table(&[alice, bob, carol]);
+        assert_eq!(
+            table,
+            "\
+NAME           IMAGE  STATUS    DRIVER  ADDRESS            STORED  CREATED
+alice          prod   ready     cowfs   127.0.0.1:7501  240.0 KiB  2026-11-21T22:27:40Z
+bob-long-name  prod   stopped   copy    127.0.0.1:7502  600.0 MiB  2026-11-21T22:27:40Z
+carol          prod   creating  cowfs   127.0.0.1:7503          -  2026-11-21T22:27:40Z
+"
+        );
+        assert!(!table.contains("pw"));
+    }
+
+    #[test]
+    fn one_clone_is_listed_key_by_key_with_its_url_and_the_age_of_its_size() {
+        let clone = testing::clone("alice", "prod", 7501);
+        let now = Timestamp(clone.sizes_at.unwrap().0 + 40);
+        assert_eq!(
+            key_values(&clone_fields(&clone, now)),
+            "\
+name:         alice
+image:        prod
+status:       ready
+driver:       cowfs
+engine:       db 15
+port:         7501
+url:          db://admin:pw@127.0.0.1:7501/main
+stored size:  240.0 KiB, measured 40 s ago
+logical size: 600.0 MiB
+created_at:   2026-11-21T22:27:40Z
+"
+        );
+        let mut resetting = clone;
+        resetting.status = CloneStatus::Resetting;
+        resetting.sizes_at = None;
+        resetting.operation = Some(OperationId(12));
+        resetting.message = Some("restarting its server".into());
+        let text = key_values(&clone_fields(&resetting, now));
+        assert!(text.contains("\nmessage:      restarting its server\n"), "{text}");
+        assert!(text.contains("\nstored size:  not measured yet\n"), "{text}");
+        assert!(text.ends_with("\noperation:    12\n"), "{text}");
+    }
+
+    #[test]
+    fn one_image_is_listed_key_by_key() {
+        let mut failed = testing::image("prod");
+        failed.status = ImageStatus::Failed;
+        failed.message = Some("the source is not a data directory".to_owned());
+        assert_eq!(
+            key_values(&image_fields(&failed)),
+            "\
+name:         prod
+status:       failed
+message:      the source is not a data directory
+engine:       db 15
+source:       /srv/backups/prod
+logical size: 600.0 MiB
+stored size:  603.7 MiB
+files:        1123
+clones:       2
+created_at:   2026-11-21T22:26:40Z
+"
+        );
+        let text = key_values(&image_fields(&testing::creating_image("prod", 1 << 30, 4 << 30)));
+        assert!(text.contains("\nprogress:     1.0 GiB of about 4.0 GiB\n"), "{text}");
+        assert!(text.ends_with("\noperation:    1\n"), "{text}");
+    }
+
+    #[test]
+    fn operations_are_listed_and_shown() {
+        let mut copying = operation(13, OperationKind::ImageCreate, "prod", OperationState::Running);
+        copying.progress = Some(Progress { done_bytes: 1 << 30, total_bytes: 4 << 30 });
+        copying.message = Some("copying files".into());
+        let done = operation(12, OperationKind::CloneReset, "alice", OperationState::Succeeded);
+        let mut failed = operation(9, OperationKind::CloneCreate, "bob", OperationState::Failed);
+        failed.error = Some("no free port in 7500-7999".into());
+        assert_eq!(
+            operations_table(&[copying.clone(), done, failed.clone()]),
+            "\
+ID  KIND          TARGET  STATE        CREATED               FINISHED              DETAIL
+13  image_create  prod    running 25%  2026-11-21T22:26:40Z  -                     copying files
+12  clone_reset   alice   succeeded    2026-11-21T22:26:40Z  2026-11-21T22:26:42Z  -
+ 9  clone_create  bob     failed       2026-11-21T22:26:40Z  2026-11-21T22:26:42Z  no free port in 7500-7999
+"
+        );
+        assert_eq!(
+            key_values(&operation_fields(&copying)),
+            "\
+id:         13
+kind:       image_create
+target:     image prod
+state:      running
+message:    copying files
+progress:   1.0 GiB of about 4.0 GiB
+created_at: 2026-11-21T22:26:40Z
+"
+        );
+        assert_eq!(
+            key_values(&operation_fields(&failed)),
+            "\
+id:          9
+kind:        clone_create
+target:      clone bob
+state:       failed
+error:       no free port in 7500-7999
+created_at:  2026-11-21T22:26:40Z
+finished_at: 2026-11-21T22:26:42Z
+"
+        );
+    }
+
+    #[test]
+    fn operations_are_described_in_words() {
+        let op = |kind, name| operation(1, kind, name, OperationState::Running);
+        assert_eq!(describe(&op(OperationKind::ImageCreate, "prod")), "creating image prod");
+        assert_eq!(describe(&op(OperationKind::ImageDelete, "prod")), "removing image prod");
+        assert_eq!(describe(&op(OperationKind::CloneReset, "alice")), "resetting clone alice");
+        assert_eq!(describe(&op(OperationKind::CloneDelete, "alice")), "removing clone alice");
+    }
+}

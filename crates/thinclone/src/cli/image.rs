@@ -1,0 +1,94 @@
+//! `thinclone image create|list|show|rm`: images, the immutable copies of a database that
+//! clones are made from.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use api::{CreateImage, Name};
+use clap::ArgGroup;
+
+use super::{format, Ctx};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Make an image of a database, from a data directory or a running server, and wait
+    /// until it is ready, showing its progress.
+    #[command(group(ArgGroup::new("source").required(true).args(["from_url", "from_dir"])))]
+    Create {
+        /// The image's name: 1 to 63 characters of a-z, 0-9, '-' and '_'.
+        name: Name,
+        /// Take a consistent copy of the running database server at this connection URL.
+        /// Its password is used, never stored or shown.
+        #[arg(long, value_name = "URL")]
+        from_url: Option<String>,
+        /// Copy this data directory (of a stopped database server, or a base backup) on the
+        /// server's machine.
+        #[arg(long, value_name = "PATH")]
+        from_dir: Option<PathBuf>,
+        /// Return at once with the operation, instead of waiting for the image.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List the images.
+    List,
+    /// Show one image.
+    Show {
+        /// The image's name.
+        name: Name,
+    },
+    /// Remove an image that no clone uses.
+    Rm {
+        /// The image's name.
+        name: Name,
+        /// Return at once with the operation, instead of waiting for the removal.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+pub fn run(cmd: ImageCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
+    match cmd {
+        ImageCommand::Create { name, from_url, from_dir, no_wait } => {
+            let from_dir = from_dir.map(absolute_dir).transpose()?;
+            let request = CreateImage { name, from_dir, from_url };
+            let op = ctx.client.create_image(&request)?;
+            ctx.conclude(op, no_wait, |ctx, _| {
+                let image = ctx.client.get_image(&request.name)?;
+                ctx.show(&image, format::image_fields)
+            })
+        }
+        ImageCommand::List => {
+            let images = ctx.client.list_images()?;
+            ctx.show_list(&images, format::images_table)
+        }
+        ImageCommand::Show { name } => {
+            let image = ctx.client.get_image(&name)?;
+            ctx.show(&image, format::image_fields)
+        }
+        ImageCommand::Rm { name, no_wait } => {
+            let op = ctx.client.delete_image(&name)?;
+            ctx.conclude(op, no_wait, Ctx::print_removal)
+        }
+    }
+}
+
+/// The server resolves a relative path against its own working directory, not the user's,
+/// so send an absolute one.
+fn absolute_dir(dir: PathBuf) -> anyhow::Result<String> {
+    let dir = std::path::absolute(&dir).with_context(|| format!("resolving {}", dir.display()))?;
+    match dir.to_str() {
+        Some(s) => Ok(s.to_owned()),
+        None => bail!("the path {} is not valid UTF-8, which the API cannot carry", dir.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_source_directory_is_made_absolute() {
+        let dir = absolute_dir(PathBuf::from("data/main")).unwrap();
+        assert_eq!(PathBuf::from(&dir), std::env::current_dir().unwrap().join("data/main"));
+    }
+}
