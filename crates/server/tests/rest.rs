@@ -1,0 +1,156 @@
+//! The REST API's router, driven in-process (`oneshot`) over a real catalog and a real agent
+//! on a temporary directory: every failure answers with the one error body and a 4xx that
+//! says what to fix, the OpenAPI document is what is served and what is committed, and it
+//! names exactly the routes of `api::paths`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+struct Fixture {
+    app: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent::LocalAgent::open(agent::AgentConfig {
+        data_dir: dir.path().to_owned(),
+        os_user: sys::User::current(),
+        listen: vec!["127.0.0.1".parse().unwrap()],
+        remote_clients: false,
+        host: "127.0.0.1".into(),
+        memory: None,
+        mount_program: "/nonexistent".into(),
+        engines: Vec::new(),
+        size_interval: Duration::from_secs(3600),
+    })
+    .unwrap();
+    let server = server::Server::open(
+        server::ServerConfig { data_dir: dir.path().to_owned(), ports: (7000, 7001) },
+        agent as Arc<dyn agent::Agent>,
+        Vec::new(),
+    )
+    .unwrap();
+    Fixture { app: server::app(server), _dir: dir }
+}
+
+async fn call(f: &Fixture, method: &str, path: &str, content_type: Option<&str>, body: &str) -> (StatusCode, String) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(ct) = content_type {
+        request = request.header("content-type", ct);
+    }
+    let response = f.app.clone().oneshot(request.body(Body::from(body.to_owned())).unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+/// Checks that an answer is a 4xx error body with `code` and a message containing `says`.
+fn refused(answer: (StatusCode, String), status: u16, code: &str, says: &str) {
+    let (got, body) = answer;
+    assert_eq!(got.as_u16(), status, "{body}");
+    let error: api::ErrorBody = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not an error body ({e}): {body}"));
+    assert_eq!(serde_json::to_value(error.code).unwrap(), code, "{body}");
+    assert!(error.error.contains(says), "expected {says:?} in {body}");
+}
+
+const JSON: Option<&str> = Some("application/json");
+
+#[tokio::test]
+async fn every_failure_has_one_shape() {
+    let f = fixture();
+    refused(call(&f, "POST", "/v1/clones", JSON, "{\"name\": \"a\"").await, 400, "bad_request", "not valid JSON");
+    refused(call(&f, "POST", "/v1/clones", JSON, "{\"name\": \"a\"}").await, 400, "bad_request", "missing field `image`");
+    refused(
+        call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"form_dir\": \"/x\"}").await,
+        400,
+        "bad_request",
+        "unknown field `form_dir`",
+    );
+    refused(call(&f, "POST", "/v1/clones", Some("text/plain"), "{}").await, 415, "unsupported_media_type", "content-type: application/json");
+    refused(call(&f, "POST", "/v1/clones", None, "{}").await, 415, "unsupported_media_type", "must be JSON");
+    refused(
+        call(&f, "POST", "/v1/clones", JSON, "{\"name\": \"../x\", \"image\": \"i\"}").await,
+        400,
+        "bad_request",
+        "invalid name",
+    );
+    refused(call(&f, "POST", "/v1/clones", JSON, "{\"name\": 7, \"image\": \"i\"}").await, 400, "bad_request", "name");
+    let huge = format!("{{\"name\": \"a\", \"image\": \"{}\"}}", "x".repeat(100 << 10));
+    refused(call(&f, "POST", "/v1/clones", JSON, &huge).await, 413, "payload_too_large", "larger than");
+    refused(call(&f, "GET", "/v1/clones/Bad%2Fname", None, "").await, 400, "bad_request", "invalid name");
+    refused(call(&f, "GET", "/v1/clones/nosuch", None, "").await, 404, "not_found", "no clone named nosuch");
+    refused(call(&f, "GET", "/v1/images/nosuch", None, "").await, 404, "not_found", "no image named nosuch");
+    refused(call(&f, "DELETE", "/v1/images/nosuch", None, "").await, 404, "not_found", "no image named nosuch");
+    refused(call(&f, "POST", "/v1/clones/nosuch/reset", None, "").await, 404, "not_found", "no clone named nosuch");
+    refused(call(&f, "GET", "/v1/operations/0", None, "").await, 400, "bad_request", "invalid operation id");
+    refused(call(&f, "GET", "/v1/operations/x", None, "").await, 400, "bad_request", "invalid operation id");
+    refused(call(&f, "GET", "/v1/operations/5", None, "").await, 404, "not_found", "no operation named 5");
+    refused(call(&f, "GET", "/v1/nowhere", None, "").await, 404, "not_found", "no such route");
+    refused(call(&f, "PUT", "/v1/clones", JSON, "{}").await, 405, "method_not_allowed", "does not take that method");
+    refused(
+        call(&f, "POST", "/v1/clones", JSON, "{\"name\": \"a\", \"image\": \"nosuch\"}").await,
+        404,
+        "not_found",
+        "no image named nosuch",
+    );
+    refused(
+        call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"from_dir\": \"/x\", \"from_url\": \"postgresql://h/d\"}").await,
+        400,
+        "bad_request",
+        "exactly one of from_dir and from_url",
+    );
+    refused(call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"from_dir\": \"relative\"}").await, 400, "bad_request", "not an absolute path");
+    refused(call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"from_url\": \"%zz\"}").await, 400, "bad_request", "not valid");
+    let (status, body) = call(&f, "GET", "/v1/health", None, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(serde_json::from_str::<api::Health>(&body).unwrap().status, "ok");
+}
+
+#[tokio::test]
+async fn the_served_document_is_the_committed_one_and_names_every_route() {
+    let f = fixture();
+    let (status, served) = call(&f, "GET", "/v1/openapi.json", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    let generated = server::openapi_json();
+    assert_eq!(served.trim_end(), generated.trim_end(), "the served document is not the generated one");
+    let doc: serde_json::Value = serde_json::from_str(&generated).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+
+    let mut documented: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    documented.push(api::paths::OPENAPI.to_owned());
+    documented.sort();
+    let mut declared = vec![
+        api::paths::HEALTH,
+        api::paths::OPENAPI,
+        api::paths::IMAGES,
+        api::paths::IMAGE,
+        api::paths::CLONES,
+        api::paths::CLONE,
+        api::paths::CLONE_START,
+        api::paths::CLONE_STOP,
+        api::paths::CLONE_RESET,
+        api::paths::OPERATIONS,
+        api::paths::OPERATION,
+    ];
+    declared.sort();
+    assert_eq!(documented, declared, "the routes and api::paths disagree");
+
+    let committed_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../doc/openapi.json");
+    let committed = std::fs::read_to_string(committed_path).unwrap_or_default();
+    if committed != generated {
+        if std::env::var_os("THINCLONE_UPDATE_OPENAPI").is_some() {
+            std::fs::write(committed_path, &generated).unwrap();
+        } else {
+            panic!(
+                "doc/openapi.json is stale: regenerate it with \
+                 `THINCLONE_UPDATE_OPENAPI=1 cargo test -p server --test rest` and commit it"
+            );
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! kill -9 of the server in the middle of a reset, a stop and a removal, at ten moments each,
+//! for the cowfs driver (on the test machine's filesystem) and the reflink driver (on a
+//! loop-mounted XFS). After each restart the clone must be ready, stopped or gone exactly as
+//! its record says, and nothing may be orphaned: no half-made copy (`data.new`, `data.old`),
+//! no second server or mount, and nothing at all of a removed clone.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use api::{CloneStatus, Driver, Operation};
+use support::daemon::{mounts_under, pgbench_source, processes_under, psql, Daemon};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Reset,
+    Stop,
+    Delete,
+}
+
+impl Op {
+    fn args(self) -> [&'static str; 3] {
+        match self {
+            Op::Reset => ["clone", "reset", "k"],
+            Op::Stop => ["clone", "stop", "k"],
+            Op::Delete => ["clone", "rm", "k"],
+        }
+    }
+}
+
+/// What the clone is after a restart, checked against what runs and what is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ready { reset: bool },
+    Stopped,
+    Gone,
+}
+
+/// Makes clone `k` ready, with a marker row that a reset removes.
+fn fresh_clone(d: &Daemon) -> api::Clone {
+    let clone: api::Clone = match d.cli::<api::Clone>(&["clone", "show", "k"]) {
+        Ok(c) if c.status == CloneStatus::Ready => c,
+        Ok(c) if c.status == CloneStatus::Stopped => d.ok(&["clone", "start", "k"]),
+        Ok(c) => panic!("clone k is {c:?}"),
+        Err(_) => d.ok(&["clone", "create", "k", "--image", "img"]),
+    };
+    assert_eq!(clone.status, CloneStatus::Ready, "{clone:?}");
+    psql(&clone.url, "CREATE TABLE IF NOT EXISTS marker (v int); INSERT INTO marker VALUES (1)").unwrap();
+    clone
+}
+
+/// Checks the clone against reality: its processes, mounts and files, and SQL over its URL.
+fn check(d: &Daemon, driver: Driver, url: &str) -> Outcome {
+    let clone_dir = d.data_dir.join("clones/k");
+    let run_dir = d.data_dir.join("run/clones/k");
+    let listed: Vec<api::Clone> = d.ok(&["clone", "list"]);
+    let Some(clone) = listed.into_iter().find(|c| c.name.as_str() == "k") else {
+        assert!(!clone_dir.exists(), "clone k is gone, but its directory is left: {:?}", listing(&clone_dir));
+        assert!(!run_dir.exists(), "clone k is gone, but its run directory is left");
+        assert!(processes_under(&clone_dir).is_empty(), "processes of a removed clone: {:?}", processes_under(&clone_dir));
+        assert!(mounts_under(&clone_dir).is_empty(), "mounts of a removed clone: {:?}", mounts_under(&clone_dir));
+        assert!(psql(url, "SELECT 1").is_err(), "a removed clone answers SQL");
+        return Outcome::Gone;
+    };
+    let entries = listing(&clone_dir);
+    for leftover in ["data.new", "data.old"] {
+        assert!(!entries.contains(&leftover.to_owned()), "{leftover} left in {entries:?}");
+    }
+    let postmasters: Vec<_> = processes_under(&clone_dir.join("data"))
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains("postgres") && !cmdline.contains(" mount "))
+        .collect();
+    let mount_procs: Vec<_> =
+        processes_under(&clone_dir.join("layer")).into_iter().filter(|(_, c)| c.contains(" mount ")).collect();
+    let mounts = mounts_under(&clone_dir);
+    match clone.status {
+        CloneStatus::Ready => {
+            assert_eq!(postmasters.len(), 1, "a ready clone has one server: {postmasters:?}");
+            if driver == Driver::Cowfs {
+                assert_eq!(mount_procs.len(), 1, "a ready cowfs clone has one mount process: {mount_procs:?}");
+                assert_eq!(mounts.len(), 1, "a ready cowfs clone has one mount: {mounts:?}");
+            }
+            let marker = psql(&clone.url, "SELECT count(*) FROM marker");
+            Outcome::Ready { reset: marker.is_err() }
+        }
+        CloneStatus::Stopped => {
+            assert!(postmasters.is_empty(), "a stopped clone's server runs: {postmasters:?}");
+            assert!(mount_procs.is_empty() && mounts.is_empty(), "a stopped clone is mounted: {mount_procs:?} {mounts:?}");
+            assert!(psql(url, "SELECT 1").is_err(), "a stopped clone answers SQL");
+            Outcome::Stopped
+        }
+        other => panic!("after a restart, clone k is {other}: {clone:?}\n{}", d.log_tail(40)),
+    }
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir).map_or_else(
+        |_| Vec::new(),
+        |entries| entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+    )
+}
+
+/// Runs `op` once to learn how long it takes here, then ten times with a kill -9 of the
+/// server at moments spread over that time, checking the outcome after each restart.
+fn kill_during(d: &mut Daemon, driver: Driver, op: Op) {
+    fresh_clone(d);
+    let started = Instant::now();
+    d.ok::<serde_json::Value>(&op.args());
+    let took = started.elapsed();
+    let mut outcomes = Vec::new();
+    let delays: Vec<u64> = [0.0, 0.05, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.1, 1.5]
+        .iter()
+        .map(|f| (took.as_millis() as f64 * f) as u64)
+        .collect();
+    for delay_ms in delays {
+        let clone = fresh_clone(d);
+        let mut cli = d.cli_command(&op.args()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        d.kill9();
+        let _ = cli.wait();
+        d.restart();
+        let outcome = check(d, driver, &clone.url);
+        match (op, outcome) {
+            (Op::Reset, Outcome::Ready { .. }) => {}
+            (Op::Stop, Outcome::Ready { reset: false } | Outcome::Stopped) => {}
+            (Op::Delete, Outcome::Ready { reset: false } | Outcome::Gone) => {}
+            (op, outcome) => panic!("kill -9 {delay_ms} ms into {op:?}: the clone ended {outcome:?}"),
+        }
+        outcomes.push((delay_ms, outcome));
+    }
+    eprintln!("{driver} {op:?} takes {} ms; after kill -9 at (ms, outcome): {outcomes:?}", took.as_millis());
+    // The clone works on after all of that, with the image's data.
+    let clone = fresh_clone(d);
+    let branches = psql(&clone.url, "SELECT count(*) FROM pgbench_branches").unwrap();
+    assert_eq!(branches, support::daemon::source_scale().to_string());
+}
+
+fn kill_during_every_operation(root: &Path, driver: Driver, ports: (u16, u16)) {
+    let mut d = Daemon::start(&root.join("data"), ports);
+    let image: api::Image = d.ok(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
+    let image_dir = d.data_dir.join("images/img");
+    let before = support::snapshot(&image_dir);
+    let clone = fresh_clone(&d);
+    assert_eq!(clone.driver, driver, "{clone:?}");
+    for op in [Op::Reset, Op::Stop, Op::Delete] {
+        kill_during(&mut d, driver, op);
+    }
+    assert!(support::diff(&before, &support::snapshot(&image_dir)).is_none(), "the image changed");
+    d.ok::<Operation>(&["clone", "rm", "k"]);
+    d.ok::<Operation>(&["image", "rm", image.name.as_str()]);
+}
+
+#[test]
+fn kill_9_during_reset_stop_and_delete_with_cowfs() {
+    support::require_fuse("kill_9_during_reset_stop_and_delete_with_cowfs");
+    support::pg::require("kill_9_during_reset_stop_and_delete_with_cowfs");
+    let work = tempfile::Builder::new().prefix("thinclone-crash-").tempdir().unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    kill_during_every_operation(work.path(), Driver::Cowfs, (7920, 7939));
+}
+
+#[test]
+fn kill_9_during_reset_stop_and_delete_with_reflink() {
+    support::require_fuse("kill_9_during_reset_stop_and_delete_with_reflink");
+    support::pg::require("kill_9_during_reset_stop_and_delete_with_reflink");
+    let work = tempfile::Builder::new().prefix("thinclone-crash-xfs-").tempdir_in("/var/tmp").unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let xfs = support::LoopFs::new("xfs", work.path(), 4 << 30);
+    kill_during_every_operation(&xfs.mountpoint, Driver::Reflink, (7940, 7959));
+}
