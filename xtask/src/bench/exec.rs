@@ -201,6 +201,13 @@ impl Exec {
         Ok(out)
     }
 
+    /// Runs a short command to its end even after an interrupt: for the cleanup that an
+    /// interrupt leads to (unmounts, detaching loop devices).
+    pub fn run_always(&self, cmd: &Cmd) -> Result<Output> {
+        self.note(&cmd.line());
+        cmd.program().run().with_context(|| format!("running {}", cmd.name()))
+    }
+
     /// Runs a command and returns its stdout, trimmed.
     pub fn stdout(&self, cmd: &Cmd) -> Result<String> {
         let out = self.run(cmd)?;

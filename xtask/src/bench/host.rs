@@ -283,18 +283,18 @@ impl XfsLoop {
             if !is_mount_point(&self.mount_point) {
                 break;
             }
-            if self.exec.run(&Cmd::new("umount").arg(&self.mount_point)).is_ok() {
+            if self.exec.run_always(&Cmd::new("umount").arg(&self.mount_point)).is_ok() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(500));
         }
         if is_mount_point(&self.mount_point) {
             warn(&format!("{} still busy; lazy unmount", self.mount_point.display()));
-            if let Err(e) = self.exec.run(&Cmd::new("umount").arg("-l").arg(&self.mount_point)) {
+            if let Err(e) = self.exec.run_always(&Cmd::new("umount").arg("-l").arg(&self.mount_point)) {
                 warn(&format!("{e:#}"));
             }
         }
-        if let Err(e) = self.exec.run(&Cmd::new("losetup").args(["-d", &self.device])) {
+        if let Err(e) = self.exec.run_always(&Cmd::new("losetup").args(["-d", &self.device])) {
             warn(&format!("detaching {}: {e:#}", self.device));
         }
         let _ = fs::remove_file(&self.file); // sparse and of no further use; best effort

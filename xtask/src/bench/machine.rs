@@ -111,6 +111,13 @@ impl Facts {
     }
 }
 
+impl Facts {
+    /// The type of the filesystem that holds `path` (`ext4`, `xfs`, …).
+    pub fn fs_type(path: &Path) -> String {
+        mount_of(path).map_or_else(|| "unknown".to_owned(), |m| m.fs_type)
+    }
+}
+
 /// The mount that holds a path.
 struct Mount {
     fs_type: String,

@@ -157,6 +157,8 @@ pub struct Daemon {
     /// Its base URL, from its `thinclone listening on http://…` line.
     pub url: String,
     pub log: PathBuf,
+    exec: Arc<Exec>,
+    bin: PathBuf,
     stopped: bool,
 }
 
@@ -170,7 +172,15 @@ impl Daemon {
             .args(["--listen", "127.0.0.1:0", "--ports", &format!("{}-{}", ports.0, ports.1)])
             .args(extra);
         let process = exec.spawn(&cmd, log)?;
-        let mut daemon = Daemon { process, data_dir: data_dir.to_owned(), url: String::new(), log: log.to_owned(), stopped: false };
+        let mut daemon = Daemon {
+            process,
+            data_dir: data_dir.to_owned(),
+            url: String::new(),
+            log: log.to_owned(),
+            exec: exec.clone(),
+            bin: bin.to_owned(),
+            stopped: false,
+        };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             exec::check_interrupted()?;
@@ -264,5 +274,94 @@ mod tests {
         let log = "2026-11-29T12:00:00Z WARN something\nthinclone listening on http://127.0.0.1:41234\n";
         assert_eq!(super::listening_url(log).as_deref(), Some("http://127.0.0.1:41234"));
         assert_eq!(super::listening_url("nothing yet"), None);
+    }
+}
+
+/// What the benchmarks read of a clone the daemon made.
+#[derive(Debug, Clone)]
+pub struct CloneInfo {
+    /// Its connection URL (database `postgres`), with its password.
+    pub url: String,
+    /// The daemon's `stored_bytes`, when it has measured it.
+    pub stored_bytes: Option<u64>,
+}
+
+/// Where a new image comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageSource<'a> {
+    Dir(&'a Path),
+    Url(&'a str),
+}
+
+// The daemon's API as the benchmarks use it. TEMPORARY: through the old CLI of the binary,
+// until the typed client lands.
+impl Daemon {
+    fn cli(&self) -> Cmd {
+        with_log_level(Cmd::new(&self.bin)).timeout(Duration::from_secs(7 * 86400))
+    }
+
+    /// Makes an image and waits until it is ready.
+    pub fn create_image(&self, name: &str, source: ImageSource) -> Result<()> {
+        let cmd = self.cli().args(["image", "create", name]);
+        let cmd = match source {
+            ImageSource::Dir(d) => cmd.arg("--from-dir").arg(d),
+            ImageSource::Url(u) => cmd.args(["--from-url", u]),
+        };
+        let out = self.exec.stdout(&cmd.args(["--url", &self.url, "--json"]))?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        if v["status"] != "ready" {
+            bail!("image {name} is not ready: {out}");
+        }
+        Ok(())
+    }
+
+    pub fn remove_image(&self, name: &str) -> Result<()> {
+        self.exec.run(&self.cli().args(["image", "rm", name, "--url", &self.url])).map(drop)
+    }
+
+    /// Makes a clone and waits until the daemon has started it.
+    pub fn create_clone(&self, name: &str, image: &str, driver: api::Driver) -> Result<CloneInfo> {
+        let out = self.exec.stdout(&self.cli().args(["clone", "create", name, "--image", image, "--driver", driver.as_str(), "--url", &self.url, "--json"]))?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(CloneInfo { url: v["url"].as_str().unwrap_or_default().to_owned(), stored_bytes: v["layer_bytes"].as_u64() })
+    }
+
+    pub fn remove_clone(&self, name: &str) -> Result<()> {
+        self.exec.run(&self.cli().args(["clone", "rm", name, "--url", &self.url])).map(drop)
+    }
+
+    pub fn start_clone(&self, name: &str) -> Result<()> {
+        self.exec.run(&self.cli().args(["clone", "start", name, "--url", &self.url])).map(drop)
+    }
+
+    pub fn stop_clone(&self, name: &str) -> Result<()> {
+        self.exec.run(&self.cli().args(["clone", "stop", name, "--url", &self.url])).map(drop)
+    }
+
+    /// The clone's `stored_bytes` as measured after `since`.
+    pub fn stored_bytes_after(&self, name: &str, _since: api::Timestamp) -> Result<u64> {
+        let out = self.exec.stdout(&self.cli().args(["clone", "show", name, "--url", &self.url, "--json"]))?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v["layer_bytes"].as_u64().context("no layer_bytes")
+    }
+
+    /// The files of image `name`.
+    pub fn image_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join("images").join(name)
+    }
+
+    /// The directory of clone `name`, which holds all of its storage.
+    pub fn clone_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join("clones").join(name)
+    }
+
+    /// A cowfs clone's writable layer.
+    pub fn layer_dir(&self, name: &str) -> PathBuf {
+        self.clone_dir(name).join("layer")
+    }
+
+    /// A copy clone's data directory.
+    pub fn clone_data_dir(&self, name: &str) -> PathBuf {
+        self.clone_dir(name).join("data")
     }
 }

@@ -1,13 +1,495 @@
-//! `cargo xtask bench suite` (being written).
+//! `cargo xtask bench suite`: the benchmark suite. Each item measures thinclone against
+//! baselines run in the same session:
+//!
+//! 1. time to a ready clone, per clone method and scale ([`ready`], methods in [`methods`]);
+//! 2. disk per clone, after creation and after a pgbench run ([`disk`]);
+//! 3. query speed on a cowfs clone against a full copy, A B A B ([`query`]);
+//! 4. image creation against `cp -a` and `pg_basebackup` ([`images`]);
+//! 5. many idle clones: creation times, disk and memory ([`many`]).
+//!
+//! This module holds the options, the estimate, the run's shared state ([`Suite`]) and the
+//! order of the run; [`report`] writes the JSON file and the section of BENCHMARKS.md. A new
+//! clone method is one more [`methods::CloneMethod`]; a new item is one more module with a
+//! `run` and its tables, called from [`main`] and [`report`].
 
-use anyhow::Result;
+mod disk;
+mod images;
+mod many;
+mod methods;
+mod query;
+mod ready;
+mod report;
+mod source;
 
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use super::exec::{self, Cmd};
+use super::host::{self, XfsLoop};
+use super::machine::Facts;
+use super::pg::{self, Conn, HandServer};
+use super::pgbench::Pgbench;
+use super::progress::{self, log, Phases};
+use super::thinclone::Daemon;
+use super::{Common, Run};
+
+/// Options of `cargo xtask bench suite`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Must run as root. The full run takes about 30 minutes on a 2-core machine and needs \
+    about 60 GB free in the workdir; it prints its estimate at the start (--estimate: only that).")]
 pub struct Options {
+    /// pgbench scale factors, about 16 MB each, as "70 700" or 70,700 [default: "70 700",
+    /// about 1 GB and 10 GB; quick: "2 20"].
+    #[arg(long, value_name = "\"S1 S2 …\"")]
+    pub scales: Option<String>,
+    /// Runs per method and scale in item 1 [default: 5; quick: 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeats: Option<u32>,
+    /// A/B pairs in item 3 [default: 3; quick: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pairs: Option<u32>,
+    /// Seconds per measured pgbench run in item 3 [default: 20; quick: 3].
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
+    pub duration: Option<u32>,
+    /// Seconds of pgbench warm-up after each server start in item 3 [default: 5; quick: 1].
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
+    pub warmup: Option<u32>,
+    /// Seconds of pgbench read-write before the disk figure of item 2 [default: 60; quick: 5].
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
+    pub disk_duration: Option<u32>,
+    /// Item 5: grow to N1 clones, measure, then to N2, … [default: "10 50"; quick: "3 6"].
+    #[arg(long, value_name = "\"N1 N2 …\"")]
+    pub clones: Option<String>,
+    /// pgbench clients.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub clients: u32,
+    /// pgbench threads.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: u32,
+    /// Scale of item 3 [default: the smallest of --scales].
+    #[arg(long, value_name = "S")]
+    pub query_scale: Option<u32>,
+    /// Scale of item 2's pgbench run [default: the largest of --scales].
+    #[arg(long, value_name = "S")]
+    pub disk_scale: Option<u32>,
+    /// Scale of item 5 [default: the smallest of --scales].
+    #[arg(long, value_name = "S")]
+    pub many_scale: Option<u32>,
+    /// Run only these items (the images are always made).
+    #[arg(long, value_name = "\"1 2 3 4 5\"", default_value = "1 2 3 4 5")]
+    pub items: String,
+    /// Item 1's clone methods, in the order they interleave [default: all].
+    #[arg(long, value_name = "\"M1 M2 …\"")]
+    pub methods: Option<String>,
+    /// Scratch directory; holds the XFS loop file too.
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/thinclone-suite")]
+    pub workdir: PathBuf,
+    /// First of 202 TCP ports used.
+    #[arg(long, value_name = "N", default_value_t = 56000)]
+    pub port: u16,
     #[command(flatten)]
-    pub common: super::Common,
+    pub common: Common,
 }
 
-pub fn main(_o: Options) -> Result<()> {
-    anyhow::bail!("not yet")
+/// A whole number of at least 1, or a list of them as "1 2" or 1,2.
+fn numbers(text: &str, what: &str) -> Result<Vec<u32>> {
+    let list: Result<Vec<u32>, _> =
+        text.split(|c: char| c.is_whitespace() || c == ',').filter(|s| !s.is_empty()).map(str::parse).collect();
+    match list {
+        Ok(v) if !v.is_empty() && v.iter().all(|&n| n >= 1) => Ok(v),
+        _ => bail!("{what} takes whole numbers >= 1, as \"1 2\" or 1,2 (got {text:?})"),
+    }
+}
+
+/// The options with the quick mode's defaults applied and checked.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub quick: bool,
+    /// Ascending, without repeats.
+    pub scales: Vec<u32>,
+    pub repeats: u32,
+    pub pairs: u32,
+    pub duration: u32,
+    pub warmup: u32,
+    pub disk_duration: u32,
+    /// Ascending, without repeats.
+    pub clone_counts: Vec<u32>,
+    pub clients: u32,
+    pub threads: u32,
+    pub query_scale: u32,
+    pub disk_scale: u32,
+    pub many_scale: u32,
+    pub items: BTreeSet<u32>,
+    /// Item 1's methods, by key.
+    pub methods: Vec<&'static str>,
+    pub port: u16,
+    pub drop_caches: bool,
+}
+
+impl Params {
+    fn of(o: &Options) -> Result<Params> {
+        let q = o.common.quick;
+        let pick = |given: Option<u32>, full, quick| given.unwrap_or(if q { quick } else { full });
+        let sorted = |mut v: Vec<u32>| {
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let scales = sorted(numbers(o.scales.as_deref().unwrap_or(if q { "2 20" } else { "70 700" }), "--scales")?);
+        let clone_counts = sorted(numbers(o.clones.as_deref().unwrap_or(if q { "3 6" } else { "10 50" }), "--clones")?);
+        let items: BTreeSet<u32> = numbers(&o.items, "--items")?.into_iter().collect();
+        if let Some(bad) = items.iter().find(|&&i| i > 5) {
+            bail!("--items takes numbers 1 to 5, got {bad}");
+        }
+        let (small, large) = (scales[0], scales[scales.len() - 1]);
+        let one_of = |given: Option<u32>, default: u32, what: &str| match given {
+            Some(s) if !scales.contains(&s) => bail!("--{what} {s} is not one of --scales {scales:?}"),
+            Some(s) => Ok(s),
+            None => Ok(default),
+        };
+        let all = methods::keys();
+        let methods = match &o.methods {
+            None => all.clone(),
+            Some(text) => {
+                let mut chosen = Vec::new();
+                for m in text.split(|c: char| c.is_whitespace() || c == ',').filter(|s| !s.is_empty()) {
+                    match all.iter().find(|k| **k == m) {
+                        Some(k) => chosen.push(*k),
+                        None => bail!("--methods: unknown method {m:?}; the methods are {}", all.join(" ")),
+                    }
+                }
+                chosen
+            }
+        };
+        if clone_counts[clone_counts.len() - 1] > 90 {
+            bail!("--clones: at most 90 (the clone port range has 100 ports)");
+        }
+        if u32::from(o.port) + 201 > u32::from(u16::MAX) {
+            bail!("--port: the 202 ports from it do not fit below 65536");
+        }
+        Ok(Params {
+            quick: q,
+            repeats: pick(o.repeats, 5, 2),
+            pairs: pick(o.pairs, 3, 1),
+            duration: pick(o.duration, 20, 3),
+            warmup: pick(o.warmup, 5, 1),
+            disk_duration: pick(o.disk_duration, 60, 5),
+            clients: o.clients,
+            threads: o.threads,
+            query_scale: one_of(o.query_scale, small, "query-scale")?,
+            disk_scale: one_of(o.disk_scale, large, "disk-scale")?,
+            many_scale: one_of(o.many_scale, small, "many-scale")?,
+            scales,
+            clone_counts,
+            items,
+            methods,
+            port: o.port,
+            drop_caches: !o.common.no_drop_caches,
+        })
+    }
+
+    pub fn want(&self, item: u32) -> bool {
+        self.items.contains(&item)
+    }
+
+    /// Whether the run needs XFS (the reflink methods of items 1 and 2).
+    fn wants_xfs(&self) -> bool {
+        self.want(1) || self.want(2)
+    }
+
+    pub fn small(&self) -> u32 {
+        self.scales[0]
+    }
+
+    pub fn large(&self) -> u32 {
+        self.scales[self.scales.len() - 1]
+    }
+
+    pub fn clones_max(&self) -> u32 {
+        self.clone_counts[self.clone_counts.len() - 1]
+    }
+
+    /// Ports: the ext4 daemon's clones, the XFS daemon's clones, the source server, one
+    /// hand-started server at a time.
+    fn ports_ext4(&self) -> (u16, u16) {
+        (self.port, self.port + 99)
+    }
+
+    fn ports_xfs(&self) -> (u16, u16) {
+        (self.port + 100, self.port + 199)
+    }
+
+    pub fn source_port(&self) -> u16 {
+        self.port + 200
+    }
+
+    pub fn hand_port(&self) -> u16 {
+        self.port + 201
+    }
+
+    /// Seconds the run should take on the development machine (2 cores, about 1 GB/s of
+    /// disk). The per-operation costs were measured there in quick runs; the copy rate is
+    /// deliberately low (it includes removal and writeback), so the estimate errs long.
+    pub fn estimate_s(&self) -> u64 {
+        let copy = 0.4; // GB/s
+        let init = 0.3; // s per scale unit: pgbench -i (server-side generation), vacuum, keys
+        let cheap = 0.7; // s: a clone that copies no data, made, measured and removed
+        let idle = if self.quick { 2.0 } else { 10.0 };
+        let gb = |s: u32| f64::from(s) * 0.0156;
+        let full = |s: u32| 1.0 + gb(s) / copy;
+        let copying = self.methods.iter().filter(|m| methods::copies_data(m)).count() as f64;
+        let cheap_n = self.methods.len() as f64 - copying;
+        let (r, p, d, w, dd) = (
+            f64::from(self.repeats),
+            f64::from(self.pairs),
+            f64::from(self.duration),
+            f64::from(self.warmup),
+            f64::from(self.disk_duration),
+        );
+        let mut t = 30.0; // build check, mkfs, daemons
+        for &s in &self.scales {
+            t += 3.0 + init * f64::from(s); // initdb, pgbench -i, checkpoint
+            t += 2.0 * full(s); // images: ext4 and XFS daemons
+            if self.want(4) {
+                t += 3.0 * full(s); // cp -a, pg_basebackup, --from-url
+            }
+            if self.want(1) {
+                t += r * (cheap_n * cheap + copying * full(s));
+            }
+        }
+        if self.want(2) {
+            t += 4.0 * (dd + 2.0) + 2.0 * full(self.disk_scale);
+        }
+        if self.want(3) {
+            let drop = if self.drop_caches { 1.0 } else { 0.0 };
+            t += full(self.query_scale) + 2.0 + p * 2.0 * (1.5 + 2.0 * w + 2.0 * d) + drop * p * 2.0 * (3.0 + d);
+        }
+        if self.want(5) {
+            t += 5.0 + f64::from(self.clones_max()) * 0.9 + 2.0 * idle;
+        }
+        t as u64
+    }
+}
+
+/// Settings of hand-started servers (the cp -a and reflink baselines): those the daemon
+/// gives its clones, so that the start does the same work.
+pub const HAND_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c shared_buffers=64MB -c wal_init_zero=off -c wal_recycle=off -c min_wal_size=32MB -c max_wal_size=256MB -c max_wal_senders=0 -c max_replication_slots=0 -c archive_mode=off";
+/// The source clusters: also reachable over TCP (pg_basebackup, image create --from-url).
+pub const SOURCE_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c shared_buffers=64MB -c max_wal_size=1GB -c wal_recycle=off -c maintenance_work_mem=256MB -c max_connections=50";
+/// Item 5's daemon gives its clones' servers this shared_buffers.
+pub const MANY_SHARED_BUFFERS: &str = "32MB";
+/// The size of a pgbench scale unit, for the space and XFS size estimates.
+const MIB_PER_SCALE: u64 = 16;
+
+/// XFS with reflink=1 on a loop device and the daemon whose data directory is on it. The
+/// daemon is declared first, so it is dropped (stopped) before the filesystem is unmounted.
+pub struct Xfs {
+    pub daemon: Daemon,
+    pub fs: XfsLoop,
+}
+
+/// What a suite run shares between its items.
+pub struct Suite<'r> {
+    pub run: &'r Run,
+    pub p: Params,
+    pub pgbench: Pgbench,
+    /// The daemon whose data directory is on the work directory's filesystem.
+    pub ext4: Option<Daemon>,
+    /// The daemon on XFS, while items 1 and 2 need it.
+    pub xfs: Option<Xfs>,
+    /// The running source cluster of the scale being measured.
+    pub source: Option<HandServer>,
+    pub phases: Phases,
+    pub results: report::Recorded,
+}
+
+impl Suite<'_> {
+    pub fn ext4(&self) -> Result<&Daemon> {
+        self.ext4.as_ref().ok_or_else(|| anyhow::anyhow!("the ext4 daemon is not running"))
+    }
+
+    pub fn xfs(&self) -> Result<&Xfs> {
+        self.xfs.as_ref().ok_or_else(|| anyhow::anyhow!("the XFS daemon is not running"))
+    }
+
+    /// The data directory of the source cluster of `scale`.
+    pub fn source_dir(&self, scale: u32) -> PathBuf {
+        self.run.data.join(format!("src-{scale}"))
+    }
+
+    /// The source cluster's URL (for pg_basebackup and `--from-url`).
+    pub fn source_url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.p.source_port())
+    }
+
+    /// The running source cluster, through its socket.
+    pub fn source_conn(&self, db: &str) -> Conn {
+        Conn::Socket { dir: self.run.sock.clone(), port: self.p.source_port(), db: db.to_owned() }
+    }
+
+    /// Waits for the first successful `SELECT 1` on `conn`.
+    ///
+    /// The timed loop runs psql directly, as for every method: the engine's `query` looks
+    /// up the installed versions on every call, which would add milliseconds to each try.
+    pub fn wait_ready(&self, conn: &Conn) -> Result<()> {
+        self.run.pg.wait_select1(&self.run.exec, conn, Duration::from_secs(120))
+    }
+
+    pub fn psql(&self, conn: &Conn, sql: &str) -> Result<String> {
+        self.run.pg.psql(&self.run.exec, conn, sql)
+    }
+}
+
+pub fn main(o: Options) -> Result<()> {
+    let p = Params::of(&o)?;
+    let estimate = p.estimate_s();
+    let scales_text = p.scales.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+    let items_text = p.items.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+    if o.common.estimate {
+        println!("estimated run time: {} for scales {scales_text}, items {items_text}", progress::estimate_text(estimate));
+        return Ok(());
+    }
+    let quick_what = "tiny sizes, few repeats and 3-second runs";
+    if p.quick {
+        progress::quick_banner(quick_what);
+    }
+    let busy = host::listening_ports(p.port, p.port + 201);
+    if !busy.is_empty() {
+        bail!("ports in use in {}-{}: {busy:?}; choose another range with --port", p.port, p.port + 201);
+    }
+    let run = Run::start("suite", &o.workdir, &o.common)?;
+    let xfs_file = run.data.join("xfs.img");
+    let left = host::loop_devices_of(&xfs_file);
+    if !left.is_empty() {
+        bail!("a loop device still uses {} from an earlier run: {left:?}", xfs_file.display());
+    }
+    // Disk: the large scale's source, ext4 image, XFS image and one full copy at a time,
+    // and the XFS loop file's growth in item 2, plus the small scales' images.
+    let size = |s: u32| u64::from(s) * MIB_PER_SCALE << 20;
+    let need = 5 * size(p.large()) + (3 << 30) + p.scales.iter().filter(|&&s| s != p.large()).map(|&s| 3 * size(s)).sum::<u64>();
+    run.need_space(need)?;
+    let sizes = p.scales.iter().map(|&s| format!("{:.2} GB", f64::from(s) * MIB_PER_SCALE as f64 / 1000.0)).collect::<Vec<_>>();
+    log(&format!("scales {scales_text} (about {}), items {items_text}", sizes.join(", ")));
+    log(&format!("ESTIMATED RUN TIME: {}", progress::estimate_text(estimate)));
+    let xfs_version = if p.wants_xfs() {
+        host::need_program(&run.exec, "mkfs.xfs", "xfsprogs")?;
+        run.exec.stdout(&Cmd::new("mkfs.xfs").arg("-V")).ok()
+    } else {
+        None
+    };
+    let facts = Facts::gather(&run.exec, &run.workdir, &run.repo, &run.bin, &run.pg.program("postgres"), None);
+    pg::make_owned_dir(&run.data.join("pgtmp"), &run.pg.user, 0o755)?;
+
+    let mut suite = Suite {
+        pgbench: Pgbench { bin: run.pg.program("pgbench"), clients: p.clients, threads: p.threads },
+        run: &run,
+        p,
+        ext4: None,
+        xfs: None,
+        source: None,
+        phases: Phases::default(),
+        results: report::Recorded::default(),
+    };
+    let outcome = measure(&mut suite, &xfs_file);
+    suite.source = None;
+    suite.xfs = None;
+    suite.ext4 = None;
+    outcome?;
+    suite.phases.end();
+
+    let report = report::Report::new(&suite, &facts, estimate, xfs_version);
+    run.write_json(&report.json)?;
+    let section = report.markdown(&suite, &facts);
+    super::markdown::replace_section(&run.md, "suite", &section)?;
+    // The figures on stdout: the items and claims, without the header and phases.
+    let body = section.split("<details>").next().unwrap_or("");
+    let from = body.find("\n### 1. ").or_else(|| body.find("\n### ")).map_or(0, |i| i + 1);
+    println!("\n{}", body[from..].trim_end());
+    println!("took {} s (estimated {estimate} s)", run.elapsed_s());
+    println!("results: {} (section suite), {}; logs: {}", run.md.display(), run.json.display(), run.logs.display());
+    if suite.p.quick {
+        progress::quick_banner(quick_what);
+    }
+    Ok(())
+}
+
+/// The run, item by item; the daemons, XFS and servers it starts are left in `suite` for
+/// the caller to stop, also when this fails.
+fn measure(suite: &mut Suite, xfs_file: &std::path::Path) -> Result<()> {
+    let run = suite.run;
+    let daemon = Daemon::start(&run.exec, &run.bin, &run.data.join("ext4"), suite.p.ports_ext4(), &run.logs.join("thinclone-ext4.log"), &[])?;
+    log(&format!("thinclone daemon on {}: {} ({})", suite_fs(run), daemon.url, daemon.data_dir.display()));
+    suite.ext4 = Some(daemon);
+
+    if suite.p.wants_xfs() {
+        // Room for every scale's image and item 2's growth; sparse.
+        let unit = MIB_PER_SCALE << 20;
+        let bytes = (3 << 30) + u64::from(suite.p.disk_scale) * unit * 3 / 2
+            + suite.p.scales.iter().map(|&s| u64::from(s) * unit * 13 / 10).sum::<u64>();
+        suite.phases.start(format!("XFS with reflink=1 on a loop device ({} sparse file)", super::markdown::bytes(Some(bytes as f64))));
+        let fs = XfsLoop::make(&run.exec, xfs_file, bytes, &run.data.join("xfs"))?;
+        let daemon = Daemon::start(&run.exec, &run.bin, &fs.mount_point.join("thinclone"), suite.p.ports_xfs(), &run.logs.join("thinclone-xfs.log"), &[])?;
+        log(&format!(
+            "thinclone daemon on XFS: {} ({}, loop direct I/O {})",
+            daemon.url,
+            daemon.data_dir.display(),
+            if fs.direct_io { "on" } else { "off" }
+        ));
+        suite.results.xfs_loop = Some(report::XfsFacts::of(&fs));
+        suite.xfs = Some(Xfs { daemon, fs });
+    }
+
+    for scale in suite.p.scales.clone() {
+        suite.phases.start(format!("scale {scale}: source cluster (initdb, pgbench -i -s {scale})"));
+        source::make(suite, scale)?;
+        suite.phases.start(format!("scale {scale}: images{}", if suite.p.want(4) { " and item 4 (image creation)" } else { "" }));
+        images::run(suite, scale)?;
+        if suite.p.want(1) {
+            suite.phases.start(format!("scale {scale}: item 1 (time to a ready clone, {} runs of {} methods)", suite.p.repeats, suite.p.methods.len()));
+            ready::run(suite, scale)?;
+        }
+        if suite.p.want(2) && scale == suite.p.disk_scale {
+            suite.phases.start(format!("scale {scale}: item 2 (disk per clone after {} s of pgbench read-write)", suite.p.disk_duration));
+            disk::run(suite, scale)?;
+        }
+        if let Some(source) = suite.source.take() {
+            source.stop()?;
+        }
+        sys::tree::remove(&suite.source_dir(scale))?;
+        let image = format!("img-{scale}");
+        if scale != suite.p.query_scale && scale != suite.p.many_scale {
+            // Its images are no longer needed: make room.
+            suite.ext4()?.remove_image(&image)?;
+        }
+        if let Some(xfs) = &suite.xfs {
+            xfs.daemon.remove_image(&image)?;
+        }
+    }
+    if let Some(xfs) = suite.xfs.take() {
+        suite.phases.start("stopping the XFS daemon and unmounting XFS");
+        drop(xfs);
+    }
+    if suite.p.want(3) {
+        suite.phases.start(format!(
+            "item 3 (query speed, scale {}: cowfs clone vs full copy, {} pair(s) of {} s runs)",
+            suite.p.query_scale, suite.p.pairs, suite.p.duration
+        ));
+        query::run(suite)?;
+    }
+    if suite.p.want(5) {
+        let counts = suite.p.clone_counts.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+        suite.phases.start(format!("item 5 (many clones of scale {}: {counts})", suite.p.many_scale));
+        many::run(suite)?;
+    }
+    suite.phases.start("stopping the daemon");
+    suite.ext4 = None;
+    exec::check_interrupted()
+}
+
+/// The work directory's filesystem type, for messages.
+fn suite_fs(run: &Run) -> String {
+    Facts::fs_type(&run.workdir)
 }

@@ -1,0 +1,64 @@
+//! Item 3: query speed on a clone. A = a cowfs clone, B = a copy clone (a plain full copy)
+//! of the same image, with the daemon's settings for both; one server at a time, A B A B.
+//! After each start: a read-write warm-up and run, a select-only warm-up and run. Then the
+//! cold runs: start, drop the page cache, select-only.
+
+use anyhow::Result;
+use api::Driver;
+
+use super::Suite;
+use crate::bench::ab::{self, Side};
+use crate::bench::host;
+use crate::bench::pg::{url_with_db, Conn};
+use crate::bench::pgbench::Mode;
+use crate::bench::progress::log;
+
+/// The drivers compared: A, then B.
+pub const SIDES: (Driver, Driver) = (Driver::Cowfs, Driver::Copy);
+
+pub fn run(s: &mut Suite) -> Result<()> {
+    let scale = s.p.query_scale;
+    let daemon = s.ext4()?;
+    let name = |side: Side| format!("q_{}", side.letter().to_lowercase());
+    let mut conns = Vec::new();
+    for (side, driver) in [(Side::A, SIDES.0), (Side::B, SIDES.1)] {
+        let clone = daemon.create_clone(&name(side), &format!("img-{scale}"), driver)?;
+        conns.push(Conn::Url(url_with_db(&clone.url, "bench")));
+        daemon.stop_clone(&name(side))?;
+    }
+    host::sync_all();
+    let conn = |side: Side| &conns[if side == Side::A { 0 } else { 1 }];
+    let (run, pgbench) = (s.run, &s.pgbench);
+    let mut runs = ab::Runs::default();
+    let mut measure = |runs: &mut ab::Runs, pair: u32, side: Side, mode: Mode, tag: &str| -> Result<()> {
+        let o = pgbench.run(&run.exec, conn(side), mode, s.p.duration, &run.logs.join(format!("pgbench-q{pair}-{}-{tag}.log", side.letter())))?;
+        log(&format!("  pair {pair} {} {}: {} tps, latency {} ms", side.letter(), mode.key(), o.tps.round(), crate::bench::markdown::num(o.latency_ms, 3)));
+        runs.record(mode, pair, side, o);
+        Ok(())
+    };
+    ab::alternate(s.p.pairs, |pair, side| {
+        daemon.start_clone(&name(side))?;
+        let warm = |tag: &str| run.logs.join(format!("pgbench-q{pair}-{}-{tag}-warmup.log", side.letter()));
+        pgbench.run(&run.exec, conn(side), Mode::ReadWrite, s.p.warmup, &warm("rw"))?;
+        measure(&mut runs, pair, side, Mode::ReadWrite, "rw")?;
+        pgbench.run(&run.exec, conn(side), Mode::SelectOnly, s.p.warmup, &warm("ro"))?;
+        measure(&mut runs, pair, side, Mode::SelectOnly, "ro")?;
+        daemon.stop_clone(&name(side))
+    })?;
+    if run.can_drop {
+        ab::alternate(s.p.pairs, |pair, side| {
+            daemon.start_clone(&name(side))?;
+            run.drop_caches()?;
+            measure(&mut runs, pair, side, Mode::SelectOnlyCold, "ro-cold")?;
+            daemon.stop_clone(&name(side))
+        })?;
+    }
+    let layer = host::du_bytes(&[&daemon.layer_dir(&name(Side::A))]);
+    for side in [Side::A, Side::B] {
+        daemon.remove_clone(&name(side))?;
+    }
+    host::sync_all();
+    s.results.query = runs;
+    s.results.query_layer_bytes = Some(layer);
+    Ok(())
+}

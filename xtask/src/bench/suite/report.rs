@@ -1,0 +1,487 @@
+//! What a suite run recorded, and what it writes of it: bench/results/suite.json (every
+//! run, the summaries, the claims, the phases) and the `suite` section of BENCHMARKS.md.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{disk, images, many, methods, query, ready, Params, Suite, HAND_SETTINGS, MANY_SHARED_BUFFERS, SOURCE_SETTINGS};
+use crate::bench::ab;
+use crate::bench::host::XfsLoop;
+use crate::bench::machine::{Facts, Machine, Versions};
+use crate::bench::markdown::{bytes, num, Align, Table};
+use crate::bench::pgbench::Mode;
+use crate::bench::progress::Phase;
+
+// ---------------------------------------------------------------- what the items record
+
+/// A source cluster's sizes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Size {
+    pub scale: u32,
+    pub db_bytes: u64,
+    pub datadir_bytes: u64,
+    pub pgbench_init_s: f64,
+}
+
+/// One run of item 1.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadyRun {
+    pub scale: u32,
+    pub method: &'static str,
+    pub run: u32,
+    pub seconds: f64,
+    pub disk_bytes: u64,
+    /// The daemon's `stored_bytes` of the fresh clone, when it had measured it.
+    pub stored_bytes: Option<u64>,
+}
+
+/// One clone of item 2.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskRun {
+    pub scale: u32,
+    pub method: &'static str,
+    pub created_bytes: u64,
+    pub after_bytes: u64,
+    pub stored_bytes_created: Option<u64>,
+    pub stored_bytes_after: Option<u64>,
+    pub tps: f64,
+    pub latency_ms: Option<f64>,
+}
+
+/// One image creation (or baseline copy) of item 4.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageRun {
+    pub scale: u32,
+    pub method: &'static str,
+    pub seconds: f64,
+    /// The source's data directory.
+    pub bytes: u64,
+}
+
+/// The creation of clone number `i` in item 5.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManyCreation {
+    pub i: u32,
+    pub seconds: f64,
+}
+
+/// Item 5's measurement at a count of clones.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManyAt {
+    pub clones: u32,
+    pub processes: usize,
+    pub rss_kib: u64,
+    pub pss_kib: u64,
+    pub daemon_rss_kib: u64,
+    pub daemon_pss_kib: u64,
+    pub layers_bytes: u64,
+    pub mem_available_kib: u64,
+    pub mem_available_before_kib: u64,
+}
+
+/// The XFS loop device as it was set up.
+#[derive(Debug, Clone, Serialize)]
+pub struct XfsFacts {
+    pub direct_io: String,
+    pub mount_options: String,
+    pub mkfs: &'static str,
+    pub xfsprogs: String,
+}
+
+impl XfsFacts {
+    pub fn of(fs: &XfsLoop) -> XfsFacts {
+        XfsFacts {
+            direct_io: if fs.direct_io { "on" } else { "off" }.to_owned(),
+            mount_options: fs.mount_options.clone(),
+            mkfs: "mkfs.xfs -K -m reflink=1",
+            xfsprogs: String::new(),
+        }
+    }
+}
+
+/// Everything the items recorded, in the order they ran.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub sizes: Vec<Size>,
+    pub ready: Vec<ReadyRun>,
+    pub disk: Vec<DiskRun>,
+    pub query: ab::Runs,
+    pub query_layer_bytes: Option<u64>,
+    pub images: Vec<ImageRun>,
+    pub many: Vec<ManyCreation>,
+    pub many_at: Vec<ManyAt>,
+    pub xfs_loop: Option<XfsFacts>,
+}
+
+// ---------------------------------------------------------------- bench/results/suite.json
+
+#[derive(Serialize)]
+pub struct Json {
+    schema: u32,
+    benchmark: &'static str,
+    quick: bool,
+    judged: bool,
+    note: Option<&'static str>,
+    date: String,
+    elapsed_s: u64,
+    estimated_s: u64,
+    machine: SuiteMachine,
+    versions: Versions,
+    params: JsonParams,
+    commands: Commands,
+    methods: Vec<MethodInfo>,
+    sizes: Vec<Size>,
+    ready: Ready,
+    disk: Vec<disk::Row>,
+    query: Option<Query>,
+    images: Vec<images::ImageRow>,
+    many: Option<Many>,
+    claims: Vec<Claim>,
+    phases: Vec<Phase>,
+}
+
+#[derive(Serialize)]
+struct SuiteMachine {
+    #[serde(flatten)]
+    machine: Machine,
+    xfs_loop: Option<XfsFacts>,
+}
+
+#[derive(Serialize)]
+struct JsonParams {
+    scales: Vec<u32>,
+    repeats: u32,
+    pairs: u32,
+    duration_s: u32,
+    warmup_s: u32,
+    disk_duration_s: u32,
+    clone_counts: Vec<u32>,
+    clients: u32,
+    threads: u32,
+    query_scale: u32,
+    disk_scale: u32,
+    many_scale: u32,
+    items: Vec<u32>,
+    methods: Vec<&'static str>,
+    cold_runs: bool,
+    source_server_settings: &'static str,
+    hand_started_server_settings: &'static str,
+    many_clones_shared_buffers: &'static str,
+}
+
+#[derive(Serialize)]
+struct Commands {
+    pgbench_read_write: String,
+    pgbench_select_only: String,
+}
+
+#[derive(Serialize)]
+struct MethodInfo {
+    method: &'static str,
+    label: &'static str,
+    disk: &'static str,
+}
+
+#[derive(Serialize)]
+struct Ready {
+    runs: Vec<ReadyRun>,
+    summary: Vec<ready::Summary>,
+    flatness: Vec<ready::Flatness>,
+}
+
+#[derive(Serialize)]
+struct Query {
+    /// `read_write`, `select_only`, `select_only_cold`.
+    #[serde(flatten)]
+    modes: BTreeMap<&'static str, ab::Summary>,
+    scale: u32,
+    a_driver: &'static str,
+    b_driver: &'static str,
+    cowfs_layer_after_runs_bytes: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Many {
+    scale: u32,
+    shared_buffers: &'static str,
+    creations: Vec<ManyCreation>,
+    at: Vec<many::Row>,
+}
+
+/// A figure set against what the README, doc/DRIVERS.md or the cowfs benchmark promise.
+#[derive(Debug, Clone, Serialize)]
+pub struct Claim {
+    claim: &'static str,
+    value: Option<f64>,
+    unit: &'static str,
+    op: &'static str,
+    target: f64,
+    /// `None` in quick runs, which are not judged.
+    met: Option<bool>,
+}
+
+/// The JSON document, and what the markdown needs besides it.
+pub struct Report {
+    pub json: Json,
+}
+
+impl Report {
+    pub fn new(s: &Suite, facts: &Facts, estimate: u64, xfsprogs: Option<String>) -> Report {
+        let p = &s.p;
+        let r = &s.results;
+        let all = methods::all();
+        let method_keys: Vec<&'static str> = p.methods.clone();
+        let summary = ready::summaries(&r.ready, &method_keys, &p.scales);
+        let flatness = ready::flatness(&summary, &method_keys);
+        let modes: BTreeMap<&'static str, ab::Summary> =
+            r.query.modes().into_iter().filter_map(|m| Some((m.key(), r.query.summary(m)?))).collect();
+        let many_rows = many::rows(&r.many, &r.many_at);
+        let claims = claims(p, &summary, &flatness, &modes, &many_rows);
+        let pgb = |extra: &str| format!("{}/pgbench -c {} -j {}{extra} -T {} CONN", s.run.pg.bin.display(), p.clients, p.threads, p.duration);
+        let mut xfs_loop = r.xfs_loop.clone();
+        if let Some(x) = &mut xfs_loop {
+            x.xfsprogs = xfsprogs.unwrap_or_default();
+        }
+        let json = Json {
+            schema: 2,
+            benchmark: "suite",
+            quick: p.quick,
+            judged: !p.quick,
+            note: p.quick.then_some("quick smoke-test run: figures are not to be judged"),
+            date: facts.date.clone(),
+            elapsed_s: s.run.elapsed_s(),
+            estimated_s: estimate,
+            machine: SuiteMachine { machine: facts.machine.clone(), xfs_loop },
+            versions: facts.versions.clone(),
+            params: JsonParams {
+                scales: p.scales.clone(),
+                repeats: p.repeats,
+                pairs: p.pairs,
+                duration_s: p.duration,
+                warmup_s: p.warmup,
+                disk_duration_s: p.disk_duration,
+                clone_counts: p.clone_counts.clone(),
+                clients: p.clients,
+                threads: p.threads,
+                query_scale: p.query_scale,
+                disk_scale: p.disk_scale,
+                many_scale: p.many_scale,
+                items: p.items.iter().copied().collect(),
+                methods: method_keys.clone(),
+                cold_runs: s.run.can_drop,
+                source_server_settings: SOURCE_SETTINGS,
+                hand_started_server_settings: HAND_SETTINGS,
+                many_clones_shared_buffers: MANY_SHARED_BUFFERS,
+            },
+            commands: Commands { pgbench_read_write: pgb(""), pgbench_select_only: pgb(" -S") },
+            methods: all
+                .iter()
+                .filter(|m| method_keys.contains(&m.key()))
+                .map(|m| MethodInfo { method: m.key(), label: m.label(), disk: m.disk_what() })
+                .collect(),
+            sizes: r.sizes.clone(),
+            ready: Ready { runs: r.ready.clone(), summary, flatness },
+            disk: disk::rows(&r.disk),
+            query: (!modes.is_empty()).then(|| Query {
+                modes,
+                scale: p.query_scale,
+                a_driver: query::SIDES.0.as_str(),
+                b_driver: query::SIDES.1.as_str(),
+                cowfs_layer_after_runs_bytes: r.query_layer_bytes,
+            }),
+            images: images::rows(&r.images),
+            many: (!r.many.is_empty()).then(|| Many {
+                scale: p.many_scale,
+                shared_buffers: MANY_SHARED_BUFFERS,
+                creations: r.many.clone(),
+                at: many_rows,
+            }),
+            claims,
+            phases: s.phases.done.clone(),
+        };
+        Report { json }
+    }
+
+    /// The section of BENCHMARKS.md, markers included.
+    pub fn markdown(&self, s: &Suite, facts: &Facts) -> String {
+        let p = &s.p;
+        let j = &self.json;
+        let quick_flag = if p.quick { " --quick" } else { "" };
+        let mut out = String::new();
+        let w = &mut out;
+        let _ = writeln!(w, "<!-- suite:begin -->\n## Clones, disk, query speed, images, many clones (suite)\n");
+        let _ = writeln!(
+            w,
+            "_Generated by `cargo xtask bench suite{quick_flag}` on {} (took {} s, estimated {} s); raw figures in `{}`. Do not edit this section by hand._\n",
+            j.date,
+            j.elapsed_s,
+            j.estimated_s,
+            s.run.json_from_md()
+        );
+        if p.quick {
+            let _ = writeln!(w, "> **QUICK MODE (smoke test): tiny sizes, few repeats and 3-second runs; these figures are NOT to be judged.** It only checks that the suite runs.\n");
+        }
+        let xfs = match &j.machine.xfs_loop {
+            Some(x) => format!("a sparse file in the workdir on a loop device (direct I/O {}), `{}`", x.direct_io, x.mkfs),
+            None => "not used (items 1 and 2 not run)".to_owned(),
+        };
+        let sizes = j
+            .sizes
+            .iter()
+            .map(|z| format!("scale {}: database {}, data directory {}", z.scale, bytes(Some(z.db_bytes as f64)), bytes(Some(z.datadir_bytes as f64))))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+        let params = format!(
+            "{} runs per method and scale; {} A/B pair(s) of {} s pgbench runs after {} s warm-ups; {} s pgbench before the disk figure; {} clients, {} threads; clones {}",
+            p.repeats,
+            p.pairs,
+            p.duration,
+            p.warmup,
+            p.disk_duration,
+            p.clients,
+            p.threads,
+            list(&p.clone_counts)
+        );
+        let extra = [
+            ("XFS for reflink".to_owned(), xfs),
+            ("sizes".to_owned(), sizes),
+            ("parameters".to_owned(), params),
+        ];
+        let _ = writeln!(w, "### Machine and parameters\n\n{}", facts.markdown(&extra));
+
+        let summary = &j.ready.summary;
+        if p.want(1) {
+            let _ = writeln!(w, "### 1. Time to a ready clone\n");
+            let _ = writeln!(w, "From the command to the first successful `SELECT 1` on the clone (database `bench`), one clone at a time, methods interleaved run by run; `sync` between runs.");
+            let _ = writeln!(w, "Seconds: median (min–max) of {} runs. \"× cp -a\" = the cp -a + start median / the method's median, at the largest scale. Flatness = the largest scale's median / the smallest's.\n", p.repeats);
+            let _ = writeln!(w, "{}", ready::time_table(summary, &j.ready.flatness, &p.methods, &p.scales).render());
+        }
+        if p.want(1) || p.want(2) {
+            let _ = writeln!(w, "### 2. Disk per clone\n");
+            if p.want(1) {
+                let _ = writeln!(w, "Right after creation (median of the item-1 runs):\n");
+                let _ = writeln!(w, "{}", ready::disk_table(summary, &p.methods, &p.scales).render());
+            }
+            if p.want(2) {
+                let _ = writeln!(w, "After {} s of pgbench read-write ({} clients) on the clone and a `CHECKPOINT`, scale {}:\n", p.disk_duration, p.clients, p.disk_scale);
+                let _ = writeln!(w, "{}", disk::table(&j.disk).render());
+            }
+        }
+        if let Some(q) = &j.query {
+            let _ = writeln!(w, "### 3. Query speed on a clone\n");
+            let _ = writeln!(w, "Scale {}. A = a thinclone cowfs clone, B = a thinclone copy clone (a plain full copy) of the same image; the daemon's server settings for both. One server at a time, A B A B: each start is followed by a {wu} s read-write warm-up, {d} s read-write, a {wu} s select-only warm-up and {d} s select-only. Cold: after all warm pairs, each server is started, the page cache dropped, and {d} s of select-only run.\n", q.scale, wu = p.warmup, d = p.duration);
+            let ordered: Vec<(Mode, &ab::Summary)> = [Mode::ReadWrite, Mode::SelectOnly, Mode::SelectOnlyCold]
+                .into_iter()
+                .filter_map(|m| Some((m, q.modes.get(m.key())?)))
+                .collect();
+            let _ = writeln!(w, "{}", ab::pairs_table(&ordered, q.a_driver, q.b_driver).render());
+            let mut t = Table::new([("mode", Align::Left), ("median A/B", Align::Right), ("median latency A / B (ms)", Align::Right)]);
+            for (m, x) in &ordered {
+                t.row([m.label(), num(x.median_ratio, 3), format!("{} / {}", num(x.median_a_latency_ms, 3), num(x.median_b_latency_ms, 3))]);
+            }
+            let _ = writeln!(w, "{}", t.render());
+        }
+        if p.want(4) {
+            let _ = writeln!(w, "### 4. Image creation\n");
+            let _ = writeln!(w, "Each after a page-cache drop, from the same source (database `bench`): `cp -a` and `image create --from-dir` of the stopped data directory; `pg_basebackup -F p -X stream -c fast -N` and `image create --from-url` of the running server. Throughput = the data directory size / the time; the ratios compare throughputs (above 1: faster than the baseline).\n");
+            let _ = writeln!(w, "{}", images::table(&j.images).render());
+        }
+        if let Some(m) = &j.many {
+            let _ = writeln!(w, "### 5. Many clones\n");
+            let _ = writeln!(w, "cowfs clones of the scale-{} image, made one after another and left running idle, from a daemon started with `--shared-buffers {}`. Creation: command to first `SELECT 1`. Memory per clone: the postmaster, its children and the clone's mount process, from `/proc/PID/smaps_rollup`, measured after the clones sat idle; the daemon's own memory is shown apart. Disk: du of the clones' layer directories.\n", m.scale, m.shared_buffers);
+            let _ = writeln!(w, "{}", many::table(&m.at).render());
+        }
+        let _ = writeln!(w, "### Claims checked\n");
+        let mut t = Table::new([("claim", Align::Left), ("value", Align::Right), ("target", Align::Right), ("met?", Align::Left)]);
+        for c in &j.claims {
+            t.row([
+                c.claim.to_owned(),
+                format!("{} {}", num(c.value, 3), c.unit),
+                format!("{} {} {}", c.op, c.target, c.unit),
+                match c.met {
+                    None => "not judged".to_owned(),
+                    Some(true) => "**yes**".to_owned(),
+                    Some(false) => "**no**".to_owned(),
+                },
+            ]);
+        }
+        let _ = writeln!(w, "{}", t.render());
+        let _ = writeln!(w, "<details><summary>Run time by phase</summary>\n");
+        let mut t = Table::new([("phase", Align::Left), ("seconds", Align::Right)]);
+        for ph in &j.phases {
+            t.row([ph.name.clone(), num(Some(ph.seconds), 0)]);
+        }
+        let _ = writeln!(w, "{}", t.render());
+        let _ = writeln!(w, "</details>\n");
+        let _ = writeln!(w, "### Commands\n\n```sh\n# this run");
+        let _ = writeln!(
+            w,
+            "cargo xtask bench suite{quick_flag} --scales \"{}\" --repeats {} --pairs {} --duration {} --warmup {} --disk-duration {} --clones \"{}\" --items \"{}\" --methods \"{}\"",
+            list(&p.scales),
+            p.repeats,
+            p.pairs,
+            p.duration,
+            p.warmup,
+            p.disk_duration,
+            list(&p.clone_counts),
+            list(&p.items.iter().copied().collect::<Vec<_>>()),
+            p.methods.join(" ")
+        );
+        let _ = writeln!(w, "# source: initdb, then with the server running ({SOURCE_SETTINGS}):");
+        let _ = writeln!(w, "pgbench -i -I dtGvp -s SCALE bench; psql -c checkpoint; pg_ctl stop -m fast");
+        let _ = writeln!(w, "# daemons: on the workdir ({}) and on the XFS loop mount; item 5 adds --shared-buffers {MANY_SHARED_BUFFERS}", j.machine.machine.workdir_fs);
+        let _ = writeln!(w, "thinclone serve --data-dir DIR --listen 127.0.0.1:0 --ports FIRST-LAST");
+        let _ = writeln!(w, "# through the typed client (crates/client), each waiting for its operation to end:");
+        let _ = writeln!(w, "POST /v1/images {{\"name\": \"img-SCALE\", \"from_dir\": SOURCE}}    # item 4 also: {{\"from_url\": \"{}\"}}", s.source_url());
+        let _ = writeln!(w, "POST /v1/clones {{\"name\": NAME, \"image\": \"img-SCALE\", \"driver\": \"cowfs|copy|reflink\"}}");
+        let _ = writeln!(w, "cp -a --reflink=never|always IMAGE_DIR COPY && runuser -u postgres -- pg_ctl -D COPY -W start -o \"-p PORT -k SOCK {HAND_SETTINGS}\"");
+        let _ = writeln!(w, "psql -c 'CREATE DATABASE NAME TEMPLATE bench STRATEGY FILE_COPY'");
+        let _ = writeln!(w, "psql -d CONN -c 'select 1'                                   # repeated every 10 ms until it succeeds");
+        let _ = writeln!(w, "runuser -u postgres -- pg_basebackup -d {} -D DIR -F p -X stream -c fast -N", s.source_url());
+        let _ = writeln!(w, "{}", j.commands.pgbench_read_write);
+        let _ = writeln!(w, "{}", j.commands.pgbench_select_only);
+        let _ = writeln!(w, "```\n\nEvery command run is in `logs/commands.log` of the workdir.\n<!-- suite:end -->");
+        out
+    }
+}
+
+/// The claims a full run judges.
+fn claims(
+    p: &Params,
+    summary: &[ready::Summary],
+    flat: &[ready::Flatness],
+    modes: &BTreeMap<&'static str, ab::Summary>,
+    many: &[many::Row],
+) -> Vec<Claim> {
+    let cow: Vec<&ready::Summary> = summary.iter().filter(|x| x.method == "cowfs").collect();
+    let max = |v: Vec<f64>| v.into_iter().reduce(f64::max);
+    let mut claims = Vec::new();
+    let mut claim = |claim, value, unit, op, target| claims.push(Claim { claim, value, unit, op, target, met: None });
+    if !cow.is_empty() {
+        claim("a cowfs clone is ready in about a second, at every scale (largest median)", max(cow.iter().map(|x| x.seconds.median).collect()), "s", "<=", 2.0);
+    }
+    if let Some(f) = flat.iter().find(|f| f.method == "cowfs") {
+        claim("cowfs clone time does not grow with the data (flatness)", f.flatness, "×", "<=", 1.5);
+    }
+    if !cow.is_empty() {
+        claim("a fresh cowfs clone adds under 1 MiB (largest median)", max(cow.iter().map(|x| x.disk_bytes.median / 1048576.0).collect()), "MiB", "<=", 1.0);
+    }
+    if let Some(q) = modes.get("read_write") {
+        claim("cowfs clone read-write TPS vs full copy (median of pairs)", q.median_ratio, "×", ">=", 0.90);
+    }
+    if let Some(q) = modes.get("select_only") {
+        claim("cowfs clone select-only TPS vs full copy (median of pairs)", q.median_ratio, "×", ">=", 0.95);
+    }
+    if let Some(last) = many.last() {
+        claim("the last of many clones is made about as fast as the first (last/first)", last.last_over_first, "×", "<=", 1.5);
+    }
+    if !p.quick {
+        for c in &mut claims {
+            c.met = c.value.map(|v| if c.op == "<=" { v <= c.target } else { v >= c.target });
+        }
+    }
+    claims
+}
