@@ -6,6 +6,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use api::{CreateClone, CreateImage, Name, Timestamp};
 use clap::builder::PossibleValuesParser;
 use client::Client;
 use engine::Engine;
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::cli::format::human_bytes;
 use crate::engines;
@@ -72,6 +74,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("opening {} to other users", work.display()))?;
 
+    // Ctrl-C ends the demo after the step under way, and it still cleans up; a second one
+    // ends it at once.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&interrupted))
+            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&interrupted)))
+            .context("setting up Ctrl-C")?;
+    }
+
     // A server: the one at --url if it answers, else our own.
     let existing = Client::new(&args.url);
     let (client, own) = match existing.health() {
@@ -89,19 +100,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         client.with_poll_interval(Duration::from_millis(100)).with_wait_timeout(Some(Duration::from_secs(3600)));
 
     let mut made = Made::default();
-    let result = show(&args, engine, &work, &client, &mut made);
+    let result = show(&args, engine, &work, &client, &mut made, &interrupted);
 
     if args.keep {
-        println!("kept: the image, the clones and the server. Remove them with `thinclone clone rm` and `thinclone image rm`.");
-        if let Some(own) = &own {
-            println!(
-                "the server listens on {}; its pid is {}, its data directory {}, its log {}",
-                own.url,
-                own.process.pid(),
-                own.data_dir.display(),
-                own.log.display()
-            );
-        }
+        report_kept(&made, own.as_ref(), client.base_url());
         result?;
     } else {
         let cleaned = clean_up(&client, &made, own, &work);
@@ -112,8 +114,40 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says what `--keep` left and how to remove it.
+fn report_kept(made: &Made, own: Option<&OwnServer>, url: &str) {
+    let clones: Vec<String> = made.clones.iter().map(Name::to_string).collect();
+    let image = made.image.as_ref().map_or_else(|| "none".to_owned(), Name::to_string);
+    println!("kept: image {image}; clones {}", if clones.is_empty() { "none".to_owned() } else { clones.join(", ") });
+    println!("remove them with `thinclone clone rm NAME --url {url}` and `thinclone image rm {image} --url {url}`");
+    if let Some(own) = own {
+        println!(
+            "the demo's server runs on with pid {} (stop it with `kill {}`); its data directory is {}, its log {}",
+            own.process.pid(),
+            own.process.pid(),
+            own.data_dir.display(),
+            own.log.display()
+        );
+    }
+}
+
 /// The demo proper: sample, image, clones, change, check, reset, summary.
-fn show(args: &DemoArgs, engine: Arc<dyn Engine>, work: &Path, client: &Client, made: &mut Made) -> anyhow::Result<()> {
+fn show(
+    args: &DemoArgs,
+    engine: Arc<dyn Engine>,
+    work: &Path,
+    client: &Client,
+    made: &mut Made,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<()> {
+    // Each step begins only if the demo was not interrupted.
+    let begin = |text: &str| -> anyhow::Result<()> {
+        if interrupted.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        step(text);
+        Ok(())
+    };
     // A sample source database.
     let user = if sys::user::running_as_root() {
         let name = engines::service_user(engine.as_ref())
@@ -122,7 +156,7 @@ fn show(args: &DemoArgs, engine: Arc<dyn Engine>, work: &Path, client: &Client, 
     } else {
         sys::User::current()
     };
-    step(&format!("making a sample {} database, scale {}", engine.name(), args.scale));
+    begin(&format!("making a sample {} database, scale {}", engine.name(), args.scale))?;
     let t = Instant::now();
     let source = work.join("sample");
     let run_dir = work.join("sample-run");
@@ -136,7 +170,7 @@ fn show(args: &DemoArgs, engine: Arc<dyn Engine>, work: &Path, client: &Client, 
     // An image of it.
     let suffix = format!("{:x}", std::process::id());
     let image_name = Name::new(&format!("demo-{suffix}")).context("naming the image")?;
-    step(&format!("taking image {image_name}"));
+    begin(&format!("taking image {image_name}"))?;
     let t = Instant::now();
     let from_dir = source.to_str().context("the temporary directory's path is not UTF-8")?.to_owned();
     made.image = Some(image_name.clone());
@@ -152,7 +186,7 @@ fn show(args: &DemoArgs, engine: Arc<dyn Engine>, work: &Path, client: &Client, 
     let mut clones = Vec::new();
     for letter in ["a", "b", "c"] {
         let name = Name::new(&format!("demo-{suffix}-{letter}")).context("naming a clone")?;
-        step(&format!("making clone {name}"));
+        begin(&format!("making clone {name}"))?;
         let t = Instant::now();
         made.clones.push(name.clone());
         let clone = client.create_clone_and_wait(&CreateClone { name, image: image_name.clone(), driver: None })?;
@@ -165,7 +199,7 @@ fn show(args: &DemoArgs, engine: Arc<dyn Engine>, work: &Path, client: &Client, 
     };
 
     // Change one, check the others.
-    step(&format!("changing {}", names[0]));
+    begin(&format!("changing {}", names[0]))?;
     let before_change = Timestamp::now();
     query(0, &sample.change_sql)?;
     eprintln!("    checking with: {}", sample.check_sql);
@@ -176,10 +210,10 @@ fn show(args: &DemoArgs, engine: Arc<dyn Engine>, work: &Path, client: &Client, 
     if values[0] == sample.unchanged_value || values[1..].iter().any(|v| *v != sample.unchanged_value) {
         bail!("the clones are not isolated: expected {} in all but the first, got {values:?}", sample.unchanged_value);
     }
-    step(&format!("waiting for the server's next measurement of the disk {} uses", names[0]));
-    let changed = measured_after(client, names[0], before_change)?;
+    begin(&format!("waiting for the server's next measurement of the disk {} uses", names[0]))?;
+    let changed = measured_after(client, names[0], before_change, interrupted)?;
 
-    step(&format!("resetting {}", names[0]));
+    begin(&format!("resetting {}", names[0]))?;
     let t = Instant::now();
     client.reset_clone_and_wait(names[0])?;
     let reset_time = t.elapsed();
@@ -227,9 +261,17 @@ fn stored_text(clone: &api::Clone) -> String {
 
 /// The clone's disk use once the server has measured it after `after` (it measures in the
 /// background), or `None` if that takes longer than [`MEASURE_TIMEOUT`].
-fn measured_after(client: &Client, name: &Name, after: Timestamp) -> anyhow::Result<Option<u64>> {
+fn measured_after(
+    client: &Client,
+    name: &Name,
+    after: Timestamp,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Option<u64>> {
     let deadline = Instant::now() + MEASURE_TIMEOUT;
     loop {
+        if interrupted.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
         let clone = client.get_clone(name)?;
         if clone.sizes_at.is_some_and(|at| at > after) {
             return Ok(Some(clone.stored_bytes));
@@ -263,6 +305,8 @@ fn start_server(work: &Path) -> anyhow::Result<OwnServer> {
         .arg(&data_dir)
         .args(["--listen", "127.0.0.1:0", "--ports", "7700-7799"])
         .env("THINCLONE_LOG", level)
+        // Ctrl-C is the demo's to handle: the server must outlive it to serve the clean-up.
+        .own_process_group()
         .spawn_logged(&log)
         .context("starting thinclone serve")?;
     let started = sys::wait::until(SERVER_START_TIMEOUT, Duration::from_millis(50), || {
