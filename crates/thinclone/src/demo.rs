@@ -38,7 +38,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = engines::DEFAULT, value_parser = PossibleValuesParser::new(engines::ids()))]
     engine: String,
     /// The size of the sample database, in the engine's sample units (for the default
-    /// engine, 1 is about 15 MB).
+    /// engine, each unit adds about 15 MB).
     #[arg(long, default_value_t = 10)]
     scale: u32,
     /// Leave the clones, the image and a server it started running at the end.
