@@ -170,6 +170,8 @@ impl Daemon {
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--ports", &format!("{}-{}", ports.0, ports.1)])
+            // Clones otherwise run on after the daemon, for the next one to adopt.
+            .arg("--stop-clones-at-exit")
             .args(extra);
         let process = exec.spawn(&cmd, log)?;
         let mut daemon = Daemon {
@@ -293,56 +295,94 @@ pub enum ImageSource<'a> {
     Url(&'a str),
 }
 
-// The daemon's API as the benchmarks use it. TEMPORARY: through the old CLI of the binary,
-// until the typed client lands.
+/// How often the daemon's operations are polled: as often as the `SELECT 1` loop tries,
+/// so that a timed step carries at most this much slack (the client's default is 200 ms).
+const POLL: Duration = Duration::from_millis(10);
+/// How long to wait for the daemon to measure a clone's disk use again (it does so every
+/// 30 s in the background).
+const SIZE_WAIT: Duration = Duration::from_secs(120);
+
+fn name(text: &str) -> Result<api::Name> {
+    api::Name::new(text).map_err(anyhow::Error::from)
+}
+
+/// The daemon's API as the benchmarks use it, through the typed client; every call that
+/// changes something waits for its operation to end.
 impl Daemon {
-    fn cli(&self) -> Cmd {
-        with_log_level(Cmd::new(&self.bin)).timeout(Duration::from_secs(7 * 86400))
+    /// The client of this daemon; a request may take as long as the operation it starts.
+    pub fn client(&self) -> client::Client {
+        client::Client::new(&self.url).with_poll_interval(POLL)
     }
 
     /// Makes an image and waits until it is ready.
-    pub fn create_image(&self, name: &str, source: ImageSource) -> Result<()> {
-        let cmd = self.cli().args(["image", "create", name]);
-        let cmd = match source {
-            ImageSource::Dir(d) => cmd.arg("--from-dir").arg(d),
-            ImageSource::Url(u) => cmd.args(["--from-url", u]),
+    pub fn create_image(&self, name_: &str, source: ImageSource) -> Result<()> {
+        let request = api::CreateImage {
+            name: name(name_)?,
+            from_dir: match source {
+                ImageSource::Dir(d) => Some(d.display().to_string()),
+                ImageSource::Url(_) => None,
+            },
+            from_url: match source {
+                ImageSource::Url(u) => Some(u.to_owned()),
+                ImageSource::Dir(_) => None,
+            },
         };
-        let out = self.exec.stdout(&cmd.args(["--url", &self.url, "--json"]))?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        if v["status"] != "ready" {
-            bail!("image {name} is not ready: {out}");
+        self.exec.note(&format!("POST {} {}   # and wait for its operation", api::paths::IMAGES, serde_json::to_string(&request)?));
+        let image = self.client().create_image_and_wait(&request).with_context(|| format!("making image {name_}"))?;
+        if image.status != api::ImageStatus::Ready {
+            bail!("image {name_} is {} after its operation ended: {}", image.status, image.message.unwrap_or_default());
         }
         Ok(())
     }
 
-    pub fn remove_image(&self, name: &str) -> Result<()> {
-        self.exec.run(&self.cli().args(["image", "rm", name, "--url", &self.url])).map(drop)
+    pub fn remove_image(&self, name_: &str) -> Result<()> {
+        self.exec.note(&format!("DELETE {}/{name_}   # and wait", api::paths::IMAGES));
+        self.client().delete_image_and_wait(&name(name_)?).with_context(|| format!("removing image {name_}"))?;
+        Ok(())
     }
 
-    /// Makes a clone and waits until the daemon has started it.
-    pub fn create_clone(&self, name: &str, image: &str, driver: api::Driver) -> Result<CloneInfo> {
-        let out = self.exec.stdout(&self.cli().args(["clone", "create", name, "--image", image, "--driver", driver.as_str(), "--url", &self.url, "--json"]))?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        Ok(CloneInfo { url: v["url"].as_str().unwrap_or_default().to_owned(), stored_bytes: v["layer_bytes"].as_u64() })
+    /// Makes a clone and waits until it accepts connections.
+    pub fn create_clone(&self, name_: &str, image: &str, driver: api::Driver) -> Result<CloneInfo> {
+        let request = api::CreateClone { name: name(name_)?, image: name(image)?, driver: Some(driver) };
+        self.exec.note(&format!("POST {} {}   # and wait", api::paths::CLONES, serde_json::to_string(&request)?));
+        let clone = self.client().create_clone_and_wait(&request).with_context(|| format!("making clone {name_}"))?;
+        Ok(CloneInfo { url: clone.url, stored_bytes: clone.sizes_at.map(|_| clone.stored_bytes) })
     }
 
-    pub fn remove_clone(&self, name: &str) -> Result<()> {
-        self.exec.run(&self.cli().args(["clone", "rm", name, "--url", &self.url])).map(drop)
+    pub fn remove_clone(&self, name_: &str) -> Result<()> {
+        self.exec.note(&format!("DELETE {}/{name_}   # and wait", api::paths::CLONES));
+        self.client().delete_clone_and_wait(&name(name_)?).with_context(|| format!("removing clone {name_}"))?;
+        Ok(())
     }
 
-    pub fn start_clone(&self, name: &str) -> Result<()> {
-        self.exec.run(&self.cli().args(["clone", "start", name, "--url", &self.url])).map(drop)
+    pub fn start_clone(&self, name_: &str) -> Result<()> {
+        self.exec.note(&format!("POST {}/{name_}/start   # and wait", api::paths::CLONES));
+        self.client().start_clone_and_wait(&name(name_)?).with_context(|| format!("starting clone {name_}"))?;
+        Ok(())
     }
 
-    pub fn stop_clone(&self, name: &str) -> Result<()> {
-        self.exec.run(&self.cli().args(["clone", "stop", name, "--url", &self.url])).map(drop)
+    pub fn stop_clone(&self, name_: &str) -> Result<()> {
+        self.exec.note(&format!("POST {}/{name_}/stop   # and wait", api::paths::CLONES));
+        self.client().stop_clone_and_wait(&name(name_)?).with_context(|| format!("stopping clone {name_}"))?;
+        Ok(())
     }
 
-    /// The clone's `stored_bytes` as measured after `since`.
-    pub fn stored_bytes_after(&self, name: &str, _since: api::Timestamp) -> Result<u64> {
-        let out = self.exec.stdout(&self.cli().args(["clone", "show", name, "--url", &self.url, "--json"]))?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        v["layer_bytes"].as_u64().context("no layer_bytes")
+    /// The clone's `stored_bytes` from a measurement the daemon made after `since` (it
+    /// measures every clone every 30 s); waits for it.
+    pub fn stored_bytes_after(&self, name_: &str, since: api::Timestamp) -> Result<u64> {
+        let client = self.client();
+        let name = name(name_)?;
+        let deadline = Instant::now() + SIZE_WAIT;
+        loop {
+            let clone = client.get_clone(&name).with_context(|| format!("reading clone {name_}"))?;
+            if clone.sizes_at.is_some_and(|at| at > since) {
+                return Ok(clone.stored_bytes);
+            }
+            if Instant::now() >= deadline {
+                bail!("the daemon did not measure clone {name_}'s disk use within {} s", SIZE_WAIT.as_secs());
+            }
+            exec::sleep(Duration::from_millis(500))?;
+        }
     }
 
     /// The files of image `name`.

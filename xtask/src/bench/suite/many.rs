@@ -1,4 +1,5 @@
-//! Item 5: many clones. From a daemon whose clones' servers get a small shared_buffers,
+//! Item 5: many clones. From a daemon whose clones' servers get little memory
+//! (`--clone-memory`, for PostgreSQL shared_buffers),
 //! cowfs clones of one image are made one after another and left running idle; at each
 //! count of `--clones` their memory and disk are measured: RSS and PSS of each clone's
 //! postmaster, its children and its mount process (`/proc/PID/smaps_rollup`), the drop of
@@ -10,7 +11,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::report::{ManyAt, ManyCreation};
-use super::{Suite, MANY_SHARED_BUFFERS};
+use super::{Suite, MANY_CLONE_MEMORY};
 use crate::bench::exec;
 use crate::bench::host;
 use crate::bench::markdown::{bytes, num, Align, Table};
@@ -30,7 +31,7 @@ pub fn run(s: &mut Suite) -> Result<()> {
         &data_dir,
         s.p.ports_ext4(),
         &run.logs.join("thinclone-ext4.log"),
-        &["--shared-buffers", MANY_SHARED_BUFFERS],
+        &["--clone-memory", MANY_CLONE_MEMORY],
     )?);
     host::sync_all();
     exec::sleep(Duration::from_secs(2))?;

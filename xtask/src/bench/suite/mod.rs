@@ -279,8 +279,9 @@ impl Params {
 pub const HAND_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c shared_buffers=64MB -c wal_init_zero=off -c wal_recycle=off -c min_wal_size=32MB -c max_wal_size=256MB -c max_wal_senders=0 -c max_replication_slots=0 -c archive_mode=off";
 /// The source clusters: also reachable over TCP (pg_basebackup, image create --from-url).
 pub const SOURCE_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c shared_buffers=64MB -c max_wal_size=1GB -c wal_recycle=off -c maintenance_work_mem=256MB -c max_connections=50";
-/// Item 5's daemon gives its clones' servers this shared_buffers.
-pub const MANY_SHARED_BUFFERS: &str = "32MB";
+/// Item 5's daemon gives its clones' servers this much memory (`--clone-memory`: for
+/// PostgreSQL, shared_buffers).
+pub const MANY_CLONE_MEMORY: &str = "32MB";
 /// The size of a pgbench scale unit, for the space and XFS size estimates.
 const MIB_PER_SCALE: u64 = 16;
 

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{disk, images, many, methods, query, ready, Params, Suite, HAND_SETTINGS, MANY_SHARED_BUFFERS, SOURCE_SETTINGS};
+use super::{disk, images, many, methods, query, ready, Params, Suite, HAND_SETTINGS, MANY_CLONE_MEMORY, SOURCE_SETTINGS};
 use crate::bench::ab;
 use crate::bench::host::XfsLoop;
 use crate::bench::machine::{Facts, Machine, Versions};
@@ -168,7 +168,7 @@ struct JsonParams {
     cold_runs: bool,
     source_server_settings: &'static str,
     hand_started_server_settings: &'static str,
-    many_clones_shared_buffers: &'static str,
+    many_clones_memory: &'static str,
 }
 
 #[derive(Serialize)]
@@ -205,7 +205,7 @@ struct Query {
 #[derive(Serialize)]
 struct Many {
     scale: u32,
-    shared_buffers: &'static str,
+    clone_memory: &'static str,
     creations: Vec<ManyCreation>,
     at: Vec<many::Row>,
 }
@@ -273,7 +273,7 @@ impl Report {
                 cold_runs: s.run.can_drop,
                 source_server_settings: SOURCE_SETTINGS,
                 hand_started_server_settings: HAND_SETTINGS,
-                many_clones_shared_buffers: MANY_SHARED_BUFFERS,
+                many_clones_memory: MANY_CLONE_MEMORY,
             },
             commands: Commands { pgbench_read_write: pgb(""), pgbench_select_only: pgb(" -S") },
             methods: all
@@ -294,7 +294,7 @@ impl Report {
             images: images::rows(&r.images),
             many: (!r.many.is_empty()).then(|| Many {
                 scale: p.many_scale,
-                shared_buffers: MANY_SHARED_BUFFERS,
+                clone_memory: MANY_CLONE_MEMORY,
                 creations: r.many.clone(),
                 at: many_rows,
             }),
@@ -391,7 +391,7 @@ impl Report {
         }
         if let Some(m) = &j.many {
             let _ = writeln!(w, "### 5. Many clones\n");
-            let _ = writeln!(w, "cowfs clones of the scale-{} image, made one after another and left running idle, from a daemon started with `--shared-buffers {}`. Creation: command to first `SELECT 1`. Memory per clone: the postmaster, its children and the clone's mount process, from `/proc/PID/smaps_rollup`, measured after the clones sat idle; the daemon's own memory is shown apart. Disk: du of the clones' layer directories.\n", m.scale, m.shared_buffers);
+            let _ = writeln!(w, "cowfs clones of the scale-{} image, made one after another and left running idle, from a daemon started with `--clone-memory {}`. Creation: command to first `SELECT 1`. Memory per clone: the postmaster, its children and the clone's mount process, from `/proc/PID/smaps_rollup`, measured after the clones sat idle; the daemon's own memory is shown apart. Disk: du of the clones' layer directories.\n", m.scale, m.clone_memory);
             let _ = writeln!(w, "{}", many::table(&m.at).render());
         }
         let _ = writeln!(w, "### Claims checked\n");
@@ -432,8 +432,8 @@ impl Report {
         );
         let _ = writeln!(w, "# source: initdb, then with the server running ({SOURCE_SETTINGS}):");
         let _ = writeln!(w, "pgbench -i -I dtGvp -s SCALE bench; psql -c checkpoint; pg_ctl stop -m fast");
-        let _ = writeln!(w, "# daemons: on the workdir ({}) and on the XFS loop mount; item 5 adds --shared-buffers {MANY_SHARED_BUFFERS}", j.machine.machine.workdir_fs);
-        let _ = writeln!(w, "thinclone serve --data-dir DIR --listen 127.0.0.1:0 --ports FIRST-LAST");
+        let _ = writeln!(w, "# daemons: on the workdir ({}) and on the XFS loop mount; --stop-clones-at-exit; item 5 adds --clone-memory {MANY_CLONE_MEMORY}", j.machine.machine.workdir_fs);
+        let _ = writeln!(w, "thinclone serve --data-dir DIR --listen 127.0.0.1:0 --ports FIRST-LAST --stop-clones-at-exit");
         let _ = writeln!(w, "# through the typed client (crates/client), each waiting for its operation to end:");
         let _ = writeln!(w, "POST /v1/images {{\"name\": \"img-SCALE\", \"from_dir\": SOURCE}}    # item 4 also: {{\"from_url\": \"{}\"}}", s.source_url());
         let _ = writeln!(w, "POST /v1/clones {{\"name\": NAME, \"image\": \"img-SCALE\", \"driver\": \"cowfs|copy|reflink\"}}");
