@@ -173,14 +173,13 @@ pub fn shell_quote(word: &str) -> String {
 /// Runs commands and keeps the command log of a run.
 pub struct Exec {
     log: Mutex<File>,
-    pub log_path: PathBuf,
 }
 
 impl Exec {
     /// Starts an empty command log at `path`.
     pub fn new(path: &Path) -> Result<Exec> {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Exec { log: Mutex::new(file), log_path: path.to_owned() })
+        Ok(Exec { log: Mutex::new(file) })
     }
 
     /// Appends a line to the command log (a failed write of the log is not worth failing

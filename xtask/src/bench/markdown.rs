@@ -60,10 +60,6 @@ impl Table {
         self.rows.push(cells.into_iter().map(Into::into).collect());
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
     /// The table, each line ending in a newline.
     pub fn render(&self) -> String {
         let line = |cells: &mut dyn Iterator<Item = &str>| {

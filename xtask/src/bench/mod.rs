@@ -91,7 +91,6 @@ pub fn repo() -> PathBuf {
 /// under the work directory); the guards of servers, mounts and daemons, made after it, are
 /// dropped before it.
 pub struct Run {
-    pub name: &'static str,
     pub repo: PathBuf,
     pub workdir: PathBuf,
     /// Scratch data, removed at the end.
@@ -116,6 +115,7 @@ pub struct Run {
 impl Run {
     /// Checks the machine, prepares the work directory (locked against a second run) and
     /// finds or builds the thinclone binary.
+    /// `name` names its JSON file (`bench/results/NAME.json`).
     pub fn start(name: &'static str, workdir: &Path, common: &Common) -> Result<Run> {
         if !sys::user::running_as_root() {
             bail!("run as root (FUSE mounts, loop devices, servers as postgres, drop_caches)");
@@ -157,7 +157,6 @@ impl Run {
             ok
         };
         Ok(Run {
-            name,
             repo,
             workdir,
             data,

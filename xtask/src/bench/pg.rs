@@ -144,13 +144,6 @@ impl Conn {
         cmd
     }
 
-    /// The same server, another database.
-    pub fn with_db(&self, db: &str) -> Conn {
-        match self {
-            Conn::Url(url) => Conn::Url(url_with_db(url, db)),
-            Conn::Socket { dir, port, .. } => Conn::Socket { dir: dir.clone(), port: *port, db: db.to_owned() },
-        }
-    }
 }
 
 /// A libpq URL without its password (`scheme://user:pw@host/…` → `scheme://user@host/…`),

@@ -156,9 +156,7 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     /// Its base URL, from its `thinclone listening on http://…` line.
     pub url: String,
-    pub log: PathBuf,
     exec: Arc<Exec>,
-    bin: PathBuf,
     stopped: bool,
 }
 
@@ -178,9 +176,7 @@ impl Daemon {
             process,
             data_dir: data_dir.to_owned(),
             url: String::new(),
-            log: log.to_owned(),
             exec: exec.clone(),
-            bin: bin.to_owned(),
             stopped: false,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -204,10 +200,6 @@ impl Daemon {
 
     pub fn pid(&self) -> i32 {
         self.process.pid() as i32
-    }
-
-    pub fn stop(mut self) {
-        self.shut_down();
     }
 
     /// SIGTERM (it stops its clones' servers and mounts), SIGKILL after 5 minutes, then

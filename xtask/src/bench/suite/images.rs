@@ -29,7 +29,7 @@ pub fn run(s: &mut Suite, scale: u32) -> Result<()> {
     let run = s.run;
     let src = s.source_dir(scale);
     let bytes = host::du_bytes(&[&src]);
-    let mut record = |s: &mut Suite, method, seconds| s.results.images.push(ImageRun { scale, method, seconds, bytes });
+    let record = |s: &mut Suite, method, seconds| s.results.images.push(ImageRun { scale, method, seconds, bytes });
     let image = format!("img-{scale}");
     if s.p.want(4) {
         run.drop_caches()?;

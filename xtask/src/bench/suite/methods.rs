@@ -37,7 +37,6 @@ pub trait CloneMethod {
 
 /// A clone made by a method.
 pub struct Made {
-    pub name: String,
     /// Seconds from the command to the first successful `SELECT 1`.
     pub ready_s: f64,
     /// Database `bench` on the clone.
@@ -153,7 +152,6 @@ impl CloneMethod for Thinclone {
         s.wait_ready(&conn).with_context(|| format!("clone {name}"))?;
         let ready_s = seconds_since(t0);
         Ok(Made {
-            name: name.to_owned(),
             ready_s,
             conn,
             stored_bytes: clone.stored_bytes,
@@ -251,7 +249,6 @@ impl CloneMethod for CopyAndStart {
         s.wait_ready(&conn).with_context(|| format!("the server on {} (log {})", dir.display(), server.log.display()))?;
         let ready_s = seconds_since(t0);
         Ok(Made {
-            name: name.to_owned(),
             ready_s,
             conn,
             stored_bytes: None,
@@ -311,7 +308,6 @@ impl CloneMethod for CreateDatabase {
         let ready_s = seconds_since(t0);
         let oid = s.psql(&s.source_conn("postgres"), &format!("select oid from pg_database where datname = '{name}'"))?;
         Ok(Made {
-            name: name.to_owned(),
             ready_s,
             conn,
             stored_bytes: None,

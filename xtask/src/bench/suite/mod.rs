@@ -200,10 +200,6 @@ impl Params {
         self.want(1) || self.want(2)
     }
 
-    pub fn small(&self) -> u32 {
-        self.scales[0]
-    }
-
     pub fn large(&self) -> u32 {
         self.scales[self.scales.len() - 1]
     }
