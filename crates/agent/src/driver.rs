@@ -192,10 +192,28 @@ impl Cowfs {
         clone_dir.join("mount.pid")
     }
 
-    /// The pid of a live mount process serving this clone's layer, if one runs.
+    /// The pid of a live mount process serving this clone's layer, from its pid file.
     fn live_mount_pid(clone_dir: &Path) -> Option<i32> {
         let pid = sys::procfs::read_pid(&Self::pid_file(clone_dir))?;
         sys::procfs::is_live_process_of(pid, &Self::layer(clone_dir)).then_some(pid)
+    }
+
+    /// Every live mount process of this clone's layer: by its pid file, and by command line
+    /// for one a crash caught before its pid file was written.
+    fn mount_processes(clone_dir: &Path) -> Vec<i32> {
+        let layer = Self::layer(clone_dir);
+        let layer_arg = layer.to_string_lossy();
+        let mut pids: Vec<i32> = sys::procfs::processes_under(&layer)
+            .into_iter()
+            .filter(|&pid| {
+                sys::procfs::cmdline(pid)
+                    .is_some_and(|args| args.windows(2).any(|w| w[0] == "--layer" && w[1] == layer_arg))
+            })
+            .chain(Self::live_mount_pid(clone_dir))
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 }
 
@@ -237,6 +255,11 @@ impl Driver for Cowfs {
             .spawn_logged(&log)
             .map_err(|e| DriverError::from_program("starting the cowfs mount", e))?;
         let mut mount = Mount::Child(process);
+        // Recorded at once: an agent killed from here on leaves a mount the next one finds.
+        io_ctx(
+            "recording the mount's pid",
+            sys::crashsafe::replace_file(&Self::pid_file(clone_dir), mount.pid().to_string().as_bytes()),
+        )?;
         let up = sys::wait::until(Duration::from_secs(30), Duration::from_millis(2), || {
             if cowfs::is_live_mount(&data) {
                 return Some(true);
@@ -259,8 +282,6 @@ impl Driver for Cowfs {
                 });
             }
         }
-        // An agent that is killed leaves the mount running; the next one adopts it by this.
-        io_ctx("recording the mount's pid", sys::crashsafe::replace_file(&Self::pid_file(clone_dir), mount.pid().to_string().as_bytes()))?;
         Ok(Attached { data_dir: data, mount: Some(mount) })
     }
 
@@ -281,7 +302,7 @@ impl Driver for Cowfs {
     }
 
     fn clean_leftovers(&self, clone_dir: &Path) -> Result<()> {
-        if let Some(pid) = Self::live_mount_pid(clone_dir) {
+        for pid in Self::mount_processes(clone_dir) {
             tracing::info!(clone_dir = %clone_dir.display(), pid, "stopping a cowfs mount left running");
             io_ctx("stopping a leftover cowfs mount", Mount::Adopted(pid).stop(Duration::from_secs(30)))?;
         }

@@ -25,6 +25,8 @@ use crate::{
 
 /// How long a clone's server may take to start. Crash recovery after a kill may replay WAL.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How old, at most, the disk use of one clone shown by itself is.
+const FRESH_SIZE_SECONDS: u64 = 2;
 /// How long a clean stop may take before the server is stopped at once.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -244,12 +246,18 @@ impl LocalAgent {
             }
             None => {
                 if let Ok(engine) = self.engine(&record.engine) {
-                    if let Some(instance) = engine.adopt(&self.instance_spec(record)) {
+                    let spec = self.instance_spec(record);
+                    // A server that accepts connections gets a clean stop; whatever is left
+                    // (one a crash caught while it started or stopped) is stopped at once.
+                    if let Some(instance) = engine.adopt(&spec) {
                         tracing::info!(clone = %record.name, pid = instance.pid(), "stopping a server left running");
                         if let Err(e) = instance.stop(STOP_TIMEOUT) {
                             tracing::warn!(clone = %record.name, "stopping a leftover server: {e}");
                         }
                     }
+                    engine
+                        .stop_stray(&spec)
+                        .map_err(|e| AgentError::from_engine("stopping a server left running", e))?;
                 }
                 driver.clean_leftovers(&clone_dir).map_err(AgentError::from_driver)
             }
@@ -388,6 +396,9 @@ impl LocalAgent {
                     // it was never handed out.
                     tracing::warn!(path = %dir.display(), "removing a clone directory without a record");
                     // Only cowfs leaves anything running (a mount).
+                    if let Some(name) = dir.file_name().and_then(|n| Name::new(&n.to_string_lossy()).ok()) {
+                        let _ = sys::tree::remove(&self.clone_run_dir(&name));
+                    }
                     if let Err(e) = self.driver(Driver::Cowfs).clean_leftovers(&dir) {
                         tracing::error!(path = %dir.display(), "stopping what it left running: {e}");
                     }
@@ -408,15 +419,15 @@ impl LocalAgent {
             Some(Intent::Create) if !record.ever_ready => {
                 tracing::warn!(clone = %name, "removing a clone whose creation was interrupted (it was never ready)");
                 self.tear_down(&record)?;
+                sys::tree::remove(&self.clone_run_dir(&name)).map_err(internal("removing the run directory"))?;
                 driver.destroy(&clone_dir).map_err(AgentError::from_driver)?;
-                let _ = sys::tree::remove(&self.clone_run_dir(&name));
                 return Ok(());
             }
             Some(Intent::Delete) => {
                 tracing::info!(clone = %name, "finishing an interrupted removal");
                 self.tear_down(&record)?;
+                sys::tree::remove(&self.clone_run_dir(&name)).map_err(internal("removing the run directory"))?;
                 driver.destroy(&clone_dir).map_err(AgentError::from_driver)?;
-                let _ = sys::tree::remove(&self.clone_run_dir(&name));
                 return Ok(());
             }
             Some(Intent::Stop) => {
@@ -651,14 +662,22 @@ impl Agent for LocalAgent {
         record.intent = Some(Intent::Delete);
         self.save(&record)?;
         self.tear_down(&record)?;
-        self.driver(record.driver).destroy(&clone_dir).map_err(AgentError::from_driver)?;
+        // The record goes last, with the clone's directory: until then a crash leaves
+        // something that recovery finishes removing.
         sys::tree::remove(&self.clone_run_dir(name)).map_err(internal("removing the clone's run directory"))?;
+        self.driver(record.driver).destroy(&clone_dir).map_err(AgentError::from_driver)?;
         lock(&self.sizes).remove(name);
         Ok(())
     }
 
     fn clone_report(&self, name: &Name) -> Option<CloneReport> {
         let record = CloneRecord::load(&self.clone_dir(name)).ok().flatten()?;
+        // One clone is cheap to measure: its figure is at most a few seconds old. (Lists
+        // take the background figures.)
+        let stale = lock(&self.sizes).get(name).is_none_or(|(_, at)| at.age(Timestamp::now()) >= FRESH_SIZE_SECONDS);
+        if stale {
+            self.measure(&record);
+        }
         Some(self.report(&record))
     }
 

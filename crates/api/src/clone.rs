@@ -107,7 +107,7 @@ pub struct Clone {
     /// Why it failed, or which step is under way.
     pub message: Option<String>,
     pub driver: Driver,
-    /// The database engine, e.g. `postgresql`.
+    /// The id of the database engine, as its engine names itself.
     pub engine: String,
     pub engine_version: String,
     /// The address clients connect to.

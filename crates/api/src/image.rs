@@ -40,7 +40,7 @@ pub struct Image {
     pub status: ImageStatus,
     /// Why the image failed, or which step is under way while it is being made.
     pub message: Option<String>,
-    /// The database engine whose files these are, e.g. `postgresql`.
+    /// The id of the database engine whose files these are, as its engine names itself.
     pub engine: String,
     /// The engine's major version, once known.
     pub engine_version: Option<String>,
@@ -73,6 +73,6 @@ pub struct CreateImage {
     /// A connection URL of a running server to take a consistent copy of. Its password is
     /// used, never stored or shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(examples("postgresql://repl:secret@db.example:5432/postgres"))]
+    #[schema(examples("scheme://repl:secret@db.example:5432/main"))]
     pub from_url: Option<String>,
 }

@@ -1168,7 +1168,7 @@ impl CowFs {
     }
 
     /// Preallocates space (`mode` 0 or `FALLOC_FL_KEEP_SIZE`); other modes are refused with
-    /// `EOPNOTSUPP`, on which PostgreSQL and glibc fall back to writing zeros.
+    /// `EOPNOTSUPP`, on which databases and glibc fall back to writing zeros.
     pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: i32) -> Result<()> {
         if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
             return Err(Error::NotSupported);

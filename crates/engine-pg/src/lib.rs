@@ -157,6 +157,10 @@ impl engine::Engine for Postgres {
         Some(Box::new(server::adopt(&installation, spec)?))
     }
 
+    fn stop_stray(&self, spec: &InstanceSpec) -> Result<bool> {
+        server::stop_stray(spec)
+    }
+
     fn url(&self, host: &str, port: u16, user: &str, password: &str) -> String {
         client::url(host, port, user, password)
     }

@@ -219,6 +219,49 @@ pub(crate) fn adopt(installation: &Installation, spec: &InstanceSpec) -> Option<
     })
 }
 
+/// Stops a postmaster on `spec`'s data directory that nobody holds: found by its pid files
+/// or, when a crash came before it wrote them, by its command line. An immediate shutdown
+/// (SIGQUIT) makes it end its children before it exits; SIGKILL follows if it must.
+pub(crate) fn stop_stray(spec: &InstanceSpec) -> Result<bool> {
+    let pid_files = [spec.run_dir.join("postgres.pid"), spec.data_dir.join("postmaster.pid")];
+    let from_files = pid_files
+        .iter()
+        .filter_map(|f| sys::procfs::read_pid(f))
+        .filter(|&pid| sys::procfs::is_live_process_of(pid, &spec.data_dir));
+    let by_command_line = sys::procfs::processes_under(&spec.data_dir).into_iter().filter(|&pid| {
+        sys::procfs::cmdline(pid).is_some_and(|args| {
+            let is_postmaster = args.first().and_then(|p| Path::new(p).file_name()).is_some_and(|n| n == "postgres");
+            let data_dir = spec.data_dir.to_string_lossy();
+            is_postmaster && args.windows(2).any(|w| w[0] == "-D" && w[1] == data_dir)
+        })
+    });
+    let mut pids: Vec<i32> = from_files.chain(by_command_line).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    for &pid in &pids {
+        tracing::info!(pid, data_dir = %spec.data_dir.display(), "stopping a server left running");
+        // Each signal only after checking that the pid still serves this data directory.
+        let signal = |signal: i32| {
+            if sys::procfs::is_live_process_of(pid, &spec.data_dir) {
+                // SAFETY: kill has no memory-safety preconditions; the pid was just checked.
+                unsafe { libc::kill(pid, signal) };
+            }
+        };
+        let gone = |timeout: Duration| {
+            sys::wait::until(timeout, POLL, || (!sys::procfs::is_live_process_of(pid, &spec.data_dir)).then_some(()))
+                .is_some()
+        };
+        signal(libc::SIGQUIT);
+        if !gone(IMMEDIATE_SHUTDOWN) {
+            signal(libc::SIGKILL);
+            if !gone(Duration::from_secs(60)) {
+                return Err(Error::Other(format!("postgres (pid {pid}) on {} did not exit after SIGKILL", spec.data_dir.display())));
+            }
+        }
+    }
+    Ok(!pids.is_empty())
+}
+
 impl Server {
     fn wait_ready(&mut self, timeout: Duration, log_start: u64) -> Result<()> {
         let pid = self.pid as i32;

@@ -45,10 +45,39 @@ pub(crate) fn probe(search: &Search, source: &SourceUrl) -> Result<()> {
         .args(["-t", &CONNECT_TIMEOUT_SECONDS.to_string()])
         .timeout(Duration::from_secs(u64::from(CONNECT_TIMEOUT_SECONDS) + 20));
     match with_password(program, source).run() {
-        Ok(_) => Ok(()),
+        // The server answers; now the credentials, on the kind of connection a copy uses
+        // (a replication connection), so that a wrong password or a user without the
+        // REPLICATION right is refused now rather than failing the image later.
+        Ok(_) => check_replication_login(&installation, source),
         // pg_isready says what it found on stdout ("host:port - no response"), which the
         // error carries when stderr is empty.
         Err(sys::Error::Failed { stderr, .. }) => Err(Error::Unreachable { url: source.shown(), why: stderr }),
+        Err(sys::Error::TimedOut { seconds, .. }) => {
+            Err(Error::Unreachable { url: source.shown(), why: format!("no answer within {seconds} s") })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Logs in as `pg_basebackup` will (a physical replication connection) and asks the server
+/// who it is.
+fn check_replication_login(installation: &crate::install::Installation, source: &SourceUrl) -> Result<()> {
+    let mut url = connection_url(source);
+    url.query_pairs_mut().append_pair("replication", "true");
+    let program = Program::new(installation.program("psql"))
+        .args(["-X", "-A", "-t", "-q", "-d"])
+        .arg(url.as_str())
+        .args(["-c", "IDENTIFY_SYSTEM"])
+        .timeout(Duration::from_secs(u64::from(CONNECT_TIMEOUT_SECONDS) + 20));
+    match with_password(program, source).run() {
+        Ok(_) => Ok(()),
+        Err(sys::Error::Failed { stderr, .. }) => {
+            let why = stderr.lines().map(|l| l.trim_start_matches("psql: ").trim()).collect::<Vec<_>>().join("; ");
+            Err(Error::Unreachable {
+                url: source.shown(),
+                why: format!("{why} (the source must accept a replication connection from this user)"),
+            })
+        }
         Err(sys::Error::TimedOut { seconds, .. }) => {
             Err(Error::Unreachable { url: source.shown(), why: format!("no answer within {seconds} s") })
         }

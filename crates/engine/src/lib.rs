@@ -179,6 +179,11 @@ pub trait Engine: Send + Sync + 'static {
     /// that it can be adopted rather than restarted.
     fn adopt(&self, spec: &InstanceSpec) -> Option<Box<dyn Instance>>;
 
+    /// Stops whatever server of this engine runs on `spec`'s data directory that is not in
+    /// hand: one a crash left while it started, ran or stopped, ready or not. Waits until it
+    /// is gone, so that its port and files are free. Returns whether there was one.
+    fn stop_stray(&self, spec: &InstanceSpec) -> Result<bool>;
+
     /// The connection URL of an instance.
     fn url(&self, host: &str, port: u16, user: &str, password: &str) -> String;
 

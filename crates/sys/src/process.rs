@@ -1,4 +1,4 @@
-//! The one way external programs (`postgres`, `pg_basebackup`, `cp`, `fusermount3`, the
+//! The one way external programs (database servers and their tools, `cp`, `fusermount3`, the
 //! mount process, …) are started: with a chosen OS user, a clean environment, a working
 //! directory and a timeout. Whatever a program writes is drained while it runs (into
 //! memory, a callback or a log file), so that it can never block on a full pipe; a failure

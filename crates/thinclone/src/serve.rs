@@ -17,8 +17,8 @@ pub struct ServeArgs {
     /// The address the REST API listens on.
     #[arg(long, default_value = "127.0.0.1:7420")]
     listen: SocketAddr,
-    /// The OS user clones' servers run as [default: the engine's usual user as root
-    /// (postgres), yourself otherwise].
+    /// The OS user clones' servers run as [default: as root, the user the default engine's
+    /// packages create; yourself otherwise].
     #[arg(long)]
     os_user: Option<String>,
     /// Ports for clones' servers, as FIRST-LAST.
@@ -81,8 +81,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let os_user = match &args.os_user {
         Some(name) => sys::User::lookup(name).with_context(|| "set the OS user clones run as with --os-user")?,
-        None if sys::user::running_as_root() => sys::User::lookup("postgres")
-            .context("as root, clones' servers run as the OS user `postgres`; create it or pass --os-user")?,
+        None if sys::user::running_as_root() => {
+            let engine = crate::engines::by_id(crate::engines::DEFAULT).context("the default engine is missing")?;
+            let name = crate::engines::service_user(engine.as_ref()).context("pass --os-user")?;
+            sys::User::lookup(name).with_context(|| {
+                format!("as root, clones' servers run as the OS user `{name}`; install {} or pass --os-user", engine.name())
+            })?
+        }
         None => sys::User::current(),
     };
     let remote_clients = args.clone_listen.iter().any(|a| !a.is_loopback());
