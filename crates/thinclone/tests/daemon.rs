@@ -271,8 +271,11 @@ fn restart_brings_clones_back() {
     assert_eq!(d.ok::<api::Clone>(&["clone", "show", "r1"]).status, CloneStatus::Ready);
     assert_eq!(old_pids, pids(&d));
 
-    // With --stop-clones-at-exit, a restart stops the clone and starts it again.
+    // A server started with --stop-clones-at-exit stops the clone when it exits, and the
+    // next start starts it again.
     d.extra_args.push("--stop-clones-at-exit".into());
+    d.restart();
+    assert_eq!(old_pids, pids(&d));
     d.restart();
     assert_ne!(old_pids, pids(&d), "--stop-clones-at-exit left the clone running");
     assert_eq!(sql(&url, "SELECT count(*) FROM marker"), "2");
