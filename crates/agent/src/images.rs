@@ -4,6 +4,10 @@
 //! The copy is made at `images/<name>.partial` and renamed into place only once prepared, so
 //! an image directory is always whole; a failure or a crash leaves nothing of it (recovery
 //! removes `.partial` directories).
+//!
+//! A sealed image belongs to the agent's own user (root), with its directory private to it:
+//! no clone's OS identity can write to it, or even read it except through the clone's own
+//! storage (a cowfs mount, or a copy).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -21,7 +25,31 @@ fn bad(message: impl Into<String>) -> AgentError {
     AgentError::new(ErrorKind::BadRequest, message)
 }
 
-pub(crate) fn check_source_dir(agent: &LocalAgent, dir: &Path) -> Result<SourceFacts> {
+/// Bytes kept free on the agent's filesystem beyond what a copy needs, so that running
+/// clones are not starved by an image being made.
+const COPY_RESERVE: u64 = 256 << 20;
+
+/// Refuses a copy of `bytes` when the agent's filesystem has not room for it and the reserve.
+pub(crate) fn check_room(agent: &LocalAgent, what: &str, bytes: u64) -> Result<()> {
+    let free = sys::space::free_bytes(&agent.config().data_dir)
+        .map_err(|e| AgentError::internal(format!("measuring free space: {e}")))?;
+    let needed = bytes + bytes / 20 + COPY_RESERVE;
+    if free < needed {
+        return Err(AgentError::new(
+            ErrorKind::DiskFull,
+            format!(
+                "not enough free disk for {what}: it needs about {} MiB and {} has {} MiB free; free space or \
+                 use another data directory",
+                needed >> 20,
+                agent.config().data_dir.display(),
+                free >> 20
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_source_dir(agent: &LocalAgent, dir: &Path, snapshot: bool) -> Result<SourceFacts> {
     if !dir.is_absolute() {
         return Err(bad(format!("the source directory {} is not an absolute path", dir.display())));
     }
@@ -43,6 +71,19 @@ pub(crate) fn check_source_dir(agent: &LocalAgent, dir: &Path) -> Result<SourceF
         match engine.detect(&canonical) {
             Ok(version) => {
                 engine.check_installed(&version).map_err(|e| bad(e.to_string()))?;
+                if !snapshot && engine.is_in_use(&canonical) {
+                    return Err(AgentError::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "a {} server is running on {}: a copy of it now would be torn. Take the image \
+                             from the running server with --from-url, or stop the server first; if the \
+                             directory is a crash-consistent snapshot of a running server, say so with --snapshot",
+                            engine.name(),
+                            canonical.display()
+                        ),
+                    ));
+                }
+                check_room(agent, &format!("a copy of {}", canonical.display()), sys::tree::size(&canonical).bytes)?;
                 return Ok(SourceFacts {
                     engine: engine.id().to_owned(),
                     version: Some(version),
@@ -107,8 +148,8 @@ fn make(
     sys::tree::remove(&partial).map_err(io("clearing the image's directory"))?;
     let _ = sys::tree::remove(&run_dir);
     let engine = match source {
-        ImageSource::Dir(dir) => {
-            let facts = check_source_dir(agent, dir)?;
+        ImageSource::Dir { path: dir, snapshot } => {
+            let facts = check_source_dir(agent, dir, *snapshot)?;
             let engine = agent.engine(&facts.engine)?;
             let total = sys::tree::size(dir).bytes;
             progress(0, total);
@@ -156,6 +197,10 @@ fn make(
         }
     })?;
     let _ = sys::tree::remove(&run_dir);
+    // Sealed: the agent's own user owns every file, and the directory is private to it.
+    let me = sys::User::current();
+    sys::tree::chown(&partial, me.uid, me.gid).map_err(io("sealing the image"))?;
+    fs::set_permissions(&partial, fs::Permissions::from_mode(0o700)).map_err(io("sealing the image"))?;
     let final_dir = agent.image_dir(name);
     sys::crashsafe::rename(&partial, &final_dir).map_err(io("sealing the image"))?;
     let size = sys::tree::size(&final_dir);

@@ -89,8 +89,9 @@ pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 /// Where a new image comes from.
 #[derive(Debug, Clone)]
 pub enum ImageSource {
-    /// A data directory of a stopped server, or a base backup, on the agent's host.
-    Dir(PathBuf),
+    /// A data directory of a stopped server, or a base backup, on the agent's host; or, with
+    /// `snapshot`, a crash-consistent snapshot of a running server's directory.
+    Dir { path: PathBuf, snapshot: bool },
     /// A live server.
     Url(SourceUrl),
 }
@@ -139,6 +140,9 @@ pub enum CloneState {
     Running,
     /// Stopped, as asked.
     Stopped,
+    /// It runs, but something is wrong (a full disk, storage or a server that died and is
+    /// being repaired); the report's message says what.
+    Degraded,
     /// Meant to run, but does not; the report's message says why.
     Failed,
 }
@@ -173,8 +177,9 @@ pub trait Agent: Send + Sync {
     fn info(&self) -> AgentInfo;
 
     /// Checks a data directory on this host as an image source: it is a data directory of
-    /// an engine installed here, and not thinclone's own.
-    fn check_source_dir(&self, dir: &Path) -> Result<SourceFacts>;
+    /// an engine installed here, not thinclone's own, no server is running on it (unless it
+    /// is a crash-consistent `snapshot`), and there is room for a copy of it.
+    fn check_source_dir(&self, dir: &Path, snapshot: bool) -> Result<SourceFacts>;
 
     /// Checks that a live source answers, with its URL's credentials only.
     fn check_source_url(&self, url: &SourceUrl) -> Result<SourceFacts>;
@@ -191,6 +196,9 @@ pub trait Agent: Send + Sync {
 
     /// Removes an image's files (gone already is fine).
     fn remove_image(&self, name: &Name) -> Result<()>;
+
+    /// Stops the image copies under way, as at shutdown: each fails, and leaves nothing.
+    fn cancel_image_jobs(&self);
 
     /// Whether nothing listens on `port` on this host.
     fn port_is_free(&self, port: u16) -> bool;

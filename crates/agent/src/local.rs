@@ -50,6 +50,25 @@ pub struct AgentConfig {
     pub engines: Vec<Arc<dyn Engine>>,
     /// How often clones' disk use is measured in the background.
     pub size_interval: Duration,
+    /// How often each running clone's storage and server are checked.
+    pub supervise_interval: Duration,
+    /// Whether a clone whose storage or server died is repaired (remounted, restarted) by
+    /// itself; without it, it stays degraded until `start`.
+    pub repair: bool,
+}
+
+/// How many repairs in a row a clone gets before it is marked failed.
+const MAX_REPAIRS: u32 = 3;
+/// Below this much free space on the agent's filesystem, clones are shown degraded.
+const DISK_FULL_BELOW: u64 = 16 << 20;
+
+/// What supervision last found wrong with a running clone.
+#[derive(Debug, Clone, Default)]
+struct Health {
+    /// Why the clone is degraded, while it is.
+    degraded: Option<String>,
+    /// Repairs tried since it was last healthy.
+    repairs: u32,
 }
 
 /// A clone whose storage is attached and whose server runs.
@@ -60,6 +79,8 @@ struct Running {
 
 pub struct LocalAgent {
     config: AgentConfig,
+    /// One agent per data directory.
+    _lock: sys::lock::DirLock,
     default_driver: Driver,
     drivers: Vec<Driver>,
     /// One lock per clone: operations on one clone are serialised, others go on.
@@ -67,6 +88,8 @@ pub struct LocalAgent {
     running: Mutex<HashMap<Name, Running>>,
     /// Each clone's disk use beyond its image, and when it was measured.
     sizes: Mutex<HashMap<Name, (u64, Timestamp)>>,
+    /// What supervision found wrong with each running clone.
+    health: Mutex<HashMap<Name, Health>>,
     stopping: AtomicBool,
 }
 
@@ -88,6 +111,9 @@ impl LocalAgent {
     /// Opens the agent's data directory (creating it), recovers what a crash interrupted,
     /// brings back the clones that are meant to run, and starts measuring disk use.
     pub fn open(config: AgentConfig) -> Result<Arc<LocalAgent>> {
+        fs::create_dir_all(&config.data_dir).map_err(internal("creating the data directory"))?;
+        let lock = sys::lock::DirLock::acquire(&config.data_dir)
+            .map_err(|e| AgentError::new(ErrorKind::Conflict, format!("thinclone cannot start: {e}")))?;
         for dir in ["images", "clones", "run/clones", "run/images"] {
             let path = config.data_dir.join(dir);
             fs::create_dir_all(&path).map_err(internal("creating the data directory"))?;
@@ -118,11 +144,13 @@ impl LocalAgent {
         );
         let agent = Arc::new(LocalAgent {
             config,
+            _lock: lock,
             default_driver,
             drivers,
             locks: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             sizes: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         });
         agent.recover_images();
@@ -133,6 +161,11 @@ impl LocalAgent {
             .name("sizes".into())
             .spawn(move || measure_sizes(weak))
             .map_err(internal("starting the size thread"))?;
+        let weak = Arc::downgrade(&agent);
+        std::thread::Builder::new()
+            .name("supervision".into())
+            .spawn(move || supervise(weak))
+            .map_err(internal("starting the supervision thread"))?;
         Ok(agent)
     }
 
@@ -234,6 +267,7 @@ impl LocalAgent {
 
     /// Stops a clone's server and detaches its storage: ours, or what an earlier agent left.
     fn tear_down(&self, record: &CloneRecord) -> Result<()> {
+        lock(&self.health).remove(&record.name);
         let clone_dir = self.clone_dir(&record.name);
         let driver = self.driver(record.driver);
         let running = lock(&self.running).remove(&record.name);
@@ -280,7 +314,9 @@ impl LocalAgent {
 
     fn report(&self, record: &CloneRecord) -> CloneReport {
         let running = lock(&self.running).contains_key(&record.name);
+        let degraded = lock(&self.health).get(&record.name).and_then(|h| h.degraded.clone());
         let (state, message) = match (running, record.desired) {
+            (true, _) if degraded.is_some() => (CloneState::Degraded, degraded),
             (true, _) => (CloneState::Running, None),
             (false, Desired::Stopped) => (CloneState::Stopped, None),
             (false, Desired::Running) => (
@@ -474,6 +510,120 @@ impl LocalAgent {
     }
 }
 
+impl LocalAgent {
+    /// Checks every running clone once: its storage (a mount whose process lives and
+    /// answers), its server, and the free space of the agent's filesystem. A clone found
+    /// wrong is shown degraded with the reason, and repaired (storage remounted, server
+    /// started again; the database's crash recovery then runs) at most `MAX_REPAIRS` times
+    /// in a row before it is marked failed. A full disk is only shown: the clone works again
+    /// once space is freed.
+    fn supervise_once(&self) {
+        let disk_full = match sys::space::free_bytes(&self.config.data_dir) {
+            Ok(free) if free < DISK_FULL_BELOW => Some(format!(
+                "disk full: {} MiB free on {}; free space and the clone works again",
+                free >> 20,
+                self.config.data_dir.display()
+            )),
+            _ => None,
+        };
+        let names: Vec<Name> = lock(&self.running).keys().cloned().collect();
+        for name in names {
+            if self.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            let guard = self.clone_lock(&name);
+            // An operation under way on the clone has it in hand.
+            let Ok(_op) = guard.try_lock() else { continue };
+            let Ok(mut record) = self.load(&name) else { continue };
+            let fault = {
+                let mut running = lock(&self.running);
+                let Some(r) = running.get_mut(&name) else { continue };
+                if !self.driver(record.driver).is_healthy(&self.clone_dir(&name), &mut r.attached) {
+                    Some("its storage (the cowfs mount) died".to_owned())
+                } else if !r.instance.is_running() {
+                    Some("its database server exited".to_owned())
+                } else {
+                    None
+                }
+            };
+            let mut health = lock(&self.health).get(&name).cloned().unwrap_or_default();
+            match (fault, &disk_full) {
+                (None, None) => {
+                    if health.degraded.is_some() {
+                        tracing::info!(clone = %name, "healthy again");
+                    }
+                    lock(&self.health).remove(&name);
+                    continue;
+                }
+                (None, Some(full)) => {
+                    health.degraded = Some(full.clone());
+                    lock(&self.health).insert(name.clone(), health);
+                    continue;
+                }
+                (Some(fault), _) => {
+                    let reason = match &disk_full {
+                        Some(full) => format!("{fault}; {full}"),
+                        None => fault,
+                    };
+                    if health.degraded.as_deref() != Some(reason.as_str()) {
+                        tracing::warn!(clone = %name, "degraded: {reason}");
+                    }
+                    health.degraded = Some(reason.clone());
+                    lock(&self.health).insert(name.clone(), health.clone());
+                    // Repairs wait for space: a restart on a full disk would only fail.
+                    if !self.config.repair || disk_full.is_some() {
+                        continue;
+                    }
+                    if health.repairs >= MAX_REPAIRS {
+                        tracing::error!(clone = %name, "giving up after {MAX_REPAIRS} repairs: {reason}");
+                        if let Err(e) = self.tear_down(&record) {
+                            tracing::warn!(clone = %name, "stopping what is left: {e}");
+                        }
+                        record.failure = Some(format!("{reason}; {MAX_REPAIRS} repairs failed; start it again"));
+                        if let Err(e) = self.save(&record) {
+                            tracing::error!(clone = %name, "{e}");
+                        }
+                        continue;
+                    }
+                    tracing::info!(clone = %name, attempt = health.repairs + 1, "repairing: {reason}");
+                    let repaired = self.tear_down(&record).and_then(|()| self.bring_up(&record));
+                    // tear_down forgot the health; it is kept across repairs.
+                    health.repairs += 1;
+                    match repaired {
+                        Ok(()) => {
+                            tracing::info!(clone = %name, "repaired");
+                            health.degraded = None;
+                            lock(&self.health).insert(name.clone(), health);
+                        }
+                        Err(e) => {
+                            tracing::warn!(clone = %name, "the repair failed: {e}");
+                            record.failure = Some(format!("{reason}; the repair failed: {}", e.message));
+                            if let Err(e) = self.save(&record) {
+                                tracing::error!(clone = %name, "{e}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Supervises every running clone every `supervise_interval`, until the agent is dropped.
+fn supervise(agent: Weak<LocalAgent>) {
+    loop {
+        let interval = match agent.upgrade() {
+            Some(a) if !a.stopping.load(Ordering::Relaxed) => a.config.supervise_interval,
+            _ => return,
+        };
+        std::thread::sleep(interval);
+        match agent.upgrade() {
+            Some(a) if !a.stopping.load(Ordering::Relaxed) => a.supervise_once(),
+            _ => return,
+        }
+    }
+}
+
 /// Measures every clone's disk use every `size_interval`, until the agent is dropped.
 fn measure_sizes(agent: Weak<LocalAgent>) {
     loop {
@@ -499,8 +649,8 @@ impl Agent for LocalAgent {
         }
     }
 
-    fn check_source_dir(&self, dir: &Path) -> Result<SourceFacts> {
-        crate::images::check_source_dir(self, dir)
+    fn check_source_dir(&self, dir: &Path, snapshot: bool) -> Result<SourceFacts> {
+        crate::images::check_source_dir(self, dir, snapshot)
     }
 
     fn check_source_url(&self, url: &SourceUrl) -> Result<SourceFacts> {
@@ -521,6 +671,25 @@ impl Agent for LocalAgent {
         sys::tree::remove(&self.image_dir(name)).map_err(internal("removing the image's files"))
     }
 
+    fn cancel_image_jobs(&self) {
+        let Ok(entries) = fs::read_dir(self.config.data_dir.join("images")) else { return };
+        for entry in entries.flatten() {
+            if !entry.file_name().to_string_lossy().ends_with(".partial") {
+                continue;
+            }
+            // Whatever copies or prepares it (cp, a base backup, the preparing server) names
+            // the directory on its command line. Ending them makes the job fail, and its
+            // thread removes what it made.
+            for pid in sys::procfs::processes_under(&entry.path()) {
+                tracing::info!(pid, path = %entry.path().display(), "stopping an image job at shutdown");
+                // SAFETY: kill has no memory-safety preconditions; the process's command line
+                // names a half-made image of ours. SIGQUIT is a database server's immediate
+                // shutdown, and ends a copying program.
+                unsafe { libc::kill(pid, libc::SIGQUIT) };
+            }
+        }
+    }
+
     fn port_is_free(&self, port: u16) -> bool {
         let addresses: Vec<IpAddr> =
             if self.config.listen.is_empty() { vec![IpAddr::from([127, 0, 0, 1])] } else { self.config.listen.clone() };
@@ -537,6 +706,9 @@ impl Agent for LocalAgent {
         let image = self.image_dir(&spec.image);
         if !image.is_dir() {
             return Err(AgentError::new(ErrorKind::NotFound, format!("no image named {} on this host", spec.image)));
+        }
+        if spec.driver == Driver::Copy {
+            crate::images::check_room(self, &format!("a full copy of image {}", spec.image), sys::tree::size(&image).bytes)?;
         }
         // A directory without a record is what a crash left before the record was written.
         sys::tree::remove(&clone_dir).map_err(internal("clearing the clone's directory"))?;
@@ -632,6 +804,10 @@ impl Agent for LocalAgent {
         let guard = self.clone_lock(name);
         let _op = lock(&guard);
         let mut record = self.load(name)?;
+        if record.driver == Driver::Copy {
+            let image = self.image_dir(&record.image);
+            crate::images::check_room(self, &format!("a fresh copy of image {}", record.image), sys::tree::size(&image).bytes)?;
+        }
         record.intent = Some(Intent::Reset);
         self.save(&record)?;
         self.tear_down(&record)?;

@@ -60,6 +60,9 @@ pub enum CloneStatus {
     Resetting,
     /// Being removed.
     Deleting,
+    /// It runs, but something is wrong (its disk is full, its storage or server died and is
+    /// being repaired); `message` says what.
+    Degraded,
     /// Its server could not start, or an operation on it failed; `message` says why. Its
     /// data is kept: start it again, or remove it.
     Failed,
@@ -75,6 +78,7 @@ impl CloneStatus {
             CloneStatus::Stopped => "stopped",
             CloneStatus::Resetting => "resetting",
             CloneStatus::Deleting => "deleting",
+            CloneStatus::Degraded => "degraded",
             CloneStatus::Failed => "failed",
         }
     }

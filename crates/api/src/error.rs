@@ -24,6 +24,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// 500: a failure inside the server; its log has the detail.
     Internal,
+    /// 507: not enough free disk for what was asked; nothing was written.
+    InsufficientStorage,
     /// 503: a part the request needs (an agent, a disk) is not available now.
     Unavailable,
 }
@@ -41,6 +43,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
+            ErrorCode::InsufficientStorage => 507,
         }
     }
 
@@ -57,6 +60,7 @@ impl ErrorCode {
             413 => ErrorCode::PayloadTooLarge,
             415 => ErrorCode::UnsupportedMediaType,
             503 => ErrorCode::Unavailable,
+            507 => ErrorCode::InsufficientStorage,
             _ => ErrorCode::Internal,
         }
     }

@@ -75,4 +75,10 @@ pub struct CreateImage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(examples("scheme://repl:secret@db.example:5432/main"))]
     pub from_url: Option<String>,
+    /// With `from_dir`: the directory is a crash-consistent snapshot of a running server
+    /// (an LVM, ZFS or cloud-disk snapshot), so a server's lock file in it is expected and
+    /// recovery runs when the image is made. Without it, a directory whose server is running
+    /// is refused, since copying it would give a torn copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
 }

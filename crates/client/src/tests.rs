@@ -124,7 +124,7 @@ fn every_route_has_its_method_and_path() {
     assert_eq!(client.openapi().unwrap(), r#"{"openapi": "3.1.0"}"#);
     assert_eq!(client.list_images().unwrap()[0].name, prod);
     assert_eq!(client.get_image(&prod).unwrap().name, prod);
-    let request = CreateImage { name: prod.clone(), from_dir: Some("/srv/x".into()), from_url: None };
+    let request = CreateImage { name: prod.clone(), from_dir: Some("/srv/x".into()), from_url: None, snapshot: false };
     assert_eq!(client.create_image(&request).unwrap().kind, OperationKind::ImageCreate);
     assert_eq!(client.delete_image(&prod).unwrap().kind, OperationKind::ImageDelete);
     assert_eq!(client.list_clones().unwrap()[0].port, 7501);
@@ -242,7 +242,7 @@ fn a_failed_operation_is_an_error_with_exactly_its_message() {
 #[test]
 fn a_refusal_before_the_operation_starts_is_the_servers_error() {
     let server = CannedServer::start(vec![error_body(ErrorCode::Conflict, "an image named prod exists already")]);
-    let request = CreateImage { name: name("prod"), from_dir: Some("/x".into()), from_url: None };
+    let request = CreateImage { name: name("prod"), from_dir: Some("/x".into()), from_url: None, snapshot: false };
     let err = Client::new(server.url()).create_image_and_wait(&request).unwrap_err();
     assert_eq!(
         (err.to_string().as_str(), err.code()),

@@ -38,6 +38,9 @@ pub enum ServerError {
     /// A part the request needs is not available now.
     #[error("{0}")]
     Unavailable(String),
+    /// Not enough free disk for what was asked; nothing was written.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// A failure inside the server; logged where it is answered.
     #[error("{0}")]
     Internal(String),
@@ -61,7 +64,7 @@ impl From<AgentError> for ServerError {
             ErrorKind::BadRequest => ServerError::BadRequest(e.message),
             ErrorKind::NotFound => ServerError::NotFound(e.message),
             ErrorKind::Conflict => ServerError::Conflict(e.message),
-            ErrorKind::DiskFull => ServerError::Unavailable(e.message),
+            ErrorKind::DiskFull => ServerError::InsufficientStorage(e.message),
             ErrorKind::Internal => ServerError::Internal(e.message),
         }
     }
@@ -180,8 +183,10 @@ impl Server {
         jobs.push(handle);
     }
 
-    /// Waits for every operation under way to end.
+    /// Stops the image copies under way (each ends failed, leaving nothing) and waits for
+    /// every operation under way to end.
     pub fn shutdown(&self) {
+        self.agent.cancel_image_jobs();
         let jobs: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.jobs));
         for job in jobs {
             if job.join().is_err() {
@@ -236,6 +241,7 @@ impl Server {
         } else {
             match report.map(|r| (r.state, r.message.clone())) {
                 Some((CloneState::Running, _)) => (CloneStatus::Ready, None),
+                Some((CloneState::Degraded, message)) => (CloneStatus::Degraded, message),
                 Some((CloneState::Stopped, _)) => (CloneStatus::Stopped, None),
                 Some((CloneState::Failed, message)) => (CloneStatus::Failed, message),
                 None => (row.status, row.message.clone()),
@@ -338,11 +344,14 @@ impl Server {
         if self.catalog().image(&name).is_ok() {
             return Err(ServerError::Conflict(format!("image {name} already exists")));
         }
+        if request.snapshot && request.from_dir.is_none() {
+            return Err(ServerError::BadRequest("snapshot goes with from_dir only".into()));
+        }
         let (source, facts) = match (request.from_dir, request.from_url) {
             (Some(dir), None) => {
                 let dir = PathBuf::from(dir);
-                let facts = self.agent.check_source_dir(&dir)?;
-                (ImageSource::Dir(Path::new(&facts.shown).to_owned()), facts)
+                let facts = self.agent.check_source_dir(&dir, request.snapshot)?;
+                (ImageSource::Dir { path: Path::new(&facts.shown).to_owned(), snapshot: request.snapshot }, facts)
             }
             (None, Some(url)) => {
                 let url = SourceUrl::parse(&url).map_err(ServerError::BadRequest)?;
@@ -574,6 +583,7 @@ impl Server {
         };
         let (status, message) = match report {
             Some(CloneReport { state: CloneState::Running, .. }) => (CloneStatus::Ready, None),
+            Some(CloneReport { state: CloneState::Degraded, message, .. }) => (CloneStatus::Degraded, message),
             Some(CloneReport { state: CloneState::Stopped, .. }) => (CloneStatus::Stopped, None),
             Some(CloneReport { state: CloneState::Failed, message, .. }) => (CloneStatus::Failed, message),
             None => (CloneStatus::Failed, Some("its agent no longer has it; remove it".to_owned())),

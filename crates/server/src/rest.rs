@@ -46,6 +46,7 @@ impl From<ServerError> for ApiError {
             ServerError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m),
             ServerError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m),
             ServerError::Unavailable(m) => ApiError::new(ErrorCode::Unavailable, m),
+            ServerError::InsufficientStorage(m) => ApiError::new(ErrorCode::InsufficientStorage, m),
             ServerError::Internal(m) => ApiError::new(ErrorCode::Internal, format!("the server failed: {m}")),
         }
     }

@@ -28,6 +28,8 @@ fn fixture() -> Fixture {
         mount_program: "/nonexistent".into(),
         engines: Vec::new(),
         size_interval: Duration::from_secs(3600),
+        supervise_interval: Duration::from_secs(3600),
+        repair: true,
     })
     .unwrap();
     let server = server::Server::open(

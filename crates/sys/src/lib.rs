@@ -4,6 +4,7 @@
 //!   working directory, timeout, and their output drained while they run;
 //! - [`user`]: OS users by name or uid;
 //! - [`crashsafe`]: durable writes (write, fsync, rename, fsync the directory);
+//! - [`lock`]: one process per directory;
 //! - [`tree`]: walks of directory trees (sizes, ownership, removal, copies);
 //! - [`procfs`]: what `/proc` says of a process;
 //! - [`wait`]: waiting for a condition with a timeout;
@@ -12,6 +13,7 @@
 //! Nothing here knows about databases, filesystems of our own, or HTTP.
 
 pub mod crashsafe;
+pub mod lock;
 pub mod process;
 pub mod procfs;
 pub mod space;

@@ -178,6 +178,7 @@ fn show(
         name: image_name.clone(),
         from_dir: Some(from_dir),
         from_url: None,
+        snapshot: false,
     })?;
     let image_time = t.elapsed();
     let logical = image.logical_bytes;

@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// the next start takes them over without a restart.
     #[arg(long)]
     stop_clones_at_exit: bool,
+    /// Do not repair clones whose storage or server died (they stay degraded until
+    /// `clone start`).
+    #[arg(long)]
+    no_repair: bool,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -103,6 +107,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         mount_program: std::env::current_exe().context("finding the thinclone binary")?,
         engines: engines.clone(),
         size_interval: Duration::from_secs(30),
+        supervise_interval: Duration::from_secs(2),
+        repair: !args.no_repair,
     };
     let server_config = server::ServerConfig { data_dir: data_dir.clone(), ports: args.ports };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

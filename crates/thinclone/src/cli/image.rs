@@ -25,6 +25,10 @@ pub enum ImageCommand {
         /// server's machine.
         #[arg(long, value_name = "PATH")]
         from_dir: Option<PathBuf>,
+        /// With --from-dir: the directory is a crash-consistent snapshot of a running server
+        /// (LVM, ZFS, a cloud disk snapshot); recovery runs when the image is made.
+        #[arg(long, requires = "from_dir")]
+        snapshot: bool,
         /// Return at once with the operation, instead of waiting for the image.
         #[arg(long)]
         no_wait: bool,
@@ -48,9 +52,9 @@ pub enum ImageCommand {
 
 pub fn run(cmd: ImageCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
     match cmd {
-        ImageCommand::Create { name, from_url, from_dir, no_wait } => {
+        ImageCommand::Create { name, from_url, from_dir, snapshot, no_wait } => {
             let from_dir = from_dir.map(absolute_dir).transpose()?;
-            let request = CreateImage { name, from_dir, from_url };
+            let request = CreateImage { name, from_dir, from_url, snapshot };
             let op = ctx.client.create_image(&request)?;
             ctx.conclude(op, no_wait, |ctx, _| {
                 let image = ctx.client.get_image(&request.name)?;

@@ -92,7 +92,7 @@ fn image_create_takes_exactly_one_source() {
     assert_eq!(neither.kind(), clap::error::ErrorKind::MissingRequiredArgument);
 
     match parse("image create prod --from-dir /data --no-wait").unwrap() {
-        Command::Image { command: ImageCommand::Create { name, from_url, from_dir, no_wait }, .. } => {
+        Command::Image { command: ImageCommand::Create { name, from_url, from_dir, no_wait, .. }, .. } => {
             assert_eq!(name.as_str(), "prod");
             assert_eq!(from_url, None);
             assert_eq!(from_dir, Some(PathBuf::from("/data")));

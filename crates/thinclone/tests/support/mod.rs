@@ -256,7 +256,11 @@ impl LoopFs {
             .unwrap_or_else(|| panic!("{name} is not installed; scripts/install installs it"));
         let image = work.join(format!("{kind}.img"));
         fs::File::create(&image).unwrap().set_len(size).unwrap();
-        let args: &[&str] = if kind == "xfs" { &["-q", "-m", "reflink=1"] } else { &["-q"] };
+        let args: &[&str] = match kind {
+            "xfs" => &["-q", "-m", "reflink=1"],
+            "ext4" => &["-q", "-F"],
+            _ => &["-q"],
+        };
         let out = Command::new(&mkfs).args(args).arg(&image).output().unwrap();
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         let mountpoint = work.join(kind);

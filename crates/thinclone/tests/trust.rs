@@ -1,0 +1,342 @@
+//! What a careful operator must be able to trust (issue 9): a clone that failed to start is
+//! kept; a full disk fails what ran out of room, frees what it wrote and harms nothing else;
+//! a dead mount is noticed and repaired; one server per data directory; images nobody can
+//! write; a running server's directory is not copied torn; a shutdown leaves no job behind.
+//! Each check runs the real server, real mounts and real PostgreSQL servers.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use api::{CloneStatus, ImageStatus, Operation};
+use support::daemon::{pgbench_source, processes_under, psql, Daemon};
+use support::pg::Server;
+
+fn require(test: &str) {
+    support::require_fuse(test);
+    support::pg::require(test);
+}
+
+fn work_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in("/var/tmp").unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn sql(url: &str, query: &str) -> String {
+    psql(url, query).unwrap_or_else(|e| panic!("psql {url} -c {query:?} failed: {e}"))
+}
+
+/// Polls `clone show` until `done` holds, for up to `timeout`; returns the clone then.
+fn wait_for(d: &Daemon, name: &str, timeout: Duration, done: impl Fn(&api::Clone) -> bool) -> api::Clone {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let clone: api::Clone = d.ok(&["clone", "show", name]);
+        if done(&clone) {
+            return clone;
+        }
+        assert!(Instant::now() < deadline, "clone {name} did not get there within {timeout:?}: {clone:?}\n{}", d.log_tail(30));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A small stopped pgbench cluster (scale 5, about 80 MB) in `work/NAME`.
+fn small_source(work: &Path, name: &str, port: u16) -> Server {
+    let source = Server::new(&work.join(name), port, work);
+    source.initdb();
+    source.start();
+    support::pg::run(source.pgbench().args(["-i", "-q", "-s", "5", "postgres"]));
+    source.stop();
+    source
+}
+
+/// Issue 9, acceptance 2: stop the server with the clone stopped, occupy the clone's port,
+/// start (the clone fails to start), stop, free the port, start again: the clone is there,
+/// with its data, and starts.
+#[test]
+fn a_clone_that_fails_to_start_is_kept() {
+    require("a_clone_that_fails_to_start_is_kept");
+    let work = work_dir("thinclone-trust-");
+    let mut d = Daemon::start_with(&work.path().join("data"), (7960, 7969), &["--stop-clones-at-exit"]);
+    d.ok::<api::Image>(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
+    let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "img"]);
+    sql(&clone.url, "CREATE TABLE precious AS SELECT 'kept' AS v");
+    d.stop();
+
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", clone.port)).unwrap();
+    d.restart();
+    let failed: api::Clone = d.ok(&["clone", "show", "c"]);
+    assert_eq!(failed.status, CloneStatus::Failed, "{failed:?}");
+    let message = failed.message.clone().unwrap_or_default();
+    assert!(message.contains("Address already in use") || message.contains("in use"), "{message}");
+    // `start` says why it cannot, and keeps the clone.
+    let err = d.cli::<api::Clone>(&["clone", "start", "c"]).unwrap_err();
+    assert!(err.contains("in use"), "{err}");
+    d.stop();
+    assert!(d.data_dir.join("clones/c/clone.json").exists(), "the clone's record is gone");
+
+    drop(squatter);
+    d.restart();
+    let back = wait_for(&d, "c", Duration::from_secs(30), |c| c.status == CloneStatus::Ready);
+    assert_eq!((back.port, &back.url), (clone.port, &clone.url));
+    assert_eq!(sql(&clone.url, "SELECT v FROM precious"), "kept");
+    assert!(!d.log_since_start().contains("removing"), "{}", d.log_since_start());
+    d.ok::<Operation>(&["clone", "rm", "c"]);
+    d.ok::<Operation>(&["image", "rm", "img"]);
+}
+
+/// Issue 9, acceptance 4: kill -9 of a clone's mount process is seen within 10 s and
+/// repaired, with committed data intact; with repair off, the clone stays degraded until
+/// `start` repairs it; `rm` works on a clone whose mount is dead.
+#[test]
+fn a_dead_mount_is_seen_and_repaired() {
+    require("a_dead_mount_is_seen_and_repaired");
+    let work = work_dir("thinclone-trust-");
+    let mut d = Daemon::start(&work.path().join("data"), (7970, 7979));
+    d.ok::<api::Image>(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
+    let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "img"]);
+    sql(&clone.url, "CREATE TABLE precious AS SELECT 'kept' AS v");
+    let mount_pid = |d: &Daemon| -> i32 { fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).unwrap().trim().parse().unwrap() };
+
+    // With repair (the default): degraded, then ready again on its own.
+    let killed = mount_pid(&d);
+    unsafe { libc::kill(killed, libc::SIGKILL) };
+    let started = Instant::now();
+    let back = wait_for(&d, "c", Duration::from_secs(30), |c| c.status == CloneStatus::Ready && {
+        fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).is_ok_and(|p| p.trim() != killed.to_string())
+    });
+    eprintln!("a killed mount was repaired in {} ms", started.elapsed().as_millis());
+    assert!(started.elapsed() < Duration::from_secs(15), "the repair took {:?}", started.elapsed());
+    assert!(d.log_since_start().contains("degraded: its storage (the cowfs mount) died"), "{}", d.log_tail(20));
+    assert_eq!(sql(&back.url, "SELECT v FROM precious"), "kept");
+
+    // Without repair: degraded within 10 s, with the reason; `start` repairs it.
+    d.extra_args.push("--no-repair".into());
+    d.restart();
+    let killed = mount_pid(&d);
+    unsafe { libc::kill(killed, libc::SIGKILL) };
+    let started = Instant::now();
+    let degraded = wait_for(&d, "c", Duration::from_secs(10), |c| c.status == CloneStatus::Degraded);
+    eprintln!("a killed mount was shown degraded after {} ms: {:?}", started.elapsed().as_millis(), degraded.message);
+    assert!(degraded.message.as_deref().unwrap_or("").contains("the cowfs mount) died"), "{degraded:?}");
+    let started_again: api::Clone = d.ok(&["clone", "start", "c"]);
+    assert_eq!(started_again.status, CloneStatus::Ready, "{started_again:?}");
+    assert_eq!(sql(&clone.url, "SELECT v FROM precious"), "kept");
+
+    // rm of a clone whose mount is dead.
+    unsafe { libc::kill(mount_pid(&d), libc::SIGKILL) };
+    wait_for(&d, "c", Duration::from_secs(10), |c| c.status == CloneStatus::Degraded);
+    let op: Operation = d.ok(&["clone", "rm", "c"]);
+    assert_eq!(op.state, api::OperationState::Succeeded, "{op:?}");
+    assert!(!d.data_dir.join("clones/c").exists());
+    assert!(support::daemon::mounts_under(&d.data_dir).is_empty(), "{:?}", support::daemon::mounts_under(&d.data_dir));
+    d.ok::<Operation>(&["image", "rm", "img"]);
+}
+
+/// Issue 9, acceptance 5: a second server on the same data directory exits with an error
+/// that names the first, and touches nothing.
+#[test]
+fn a_second_server_on_one_data_directory_is_refused() {
+    require("a_second_server_on_one_data_directory_is_refused");
+    let work = work_dir("thinclone-trust-");
+    let d = Daemon::start(&work.path().join("data"), (7980, 7989));
+    d.ok::<api::Image>(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
+    let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "img"]);
+    let before = (
+        fs::read_to_string(d.data_dir.join("run/clones/c/postgres.pid")).unwrap(),
+        fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).unwrap(),
+    );
+    let second = Command::new(support::thinclone_bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&d.data_dir)
+        .args(["--listen", "127.0.0.1:0", "--ports", "7980-7989"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second server started: {stderr}");
+    assert!(stderr.contains(&format!("pid {}", d.pid().unwrap())) && stderr.contains("is using"), "{stderr}");
+    let after = (
+        fs::read_to_string(d.data_dir.join("run/clones/c/postgres.pid")).unwrap(),
+        fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).unwrap(),
+    );
+    assert_eq!(before, after, "the second server touched the first one's clone");
+    assert_eq!(sql(&clone.url, "SELECT 1"), "1");
+    d.ok::<Operation>(&["clone", "rm", "c"]);
+    d.ok::<Operation>(&["image", "rm", "img"]);
+}
+
+/// Issue 9, acceptance 6 (the image's part): a sealed image belongs to the server's user,
+/// and a clone's OS identity can neither write into it nor plant a symlink in it.
+#[test]
+fn an_image_is_sealed_against_clones() {
+    require("an_image_is_sealed_against_clones");
+    let work = work_dir("thinclone-trust-");
+    let d = Daemon::start(&work.path().join("data"), (7990, 7999));
+    d.ok::<api::Image>(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
+    let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "img"]);
+    let image = d.data_dir.join("images/img");
+    let meta = fs::metadata(&image).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o700), "the image's directory is not private to root");
+    let mut not_root = 0;
+    let mut walk = vec![image.clone()];
+    while let Some(dir) = walk.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = fs::symlink_metadata(entry.path()).unwrap();
+            not_root += (meta.uid() != 0) as u32;
+            if meta.is_dir() {
+                walk.push(entry.path());
+            }
+        }
+    }
+    assert_eq!(not_root, 0, "files of the image are not root's");
+    // As the clones' OS user, through a shell: every attempt must fail.
+    for attempt in [
+        format!("touch {}/x", image.display()),
+        format!("ln -s /etc/shadow {}/base/evil", image.display()),
+        format!("cat {}/PG_VERSION", image.display()),
+    ] {
+        let out = Command::new("runuser").args(["-u", "postgres", "--", "sh", "-c", &attempt]).output().unwrap();
+        assert!(!out.status.success(), "`{attempt}` as postgres succeeded");
+    }
+    // And from inside the clone, as its database superuser.
+    let err = psql(&clone.url, &format!("COPY (SELECT 1) TO '{}/planted'", image.display())).unwrap_err();
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(!image.join("planted").exists());
+    d.ok::<Operation>(&["clone", "rm", "c"]);
+    d.ok::<Operation>(&["image", "rm", "img"]);
+}
+
+/// Issue 9, acceptance 7: `--from-dir` of a running server's directory is refused with a
+/// message that says what to do; `--snapshot` takes it as a crash-consistent snapshot.
+#[test]
+fn a_running_servers_directory_is_refused_unless_a_snapshot() {
+    require("a_running_servers_directory_is_refused_unless_a_snapshot");
+    let work = work_dir("thinclone-trust-");
+    let source = small_source(work.path(), "live", 54_721);
+    source.start();
+    source.psql("postgres", "CREATE TABLE t AS SELECT 42 AS v");
+    let d = Daemon::start(&work.path().join("data"), (8000, 8009));
+    let src = source.data.to_str().unwrap();
+    let err = d.cli::<api::Image>(&["image", "create", "live", "--from-dir", src]).unwrap_err();
+    assert!(err.contains("is running on") && err.contains("--from-url") && err.contains("--snapshot"), "{err}");
+    assert!(d.ok::<Vec<api::Image>>(&["image", "list"]).is_empty());
+    // As a snapshot (here: the live directory itself; recovery runs at image time).
+    let image: api::Image = d.ok(&["image", "create", "snap", "--from-dir", src, "--snapshot"]);
+    assert_eq!(image.status, ImageStatus::Ready, "{image:?}");
+    let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "snap"]);
+    assert_eq!(sql(&clone.url, "SELECT count(*) FROM pgbench_branches"), "5");
+    source.stop();
+    d.ok::<Operation>(&["clone", "rm", "c"]);
+    d.ok::<Operation>(&["image", "rm", "snap"]);
+}
+
+/// Issue 9: SIGTERM while an image is being made stops its copy and preparation; nothing
+/// the server started outlives it but its clones, and the next start says what happened.
+#[test]
+fn shutdown_during_an_image_job_leaves_nothing_behind() {
+    require("shutdown_during_an_image_job_leaves_nothing_behind");
+    let work = work_dir("thinclone-trust-");
+    let mut d = Daemon::start(&work.path().join("data"), (8010, 8019));
+    let op: Operation =
+        d.ok(&["image", "create", "big", "--from-dir", pgbench_source().to_str().unwrap(), "--no-wait"]);
+    assert_eq!(op.state, api::OperationState::Running, "{op:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = d.stop().unwrap();
+    assert!(status.success(), "the server exited with {status}");
+    eprintln!("SIGTERM during an image copy: the server exited in {} ms", started.elapsed().as_millis());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let left = processes_under(&d.data_dir);
+    assert!(left.is_empty(), "processes left after shutdown: {left:?}");
+    assert!(!d.data_dir.join("images/big.partial").exists(), "the half-made image is left");
+    d.restart();
+    let image: api::Image = d.ok(&["image", "show", "big"]);
+    assert_eq!(image.status, ImageStatus::Failed, "{image:?}");
+    d.ok::<Operation>(&["image", "rm", "big"]);
+}
+
+/// Issue 9, acceptance 3: on a small filesystem, an image that does not fit is refused at
+/// once, and one that runs out of room while copying fails within 30 s with a clear message
+/// and frees its space; a clone that writes until its disk is full is shown `degraded: disk
+/// full`, harms neither the other clone nor the image, and works again with all committed
+/// data once space is freed.
+#[test]
+fn full_disks_fail_cleanly_and_harm_nothing() {
+    require("full_disks_fail_cleanly_and_harm_nothing");
+    let work = work_dir("thinclone-trust-");
+    let source = small_source(work.path(), "small", 54_731);
+    let small = support::LoopFs::new("ext4", work.path(), 600 << 20);
+    let d = Daemon::start(&small.mountpoint.join("data"), (8020, 8029));
+
+    // Too big for the disk: refused before anything is copied.
+    let err = d.cli::<api::Image>(&["image", "create", "huge", "--from-dir", pgbench_source().to_str().unwrap()]).unwrap_err();
+    assert!(err.contains("not enough free disk"), "{err}");
+    assert!(d.ok::<Vec<api::Image>>(&["image", "list"]).is_empty());
+
+    let image: api::Image = d.ok(&["image", "create", "img", "--from-dir", source.data.to_str().unwrap()]);
+    let image_dir = d.data_dir.join("images/img");
+    let image_before = support::snapshot(&image_dir);
+
+    // Runs out of room while copying: a live copy whose size is not known beforehand.
+    let free_before = sys::space::free_bytes(&small.mountpoint).unwrap();
+    let big = Server::new(&work.path().join("bigsrc"), 54_741, work.path());
+    big.initdb();
+    big.start();
+    big.require_passwords("pw");
+    support::pg::run(big.pgbench().args(["-i", "-q", "-s", "40", "postgres"]));
+    let started = Instant::now();
+    let err = d
+        .cli::<api::Image>(&["image", "create", "toolarge", "--from-url", "postgresql://postgres:pw@127.0.0.1:54741/postgres"])
+        .unwrap_err();
+    eprintln!("a live copy that ran out of room failed after {} ms: {err}", started.elapsed().as_millis());
+    assert!(started.elapsed() < Duration::from_secs(30), "it took {:?}", started.elapsed());
+    assert!(err.contains("disk is full"), "{err}");
+    big.stop();
+    assert!(!d.data_dir.join("images/toolarge.partial").exists(), "the half-made image is left");
+    let free_after = sys::space::free_bytes(&small.mountpoint).unwrap();
+    assert!(free_after + (8 << 20) >= free_before, "space was not freed: {free_before} -> {free_after}");
+
+    // Ballast, to free room with later.
+    let ballast = small.mountpoint.join("ballast");
+    fs::write(&ballast, vec![1u8; 48 << 20]).unwrap();
+    // Two clones; one fills the disk.
+    let a: api::Clone = d.ok(&["clone", "create", "a", "--image", "img"]);
+    let b: api::Clone = d.ok(&["clone", "create", "b", "--image", "img"]);
+    sql(&b.url, "CREATE TABLE mine AS SELECT 'b' AS v");
+    sql(&a.url, "CREATE TABLE filler (n int, pad text)");
+    let mut committed = 0u64;
+    let mut full_error = String::new();
+    for n in 0..10_000u64 {
+        match psql(&a.url, &format!("INSERT INTO filler SELECT {n}, repeat(md5(random()::text), 2000) FROM generate_series(1, 100)")) {
+            Ok(_) => committed = n + 1,
+            Err(e) => {
+                full_error = e;
+                break;
+            }
+        }
+    }
+    eprintln!("clone a committed {committed} batches before: {full_error}");
+    assert!(committed > 0 && !full_error.is_empty(), "the disk never filled");
+    let degraded = wait_for(&d, "a", Duration::from_secs(15), |c| c.status == CloneStatus::Degraded);
+    assert!(degraded.message.as_deref().unwrap_or("").contains("disk full"), "{degraded:?}");
+    // The other clone and the image are untouched.
+    assert_eq!(sql(&b.url, "SELECT v FROM mine"), "b");
+    assert!(support::diff(&image_before, &support::snapshot(&image_dir)).is_none(), "the image changed");
+
+    // Space comes back: the clone works again, with every committed batch.
+    fs::remove_file(&ballast).unwrap();
+    let back = wait_for(&d, "a", Duration::from_secs(60), |c| c.status == CloneStatus::Ready);
+    let counted: u64 = sql(&back.url, "SELECT count(DISTINCT n) FROM filler").parse().unwrap();
+    assert!(counted >= committed, "only {counted} of {committed} committed batches are there");
+    sql(&back.url, "INSERT INTO filler VALUES (-1, 'after')");
+    d.ok::<Operation>(&["clone", "rm", "a"]);
+    d.ok::<Operation>(&["clone", "rm", "b"]);
+    d.ok::<Operation>(&["image", "rm", image.name.as_str()]);
+}
