@@ -318,8 +318,10 @@ impl Daemon {
                 ImageSource::Url(u) => Some(u.to_owned()),
                 ImageSource::Dir(_) => None,
             },
+            // The sources are stopped cleanly: nothing to recover.
+            snapshot: false,
         };
-        self.exec.note(&format!("POST {} {}   # and wait for its operation", api::paths::IMAGES, serde_json::to_string(&request)?));
+        self.exec.note(&format!("POST {}{} {}   # and wait for its operation", self.url, api::paths::IMAGES, serde_json::to_string(&request)?));
         let image = self.client().create_image_and_wait(&request).with_context(|| format!("making image {name_}"))?;
         if image.status != api::ImageStatus::Ready {
             bail!("image {name_} is {} after its operation ended: {}", image.status, image.message.unwrap_or_default());
@@ -328,7 +330,7 @@ impl Daemon {
     }
 
     pub fn remove_image(&self, name_: &str) -> Result<()> {
-        self.exec.note(&format!("DELETE {}/{name_}   # and wait", api::paths::IMAGES));
+        self.exec.note(&format!("DELETE {}{}/{name_}   # and wait", self.url, api::paths::IMAGES));
         self.client().delete_image_and_wait(&name(name_)?).with_context(|| format!("removing image {name_}"))?;
         Ok(())
     }
@@ -336,25 +338,25 @@ impl Daemon {
     /// Makes a clone and waits until it accepts connections.
     pub fn create_clone(&self, name_: &str, image: &str, driver: api::Driver) -> Result<CloneInfo> {
         let request = api::CreateClone { name: name(name_)?, image: name(image)?, driver: Some(driver) };
-        self.exec.note(&format!("POST {} {}   # and wait", api::paths::CLONES, serde_json::to_string(&request)?));
+        self.exec.note(&format!("POST {}{} {}   # and wait", self.url, api::paths::CLONES, serde_json::to_string(&request)?));
         let clone = self.client().create_clone_and_wait(&request).with_context(|| format!("making clone {name_}"))?;
         Ok(CloneInfo { url: clone.url, stored_bytes: clone.sizes_at.map(|_| clone.stored_bytes) })
     }
 
     pub fn remove_clone(&self, name_: &str) -> Result<()> {
-        self.exec.note(&format!("DELETE {}/{name_}   # and wait", api::paths::CLONES));
+        self.exec.note(&format!("DELETE {}{}/{name_}   # and wait", self.url, api::paths::CLONES));
         self.client().delete_clone_and_wait(&name(name_)?).with_context(|| format!("removing clone {name_}"))?;
         Ok(())
     }
 
     pub fn start_clone(&self, name_: &str) -> Result<()> {
-        self.exec.note(&format!("POST {}/{name_}/start   # and wait", api::paths::CLONES));
+        self.exec.note(&format!("POST {}{}/{name_}/start   # and wait", self.url, api::paths::CLONES));
         self.client().start_clone_and_wait(&name(name_)?).with_context(|| format!("starting clone {name_}"))?;
         Ok(())
     }
 
     pub fn stop_clone(&self, name_: &str) -> Result<()> {
-        self.exec.note(&format!("POST {}/{name_}/stop   # and wait", api::paths::CLONES));
+        self.exec.note(&format!("POST {}{}/{name_}/stop   # and wait", self.url, api::paths::CLONES));
         self.client().stop_clone_and_wait(&name(name_)?).with_context(|| format!("stopping clone {name_}"))?;
         Ok(())
     }

@@ -189,7 +189,8 @@ impl MadeClone for ThincloneClone {
 // ---------------------------------------------------------------- copy + start
 
 /// `cp -a` of the image (a real copy on the work directory's filesystem, or a reflink
-/// copy on XFS) and a server started on the copy with the daemon's settings.
+/// copy on XFS), the copy given to the postgres user (images are root's, so the copy driver
+/// does the same), and a server started on it with the daemon's settings.
 pub struct CopyAndStart {
     pub reflink: bool,
 }
@@ -235,6 +236,9 @@ impl CloneMethod for CopyAndStart {
         std::fs::create_dir_all(dir.parent().expect("a parent"))?;
         let t0 = Instant::now();
         s.run.exec.run(&Cmd::new("cp").args(["-a", mode]).arg(&image).arg(&dir))?;
+        let user = &s.run.pg.user;
+        s.run.exec.note(&format!("chown -R {}: {}   # in-process, as the copy driver does", user.name, dir.display()));
+        sys::tree::chown(&dir, user.uid, user.gid).with_context(|| format!("giving {} to {}", dir.display(), user.name))?;
         let server = HandServer::start(
             &s.run.pg,
             &s.run.exec,

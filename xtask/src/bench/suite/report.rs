@@ -437,7 +437,7 @@ impl Report {
         let _ = writeln!(w, "# through the typed client (crates/client), each waiting for its operation to end:");
         let _ = writeln!(w, "POST /v1/images {{\"name\": \"img-SCALE\", \"from_dir\": SOURCE}}    # item 4 also: {{\"from_url\": \"{}\"}}", s.source_url());
         let _ = writeln!(w, "POST /v1/clones {{\"name\": NAME, \"image\": \"img-SCALE\", \"driver\": \"cowfs|copy|reflink\"}}");
-        let _ = writeln!(w, "cp -a --reflink=never|always IMAGE_DIR COPY && runuser -u postgres -- pg_ctl -D COPY -W start -o \"-p PORT -k SOCK {HAND_SETTINGS}\"");
+        let _ = writeln!(w, "cp -a --reflink=never|always IMAGE_DIR COPY && chown -R postgres: COPY && runuser -u postgres -- pg_ctl -D COPY -W start -o \"-p PORT -k SOCK {HAND_SETTINGS}\"");
         let _ = writeln!(w, "psql -c 'CREATE DATABASE NAME TEMPLATE bench STRATEGY FILE_COPY'");
         let _ = writeln!(w, "psql -d CONN -c 'select 1'                                   # repeated every 10 ms until it succeeds");
         let _ = writeln!(w, "runuser -u postgres -- pg_basebackup -d {} -D DIR -F p -X stream -c fast -N", s.source_url());
