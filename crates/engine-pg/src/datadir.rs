@@ -5,6 +5,7 @@
 use std::fmt;
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use engine::{Error, Result, User};
@@ -100,17 +101,70 @@ pub(crate) fn detect(dir: &Path) -> Result<Major> {
 }
 
 /// The pid of the server running on `dir`: the one `postmaster.pid` names, if that process
-/// lives and is a PostgreSQL server (a stale file's pid may belong to anything after a
-/// reboot).
+/// lives, is a PostgreSQL server, and serves this very directory. A pid file can name
+/// another process: a stale file's pid may belong to anything after a reboot, and a copy or
+/// a filesystem snapshot of a running server's directory carries that server's pid file,
+/// naming a live postgres that serves the original, not the copy.
 pub(crate) fn live_postmaster(dir: &Path) -> Option<i32> {
-    let pid = sys::procfs::read_pid(&dir.join("postmaster.pid"))?;
+    let text = fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+    let pid = text.lines().next()?.trim().parse::<i32>().ok().filter(|&pid| pid > 0)?;
     if !sys::procfs::is_alive(pid) {
         return None;
     }
     // The postmaster keeps its command line; its children rename themselves `postgres: …`.
     let program = sys::procfs::cmdline(pid)?.into_iter().next()?;
     let name = Path::new(&program).file_name()?.to_string_lossy().into_owned();
-    (name.starts_with("postgres") || name.starts_with("postmaster")).then_some(pid)
+    if !(name.starts_with("postgres") || name.starts_with("postmaster")) {
+        return None;
+    }
+    serves(pid, dir, text.lines().nth(1).map(str::trim)).then_some(pid)
+}
+
+/// Whether the postmaster `pid` serves `dir`. A postmaster's working directory is its data
+/// directory, so the two must be the same directory (device and inode: a path through a
+/// symlink or a bind mount still counts, a copy or a snapshot does not). Where this process
+/// may not look at `pid`'s working directory (another user's server, and we are not root),
+/// the data directory written in the pid file stands in for it; where nothing can be
+/// compared, the server counts as serving `dir`, so that a live directory is never taken for
+/// an idle one.
+fn serves(pid: i32, dir: &Path, pid_file_dir: Option<&str>) -> bool {
+    let Ok(ours) = fs::metadata(dir) else { return true };
+    let same = |m: fs::Metadata| m.dev() == ours.dev() && m.ino() == ours.ino();
+    match fs::metadata(format!("/proc/{pid}/cwd")) {
+        Ok(theirs) => same(theirs),
+        Err(_) => match pid_file_dir.filter(|d| !d.is_empty()) {
+            Some(written) => fs::metadata(written).is_ok_and(same),
+            None => true,
+        },
+    }
+}
+
+/// What `postmaster.pid` says of where its server listens: the port (line 4) and the first
+/// TCP address (line 6; empty when it listens on none).
+pub(crate) fn pid_file_listen(dir: &Path) -> Option<(u16, String)> {
+    let text = fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+    let mut lines = text.lines();
+    let port = lines.nth(3)?.trim().parse().ok()?;
+    let address = lines.nth(1).unwrap_or_default().split(',').next().unwrap_or_default().trim().to_owned();
+    Some((port, address))
+}
+
+/// The refusal of a copy of `dir` while the server `pid` runs on it, saying what to do
+/// instead.
+pub(crate) fn in_use_error(dir: &Path, pid: i32) -> Error {
+    let (port, address) = pid_file_listen(dir).unwrap_or((5432, String::new()));
+    let host = match address.as_str() {
+        "" => "HOST",
+        "*" | "0.0.0.0" | "::" => "localhost",
+        a => a,
+    };
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    let dir = dir.display();
+    Error::InUse(format!(
+        "a {ENGINE_NAME} server (pid {pid}) is running on {dir}; copying it now would give a torn copy: take the \
+         image from the running server with --from-url postgresql://USER:PASSWORD@{host}:{port}/postgres, or stop \
+         the server first (if {dir} is a crash-consistent snapshot of a running server, say so with --snapshot)"
+    ))
 }
 
 /// Whether `postmaster.pid` in `dir` says the server accepts connections (its 8th line).
@@ -120,14 +174,42 @@ pub(crate) fn pid_file_says_ready(dir: &Path, pid: i32) -> bool {
     lines.next().and_then(|l| l.trim().parse::<i32>().ok()) == Some(pid) && lines.nth(6).map(str::trim) == Some("ready")
 }
 
+/// What `pg_controldata` reports of a data directory's control file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ControlData {
+    /// The cluster state, e.g. "shut down" or "in production".
+    pub state: String,
+    /// The catalog version number, e.g. `202209061`: with the major version, it names the
+    /// directory a tablespace keeps this server's files in (`PG_15_202209061`).
+    pub catalog_version: String,
+}
+
+impl ControlData {
+    fn parse(text: &str) -> ControlData {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default()
+        };
+        ControlData { state: field("Database cluster state"), catalog_version: field("Catalog version number") }
+    }
+
+    /// Whether the server shut down cleanly (a primary, or a standby).
+    pub fn shut_down(&self) -> bool {
+        matches!(self.state.as_str(), "shut down" | "shut down in recovery")
+    }
+}
+
+/// Reads the control file with `pg_controldata`.
+pub(crate) fn control_data(installation: &Installation, data_dir: &Path, user: &User) -> Result<ControlData> {
+    let out = Program::new(installation.program("pg_controldata")).arg(data_dir).user(user).run()?;
+    Ok(ControlData::parse(&String::from_utf8_lossy(&out.stdout)))
+}
+
 /// The cluster state `pg_controldata` reports, e.g. "shut down" or "in production".
 pub(crate) fn cluster_state(installation: &Installation, data_dir: &Path, user: &User) -> Result<String> {
-    let out = Program::new(installation.program("pg_controldata")).arg(data_dir).user(user).run()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("Database cluster state:"))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default())
+    control_data(installation, data_dir, user).map(|c| c.state)
 }
 
 #[cfg(test)]
@@ -185,5 +267,38 @@ mod tests {
         assert!(!pid_file_says_ready(dir.path(), me + 1));
         fs::write(dir.path().join("postmaster.pid"), format!("{me}\n/d\n1\n5432\n/tmp\n*\n1\nstarting\n")).unwrap();
         assert!(!pid_file_says_ready(dir.path(), me));
+        assert_eq!(pid_file_listen(dir.path()), Some((5432, "*".into())));
+    }
+
+    #[test]
+    fn the_in_use_message_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("postmaster.pid"), "77\n/d\n1\n6543\n/tmp\n10.0.0.5,127.0.0.1\n1\nready\n").unwrap();
+        let err = in_use_error(dir.path(), 77);
+        assert!(matches!(err, Error::InUse(_)) && err.is_callers_mistake());
+        let text = err.to_string();
+        let expected = format!(
+            "a PostgreSQL server (pid 77) is running on {0}; copying it now would give a torn copy: take the image \
+             from the running server with --from-url postgresql://USER:PASSWORD@10.0.0.5:6543/postgres, or stop the \
+             server first (if {0} is a crash-consistent snapshot of a running server, say so with --snapshot)",
+            dir.path().display()
+        );
+        assert_eq!(text, expected);
+        fs::write(dir.path().join("postmaster.pid"), "77\n/d\n1\n5432\n/tmp\n\n1\nready\n").unwrap();
+        assert!(in_use_error(dir.path(), 77).to_string().contains("@HOST:5432/"));
+        fs::write(dir.path().join("postmaster.pid"), "77\n/d\n1\n5432\n/tmp\n::1\n1\nready\n").unwrap();
+        assert!(in_use_error(dir.path(), 77).to_string().contains("@[::1]:5432/"));
+    }
+
+    #[test]
+    fn control_data_is_read() {
+        let text = "pg_control version number:            1300\n\
+                    Catalog version number:               202209061\n\
+                    Database system identifier:           7\n\
+                    Database cluster state:               in production\n";
+        let c = ControlData::parse(text);
+        assert_eq!((c.state.as_str(), c.catalog_version.as_str()), ("in production", "202209061"));
+        assert!(!c.shut_down());
+        assert!(ControlData::parse("Database cluster state:               shut down in recovery\n").shut_down());
     }
 }

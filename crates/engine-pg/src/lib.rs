@@ -10,6 +10,7 @@
 //! - `datadir`: a data directory's version, its running server, its cluster state;
 //! - `server`: an instance's settings and run directory, start, adoption, SQL, stop;
 //! - `prepare`: a copy becomes an image;
+//! - `self_contained`: what a copy reaches outside itself (tablespaces) comes inside;
 //! - `source`: live sources (reachability, base backups);
 //! - `client`: connection URLs and one-off queries;
 //! - `sample`: the demo's pgbench database.
@@ -19,6 +20,7 @@ mod datadir;
 mod install;
 mod prepare;
 mod sample;
+mod self_contained;
 mod server;
 mod source;
 
@@ -103,6 +105,13 @@ impl engine::Engine for Postgres {
 
     fn is_in_use(&self, dir: &Path) -> bool {
         datadir::live_postmaster(dir).is_some()
+    }
+
+    fn check_not_in_use(&self, dir: &Path) -> Result<()> {
+        match datadir::live_postmaster(dir) {
+            Some(pid) => Err(datadir::in_use_error(dir, pid)),
+            None => Ok(()),
+        }
     }
 
     fn installed_versions(&self) -> Vec<String> {

@@ -2,6 +2,11 @@
 //! of a server that was not shut down cleanly) runs to its end here, once, and the server
 //! shuts down cleanly, so that clones start without replaying WAL. Preparing also learns
 //! the image's bootstrap superuser, which clones' connection URLs log in as.
+//!
+//! Before any server starts on the copy, what it reaches outside itself (tablespaces, a
+//! `pg_wal` elsewhere) is brought in (`self_contained`), so that recovery here and clones
+//! later never write to the source's files. A full disk at any step is reported as
+//! [`Error::DiskFull`].
 
 use std::fs;
 use std::io;
@@ -11,9 +16,10 @@ use std::time::Duration;
 use engine::{Error, ImageFacts, InstanceSpec, Result, User};
 use sys::Program;
 
-use crate::datadir::{self, cluster_state, live_postmaster};
+use crate::datadir::{self, cluster_state, control_data, live_postmaster};
 use crate::install::{Installation, Search};
-use crate::server;
+use crate::self_contained;
+use crate::server::{self, Role};
 use crate::ENGINE_NAME;
 
 /// Recovery of a large backup may take long.
@@ -33,6 +39,28 @@ pub(crate) fn prepare(search: &Search, data_dir: &Path, run_dir: &Path, user: &U
             data_dir.display()
         )));
     }
+    let log = run_dir.join("postgres.log");
+    let log_start = fs::metadata(&log).map_or(0, |m| m.len());
+    prepare_copy(&installation, data_dir, run_dir, user).map_err(|e| {
+        // A server that ran out of space says so in its log, whatever error reached us.
+        if e.is_disk_full() || log_since(&log, log_start).contains("No space left on device") {
+            Error::DiskFull { what: format!("preparing the image {}", data_dir.display()), detail: e.to_string() }
+        } else {
+            e
+        }
+    })
+}
+
+fn prepare_copy(installation: &Installation, data_dir: &Path, run_dir: &Path, user: &User) -> Result<ImageFacts> {
+    let major = installation.major;
+    // Before anything else changes the copy, and before any server starts on it: whatever
+    // it reaches outside itself (tablespaces, a pg_wal elsewhere) comes in, so that neither
+    // recovery here nor any clone writes to the source's files.
+    let control = control_data(installation, data_dir, user)?;
+    let live = if control.shut_down() { None } else { running_source(data_dir) };
+    let version_dir = format!("PG_{major}_{}", control.catalog_version);
+    self_contained::make_self_contained(data_dir, &version_dir, user, live.as_deref())?;
+
     // A standby or archive-recovery signal would keep the server from opening normally;
     // replication slots would pin WAL in every clone (and a clone, which runs with none
     // allowed, would not start); a stale lock would stop the start.
@@ -62,30 +90,53 @@ pub(crate) fn prepare(search: &Search, data_dir: &Path, run_dir: &Path, user: &U
         memory: Some("128MB".into()),
     };
     server::write_run_dir(&spec, server::needs_config_file(data_dir))?;
-    spec.superuser = bootstrap_superuser(&installation, &spec)?;
+    spec.superuser = bootstrap_superuser(installation, &spec)?;
 
     // Connect to every database once: the first connection sets hint bits on the catalogs
     // and writes the relation cache file, which every clone would otherwise write again.
-    let server = server::start(&installation, &spec, RECOVERY_TIMEOUT)?;
+    let server = server::start_as(installation, &spec, RECOVERY_TIMEOUT, Role::Prepare)?;
     let databases = server
         .sql_in("template1", "SELECT encode(convert_to(datname, 'UTF8'), 'hex') FROM pg_database WHERE datallowconn")?;
     for hex in databases.lines().filter(|l| !l.is_empty()) {
         let name = from_hex(hex).ok_or_else(|| Error::Other(format!("psql printed {hex:?} as a database name")))?;
         server.sql_in(&name, "SELECT 1")?;
     }
+    // The image's WAL then ends at the start of a segment, far from its end: a clone, whose
+    // server makes a segment ahead (zero-filled: 16 MiB) once the current one is three
+    // quarters full, does not make one as it starts.
+    server.sql_in("template1", "SELECT pg_switch_wal()")?;
     server.stop_within(Duration::from_secs(3600))?;
 
-    let state = cluster_state(&installation, data_dir, user)?;
+    let state = cluster_state(installation, data_dir, user)?;
     if state != "shut down" {
         return Err(Error::Other(format!(
             "preparing {}: the server did not shut down cleanly after recovery (pg_controldata says {state:?})",
             data_dir.display()
         )));
     }
-    for name in ["backup_label.old", "backup_manifest"] {
+    for name in ["backup_label.old", "backup_manifest", "tablespace_map.old"] {
         remove_if_there(&data_dir.join(name))?;
     }
     Ok(ImageFacts { version: major.to_string(), superuser: spec.superuser })
+}
+
+/// Why a copy of a server that was not shut down cleanly must not take anything from
+/// outside itself now: its `postmaster.pid` names a server that still runs on the original
+/// directory (the copy is a snapshot of a live server), so what lies outside keeps changing.
+fn running_source(copy: &Path) -> Option<String> {
+    let text = fs::read_to_string(copy.join("postmaster.pid")).ok()?;
+    let original = Path::new(text.lines().nth(1)?.trim());
+    if original.as_os_str().is_empty() {
+        return None;
+    }
+    let pid = live_postmaster(original)?;
+    Some(format!("the copy is of a server that still runs (pid {pid}, on {})", original.display()))
+}
+
+/// What a log file holds from `offset` on.
+fn log_since(path: &Path, offset: u64) -> String {
+    let bytes = fs::read(path).unwrap_or_default();
+    String::from_utf8_lossy(bytes.get(offset as usize..).unwrap_or_default()).into_owned()
 }
 
 /// Runs recovery to its end in a single-user server and asks it for the bootstrap
@@ -107,7 +158,9 @@ fn bootstrap_superuser(installation: &Installation, spec: &InstanceSpec) -> Resu
         .arg(installation.program("postgres"))
         .args(["--single", "-D"])
         .arg(&spec.data_dir);
-    for (name, value) in server::settings(spec, installation.major, server::needs_config_file(&spec.data_dir)) {
+    for (name, value) in
+        server::settings(spec, installation.major, server::needs_config_file(&spec.data_dir), Role::Prepare)
+    {
         program = program.arg("-c").arg(format!("{name}={value}"));
     }
     let out = program.arg("template1").user(&spec.user).cwd(&spec.run_dir).timeout(RECOVERY_TIMEOUT).run()?;

@@ -41,11 +41,40 @@ const SQL_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often a wait looks again.
 const POLL: Duration = Duration::from_millis(10);
 
+/// What a server is started for; a few settings differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A clone, or any instance the engine's callers start.
+    Clone,
+    /// The server that prepares an image: the image it leaves keeps no recycled WAL.
+    Prepare,
+}
+
 /// The `-c name=value` settings an instance runs with. They make a clone cheap and
 /// harmless: no archiving or replication towards the source, no TLS files it may lack, its
-/// own authentication, logs and pid file outside the data directory, and WAL settings that
-/// keep a fresh clone to a few hundred KiB of writes.
-pub(crate) fn settings(spec: &InstanceSpec, major: Major, needs_config_file: bool) -> Vec<(&'static str, String)> {
+/// own authentication, logs and pid file outside the data directory, statistics files
+/// inside it, WAL settings that keep a fresh clone to a few hundred KiB of writes, and
+/// behaviour on a full disk that a supervisor can see (doc/ENGINE-POSTGRESQL.md):
+///
+/// - `wal_init_zero=on`: a new WAL segment is written with zeros as it is made, so its
+///   space is taken then, where running out is an ERROR (a failed checkpoint, retried)
+///   unless a transaction is waiting for the segment. With it off, a segment is a sparse
+///   file whose space is taken by each WAL write, or only at `fdatasync` through a
+///   writeback cache, and a WAL write or sync that fails is always a PANIC.
+/// - `wal_recycle=on`: old segments are renamed for reuse, so a clone that has written its
+///   first few segments needs no new space for WAL at all.
+/// - `restart_after_crash=off`: after a PANIC the server exits instead of running crash
+///   recovery and failing again in a loop; whoever supervises it sees it gone and starts it
+///   again once there is room (recovery then runs, nothing committed is lost).
+/// - `data_sync_retry=off`, the default, given so that no image's configuration turns it on:
+///   retrying a failed fsync of a data file can lose writes on Linux; a PANIC and crash
+///   recovery from WAL cannot.
+pub(crate) fn settings(
+    spec: &InstanceSpec,
+    major: Major,
+    needs_config_file: bool,
+    role: Role,
+) -> Vec<(&'static str, String)> {
     let run = |name: &str| spec.run_dir.join(name).display().to_string();
     // Each address as given: 0.0.0.0 and :: are PostgreSQL's own wildcards, and nothing
     // else listens on every address. An empty list means no TCP at all.
@@ -72,15 +101,22 @@ pub(crate) fn settings(spec: &InstanceSpec, major: Major, needs_config_file: boo
         ("shared_buffers", spec.memory.clone().unwrap_or_else(|| DEFAULT_SHARED_BUFFERS.into())),
         ("min_wal_size", "32MB".into()),
         ("max_wal_size", "256MB".into()),
+        ("restart_after_crash", "off".into()),
     ];
+    if major < Major(15) {
+        // The statistics collector's files, which an image's configuration may send to a
+        // directory outside it that every clone would share: the default, inside.
+        s.push(("stats_temp_directory", "pg_stat_tmp".into()));
+    }
     if major >= Major(12) {
         // Settings of recovery.conf before 12; prepare removes that file.
         s.extend([
             ("restore_command", String::new()),
             ("primary_conninfo", String::new()),
             ("primary_slot_name", String::new()),
-            ("wal_init_zero", "off".into()),
-            ("wal_recycle", "off".into()),
+            ("wal_init_zero", "on".into()),
+            ("wal_recycle", if role == Role::Prepare { "off" } else { "on" }.into()),
+            ("data_sync_retry", "off".into()),
         ]);
     }
     if needs_config_file {
@@ -157,6 +193,16 @@ pub(crate) struct Server {
 
 /// Starts a server as `spec` says and waits until it accepts connections.
 pub(crate) fn start(installation: &Installation, spec: &InstanceSpec, timeout: Duration) -> Result<Server> {
+    start_as(installation, spec, timeout, Role::Clone)
+}
+
+/// Starts a server for `role`, as [`start`] does.
+pub(crate) fn start_as(
+    installation: &Installation,
+    spec: &InstanceSpec,
+    timeout: Duration,
+    role: Role,
+) -> Result<Server> {
     if let Some(pid) = live_postmaster(&spec.data_dir) {
         return Err(Error::InUse(format!(
             "a {ENGINE_NAME} server (pid {pid}) is already running on {}",
@@ -181,7 +227,7 @@ pub(crate) fn start(installation: &Installation, spec: &InstanceSpec, timeout: D
         // A Ctrl-C meant for us must not reach it, and a server left running on purpose
         // (detached) outlives us.
         .own_process_group();
-    for (name, value) in settings(spec, installation.major, config_file) {
+    for (name, value) in settings(spec, installation.major, config_file, role) {
         program = program.arg("-c").arg(format!("{name}={value}"));
     }
     let process = program.spawn_logged(&log)?;
@@ -255,7 +301,10 @@ pub(crate) fn stop_stray(spec: &InstanceSpec) -> Result<bool> {
         if !gone(IMMEDIATE_SHUTDOWN) {
             signal(libc::SIGKILL);
             if !gone(Duration::from_secs(60)) {
-                return Err(Error::Other(format!("postgres (pid {pid}) on {} did not exit after SIGKILL", spec.data_dir.display())));
+                return Err(Error::Other(format!(
+                    "postgres (pid {pid}) on {} did not exit after SIGKILL",
+                    spec.data_dir.display()
+                )));
             }
         }
     }
@@ -496,20 +545,35 @@ mod tests {
 
     #[test]
     fn listen_addresses_are_exactly_the_ones_given() {
-        let s = settings(&spec(&[], false), Major(15), false);
+        let s = settings(&spec(&[], false), Major(15), false, Role::Clone);
         assert_eq!(setting(&s, "listen_addresses"), Some(""));
-        let s = settings(&spec(&["127.0.0.1", "::1"], false), Major(15), false);
+        let s = settings(&spec(&["127.0.0.1", "::1"], false), Major(15), false, Role::Clone);
         assert_eq!(setting(&s, "listen_addresses"), Some("127.0.0.1,::1"));
-        let s = settings(&spec(&["0.0.0.0"], true), Major(15), false);
+        let s = settings(&spec(&["0.0.0.0"], true), Major(15), false, Role::Clone);
         assert_eq!(setting(&s, "listen_addresses"), Some("0.0.0.0"));
         assert_eq!(setting(&s, "cluster_name"), Some("clone-a"));
         assert_eq!(setting(&s, "shared_buffers"), Some("64MB"));
         assert_eq!(setting(&s, "config_file"), None);
         assert_eq!(setting(&s, "data_directory"), Some("/srv/clones/a/data"));
         assert_eq!(setting(&s, "hba_file"), Some("/srv/run/a/pg_hba.conf"));
-        let s = settings(&spec(&[], false), Major(11), true);
+        let s = settings(&spec(&[], false), Major(11), true, Role::Clone);
         assert_eq!(setting(&s, "config_file"), Some("/srv/run/a/postgresql.conf"));
         assert_eq!(setting(&s, "wal_init_zero"), None, "PostgreSQL 11 has no wal_init_zero");
+        assert_eq!(setting(&s, "stats_temp_directory"), Some("pg_stat_tmp"));
+    }
+
+    /// The settings that decide what a full disk does (doc/ENGINE-POSTGRESQL.md).
+    #[test]
+    fn full_disk_settings() {
+        let s = settings(&spec(&[], false), Major(15), false, Role::Clone);
+        for (name, value) in
+            [("wal_init_zero", "on"), ("wal_recycle", "on"), ("restart_after_crash", "off"), ("data_sync_retry", "off")]
+        {
+            assert_eq!(setting(&s, name), Some(value), "{name}");
+        }
+        assert_eq!(setting(&s, "stats_temp_directory"), None, "PostgreSQL 15 has no stats_temp_directory");
+        let s = settings(&spec(&[], false), Major(15), false, Role::Prepare);
+        assert_eq!(setting(&s, "wal_recycle"), Some("off"));
     }
 
     #[test]

@@ -3,18 +3,26 @@
 //! fast checkpoint), so that the source keeps running and the copy is a single point in
 //! time. A copy needs `prepare` before use.
 //!
+//! Tablespaces land inside the copy: their places are listed first (an ordinary connection
+//! to the URL's database, `postgres` if it names none), and `pg_basebackup` maps each to
+//! `thinclone_tablespaces/<oid>` in the copy (see `self_contained`). Without a mapping it
+//! would write them at their paths on this host.
+//!
 //! The password never appears in an argument list (every local user can read those in
 //! `/proc`), a message or a log line: programs get it in `PGPASSWORD`.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use engine::{Error, Result, SourceUrl, User};
 use sys::Program;
 
 use crate::install::Search;
+use crate::self_contained;
 
 /// How long connecting to a source may take before it counts as unreachable.
 const CONNECT_TIMEOUT_SECONDS: u32 = 10;
@@ -48,7 +56,11 @@ pub(crate) fn probe(search: &Search, source: &SourceUrl) -> Result<()> {
         // The server answers; now the credentials, on the kind of connection a copy uses
         // (a replication connection), so that a wrong password or a user without the
         // REPLICATION right is refused now rather than failing the image later.
-        Ok(_) => check_replication_login(&installation, source),
+        Ok(_) => {
+            check_replication_login(&installation, source)?;
+            // What a copy will ask next; a tablespace that cannot be mapped is refused now.
+            tablespace_mappings(&list_tablespaces(&installation, source)?, Path::new("/")).map(drop)
+        }
         // pg_isready says what it found on stdout ("host:port - no response"), which the
         // error carries when stderr is empty.
         Err(sys::Error::Failed { stderr, .. }) => Err(Error::Unreachable { url: source.shown(), why: stderr }),
@@ -98,12 +110,14 @@ pub(crate) fn copy_live(
     let installation = search.newest()?;
     // A server refuses a data directory that others may read.
     fs::set_permissions(target, fs::Permissions::from_mode(0o700))?;
+    let mappings = tablespace_mappings(&list_tablespaces(&installation, source)?, &fs::canonicalize(target)?)?;
     let program = Program::new(installation.program("pg_basebackup"))
         .arg("-d")
         .arg(connection_url(source).as_str())
         .arg("-D")
         .arg(target)
         .args(["-F", "p", "-X", "stream", "-c", "fast", "-P", "-w", "-N"])
+        .args(mappings)
         .user(user)
         .timeout(Duration::from_secs(7 * 24 * 3600));
     let mut said = Vec::new();
@@ -113,11 +127,18 @@ pub(crate) fn copy_live(
         None => {}
     });
     match result {
-        Ok(_) => Ok(()),
+        // pg_basebackup made the tablespaces' links absolute, into the copy.
+        Ok(_) => self_contained::relink_inside(target),
         Err(sys::Error::Failed { program, status, .. }) => {
-            // What it said, without its progress lines.
+            // What it said, without its progress lines. On failure it has removed what it
+            // wrote into the target.
             let said = said.join("\n");
-            if refused_or_unreachable(&said) {
+            if said.contains("No space left on device") {
+                Err(Error::DiskFull {
+                    what: format!("copying the live server {} into {}", source.shown(), target.display()),
+                    detail: said,
+                })
+            } else if refused_or_unreachable(&said) {
                 Err(Error::Unreachable { url: source.shown(), why: said })
             } else {
                 Err(sys::Error::Failed { program, status, stderr: said }.into())
@@ -125,6 +146,105 @@ pub(crate) fn copy_live(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The source's tablespaces, as `(oid, location)`, from an ordinary connection: a
+/// replication connection cannot list them.
+pub(crate) fn list_tablespaces(
+    installation: &crate::install::Installation,
+    source: &SourceUrl,
+) -> Result<Vec<(String, PathBuf)>> {
+    let mut url = connection_url(source);
+    if url.path().trim_start_matches('/').is_empty() {
+        url.set_path("/postgres");
+    }
+    let database =
+        percent_encoding::percent_decode_str(url.path().trim_start_matches('/')).decode_utf8_lossy().into_owned();
+    // Locations are paths, bytes in the server's encoding: hex, so that any reads back.
+    let sql = "SELECT oid, encode(textsend(pg_tablespace_location(oid)), 'hex') FROM pg_tablespace \
+               WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid";
+    let program = Program::new(installation.program("psql"))
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", url.as_str(), "-c", sql])
+        .timeout(Duration::from_secs(u64::from(CONNECT_TIMEOUT_SECONDS) + 60));
+    let out = match with_password(program, source).run() {
+        Ok(out) => out,
+        Err(sys::Error::Failed { stderr, .. }) => {
+            let why = stderr.lines().map(|l| l.trim_start_matches("psql: ").trim()).collect::<Vec<_>>().join("; ");
+            let user = source.user().unwrap_or_else(|| "the URL's user".into());
+            return Err(Error::Unreachable {
+                url: source.shown(),
+                why: format!(
+                    "{why} (thinclone lists the source's tablespaces over an ordinary connection to the database \
+                     {database} before copying it, so that their files land inside the image: let {user} connect to \
+                     {database} in pg_hba.conf, or name in the URL a database it may connect to)"
+                ),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let parsed =
+                line.split_once('|').and_then(|(oid, hex)| Some((oid.trim().to_owned(), from_hex(hex.trim())?)));
+            parsed
+                .map(|(oid, bytes)| (oid, PathBuf::from(OsString::from_vec(bytes))))
+                .ok_or_else(|| Error::Other(format!("psql printed {line:?} as a tablespace of {}", source.shown())))
+        })
+        .collect()
+}
+
+/// The `--tablespace-mapping` arguments that send each tablespace to its place in the copy
+/// at `target` (canonical). An in-place tablespace (a directory in `pg_tblspc`) comes with
+/// the rest; another relative location cannot be mapped and is refused.
+pub(crate) fn tablespace_mappings(tablespaces: &[(String, PathBuf)], target: &Path) -> Result<Vec<OsString>> {
+    let mut args = Vec::new();
+    for (oid, location) in tablespaces {
+        if location.as_os_str().is_empty() || location.starts_with("pg_tblspc") {
+            continue;
+        }
+        if !location.is_absolute() {
+            return Err(Error::BadSource(format!(
+                "the source's tablespace {oid} is at the relative location {} (as a thinclone clone's are), which \
+                 pg_basebackup cannot map into the image: take the image from a stopped copy of the source's \
+                 directory with --from-dir",
+                location.display()
+            )));
+        }
+        if location.as_os_str().as_bytes().ends_with(b"\\") {
+            return Err(Error::BadSource(format!(
+                "the source's tablespace {oid} is at {}, whose final backslash pg_basebackup cannot be given",
+                location.display()
+            )));
+        }
+        let new = self_contained::tablespace_home(target, oid);
+        let mut arg = OsString::from("--tablespace-mapping=");
+        arg.push(escape_equals(location.as_os_str()));
+        arg.push("=");
+        arg.push(escape_equals(new.as_os_str()));
+        args.push(arg);
+    }
+    Ok(args)
+}
+
+/// A path for one side of `--tablespace-mapping`, with `=` escaped as pg_basebackup reads it.
+fn escape_equals(path: &OsStr) -> OsString {
+    let mut out = Vec::new();
+    for &b in path.as_bytes() {
+        if b == b'=' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    OsString::from_vec(out)
+}
+
+fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Whether a client's message says that the server could not be reached or refused us, as
@@ -161,6 +281,29 @@ mod tests {
         assert_eq!(parse_progress("179234/558523 kB (32%), 0/1 tablespace"), Some((179234 * 1024, 558523 * 1024)));
         assert_eq!(parse_progress("  0/23 kB (0%), 0/1 tablespace (...ata/base/1/2)"), Some((0, 23 * 1024)));
         assert_eq!(parse_progress("pg_basebackup: waiting for checkpoint"), None);
+    }
+
+    #[test]
+    fn tablespaces_are_mapped_into_the_copy() {
+        let target = Path::new("/images/a.partial");
+        let list = vec![
+            ("16384".to_string(), PathBuf::from("/srv/ts")),
+            ("16385".to_string(), PathBuf::from("/srv/a=b")),
+            ("16386".to_string(), PathBuf::from("pg_tblspc/16386")),
+        ];
+        let args = tablespace_mappings(&list, target).unwrap();
+        assert_eq!(
+            args,
+            vec![
+                OsString::from("--tablespace-mapping=/srv/ts=/images/a.partial/thinclone_tablespaces/16384"),
+                OsString::from("--tablespace-mapping=/srv/a\\=b=/images/a.partial/thinclone_tablespaces/16385"),
+            ]
+        );
+        let err =
+            tablespace_mappings(&[("7".into(), PathBuf::from("../thinclone_tablespaces/7"))], target).unwrap_err();
+        assert!(matches!(err, Error::BadSource(_)) && err.to_string().contains("--from-dir"), "{err}");
+        assert!(tablespace_mappings(&[("7".into(), PathBuf::from("/srv/x\\"))], target).is_err());
+        assert_eq!(from_hex("2f7372762f7473").unwrap(), b"/srv/ts");
     }
 
     #[test]

@@ -5,91 +5,16 @@
 //! They run as root, with the servers as the OS user `postgres`. A missing prerequisite
 //! fails the test with a message; nothing is skipped.
 
+mod support;
+
 use std::fs;
 use std::net::{IpAddr, TcpListener};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use engine::{Engine, Error, Instance, InstanceSpec, Secret, SourceUrl, User};
+use engine::{Error, InstanceSpec, Secret, SourceUrl};
+use support::{anything_runs_on, free_port, setup, Source, START};
 use sys::Program;
-
-const BIN: &str = "/usr/lib/postgresql/15/bin";
-const START: Duration = Duration::from_secs(60);
-
-/// The engine, the `postgres` OS user and a scratch directory it can reach.
-struct Setup {
-    engine: Arc<dyn Engine>,
-    user: User,
-    work: tempfile::TempDir,
-}
-
-fn setup() -> Setup {
-    assert!(sys::user::running_as_root(), "the engine tests run as root (their servers run as postgres)");
-    assert!(Path::new(BIN).join("postgres").is_file(), "the engine tests need PostgreSQL 15 in {BIN}");
-    let user = User::lookup("postgres").expect("the engine tests need the OS user postgres");
-    let work = tempfile::tempdir().unwrap();
-    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    Setup { engine: engine_pg::engine(), user, work }
-}
-
-impl Setup {
-    fn path(&self, name: &str) -> PathBuf {
-        self.work.path().join(name)
-    }
-
-    /// An empty directory owned by postgres.
-    fn dir(&self, name: &str) -> PathBuf {
-        let path = self.path(name);
-        fs::create_dir_all(&path).unwrap();
-        std::os::unix::fs::chown(&path, Some(self.user.uid), Some(self.user.gid)).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
-        path
-    }
-
-    /// A new data directory made by initdb, with `superuser` as its bootstrap superuser.
-    fn initdb(&self, name: &str, superuser: &str, extra: &[&str]) -> PathBuf {
-        let data = self.dir(name);
-        Program::new(Path::new(BIN).join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", superuser, "--no-sync"])
-            .args(extra)
-            .user(&self.user)
-            .run()
-            .unwrap();
-        data
-    }
-
-    fn spec(&self, name: &str, data_dir: &Path, superuser: &str) -> InstanceSpec {
-        InstanceSpec {
-            version: "15".into(),
-            data_dir: data_dir.to_owned(),
-            run_dir: self.path(&format!("run-{name}")),
-            port: free_port(),
-            listen: vec!["127.0.0.1".parse().unwrap()],
-            remote_clients: false,
-            user: self.user.clone(),
-            superuser: superuser.into(),
-            label: format!("test-{name}"),
-            memory: Some("32MB".into()),
-        }
-    }
-
-    fn start(&self, spec: &InstanceSpec) -> Box<dyn Instance> {
-        self.engine.start(spec, START).unwrap_or_else(|e| panic!("starting {}: {e}", spec.label))
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Whether any live process has an argument under `dir` (a server's `-D`).
-fn anything_runs_on(dir: &Path) -> bool {
-    !sys::procfs::processes_under(dir).is_empty()
-}
 
 #[test]
 fn a_prepared_copy_of_a_crashed_server_starts_without_redo() {
@@ -313,58 +238,12 @@ fn a_server_that_cannot_start_says_why_and_leaves_nothing() {
     assert!(err.err().unwrap().to_string().contains("9.6 is not supported"));
 }
 
-/// A test source server with its own pg_hba.conf (replication with a password over TCP),
-/// stopped when dropped.
-struct Source {
-    process: sys::Process,
-    port: u16,
-}
-
-impl Source {
-    fn start(t: &Setup, password: &str) -> Source {
-        let data = t.initdb("source", "postgres", &["--auth-local=trust", "--auth-host=scram-sha-256"]);
-        let port = free_port();
-        let run = t.dir("run-source");
-        let process = Program::new(Path::new(BIN).join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-c", &format!("port={port}"), "-c", "listen_addresses=127.0.0.1", "-c"])
-            .arg(format!("unix_socket_directories={}", run.display()))
-            .user(&t.user)
-            .spawn_logged(&run.join("log"))
-            .unwrap();
-        let source = Source { process, port };
-        let ready = sys::wait::until(START, Duration::from_millis(20), || {
-            let text = fs::read_to_string(data.join("postmaster.pid")).unwrap_or_default();
-            (text.lines().nth(7).map(str::trim) == Some("ready")).then_some(())
-        });
-        assert!(ready.is_some(), "the source server did not start");
-        Program::new(Path::new(BIN).join("psql"))
-            .args(["-X", "-q", "-h"])
-            .arg(&run)
-            .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c"])
-            .arg(format!(
-                "ALTER ROLE postgres PASSWORD '{password}'; CREATE TABLE t AS SELECT g FROM generate_series(1, 5000) g"
-            ))
-            .user(&t.user)
-            .run()
-            .unwrap();
-        source
-    }
-}
-
-impl Drop for Source {
-    fn drop(&mut self) {
-        if let Err(e) = self.process.stop(libc::SIGQUIT, Duration::from_secs(10)) {
-            eprintln!("stopping the source server: {e}");
-        }
-    }
-}
-
 #[test]
 fn a_live_server_is_copied_and_prepared() {
     let t = setup();
-    let source = Source::start(&t, "src-pw");
+    let mut source = Source::init(&t, "source");
+    source.start();
+    source.sql("ALTER ROLE postgres PASSWORD 'src-pw'; CREATE TABLE t AS SELECT g FROM generate_series(1, 5000) g");
     let url = |password: &str| {
         SourceUrl::parse(&format!("postgresql://postgres:{password}@127.0.0.1:{}/postgres", source.port)).unwrap()
     };

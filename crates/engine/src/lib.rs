@@ -146,6 +146,22 @@ pub trait Engine: Send + Sync + 'static {
     /// Whether a server is running on `dir` now.
     fn is_in_use(&self, dir: &Path) -> bool;
 
+    /// Refuses to copy `dir` while a server is running on it, with an [`Error::InUse`] that
+    /// says what to do instead (take the image from the running server, stop it, or say that
+    /// `dir` is a crash-consistent snapshot). Engines that can name the server say more.
+    fn check_not_in_use(&self, dir: &Path) -> Result<()> {
+        if self.is_in_use(dir) {
+            return Err(Error::InUse(format!(
+                "a {} server is running on {}; copying it now would give a torn copy: take the image from the \
+                 running server with --from-url, or stop the server first (if it is a crash-consistent snapshot of \
+                 a running server, say so with --snapshot)",
+                self.name(),
+                dir.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// The versions whose server programs are installed here, oldest first.
     fn installed_versions(&self) -> Vec<String>;
 
