@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::blockmap::BlockMap;
 use crate::error::{Error, Result};
+use crate::image::Image;
 use crate::journal::{self, Journal, Record};
 use crate::layer::LayerStack;
 use crate::node::{Attr, Data, Dir, Ino, Kind, LayerFile, Node, Perms, Time, ROOT_INO};
@@ -88,7 +89,8 @@ struct FrozenLayer {
 }
 
 pub struct CowFs {
-    image: PathBuf,
+    /// The image, read only through [`Image`], which never follows a symlink.
+    image: Image,
     options: Options,
     top: TopLayer,
     /// Frozen layers, top-most first.
@@ -133,7 +135,7 @@ fn read_full(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
 impl CowFs {
     /// Opens the merged tree of `stack`'s image and layers, replaying the layers' journals.
     pub fn new(stack: LayerStack, options: Options) -> Result<CowFs> {
-        let image = stack.image().to_owned();
+        let image = Image::open(stack.image())?;
         let mut layer_dirs = stack.layer_dirs();
         let top_dir = layer_dirs.pop().expect("a layer stack always has a writable layer");
         let (journal, top_records) = Journal::open(&top_dir.join("journal")).map_err(|e| at(&top_dir, e))?;
@@ -209,10 +211,10 @@ impl CowFs {
             match record {
                 Record::Adopt { ino, path } => {
                     let path = PathBuf::from(path);
-                    let meta = fs::symlink_metadata(self.image.join(&path)).map_err(|e| {
+                    let meta = self.image.stat(&path).map_err(|e| {
                         corrupt(format!("the journal names image entry {path:?}, which the image lacks: {e}"))
                     })?;
-                    let kind = Kind::from_file_type(meta.file_type());
+                    let kind = meta.kind();
                     self.insert_node(*ino, kind, Some(path.clone()), true, None);
                     lock(&self.adopted).insert(path, *ino);
                 }
@@ -328,10 +330,6 @@ impl CowFs {
         self.nodes.read().unwrap().get(&ino).cloned().ok_or(Error::Stale)
     }
 
-    fn image_path(&self, node: &Node) -> Option<PathBuf> {
-        node.origin.as_ref().map(|origin| self.image.join(origin))
-    }
-
     /// Reads the attributes of an image node from the image, once. Journaled attributes win
     /// over the image's; the image's size, link count and symlink target are read regardless.
     fn load_perms(&self, node: &Node) -> Result<Perms> {
@@ -344,19 +342,28 @@ impl CowFs {
             }
         }
         let path =
-            self.image_path(node).ok_or_else(|| Error::Corrupt(format!("inode {} has no attributes", node.ino)))?;
-        let st = fs::symlink_metadata(&path)?;
+            node.origin.as_ref().ok_or_else(|| Error::Corrupt(format!("inode {} has no attributes", node.ino)))?;
+        let st = self.image.stat(path)?;
+        if st.kind() != node.kind {
+            return Err(Error::Corrupt(format!(
+                "image entry {} of {} is now a {:?}, not a {:?}: the image changed under the mount",
+                path.display(),
+                self.image.path().display(),
+                st.kind(),
+                node.kind
+            )));
+        }
         let (uid, gid) = self.options.owner.unwrap_or((st.uid(), st.gid()));
         let perms = Perms {
             mode: st.mode() & 0o7777,
             uid,
             gid,
             rdev: st.rdev() as u32,
-            atime: Time(st.atime(), st.atime_nsec() as u32),
-            mtime: Time(st.mtime(), st.mtime_nsec() as u32),
-            ctime: Time(st.ctime(), st.ctime_nsec() as u32),
+            atime: st.atime(),
+            mtime: st.mtime(),
+            ctime: st.ctime(),
         };
-        let target = if node.kind == Kind::Symlink { Some(fs::read_link(&path)?.into_os_string()) } else { None };
+        let target = if node.kind == Kind::Symlink { Some(self.image.read_link(path)?) } else { None };
         let mut meta = lock(&node.meta);
         meta.image_loaded = true;
         meta.image_size = st.size();
@@ -374,9 +381,7 @@ impl CowFs {
             let mut subdirs = 0;
             if let Some(origin) = &node.origin {
                 let adopted = lock(&self.adopted);
-                for entry in fs::read_dir(self.image.join(origin))? {
-                    let entry = entry?;
-                    let name = entry.file_name();
+                for (name, kind) in self.image.read_dir(origin)? {
                     if dir.overrides.contains_key(&name) {
                         continue;
                     }
@@ -384,7 +389,6 @@ impl CowFs {
                     let child = match adopted.get(&path).and_then(|ino| self.nodes.read().unwrap().get(ino).cloned()) {
                         Some(child) => child,
                         None => {
-                            let kind = Kind::from_file_type(entry.file_type()?);
                             let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
                             self.insert_node(ino, kind, Some(path), false, None)
                         }
@@ -487,8 +491,8 @@ impl CowFs {
             }
         }
         if reaches_image {
-            if let Some(path) = self.image_path(node) {
-                data.image = Some(File::open(path)?);
+            if let Some(origin) = &node.origin {
+                data.image = Some(self.image.open_file(origin)?);
             }
         }
         data.resolved = true;

@@ -15,6 +15,7 @@ mod blockmap;
 mod error;
 mod fs;
 mod fuse;
+mod image;
 mod journal;
 mod layer;
 mod node;

@@ -29,25 +29,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub(crate) fn from_file_type(ft: std::fs::FileType) -> Kind {
-        use std::os::unix::fs::FileTypeExt;
-        if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_fifo() {
-            Kind::Fifo
-        } else if ft.is_socket() {
-            Kind::Socket
-        } else if ft.is_char_device() {
-            Kind::CharDevice
-        } else if ft.is_block_device() {
-            Kind::BlockDevice
-        } else {
-            Kind::File
-        }
-    }
-
     /// The kind a `mknod` mode asks for.
     pub fn from_mode(mode: u32) -> Option<Kind> {
         match mode & libc::S_IFMT {
