@@ -1,9 +1,9 @@
 //! The image directory, read without ever following a symlink.
 //!
 //! The cowfs server runs as root, and an image may hold symlinks that point anywhere: the
-//! source's own, or one planted in the image by whoever could write to it. If cowfs opened image files by path, a symlink in place of a file or directory that the
-//! tree already knows would make cowfs read the target with root's rights and serve its bytes
-//! to the clone. So every access goes through [`Image`]: it holds a descriptor of the image
+//! source's own, or one planted in the image by whoever could write to it. If cowfs opened
+//! image files by path, a symlink in place of a file or directory that the tree already knows
+//! would make cowfs read the target with root's rights and serve its bytes to the clone. So every access goes through [`Image`]: it holds a descriptor of the image
 //! root and resolves each path beneath it with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS)` where the kernel has it (Linux 5.6+), and otherwise component by
 //! component with `openat(O_NOFOLLOW)`. The last component is then stat'ed with
