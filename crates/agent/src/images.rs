@@ -71,17 +71,8 @@ pub(crate) fn check_source_dir(agent: &LocalAgent, dir: &Path, snapshot: bool) -
         match engine.detect(&canonical) {
             Ok(version) => {
                 engine.check_installed(&version).map_err(|e| bad(e.to_string()))?;
-                if !snapshot && engine.is_in_use(&canonical) {
-                    return Err(AgentError::new(
-                        ErrorKind::Conflict,
-                        format!(
-                            "a {} server is running on {}: a copy of it now would be torn. Take the image \
-                             from the running server with --from-url, or stop the server first; if the \
-                             directory is a crash-consistent snapshot of a running server, say so with --snapshot",
-                            engine.name(),
-                            canonical.display()
-                        ),
-                    ));
+                if !snapshot {
+                    engine.check_not_in_use(&canonical).map_err(|e| AgentError::new(ErrorKind::Conflict, e.to_string()))?;
                 }
                 check_room(agent, &format!("a copy of {}", canonical.display()), sys::tree::size(&canonical).bytes)?;
                 return Ok(SourceFacts {
