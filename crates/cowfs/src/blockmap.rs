@@ -95,13 +95,20 @@ impl BlockMap {
             return Ok(());
         }
         let (lo, hi) = ((first / 8) as usize, (last / 8) as usize);
+        let (old_len, old) =
+            (self.bits.len(), self.bits[lo.min(self.bits.len())..(hi + 1).min(self.bits.len())].to_vec());
         if self.bits.len() <= hi {
             self.bits.resize(hi + 1, 0);
         }
         for block in first..=last {
             self.bits[(block / 8) as usize] |= 1 << (block % 8);
         }
-        self.file.write_all_at(&self.bits[lo..=hi], HEADER_LEN + lo as u64)?;
+        if let Err(e) = self.file.write_all_at(&self.bits[lo..=hi], HEADER_LEN + lo as u64) {
+            // Growing the map can run out of space: the blocks stay not owned, here as on disk.
+            self.bits[lo..lo + old.len()].copy_from_slice(&old);
+            self.bits.truncate(old_len);
+            return Err(e);
+        }
         self.dirty.store(true, Ordering::Release);
         Ok(())
     }

@@ -30,6 +30,13 @@ pub enum Error {
     NotSupported,
     #[error("stale file handle")]
     Stale,
+    /// The layer's filesystem has less space available than the reserve cowfs keeps for
+    /// writes the kernel has already accepted (see `space.rs`).
+    #[error(
+        "no space left on device: the layer's filesystem has {available} bytes available, \
+         less than the reserve of {reserve} bytes"
+    )]
+    NoSpace { available: u64, reserve: u64 },
     /// The on-disk layer state is inconsistent; the message says what and where.
     #[error("corrupt layer: {0}")]
     Corrupt(String),
@@ -54,6 +61,7 @@ impl Error {
             Error::NotPermitted => libc::EPERM,
             Error::NotSupported => libc::EOPNOTSUPP,
             Error::Stale => libc::ESTALE,
+            Error::NoSpace { .. } => libc::ENOSPC,
             Error::Corrupt(_) => libc::EIO,
             Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }

@@ -25,6 +25,7 @@ use crate::image::Image;
 use crate::journal::{self, Journal, Record};
 use crate::layer::LayerStack;
 use crate::node::{Attr, Data, Dir, Ino, Kind, LayerFile, Node, Perms, Time, ROOT_INO};
+use crate::space::Space;
 use crate::BLOCK_SIZE;
 
 const NAME_MAX: usize = 255;
@@ -100,6 +101,8 @@ pub struct CowFs {
     adopted: Mutex<HashMap<PathBuf, Ino>>,
     next_ino: AtomicU64,
     namespace: Mutex<()>,
+    /// Free space of the writable layer's filesystem, and the reserve kept on it.
+    space: Space,
     stack: LayerStack,
 }
 
@@ -155,6 +158,7 @@ impl CowFs {
             adopted: Mutex::new(HashMap::from([(PathBuf::new(), ROOT_INO)])),
             next_ino: AtomicU64::new(ROOT_INO + 1),
             namespace: Mutex::new(()),
+            space: Space::new(&top_dir)?,
             stack,
         };
         for dir in &layer_dirs {
@@ -184,6 +188,17 @@ impl CowFs {
             lock(&node.meta).perms = Some(perms);
         }
         Ok(fs)
+    }
+
+    /// The space kept free on the layer's filesystem (see doc/SEMANTICS.md, "Full disks").
+    pub fn reserve(&self) -> u64 {
+        self.space.reserve()
+    }
+
+    /// Sets the reserve: below it, operations that need new space and that a caller waits
+    /// for are refused with `ENOSPC`.
+    pub fn set_reserve(&self, bytes: u64) {
+        self.space.set_reserve(bytes)
     }
 
     /// The layer stack under this tree.
@@ -553,17 +568,31 @@ impl CowFs {
         let size = data.size.unwrap_or(0);
         let below = !data.lower.is_empty() || data.image.is_some();
         let name = node.ino.to_string();
-        let map = if below && size > 0 {
-            let map = BlockMap::create(&self.top.data_dir.join(format!("{name}.map")), size)?;
-            Some(map)
-        } else {
-            None
-        };
+        let map_path = self.top.data_dir.join(format!("{name}.map"));
         // Built under a temporary name so that the data file appears with its full size.
         let tmp = self.top.data_dir.join(format!("{name}.new"));
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
-        file.set_len(size)?;
-        fs::rename(&tmp, self.top.data_dir.join(&name))?;
+        let made = (|| {
+            let map = if below && size > 0 { Some(BlockMap::create(&map_path, size)?) } else { None };
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+            file.set_len(size)?;
+            fs::rename(&tmp, self.top.data_dir.join(&name))?;
+            Ok::<_, io::Error>((file, map))
+        })();
+        let (file, map) = match made {
+            Ok(made) => made,
+            Err(e) => {
+                // Out of space, most likely: take back what was made. (The mount would also
+                // collect these files, but the space is wanted now.)
+                for path in [&tmp, &map_path] {
+                    if let Err(e) = fs::remove_file(path) {
+                        if e.kind() != io::ErrorKind::NotFound {
+                            tracing::warn!(path = %path.display(), "could not remove after a failed copy-up: {e}");
+                        }
+                    }
+                }
+                return self.space.observe(Err(e.into()), false);
+            }
+        };
         lock(&self.top.data_inos).insert(node.ino);
         self.top.data_dir_dirty.store(true, Ordering::Release);
         if map.is_none() {
@@ -597,7 +626,7 @@ impl CowFs {
             return Ok(());
         }
         let mut journal = lock(&self.top.journal);
-        journal.append(&batch)?;
+        self.space.observe(journal.append(&batch).map_err(Error::from), false)?;
         for node in adopted {
             if !node.adopted.swap(true, Ordering::AcqRel) {
                 if let Some(origin) = &node.origin {
@@ -721,6 +750,9 @@ impl CowFs {
         if self.entries(&parent, &mut dir)?.contains_key(name) {
             return Err(Error::Exists);
         }
+        // A new node takes little space itself, but it is where new data goes: refused while
+        // the layer's filesystem has less than a block above the reserve.
+        self.space.admit(BLOCK_SIZE)?;
         let now = Time::now();
         let mut mode = mode & 0o7777;
         let gid = if parent_perms.mode & libc::S_ISGID != 0 {
@@ -1059,10 +1091,50 @@ impl CowFs {
         Ok(buf)
     }
 
+    /// Writes `bytes` at `offset` for a caller that waits for the answer (a mount without the
+    /// writeback cache, or `O_DIRECT`). When the write needs new space and the layer's
+    /// filesystem is below the reserve, it is refused with `ENOSPC` before anything is written.
     pub fn write(&self, ino: Ino, offset: u64, bytes: &[u8]) -> Result<u32> {
+        self.write_data(ino, offset, bytes, false)
+    }
+
+    /// Writes `bytes` that the kernel has already accepted from the application into its
+    /// writeback cache. The writer can no longer be told, so the reserve does not apply: this
+    /// write may use it. It fails only when the filesystem itself is full.
+    pub fn write_cached(&self, ino: Ino, offset: u64, bytes: &[u8]) -> Result<u32> {
+        self.write_data(ino, offset, bytes, true)
+    }
+
+    fn write_data(&self, ino: Ino, offset: u64, bytes: &[u8], cached: bool) -> Result<u32> {
         let node = self.file(ino)?;
+        if bytes.is_empty() {
+            return Ok(0);
+        }
+        let end = offset + bytes.len() as u64;
         let mut data = node.data.as_ref().unwrap().write().unwrap();
+        self.resolve(&node, &mut data)?;
+        if cached {
+            self.space.spent(bytes.len() as u64);
+        } else {
+            let need = new_bytes(&data, offset, end);
+            if need > 0 {
+                self.space.admit(need)?;
+            }
+        }
         self.copy_up(&node, &mut data)?;
+        let size = data.size.unwrap_or(0);
+        if let Err(e) = Self::store(&mut data, offset, bytes) {
+            Self::take_back(&data, size, offset, end);
+            return self.space.observe(Err(e), cached);
+        }
+        data.size = Some(size.max(end));
+        drop(data);
+        touch(&node, Time::now());
+        Ok(bytes.len() as u32)
+    }
+
+    /// Stores a write in the top layer's data file (which exists).
+    fn store(data: &mut Data, offset: u64, bytes: &[u8]) -> Result<()> {
         let size = data.size.unwrap_or(0);
         let end = offset + bytes.len() as u64;
         let top = data.top.as_mut().unwrap();
@@ -1078,11 +1150,11 @@ impl CowFs {
                 let mut buf = vec![0u8; (tail_end - head_start) as usize];
                 if head_start < offset {
                     // Reading at level 0 gives the current merged contents.
-                    Self::read_level(&data, 0, head_start, &mut buf[..(offset - head_start) as usize])?;
+                    Self::read_level(data, 0, head_start, &mut buf[..(offset - head_start) as usize])?;
                 }
                 if tail_end > end {
                     let at = (end - head_start) as usize;
-                    Self::read_level(&data, 0, end, &mut buf[at..])?;
+                    Self::read_level(data, 0, end, &mut buf[at..])?;
                 }
                 buf[(offset - head_start) as usize..(end - head_start) as usize].copy_from_slice(bytes);
                 let top = data.top.as_mut().unwrap();
@@ -1091,10 +1163,41 @@ impl CowFs {
             }
             _ => top.file.write_all_at(bytes, offset)?,
         }
-        data.size = Some(size.max(end));
-        drop(data);
-        touch(&node, Time::now());
-        Ok(bytes.len() as u32)
+        Ok(())
+    }
+
+    /// After a failed write (out of space, most likely), frees what it stored that nothing
+    /// shows: the data file is cut back to the file's size, and blocks of `offset..end` the
+    /// layer does not own are punched out. Bytes written over owned blocks stay, as after a
+    /// short write.
+    fn take_back(data: &Data, size: u64, offset: u64, end: u64) {
+        let top = data.top.as_ref().unwrap();
+        if end > size {
+            if let Err(e) = top.file.set_len(size) {
+                tracing::warn!("could not cut a data file back to its size after a failed write: {e}");
+            }
+        }
+        let Some(map) = &top.map else { return };
+        let mut block = offset / BLOCK_SIZE;
+        while block * BLOCK_SIZE < end.min(size).min(map.lower_limit()) {
+            if !map.is_owned(block) {
+                // SAFETY: fallocate on a file descriptor we own.
+                let rc = unsafe {
+                    libc::fallocate(
+                        top.file.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        (block * BLOCK_SIZE) as i64,
+                        BLOCK_SIZE as i64,
+                    )
+                };
+                if rc != 0 {
+                    let e = io::Error::last_os_error();
+                    tracing::debug!("could not punch out a block after a failed write: {e}");
+                    return;
+                }
+            }
+            block += 1;
+        }
     }
 
     fn truncate(&self, node: &Node, size: u64) -> Result<()> {
@@ -1178,13 +1281,15 @@ impl CowFs {
             return Err(Error::NotSupported);
         }
         let node = self.file(ino)?;
+        // Allocating is taking new space: refused below the reserve, as a write would be.
+        self.space.admit(len)?;
         let mut data = node.data.as_ref().unwrap().write().unwrap();
         self.copy_up(&node, &mut data)?;
         let top = data.top.as_ref().unwrap();
         // SAFETY: fallocate on a file descriptor we own.
         let rc = unsafe { libc::fallocate(top.file.as_raw_fd(), mode, offset as i64, len as i64) };
         if rc != 0 {
-            return Err(io::Error::last_os_error().into());
+            return self.space.observe(Err(io::Error::last_os_error().into()), false);
         }
         if mode == 0 {
             let size = data.size.unwrap_or(0).max(offset + len);
@@ -1202,11 +1307,8 @@ impl CowFs {
             // Shared: writes to other parts of the file go on during the fsync.
             let data = data.read().unwrap();
             if let Some(top) = &data.top {
-                if datasync {
-                    top.file.sync_data()?;
-                } else {
-                    top.file.sync_all()?;
-                }
+                let synced = if datasync { top.file.sync_data() } else { top.file.sync_all() };
+                self.space.observe(synced.map_err(Error::from), false)?;
                 if let Some(map) = &top.map {
                     map.sync()?;
                 }
@@ -1255,10 +1357,13 @@ impl CowFs {
         if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
             return Err(io::Error::last_os_error().into());
         }
+        // What cowfs keeps in reserve is not available to the tree's users: a clone whose
+        // writes are refused shows a full filesystem.
+        let reserve = self.space.reserve().div_ceil((st.f_frsize as u64).max(1));
         Ok(Statfs {
             blocks: st.f_blocks,
-            bfree: st.f_bfree,
-            bavail: st.f_bavail,
+            bfree: st.f_bfree.saturating_sub(reserve),
+            bavail: st.f_bavail.saturating_sub(reserve),
             files: st.f_files,
             ffree: st.f_ffree,
             bsize: st.f_bsize as u32,
@@ -1282,6 +1387,27 @@ impl CowFs {
         }
         Ok(total)
     }
+}
+
+/// How many bytes of new space a write of `offset..end` may take in the top layer: the blocks
+/// it copies up, and what it adds past the end of the file. Filling a hole inside a file the
+/// layer holds whole counts as nothing: it is space the file was given (by `fallocate`, or
+/// the reserve), and refusing it would fail writes into space the application reserved.
+fn new_bytes(data: &Data, offset: u64, end: u64) -> u64 {
+    let size = data.size.unwrap_or(0);
+    let past_eof = end.saturating_sub(size.max(offset));
+    let within = offset..end.min(size);
+    if within.is_empty() {
+        return past_eof;
+    }
+    let blocks = within.start / BLOCK_SIZE..=(within.end - 1) / BLOCK_SIZE;
+    let copied = match &data.top {
+        None if data.lower.is_empty() && data.image.is_none() => 0,
+        None => blocks.count() as u64,
+        Some(LayerFile { map: Some(map), .. }) => blocks.filter(|b| !map.is_owned(*b)).count() as u64,
+        Some(LayerFile { map: None, .. }) => 0,
+    };
+    past_eof + copied * BLOCK_SIZE
 }
 
 /// The extent of bytes from `pos` (below `end`) that are all owned by the map's layer, or all

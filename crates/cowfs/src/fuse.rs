@@ -395,7 +395,7 @@ impl Filesystem for FuseFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -410,7 +410,15 @@ impl Filesystem for FuseFs {
         } else {
             offset
         };
-        match self.fs.write(ino.0, offset, data) {
+        // A write from the page cache was accepted from the application long ago: it is
+        // stored even into the space reserve. Any other write has a caller waiting, who can
+        // be told ENOSPC before the disk is really full.
+        let written = if write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
+            self.fs.write_cached(ino.0, offset, data)
+        } else {
+            self.fs.write(ino.0, offset, data)
+        };
+        match written {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }

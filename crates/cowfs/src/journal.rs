@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use sys::crashsafe;
 use crate::error::{Error, Result};
 use crate::node::{Kind, Time};
+use sys::crashsafe;
 
 /// One change to the namespace or to attributes. Inode numbers are stable for the life of a
 /// layer stack: they are allocated once and recorded here.
@@ -133,6 +133,11 @@ pub(crate) struct Journal {
     /// Record count of the delta when the journal was last compacted.
     compacted_records: usize,
     records_since_compaction: usize,
+    /// After a compaction failed (out of space, say), the record count at which to try again.
+    retry_compaction_at: usize,
+    /// A failed append may have left part of its batch at the end of the file: it must be cut
+    /// off before anything else is appended, or replay would find it in the middle.
+    torn: bool,
 }
 
 impl Journal {
@@ -162,10 +167,15 @@ impl Journal {
             synced_len: good_len,
             compacted_records: delta.len(),
             records_since_compaction: records.len(),
+            retry_compaction_at: 0,
+            torn: false,
             delta,
         };
         if journal.wants_compaction() {
-            journal.compact()?;
+            if let Err(e) = journal.compact() {
+                tracing::warn!(journal = %path.display(), "could not compact the journal, will try later: {e}");
+                journal.retry_compaction_at = journal.records_since_compaction + 4096;
+            }
         }
         Ok((journal, records))
     }
@@ -178,14 +188,31 @@ impl Journal {
         }
         let mut line = serde_json::to_vec(batch).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
+        if self.torn {
+            self.file.set_len(self.len)?;
+            self.torn = false;
+        }
+        if let Err(e) = self.file.write_all(&line) {
+            // Out of space, most likely, perhaps after part of the line: cut it off, now if
+            // possible, or before the next append.
+            if let Err(cut) = self.file.set_len(self.len) {
+                tracing::warn!(journal = %self.path.display(), "could not cut off a failed append: {cut}");
+                self.torn = true;
+            }
+            return Err(e);
+        }
         self.len += line.len() as u64;
         for record in batch {
             self.delta.apply(record);
         }
         self.records_since_compaction += batch.len();
         if self.wants_compaction() {
-            self.compact()?;
+            // The batch is in the journal: a compaction that fails (out of space) must not fail
+            // the operation. The journal is left as it is, and compacted later.
+            if let Err(e) = self.compact() {
+                tracing::warn!(journal = %self.path.display(), "could not compact the journal, will try later: {e}");
+                self.retry_compaction_at = self.records_since_compaction + 4096;
+            }
         }
         Ok(())
     }
@@ -200,7 +227,9 @@ impl Journal {
     }
 
     fn wants_compaction(&self) -> bool {
-        self.records_since_compaction > 4096 && self.records_since_compaction > 4 * self.compacted_records
+        self.records_since_compaction > 4096
+            && self.records_since_compaction > 4 * self.compacted_records
+            && self.records_since_compaction >= self.retry_compaction_at
     }
 
     fn compact(&mut self) -> io::Result<()> {
@@ -210,14 +239,31 @@ impl Journal {
             serde_json::to_writer(&mut contents, chunk).map_err(io::Error::other)?;
             contents.push(b'\n');
         }
-        crashsafe::replace_file(&self.path, &contents)?;
-        self.file = OpenOptions::new().read(true).append(true).open(&self.path)?;
+        let mut tmp = self.path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let written = (|| {
+            let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            file.write_all(&contents)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            if let Err(e) = std::fs::remove_file(&tmp) {
+                tracing::warn!(path = %tmp.display(), "could not remove a compacted journal that failed: {e}");
+            }
+            return Err(e);
+        }
+        let file = OpenOptions::new().read(true).append(true).open(&tmp)?;
+        std::fs::rename(&tmp, &self.path)?;
+        // From the rename on, the new file is the journal, whatever happens next.
+        self.file = file;
         self.len = contents.len() as u64;
         self.synced_len = self.len;
         self.compacted_records = records.len();
         self.records_since_compaction = records.len();
+        self.retry_compaction_at = 0;
         tracing::debug!(journal = %self.path.display(), records = records.len(), "compacted journal");
-        Ok(())
+        crashsafe::fsync_parent(&self.path)
     }
 }
 

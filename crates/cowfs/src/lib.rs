@@ -19,12 +19,14 @@ mod image;
 mod journal;
 mod layer;
 mod node;
+mod space;
 
 pub use error::{Error, Result};
 pub use fs::{Caller, CowFs, DirEntry, Options, SetAttr, Statfs};
 pub use fuse::{is_live_mount, mount, unmount_stale, MountConfig, Mounted};
 pub use layer::{LayerStack, Usage};
 pub use node::{Attr, Ino, Kind, Time, ROOT_INO};
+pub use space::{layer_space, LayerSpace};
 
 /// The granularity of copy-on-write: a block that a layer changes is stored whole.
 /// Databases write pages of 8 KiB or a multiple of it, so a page write never copies more
