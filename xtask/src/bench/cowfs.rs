@@ -142,7 +142,8 @@ pub fn main(o: Options) -> Result<()> {
     let run = Run::start("cowfs", &o.workdir, &o.common)?;
     log(&format!("ESTIMATED RUN TIME: {}", progress::estimate_text(estimate)));
     let fio_bin = if p.do_fio { Some(host::need_program(&run.exec, "fio", "fio")?) } else { None };
-    let facts = Facts::gather(&run.exec, &run.workdir, &run.repo, &run.bin, &run.pg.program("postgres"), fio_bin.as_deref());
+    let facts =
+        Facts::gather(&run.exec, &run.workdir, &run.repo, &run.bin, &run.pg.program("postgres"), fio_bin.as_deref());
     run.need_space(u64::from(p.scale) * 16 * 4 * (1 << 20) + (2 << 30))?;
 
     let fio = match &fio_bin {
@@ -193,7 +194,12 @@ fn run_fio(run: &Run, p: &Params, fio_bin: &Path) -> Result<FioPart> {
     run.exec.run(&Cmd::new("cp").args(["--sparse=never"]).arg(image.join("testfile")).arg(native.join("testfile")))?;
     host::sync_all();
 
-    let settings = fio::Settings { fio: fio_bin.to_owned(), size: p.fio_size.clone(), runtime_s: p.fio_runtime, ramp_s: p.fio_ramp };
+    let settings = fio::Settings {
+        fio: fio_bin.to_owned(),
+        size: p.fio_size.clone(),
+        runtime_s: p.fio_runtime,
+        ramp_s: p.fio_ramp,
+    };
     let mut part = FioPart { settings, outcomes: Vec::new(), native_commands: Vec::new(), cold: run.can_drop };
     for (n, workload) in fio::workloads(p.fio_fsync_every).iter().enumerate() {
         let cold = workload.kind == fio::Kind::Cold;
@@ -252,12 +258,13 @@ struct PgPart {
 
 fn run_pgbench(run: &Run, p: &Params, port: u16) -> Result<PgPart> {
     let d = &run.data;
-    let (src, image, full, cow, layer) = (d.join("pg-src"), d.join("pg-image"), d.join("pg-full"), d.join("pg-cow"), d.join("pg-layer"));
+    let (src, image, full, cow, layer) =
+        (d.join("pg-src"), d.join("pg-image"), d.join("pg-full"), d.join("pg-cow"), d.join("pg-layer"));
     let pg = &run.pg;
     let exec = &run.exec;
     log(&format!("== PostgreSQL: initdb + pgbench -i -s {}", p.scale));
     pg.initdb(exec, &src, &run.logs.join("initdb.log"))?;
-    let source = HandServer::start(pg, exec, &src, port, &run.sock, &run.logs.join("pg/source.log"), PG_SETTINGS, StartWait::Ready)?;
+    let source = HandServer::start(run, &src, port, &run.logs.join("pg/source.log"), PG_SETTINGS, StartWait::Ready)?;
     let sock_args = |cmd: Cmd| cmd.arg("-h").arg(&run.sock).args(["-p", &port.to_string(), "-U", "postgres"]);
     exec.run(&sock_args(Cmd::new(pg.program("createdb"))).arg("bench"))?;
     let t0 = Instant::now();
@@ -280,7 +287,8 @@ fn run_pgbench(run: &Run, p: &Params, port: u16) -> Result<PgPart> {
     exec.run(&Cmd::new("cp").arg("-a").arg(&image).arg(&full))?;
     host::sync_all();
     log("  A: cowfs clone (fresh layer over the image, --owner postgres)");
-    let mount = Mount::start(exec, &run.bin, &image, &layer, &cow, &run.logs.join("thinclone-pg.log"), Some("postgres"))?;
+    let mount =
+        Mount::start(exec, &run.bin, &image, &layer, &cow, &run.logs.join("thinclone-pg.log"), Some("postgres"))?;
 
     let pgbench = Pgbench { bin: pg.program("pgbench"), clients: p.clients, threads: p.threads };
     let mut runs = ab::Runs::default();
@@ -290,7 +298,8 @@ fn run_pgbench(run: &Run, p: &Params, port: u16) -> Result<PgPart> {
             Side::B => (&full, port + 2),
         };
         let s = side.letter();
-        let server = HandServer::start(pg, exec, dir, port, &run.sock, &run.logs.join(format!("pg/{s}.log")), PG_SETTINGS, StartWait::Ready)?;
+        let server =
+            HandServer::start(run, dir, port, &run.logs.join(format!("pg/{s}.log")), PG_SETTINGS, StartWait::Ready)?;
         let conn = server.conn("bench");
         let logf = |what: &str| run.logs.join(format!("pgbench-{pair}-{s}-{what}.log"));
         for (mode, tag) in [(Mode::ReadWrite, "rw"), (Mode::SelectOnly, "ro")] {
@@ -409,7 +418,12 @@ impl Results {
         });
         let sock = run.sock.display();
         let bin = run.pg.bin.display();
-        let pgb = |s: &str| format!("{bin}/pgbench -h {sock} -p PORT -U postgres{s} -c {} -j {} -T {} bench", p.clients, p.threads, p.duration);
+        let pgb = |s: &str| {
+            format!(
+                "{bin}/pgbench -h {sock} -p PORT -U postgres{s} -c {} -j {} -T {} bench",
+                p.clients, p.threads, p.duration
+            )
+        };
         let judged = |mode: Mode, target: f64| {
             pg.as_ref().and_then(|pg| pg.runs.summary(mode)).map(|summary| Judged {
                 met: (!run.quick).then(|| summary.median_ratio.is_some_and(|r| r >= target)),
@@ -544,14 +558,24 @@ impl Results {
             let _ = writeln!(s, "Source cluster: `initdb` as postgres, `pgbench -i -s {}` (database {}), clean stop, `cp -a` into an image directory.", p.scale, pp.database_size.as_deref().unwrap_or("n/a"));
             let _ = writeln!(s, "A = cowfs clone: `thinclone mount --image IMAGE --layer LAYER MNT --owner postgres` with a fresh layer (layer after all runs: {}). B = native: full `cp -a` of the image on {fs_type}.", markdown::bytes(pp.cowfs_layer_after_runs_bytes.map(|b| b as f64)));
             let _ = writeln!(s, "One server at a time, runs alternate A B A B for {} pair(s); after each server start: a {w} s read-write warm-up, the measured {d} s read-write run, a {w} s select-only warm-up, the measured {d} s select-only run, then a fast shutdown. Both clusters keep their changes from run to run.", p.pairs, w = p.warmup, d = p.duration);
-            let _ = writeln!(s, "Server settings: `{PG_SETTINGS}`, unix socket in the workdir. pgbench: {} clients, {} threads.\n", p.clients, p.threads);
-            let modes: Vec<(Mode, &Judged)> = [(Mode::ReadWrite, &pgr.read_write), (Mode::SelectOnly, &pgr.select_only)]
-                .into_iter()
-                .filter_map(|(m, j)| Some((m, j.as_ref()?)))
-                .collect();
+            let _ = writeln!(
+                s,
+                "Server settings: `{PG_SETTINGS}`, unix socket in the workdir. pgbench: {} clients, {} threads.\n",
+                p.clients, p.threads
+            );
+            let modes: Vec<(Mode, &Judged)> =
+                [(Mode::ReadWrite, &pgr.read_write), (Mode::SelectOnly, &pgr.select_only)]
+                    .into_iter()
+                    .filter_map(|(m, j)| Some((m, j.as_ref()?)))
+                    .collect();
             let pairs: Vec<(Mode, &ab::Summary)> = modes.iter().map(|(m, j)| (*m, &j.summary)).collect();
             let _ = writeln!(s, "{}", ab::pairs_table(&pairs, "cowfs", "native").render());
-            let mut t = Table::new([("mode", Align::Left), ("median A/B", Align::Right), ("target", Align::Right), ("met?", Align::Left)]);
+            let mut t = Table::new([
+                ("mode", Align::Left),
+                ("median A/B", Align::Right),
+                ("target", Align::Right),
+                ("met?", Align::Left),
+            ]);
             for (m, j) in &modes {
                 t.row([
                     m.label(),

@@ -93,25 +93,22 @@ pub struct Settings {
 impl Settings {
     /// Options of every job.
     pub fn common(&self) -> Vec<String> {
-        [
-            "--ioengine=psync",
-            "--direct=0",
-            "--invalidate=0",
-            "--fallocate=none",
-            "--numjobs=1",
-            "--iodepth=1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([format!("--size={}", self.size)])
-        .collect()
+        ["--ioengine=psync", "--direct=0", "--invalidate=0", "--fallocate=none", "--numjobs=1", "--iodepth=1"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("--size={}", self.size)])
+            .collect()
     }
 
     /// Options of warm (time-based) or cold (one pass, capped) jobs.
     pub fn kind_options(&self, kind: Kind) -> Vec<String> {
         match kind {
             Kind::Warm => {
-                vec!["--time_based".into(), format!("--runtime={}", self.runtime_s), format!("--ramp_time={}", self.ramp_s)]
+                vec![
+                    "--time_based".into(),
+                    format!("--runtime={}", self.runtime_s),
+                    format!("--ramp_time={}", self.ramp_s),
+                ]
             }
             Kind::Cold => vec![format!("--runtime={}", self.runtime_s)],
         }
@@ -151,7 +148,15 @@ pub struct Outcome {
 }
 
 /// Runs one job and reads its JSON; fio's stderr goes to `stderr_log` (replaced).
-pub fn run(exec: &Exec, settings: &Settings, workload: &Workload, target: &str, file: &Path, output: &Path, stderr_log: &Path) -> Result<Outcome> {
+pub fn run(
+    exec: &Exec,
+    settings: &Settings,
+    workload: &Workload,
+    target: &str,
+    file: &Path,
+    output: &Path,
+    stderr_log: &Path,
+) -> Result<Outcome> {
     exec.run_to(&settings.cmd(workload, file, output), stderr_log)
         .with_context(|| format!("fio {} on {target}", workload.name))?;
     let text = std::fs::read_to_string(output).with_context(|| format!("reading {}", output.display()))?;

@@ -213,8 +213,7 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         .filter(|child| {
             let stat = fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
             // The parent pid is the second field after the parenthesised command name.
-            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
-                == Some(pid)
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok()) == Some(pid)
         })
         .collect()
 }

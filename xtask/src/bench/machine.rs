@@ -50,21 +50,33 @@ pub struct Facts {
 impl Facts {
     /// Gathers the facts: `thinclone` and `postgres` are the binaries measured; `fio` is given
     /// when the run uses it.
-    pub fn gather(exec: &Exec, workdir: &Path, repo: &Path, thinclone: &Path, postgres: &Path, fio: Option<&Path>) -> Facts {
+    pub fn gather(
+        exec: &Exec,
+        workdir: &Path,
+        repo: &Path,
+        thinclone: &Path,
+        postgres: &Path,
+        fio: Option<&Path>,
+    ) -> Facts {
         let version = |cmd: Cmd| exec.stdout(&cmd).ok().and_then(|s| s.lines().next().map(str::to_owned));
         let unknown = || "unknown".to_owned();
         let mount = mount_of(workdir);
         let machine = Machine {
             nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
             mem_total_kib: host::meminfo_kib("MemTotal:"),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| unknown(), |s| s.trim().to_owned()),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map_or_else(|_| unknown(), |s| s.trim().to_owned()),
             cpu: std::fs::read_to_string("/proc/cpuinfo")
                 .ok()
-                .and_then(|t| t.lines().find_map(|l| Some(l.strip_prefix("model name")?.split_once(':')?.1.trim().to_owned())))
+                .and_then(|t| {
+                    t.lines().find_map(|l| Some(l.strip_prefix("model name")?.split_once(':')?.1.trim().to_owned()))
+                })
                 .unwrap_or_default(),
             os: std::fs::read_to_string("/etc/os-release")
                 .ok()
-                .and_then(|t| t.lines().find_map(|l| Some(l.strip_prefix("PRETTY_NAME=")?.trim_matches('"').to_owned())))
+                .and_then(|t| {
+                    t.lines().find_map(|l| Some(l.strip_prefix("PRETTY_NAME=")?.trim_matches('"').to_owned()))
+                })
                 .unwrap_or_else(unknown),
             workdir: workdir.display().to_string(),
             workdir_fs: mount.as_ref().map_or_else(unknown, |m| m.fs_type.clone()),
@@ -96,7 +108,10 @@ impl Facts {
         t.row(["OS", &m.os]);
         t.row([
             "workdir filesystem".to_owned(),
-            format!("{} on {} (`{}`, options `{}`)", m.workdir_fs, m.workdir_device, m.workdir, m.workdir_mount_options),
+            format!(
+                "{} on {} (`{}`, options `{}`)",
+                m.workdir_fs, m.workdir_device, m.workdir, m.workdir_mount_options
+            ),
         ]);
         t.row(["thinclone".to_owned(), format!("{}, git {}, release build", v.thinclone, v.thinclone_git)]);
         if let Some(fio) = &v.fio {

@@ -187,7 +187,12 @@ impl Run {
     pub fn need_space(&self, need: u64) -> Result<()> {
         let free = host::free_bytes(&self.workdir)?;
         if free < need {
-            bail!("not enough space in {}: {} MiB free, about {} MiB needed", self.workdir.display(), free >> 20, need >> 20);
+            bail!(
+                "not enough space in {}: {} MiB free, about {} MiB needed",
+                self.workdir.display(),
+                free >> 20,
+                need >> 20
+            );
         }
         Ok(())
     }
@@ -282,8 +287,14 @@ mod tests {
 
     #[test]
     fn relative_paths() {
-        assert_eq!(relative_path(Path::new("/r/bench/results/x.json"), Path::new("/r")), Path::new("bench/results/x.json"));
-        assert_eq!(relative_path(Path::new("/r/bench/results/quick/x.json"), Path::new("/r/bench/results/quick")), Path::new("x.json"));
+        assert_eq!(
+            relative_path(Path::new("/r/bench/results/x.json"), Path::new("/r")),
+            Path::new("bench/results/x.json")
+        );
+        assert_eq!(
+            relative_path(Path::new("/r/bench/results/quick/x.json"), Path::new("/r/bench/results/quick")),
+            Path::new("x.json")
+        );
         assert_eq!(relative_path(Path::new("/a/x.json"), Path::new("/r/b")), Path::new("../../a/x.json"));
         assert_eq!(absolute(Path::new("/a/./b/../c")).unwrap(), Path::new("/a/c"));
     }

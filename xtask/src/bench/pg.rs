@@ -14,7 +14,8 @@ use super::exec::{self, tail, Cmd, Exec};
 use super::progress::warn;
 
 /// The programs the benchmarks need.
-const PROGRAMS: [&str; 8] = ["initdb", "pg_ctl", "postgres", "pgbench", "psql", "createdb", "pg_basebackup", "pg_controldata"];
+const PROGRAMS: [&str; 8] =
+    ["initdb", "pg_ctl", "postgres", "pgbench", "psql", "createdb", "pg_basebackup", "pg_controldata"];
 
 /// The server programs of one PostgreSQL version, and the OS user servers run as.
 #[derive(Debug, Clone)]
@@ -100,7 +101,11 @@ impl Pg {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        bail!("no successful SELECT 1 within {} s: {}", timeout.as_secs(), last_error.map_or_else(String::new, |e| e.to_string()))
+        bail!(
+            "no successful SELECT 1 within {} s: {}",
+            timeout.as_secs(),
+            last_error.map_or_else(String::new, |e| e.to_string())
+        )
     }
 }
 
@@ -109,7 +114,11 @@ impl Pg {
 pub enum Conn {
     /// A libpq URL; a password in it is passed in the environment, never in arguments.
     Url(String),
-    Socket { dir: PathBuf, port: u16, db: String },
+    Socket {
+        dir: PathBuf,
+        port: u16,
+        db: String,
+    },
 }
 
 impl Conn {
@@ -126,24 +135,26 @@ impl Conn {
     }
 
     fn add(&self, cmd: Cmd, dash_d: bool) -> Cmd {
-        let cmd = match self {
+        match self {
             Conn::Url(url) => {
                 let (shown, password) = split_password(url);
                 let cmd = if dash_d { cmd.arg("-d") } else { cmd };
                 let cmd = cmd.arg(shown);
                 match password {
-                    Some(p) => return cmd.env("PGPASSWORD", p),
+                    Some(p) => cmd.env("PGPASSWORD", p),
                     None => cmd,
                 }
             }
             Conn::Socket { dir, port, db } => {
                 let cmd = cmd.arg("-h").arg(dir).args(["-p", &port.to_string(), "-U", "postgres"]);
-                if dash_d { cmd.args(["-d", db]) } else { cmd.arg(db) }
+                if dash_d {
+                    cmd.args(["-d", db])
+                } else {
+                    cmd.arg(db)
+                }
             }
-        };
-        cmd
+        }
     }
-
 }
 
 /// A libpq URL without its password (`scheme://user:pw@host/…` → `scheme://user@host/…`),
@@ -216,17 +227,17 @@ pub enum StartWait {
 }
 
 impl HandServer {
-    /// `pg_ctl -D DIR -l LOG start -o "-p PORT -k SOCKET_DIR SETTINGS"` as postgres.
+    /// `pg_ctl -D DIR -l LOG start -o "-p PORT -k SOCKET_DIR SETTINGS"` as postgres, with
+    /// the run's socket directory.
     pub fn start(
-        pg: &Pg,
-        exec: &Arc<Exec>,
+        run: &super::Run,
         data_dir: &Path,
         port: u16,
-        socket_dir: &Path,
         log: &Path,
         settings: &str,
         wait: StartWait,
     ) -> Result<HandServer> {
+        let (pg, exec, socket_dir) = (&run.pg, &run.exec, &run.sock);
         let options = format!("-p {port} -k {} {settings}", socket_dir.display());
         let cmd = Cmd::new(pg.program("pg_ctl"))
             .arg("-D")
@@ -251,7 +262,12 @@ impl HandServer {
             stopped: false,
         };
         if let Err(e) = exec.run(&cmd) {
-            bail!("postgres did not start on {} ({e:#}); log {}:\n{}", data_dir.display(), log.display(), tail(log, 30));
+            bail!(
+                "postgres did not start on {} ({e:#}); log {}:\n{}",
+                data_dir.display(),
+                log.display(),
+                tail(log, 30)
+            );
         }
         Ok(server)
     }

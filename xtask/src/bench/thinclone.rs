@@ -52,8 +52,8 @@ fn cargo() -> PathBuf {
     if let Some(c) = std::env::var_os("CARGO") {
         return c.into();
     }
-    let on_path = std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("cargo")).find(|c| c.is_file()));
+    let on_path =
+        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("cargo")).find(|c| c.is_file()));
     on_path.unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo/bin/cargo")
     })
@@ -75,7 +75,15 @@ pub struct Mount {
 
 impl Mount {
     /// Starts the mount and waits until it is up.
-    pub fn start(exec: &Exec, bin: &Path, image: &Path, layer: &Path, mount_point: &Path, log: &Path, owner: Option<&str>) -> Result<Mount> {
+    pub fn start(
+        exec: &Exec,
+        bin: &Path,
+        image: &Path,
+        layer: &Path,
+        mount_point: &Path,
+        log: &Path,
+        owner: Option<&str>,
+    ) -> Result<Mount> {
         fs::create_dir_all(mount_point)?;
         if host::is_mount_point(mount_point) {
             bail!("{} is already a mount point", mount_point.display());
@@ -96,7 +104,12 @@ impl Mount {
             exec::check_interrupted()?;
             if mount.process.try_wait()?.is_some() {
                 mount.stopped = true;
-                bail!("thinclone mount exited before mounting {} (log {}):\n{}", mount_point.display(), log.display(), tail(log, 20));
+                bail!(
+                    "thinclone mount exited before mounting {} (log {}):\n{}",
+                    mount_point.display(),
+                    log.display(),
+                    tail(log, 20)
+                );
             }
             if Instant::now() >= deadline {
                 bail!("timed out waiting for the cowfs mount at {} (log {})", mount_point.display(), log.display());
@@ -140,7 +153,8 @@ impl Drop for Mount {
 
 /// A lazy unmount of a FUSE or other mount (fusermount3, fusermount, then umount -l).
 pub fn lazy_unmount(mount_point: &Path) {
-    for (prog, args) in [("fusermount3", &["-u", "-z"][..]), ("fusermount", &["-u", "-z"][..]), ("umount", &["-l"][..])] {
+    for (prog, args) in [("fusermount3", &["-u", "-z"][..]), ("fusermount", &["-u", "-z"][..]), ("umount", &["-l"][..])]
+    {
         let Some(path) = host::find_program(prog) else { continue };
         if Cmd::new(path).args(args).arg(mount_point).program().run().is_ok() {
             return;
@@ -161,7 +175,14 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(exec: &Arc<Exec>, bin: &Path, data_dir: &Path, ports: (u16, u16), log: &Path, extra: &[&str]) -> Result<Daemon> {
+    pub fn start(
+        exec: &Arc<Exec>,
+        bin: &Path,
+        data_dir: &Path,
+        ports: (u16, u16),
+        log: &Path,
+        extra: &[&str],
+    ) -> Result<Daemon> {
         fs::create_dir_all(data_dir)?;
         let offset = fs::metadata(log).map_or(0, |m| m.len()) as usize;
         let cmd = with_log_level(Cmd::new(bin))
@@ -172,17 +193,14 @@ impl Daemon {
             .arg("--stop-clones-at-exit")
             .args(extra);
         let process = exec.spawn(&cmd, log)?;
-        let mut daemon = Daemon {
-            process,
-            data_dir: data_dir.to_owned(),
-            url: String::new(),
-            exec: exec.clone(),
-            stopped: false,
-        };
+        let mut daemon =
+            Daemon { process, data_dir: data_dir.to_owned(), url: String::new(), exec: exec.clone(), stopped: false };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             exec::check_interrupted()?;
-            let text = fs::read(log).map(|b| String::from_utf8_lossy(&b[offset.min(b.len())..]).into_owned()).unwrap_or_default();
+            let text = fs::read(log)
+                .map(|b| String::from_utf8_lossy(&b[offset.min(b.len())..]).into_owned())
+                .unwrap_or_default();
             if let Some(url) = listening_url(&text) {
                 daemon.url = url;
                 return Ok(daemon);
@@ -210,7 +228,9 @@ impl Daemon {
         }
         self.stopped = true;
         match self.process.stop(libc::SIGTERM, Duration::from_secs(300)) {
-            Ok((_, true)) => warn(&format!("thinclone serve pid {} did not stop on SIGTERM; killed", self.process.pid())),
+            Ok((_, true)) => {
+                warn(&format!("thinclone serve pid {} did not stop on SIGTERM; killed", self.process.pid()))
+            }
             Ok(_) => {}
             Err(e) => warn(&format!("stopping thinclone serve: {e}")),
         }
@@ -240,9 +260,8 @@ pub fn stop_leftovers(data_dir: &Path) {
     let mut prefix = data_dir.as_os_str().to_owned();
     prefix.push("/");
     for pid in sys::procfs::processes_under(Path::new(&prefix)) {
-        let postgres = sys::procfs::cmdline(pid)
-            .and_then(|c| c.first().cloned())
-            .is_some_and(|p| p.ends_with("postgres"));
+        let postgres =
+            sys::procfs::cmdline(pid).and_then(|c| c.first().cloned()).is_some_and(|p| p.ends_with("postgres"));
         warn(&format!("stopping pid {pid} left by the daemon of {}", data_dir.display()));
         let signal = if postgres { libc::SIGINT } else { libc::SIGTERM };
         // SAFETY: kill of a live process whose command line names our data directory.
@@ -321,7 +340,12 @@ impl Daemon {
             // The sources are stopped cleanly: nothing to recover.
             snapshot: false,
         };
-        self.exec.note(&format!("POST {}{} {}   # and wait for its operation", self.url, api::paths::IMAGES, serde_json::to_string(&request)?));
+        self.exec.note(&format!(
+            "POST {}{} {}   # and wait for its operation",
+            self.url,
+            api::paths::IMAGES,
+            serde_json::to_string(&request)?
+        ));
         let image = self.client().create_image_and_wait(&request).with_context(|| format!("making image {name_}"))?;
         if image.status != api::ImageStatus::Ready {
             bail!("image {name_} is {} after its operation ended: {}", image.status, image.message.unwrap_or_default());
@@ -338,7 +362,12 @@ impl Daemon {
     /// Makes a clone and waits until it accepts connections.
     pub fn create_clone(&self, name_: &str, image: &str, driver: api::Driver) -> Result<CloneInfo> {
         let request = api::CreateClone { name: name(name_)?, image: name(image)?, driver: Some(driver) };
-        self.exec.note(&format!("POST {}{} {}   # and wait", self.url, api::paths::CLONES, serde_json::to_string(&request)?));
+        self.exec.note(&format!(
+            "POST {}{} {}   # and wait",
+            self.url,
+            api::paths::CLONES,
+            serde_json::to_string(&request)?
+        ));
         let clone = self.client().create_clone_and_wait(&request).with_context(|| format!("making clone {name_}"))?;
         Ok(CloneInfo { url: clone.url, stored_bytes: clone.sizes_at.map(|_| clone.stored_bytes) })
     }

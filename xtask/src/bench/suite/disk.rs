@@ -22,7 +22,13 @@ pub fn run(s: &mut Suite, scale: u32) -> Result<()> {
         let m: Box<dyn CloneMethod> = methods::by_key(key).expect("a known method");
         let made = m.make(s, scale, &format!("d{scale}_{key}"))?;
         let created = made.disk_bytes(s)?;
-        let o = s.pgbench.run(&s.run.exec, &made.conn, Mode::ReadWrite, s.p.disk_duration, &s.run.logs.join(format!("pgbench-disk-{key}.log")))?;
+        let o = s.pgbench.run(
+            &s.run.exec,
+            &made.conn,
+            Mode::ReadWrite,
+            s.p.disk_duration,
+            &s.run.logs.join(format!("pgbench-disk-{key}.log")),
+        )?;
         s.psql(&made.conn, "checkpoint")?;
         let checkpointed = api::Timestamp::now();
         let after = made.disk_bytes(s)?;

@@ -48,11 +48,9 @@ pub fn run(s: &mut Suite, scale: u32) -> Result<()> {
         log(&format!("  image {image} (XFS) from the directory: {t} s"));
     }
     s.source = Some(HandServer::start(
-        &run.pg,
-        &run.exec,
+        run,
         &src,
         s.p.source_port(),
-        &run.sock,
         &run.logs.join(format!("pg/source-{scale}.log")),
         SOURCE_SETTINGS,
         StartWait::Ready,

@@ -107,7 +107,9 @@ fn clone_processes(daemon: &Daemon, name: &str) -> Vec<i32> {
     let postmasters: Vec<i32> = pids
         .iter()
         .copied()
-        .filter(|&pid| sys::procfs::cmdline(pid).and_then(|c| c.first().cloned()).is_some_and(|p| p.ends_with("postgres")))
+        .filter(|&pid| {
+            sys::procfs::cmdline(pid).and_then(|c| c.first().cloned()).is_some_and(|p| p.ends_with("postgres"))
+        })
         .collect();
     for pm in postmasters {
         pids.extend(host::children_of(pm));

@@ -229,7 +229,12 @@ impl CloneMethod for CopyAndStart {
         let (image, dir, mode, used_before) = if self.reflink {
             let xfs = s.xfs()?;
             let used = host::fs_used_bytes(&xfs.fs.mount_point)?;
-            (xfs.daemon.image_dir(&image_name), xfs.fs.mount_point.join("manual").join(name), "--reflink=always", Some(used))
+            (
+                xfs.daemon.image_dir(&image_name),
+                xfs.fs.mount_point.join("manual").join(name),
+                "--reflink=always",
+                Some(used),
+            )
         } else {
             (s.ext4()?.image_dir(&image_name), s.run.data.join("manual").join(name), "--reflink=never", None)
         };
@@ -238,26 +243,21 @@ impl CloneMethod for CopyAndStart {
         s.run.exec.run(&Cmd::new("cp").args(["-a", mode]).arg(&image).arg(&dir))?;
         let user = &s.run.pg.user;
         s.run.exec.note(&format!("chown -R {}: {}   # in-process, as the copy driver does", user.name, dir.display()));
-        sys::tree::chown(&dir, user.uid, user.gid).with_context(|| format!("giving {} to {}", dir.display(), user.name))?;
+        sys::tree::chown(&dir, user.uid, user.gid)
+            .with_context(|| format!("giving {} to {}", dir.display(), user.name))?;
         let server = HandServer::start(
-            &s.run.pg,
-            &s.run.exec,
+            s.run,
             &dir,
             s.p.hand_port(),
-            &s.run.sock,
             &s.run.logs.join("pg/manual.log"),
             HAND_SETTINGS,
             StartWait::Launched,
         )?;
         let conn = server.conn("bench");
-        s.wait_ready(&conn).with_context(|| format!("the server on {} (log {})", dir.display(), server.log.display()))?;
+        s.wait_ready(&conn)
+            .with_context(|| format!("the server on {} (log {})", dir.display(), server.log.display()))?;
         let ready_s = seconds_since(t0);
-        Ok(Made {
-            ready_s,
-            conn,
-            stored_bytes: None,
-            clone: Box::new(HandCopy { server, dir, used_before }),
-        })
+        Ok(Made { ready_s, conn, stored_bytes: None, clone: Box::new(HandCopy { server, dir, used_before }) })
     }
 }
 
@@ -310,7 +310,8 @@ impl CloneMethod for CreateDatabase {
         let conn = s.source_conn(name);
         s.wait_ready(&conn).with_context(|| format!("database {name}"))?;
         let ready_s = seconds_since(t0);
-        let oid = s.psql(&s.source_conn("postgres"), &format!("select oid from pg_database where datname = '{name}'"))?;
+        let oid =
+            s.psql(&s.source_conn("postgres"), &format!("select oid from pg_database where datname = '{name}'"))?;
         Ok(Made {
             ready_s,
             conn,

@@ -291,6 +291,8 @@ pub struct Xfs {
 /// What a suite run shares between its items.
 pub struct Suite<'r> {
     pub run: &'r Run,
+    /// The database engine of the clones (`engine_pg::engine()`).
+    pub engine: std::sync::Arc<dyn engine::Engine>,
     pub p: Params,
     pub pgbench: Pgbench,
     /// The daemon whose data directory is on the work directory's filesystem.
@@ -335,8 +337,19 @@ impl Suite<'_> {
         self.run.pg.wait_select1(&self.run.exec, conn, Duration::from_secs(120))
     }
 
+    /// Runs SQL: on a thinclone clone (a URL with its password) through the engine, on
+    /// the hand-started servers through their sockets with psql.
     pub fn psql(&self, conn: &Conn, sql: &str) -> Result<String> {
-        self.run.pg.psql(&self.run.exec, conn, sql)
+        match conn {
+            Conn::Url(url) => {
+                let (shown, _) = pg::split_password(url);
+                self.run
+                    .exec
+                    .note(&format!("psql -d {shown} -c {}   # through the engine's query", exec::shell_quote(sql)));
+                Ok(self.engine.query(url, sql)?)
+            }
+            Conn::Socket { .. } => self.run.pg.psql(&self.run.exec, conn, sql),
+        }
     }
 }
 
@@ -346,7 +359,10 @@ pub fn main(o: Options) -> Result<()> {
     let scales_text = p.scales.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
     let items_text = p.items.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
     if o.common.estimate {
-        println!("estimated run time: {} for scales {scales_text}, items {items_text}", progress::estimate_text(estimate));
+        println!(
+            "estimated run time: {} for scales {scales_text}, items {items_text}",
+            progress::estimate_text(estimate)
+        );
         return Ok(());
     }
     let quick_what = "tiny sizes, few repeats and 3-second runs";
@@ -365,10 +381,13 @@ pub fn main(o: Options) -> Result<()> {
     }
     // Disk: the large scale's source, ext4 image, XFS image and one full copy at a time,
     // and the XFS loop file's growth in item 2, plus the small scales' images.
-    let size = |s: u32| u64::from(s) * MIB_PER_SCALE << 20;
-    let need = 5 * size(p.large()) + (3 << 30) + p.scales.iter().filter(|&&s| s != p.large()).map(|&s| 3 * size(s)).sum::<u64>();
+    let size = |s: u32| (u64::from(s) * MIB_PER_SCALE) << 20;
+    let need = 5 * size(p.large())
+        + (3 << 30)
+        + p.scales.iter().filter(|&&s| s != p.large()).map(|&s| 3 * size(s)).sum::<u64>();
     run.need_space(need)?;
-    let sizes = p.scales.iter().map(|&s| format!("{:.2} GB", f64::from(s) * MIB_PER_SCALE as f64 / 1000.0)).collect::<Vec<_>>();
+    let sizes =
+        p.scales.iter().map(|&s| format!("{:.2} GB", f64::from(s) * MIB_PER_SCALE as f64 / 1000.0)).collect::<Vec<_>>();
     log(&format!("scales {scales_text} (about {}), items {items_text}", sizes.join(", ")));
     log(&format!("ESTIMATED RUN TIME: {}", progress::estimate_text(estimate)));
     let xfs_version = if p.wants_xfs() {
@@ -381,6 +400,7 @@ pub fn main(o: Options) -> Result<()> {
     pg::make_owned_dir(&run.data.join("pgtmp"), &run.pg.user, 0o755)?;
 
     let mut suite = Suite {
+        engine: engine_pg::engine(),
         pgbench: Pgbench { bin: run.pg.program("pgbench"), clients: p.clients, threads: p.threads },
         run: &run,
         p,
@@ -417,18 +437,36 @@ pub fn main(o: Options) -> Result<()> {
 /// the caller to stop, also when this fails.
 fn measure(suite: &mut Suite, xfs_file: &std::path::Path) -> Result<()> {
     let run = suite.run;
-    let daemon = Daemon::start(&run.exec, &run.bin, &run.data.join("ext4"), suite.p.ports_ext4(), &run.logs.join("thinclone-ext4.log"), &[])?;
+    let daemon = Daemon::start(
+        &run.exec,
+        &run.bin,
+        &run.data.join("ext4"),
+        suite.p.ports_ext4(),
+        &run.logs.join("thinclone-ext4.log"),
+        &[],
+    )?;
     log(&format!("thinclone daemon on {}: {} ({})", suite_fs(run), daemon.url, daemon.data_dir.display()));
     suite.ext4 = Some(daemon);
 
     if suite.p.wants_xfs() {
         // Room for every scale's image and item 2's growth; sparse.
         let unit = MIB_PER_SCALE << 20;
-        let bytes = (3 << 30) + u64::from(suite.p.disk_scale) * unit * 3 / 2
+        let bytes = (3 << 30)
+            + u64::from(suite.p.disk_scale) * unit * 3 / 2
             + suite.p.scales.iter().map(|&s| u64::from(s) * unit * 13 / 10).sum::<u64>();
-        suite.phases.start(format!("XFS with reflink=1 on a loop device ({} sparse file)", super::markdown::bytes(Some(bytes as f64))));
+        suite.phases.start(format!(
+            "XFS with reflink=1 on a loop device ({} sparse file)",
+            super::markdown::bytes(Some(bytes as f64))
+        ));
         let fs = XfsLoop::make(&run.exec, xfs_file, bytes, &run.data.join("xfs"))?;
-        let daemon = Daemon::start(&run.exec, &run.bin, &fs.mount_point.join("thinclone"), suite.p.ports_xfs(), &run.logs.join("thinclone-xfs.log"), &[])?;
+        let daemon = Daemon::start(
+            &run.exec,
+            &run.bin,
+            &fs.mount_point.join("thinclone"),
+            suite.p.ports_xfs(),
+            &run.logs.join("thinclone-xfs.log"),
+            &[],
+        )?;
         log(&format!(
             "thinclone daemon on XFS: {} ({}, loop direct I/O {})",
             daemon.url,
@@ -442,14 +480,24 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path) -> Result<()> {
     for scale in suite.p.scales.clone() {
         suite.phases.start(format!("scale {scale}: source cluster (initdb, pgbench -i -s {scale})"));
         source::make(suite, scale)?;
-        suite.phases.start(format!("scale {scale}: images{}", if suite.p.want(4) { " and item 4 (image creation)" } else { "" }));
+        suite.phases.start(format!(
+            "scale {scale}: images{}",
+            if suite.p.want(4) { " and item 4 (image creation)" } else { "" }
+        ));
         images::run(suite, scale)?;
         if suite.p.want(1) {
-            suite.phases.start(format!("scale {scale}: item 1 (time to a ready clone, {} runs of {} methods)", suite.p.repeats, suite.p.methods.len()));
+            suite.phases.start(format!(
+                "scale {scale}: item 1 (time to a ready clone, {} runs of {} methods)",
+                suite.p.repeats,
+                suite.p.methods.len()
+            ));
             ready::run(suite, scale)?;
         }
         if suite.p.want(2) && scale == suite.p.disk_scale {
-            suite.phases.start(format!("scale {scale}: item 2 (disk per clone after {} s of pgbench read-write)", suite.p.disk_duration));
+            suite.phases.start(format!(
+                "scale {scale}: item 2 (disk per clone after {} s of pgbench read-write)",
+                suite.p.disk_duration
+            ));
             disk::run(suite, scale)?;
         }
         if let Some(source) = suite.source.take() {

@@ -31,8 +31,20 @@ pub fn run(s: &mut Suite) -> Result<()> {
     let (run, pgbench) = (s.run, &s.pgbench);
     let mut runs = ab::Runs::default();
     let measure = |runs: &mut ab::Runs, pair: u32, side: Side, mode: Mode, tag: &str| -> Result<()> {
-        let o = pgbench.run(&run.exec, conn(side), mode, s.p.duration, &run.logs.join(format!("pgbench-q{pair}-{}-{tag}.log", side.letter())))?;
-        log(&format!("  pair {pair} {} {}: {} tps, latency {} ms", side.letter(), mode.key(), o.tps.round(), crate::bench::markdown::num(o.latency_ms, 3)));
+        let o = pgbench.run(
+            &run.exec,
+            conn(side),
+            mode,
+            s.p.duration,
+            &run.logs.join(format!("pgbench-q{pair}-{}-{tag}.log", side.letter())),
+        )?;
+        log(&format!(
+            "  pair {pair} {} {}: {} tps, latency {} ms",
+            side.letter(),
+            mode.key(),
+            o.tps.round(),
+            crate::bench::markdown::num(o.latency_ms, 3)
+        ));
         runs.record(mode, pair, side, o);
         Ok(())
     };

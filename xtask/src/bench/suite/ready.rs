@@ -22,7 +22,12 @@ pub fn run(s: &mut Suite, scale: u32) -> Result<()> {
             let name = format!("r{scale}_{}_{r}", m.key().replace('_', ""));
             let made = m.make(s, scale, &name)?;
             let disk = made.disk_bytes(s)?;
-            log(&format!("  scale {scale} run {r} {}: ready in {} s, adds {}", m.key(), made.ready_s, bytes(Some(disk as f64))));
+            log(&format!(
+                "  scale {scale} run {r} {}: ready in {} s, adds {}",
+                m.key(),
+                made.ready_s,
+                bytes(Some(disk as f64))
+            ));
             s.results.ready.push(ReadyRun {
                 scale,
                 method: m.key(),
@@ -66,8 +71,12 @@ pub fn summaries(runs: &[ReadyRun], methods: &[&'static str], scales: &[u32]) ->
     for &m in methods {
         for &scale in scales {
             let these: Vec<&ReadyRun> = runs.iter().filter(|r| r.method == m && r.scale == scale).collect();
-            let stats = |f: &dyn Fn(&ReadyRun) -> Option<f64>| Stats::of(&these.iter().filter_map(|r| f(r)).collect::<Vec<_>>());
-            let (Some(seconds), Some(disk_bytes)) = (stats(&|r| Some(r.seconds)), stats(&|r| Some(r.disk_bytes as f64))) else {
+            let stats = |f: &dyn Fn(&ReadyRun) -> Option<f64>| {
+                Stats::of(&these.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
+            };
+            let (Some(seconds), Some(disk_bytes)) =
+                (stats(&|r| Some(r.seconds)), stats(&|r| Some(r.disk_bytes as f64)))
+            else {
                 continue;
             };
             out.push(Summary {
@@ -80,7 +89,8 @@ pub fn summaries(runs: &[ReadyRun], methods: &[&'static str], scales: &[u32]) ->
             });
         }
     }
-    let cp: Vec<(u32, f64)> = out.iter().filter(|x| x.method == "cp_start").map(|x| (x.scale, x.seconds.median)).collect();
+    let cp: Vec<(u32, f64)> =
+        out.iter().filter(|x| x.method == "cp_start").map(|x| (x.scale, x.seconds.median)).collect();
     for x in &mut out {
         let base = cp.iter().find(|(s, _)| *s == x.scale).map(|(_, t)| *t);
         x.speedup_vs_cp_start = ratio(base, Some(x.seconds.median));
@@ -118,7 +128,12 @@ pub fn time_table(summaries: &[Summary], flat: &[Flatness], methods: &[&'static 
         let mut row = vec![label(m)];
         for &scale in scales {
             row.push(match these.iter().find(|x| x.scale == scale) {
-                Some(x) => format!("{} ({}–{})", num(Some(x.seconds.median), 2), num(Some(x.seconds.min), 2), num(Some(x.seconds.max), 2)),
+                Some(x) => format!(
+                    "{} ({}–{})",
+                    num(Some(x.seconds.median), 2),
+                    num(Some(x.seconds.min), 2),
+                    num(Some(x.seconds.max), 2)
+                ),
                 None => "n/a".to_owned(),
             });
         }

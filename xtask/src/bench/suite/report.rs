@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{disk, images, many, methods, query, ready, Params, Suite, HAND_SETTINGS, MANY_CLONE_MEMORY, SOURCE_SETTINGS};
+use super::{
+    disk, images, many, methods, query, ready, Params, Suite, HAND_SETTINGS, MANY_CLONE_MEMORY, SOURCE_SETTINGS,
+};
 use crate::bench::ab;
 use crate::bench::host::XfsLoop;
 use crate::bench::machine::{Facts, Machine, Versions};
@@ -239,7 +241,15 @@ impl Report {
             r.query.modes().into_iter().filter_map(|m| Some((m.key(), r.query.summary(m)?))).collect();
         let many_rows = many::rows(&r.many, &r.many_at);
         let claims = claims(p, &summary, &flatness, &modes, &many_rows);
-        let pgb = |extra: &str| format!("{}/pgbench -c {} -j {}{extra} -T {} CONN", s.run.pg.bin.display(), p.clients, p.threads, p.duration);
+        let pgb = |extra: &str| {
+            format!(
+                "{}/pgbench -c {} -j {}{extra} -T {} CONN",
+                s.run.pg.bin.display(),
+                p.clients,
+                p.threads,
+                p.duration
+            )
+        };
         let mut xfs_loop = r.xfs_loop.clone();
         if let Some(x) = &mut xfs_loop {
             x.xfsprogs = xfsprogs.unwrap_or_default();
@@ -324,13 +334,22 @@ impl Report {
             let _ = writeln!(w, "> **QUICK MODE (smoke test): tiny sizes, few repeats and 3-second runs; these figures are NOT to be judged.** It only checks that the suite runs.\n");
         }
         let xfs = match &j.machine.xfs_loop {
-            Some(x) => format!("a sparse file in the workdir on a loop device (direct I/O {}), `{}`", x.direct_io, x.mkfs),
+            Some(x) => {
+                format!("a sparse file in the workdir on a loop device (direct I/O {}), `{}`", x.direct_io, x.mkfs)
+            }
             None => "not used (items 1 and 2 not run)".to_owned(),
         };
         let sizes = j
             .sizes
             .iter()
-            .map(|z| format!("scale {}: database {}, data directory {}", z.scale, bytes(Some(z.db_bytes as f64)), bytes(Some(z.datadir_bytes as f64))))
+            .map(|z| {
+                format!(
+                    "scale {}: database {}, data directory {}",
+                    z.scale,
+                    bytes(Some(z.db_bytes as f64)),
+                    bytes(Some(z.datadir_bytes as f64))
+                )
+            })
             .collect::<Vec<_>>()
             .join("; ");
         let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
@@ -345,11 +364,8 @@ impl Report {
             p.threads,
             list(&p.clone_counts)
         );
-        let extra = [
-            ("XFS for reflink".to_owned(), xfs),
-            ("sizes".to_owned(), sizes),
-            ("parameters".to_owned(), params),
-        ];
+        let extra =
+            [("XFS for reflink".to_owned(), xfs), ("sizes".to_owned(), sizes), ("parameters".to_owned(), params)];
         let _ = writeln!(w, "### Machine and parameters\n\n{}", facts.markdown(&extra));
 
         let summary = &j.ready.summary;
@@ -366,7 +382,11 @@ impl Report {
                 let _ = writeln!(w, "{}", ready::disk_table(summary, &p.methods, &p.scales).render());
             }
             if p.want(2) {
-                let _ = writeln!(w, "After {} s of pgbench read-write ({} clients) on the clone and a `CHECKPOINT`, scale {}:\n", p.disk_duration, p.clients, p.disk_scale);
+                let _ = writeln!(
+                    w,
+                    "After {} s of pgbench read-write ({} clients) on the clone and a `CHECKPOINT`, scale {}:\n",
+                    p.disk_duration, p.clients, p.disk_scale
+                );
                 let _ = writeln!(w, "{}", disk::table(&j.disk).render());
             }
         }
@@ -378,9 +398,17 @@ impl Report {
                 .filter_map(|m| Some((m, q.modes.get(m.key())?)))
                 .collect();
             let _ = writeln!(w, "{}", ab::pairs_table(&ordered, q.a_driver, q.b_driver).render());
-            let mut t = Table::new([("mode", Align::Left), ("median A/B", Align::Right), ("median latency A / B (ms)", Align::Right)]);
+            let mut t = Table::new([
+                ("mode", Align::Left),
+                ("median A/B", Align::Right),
+                ("median latency A / B (ms)", Align::Right),
+            ]);
             for (m, x) in &ordered {
-                t.row([m.label(), num(x.median_ratio, 3), format!("{} / {}", num(x.median_a_latency_ms, 3), num(x.median_b_latency_ms, 3))]);
+                t.row([
+                    m.label(),
+                    num(x.median_ratio, 3),
+                    format!("{} / {}", num(x.median_a_latency_ms, 3), num(x.median_b_latency_ms, 3)),
+                ]);
             }
             let _ = writeln!(w, "{}", t.render());
         }
@@ -395,7 +423,12 @@ impl Report {
             let _ = writeln!(w, "{}", many::table(&m.at).render());
         }
         let _ = writeln!(w, "### Claims checked\n");
-        let mut t = Table::new([("claim", Align::Left), ("value", Align::Right), ("target", Align::Right), ("met?", Align::Left)]);
+        let mut t = Table::new([
+            ("claim", Align::Left),
+            ("value", Align::Right),
+            ("target", Align::Right),
+            ("met?", Align::Left),
+        ]);
         for c in &j.claims {
             t.row([
                 c.claim.to_owned(),
@@ -433,14 +466,22 @@ impl Report {
         let _ = writeln!(w, "# source: initdb, then with the server running ({SOURCE_SETTINGS}):");
         let _ = writeln!(w, "pgbench -i -I dtGvp -s SCALE bench; psql -c checkpoint; pg_ctl stop -m fast");
         let _ = writeln!(w, "# daemons: on the workdir ({}) and on the XFS loop mount; --stop-clones-at-exit; item 5 adds --clone-memory {MANY_CLONE_MEMORY}", j.machine.machine.workdir_fs);
-        let _ = writeln!(w, "thinclone serve --data-dir DIR --listen 127.0.0.1:0 --ports FIRST-LAST --stop-clones-at-exit");
+        let _ =
+            writeln!(w, "thinclone serve --data-dir DIR --listen 127.0.0.1:0 --ports FIRST-LAST --stop-clones-at-exit");
         let _ = writeln!(w, "# through the typed client (crates/client), each waiting for its operation to end:");
         let _ = writeln!(w, "POST /v1/images {{\"name\": \"img-SCALE\", \"from_dir\": SOURCE}}    # item 4 also: {{\"from_url\": \"{}\"}}", s.source_url());
-        let _ = writeln!(w, "POST /v1/clones {{\"name\": NAME, \"image\": \"img-SCALE\", \"driver\": \"cowfs|copy|reflink\"}}");
+        let _ = writeln!(
+            w,
+            "POST /v1/clones {{\"name\": NAME, \"image\": \"img-SCALE\", \"driver\": \"cowfs|copy|reflink\"}}"
+        );
         let _ = writeln!(w, "cp -a --reflink=never|always IMAGE_DIR COPY && chown -R postgres: COPY && runuser -u postgres -- pg_ctl -D COPY -W start -o \"-p PORT -k SOCK {HAND_SETTINGS}\"");
         let _ = writeln!(w, "psql -c 'CREATE DATABASE NAME TEMPLATE bench STRATEGY FILE_COPY'");
-        let _ = writeln!(w, "psql -d CONN -c 'select 1'                                   # repeated every 10 ms until it succeeds");
-        let _ = writeln!(w, "runuser -u postgres -- pg_basebackup -d {} -D DIR -F p -X stream -c fast -N", s.source_url());
+        let _ = writeln!(
+            w,
+            "psql -d CONN -c 'select 1'                                   # repeated every 10 ms until it succeeds"
+        );
+        let _ =
+            writeln!(w, "runuser -u postgres -- pg_basebackup -d {} -D DIR -F p -X stream -c fast -N", s.source_url());
         let _ = writeln!(w, "{}", j.commands.pgbench_read_write);
         let _ = writeln!(w, "{}", j.commands.pgbench_select_only);
         let _ = writeln!(w, "```\n\nEvery command run is in `logs/commands.log` of the workdir.\n<!-- suite:end -->");
@@ -461,13 +502,25 @@ fn claims(
     let mut claims = Vec::new();
     let mut claim = |claim, value, unit, op, target| claims.push(Claim { claim, value, unit, op, target, met: None });
     if !cow.is_empty() {
-        claim("a cowfs clone is ready in about a second, at every scale (largest median)", max(cow.iter().map(|x| x.seconds.median).collect()), "s", "<=", 2.0);
+        claim(
+            "a cowfs clone is ready in about a second, at every scale (largest median)",
+            max(cow.iter().map(|x| x.seconds.median).collect()),
+            "s",
+            "<=",
+            2.0,
+        );
     }
     if let Some(f) = flat.iter().find(|f| f.method == "cowfs") {
         claim("cowfs clone time does not grow with the data (flatness)", f.flatness, "×", "<=", 1.5);
     }
     if !cow.is_empty() {
-        claim("a fresh cowfs clone adds under 1 MiB (largest median)", max(cow.iter().map(|x| x.disk_bytes.median / 1048576.0).collect()), "MiB", "<=", 1.0);
+        claim(
+            "a fresh cowfs clone adds under 1 MiB (largest median)",
+            max(cow.iter().map(|x| x.disk_bytes.median / 1048576.0).collect()),
+            "MiB",
+            "<=",
+            1.0,
+        );
     }
     if let Some(q) = modes.get("read_write") {
         claim("cowfs clone read-write TPS vs full copy (median of pairs)", q.median_ratio, "×", ">=", 0.90);
@@ -476,7 +529,13 @@ fn claims(
         claim("cowfs clone select-only TPS vs full copy (median of pairs)", q.median_ratio, "×", ">=", 0.95);
     }
     if let Some(last) = many.last() {
-        claim("the last of many clones is made about as fast as the first (last/first)", last.last_over_first, "×", "<=", 1.5);
+        claim(
+            "the last of many clones is made about as fast as the first (last/first)",
+            last.last_over_first,
+            "×",
+            "<=",
+            1.5,
+        );
     }
     if !p.quick {
         for c in &mut claims {

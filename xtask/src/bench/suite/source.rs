@@ -20,20 +20,27 @@ pub fn make(s: &mut Suite, scale: u32) -> Result<()> {
     let dir = s.source_dir(scale);
     pg.initdb(exec, &dir, &run.logs.join(format!("initdb-{scale}.log")))?;
     let server = HandServer::start(
-        pg,
-        exec,
+        run,
         &dir,
         s.p.source_port(),
-        &run.sock,
         &run.logs.join(format!("pg/source-{scale}.log")),
         SOURCE_SETTINGS,
         StartWait::Ready,
     )?;
-    let on_socket = |cmd: Cmd| cmd.arg("-h").arg(&run.sock).args(["-p", &s.p.source_port().to_string(), "-U", "postgres"]);
+    let on_socket =
+        |cmd: Cmd| cmd.arg("-h").arg(&run.sock).args(["-p", &s.p.source_port().to_string(), "-U", "postgres"]);
     exec.run(&on_socket(Cmd::new(pg.program("createdb"))).arg("bench"))?;
     let t0 = Instant::now();
     exec.run_to(
-        &on_socket(Cmd::new(pg.program("pgbench"))).args(["-i", "-I", "dtGvp", "-s", &scale.to_string(), "-q", "bench"]),
+        &on_socket(Cmd::new(pg.program("pgbench"))).args([
+            "-i",
+            "-I",
+            "dtGvp",
+            "-s",
+            &scale.to_string(),
+            "-q",
+            "bench",
+        ]),
         &run.logs.join(format!("pgbench-init-{scale}.log")),
     )?;
     s.psql(&server.conn("postgres"), "checkpoint")?;
