@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "thinclone's development tasks")]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "thinclone's development tasks")]
 enum Task {
     /// Benchmarks against baselines measured in the same run; they write BENCHMARKS.md and
     /// bench/results/*.json (doc/BENCHMARKING.md).

@@ -87,7 +87,8 @@ pub struct Options {
     /// Scratch directory; holds the XFS loop file too.
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/thinclone-suite")]
     pub workdir: PathBuf,
-    /// First of 202 TCP ports used.
+    /// First of the TCP ports used: 100 for the clones of the daemon on the workdir (more
+    /// when --clones asks for more), 100 for those on XFS, then 2 for hand-started servers.
     #[arg(long, value_name = "N", default_value_t = 56000)]
     pub port: u16,
     #[command(flatten)]
@@ -164,11 +165,8 @@ impl Params {
                 chosen
             }
         };
-        if clone_counts[clone_counts.len() - 1] > 90 {
-            bail!("--clones: at most 90 (the clone port range has 100 ports)");
-        }
-        if u32::from(o.port) + 201 > u32::from(u16::MAX) {
-            bail!("--port: the 202 ports from it do not fit below 65536");
+        if u32::from(o.port) + clone_counts[clone_counts.len() - 1].max(90) + 112 > u32::from(u16::MAX) {
+            bail!("--port: the ports from it (see --port) do not fit below 65536");
         }
         Ok(Params {
             quick: q,
@@ -208,22 +206,25 @@ impl Params {
         self.clone_counts[self.clone_counts.len() - 1]
     }
 
-    /// Ports: the ext4 daemon's clones, the XFS daemon's clones, the source server, one
-    /// hand-started server at a time.
+    /// Ports, from `--port` on: the ext4 daemon's clones (100, or room for item 5's clones
+    /// and 10 more), the XFS daemon's clones (100), the source server, one hand-started
+    /// server at a time.
     fn ports_ext4(&self) -> (u16, u16) {
-        (self.port, self.port + 99)
+        let span = (self.clones_max() + 10).max(100) as u16;
+        (self.port, self.port + span - 1)
     }
 
     fn ports_xfs(&self) -> (u16, u16) {
-        (self.port + 100, self.port + 199)
+        let first = self.ports_ext4().1 + 1;
+        (first, first + 99)
     }
 
     pub fn source_port(&self) -> u16 {
-        self.port + 200
+        self.ports_xfs().1 + 1
     }
 
     pub fn hand_port(&self) -> u16 {
-        self.port + 201
+        self.source_port() + 1
     }
 
     /// Seconds the run should take on the development machine (2 cores, about 1 GB/s of
@@ -369,9 +370,9 @@ pub fn main(o: Options) -> Result<()> {
     if p.quick {
         progress::quick_banner(quick_what);
     }
-    let busy = host::listening_ports(p.port, p.port + 201);
+    let busy = host::listening_ports(p.port, p.hand_port());
     if !busy.is_empty() {
-        bail!("ports in use in {}-{}: {busy:?}; choose another range with --port", p.port, p.port + 201);
+        bail!("ports in use in {}-{}: {busy:?}; choose another range with --port", p.port, p.hand_port());
     }
     let run = Run::start("suite", &o.workdir, &o.common)?;
     let xfs_file = run.data.join("xfs.img");
