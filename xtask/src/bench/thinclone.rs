@@ -309,8 +309,8 @@ pub enum ImageSource<'a> {
 /// How often the daemon's operations are polled: as often as the `SELECT 1` loop tries,
 /// so that a timed step carries at most this much slack (the client's default is 200 ms).
 const POLL: Duration = Duration::from_millis(10);
-/// How long to wait for the daemon to measure a clone's disk use again (it does so every
-/// 30 s in the background).
+/// How long to wait for the daemon to measure a clone's disk use again (it does so when a
+/// clone's figure is a few seconds old, and for every clone in the background).
 const SIZE_WAIT: Duration = Duration::from_secs(120);
 
 fn name(text: &str) -> Result<api::Name> {
@@ -320,7 +320,7 @@ fn name(text: &str) -> Result<api::Name> {
 /// The daemon's API as the benchmarks use it, through the typed client; every call that
 /// changes something waits for its operation to end.
 impl Daemon {
-    /// The client of this daemon; a request may take as long as the operation it starts.
+    /// The typed client of this daemon, which polls operations every [`POLL`].
     pub fn client(&self) -> client::Client {
         client::Client::new(&self.url).with_poll_interval(POLL)
     }
@@ -390,8 +390,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// The clone's `stored_bytes` from a measurement the daemon made after `since` (it
-    /// measures every clone every 30 s); waits for it.
+    /// The clone's `stored_bytes` from a measurement the daemon made after `since`; asks
+    /// until it gets one.
     pub fn stored_bytes_after(&self, name_: &str, since: api::Timestamp) -> Result<u64> {
         let client = self.client();
         let name = name(name_)?;
