@@ -1,5 +1,11 @@
 //! Images: immutable, point-in-time copies of a database's files.
 
+use utoipa::openapi::schema::{
+    AdditionalProperties, AllOfBuilder, ObjectBuilder, OneOfBuilder, Ref, Schema, SchemaType, Type,
+};
+use utoipa::openapi::RefOr;
+use utoipa::PartialSchema;
+
 use crate::{Name, OperationId, Progress, Timestamp};
 
 /// Where an image is in its life.
@@ -60,20 +66,20 @@ pub struct Image {
     pub progress: Option<Progress>,
 }
 
-/// `POST /v1/images`: make an image from exactly one source.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+/// `POST /v1/images`: make an image from exactly one source. Its schema is written out below
+/// rather than derived, so that it can say what the server checks: exactly one of `from_dir`
+/// and `from_url`, an absolute `from_dir`, and `snapshot` only with `from_dir`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateImage {
     pub name: Name,
     /// A data directory of a stopped server, or a base backup, on the server's host (an
     /// absolute path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(examples("/srv/backups/prod"))]
     pub from_dir: Option<String>,
     /// A connection URL of a running server to take a consistent copy of. Its password is
     /// used, never stored or shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(examples("scheme://repl:secret@db.example:5432/main"))]
     pub from_url: Option<String>,
     /// With `from_dir`: the directory is a crash-consistent snapshot of a running server
     /// (an LVM, ZFS or cloud-disk snapshot), so a server's lock file in it is expected and
@@ -81,4 +87,85 @@ pub struct CreateImage {
     /// is refused, since copying it would give a torn copy.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub snapshot: bool,
+}
+
+impl utoipa::PartialSchema for CreateImage {
+    fn schema() -> RefOr<Schema> {
+        let text = |description: &str| ObjectBuilder::new().schema_type(Type::String).description(Some(description));
+        let null = || ObjectBuilder::new().schema_type(Type::Null);
+        let fields = ObjectBuilder::new()
+            .property("name", Ref::from_schema_name("Name"))
+            .required("name")
+            .property(
+                "from_dir",
+                text("A data directory of a stopped server, or a base backup, on the server's host (an absolute path).")
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                    .pattern(Some("^/"))
+                    .examples(["/srv/backups/prod"]),
+            )
+            .property(
+                "from_url",
+                text("A connection URL of a running server to take a consistent copy of. Its password is used, never stored or shown.")
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                    .examples(["scheme://repl:secret@db.example:5432/main"]),
+            )
+            .property(
+                "snapshot",
+                ObjectBuilder::new().schema_type(Type::Boolean).default(Some(false.into())).description(Some(
+                    "With `from_dir`: the directory is a crash-consistent snapshot of a running server (an LVM, ZFS \
+                     or cloud-disk snapshot), so a server's lock file in it is expected and recovery runs when the \
+                     image is made. Without it, a directory whose server is running is refused, since copying it \
+                     would give a torn copy.",
+                )),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        // Exactly one source: a present `null` counts as absent, as serde reads it.
+        let from_dir = ObjectBuilder::new()
+            .title(Some("from_dir"))
+            .required("from_dir")
+            .property("from_dir", ObjectBuilder::new().schema_type(Type::String))
+            .property("from_url", null());
+        let from_url = ObjectBuilder::new()
+            .title(Some("from_url"))
+            .required("from_url")
+            .property("from_url", ObjectBuilder::new().schema_type(Type::String))
+            .property("from_dir", null())
+            .property("snapshot", ObjectBuilder::new().schema_type(Type::Boolean).enum_values(Some([false])));
+        AllOfBuilder::new()
+            .description(Some("`POST /v1/images`: make an image from exactly one source: `from_dir` or `from_url`."))
+            .item(fields)
+            .item(OneOfBuilder::new().item(from_dir).item(from_url))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for CreateImage {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((<Name as utoipa::ToSchema>::name().into(), Name::schema()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written schema names exactly the fields serde reads and writes.
+    #[test]
+    fn the_schema_names_every_field() {
+        let full = CreateImage {
+            name: Name::new("a").unwrap(),
+            from_dir: Some("/x".into()),
+            from_url: Some("u".into()),
+            snapshot: true,
+        };
+        let serde_fields: Vec<String> =
+            serde_json::to_value(&full).unwrap().as_object().unwrap().keys().cloned().collect();
+        let schema = serde_json::to_value(<CreateImage as utoipa::PartialSchema>::schema()).unwrap();
+        let mut schema_fields: Vec<String> =
+            schema["allOf"][0]["properties"].as_object().unwrap().keys().cloned().collect();
+        schema_fields.sort();
+        let mut serde_fields = serde_fields;
+        serde_fields.sort();
+        assert_eq!(schema_fields, serde_fields);
+    }
 }

@@ -31,8 +31,10 @@ pub struct InvalidOperationId(pub String);
 impl FromStr for OperationId {
     type Err = InvalidOperationId;
     fn from_str(s: &str) -> Result<OperationId, InvalidOperationId> {
+        // Digits only: `u64::from_str` also takes a leading `+`, which no answer gives.
+        let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         match s.parse::<u64>() {
-            Ok(n) if n > 0 && n <= i64::MAX as u64 => Ok(OperationId(n)),
+            Ok(n) if digits && n > 0 && n <= i64::MAX as u64 => Ok(OperationId(n)),
             _ => Err(InvalidOperationId(s.chars().take(40).collect())),
         }
     }
@@ -179,7 +181,7 @@ mod tests {
     #[test]
     fn ids_parse_strictly() {
         assert_eq!("12".parse::<OperationId>().unwrap(), OperationId(12));
-        for bad in ["0", "-1", "x", "", "99999999999999999999", "9223372036854775808"] {
+        for bad in ["0", "-1", "+1", " 1", "x", "", "99999999999999999999", "9223372036854775808"] {
             assert!(bad.parse::<OperationId>().is_err(), "{bad}");
         }
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::{paths, Clone, CreateClone, CreateImage, ErrorBody, ErrorCode, Health, Image, Name, Operation, OperationId};
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::StatusCode;
@@ -67,25 +68,20 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
-        let code = match &rejection {
-            JsonRejection::MissingJsonContentType(_) => ErrorCode::UnsupportedMediaType,
-            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
-            // A body that does not fit the type (axum says 422) is the caller's mistake like
-            // any other: 400.
-            _ => ErrorCode::BadRequest,
-        };
         let message = match &rejection {
-            JsonRejection::MissingJsonContentType(_) => {
-                "the request body must be JSON, sent with `content-type: application/json`".to_owned()
-            }
             JsonRejection::JsonDataError(e) => format!("the request body does not fit: {}", e.body_text().trim_start_matches("Failed to deserialize the JSON body into the target type: ")),
             JsonRejection::JsonSyntaxError(e) => format!("the request body is not valid JSON: {}", e.body_text().trim_start_matches("Failed to parse the request body as JSON: ")),
-            other if code == ErrorCode::PayloadTooLarge => {
-                format!("the request body is larger than {} KiB ({})", BODY_LIMIT >> 10, other.body_text())
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the request body is larger than {} KiB ({})", BODY_LIMIT >> 10, other.body_text()),
+                );
             }
             other => format!("the request body could not be read: {}", other.body_text()),
         };
-        ApiError::new(code, message)
+        // A body that does not fit the type (axum says 422) is the caller's mistake like any
+        // other: 400.
+        ApiError::new(ErrorCode::BadRequest, message)
     }
 }
 
@@ -99,14 +95,40 @@ impl From<PathRejection> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// `Json` whose rejections are answered with the error body.
+/// `Json` whose rejections are answered with the error body, and which takes a JSON object
+/// only: serde would also take a struct's fields as an array in their order, which the
+/// document does not offer.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Ok(ApiJson(Json::<T>::from_request(req, state).await?.0))
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "the request body must be JSON, sent with `content-type: application/json`",
+            ));
+        }
+        let body = Bytes::from_request(req, state).await.map_err(JsonRejection::from)?;
+        let value = Json::<T>::from_bytes(&body)?.0;
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ApiError::new(ErrorCode::BadRequest, "the request body must be a JSON object, not an array"));
+        }
+        Ok(ApiJson(value))
+    }
+}
+
+/// Whether the content type is JSON, as axum's `Json` decides: `application/json` or
+/// `application/*+json`, with any parameters.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", subtype)) => subtype == "json" || subtype.ends_with("+json"),
+        _ => false,
     }
 }
 
@@ -253,23 +275,28 @@ pub async fn serve(
     axum::serve(listener, app(server)).with_graceful_shutdown(shutdown).await
 }
 
-#[utoipa::path(get, path = "/v1/health", tag = "server", responses((status = 200, body = Health)))]
+// Every response has a description (OpenAPI requires one), and every status a route can
+// answer is listed: 500 wherever the catalog is read, since its failure is answered as one.
+
+#[utoipa::path(get, path = "/v1/health", tag = "server",
+    responses((status = 200, description = "The server answers", body = Health)))]
 async fn health() -> Json<Health> {
     Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
 }
 
 #[utoipa::path(get, path = "/v1/images", tag = "images",
     responses((status = 200, description = "Every image", body = Vec<Image>),
-              (status = 500, body = ErrorBody)))]
+              (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
 async fn list_images(State(s): State<Arc<Server>>) -> ApiResult<Json<Vec<Image>>> {
     Ok(Json(blocking(move || s.images()).await?))
 }
 
 #[utoipa::path(get, path = "/v1/images/{name}", tag = "images",
     params(("name" = Name, Path, description = "The image's name")),
-    responses((status = 200, body = Image),
+    responses((status = 200, description = "The image", body = Image),
               (status = 400, description = "Not a valid name", body = ErrorBody),
-              (status = 404, description = "No such image", body = ErrorBody)))]
+              (status = 404, description = "No such image", body = ErrorBody),
+              (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
 async fn show_image(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) -> ApiResult<Json<Image>> {
     Ok(Json(blocking(move || s.image(&name)).await?))
 }
@@ -277,9 +304,13 @@ async fn show_image(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) 
 #[utoipa::path(post, path = "/v1/images", tag = "images", request_body = CreateImage,
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
-              (status = 400, description = "A bad name or source", body = ErrorBody),
-              (status = 409, description = "The name is taken", body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+              (status = 400, description = "Not a JSON object of this shape, or a bad name or source", body = ErrorBody),
+              (status = 409, description = "The name is taken, or a server is running on the source directory \
+                                            (see `snapshot`)", body = ErrorBody),
+              (status = 413, description = "The request body is larger than 64 KiB", body = ErrorBody),
+              (status = 415, description = "The request body is not sent as JSON", body = ErrorBody),
+              (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody),
+              (status = 507, description = "Not enough free disk for a copy of the source", body = ErrorBody)))]
 async fn create_image(
     State(s): State<Arc<Server>>,
     ApiJson(body): ApiJson<CreateImage>,
@@ -291,8 +322,10 @@ async fn create_image(
     params(("name" = Name, Path, description = "The image's name")),
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
-              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, description = "It has clones, or is being made", body = ErrorBody)))]
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such image", body = ErrorBody),
+              (status = 409, description = "It has clones, or is being made or removed", body = ErrorBody),
+              (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
 async fn delete_image(
     State(s): State<Arc<Server>>,
     ApiPath(name): ApiPath<Name>,
@@ -301,14 +334,18 @@ async fn delete_image(
 }
 
 #[utoipa::path(get, path = "/v1/clones", tag = "clones",
-    responses((status = 200, description = "Every clone", body = Vec<Clone>), (status = 500, body = ErrorBody)))]
+    responses((status = 200, description = "Every clone", body = Vec<Clone>),
+              (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
 async fn list_clones(State(s): State<Arc<Server>>) -> ApiResult<Json<Vec<Clone>>> {
     Ok(Json(blocking(move || s.clones()).await?))
 }
 
 #[utoipa::path(get, path = "/v1/clones/{name}", tag = "clones",
     params(("name" = Name, Path, description = "The clone's name")),
-    responses((status = 200, body = Clone), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The clone", body = Clone),
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such clone", body = ErrorBody),
+              (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
 async fn show_clone(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) -> ApiResult<Json<Clone>> {
     Ok(Json(blocking(move || s.clone_named(&name)).await?))
 }
@@ -316,9 +353,13 @@ async fn show_clone(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) 
 #[utoipa::path(post, path = "/v1/clones", tag = "clones", request_body = CreateClone,
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
-              (status = 400, body = ErrorBody), (status = 404, description = "No such image", body = ErrorBody),
+              (status = 400, description = "Not a JSON object of this shape, a bad name, or a driver or engine version \
+                                            this host does not have", body = ErrorBody),
+              (status = 404, description = "No such image", body = ErrorBody),
               (status = 409, description = "The name is taken, the image is not ready, or no port is free", body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+              (status = 413, description = "The request body is larger than 64 KiB", body = ErrorBody),
+              (status = 415, description = "The request body is not sent as JSON", body = ErrorBody),
+              (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
 async fn create_clone(
     State(s): State<Arc<Server>>,
     ApiJson(body): ApiJson<CreateClone>,
@@ -330,8 +371,10 @@ async fn create_clone(
     params(("name" = Name, Path, description = "The clone's name")),
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
-              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, description = "Another operation is under way on it", body = ErrorBody)))]
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such clone", body = ErrorBody),
+              (status = 409, description = "Another operation is under way on it", body = ErrorBody),
+              (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
 async fn delete_clone(
     State(s): State<Arc<Server>>,
     ApiPath(name): ApiPath<Name>,
@@ -347,7 +390,10 @@ async fn clone_action(s: Arc<Server>, name: Name, action: CloneAction) -> ApiRes
     params(("name" = Name, Path, description = "The clone's name")),
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
-              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such clone", body = ErrorBody),
+              (status = 409, description = "Another operation is under way on it", body = ErrorBody),
+              (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
 async fn start_clone(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) -> ApiResult<(StatusCode, Json<Operation>)> {
     clone_action(s, name, CloneAction::Start).await
 }
@@ -356,7 +402,10 @@ async fn start_clone(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>)
     params(("name" = Name, Path, description = "The clone's name")),
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
-              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such clone", body = ErrorBody),
+              (status = 409, description = "Another operation is under way on it", body = ErrorBody),
+              (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
 async fn stop_clone(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) -> ApiResult<(StatusCode, Json<Operation>)> {
     clone_action(s, name, CloneAction::Stop).await
 }
@@ -365,21 +414,27 @@ async fn stop_clone(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) 
     params(("name" = Name, Path, description = "The clone's name")),
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
-              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such clone", body = ErrorBody),
+              (status = 409, description = "Another operation is under way on it", body = ErrorBody),
+              (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
 async fn reset_clone(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) -> ApiResult<(StatusCode, Json<Operation>)> {
     clone_action(s, name, CloneAction::Reset).await
 }
 
 #[utoipa::path(get, path = "/v1/operations", tag = "operations",
     responses((status = 200, description = "The most recent operations, newest first", body = Vec<Operation>),
-              (status = 500, body = ErrorBody)))]
+              (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
 async fn list_operations(State(s): State<Arc<Server>>) -> ApiResult<Json<Vec<Operation>>> {
     Ok(Json(blocking(move || s.operations()).await?))
 }
 
 #[utoipa::path(get, path = "/v1/operations/{id}", tag = "operations",
     params(("id" = OperationId, Path, description = "The operation's id")),
-    responses((status = 200, body = Operation), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The operation", body = Operation),
+              (status = 400, description = "Not a valid id: a positive number, in digits", body = ErrorBody),
+              (status = 404, description = "No such operation", body = ErrorBody),
+              (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
 async fn show_operation(
     State(s): State<Arc<Server>>,
     ApiPath(raw): ApiPath<String>,
