@@ -166,7 +166,7 @@ fn make(
             step("copying the live server");
             engine.copy_live(url, &partial, user, &mut |done, total| progress(done, total)).map_err(|e| {
                 if e.is_disk_full() {
-                    AgentError::new(ErrorKind::DiskFull, format!("copying the live server: the disk is full ({e})"))
+                    AgentError::new(ErrorKind::DiskFull, format!("{e}; free space and try again"))
                 } else {
                     AgentError::from_engine("copying the live server", e)
                 }
@@ -182,7 +182,7 @@ fn make(
     step("preparing");
     let facts = engine.prepare(&partial, &run_dir, user).map_err(|e| {
         if e.is_disk_full() {
-            AgentError::new(ErrorKind::DiskFull, format!("preparing the copy: the disk is full ({e})"))
+            AgentError::new(ErrorKind::DiskFull, format!("{e}; free space and try again"))
         } else {
             AgentError::new(ErrorKind::BadRequest, format!("the copy would not start: {e}"))
         }

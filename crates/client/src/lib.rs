@@ -73,6 +73,9 @@ pub struct Client {
     request_timeout: Duration,
     poll_interval: Duration,
     wait_timeout: Option<Duration>,
+    /// `?wait=` on requests that change something: how long the server waits for the
+    /// operation before it answers (its own default, a second, when `None`).
+    answer_wait: Option<u32>,
 }
 
 impl Client {
@@ -91,6 +94,23 @@ impl Client {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             poll_interval: DEFAULT_POLL_INTERVAL,
             wait_timeout: None,
+            answer_wait: None,
+        }
+    }
+
+    /// How long, in seconds, the server waits for an operation to end before it answers a
+    /// request that changes something (`?wait=`; 0 answers at once). The server's default
+    /// (a second) unless set.
+    pub fn with_answer_wait(mut self, seconds: Option<u32>) -> Client {
+        self.answer_wait = seconds;
+        self
+    }
+
+    /// A path of a request that changes something, with `?wait=` when set.
+    fn changing(&self, path: &str) -> String {
+        match self.answer_wait {
+            Some(seconds) => format!("{path}?wait={seconds}"),
+            None => path.to_owned(),
         }
     }
 
@@ -143,12 +163,12 @@ impl Client {
 
     /// `POST /v1/images`: starts making an image.
     pub fn create_image(&self, request: &CreateImage) -> Result<Operation> {
-        self.post(api::paths::IMAGES, request)
+        self.post(&self.changing(api::paths::IMAGES), request)
     }
 
     /// `DELETE /v1/images/{name}`: starts removing an image.
     pub fn delete_image(&self, name: &Name) -> Result<Operation> {
-        self.call(Method::Delete, &fill(api::paths::IMAGE, "name", name.as_str()), None::<&Empty>)
+        self.call(Method::Delete, &self.changing(&fill(api::paths::IMAGE, "name", name.as_str())), None::<&Empty>)
     }
 
     /// `GET /v1/clones`.
@@ -163,27 +183,27 @@ impl Client {
 
     /// `POST /v1/clones`: starts making a clone.
     pub fn create_clone(&self, request: &CreateClone) -> Result<Operation> {
-        self.post(api::paths::CLONES, request)
+        self.post(&self.changing(api::paths::CLONES), request)
     }
 
     /// `POST /v1/clones/{name}/start`.
     pub fn start_clone(&self, name: &Name) -> Result<Operation> {
-        self.post(&fill(api::paths::CLONE_START, "name", name.as_str()), &Empty {})
+        self.post(&self.changing(&fill(api::paths::CLONE_START, "name", name.as_str())), &Empty {})
     }
 
     /// `POST /v1/clones/{name}/stop`.
     pub fn stop_clone(&self, name: &Name) -> Result<Operation> {
-        self.post(&fill(api::paths::CLONE_STOP, "name", name.as_str()), &Empty {})
+        self.post(&self.changing(&fill(api::paths::CLONE_STOP, "name", name.as_str())), &Empty {})
     }
 
     /// `POST /v1/clones/{name}/reset`.
     pub fn reset_clone(&self, name: &Name) -> Result<Operation> {
-        self.post(&fill(api::paths::CLONE_RESET, "name", name.as_str()), &Empty {})
+        self.post(&self.changing(&fill(api::paths::CLONE_RESET, "name", name.as_str())), &Empty {})
     }
 
     /// `DELETE /v1/clones/{name}`: starts removing a clone.
     pub fn delete_clone(&self, name: &Name) -> Result<Operation> {
-        self.call(Method::Delete, &fill(api::paths::CLONE, "name", name.as_str()), None::<&Empty>)
+        self.call(Method::Delete, &self.changing(&fill(api::paths::CLONE, "name", name.as_str())), None::<&Empty>)
     }
 
     /// `GET /v1/operations`: the most recent operations, newest first.

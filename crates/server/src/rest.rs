@@ -151,14 +151,51 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ServerError> 
         .map_err(ApiError::from)
 }
 
+/// How long a request that changes something waits for its operation to end, in whole
+/// seconds (`?wait=N`); one second when not given.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Wait {
+    /// Seconds to wait for the operation to end before answering `202` with it still
+    /// running: 0 answers at once; at most 60.
+    #[param(minimum = 0, maximum = 60)]
+    wait: Option<u32>,
+}
+
+impl Wait {
+    fn duration(&self) -> Result<Duration, ApiError> {
+        match self.wait {
+            None => Ok(ANSWER_WAIT),
+            Some(s) if s <= 60 => Ok(Duration::from_secs(s.into())),
+            Some(s) => Err(ApiError::new(ErrorCode::BadRequest, format!("wait={s} is more than 60 seconds"))),
+        }
+    }
+}
+
+/// `Query` whose rejections are answered with the error body.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(q) => Ok(ApiQuery(q.0)),
+            Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("the query does not fit: {}", e.body_text()))),
+        }
+    }
+}
+
 /// Starts an operation, waits briefly for its end, and answers 200 if it has ended or 202.
 async fn operation(
     server: Arc<Server>,
+    wait: Wait,
     start: impl FnOnce(&Arc<Server>) -> Result<Operation, ServerError> + Send + 'static,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let wait = wait.duration()?;
     let op = blocking(move || {
         let op = start(&server)?;
-        server.wait_briefly(op.id, ANSWER_WAIT)
+        server.wait_briefly(op.id, wait)
     })
     .await?;
     let status = if op.state.is_finished() { StatusCode::OK } else { StatusCode::ACCEPTED };
@@ -301,7 +338,7 @@ async fn show_image(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) 
     Ok(Json(blocking(move || s.image(&name)).await?))
 }
 
-#[utoipa::path(post, path = "/v1/images", tag = "images", request_body = CreateImage,
+#[utoipa::path(post, path = "/v1/images", tag = "images", request_body = CreateImage, params(Wait),
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
               (status = 400, description = "Not a JSON object of this shape, or a bad name or source", body = ErrorBody),
@@ -313,13 +350,14 @@ async fn show_image(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) 
               (status = 507, description = "Not enough free disk for a copy of the source", body = ErrorBody)))]
 async fn create_image(
     State(s): State<Arc<Server>>,
+    ApiQuery(wait): ApiQuery<Wait>,
     ApiJson(body): ApiJson<CreateImage>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    operation(s, move |s| s.create_image(body)).await
+    operation(s, wait, move |s| s.create_image(body)).await
 }
 
 #[utoipa::path(delete, path = "/v1/images/{name}", tag = "images",
-    params(("name" = Name, Path, description = "The image's name")),
+    params(("name" = Name, Path, description = "The image's name"), Wait),
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
               (status = 400, description = "Not a valid name", body = ErrorBody),
@@ -329,8 +367,9 @@ async fn create_image(
 async fn delete_image(
     State(s): State<Arc<Server>>,
     ApiPath(name): ApiPath<Name>,
+    ApiQuery(wait): ApiQuery<Wait>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    operation(s, move |s| s.delete_image(&name)).await
+    operation(s, wait, move |s| s.delete_image(&name)).await
 }
 
 #[utoipa::path(get, path = "/v1/clones", tag = "clones",
@@ -350,7 +389,7 @@ async fn show_clone(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) 
     Ok(Json(blocking(move || s.clone_named(&name)).await?))
 }
 
-#[utoipa::path(post, path = "/v1/clones", tag = "clones", request_body = CreateClone,
+#[utoipa::path(post, path = "/v1/clones", tag = "clones", request_body = CreateClone, params(Wait),
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
               (status = 400, description = "Not a JSON object of this shape, a bad name, or a driver or engine version \
@@ -362,13 +401,14 @@ async fn show_clone(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) 
               (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
 async fn create_clone(
     State(s): State<Arc<Server>>,
+    ApiQuery(wait): ApiQuery<Wait>,
     ApiJson(body): ApiJson<CreateClone>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    operation(s, move |s| s.create_clone(body)).await
+    operation(s, wait, move |s| s.create_clone(body)).await
 }
 
 #[utoipa::path(delete, path = "/v1/clones/{name}", tag = "clones",
-    params(("name" = Name, Path, description = "The clone's name")),
+    params(("name" = Name, Path, description = "The clone's name"), Wait),
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
               (status = 400, description = "Not a valid name", body = ErrorBody),
@@ -378,48 +418,66 @@ async fn create_clone(
 async fn delete_clone(
     State(s): State<Arc<Server>>,
     ApiPath(name): ApiPath<Name>,
+    ApiQuery(wait): ApiQuery<Wait>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    operation(s, move |s| s.delete_clone(&name)).await
+    operation(s, wait, move |s| s.delete_clone(&name)).await
 }
 
-async fn clone_action(s: Arc<Server>, name: Name, action: CloneAction) -> ApiResult<(StatusCode, Json<Operation>)> {
-    operation(s, move |s| s.clone_action(&name, action)).await
+async fn clone_action(
+    s: Arc<Server>,
+    name: Name,
+    wait: Wait,
+    action: CloneAction,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    operation(s, wait, move |s| s.clone_action(&name, action)).await
 }
 
 #[utoipa::path(post, path = "/v1/clones/{name}/start", tag = "clones",
-    params(("name" = Name, Path, description = "The clone's name")),
+    params(("name" = Name, Path, description = "The clone's name"), Wait),
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
               (status = 400, description = "Not a valid name", body = ErrorBody),
               (status = 404, description = "No such clone", body = ErrorBody),
               (status = 409, description = "Another operation is under way on it", body = ErrorBody),
               (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
-async fn start_clone(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) -> ApiResult<(StatusCode, Json<Operation>)> {
-    clone_action(s, name, CloneAction::Start).await
+async fn start_clone(
+    State(s): State<Arc<Server>>,
+    ApiPath(name): ApiPath<Name>,
+    ApiQuery(wait): ApiQuery<Wait>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    clone_action(s, name, wait, CloneAction::Start).await
 }
 
 #[utoipa::path(post, path = "/v1/clones/{name}/stop", tag = "clones",
-    params(("name" = Name, Path, description = "The clone's name")),
+    params(("name" = Name, Path, description = "The clone's name"), Wait),
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
               (status = 400, description = "Not a valid name", body = ErrorBody),
               (status = 404, description = "No such clone", body = ErrorBody),
               (status = 409, description = "Another operation is under way on it", body = ErrorBody),
               (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
-async fn stop_clone(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) -> ApiResult<(StatusCode, Json<Operation>)> {
-    clone_action(s, name, CloneAction::Stop).await
+async fn stop_clone(
+    State(s): State<Arc<Server>>,
+    ApiPath(name): ApiPath<Name>,
+    ApiQuery(wait): ApiQuery<Wait>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    clone_action(s, name, wait, CloneAction::Stop).await
 }
 
 #[utoipa::path(post, path = "/v1/clones/{name}/reset", tag = "clones",
-    params(("name" = Name, Path, description = "The clone's name")),
+    params(("name" = Name, Path, description = "The clone's name"), Wait),
     responses((status = 200, description = "The operation, ended", body = Operation),
               (status = 202, description = "The operation, still running", body = Operation),
               (status = 400, description = "Not a valid name", body = ErrorBody),
               (status = 404, description = "No such clone", body = ErrorBody),
               (status = 409, description = "Another operation is under way on it", body = ErrorBody),
               (status = 500, description = "A failure inside the server; its log has the detail", body = ErrorBody)))]
-async fn reset_clone(State(s): State<Arc<Server>>, ApiPath(name): ApiPath<Name>) -> ApiResult<(StatusCode, Json<Operation>)> {
-    clone_action(s, name, CloneAction::Reset).await
+async fn reset_clone(
+    State(s): State<Arc<Server>>,
+    ApiPath(name): ApiPath<Name>,
+    ApiQuery(wait): ApiQuery<Wait>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    clone_action(s, name, wait, CloneAction::Reset).await
 }
 
 #[utoipa::path(get, path = "/v1/operations", tag = "operations",

@@ -314,7 +314,12 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
     let mut committed = 0u64;
     let mut full_error = String::new();
     for n in 0..10_000u64 {
-        match psql(&a.url, &format!("INSERT INTO filler SELECT {n}, repeat(md5(random()::text), 2000) FROM generate_series(1, 100)")) {
+        // About 6 MB a statement, of text that does not compress.
+        let batch = format!(
+            "INSERT INTO filler SELECT {n}, (SELECT string_agg(md5(random()::text || g || r), '') \
+             FROM generate_series(1, 1000) g) FROM generate_series(1, 200) r"
+        );
+        match psql(&a.url, &batch) {
             Ok(_) => committed = n + 1,
             Err(e) => {
                 full_error = e;

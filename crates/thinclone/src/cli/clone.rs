@@ -60,6 +60,7 @@ fn driver_parser() -> impl TypedValueParser<Value = Driver> {
 pub fn run(cmd: CloneCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
     match cmd {
         CloneCommand::Create { name, image, driver, no_wait } => {
+            ctx.at_once(no_wait);
             let op = ctx.client.create_clone(&CreateClone { name: name.clone(), image, driver })?;
             ctx.conclude(op, no_wait, |ctx, _| show(ctx, &name))
         }
@@ -69,18 +70,22 @@ pub fn run(cmd: CloneCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
         }
         CloneCommand::Show { name } => show(ctx, &name),
         CloneCommand::Start(t) => {
+            ctx.at_once(t.no_wait);
             let op = ctx.client.start_clone(&t.name)?;
             ctx.conclude(op, t.no_wait, |ctx, _| show(ctx, &t.name))
         }
         CloneCommand::Stop(t) => {
+            ctx.at_once(t.no_wait);
             let op = ctx.client.stop_clone(&t.name)?;
             ctx.conclude(op, t.no_wait, |ctx, _| show(ctx, &t.name))
         }
         CloneCommand::Reset(t) => {
+            ctx.at_once(t.no_wait);
             let op = ctx.client.reset_clone(&t.name)?;
             ctx.conclude(op, t.no_wait, |ctx, _| show(ctx, &t.name))
         }
         CloneCommand::Rm(t) => {
+            ctx.at_once(t.no_wait);
             let op = ctx.client.delete_clone(&t.name)?;
             ctx.conclude(op, t.no_wait, Ctx::print_removal)
         }

@@ -55,6 +55,7 @@ pub fn run(cmd: ImageCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
         ImageCommand::Create { name, from_url, from_dir, snapshot, no_wait } => {
             let from_dir = from_dir.map(absolute_dir).transpose()?;
             let request = CreateImage { name, from_dir, from_url, snapshot };
+            ctx.at_once(no_wait);
             let op = ctx.client.create_image(&request)?;
             ctx.conclude(op, no_wait, |ctx, _| {
                 let image = ctx.client.get_image(&request.name)?;
@@ -70,6 +71,7 @@ pub fn run(cmd: ImageCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
             ctx.show(&image, format::image_fields)
         }
         ImageCommand::Rm { name, no_wait } => {
+            ctx.at_once(no_wait);
             let op = ctx.client.delete_image(&name)?;
             ctx.conclude(op, no_wait, Ctx::print_removal)
         }

@@ -72,6 +72,14 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// With `no_wait`, has the server answer requests that change something at once,
+    /// rather than after its usual short wait for the operation to end.
+    pub fn at_once(&mut self, no_wait: bool) {
+        if no_wait {
+            self.client = self.client.clone().with_answer_wait(Some(0));
+        }
+    }
+
     /// Ends a command that started `op`. With `no_wait` it prints the operation as it is;
     /// otherwise it waits for the operation to end, showing progress, and calls `then` to
     /// print the result. A failed operation is an error, whether waited for or not.

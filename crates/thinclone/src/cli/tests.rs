@@ -200,7 +200,7 @@ fn no_wait_prints_the_operation() {
     let running = operation(7, OperationKind::CloneCreate, "alice", OperationState::Running);
     let run_json = run("clone create alice --image prod --no-wait --json", vec![Answer::json(202, &running)]);
     assert_eq!(run_json.ok(), json(&running));
-    assert_eq!(run_json.lines(), ["POST /v1/clones"]);
+    assert_eq!(run_json.lines(), ["POST /v1/clones?wait=0"], "--no-wait asks the server to answer at once");
 
     let removing = operation(8, OperationKind::ImageDelete, "prod", OperationState::Running);
     let text = run("image rm prod --no-wait", vec![Answer::json(202, &removing)]);
