@@ -345,3 +345,57 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
     d.ok::<Operation>(&["clone", "rm", "b"]);
     d.ok::<Operation>(&["image", "rm", image.name.as_str()]);
 }
+
+/// Issue 9, acceptance 1: a source with a tablespace outside its data directory, imaged from
+/// its directory and from its URL; clones write to a table in that tablespace; the source's
+/// files (data directory and tablespace) and the images are byte-identical before and after.
+#[test]
+fn tablespaces_live_inside_images_and_clones() {
+    require("tablespaces_live_inside_images_and_clones");
+    let work = work_dir("thinclone-trust-");
+    let source = Server::new(&work.path().join("ts-source"), 54_751, work.path());
+    source.initdb();
+    source.start();
+    let tablespace = work.path().join("outside-tablespace");
+    fs::create_dir(&tablespace).unwrap();
+    support::pg::chown_postgres(&tablespace);
+    source.psql("postgres", &format!("CREATE TABLESPACE outside LOCATION '{}'", tablespace.display()));
+    source.psql("postgres", "CREATE TABLE t (v int) TABLESPACE outside; INSERT INTO t SELECT generate_series(1, 1000)");
+    source.require_passwords("pw");
+    let d = Daemon::start(&work.path().join("data"), (8030, 8039));
+
+    // From its URL, while it runs.
+    let before_url = (support::snapshot(&tablespace), support::snapshot(&source.data));
+    let from_url: api::Image =
+        d.ok(&["image", "create", "via-url", "--from-url", "postgresql://postgres:pw@127.0.0.1:54751/postgres"]);
+    assert_eq!(from_url.status, ImageStatus::Ready, "{from_url:?}");
+    // From its directory, stopped.
+    source.stop();
+    let source_before = (support::snapshot(&tablespace), support::snapshot(&source.data));
+    assert!(support::diff(&before_url.0, &source_before.0).is_none(), "taking a live copy changed the tablespace");
+    let from_dir: api::Image = d.ok(&["image", "create", "via-dir", "--from-dir", source.data.to_str().unwrap()]);
+    assert_eq!(from_dir.status, ImageStatus::Ready, "{from_dir:?}");
+
+    for image in ["via-url", "via-dir"] {
+        let image_dir = d.data_dir.join("images").join(image);
+        let link = fs::read_link(image_dir.join("pg_tblspc").read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
+        assert!(link.is_relative(), "the image's tablespace link leads outside it: {}", link.display());
+        let image_before = support::snapshot(&image_dir);
+        let clone: api::Clone = d.ok(&["clone", "create", &format!("{image}-c"), "--image", image]);
+        sql(&clone.url, "INSERT INTO t SELECT generate_series(1001, 50000); CHECKPOINT");
+        assert_eq!(sql(&clone.url, "SELECT count(*) FROM t"), "50000");
+        let location = sql(&clone.url, "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'outside'");
+        assert!(!location.starts_with('/'), "the clone's tablespace is at {location}");
+        d.ok::<Operation>(&["clone", "rm", &format!("{image}-c")]);
+        assert!(support::diff(&image_before, &support::snapshot(&image_dir)).is_none(), "image {image} changed");
+    }
+    let source_after = (support::snapshot(&tablespace), support::snapshot(&source.data));
+    if let Some(diff) = support::diff(&source_before.0, &source_after.0) {
+        panic!("the source's tablespace changed:\n{diff}");
+    }
+    if let Some(diff) = support::diff(&source_before.1, &source_after.1) {
+        panic!("the source's data directory changed:\n{diff}");
+    }
+    d.ok::<Operation>(&["image", "rm", "via-url"]);
+    d.ok::<Operation>(&["image", "rm", "via-dir"]);
+}
