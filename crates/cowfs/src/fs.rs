@@ -25,7 +25,7 @@ use crate::image::Image;
 use crate::journal::{self, Journal, Record};
 use crate::layer::LayerStack;
 use crate::node::{Attr, Data, Dir, Ino, Kind, LayerFile, Node, Perms, Time, ROOT_INO};
-use crate::space::Space;
+use crate::space::{self, Space};
 use crate::BLOCK_SIZE;
 
 const NAME_MAX: usize = 255;
@@ -750,9 +750,9 @@ impl CowFs {
         if self.entries(&parent, &mut dir)?.contains_key(name) {
             return Err(Error::Exists);
         }
-        // A new node takes little space itself, but it is where new data goes: refused while
-        // the layer's filesystem has less than a block above the reserve.
-        self.space.admit(BLOCK_SIZE)?;
+        // A new node takes little space itself: refused only once the layer's filesystem is
+        // well into the reserve (see space.rs).
+        self.space.admit(BLOCK_SIZE, true)?;
         let now = Time::now();
         let mut mode = mode & 0o7777;
         let gid = if parent_perms.mode & libc::S_ISGID != 0 {
@@ -1118,7 +1118,7 @@ impl CowFs {
         } else {
             let need = new_bytes(&data, offset, end);
             if need > 0 {
-                self.space.admit(need)?;
+                self.space.admit(need, end <= space::SMALL)?;
             }
         }
         self.copy_up(&node, &mut data)?;
@@ -1282,7 +1282,7 @@ impl CowFs {
         }
         let node = self.file(ino)?;
         // Allocating is taking new space: refused below the reserve, as a write would be.
-        self.space.admit(len)?;
+        self.space.admit(len, offset.saturating_add(len) <= space::SMALL)?;
         let mut data = node.data.as_ref().unwrap().write().unwrap();
         self.copy_up(&node, &mut data)?;
         let top = data.top.as_ref().unwrap();

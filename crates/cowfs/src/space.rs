@@ -2,11 +2,14 @@
 //!
 //! cowfs keeps a *reserve*: while the layer's filesystem has less than that much space
 //! available, operations that would take new space and that a caller is still waiting for (a
-//! write without the writeback cache, `fallocate`, making a file, directory or symlink) are
-//! refused with `ENOSPC` before anything is written. Writes that the kernel has already
+//! write without the writeback cache, `fallocate`) are refused with `ENOSPC` before anything
+//! is written. Small ones (making a file, directory or symlink, and writes within the first
+//! 64 KiB of a file) may use half of the reserve: they are applications' bookkeeping, such as
+//! a state file written under a temporary name and renamed, which a database does at every
+//! checkpoint and whose failure it does not survive. Writes that the kernel has already
 //! accepted into its writeback cache cannot be refused without losing them, so they are
-//! always attempted and may use the reserve. Operations that take no new space (overwriting
-//! blocks the layer owns, removing, renaming, shrinking) are never refused.
+//! always attempted and may use all of the reserve. Operations that take no new space
+//! (overwriting blocks the layer owns, removing, renaming, shrinking) are never refused.
 //!
 //! The first `ENOSPC` of an episode, refused or from the filesystem, is logged once with the
 //! stable marker `cowfs: ENOSPC`; `cowfs: space available again` ends the episode. `statfs`
@@ -28,6 +31,8 @@ const MIB: u64 = 1 << 20;
 /// one FUSE mount (its dirty limit is 1% of the system's, tens of MiB on most machines).
 const RESERVE_MIN: u64 = 8 * MIB;
 const RESERVE_MAX: u64 = 256 * MIB;
+/// Writes that end within this many bytes of the start of a file are small (see above).
+pub(crate) const SMALL: u64 = 64 << 10;
 /// How long a sample of the free space is trusted, less what was admitted since.
 const FRESH: Duration = Duration::from_millis(5);
 
@@ -115,10 +120,11 @@ impl Space {
     }
 
     /// Admits an operation a caller waits for that takes up to `need` new bytes, or refuses
-    /// it with `ENOSPC` when that would leave less than the reserve.
-    pub fn admit(&self, need: u64) -> Result<()> {
+    /// it with `ENOSPC` when that would leave less than the reserve (half of it when `small`).
+    pub fn admit(&self, need: u64, small: bool) -> Result<()> {
         let reserve = self.reserve();
-        let wanted = reserve.saturating_add(need);
+        let keep = if small { reserve / 2 } else { reserve };
+        let wanted = keep.saturating_add(need);
         let mut sample = self.lock();
         let fresh = sample.at.is_some_and(|at| at.elapsed() < FRESH);
         if !fresh || sample.available < wanted {
@@ -221,13 +227,17 @@ mod tests {
         let space = Space::new(dir.path()).unwrap();
         let available = layer_space(dir.path()).unwrap().available;
         space.set_reserve(available / 2);
-        space.admit(4096).unwrap();
-        let err = space.admit(available).unwrap_err();
+        space.admit(4096, false).unwrap();
+        let err = space.admit(available, false).unwrap_err();
         assert_eq!(err.errno(), libc::ENOSPC);
         assert!(err.to_string().contains("reserve"), "{err}");
-        space.set_reserve(available * 2);
-        assert_eq!(space.admit(0).unwrap_err().errno(), libc::ENOSPC);
+        // Small operations may use half of the reserve.
+        space.set_reserve(available + available / 2);
+        assert_eq!(space.admit(0, false).unwrap_err().errno(), libc::ENOSPC);
+        space.admit(4096, true).unwrap();
+        space.set_reserve(available * 3);
+        assert_eq!(space.admit(0, true).unwrap_err().errno(), libc::ENOSPC);
         space.set_reserve(0);
-        space.admit(0).unwrap();
+        space.admit(0, false).unwrap();
     }
 }

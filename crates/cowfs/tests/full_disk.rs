@@ -128,13 +128,38 @@ fn writes_are_refused_at_the_reserve_and_everything_works_again_once_space_is_fr
     fs.rename(ROOT_INO, OsStr::new("new"), ROOT_INO, OsStr::new("renamed"), 0).unwrap();
     fs.unlink(ROOT_INO, OsStr::new("small")).unwrap();
     fs.setattr(new, SetAttr { size: Some(written * MIB + tail - 1), ..SetAttr::default() }).unwrap();
-    // What would take space is refused: a copy-up, a new file or directory, an allocation.
+    // What would take space is refused: a copy-up, an allocation.
     let big = ino(&fs, "big");
-    assert_eq!(fs.write(big, 8192, b"clone").unwrap_err().errno(), libc::ENOSPC);
+    assert_eq!(fs.write(big, 512 << 10, b"clone").unwrap_err().errno(), libc::ENOSPC);
+    assert_eq!(fs.fallocate(new, written * MIB, MIB, 0).unwrap_err().errno(), libc::ENOSPC);
+
+    // Small bookkeeping still fits, in half of the reserve: a state file written under a
+    // temporary name, fsynced and renamed over the old one.
+    let state = fs.create(ROOT_INO, OsStr::new("state.tmp"), 0o600, libc::O_RDWR, ROOT).unwrap().ino;
+    fs.write(state, 0, b"checkpoint state").unwrap();
+    fs.fsync(state, false).unwrap();
+    fs.rename(ROOT_INO, OsStr::new("state.tmp"), ROOT_INO, OsStr::new("state"), 0).unwrap();
+    fs.release(state).unwrap();
+    // Until that half is used up too: then not even a new file, directory or symlink.
+    let mut files = 0;
+    let err = loop {
+        let made = fs.create(ROOT_INO, OsStr::new(&format!("s{files}")), 0o644, libc::O_RDWR, ROOT).and_then(|a| {
+            let written = fs.write(a.ino, 0, &[4u8; 8192]);
+            fs.release(a.ino)?;
+            written
+        });
+        match made {
+            Ok(_) => files += 1,
+            Err(e) => break e,
+        }
+        assert!(files < 1000, "8 MiB of small files past the reserve");
+    };
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    assert!(files >= 100, "small files refused after {files}");
+    assert!(small.available() >= MIB, "the filesystem itself is full: {} bytes left", small.available());
     assert_eq!(fs.create(ROOT_INO, OsStr::new("x"), 0o644, libc::O_RDWR, ROOT).unwrap_err().errno(), libc::ENOSPC);
     assert_eq!(fs.mkdir(ROOT_INO, OsStr::new("d"), 0o755, ROOT).unwrap_err().errno(), libc::ENOSPC);
     assert_eq!(fs.symlink(ROOT_INO, OsStr::new("l"), OsStr::new("t"), ROOT).unwrap_err().errno(), libc::ENOSPC);
-    assert_eq!(fs.fallocate(new, written * MIB, MIB, 0).unwrap_err().errno(), libc::ENOSPC);
 
     // Writes the kernel had already accepted use the reserve, until the filesystem itself is
     // full; the one that fails leaves the file as it was.
@@ -162,6 +187,10 @@ fn writes_are_refused_at_the_reserve_and_everything_works_again_once_space_is_fr
     // Freeing space (the last handle closes): new files and writes work again.
     fs.unlink(ROOT_INO, OsStr::new("renamed")).unwrap();
     fs.release(new).unwrap();
+    for file in 0..=files {
+        // The last one may not have been made.
+        let _ = fs.unlink(ROOT_INO, OsStr::new(&format!("s{file}")));
+    }
     let after = fs.create(ROOT_INO, OsStr::new("after"), 0o644, libc::O_RDWR, ROOT).unwrap().ino;
     fs.write(after, 0, &chunk(7)).unwrap();
     fs.write(big, 16384, b"again").unwrap();
@@ -171,7 +200,8 @@ fn writes_are_refused_at_the_reserve_and_everything_works_again_once_space_is_fr
 
     // A remount shows what was answered, and the image is as it was.
     let fs = open(&layers, image.path(), 4 * MIB);
-    assert_eq!(names(&fs), ["after", "big"]);
+    assert_eq!(names(&fs), ["after", "big", "state"]);
+    assert_eq!(fs.read(ino(&fs, "state"), 0, 100).unwrap(), b"checkpoint state");
     assert_eq!(fs.read(ino(&fs, "after"), 0, MIB as u32).unwrap(), chunk(7));
     let big = fs.read(ino(&fs, "big"), 0, MIB as u32).unwrap();
     assert_eq!(&big[8192..8198], b"cached");
