@@ -119,3 +119,86 @@ fn postgres_on_a_clone_survives_kill_9_of_the_server() {
 
     assert!(checksums(&image) == before, "the image changed");
 }
+
+/// PostgreSQL on a clone whose layer fills up, mounted without the writeback cache
+/// (doc/SEMANTICS.md, "Full disks"): cowfs refuses new space at its reserve, at `write(2)`,
+/// so the statement that extends a table fails with "No space left on device" and the server
+/// stays up, with no PANIC. Once space is freed, the clone takes writes again, and every row
+/// committed before is there. The image is unchanged.
+#[test]
+fn postgres_on_a_full_clone_fails_the_statement_not_the_server() {
+    support::require_fuse("postgres_on_a_full_clone");
+    pg::require("postgres_on_a_full_clone");
+    let work = tempfile::tempdir().unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let work = work.path();
+
+    let source = Server::new(&work.join("source"), 54_403, work);
+    source.initdb();
+    let image = work.join("image");
+    let status = std::process::Command::new("cp").arg("-a").arg(&source.data).arg(&image).status().unwrap();
+    assert!(status.success());
+    // The settings a clone runs with on a small disk: WAL segments written whole as they are
+    // made and then recycled, and no crash-restart loop that would hide a PANIC.
+    let mut conf = fs::OpenOptions::new().append(true).open(image.join("postgresql.auto.conf")).unwrap();
+    std::io::Write::write_all(
+        &mut conf,
+        b"min_wal_size = '32MB'\nwal_init_zero = on\nwal_recycle = on\nrestart_after_crash = off\n",
+    )
+    .unwrap();
+    let before = checksums(&image);
+
+    // The layer on a 160 MiB tmpfs.
+    let small = work.join("small");
+    fs::create_dir(&small).unwrap();
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=160m", "tmpfs"]).arg(&small).status();
+    assert!(mounted.unwrap().success());
+    let _unmount = Unmount(small.clone());
+    let mnt = work.join("mnt");
+    let mut mount = Mount::start(&image, &small.join("layer"), &mnt, &["--owner", "postgres", "--no-writeback-cache"]);
+    let clone = Server::new(&mnt, 54_404, work);
+    clone.start();
+    clone.psql("postgres", "CREATE TABLE t (id serial PRIMARY KEY, pad text)");
+
+    let insert = "INSERT INTO t (pad) SELECT repeat('x', 1000) FROM generate_series(1, 2000)";
+    let mut committed = 0;
+    let error = loop {
+        let out = clone.psql_command("postgres").args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", insert]).output();
+        let out = out.unwrap();
+        if !out.status.success() {
+            break String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        committed += 2000;
+        assert!(committed < 400_000, "400 MB inserted into a 160 MiB disk");
+    };
+    eprintln!("after {committed} rows: {}", error.trim());
+    assert!(error.contains("No space left on device"), "{error}");
+    assert!(!error.contains("PANIC") && !error.contains("terminated"), "{error}");
+    // The server is up and answers; a checkpoint may fail (it cannot copy pages up), the
+    // server does not.
+    assert_eq!(clone.psql("postgres", "SELECT count(*) FROM t"), committed.to_string());
+    let checkpoint = clone.psql_command("postgres").args(["-X", "-q", "-c", "CHECKPOINT"]).output().unwrap();
+    eprintln!("checkpoint on the full disk: {}", String::from_utf8_lossy(&checkpoint.stderr).trim());
+    assert_eq!(clone.psql("postgres", "SELECT 1"), "1", "the server died:\n{}", clone.log_tail());
+    assert!(!clone.log_tail().contains("PANIC"), "{}", clone.log_tail());
+
+    // Space is freed (the disk grows): the same clone takes writes again.
+    let grown = std::process::Command::new("mount").args(["-o", "remount,size=400m"]).arg(&small).status();
+    assert!(grown.unwrap().success());
+    clone.psql("postgres", insert);
+    clone.psql("postgres", "CHECKPOINT");
+    assert_eq!(clone.psql("postgres", "SELECT count(*) FROM t"), (committed + 2000).to_string());
+    clone.stop();
+    mount.stop();
+    assert!(checksums(&image) == before, "the image changed");
+}
+
+/// Unmounts a filesystem when a test ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
