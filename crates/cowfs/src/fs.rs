@@ -1289,7 +1289,15 @@ impl CowFs {
         // SAFETY: fallocate on a file descriptor we own.
         let rc = unsafe { libc::fallocate(top.file.as_raw_fd(), mode, offset as i64, len as i64) };
         if rc != 0 {
-            return self.space.observe(Err(io::Error::last_os_error().into()), false);
+            let e = io::Error::last_os_error();
+            // A filesystem may have grown the file before running out: back to its size.
+            let size = data.size.unwrap_or(0);
+            if top.file.metadata().is_ok_and(|m| m.len() > size) {
+                if let Err(e) = top.file.set_len(size) {
+                    tracing::warn!("could not cut a data file back to its size after a failed fallocate: {e}");
+                }
+            }
+            return self.space.observe(Err(e.into()), false);
         }
         if mode == 0 {
             let size = data.size.unwrap_or(0).max(offset + len);

@@ -55,6 +55,8 @@ impl Meta {
     pub fn size(&self) -> u64 {
         self.0.st_size as u64
     }
+    // st_nlink is a u64 on x86_64 and a u32 elsewhere.
+    #[allow(clippy::unnecessary_cast)]
     pub fn nlink(&self) -> u64 {
         self.0.st_nlink as u64
     }

@@ -266,6 +266,8 @@ fn a_copy_up_or_write_that_hits_a_full_disk_leaves_nothing_behind() {
     assert_eq!(fs.write(big, 8192, &[9u8; 8192]).unwrap_err().errno(), libc::ENOSPC);
     // A write past the end of a layer file.
     assert_eq!(fs.write(owned, 5, &[1u8; 64 << 10]).unwrap_err().errno(), libc::ENOSPC);
+    // An allocation.
+    assert_eq!(fs.fallocate(owned, 0, MIB, 0).unwrap_err().errno(), libc::ENOSPC);
     assert_eq!(fs.getattr(owned).unwrap().size, 5);
     assert_eq!(fs::metadata(data_dir(&fs).join(owned.to_string())).unwrap().len(), 5);
     let after: Vec<_> = fs::read_dir(data_dir(&fs)).unwrap().map(|e| e.unwrap().file_name()).collect();
