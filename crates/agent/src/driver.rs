@@ -247,6 +247,10 @@ impl Driver for Cowfs {
             .arg("--layer")
             .arg(Self::layer(clone_dir))
             .arg(&data)
+            // Without the kernel's writeback cache a write that needs space the disk does not
+            // have fails at write(2), where the database reports it and goes on, rather than at
+            // fsync, where it must stop (doc/SEMANTICS.md, "Full disks").
+            .arg("--no-writeback-cache")
             .arg("--owner")
             .arg(owner.uid.to_string())
             // Its own process group: a signal to the agent's group does not reach it, so

@@ -518,10 +518,12 @@ impl LocalAgent {
     /// in a row before it is marked failed. A full disk is only shown: the clone works again
     /// once space is freed.
     fn supervise_once(&self) {
-        let disk_full = match sys::space::free_bytes(&self.config.data_dir) {
-            Ok(free) if free < DISK_FULL_BELOW => Some(format!(
+        // The rule cowfs mounts refuse writes by (a reserve of the filesystem), for every
+        // clone on the agent's filesystem, whatever its driver.
+        let disk_full = match cowfs::layer_space(&self.config.data_dir) {
+            Ok(space) if space.is_full() || space.available < DISK_FULL_BELOW => Some(format!(
                 "disk full: {} MiB free on {}; free space and the clone works again",
-                free >> 20,
+                space.available >> 20,
                 self.config.data_dir.display()
             )),
             _ => None,
