@@ -117,10 +117,15 @@ pub struct Clone {
     /// The address clients connect to.
     pub host: String,
     pub port: u16,
-    /// The database user the connection URL logs in as: the image's superuser.
+    /// The database user the connection URL logs in as.
     pub user: String,
-    /// A connection URL with the clone's credentials.
-    pub url: String,
+    /// A connection URL with the clone's credentials; given only to those who may use the
+    /// clone (its owner and administrators).
+    pub url: Option<String>,
+    /// Who made it, and may use it.
+    pub owner: Name,
+    /// The team it belongs to (its image's).
+    pub team: Name,
     /// The disk the clone uses beyond its image, as last measured.
     pub stored_bytes: u64,
     /// The size of its image's files.

@@ -59,6 +59,10 @@ pub struct Image {
     pub file_count: u64,
     /// How many clones are made from it.
     pub clone_count: u64,
+    /// The team it belongs to: its members see it and may clone it.
+    pub team: Name,
+    /// Who made it.
+    pub created_by: Option<Name>,
     pub created_at: Timestamp,
     /// The operation that is making it, while it is `creating`.
     pub operation: Option<OperationId>,
@@ -87,6 +91,10 @@ pub struct CreateImage {
     /// is refused, since copying it would give a torn copy.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub snapshot: bool,
+    /// The team it will belong to: one of the caller's teams. When not given: the caller's
+    /// team if they are in one only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<Name>,
 }
 
 impl utoipa::PartialSchema for CreateImage {
@@ -117,6 +125,16 @@ impl utoipa::PartialSchema for CreateImage {
                      image is made. Without it, a directory whose server is running is refused, since copying it \
                      would give a torn copy.",
                 )),
+            )
+            .property(
+                "team",
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                    .pattern(Some(crate::name::PATTERN))
+                    .description(Some(
+                        "The team it will belong to: one of the caller's teams. When not given: the caller's team if \
+                         they are in one only.",
+                    )),
             )
             .additional_properties(Some(AdditionalProperties::FreeForm(false)));
         // Exactly one source: a present `null` counts as absent, as serde reads it.
@@ -157,6 +175,7 @@ mod tests {
             from_dir: Some("/x".into()),
             from_url: Some("u".into()),
             snapshot: true,
+            team: Some(Name::new("t").unwrap()),
         };
         let serde_fields: Vec<String> =
             serde_json::to_value(&full).unwrap().as_object().unwrap().keys().cloned().collect();

@@ -9,6 +9,7 @@
 //! Requests reject unknown fields, so that a typo (`form_dir`) is an error rather than a
 //! silently ignored field.
 
+mod auth;
 mod clone;
 mod error;
 mod image;
@@ -16,6 +17,7 @@ mod name;
 mod operation;
 mod time;
 
+pub use auth::{Activity, CreateSource, CreateTeam, CreateToken, CreateUser, NewToken, Role, Source, Team, Token, User};
 pub use clone::{Clone, CloneStatus, CreateClone, Driver};
 pub use error::{ErrorBody, ErrorCode};
 pub use image::{CreateImage, Image, ImageStatus};
@@ -48,4 +50,15 @@ pub mod paths {
     pub const CLONE_RESET: &str = "/v1/clones/{name}/reset";
     pub const OPERATIONS: &str = "/v1/operations";
     pub const OPERATION: &str = "/v1/operations/{id}";
+    pub const WHOAMI: &str = "/v1/whoami";
+    pub const USERS: &str = "/v1/users";
+    pub const USER: &str = "/v1/users/{name}";
+    pub const TEAMS: &str = "/v1/teams";
+    pub const TEAM: &str = "/v1/teams/{name}";
+    pub const TEAM_MEMBER: &str = "/v1/teams/{name}/members/{user}";
+    pub const TOKENS: &str = "/v1/tokens";
+    pub const TOKEN: &str = "/v1/tokens/{id}";
+    pub const SOURCES: &str = "/v1/sources";
+    pub const SOURCE: &str = "/v1/sources/{name}";
+    pub const ACTIVITY: &str = "/v1/activity";
 }

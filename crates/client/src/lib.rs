@@ -48,6 +48,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'
 enum Method {
     Get,
     Post,
+    Put,
     Delete,
 }
 
@@ -56,9 +57,19 @@ impl Method {
         match self {
             Method::Get => "GET",
             Method::Post => "POST",
+            Method::Put => "PUT",
             Method::Delete => "DELETE",
         }
     }
+}
+
+/// The filters of [`Client::activity`].
+#[derive(Debug, Clone, Default)]
+pub struct ActivityFilter {
+    pub user: Option<Name>,
+    pub target: Option<String>,
+    pub since: Option<api::Timestamp>,
+    pub limit: Option<u32>,
 }
 
 /// The body of `POST /v1/clones/{name}/start|stop|reset`: an empty object.
@@ -76,6 +87,8 @@ pub struct Client {
     /// `?wait=` on requests that change something: how long the server waits for the
     /// operation before it answers (its own default, a second, when `None`).
     answer_wait: Option<u32>,
+    /// The API token sent as `Authorization: Bearer …`.
+    token: Option<String>,
 }
 
 impl Client {
@@ -95,7 +108,15 @@ impl Client {
             poll_interval: DEFAULT_POLL_INTERVAL,
             wait_timeout: None,
             answer_wait: None,
+            token: None,
         }
+    }
+
+    /// Sends `token` with every request (`Authorization: Bearer …`). Every route but
+    /// `/v1/health` needs one.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+        self
     }
 
     /// How long, in seconds, the server waits for an operation to end before it answers a
@@ -307,6 +328,123 @@ impl Client {
         self.finish(self.delete_clone(name)?)
     }
 
+    /// `GET /v1/whoami`: the user the token belongs to.
+    pub fn whoami(&self) -> Result<api::User> {
+        self.get(api::paths::WHOAMI)
+    }
+
+    /// `GET /v1/users` (administrators).
+    pub fn list_users(&self) -> Result<Vec<api::User>> {
+        self.get(api::paths::USERS)
+    }
+
+    /// `GET /v1/users/{name}`.
+    pub fn get_user(&self, name: &Name) -> Result<api::User> {
+        self.get(&fill(api::paths::USER, "name", name.as_str()))
+    }
+
+    /// `POST /v1/users` (administrators).
+    pub fn create_user(&self, request: &api::CreateUser) -> Result<api::User> {
+        self.post(api::paths::USERS, request)
+    }
+
+    /// `DELETE /v1/users/{name}` (administrators).
+    pub fn delete_user(&self, name: &Name) -> Result<()> {
+        self.call_empty(Method::Delete, &fill(api::paths::USER, "name", name.as_str()))
+    }
+
+    /// `GET /v1/teams`.
+    pub fn list_teams(&self) -> Result<Vec<api::Team>> {
+        self.get(api::paths::TEAMS)
+    }
+
+    /// `GET /v1/teams/{name}`.
+    pub fn get_team(&self, name: &Name) -> Result<api::Team> {
+        self.get(&fill(api::paths::TEAM, "name", name.as_str()))
+    }
+
+    /// `POST /v1/teams` (administrators).
+    pub fn create_team(&self, request: &api::CreateTeam) -> Result<api::Team> {
+        self.post(api::paths::TEAMS, request)
+    }
+
+    /// `DELETE /v1/teams/{name}` (administrators).
+    pub fn delete_team(&self, name: &Name) -> Result<()> {
+        self.call_empty(Method::Delete, &fill(api::paths::TEAM, "name", name.as_str()))
+    }
+
+    /// `PUT /v1/teams/{name}/members/{user}` (administrators).
+    pub fn add_member(&self, team: &Name, user: &Name) -> Result<api::Team> {
+        let path = fill(&fill(api::paths::TEAM_MEMBER, "name", team.as_str()), "user", user.as_str());
+        self.call(Method::Put, &path, None::<&Empty>)
+    }
+
+    /// `DELETE /v1/teams/{name}/members/{user}` (administrators).
+    pub fn remove_member(&self, team: &Name, user: &Name) -> Result<api::Team> {
+        let path = fill(&fill(api::paths::TEAM_MEMBER, "name", team.as_str()), "user", user.as_str());
+        self.call(Method::Delete, &path, None::<&Empty>)
+    }
+
+    /// `GET /v1/tokens`: the caller's tokens (everyone's, for an administrator).
+    pub fn list_tokens(&self) -> Result<Vec<api::Token>> {
+        self.get(api::paths::TOKENS)
+    }
+
+    /// `POST /v1/tokens`: a new token, with its secret (shown this once).
+    pub fn create_token(&self, request: &api::CreateToken) -> Result<api::NewToken> {
+        self.post(api::paths::TOKENS, request)
+    }
+
+    /// `DELETE /v1/tokens/{id}`: revokes a token.
+    pub fn revoke_token(&self, id: u64) -> Result<api::Token> {
+        self.call(Method::Delete, &fill(api::paths::TOKEN, "id", &id.to_string()), None::<&Empty>)
+    }
+
+    /// `GET /v1/sources`.
+    pub fn list_sources(&self) -> Result<Vec<api::Source>> {
+        self.get(api::paths::SOURCES)
+    }
+
+    /// `POST /v1/sources` (administrators).
+    pub fn create_source(&self, request: &api::CreateSource) -> Result<api::Source> {
+        self.post(api::paths::SOURCES, request)
+    }
+
+    /// `DELETE /v1/sources/{name}` (administrators).
+    pub fn delete_source(&self, name: &Name) -> Result<()> {
+        self.call_empty(Method::Delete, &fill(api::paths::SOURCE, "name", name.as_str()))
+    }
+
+    /// `GET /v1/activity`, with its filters.
+    pub fn activity(&self, filter: &ActivityFilter) -> Result<Vec<api::Activity>> {
+        let mut query = Vec::new();
+        let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+        if let Some(user) = &filter.user {
+            query.push(format!("user={}", enc(user.as_str())));
+        }
+        if let Some(target) = &filter.target {
+            query.push(format!("target={}", enc(target)));
+        }
+        if let Some(since) = filter.since {
+            query.push(format!("since={}", enc(&since.to_string())));
+        }
+        if let Some(limit) = filter.limit {
+            query.push(format!("limit={limit}"));
+        }
+        let path = if query.is_empty() {
+            api::paths::ACTIVITY.to_owned()
+        } else {
+            format!("{}?{}", api::paths::ACTIVITY, query.join("&"))
+        };
+        self.get(&path)
+    }
+
+    /// A call whose answer has no body (`204 No Content`).
+    fn call_empty(&self, method: Method, path: &str) -> Result<()> {
+        let (status, text) = self.exchange(method, path, None::<&Empty>)?;
+        self.check_status(status, &text)
+    }
+
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.call(Method::Get, path, None::<&Empty>)
     }
@@ -332,11 +470,29 @@ impl Client {
         check_base_url(&self.base_url)?;
         let url = format!("{}{}", self.base_url, path);
         let timeout = Some(self.request_timeout);
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let with_token = |r: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match &bearer {
+            Some(b) => r.header("authorization", b),
+            None => r,
+        };
         let result = match method {
-            Method::Get => self.agent.get(&url).config().timeout_global(timeout).build().call(),
-            Method::Delete => self.agent.delete(&url).config().timeout_global(timeout).build().call(),
+            Method::Get => with_token(self.agent.get(&url)).config().timeout_global(timeout).build().call(),
+            Method::Delete => with_token(self.agent.delete(&url)).config().timeout_global(timeout).build().call(),
+            Method::Put => {
+                let put = self.agent.put(&url);
+                let put = match &bearer {
+                    Some(b) => put.header("authorization", b),
+                    None => put,
+                };
+                put.config().timeout_global(timeout).build().send_empty()
+            }
             Method::Post => {
-                let request = self.agent.post(&url).config().timeout_global(timeout).build();
+                let post = self.agent.post(&url);
+                let post = match &bearer {
+                    Some(b) => post.header("authorization", b),
+                    None => post,
+                };
+                let request = post.config().timeout_global(timeout).build();
                 match body {
                     Some(body) => {
                         let json = serde_json::to_vec(body).expect("the API's requests encode as JSON");

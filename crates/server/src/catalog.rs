@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use api::{CloneStatus, Driver, ImageStatus, Name, OperationId, OperationKind, OperationState, Timestamp};
+use api::{CloneStatus, Driver, ImageStatus, Name, OperationId, OperationKind, OperationState, Role, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,8 @@ pub struct ImageRow {
     pub logical_bytes: u64,
     pub stored_bytes: u64,
     pub file_count: u64,
+    pub team: Name,
+    pub created_by: Option<Name>,
     pub created_at: Timestamp,
     pub operation: Option<OperationId>,
 }
@@ -60,6 +62,8 @@ pub struct CloneRow {
     pub driver: Driver,
     pub port: u16,
     pub password: String,
+    pub owner: Name,
+    pub team: Name,
     pub created_at: Timestamp,
     pub operation: Option<OperationId>,
 }
@@ -69,6 +73,8 @@ pub struct OperationRow {
     pub id: OperationId,
     pub kind: OperationKind,
     pub target: Name,
+    /// The team of its target, for who may see it.
+    pub team: Name,
     pub state: OperationState,
     pub message: Option<String>,
     pub error: Option<String>,
@@ -76,11 +82,55 @@ pub struct OperationRow {
     pub finished_at: Option<Timestamp>,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRow {
+    pub name: Name,
+    pub role: Role,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRow {
+    pub id: u64,
+    pub user: Name,
+    pub description: Option<String>,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRow {
+    pub name: Name,
+    pub path: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivityRow {
+    pub id: u64,
+    pub at: Timestamp,
+    pub actor: Option<Name>,
+    pub action: String,
+    pub target: Option<String>,
+    /// The team of the target, when it has one, for who may see the entry.
+    pub team: Option<Name>,
+    pub status: u16,
+    pub detail: Option<String>,
+}
+
 pub struct Catalog {
     conn: Connection,
 }
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
+
+/// The team that images and clones made before teams existed belong to, and that the first
+/// administrator is in.
+pub const DEFAULT_TEAM: &str = "default";
+/// The first administrator, made at the first start.
+pub const BOOTSTRAP_USER: &str = "admin";
 
 /// How many ended operations the catalog keeps.
 const OPERATIONS_KEPT: i64 = 1000;
@@ -145,7 +195,59 @@ impl Catalog {
                  COMMIT;",
             )?;
         }
-        debug_assert_eq!(SCHEMA_VERSION, 2);
+        if version < 3 {
+            self.conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE users (
+                     name TEXT PRIMARY KEY,
+                     role TEXT NOT NULL,
+                     created_at INTEGER NOT NULL
+                 );
+                 CREATE TABLE teams (
+                     name TEXT PRIMARY KEY,
+                     created_at INTEGER NOT NULL
+                 );
+                 CREATE TABLE memberships (
+                     team TEXT NOT NULL REFERENCES teams(name) ON DELETE CASCADE,
+                     user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+                     PRIMARY KEY (team, user)
+                 );
+                 CREATE TABLE tokens (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+                     hash BLOB NOT NULL UNIQUE,
+                     description TEXT,
+                     created_at INTEGER NOT NULL,
+                     expires_at INTEGER,
+                     revoked_at INTEGER,
+                     last_used_at INTEGER
+                 );
+                 CREATE TABLE sources (
+                     name TEXT PRIMARY KEY,
+                     path TEXT NOT NULL,
+                     created_at INTEGER NOT NULL
+                 );
+                 CREATE TABLE activity (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     at INTEGER NOT NULL,
+                     actor TEXT,
+                     action TEXT NOT NULL,
+                     target TEXT,
+                     team TEXT,
+                     status INTEGER NOT NULL,
+                     detail TEXT
+                 );
+                 CREATE INDEX activity_at ON activity(at);
+                 ALTER TABLE images ADD COLUMN team TEXT NOT NULL DEFAULT 'default';
+                 ALTER TABLE images ADD COLUMN created_by TEXT;
+                 ALTER TABLE clones ADD COLUMN owner TEXT NOT NULL DEFAULT 'admin';
+                 ALTER TABLE clones ADD COLUMN team TEXT NOT NULL DEFAULT 'default';
+                 ALTER TABLE operations ADD COLUMN team TEXT NOT NULL DEFAULT 'default';
+                 PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        }
+        debug_assert_eq!(SCHEMA_VERSION, 3);
         Ok(())
     }
 
@@ -171,8 +273,8 @@ impl Catalog {
     pub fn insert_image(&self, image: &ImageRow) -> Result<()> {
         let result = self.conn.execute(
             "INSERT INTO images (name, status, message, engine, engine_version, superuser, source, logical_bytes,
-                                 stored_bytes, file_count, created_at, operation)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                 stored_bytes, file_count, created_at, operation, team, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 image.name.as_str(),
                 image.status.as_str(),
@@ -186,9 +288,16 @@ impl Catalog {
                 image.file_count as i64,
                 image.created_at.0,
                 image.operation.map(|o| o.0 as i64),
+                image.team.as_str(),
+                image.created_by.as_ref().map(Name::as_str),
             ],
         );
-        constraint(result, "image", &image.name)
+        match constraint(result, "image", &image.name) {
+            Err(CatalogError::Sqlite(e)) if is_constraint(&e, "FOREIGN KEY") => {
+                Err(CatalogError::NotFound { kind: "team", name: image.team.to_string() })
+            }
+            other => other,
+        }
     }
 
     pub fn update_image(&self, image: &ImageRow) -> Result<()> {
@@ -234,8 +343,8 @@ impl Catalog {
 
     pub fn insert_clone(&self, clone: &CloneRow) -> Result<()> {
         let result = self.conn.execute(
-            "INSERT INTO clones (name, image, status, message, driver, port, password, created_at, operation)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO clones (name, image, status, message, driver, port, password, created_at, operation, owner, team)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 clone.name.as_str(),
                 clone.image.as_str(),
@@ -246,6 +355,8 @@ impl Catalog {
                 clone.password,
                 clone.created_at.0,
                 clone.operation.map(|o| o.0 as i64),
+                clone.owner.as_str(),
+                clone.team.as_str(),
             ],
         );
         match constraint(result, "clone", &clone.name) {
@@ -306,10 +417,17 @@ impl Catalog {
     // -------------------------------------------------------------- operations
 
     /// Records a new running operation and returns its id.
-    pub fn insert_operation(&self, kind: OperationKind, target: &Name, message: Option<&str>) -> Result<OperationId> {
+    pub fn insert_operation(
+        &self,
+        kind: OperationKind,
+        target: &Name,
+        team: &Name,
+        message: Option<&str>,
+    ) -> Result<OperationId> {
         self.conn.execute(
-            "INSERT INTO operations (kind, target, state, message, created_at) VALUES (?1, ?2, 'running', ?3, ?4)",
-            params![kind.as_str(), target.as_str(), message, Timestamp::now().0],
+            "INSERT INTO operations (kind, target, team, state, message, created_at)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
+            params![kind.as_str(), target.as_str(), team.as_str(), message, Timestamp::now().0],
         )?;
         // Keep the table bounded: the oldest ended operations go.
         self.conn.execute(
@@ -356,6 +474,255 @@ impl Catalog {
         let rows = stmt.query_map([], operation_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+}
+
+impl Catalog {
+    // ------------------------------------------------------------- users, teams
+
+    pub fn insert_user(&self, user: &UserRow) -> Result<()> {
+        let result = self.conn.execute(
+            "INSERT INTO users (name, role, created_at) VALUES (?1, ?2, ?3)",
+            params![user.name.as_str(), user.role.as_str(), user.created_at.0],
+        );
+        constraint(result, "user", &user.name)
+    }
+
+    pub fn user(&self, name: &Name) -> Result<UserRow> {
+        self.conn
+            .query_row("SELECT * FROM users WHERE name = ?1", [name.as_str()], user_row)
+            .optional()?
+            .ok_or_else(|| CatalogError::NotFound { kind: "user", name: name.to_string() })
+    }
+
+    pub fn users(&self) -> Result<Vec<UserRow>> {
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM users ORDER BY name")?;
+        let rows = stmt.query_map([], user_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn user_count(&self) -> Result<u64> {
+        Ok(self.conn.query_row("SELECT count(*) FROM users", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    pub fn delete_user(&self, name: &Name) -> Result<()> {
+        let n = self.conn.execute("DELETE FROM users WHERE name = ?1", [name.as_str()])?;
+        found(n, "user", name)
+    }
+
+    pub fn admin_count(&self) -> Result<u64> {
+        Ok(self.conn.query_row("SELECT count(*) FROM users WHERE role = 'admin'", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    pub fn insert_team(&self, name: &Name) -> Result<()> {
+        let result = self.conn.execute(
+            "INSERT INTO teams (name, created_at) VALUES (?1, ?2)",
+            params![name.as_str(), Timestamp::now().0],
+        );
+        constraint(result, "team", name)
+    }
+
+    /// A team's creation time, or `NotFound`.
+    pub fn team(&self, name: &Name) -> Result<Timestamp> {
+        self.conn
+            .query_row("SELECT created_at FROM teams WHERE name = ?1", [name.as_str()], |r| r.get(0))
+            .optional()?
+            .map(Timestamp)
+            .ok_or_else(|| CatalogError::NotFound { kind: "team", name: name.to_string() })
+    }
+
+    pub fn teams(&self) -> Result<Vec<(Name, Timestamp)>> {
+        let mut stmt = self.conn.prepare_cached("SELECT name, created_at FROM teams ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((name_column(r, "name")?, Timestamp(r.get("created_at")?))))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn delete_team(&self, name: &Name) -> Result<()> {
+        let n = self.conn.execute("DELETE FROM teams WHERE name = ?1", [name.as_str()])?;
+        found(n, "team", name)
+    }
+
+    /// Whether any image or clone belongs to the team.
+    pub fn team_in_use(&self, name: &Name) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM images WHERE team = ?1) OR EXISTS (SELECT 1 FROM clones WHERE team = ?1)",
+            [name.as_str()],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub fn add_member(&self, team: &Name, user: &Name) -> Result<()> {
+        self.team(team)?;
+        self.user(user)?;
+        self.conn.execute(
+            "INSERT OR IGNORE INTO memberships (team, user) VALUES (?1, ?2)",
+            params![team.as_str(), user.as_str()],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_member(&self, team: &Name, user: &Name) -> Result<()> {
+        let n = self.conn.execute(
+            "DELETE FROM memberships WHERE team = ?1 AND user = ?2",
+            params![team.as_str(), user.as_str()],
+        )?;
+        if n == 0 {
+            return Err(CatalogError::NotFound { kind: "member of that team", name: user.to_string() });
+        }
+        Ok(())
+    }
+
+    pub fn teams_of(&self, user: &Name) -> Result<Vec<Name>> {
+        let mut stmt = self.conn.prepare_cached("SELECT team FROM memberships WHERE user = ?1 ORDER BY team")?;
+        let rows = stmt.query_map([user.as_str()], |r| name_column(r, "team"))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn members_of(&self, team: &Name) -> Result<Vec<Name>> {
+        let mut stmt = self.conn.prepare_cached("SELECT user FROM memberships WHERE team = ?1 ORDER BY user")?;
+        let rows = stmt.query_map([team.as_str()], |r| name_column(r, "user"))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ------------------------------------------------------------------ tokens
+
+    /// Records a token by the hash of its secret; returns its id.
+    pub fn insert_token(
+        &self,
+        user: &Name,
+        hash: &[u8],
+        description: Option<&str>,
+        expires_at: Option<Timestamp>,
+    ) -> Result<u64> {
+        self.conn.execute(
+            "INSERT INTO tokens (user, hash, description, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![user.as_str(), hash, description, Timestamp::now().0, expires_at.map(|t| t.0)],
+        )?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// The token whose secret hashes to `hash`, whatever its state.
+    pub fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>> {
+        Ok(self.conn.query_row("SELECT * FROM tokens WHERE hash = ?1", [hash], token_row).optional()?)
+    }
+
+    pub fn token(&self, id: u64) -> Result<TokenRow> {
+        self.conn
+            .query_row("SELECT * FROM tokens WHERE id = ?1", [id as i64], token_row)
+            .optional()?
+            .ok_or_else(|| CatalogError::NotFound { kind: "token", name: id.to_string() })
+    }
+
+    /// Every token, or a user's.
+    pub fn tokens(&self, user: Option<&Name>) -> Result<Vec<TokenRow>> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT * FROM tokens WHERE ?1 IS NULL OR user = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([user.map(Name::as_str)], token_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn revoke_token(&self, id: u64) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1",
+            params![id as i64, Timestamp::now().0],
+        )?;
+        if n == 0 {
+            return Err(CatalogError::NotFound { kind: "token", name: id.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Notes that a token was used, at most once a minute per token.
+    pub fn touch_token(&self, id: u64) -> Result<()> {
+        let now = Timestamp::now().0;
+        self.conn.execute(
+            "UPDATE tokens SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2 - 60)",
+            params![id as i64, now],
+        )?;
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------- sources
+
+    pub fn insert_source(&self, source: &SourceRow) -> Result<()> {
+        let result = self.conn.execute(
+            "INSERT INTO sources (name, path, created_at) VALUES (?1, ?2, ?3)",
+            params![source.name.as_str(), source.path, source.created_at.0],
+        );
+        constraint(result, "source", &source.name)
+    }
+
+    pub fn sources(&self) -> Result<Vec<SourceRow>> {
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM sources ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(SourceRow { name: name_column(r, "name")?, path: r.get("path")?, created_at: Timestamp(r.get("created_at")?) })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn delete_source(&self, name: &Name) -> Result<()> {
+        let n = self.conn.execute("DELETE FROM sources WHERE name = ?1", [name.as_str()])?;
+        found(n, "source", name)
+    }
+
+    // ---------------------------------------------------------------- activity
+
+    /// Records an entry of the audit log, and drops entries older than `keep_days`.
+    pub fn insert_activity(&self, entry: &ActivityRow, keep_days: u32) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO activity (at, actor, action, target, team, status, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                entry.at.0,
+                entry.actor.as_ref().map(Name::as_str),
+                entry.action,
+                entry.target,
+                entry.team.as_ref().map(Name::as_str),
+                entry.status,
+                entry.detail
+            ],
+        )?;
+        self.conn.execute(
+            "DELETE FROM activity WHERE at < ?1",
+            [entry.at.0 - i64::from(keep_days) * 86_400],
+        )?;
+        Ok(())
+    }
+
+    /// The newest entries first, at most `limit`, from `since` on when given.
+    pub fn activity(&self, since: Option<Timestamp>, limit: u32) -> Result<Vec<ActivityRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT * FROM activity WHERE at >= coalesce(?1, 0) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![since.map(|t| t.0), limit], |r| {
+            Ok(ActivityRow {
+                id: r.get::<_, i64>("id")? as u64,
+                at: Timestamp(r.get("at")?),
+                actor: r.get::<_, Option<String>>("actor")?.map(|n| Name::new(&n)).transpose().map_err(bad_column)?,
+                action: r.get("action")?,
+                target: r.get("target")?,
+                team: r.get::<_, Option<String>>("team")?.map(|n| Name::new(&n)).transpose().map_err(bad_column)?,
+                status: r.get("status")?,
+                detail: r.get("detail")?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn user_row(row: &rusqlite::Row) -> rusqlite::Result<UserRow> {
+    Ok(UserRow { name: name_column(row, "name")?, role: parsed(row, "role")?, created_at: Timestamp(row.get("created_at")?) })
+}
+
+fn token_row(row: &rusqlite::Row) -> rusqlite::Result<TokenRow> {
+    let time = |c: &str| -> rusqlite::Result<Option<Timestamp>> { Ok(row.get::<_, Option<i64>>(c)?.map(Timestamp)) };
+    Ok(TokenRow {
+        id: row.get::<_, i64>("id")? as u64,
+        user: name_column(row, "user")?,
+        description: row.get("description")?,
+        created_at: Timestamp(row.get("created_at")?),
+        expires_at: time("expires_at")?,
+        revoked_at: time("revoked_at")?,
+        last_used_at: time("last_used_at")?,
+    })
 }
 
 fn is_constraint(e: &rusqlite::Error, needle: &str) -> bool {
@@ -441,6 +808,8 @@ fn image_row(row: &rusqlite::Row) -> rusqlite::Result<ImageRow> {
         logical_bytes: row.get::<_, i64>("logical_bytes")? as u64,
         stored_bytes: row.get::<_, i64>("stored_bytes")? as u64,
         file_count: row.get::<_, i64>("file_count")? as u64,
+        team: name_column(row, "team")?,
+        created_by: row.get::<_, Option<String>>("created_by")?.map(|n| Name::new(&n)).transpose().map_err(bad_column)?,
         created_at: Timestamp(row.get("created_at")?),
         operation: operation_id(row, "operation")?,
     })
@@ -455,6 +824,8 @@ fn clone_row(row: &rusqlite::Row) -> rusqlite::Result<CloneRow> {
         driver: parsed(row, "driver")?,
         port: row.get("port")?,
         password: row.get("password")?,
+        owner: name_column(row, "owner")?,
+        team: name_column(row, "team")?,
         created_at: Timestamp(row.get("created_at")?),
         operation: operation_id(row, "operation")?,
     })
@@ -465,6 +836,7 @@ fn operation_row(row: &rusqlite::Row) -> rusqlite::Result<OperationRow> {
         id: OperationId(row.get::<_, i64>("id")? as u64),
         kind: parsed(row, "kind")?,
         target: name_column(row, "target")?,
+        team: name_column(row, "team")?,
         state: parsed(row, "state")?,
         message: row.get("message")?,
         error: row.get("error")?,
@@ -493,6 +865,8 @@ mod tests {
             logical_bytes: 0,
             stored_bytes: 0,
             file_count: 0,
+            team: name("default"),
+            created_by: None,
             created_at: Timestamp(1_795_300_000),
             operation: None,
         }
@@ -507,6 +881,8 @@ mod tests {
             driver: Driver::Cowfs,
             port,
             password: "secret".into(),
+            owner: name("admin"),
+            team: name("default"),
             created_at: Timestamp::now(),
             operation: None,
         }
@@ -525,7 +901,7 @@ mod tests {
             img.logical_bytes = 600 << 20;
             catalog.update_image(&img).unwrap();
             catalog.insert_clone(&clone("alice", "prod", 7501)).unwrap();
-            let op = catalog.insert_operation(OperationKind::CloneCreate, &name("alice"), Some("copying")).unwrap();
+            let op = catalog.insert_operation(OperationKind::CloneCreate, &name("alice"), &name("default"), Some("copying")).unwrap();
             catalog.finish_operation(op, Some("it broke")).unwrap();
         }
         let catalog = Catalog::open(&path).unwrap();
@@ -565,6 +941,50 @@ mod tests {
         });
         assert!(result.is_err());
         assert!(catalog.images().unwrap().is_empty());
+    }
+
+    #[test]
+    fn users_teams_tokens_and_activity() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("state.db")).unwrap();
+        let alice = name("alice");
+        catalog.insert_user(&UserRow { name: alice.clone(), role: Role::CloneUser, created_at: Timestamp::now() }).unwrap();
+        assert!(matches!(
+            catalog.insert_user(&UserRow { name: alice.clone(), role: Role::Viewer, created_at: Timestamp::now() }),
+            Err(CatalogError::Exists { kind: "user", .. })
+        ));
+        catalog.insert_team(&name("red")).unwrap();
+        catalog.add_member(&name("red"), &alice).unwrap();
+        catalog.add_member(&name("red"), &alice).unwrap();
+        assert!(matches!(catalog.add_member(&name("blue"), &alice), Err(CatalogError::NotFound { kind: "team", .. })));
+        assert_eq!(catalog.teams_of(&alice).unwrap(), vec![name("red")]);
+        let id = catalog.insert_token(&alice, b"hash-1", Some("laptop"), None).unwrap();
+        assert_eq!(catalog.token_by_hash(b"hash-1").unwrap().unwrap().user, alice);
+        assert!(catalog.token_by_hash(b"other").unwrap().is_none());
+        catalog.revoke_token(id).unwrap();
+        assert!(catalog.token(id).unwrap().revoked_at.is_some());
+        assert!(matches!(catalog.revoke_token(999), Err(CatalogError::NotFound { kind: "token", .. })));
+        // Removing a user removes their memberships and tokens.
+        catalog.delete_user(&alice).unwrap();
+        assert!(catalog.members_of(&name("red")).unwrap().is_empty());
+        assert!(catalog.token_by_hash(b"hash-1").unwrap().is_none());
+        // The audit log keeps what is recent.
+        let entry = |at: i64| ActivityRow {
+            id: 0,
+            at: Timestamp(at),
+            actor: Some(name("bob")),
+            action: "clone.reset".into(),
+            target: Some("clone c".into()),
+            team: Some(name("red")),
+            status: 200,
+            detail: None,
+        };
+        let now = Timestamp::now().0;
+        catalog.insert_activity(&entry(now - 100 * 86_400), 90).unwrap();
+        catalog.insert_activity(&entry(now), 90).unwrap();
+        let kept = catalog.activity(None, 10).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].action, "clone.reset");
     }
 
     #[test]

@@ -6,9 +6,13 @@
 //! It never touches a data directory itself: everything on a host goes through
 //! [`agent::Agent`].
 
+mod auth;
 mod catalog;
+mod identity;
 mod ops;
 mod rest;
 
+pub use auth::Caller;
+pub use identity::BOOTSTRAP_TOKEN_FILE;
 pub use ops::{CloneAction, Server, ServerConfig, ServerError};
-pub use rest::{app, openapi, openapi_json, serve};
+pub use rest::{app, openapi, openapi_json, serve, AllowedHosts};

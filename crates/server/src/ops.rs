@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use agent::{Agent, AgentError, CloneReport, CloneSpec, CloneState, ErrorKind, ImageSource, Secret, SourceUrl};
 use api::{
-    CloneStatus, CreateClone, CreateImage, ImageStatus, Name, Operation, OperationId, OperationKind, Progress,
+    CloneStatus, CreateClone, CreateImage, ImageStatus, Name, Operation, OperationId, OperationKind, Progress, Role,
     Timestamp,
 };
 use engine::Engine;
 
-use crate::catalog::{Catalog, CatalogError, CloneRow, ImageRow, OperationRow};
+use crate::auth::Caller;
+use crate::catalog::{ActivityRow, Catalog, CatalogError, CloneRow, ImageRow, OperationRow};
 
 /// What went wrong, told apart the way the API must tell its callers.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,12 @@ pub enum ServerError {
     /// The caller asked for something invalid; the message says what to do.
     #[error("{0}")]
     BadRequest(String),
+    /// No credential, or one that is not valid (unknown, revoked, expired).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller sees the object but may not do this to it.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     /// The name is taken, or the object's state does not allow the request now.
@@ -79,6 +86,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Clones get ports from this range (inclusive).
     pub ports: (u16, u16),
+    /// How many days the audit log keeps its entries.
+    pub activity_days: u32,
 }
 
 /// What can be done to a clone besides making and removing it.
@@ -149,8 +158,67 @@ impl Server {
         Ok(server)
     }
 
-    fn catalog(&self) -> MutexGuard<'_, Catalog> {
+    /// The image `name` if the caller sees it (its team is theirs); "no image" otherwise.
+    fn visible_image(&self, caller: &Caller, name: &Name) -> Result<ImageRow> {
+        match self.catalog().image(name) {
+            Ok(row) if caller.sees(&row.team) => Ok(row),
+            Ok(_) | Err(CatalogError::NotFound { .. }) => Err(ServerError::NotFound(format!("no image named {name}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The clone `name` if the caller sees it; "no clone" otherwise.
+    fn visible_clone(&self, caller: &Caller, name: &Name) -> Result<CloneRow> {
+        match self.catalog().clone_named(name) {
+            Ok(row) if caller.sees(&row.team) => Ok(row),
+            Ok(_) | Err(CatalogError::NotFound { .. }) => Err(ServerError::NotFound(format!("no clone named {name}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether the caller may use a clone (see its password, start, stop, reset, remove it):
+    /// its owner, and administrators.
+    fn may_use(caller: &Caller, clone: &CloneRow) -> bool {
+        caller.role == Role::Admin || (clone.owner == caller.user && caller.role >= Role::CloneUser)
+    }
+
+    fn require_use(caller: &Caller, clone: &CloneRow, what: &str) -> Result<()> {
+        if Self::may_use(caller, clone) {
+            return Ok(());
+        }
+        Err(ServerError::Forbidden(format!(
+            "only clone {}'s owner ({}) or an administrator may {what} it",
+            clone.name, clone.owner
+        )))
+    }
+
+    pub(crate) fn catalog(&self) -> MutexGuard<'_, Catalog> {
         lock(&self.catalog)
+    }
+
+    pub(crate) fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Records an entry of the audit log; a failure to record is logged, not answered.
+    pub fn audit(&self, actor: Option<&Name>, action: &str, target: Option<String>, team: Option<Name>, outcome: Result<(), (u16, String)>) {
+        let (status, detail) = match outcome {
+            Ok(()) => (200, None),
+            Err((status, message)) => (status, Some(message)),
+        };
+        let entry = ActivityRow {
+            id: 0,
+            at: Timestamp::now(),
+            actor: actor.cloned(),
+            action: action.to_owned(),
+            target,
+            team,
+            status,
+            detail,
+        };
+        if let Err(e) = self.catalog().insert_activity(&entry, self.config.activity_days) {
+            tracing::error!("recording activity: {e}");
+        }
     }
 
     fn engine(&self, id: &str) -> Result<&Arc<dyn Engine>> {
@@ -225,6 +293,8 @@ impl Server {
             stored_bytes: row.stored_bytes,
             file_count: row.file_count,
             clone_count,
+            team: row.team,
+            created_by: row.created_by,
             created_at: row.created_at,
             operation: if row.status == ImageStatus::Creating || row.status == ImageStatus::Deleting {
                 row.operation
@@ -235,7 +305,15 @@ impl Server {
         }
     }
 
-    fn clone_view(&self, row: CloneRow, image: Option<&ImageRow>, report: Option<&CloneReport>, host: &str) -> api::Clone {
+    fn clone_view(
+        &self,
+        caller: &Caller,
+        row: CloneRow,
+        image: Option<&ImageRow>,
+        report: Option<&CloneReport>,
+        host: &str,
+    ) -> api::Clone {
+        let may_use = Self::may_use(caller, &row);
         let (status, message) = if row.status.is_transitional() {
             (row.status, row.message.clone())
         } else {
@@ -249,9 +327,10 @@ impl Server {
         };
         let engine = image.map(|i| i.engine.clone()).unwrap_or_default();
         let user = image.and_then(|i| i.superuser.clone()).unwrap_or_default();
-        let url = self.engines.iter().find(|e| e.id() == engine).map_or_else(String::new, |e| {
-            e.url(host, row.port, &user, &row.password)
-        });
+        // The password goes only to those who may use the clone.
+        let url = may_use
+            .then(|| self.engines.iter().find(|e| e.id() == engine).map(|e| e.url(host, row.port, &user, &row.password)))
+            .flatten();
         api::Clone {
             name: row.name,
             image: row.image,
@@ -264,6 +343,8 @@ impl Server {
             port: row.port,
             user,
             url,
+            owner: row.owner,
+            team: row.team,
             stored_bytes: report.and_then(|r| r.stored_bytes).unwrap_or(0),
             logical_bytes: image.map_or(0, |i| i.logical_bytes),
             sizes_at: report.and_then(|r| r.sizes_at),
@@ -274,13 +355,14 @@ impl Server {
 
     // ------------------------------------------------------------------ reads
 
-    pub fn images(&self) -> Result<Vec<api::Image>> {
+    pub fn images(&self, caller: &Caller) -> Result<Vec<api::Image>> {
         let (rows, clones) = {
             let catalog = self.catalog();
             (catalog.images()?, catalog.clones()?)
         };
         Ok(rows
             .into_iter()
+            .filter(|row| caller.sees(&row.team))
             .map(|row| {
                 let count = clones.iter().filter(|c| c.image == row.name).count() as u64;
                 self.image_view(row, count)
@@ -288,15 +370,13 @@ impl Server {
             .collect())
     }
 
-    pub fn image(&self, name: &Name) -> Result<api::Image> {
-        let (row, count) = {
-            let catalog = self.catalog();
-            (catalog.image(name)?, catalog.clones_of(name)?.len() as u64)
-        };
+    pub fn image(&self, caller: &Caller, name: &Name) -> Result<api::Image> {
+        let row = self.visible_image(caller, name)?;
+        let count = self.catalog().clones_of(name)?.len() as u64;
         Ok(self.image_view(row, count))
     }
 
-    pub fn clones(&self) -> Result<Vec<api::Clone>> {
+    pub fn clones(&self, caller: &Caller) -> Result<Vec<api::Clone>> {
         let (rows, images) = {
             let catalog = self.catalog();
             (catalog.clones()?, catalog.images()?)
@@ -306,31 +386,37 @@ impl Server {
         let host = self.agent.info().host;
         Ok(rows
             .into_iter()
+            .filter(|row| caller.sees(&row.team))
             .map(|row| {
                 let image = images.iter().find(|i| i.name == row.image);
                 let report = reports.get(&row.name);
-                self.clone_view(row, image, report, &host)
+                self.clone_view(caller, row, image, report, &host)
             })
             .collect())
     }
 
-    pub fn clone_named(&self, name: &Name) -> Result<api::Clone> {
-        let (row, image) = {
-            let catalog = self.catalog();
-            let row = catalog.clone_named(name)?;
-            let image = catalog.image(&row.image).ok();
-            (row, image)
-        };
+    pub fn clone_named(&self, caller: &Caller, name: &Name) -> Result<api::Clone> {
+        let row = self.visible_clone(caller, name)?;
+        let image = self.catalog().image(&row.image).ok();
         let report = self.agent.clone_report(name);
-        Ok(self.clone_view(row, image.as_ref(), report.as_ref(), &self.agent.info().host))
+        Ok(self.clone_view(caller, row, image.as_ref(), report.as_ref(), &self.agent.info().host))
     }
 
-    pub fn operations(&self) -> Result<Vec<Operation>> {
+    pub fn operations(&self, caller: &Caller) -> Result<Vec<Operation>> {
         let rows = self.catalog().operations(200)?;
-        Ok(rows.into_iter().map(|r| self.operation_view(r)).collect())
+        Ok(rows.into_iter().filter(|r| caller.sees(&r.team)).map(|r| self.operation_view(r)).collect())
     }
 
-    pub fn operation(&self, id: OperationId) -> Result<Operation> {
+    pub fn operation(&self, caller: &Caller, id: OperationId) -> Result<Operation> {
+        match self.catalog().operation(id) {
+            Ok(row) if caller.sees(&row.team) => Ok(self.operation_view(row)),
+            Ok(_) | Err(CatalogError::NotFound { .. }) => Err(ServerError::NotFound(format!("no operation named {id}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// An operation as it is now, for the server's own use (no caller to check).
+    fn operation_now(&self, id: OperationId) -> Result<Operation> {
         let row = self.catalog().operation(id)?;
         Ok(self.operation_view(row))
     }
@@ -339,7 +425,9 @@ impl Server {
 
     /// Starts making an image. The source is checked now, so that a wrong one is refused
     /// with a 4xx rather than becoming a failed image.
-    pub fn create_image(self: &Arc<Self>, request: CreateImage) -> Result<Operation> {
+    pub fn create_image(self: &Arc<Self>, caller: &Caller, request: CreateImage) -> Result<Operation> {
+        caller.require(Role::ImageCreator, "make images")?;
+        let team = self.team_for(caller, request.team.as_ref())?;
         let name = request.name;
         if self.catalog().image(&name).is_ok() {
             return Err(ServerError::Conflict(format!("image {name} already exists")));
@@ -349,7 +437,7 @@ impl Server {
         }
         let (source, facts) = match (request.from_dir, request.from_url) {
             (Some(dir), None) => {
-                let dir = PathBuf::from(dir);
+                let dir = self.registered_source(&dir)?;
                 let facts = self.agent.check_source_dir(&dir, request.snapshot)?;
                 (ImageSource::Dir { path: Path::new(&facts.shown).to_owned(), snapshot: request.snapshot }, facts)
             }
@@ -361,7 +449,7 @@ impl Server {
             _ => return Err(ServerError::BadRequest("give exactly one of from_dir and from_url".into())),
         };
         let id = self.catalog().transaction(|c| {
-            let id = c.insert_operation(OperationKind::ImageCreate, &name, Some("copying"))?;
+            let id = c.insert_operation(OperationKind::ImageCreate, &name, &team, Some("copying"))?;
             c.insert_image(&ImageRow {
                 name: name.clone(),
                 status: ImageStatus::Creating,
@@ -373,6 +461,8 @@ impl Server {
                 logical_bytes: 0,
                 stored_bytes: 0,
                 file_count: 0,
+                team: team.clone(),
+                created_by: Some(caller.user.clone()),
                 created_at: Timestamp::now(),
                 operation: Some(id),
             })?;
@@ -418,11 +508,13 @@ impl Server {
                 }
             }
         });
-        self.operation(id)
+        self.operation_now(id)
     }
 
     /// Removes an image; refused while it has clones or is being made.
-    pub fn delete_image(self: &Arc<Self>, name: &Name) -> Result<Operation> {
+    pub fn delete_image(self: &Arc<Self>, caller: &Caller, name: &Name) -> Result<Operation> {
+        let image = self.visible_image(caller, name)?;
+        caller.require(Role::ImageCreator, "remove images")?;
         let id = self.catalog().transaction(|c| {
             let mut row = c.image(name)?;
             let clones = c.clones_of(name)?;
@@ -436,7 +528,7 @@ impl Server {
             if matches!(row.status, ImageStatus::Creating | ImageStatus::Deleting) {
                 return Err(CatalogError::Refused(format!("image {name} is {}; wait for it to end", row.status)));
             }
-            let id = c.insert_operation(OperationKind::ImageDelete, name, None)?;
+            let id = c.insert_operation(OperationKind::ImageDelete, name, &image.team, None)?;
             row.status = ImageStatus::Deleting;
             row.operation = Some(id);
             c.update_image(&row)?;
@@ -460,13 +552,15 @@ impl Server {
                 }
             }
         });
-        self.operation(id)
+        self.operation_now(id)
     }
 
     // ------------------------------------------------------------------ clones
 
     /// Starts making a clone: its name, image, driver and port are settled now.
-    pub fn create_clone(self: &Arc<Self>, request: CreateClone) -> Result<Operation> {
+    pub fn create_clone(self: &Arc<Self>, caller: &Caller, request: CreateClone) -> Result<Operation> {
+        caller.require(Role::CloneUser, "make clones")?;
+        let visible = self.visible_image(caller, &request.image)?;
         let info = self.agent.info();
         let driver = request.driver.unwrap_or(info.default_driver);
         if !info.drivers.contains(&driver) {
@@ -515,7 +609,7 @@ impl Server {
                     ))
                 })?;
             let id = catalog.transaction(|c| {
-                let id = c.insert_operation(OperationKind::CloneCreate, &name, None)?;
+                let id = c.insert_operation(OperationKind::CloneCreate, &name, &visible.team, None)?;
                 c.insert_clone(&CloneRow {
                     name: name.clone(),
                     image: image.name.clone(),
@@ -524,6 +618,8 @@ impl Server {
                     driver,
                     port,
                     password: password.clone(),
+                    owner: caller.user.clone(),
+                    team: visible.team.clone(),
                     created_at: Timestamp::now(),
                     operation: Some(id),
                 })?;
@@ -555,7 +651,7 @@ impl Server {
                 }
             }
         });
-        self.operation(id)
+        self.operation_now(id)
     }
 
     /// Marks a clone as under an operation, refusing when another one is under way.
@@ -569,7 +665,7 @@ impl Server {
                     row.operation.map(|o| format!(" (operation {o})")).unwrap_or_default()
                 )));
             }
-            let id = c.insert_operation(kind, name, None)?;
+            let id = c.insert_operation(kind, name, &row.team, None)?;
             c.set_clone_status(name, status, None, Some(id))?;
             Ok(id)
         })?)
@@ -596,7 +692,14 @@ impl Server {
         result.as_ref().map(drop).map_err(|e| e.message.clone())
     }
 
-    pub fn clone_action(self: &Arc<Self>, name: &Name, action: CloneAction) -> Result<Operation> {
+    pub fn clone_action(self: &Arc<Self>, caller: &Caller, name: &Name, action: CloneAction) -> Result<Operation> {
+        let clone = self.visible_clone(caller, name)?;
+        let verb = match action {
+            CloneAction::Start => "start",
+            CloneAction::Stop => "stop",
+            CloneAction::Reset => "reset",
+        };
+        Self::require_use(caller, &clone, verb)?;
         let id = self.begin_clone_op(name, action.kind(), action.status())?;
         let target = name.clone();
         self.spawn(id, action.kind(), name, move |server| {
@@ -607,14 +710,16 @@ impl Server {
             };
             server.settle_clone(&target, &result)
         });
-        self.operation(id)
+        self.operation_now(id)
     }
 
-    pub fn delete_clone(self: &Arc<Self>, name: &Name) -> Result<Operation> {
+    pub fn delete_clone(self: &Arc<Self>, caller: &Caller, name: &Name) -> Result<Operation> {
+        let clone = self.visible_clone(caller, name)?;
+        Self::require_use(caller, &clone, "remove")?;
         let id = self.begin_clone_op(name, OperationKind::CloneDelete, CloneStatus::Deleting)?;
         let target = name.clone();
         self.spawn(id, OperationKind::CloneDelete, name, move |server| server.finish_delete(&target));
-        self.operation(id)
+        self.operation_now(id)
     }
 
     fn finish_delete(&self, name: &Name) -> Result<(), String> {
@@ -707,8 +812,8 @@ impl Server {
     /// Waits up to `wait` for an operation to end, and returns it as it is then.
     pub fn wait_briefly(&self, id: OperationId, wait: Duration) -> Result<Operation> {
         sys::wait::until(wait, Duration::from_millis(10), || {
-            self.operation(id).ok().filter(|op| op.state.is_finished())
+            self.operation_now(id).ok().filter(|op| op.state.is_finished())
         })
-        .map_or_else(|| self.operation(id), Ok)
+        .map_or_else(|| self.operation_now(id), Ok)
     }
 }

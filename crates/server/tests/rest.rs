@@ -13,6 +13,8 @@ use tower::ServiceExt;
 
 struct Fixture {
     app: axum::Router,
+    /// The first administrator's token.
+    token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -33,23 +35,42 @@ fn fixture() -> Fixture {
     })
     .unwrap();
     let server = server::Server::open(
-        server::ServerConfig { data_dir: dir.path().to_owned(), ports: (7000, 7001) },
+        server::ServerConfig { data_dir: dir.path().to_owned(), ports: (7000, 7001), activity_days: 90 },
         agent as Arc<dyn agent::Agent>,
         Vec::new(),
     )
     .unwrap();
-    Fixture { app: server::app(server), _dir: dir }
+    let token_file = server.bootstrap().unwrap().expect("the first start makes a token");
+    let token = std::fs::read_to_string(token_file).unwrap().trim().to_owned();
+    let hosts = server::AllowedHosts(vec!["localhost".into()]);
+    Fixture { app: server::app(server, hosts), token, _dir: dir }
 }
 
-async fn call(f: &Fixture, method: &str, path: &str, content_type: Option<&str>, body: &str) -> (StatusCode, String) {
-    let mut request = Request::builder().method(method).uri(path);
+/// Sends a request as `token` (none: no Authorization header), to Host `localhost`.
+async fn call_as(
+    f: &Fixture,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> (StatusCode, String) {
+    let mut request = Request::builder().method(method).uri(path).header("host", "localhost");
     if let Some(ct) = content_type {
         request = request.header("content-type", ct);
+    }
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
     }
     let response = f.app.clone().oneshot(request.body(Body::from(body.to_owned())).unwrap()).await.unwrap();
     let status = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+/// Sends a request as the administrator.
+async fn call(f: &Fixture, method: &str, path: &str, content_type: Option<&str>, body: &str) -> (StatusCode, String) {
+    call_as(f, Some(&f.token), method, path, content_type, body).await
 }
 
 /// Checks that an answer is a 4xx error body with `code` and a message containing `says`.
@@ -115,6 +136,26 @@ async fn every_failure_has_one_shape() {
 }
 
 #[tokio::test]
+async fn every_route_but_health_needs_a_valid_token() {
+    let f = fixture();
+    let (status, _) = call_as(&f, None, "GET", "/v1/health", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    refused(call_as(&f, None, "GET", "/v1/images", None, "").await, 401, "unauthorized", "needs a token");
+    refused(call_as(&f, Some("thinclone_nope"), "GET", "/v1/images", None, "").await, 401, "unauthorized", "not valid");
+    refused(call_as(&f, None, "GET", "/v1/openapi.json", None, "").await, 401, "unauthorized", "needs a token");
+    let (status, _) = call(&f, "GET", "/v1/images", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    // The Host header is checked before anything else.
+    let response = f
+        .app
+        .clone()
+        .oneshot(Request::builder().uri("/v1/health").header("host", "evil.example").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn the_served_document_is_the_committed_one_and_names_every_route() {
     let f = fixture();
     let (status, served) = call(&f, "GET", "/v1/openapi.json", None, "").await;
@@ -125,7 +166,6 @@ async fn the_served_document_is_the_committed_one_and_names_every_route() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
 
     let mut documented: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
-    documented.push(api::paths::OPENAPI.to_owned());
     documented.sort();
     let mut declared = vec![
         api::paths::HEALTH,
@@ -139,6 +179,17 @@ async fn the_served_document_is_the_committed_one_and_names_every_route() {
         api::paths::CLONE_RESET,
         api::paths::OPERATIONS,
         api::paths::OPERATION,
+        api::paths::WHOAMI,
+        api::paths::USERS,
+        api::paths::USER,
+        api::paths::TEAMS,
+        api::paths::TEAM,
+        api::paths::TEAM_MEMBER,
+        api::paths::TOKENS,
+        api::paths::TOKEN,
+        api::paths::SOURCES,
+        api::paths::SOURCE,
+        api::paths::ACTIVITY,
     ];
     declared.sort();
     assert_eq!(documented, declared, "the routes and api::paths disagree");

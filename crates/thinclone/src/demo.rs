@@ -179,6 +179,7 @@ fn show(
         from_dir: Some(from_dir),
         from_url: None,
         snapshot: false,
+        team: None,
     })?;
     let image_time = t.elapsed();
     let logical = image.logical_bytes;
@@ -195,7 +196,8 @@ fn show(
     }
     let names: Vec<&Name> = clones.iter().map(|(c, _)| &c.name).collect();
     let query = |i: usize, sql: &str| -> anyhow::Result<String> {
-        let value = engine.query(&clones[i].0.url, sql).with_context(|| format!("querying clone {}", names[i]))?;
+        let url = clones[i].0.url.as_deref().context("the server gave no URL for a clone of our own")?;
+        let value = engine.query(url, sql).with_context(|| format!("querying clone {}", names[i]))?;
         Ok(value.trim().to_owned())
     };
 
@@ -246,7 +248,7 @@ fn show(
     println!("  reset to the image in {:.2} s; the other clones never saw the change", reset_time.as_secs_f64());
     println!();
     for (clone, _) in &clones {
-        println!("  {}  {}", clone.name, clone.url);
+        println!("  {}  {}", clone.name, clone.url.as_deref().unwrap_or("-"));
     }
     println!();
     Ok(())

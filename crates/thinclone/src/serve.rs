@@ -44,6 +44,25 @@ pub struct ServeArgs {
     /// `clone start`).
     #[arg(long)]
     no_repair: bool,
+    /// Serve the API over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback. Tokens then cross the network in
+    /// clear: use it only on a network you trust, or behind a proxy that adds TLS.
+    #[arg(long)]
+    insecure_http: bool,
+    /// A name clients reach the API by (repeatable): requests whose Host header names none
+    /// of the server's names are refused, so that a web page cannot drive the server through
+    /// DNS rebinding. localhost, loopback addresses, --listen's address and this host's name
+    /// are always names of the server.
+    #[arg(long = "server-name", value_name = "NAME")]
+    server_names: Vec<String>,
+    /// How many days the audit log keeps its entries.
+    #[arg(long, default_value_t = 90)]
+    activity_days: u32,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -110,23 +129,57 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         supervise_interval: Duration::from_secs(2),
         repair: !args.no_repair,
     };
-    let server_config = server::ServerConfig { data_dir: data_dir.clone(), ports: args.ports };
+    let server_config =
+        server::ServerConfig { data_dir: data_dir.clone(), ports: args.ports, activity_days: args.activity_days };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() && !args.insecure_http {
+        anyhow::bail!(
+            "refusing to serve plain HTTP on {}, which is not a loopback address: tokens would cross the network \
+             in clear. Give --tls-cert and --tls-key, or --insecure-http if the network is trusted",
+            args.listen
+        );
+    }
+    let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok());
+    let mut names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].iter().map(|s| s.to_string()).collect();
+    if !args.listen.ip().is_unspecified() {
+        names.push(match args.listen.ip() {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        });
+    }
+    names.extend(hostname);
+    names.extend(args.server_names.iter().cloned());
+    let hosts = server::AllowedHosts(names);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let stop_clones = args.stop_clones_at_exit;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
-        let (agent, server) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (agent, server, token_file) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let agent = agent::LocalAgent::open(agent_config)
                 .with_context(|| format!("opening data directory {}", data_dir.display()))?;
             let server = server::Server::open(server_config, agent.clone() as Arc<dyn agent::Agent>, engines)
                 .with_context(|| format!("opening the catalog in {}", data_dir.display()))?;
-            Ok((agent, server))
+            let token_file = server.bootstrap().context("making the first administrator")?;
+            Ok((agent, server, token_file))
         })
         .await??;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let address = listener.local_addr()?;
+        if let Some(path) = token_file {
+            eprintln!(
+                "thinclone: made the administrator `admin`; its token is in {} (readable by this user only). \
+                 Sign in with: thinclone login --url {scheme}://{address} --token-file {}",
+                path.display(),
+                path.display()
+            );
+        }
         // Tests and scripts read this line to learn the address (e.g. with --listen :0).
-        eprintln!("thinclone listening on http://{}", listener.local_addr()?);
+        eprintln!("thinclone listening on {scheme}://{address}");
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -136,7 +189,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             tracing::info!("shutting down");
         };
-        server::serve(server.clone(), listener, shutdown).await?;
+        match tls {
+            None => server::serve(server.clone(), hosts, listener, shutdown).await?,
+            Some((cert, key)) => serve_tls(server.clone(), hosts, listener, shutdown, &cert, &key).await?,
+        }
         tokio::task::spawn_blocking(move || {
             server.shutdown();
             agent.shutdown(stop_clones);
@@ -144,4 +200,32 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await?;
         Ok(())
     })
+}
+
+/// Serves the API over TLS until `shutdown` completes.
+async fn serve_tls(
+    server: Arc<server::Server>,
+    hosts: server::AllowedHosts,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<()> {
+    // One crypto provider for the whole process (ring); installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .with_context(|| format!("reading the TLS certificate {} and key {}", cert.display(), key.display()))?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    axum_server::from_tcp_rustls(listener.into_std()?, config)
+        .context("serving the API over TLS")?
+        .handle(handle)
+        .serve(server::app(server, hosts).into_make_service())
+        .await
+        .context("serving the API over TLS")
 }

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use api::{CloneStatus, Driver, Operation};
-use support::daemon::{mounts_under, pgbench_source, processes_under, psql, Daemon};
+use support::daemon::{UrlOf, mounts_under, pgbench_source, processes_under, psql, Daemon};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -49,7 +49,7 @@ fn fresh_clone(d: &Daemon) -> api::Clone {
         Err(_) => d.ok(&["clone", "create", "k", "--image", "img"]),
     };
     assert_eq!(clone.status, CloneStatus::Ready, "{clone:?}");
-    psql(&clone.url, "CREATE TABLE IF NOT EXISTS marker (v int); INSERT INTO marker VALUES (1)").unwrap();
+    psql(clone.url(), "CREATE TABLE IF NOT EXISTS marker (v int); INSERT INTO marker VALUES (1)").unwrap();
     clone
 }
 
@@ -84,7 +84,7 @@ fn check(d: &Daemon, driver: Driver, url: &str) -> Outcome {
                 assert_eq!(mount_procs.len(), 1, "a ready cowfs clone has one mount process: {mount_procs:?}");
                 assert_eq!(mounts.len(), 1, "a ready cowfs clone has one mount: {mounts:?}");
             }
-            let marker = psql(&clone.url, "SELECT count(*) FROM marker");
+            let marker = psql(clone.url(), "SELECT count(*) FROM marker");
             Outcome::Ready { reset: marker.is_err() }
         }
         CloneStatus::Stopped => {
@@ -123,7 +123,7 @@ fn kill_during(d: &mut Daemon, driver: Driver, op: Op) {
         d.kill9();
         let _ = cli.wait();
         d.restart();
-        let outcome = check(d, driver, &clone.url);
+        let outcome = check(d, driver, clone.url());
         match (op, outcome) {
             (Op::Reset, Outcome::Ready { .. }) => {}
             (Op::Stop, Outcome::Ready { reset: false } | Outcome::Stopped) => {}
@@ -135,7 +135,7 @@ fn kill_during(d: &mut Daemon, driver: Driver, op: Op) {
     eprintln!("{driver} {op:?} takes {} ms; after kill -9 at (ms, outcome): {outcomes:?}", took.as_millis());
     // The clone works on after all of that, with the image's data.
     let clone = fresh_clone(d);
-    let branches = psql(&clone.url, "SELECT count(*) FROM pgbench_branches").unwrap();
+    let branches = psql(clone.url(), "SELECT count(*) FROM pgbench_branches").unwrap();
     assert_eq!(branches, support::daemon::source_scale().to_string());
 }
 

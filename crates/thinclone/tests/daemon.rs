@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use api::{CloneStatus, ImageStatus, Operation, OperationState};
-use support::daemon::{mounts_under, pgbench_source, processes_under, psql, source_scale, Daemon};
+use support::daemon::{UrlOf, mounts_under, pgbench_source, processes_under, psql, source_scale, Daemon};
 
 fn require(test: &str) {
     support::require_fuse(test);
@@ -82,7 +82,7 @@ fn check_ready_clone(d: &Daemon, clone: &api::Clone, name: &str) {
     assert_eq!(clone.status, CloneStatus::Ready, "{clone:?}");
     assert!((d.ports.0..=d.ports.1).contains(&clone.port), "port {} is outside {:?}", clone.port, d.ports);
     let expected = format!("@127.0.0.1:{}/", clone.port);
-    assert!(clone.url.starts_with("postgresql://postgres:") && clone.url.contains(&expected), "{clone:?}");
+    assert!(clone.url().starts_with("postgresql://postgres:") && clone.url().contains(&expected), "{clone:?}");
     assert_eq!(clone.user, "postgres");
 }
 
@@ -135,10 +135,10 @@ fn images_and_clones() {
         let started = Instant::now();
         let clone = create_clone(&d, name, "prod");
         create_times.push(started.elapsed());
-        assert_eq!(sql(&clone.url, "SELECT 1"), "1");
+        assert_eq!(sql(clone.url(), "SELECT 1"), "1");
         clones.push(clone);
     }
-    let urls: Vec<String> = clones.iter().map(|c| c.url.clone()).collect();
+    let urls: Vec<String> = clones.iter().map(|c| c.url().to_owned()).collect();
     let ports: Vec<u16> = clones.iter().map(|c| c.port).collect();
     assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2], "ports {ports:?}");
     assert_eq!(names(&d.ok::<Vec<api::Clone>>(&["clone", "list"])), ["c1", "c2", "c3"]);
@@ -153,7 +153,7 @@ fn images_and_clones() {
     // Reset brings the image's state back, on the same port with the same credentials.
     let reset: api::Clone = d.ok(&["clone", "reset", "c1"]);
     check_ready_clone(&d, &reset, "c1");
-    assert_eq!((reset.port, reset.url.as_str()), (ports[0], urls[0].as_str()));
+    assert_eq!((reset.port, reset.url()), (ports[0], urls[0].as_str()));
     assert_eq!(count_accounts(&urls[0]), accounts());
 
     // Stop keeps the changes and closes the port; start opens it again, same credentials.
@@ -163,7 +163,7 @@ fn images_and_clones() {
     assert!(psql(&urls[1], "SELECT 1").is_err(), "a stopped clone still answers");
     let started: api::Clone = d.ok(&["clone", "start", "c2"]);
     check_ready_clone(&d, &started, "c2");
-    assert_eq!((started.port, started.url.as_str()), (ports[1], urls[1].as_str()));
+    assert_eq!((started.port, started.url()), (ports[1], urls[1].as_str()));
     assert_eq!(sql(&urls[1], "SELECT v FROM kept"), "42");
 
     // An image with clones cannot be removed; the message names them.
@@ -192,7 +192,7 @@ fn images_and_clones() {
         let name = format!("t{i}");
         let started = Instant::now();
         let clone = create_clone(&d, &name, "prod");
-        let first = psql(&clone.url, "SELECT 1");
+        let first = psql(clone.url(), "SELECT 1");
         let ready = started.elapsed();
         assert_eq!(first.as_deref(), Ok("1"), "clone {name} said ready but does not answer SQL");
         ready_times.push(ready);
@@ -236,7 +236,7 @@ fn restart_brings_clones_back() {
     let mut d = Daemon::start(&work.path().join("data"), (7650, 7699));
     create_image(&d, "img", &source);
     let clone = create_clone(&d, "r1", "img");
-    let (port, url) = (clone.port, clone.url.clone());
+    let (port, url) = (clone.port, clone.url().to_owned());
     sql(&url, "CREATE TABLE marker (v text); INSERT INTO marker VALUES ('before the kill')");
     sql(&url, "DELETE FROM pgbench_accounts WHERE aid % 1000 = 0");
     let pids = |d: &Daemon| {
@@ -254,7 +254,7 @@ fn restart_brings_clones_back() {
     let shown: api::Clone = d.ok(&["clone", "show", "r1"]);
     eprintln!("restart after kill -9: clone ready again {} ms after the start", started.elapsed().as_millis());
     assert_eq!(shown.status, CloneStatus::Ready, "{shown:?}");
-    assert_eq!((shown.port, shown.url.as_str()), (port, url.as_str()), "same port, same password");
+    assert_eq!((shown.port, shown.url()), (port, url.as_str()), "same port, same password");
     assert_eq!(sql(&url, "SELECT v FROM marker"), "before the kill");
     assert_eq!(count_accounts(&url), accounts() - accounts() / 1000);
     // What the killed server ran was taken over, not restarted or doubled.
@@ -330,7 +330,7 @@ fn kill_9_during_clone_creation_is_cleaned_up() {
             None => "absent (never made)",
             Some(clone) => {
                 check_ready_clone(&d, clone, "k");
-                assert_eq!(sql(&clone.url, "SELECT count(*) FROM pgbench_branches"), source_scale().to_string());
+                assert_eq!(sql(clone.url(), "SELECT count(*) FROM pgbench_branches"), source_scale().to_string());
                 d.ok::<Operation>(&["clone", "rm", "k"]);
                 "ready"
             }
@@ -350,7 +350,7 @@ fn kill_9_during_clone_creation_is_cleaned_up() {
 
         // The name can be used again.
         let clone = create_clone(&d, "k", "img");
-        assert_eq!(sql(&clone.url, "SELECT 1"), "1");
+        assert_eq!(sql(clone.url(), "SELECT 1"), "1");
         d.ok::<Operation>(&["clone", "rm", "k"]);
     }
 
@@ -370,7 +370,7 @@ fn bad_inputs_get_clear_errors_and_harm_nothing() {
     let image_dir = d.data_dir.join("images/good");
     let before = support::snapshot(&image_dir);
     let ok = create_clone(&d, "ok", "good");
-    let url = ok.url.clone();
+    let url = ok.url().to_owned();
     sql(&url, "CREATE TABLE mine AS SELECT 7 AS v");
 
     // Bad names, in request bodies and in URL paths.
@@ -421,7 +421,7 @@ fn bad_inputs_get_clear_errors_and_harm_nothing() {
     assert_eq!(images[0].status, ImageStatus::Ready);
     assert_eq!(names(&d.ok::<Vec<api::Clone>>(&["clone", "list"])), ["ok"]);
     let shown: api::Clone = d.ok(&["clone", "show", "ok"]);
-    assert_eq!((shown.status, shown.url.as_str()), (CloneStatus::Ready, url.as_str()));
+    assert_eq!((shown.status, shown.url()), (CloneStatus::Ready, url.as_str()));
     assert_eq!(sql(&url, "SELECT v FROM mine"), "7");
     assert_eq!(count_accounts(&url), accounts());
     let listing = |dir: &str| {
@@ -435,7 +435,7 @@ fn bad_inputs_get_clear_errors_and_harm_nothing() {
     assert_eq!(listing("images"), ["good"]);
     assert_eq!(listing("clones"), ["ok"]);
     let another = create_clone(&d, "ok2", "good");
-    assert_eq!(count_accounts(&another.url), accounts());
+    assert_eq!(count_accounts(another.url()), accounts());
     if let Some(diff) = support::diff(&before, &support::snapshot(&image_dir)) {
         panic!("the image changed:\n{diff}");
     }
@@ -458,14 +458,14 @@ fn an_image_and_a_clone_may_share_a_name() {
     create_image(&d, "base", &source);
     let clone = create_clone(&d, "x", "base");
     create_image(&d, "x", &source);
-    assert_eq!(sql(&clone.url, "SELECT 1"), "1");
+    assert_eq!(sql(clone.url(), "SELECT 1"), "1");
     assert!(d.data_dir.join("run/clones/x/postgres.pid").exists(), "the clone's pid file went with the image's run");
     // The server still knows and stops the clone's own server after a restart.
     d.kill9();
     d.restart();
     assert_eq!(d.ok::<api::Clone>(&["clone", "show", "x"]).status, CloneStatus::Ready);
     d.ok::<Operation>(&["clone", "rm", "x"]);
-    assert!(psql(&clone.url, "SELECT 1").is_err(), "the clone runs on after rm");
+    assert!(psql(clone.url(), "SELECT 1").is_err(), "the clone runs on after rm");
     d.ok::<Operation>(&["image", "rm", "x"]);
     d.ok::<Operation>(&["image", "rm", "base"]);
     shut_down(d, &[]);

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
 use api::{ImageStatus, Operation};
-use support::daemon::{psql, Daemon};
+use support::daemon::{UrlOf, psql, Daemon};
 use support::pg::Server;
 
 #[test]
@@ -56,7 +56,7 @@ fn an_image_of_a_live_server_under_load() {
 
     // A clone of it has the data and did not replay WAL.
     let clone: api::Clone = daemon.ok(&["clone", "create", "c1", "--image", "live"]);
-    assert_eq!(psql(&clone.url, "SELECT count(*) FROM pgbench_accounts").unwrap(), (100_000 * scale).to_string());
+    assert_eq!(psql(clone.url(), "SELECT count(*) FROM pgbench_accounts").unwrap(), (100_000 * scale).to_string());
     let log = fs::read_to_string(work.join("data/run/clones/c1/postgres.log")).unwrap();
     assert!(log.contains("database system was shut down at"), "{log}");
     assert!(!log.contains("redo starts"), "the clone replayed WAL:\n{log}");

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use api::{Driver, Operation};
-use support::daemon::{psql, Daemon};
+use support::daemon::{UrlOf, psql, Daemon};
 use support::LoopFs;
 
 fn checksums(dir: &Path) -> std::collections::BTreeMap<PathBuf, support::Entry> {
@@ -32,8 +32,8 @@ fn reflink_clones_work(root: &Path, ports: (u16, u16)) {
     }
     let rows = (100_000 * support::daemon::source_scale()).to_string();
     let count = "SELECT count(*) FROM pgbench_accounts";
-    assert_eq!(psql(&a.url, count).unwrap(), rows);
-    assert_eq!(psql(&b.url, count).unwrap(), rows);
+    assert_eq!(psql(a.url(), count).unwrap(), rows);
+    assert_eq!(psql(b.url(), count).unwrap(), rows);
 
     // A fresh clone's own bytes: what its start wrote, not the image it shares.
     let fresh = a.stored_bytes;
@@ -41,12 +41,12 @@ fn reflink_clones_work(root: &Path, ports: (u16, u16)) {
     assert!(fresh < 1 << 20, "a fresh reflink clone holds {fresh} exclusive bytes");
 
     // Writes in one clone are invisible in the other; reset brings the image back.
-    psql(&a.url, "DELETE FROM pgbench_accounts WHERE aid <= 5000").unwrap();
-    psql(&a.url, "CHECKPOINT").unwrap();
-    assert_eq!(psql(&b.url, count).unwrap(), rows);
+    psql(a.url(), "DELETE FROM pgbench_accounts WHERE aid <= 5000").unwrap();
+    psql(a.url(), "CHECKPOINT").unwrap();
+    assert_eq!(psql(b.url(), count).unwrap(), rows);
     let reset: api::Clone = daemon.ok(&["clone", "reset", "a"]);
-    assert_eq!((reset.port, &reset.url), (a.port, &a.url));
-    assert_eq!(psql(&a.url, count).unwrap(), rows);
+    assert_eq!((reset.port, reset.url()), (a.port, a.url()));
+    assert_eq!(psql(a.url(), count).unwrap(), rows);
 
     daemon.ok::<Operation>(&["clone", "rm", "a"]);
     daemon.ok::<Operation>(&["clone", "rm", "b"]);

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api::{CloneStatus, ImageStatus, Operation};
-use support::daemon::{pgbench_source, processes_under, psql, Daemon};
+use support::daemon::{UrlOf, pgbench_source, processes_under, psql, Daemon};
 use support::pg::Server;
 
 fn require(test: &str) {
@@ -64,7 +64,7 @@ fn a_clone_that_fails_to_start_is_kept() {
     let mut d = Daemon::start_with(&work.path().join("data"), (7960, 7969), &["--stop-clones-at-exit"]);
     d.ok::<api::Image>(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
     let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "img"]);
-    sql(&clone.url, "CREATE TABLE precious AS SELECT 'kept' AS v");
+    sql(clone.url(), "CREATE TABLE precious AS SELECT 'kept' AS v");
     d.stop();
 
     let squatter = std::net::TcpListener::bind(("127.0.0.1", clone.port)).unwrap();
@@ -82,8 +82,8 @@ fn a_clone_that_fails_to_start_is_kept() {
     drop(squatter);
     d.restart();
     let back = wait_for(&d, "c", Duration::from_secs(30), |c| c.status == CloneStatus::Ready);
-    assert_eq!((back.port, &back.url), (clone.port, &clone.url));
-    assert_eq!(sql(&clone.url, "SELECT v FROM precious"), "kept");
+    assert_eq!((back.port, back.url()), (clone.port, clone.url()));
+    assert_eq!(sql(clone.url(), "SELECT v FROM precious"), "kept");
     assert!(!d.log_since_start().contains("removing"), "{}", d.log_since_start());
     d.ok::<Operation>(&["clone", "rm", "c"]);
     d.ok::<Operation>(&["image", "rm", "img"]);
@@ -99,7 +99,7 @@ fn a_dead_mount_is_seen_and_repaired() {
     let mut d = Daemon::start(&work.path().join("data"), (7970, 7979));
     d.ok::<api::Image>(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
     let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "img"]);
-    sql(&clone.url, "CREATE TABLE precious AS SELECT 'kept' AS v");
+    sql(clone.url(), "CREATE TABLE precious AS SELECT 'kept' AS v");
     let mount_pid = |d: &Daemon| -> i32 { fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).unwrap().trim().parse().unwrap() };
 
     // With repair (the default): degraded, then ready again on its own.
@@ -112,7 +112,7 @@ fn a_dead_mount_is_seen_and_repaired() {
     eprintln!("a killed mount was repaired in {} ms", started.elapsed().as_millis());
     assert!(started.elapsed() < Duration::from_secs(15), "the repair took {:?}", started.elapsed());
     assert!(d.log_since_start().contains("degraded: its storage (the cowfs mount) died"), "{}", d.log_tail(20));
-    assert_eq!(sql(&back.url, "SELECT v FROM precious"), "kept");
+    assert_eq!(sql(back.url(), "SELECT v FROM precious"), "kept");
 
     // Without repair: degraded within 10 s, with the reason; `start` repairs it.
     d.extra_args.push("--no-repair".into());
@@ -125,7 +125,7 @@ fn a_dead_mount_is_seen_and_repaired() {
     assert!(degraded.message.as_deref().unwrap_or("").contains("the cowfs mount) died"), "{degraded:?}");
     let started_again: api::Clone = d.ok(&["clone", "start", "c"]);
     assert_eq!(started_again.status, CloneStatus::Ready, "{started_again:?}");
-    assert_eq!(sql(&clone.url, "SELECT v FROM precious"), "kept");
+    assert_eq!(sql(clone.url(), "SELECT v FROM precious"), "kept");
 
     // rm of a clone whose mount is dead.
     unsafe { libc::kill(mount_pid(&d), libc::SIGKILL) };
@@ -166,7 +166,7 @@ fn a_second_server_on_one_data_directory_is_refused() {
         fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).unwrap(),
     );
     assert_eq!(before, after, "the second server touched the first one's clone");
-    assert_eq!(sql(&clone.url, "SELECT 1"), "1");
+    assert_eq!(sql(clone.url(), "SELECT 1"), "1");
     d.ok::<Operation>(&["clone", "rm", "c"]);
     d.ok::<Operation>(&["image", "rm", "img"]);
 }
@@ -206,7 +206,7 @@ fn an_image_is_sealed_against_clones() {
         assert!(!out.status.success(), "`{attempt}` as postgres succeeded");
     }
     // And from inside the clone, as its database superuser.
-    let err = psql(&clone.url, &format!("COPY (SELECT 1) TO '{}/planted'", image.display())).unwrap_err();
+    let err = psql(clone.url(), &format!("COPY (SELECT 1) TO '{}/planted'", image.display())).unwrap_err();
     assert!(err.contains("Permission denied"), "{err}");
     assert!(!image.join("planted").exists());
     d.ok::<Operation>(&["clone", "rm", "c"]);
@@ -231,7 +231,7 @@ fn a_running_servers_directory_is_refused_unless_a_snapshot() {
     let image: api::Image = d.ok(&["image", "create", "snap", "--from-dir", src, "--snapshot"]);
     assert_eq!(image.status, ImageStatus::Ready, "{image:?}");
     let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "snap"]);
-    assert_eq!(sql(&clone.url, "SELECT count(*) FROM pgbench_branches"), "5");
+    assert_eq!(sql(clone.url(), "SELECT count(*) FROM pgbench_branches"), "5");
     source.stop();
     d.ok::<Operation>(&["clone", "rm", "c"]);
     d.ok::<Operation>(&["image", "rm", "snap"]);
@@ -309,8 +309,8 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
     // Two clones; one fills the disk.
     let a: api::Clone = d.ok(&["clone", "create", "a", "--image", "img"]);
     let b: api::Clone = d.ok(&["clone", "create", "b", "--image", "img"]);
-    sql(&b.url, "CREATE TABLE mine AS SELECT 'b' AS v");
-    sql(&a.url, "CREATE TABLE filler (n int, pad text)");
+    sql(b.url(), "CREATE TABLE mine AS SELECT 'b' AS v");
+    sql(a.url(), "CREATE TABLE filler (n int, pad text)");
     let mut committed = 0u64;
     let mut full_error = String::new();
     for n in 0..10_000u64 {
@@ -319,7 +319,7 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
             "INSERT INTO filler SELECT {n}, (SELECT string_agg(md5(random()::text || g || r), '') \
              FROM generate_series(1, 1000) g) FROM generate_series(1, 200) r"
         );
-        match psql(&a.url, &batch) {
+        match psql(a.url(), &batch) {
             Ok(_) => committed = n + 1,
             Err(e) => {
                 full_error = e;
@@ -332,15 +332,15 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
     let degraded = wait_for(&d, "a", Duration::from_secs(15), |c| c.status == CloneStatus::Degraded);
     assert!(degraded.message.as_deref().unwrap_or("").contains("disk full"), "{degraded:?}");
     // The other clone and the image are untouched.
-    assert_eq!(sql(&b.url, "SELECT v FROM mine"), "b");
+    assert_eq!(sql(b.url(), "SELECT v FROM mine"), "b");
     assert!(support::diff(&image_before, &support::snapshot(&image_dir)).is_none(), "the image changed");
 
     // Space comes back: the clone works again, with every committed batch.
     fs::remove_file(&ballast).unwrap();
     let back = wait_for(&d, "a", Duration::from_secs(60), |c| c.status == CloneStatus::Ready);
-    let counted: u64 = sql(&back.url, "SELECT count(DISTINCT n) FROM filler").parse().unwrap();
+    let counted: u64 = sql(back.url(), "SELECT count(DISTINCT n) FROM filler").parse().unwrap();
     assert!(counted >= committed, "only {counted} of {committed} committed batches are there");
-    sql(&back.url, "INSERT INTO filler VALUES (-1, 'after')");
+    sql(back.url(), "INSERT INTO filler VALUES (-1, 'after')");
     d.ok::<Operation>(&["clone", "rm", "a"]);
     d.ok::<Operation>(&["clone", "rm", "b"]);
     d.ok::<Operation>(&["image", "rm", image.name.as_str()]);
@@ -382,9 +382,9 @@ fn tablespaces_live_inside_images_and_clones() {
         assert!(link.is_relative(), "the image's tablespace link leads outside it: {}", link.display());
         let image_before = support::snapshot(&image_dir);
         let clone: api::Clone = d.ok(&["clone", "create", &format!("{image}-c"), "--image", image]);
-        sql(&clone.url, "INSERT INTO t SELECT generate_series(1001, 50000); CHECKPOINT");
-        assert_eq!(sql(&clone.url, "SELECT count(*) FROM t"), "50000");
-        let location = sql(&clone.url, "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'outside'");
+        sql(clone.url(), "INSERT INTO t SELECT generate_series(1001, 50000); CHECKPOINT");
+        assert_eq!(sql(clone.url(), "SELECT count(*) FROM t"), "50000");
+        let location = sql(clone.url(), "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'outside'");
         assert!(!location.starts_with('/'), "the clone's tablespace is at {location}");
         d.ok::<Operation>(&["clone", "rm", &format!("{image}-c")]);
         assert!(support::diff(&image_before, &support::snapshot(&image_dir)).is_none(), "image {image} changed");

@@ -29,6 +29,9 @@ pub enum ImageCommand {
         /// (LVM, ZFS, a cloud disk snapshot); recovery runs when the image is made.
         #[arg(long, requires = "from_dir")]
         snapshot: bool,
+        /// The team the image belongs to [default: yours, if you are in one team only].
+        #[arg(long)]
+        team: Option<Name>,
         /// Return at once with the operation, instead of waiting for the image.
         #[arg(long)]
         no_wait: bool,
@@ -52,9 +55,9 @@ pub enum ImageCommand {
 
 pub fn run(cmd: ImageCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
     match cmd {
-        ImageCommand::Create { name, from_url, from_dir, snapshot, no_wait } => {
+        ImageCommand::Create { name, from_url, from_dir, snapshot, team, no_wait } => {
             let from_dir = from_dir.map(absolute_dir).transpose()?;
-            let request = CreateImage { name, from_dir, from_url, snapshot };
+            let request = CreateImage { name, from_dir, from_url, snapshot, team };
             ctx.at_once(no_wait);
             let op = ctx.client.create_image(&request)?;
             ctx.conclude(op, no_wait, |ctx, _| {

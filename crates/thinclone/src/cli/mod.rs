@@ -40,6 +40,9 @@ pub struct ClientOpts {
     /// Print the result as one JSON document on stdout instead of a table or a listing.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The API token to send.
+    #[arg(long, env = "THINCLONE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Runs a command from a shell: printing on stdout, progress when stderr is a terminal.
@@ -64,7 +67,7 @@ impl<'a> Ctx<'a> {
     /// terminal.
     pub fn new(opts: &ClientOpts, out: &'a mut dyn Write) -> Ctx<'a> {
         Ctx {
-            client: Client::new(&opts.url),
+            client: Client::new(&opts.url).with_token(opts.token.clone()),
             json: opts.json,
             progress: std::io::stderr().is_terminal(),
             poll_interval: POLL_INTERVAL,

@@ -33,6 +33,8 @@ pub struct Daemon {
     pub ports: (u16, u16),
     /// More `thinclone serve` arguments, given at every start.
     pub extra_args: Vec<String>,
+    /// The administrator's token, from the file the first start writes.
+    pub token: String,
     url: String,
     child: Option<Child>,
     starts: u32,
@@ -54,11 +56,17 @@ impl Daemon {
             log: PathBuf::from(log),
             ports,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            token: String::new(),
             url: String::new(),
             child: None,
             starts: 0,
         };
         daemon.spawn();
+        // Images in the tests come from temporary directories.
+        for (name, path) in [("tmp", "/tmp"), ("var-tmp", "/var/tmp")] {
+            let request = api::CreateSource { name: api::Name::new(name).unwrap(), path: path.into() };
+            daemon.client().create_source(&request).unwrap_or_else(|e| panic!("registering {path}: {e}"));
+        }
         daemon
     }
 
@@ -117,6 +125,10 @@ impl Daemon {
         };
         self.child = Some(child);
         self.url = url;
+        self.token = fs::read_to_string(self.data_dir.join("admin.token"))
+            .unwrap_or_else(|e| panic!("reading the administrator's token: {e}"))
+            .trim()
+            .to_owned();
         self.wait_healthy();
     }
 
@@ -151,7 +163,7 @@ impl Daemon {
 
     /// The typed client of this server.
     pub fn client(&self) -> client::Client {
-        client::Client::new(&self.url)
+        client::Client::new(&self.url).with_token(Some(self.token.clone()))
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -162,7 +174,7 @@ impl Daemon {
     pub fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(super::thinclone_bin());
         cmd.args(args).args(["--url", &self.url, "--json"]);
-        cmd.env_remove("THINCLONE_URL").env("THINCLONE_LOG", "warn").stdin(Stdio::null());
+        cmd.env_remove("THINCLONE_URL").env("THINCLONE_LOG", "warn").env("THINCLONE_TOKEN", &self.token).stdin(Stdio::null());
         cmd
     }
 
@@ -180,8 +192,9 @@ impl Daemon {
         if !out.status.success() {
             return Err(if stderr.is_empty() { format!("exited with {} and no message", out.status) } else { stderr });
         }
-        serde_json::from_str(&stdout)
-            .map_err(|e| format!("`thinclone {}` printed no JSON of the expected shape ({e}): {stdout}", args.join(" ")))
+        serde_json::from_str(&stdout).map_err(|e| {
+            format!("`thinclone {}` printed no JSON of the expected shape ({e}): {stdout}", args.join(" "))
+        })
     }
 
     /// Like [`Daemon::cli`], but a failure panics with the command and the server's log.
@@ -430,5 +443,16 @@ impl Drop for PsqlSession {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A clone's connection URL, which the tests' callers (the administrator) are always given.
+pub trait UrlOf {
+    fn url(&self) -> &str;
+}
+
+impl UrlOf for api::Clone {
+    fn url(&self) -> &str {
+        self.url.as_deref().unwrap_or_else(|| panic!("clone {} has no URL for this caller", self.name))
     }
 }

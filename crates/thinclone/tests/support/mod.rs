@@ -277,4 +277,3 @@ impl Drop for LoopFs {
         let _ = Command::new("umount").arg(&self.mountpoint).status();
     }
 }
-

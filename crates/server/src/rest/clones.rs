@@ -1,0 +1,130 @@
+//! Routes of clones: list, show, make, start, stop, reset, remove.
+
+use std::sync::Arc;
+
+use api::{Clone, CreateClone, ErrorBody, Name, Operation};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::{blocking, operation, ApiJson, ApiPath, ApiQuery, ApiResult, Auth, Subject, Wait};
+use crate::auth::Caller;
+use crate::ops::{CloneAction, Server};
+
+#[utoipa::path(get, path = "/v1/clones", tag = "clones",
+    responses((status = 200, description = "The clones of the caller's teams (every clone, for an administrator); \
+                                            `url` only on those the caller may use", body = Vec<Clone>)))]
+pub async fn list_clones(State(s): State<Arc<Server>>, Auth(caller): Auth) -> ApiResult<Json<Vec<Clone>>> {
+    Ok(Json(blocking(move || s.clones(&caller)).await?))
+}
+
+#[utoipa::path(get, path = "/v1/clones/{name}", tag = "clones",
+    params(("name" = Name, Path, description = "The clone's name")),
+    responses((status = 200, description = "The clone; `url` only if the caller may use it", body = Clone),
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams'", body = ErrorBody)))]
+pub async fn show_clone(State(s): State<Arc<Server>>, Auth(caller): Auth, ApiPath(name): ApiPath<Name>) -> ApiResult<Json<Clone>> {
+    Ok(Json(blocking(move || s.clone_named(&caller, &name)).await?))
+}
+
+#[utoipa::path(post, path = "/v1/clones", tag = "clones", request_body = CreateClone, params(Wait),
+    responses((status = 200, description = "The operation, ended", body = Operation),
+              (status = 202, description = "The operation, still running", body = Operation),
+              (status = 400, description = "Not a JSON object of this shape, a bad name, or a driver or engine version \
+                                            this host does not have", body = ErrorBody),
+              (status = 404, description = "No such image among the caller's teams'", body = ErrorBody),
+              (status = 409, description = "The name is taken, the image is not ready, or no port is free", body = ErrorBody),
+              (status = 413, description = "The request body is larger than 64 KiB", body = ErrorBody),
+              (status = 415, description = "The request body is not sent as JSON", body = ErrorBody),
+              (status = 507, description = "Not enough free disk for a full copy", body = ErrorBody)))]
+pub async fn create_clone(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiQuery(wait): ApiQuery<Wait>,
+    ApiJson(body): ApiJson<CreateClone>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let subject = Subject::Clone(body.name.clone());
+    operation(s, caller, "clone.create", subject, wait, move |s, caller| s.create_clone(caller, body)).await
+}
+
+#[utoipa::path(delete, path = "/v1/clones/{name}", tag = "clones",
+    params(("name" = Name, Path, description = "The clone's name"), Wait),
+    responses((status = 200, description = "The operation, ended", body = Operation),
+              (status = 202, description = "The operation, still running", body = Operation),
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams'", body = ErrorBody),
+              (status = 409, description = "Another operation is under way on it", body = ErrorBody)))]
+pub async fn delete_clone(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+    ApiQuery(wait): ApiQuery<Wait>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let subject = Subject::Clone(name.clone());
+    operation(s, caller, "clone.delete", subject, wait, move |s, caller| s.delete_clone(caller, &name)).await
+}
+
+async fn clone_action(
+    s: Arc<Server>,
+    caller: Caller,
+    name: Name,
+    wait: Wait,
+    action: CloneAction,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let label = match action {
+        CloneAction::Start => "clone.start",
+        CloneAction::Stop => "clone.stop",
+        CloneAction::Reset => "clone.reset",
+    };
+    let subject = Subject::Clone(name.clone());
+    operation(s, caller, label, subject, wait, move |s, caller| s.clone_action(caller, &name, action)).await
+}
+
+#[utoipa::path(post, path = "/v1/clones/{name}/start", tag = "clones",
+    params(("name" = Name, Path, description = "The clone's name"), Wait),
+    responses((status = 200, description = "The operation, ended", body = Operation),
+              (status = 202, description = "The operation, still running", body = Operation),
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams'", body = ErrorBody),
+              (status = 409, description = "Another operation is under way on it", body = ErrorBody)))]
+pub async fn start_clone(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+    ApiQuery(wait): ApiQuery<Wait>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    clone_action(s, caller, name, wait, CloneAction::Start).await
+}
+
+#[utoipa::path(post, path = "/v1/clones/{name}/stop", tag = "clones",
+    params(("name" = Name, Path, description = "The clone's name"), Wait),
+    responses((status = 200, description = "The operation, ended", body = Operation),
+              (status = 202, description = "The operation, still running", body = Operation),
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams'", body = ErrorBody),
+              (status = 409, description = "Another operation is under way on it", body = ErrorBody)))]
+pub async fn stop_clone(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+    ApiQuery(wait): ApiQuery<Wait>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    clone_action(s, caller, name, wait, CloneAction::Stop).await
+}
+
+#[utoipa::path(post, path = "/v1/clones/{name}/reset", tag = "clones",
+    params(("name" = Name, Path, description = "The clone's name"), Wait),
+    responses((status = 200, description = "The operation, ended", body = Operation),
+              (status = 202, description = "The operation, still running", body = Operation),
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams'", body = ErrorBody),
+              (status = 409, description = "Another operation is under way on it", body = ErrorBody),
+              (status = 507, description = "Not enough free disk for a fresh full copy", body = ErrorBody)))]
+pub async fn reset_clone(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+    ApiQuery(wait): ApiQuery<Wait>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    clone_action(s, caller, name, wait, CloneAction::Reset).await
+}
