@@ -44,8 +44,51 @@ pub(crate) fn with_password(program: Program, source: &SourceUrl) -> Program {
     }
 }
 
+/// The connection parameters a source URL may set. The others could make the copying
+/// programs read files of this host (`sslkey`, `passfile`, `service`…), reach a local socket
+/// (`host`, `hostaddr`) or log in some other way than with the URL's own credentials.
+const ALLOWED_PARAMETERS: [&str; 8] = [
+    "sslmode",
+    "application_name",
+    "connect_timeout",
+    "options",
+    "target_session_attrs",
+    "keepalives",
+    "keepalives_idle",
+    "gssencmode",
+];
+
+/// Refuses a source URL that could reach anything but a server over TCP with the URL's own
+/// user and password: a local socket (where peer authentication would let the copying
+/// programs in as this host's database user), a parameter that reads a file of this host,
+/// or a URL without credentials.
+pub(crate) fn check_safe(source: &SourceUrl) -> Result<()> {
+    let example = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE";
+    let host = source.host();
+    if host.is_empty() || host.starts_with('/') || host.starts_with('%') {
+        return Err(Error::BadSource(format!(
+            "thinclone connects to a source over TCP only, never through a local socket: give its host, as in {example}"
+        )));
+    }
+    for (key, _) in source.url().query_pairs() {
+        if !ALLOWED_PARAMETERS.contains(&key.as_ref()) {
+            return Err(Error::BadSource(format!(
+                "the source URL may not set `{key}`; it may set {}",
+                ALLOWED_PARAMETERS.join(", ")
+            )));
+        }
+    }
+    if source.user().is_none() || source.password().is_none() {
+        return Err(Error::BadSource(format!(
+            "give the source's user and password in the URL, as in {example}: thinclone logs in with them only"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that the source accepts connections.
 pub(crate) fn probe(search: &Search, source: &SourceUrl) -> Result<()> {
+    check_safe(source)?;
     let installation = search.newest()?;
     let program = Program::new(installation.program("pg_isready"))
         .arg("-d")
@@ -106,6 +149,7 @@ pub(crate) fn copy_live(
     user: &User,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
+    check_safe(source)?;
     // The newest client works with every older server.
     let installation = search.newest()?;
     // A server refuses a data directory that others may read.
@@ -275,6 +319,25 @@ fn parse_progress(line: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_tcp_sources_with_their_own_credentials_are_taken() {
+        let ok = SourceUrl::parse("postgresql://u:p@db.example:5432/x?sslmode=require&application_name=a").unwrap();
+        check_safe(&ok).unwrap();
+        for (bad, says) in [
+            ("postgresql://u:p@db.example/x?host=/run/postgresql", "may not set `host`"),
+            ("postgresql://u:p@db.example/x?sslkey=/etc/ssl/private/k.pem", "may not set `sslkey`"),
+            ("postgresql://u:p@db.example/x?passfile=/root/.pgpass", "may not set `passfile`"),
+            ("postgresql://u:p@db.example/x?service=prod", "may not set `service`"),
+            ("postgresql://u@db.example/x", "user and password"),
+            ("postgresql://db.example/x", "user and password"),
+            ("postgresql://u:p@%2Frun%2Fpostgresql/x", "never through a local socket"),
+        ] {
+            let err = SourceUrl::parse(bad).map_err(Error::BadSource).and_then(|u| check_safe(&u)).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+            assert!(err.is_callers_mistake());
+        }
+    }
 
     #[test]
     fn progress_lines_parse() {
