@@ -170,6 +170,8 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     /// Its base URL, from its `thinclone listening on http://…` line.
     pub url: String,
+    /// The administrator's token, from the `admin.token` file its first start writes.
+    pub token: String,
     exec: Arc<Exec>,
     stopped: bool,
 }
@@ -193,8 +195,14 @@ impl Daemon {
             .arg("--stop-clones-at-exit")
             .args(extra);
         let process = exec.spawn(&cmd, log)?;
-        let mut daemon =
-            Daemon { process, data_dir: data_dir.to_owned(), url: String::new(), exec: exec.clone(), stopped: false };
+        let mut daemon = Daemon {
+            process,
+            data_dir: data_dir.to_owned(),
+            url: String::new(),
+            token: String::new(),
+            exec: exec.clone(),
+            stopped: false,
+        };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             exec::check_interrupted()?;
@@ -203,6 +211,20 @@ impl Daemon {
                 .unwrap_or_default();
             if let Some(url) = listening_url(&text) {
                 daemon.url = url;
+                daemon.token = fs::read_to_string(data_dir.join("admin.token"))
+                    .with_context(|| format!("reading the administrator's token in {}", data_dir.display()))?
+                    .trim()
+                    .to_owned();
+                // The benchmarks make images of data directories under /tmp, /var/tmp and
+                // their work directory: sources an administrator registers.
+                for (i, dir) in ["/tmp", "/var/tmp"].iter().enumerate() {
+                    let request = api::CreateSource { name: name(&format!("bench-{i}"))?, path: dir.to_string() };
+                    match daemon.client().create_source(&request) {
+                        Ok(_) => {}
+                        Err(e) if e.code() == Some(api::ErrorCode::Conflict) => {}
+                        Err(e) => bail!("registering {dir} as a source: {e}"),
+                    }
+                }
                 return Ok(daemon);
             }
             if daemon.process.try_wait()?.is_some() {
@@ -322,12 +344,13 @@ fn name(text: &str) -> Result<api::Name> {
 impl Daemon {
     /// The typed client of this daemon, which polls operations every [`POLL`].
     pub fn client(&self) -> client::Client {
-        client::Client::new(&self.url).with_poll_interval(POLL)
+        client::Client::new(&self.url).with_poll_interval(POLL).with_token(Some(self.token.clone()))
     }
 
     /// Makes an image and waits until it is ready.
     pub fn create_image(&self, name_: &str, source: ImageSource) -> Result<()> {
         let request = api::CreateImage {
+            team: None,
             name: name(name_)?,
             from_dir: match source {
                 ImageSource::Dir(d) => Some(d.display().to_string()),
