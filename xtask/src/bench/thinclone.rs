@@ -392,7 +392,8 @@ impl Daemon {
             serde_json::to_string(&request)?
         ));
         let clone = self.client().create_clone_and_wait(&request).with_context(|| format!("making clone {name_}"))?;
-        Ok(CloneInfo { url: clone.url, stored_bytes: clone.sizes_at.map(|_| clone.stored_bytes) })
+        let url = clone.url.context("the daemon gave no URL for a clone of its administrator")?;
+        Ok(CloneInfo { url, stored_bytes: clone.sizes_at.map(|_| clone.stored_bytes) })
     }
 
     pub fn remove_clone(&self, name_: &str) -> Result<()> {
