@@ -8,7 +8,9 @@
 //! - `copy`: a plain full copy of the image, the baseline and fallback.
 //!
 //! A clone's directory (`clones/<name>/`) belongs to its driver, except for the agent's own
-//! record (`clone.json`). Every driver presents the data directory at `clones/<name>/data`.
+//! record (`clone.json`). Every driver presents the data directory at `clones/<name>/data`,
+//! owned by the OS user `attach` is given (the clone's own uid) with mode 0700; nothing
+//! else of the clone's directory is open to that user (cowfs's layer is root's, 0700).
 //!
 //! Every step is safe to interrupt with kill -9 and to run again: `create` and `reset` of the
 //! copying drivers build the new tree aside (`data.new`) and swap it in with renames, and
@@ -17,6 +19,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -192,6 +195,20 @@ impl Cowfs {
         clone_dir.join("mount.pid")
     }
 
+    fn log_file(clone_dir: &Path) -> PathBuf {
+        clone_dir.join("mount.log")
+    }
+
+    /// The layer (root's own: only the mount process reads it) and the mount's log are
+    /// private to root; a clone made before they were is made so at its next attach.
+    fn make_private(clone_dir: &Path) -> io::Result<()> {
+        fs::set_permissions(Self::layer(clone_dir), fs::Permissions::from_mode(0o700))?;
+        match fs::set_permissions(Self::log_file(clone_dir), fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// The pid of a live mount process serving this clone's layer, from its pid file.
     fn live_mount_pid(clone_dir: &Path) -> Option<i32> {
         let pid = sys::procfs::read_pid(&Self::pid_file(clone_dir))?;
@@ -226,20 +243,22 @@ impl Driver for Cowfs {
         let data = data_dir(clone_dir);
         match fs::create_dir(&data) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(DriverError::from_io("making the clone's mountpoint", e))
+                return Err(DriverError::from_io("making the clone's mountpoint", e));
             }
             _ => {}
         }
+        io_ctx("making the clone's mountpoint private", fs::set_permissions(&data, fs::Permissions::from_mode(0o700)))?;
         // Opening the layer directory creates it: a manifest and an empty journal.
         cowfs::LayerStack::open(&Self::layer(clone_dir), image)
             .map_err(|e| DriverError::from_io("making the clone's layer", io::Error::other(e)))?;
-        Ok(())
+        io_ctx("making the clone's layer private", Self::make_private(clone_dir))
     }
 
     fn attach(&self, image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached> {
         let data = data_dir(clone_dir);
         self.clean_leftovers(clone_dir)?;
-        let log = clone_dir.join("mount.log");
+        io_ctx("making the clone's layer private", Self::make_private(clone_dir))?;
+        let log = Self::log_file(clone_dir);
         let process = sys::Program::new(&self.program)
             .arg("mount")
             .arg("--image")
@@ -251,8 +270,11 @@ impl Driver for Cowfs {
             // have fails at write(2), where the database reports it and goes on, rather than at
             // fsync, where it must stop (doc/SEMANTICS.md, "Full disks").
             .arg("--no-writeback-cache")
+            // As numbers: a clone's own uid has no name.
             .arg("--owner")
-            .arg(owner.uid.to_string())
+            .arg(format!("{}:{}", owner.uid, owner.gid))
+            // No set-user-id program or device file among a clone's files takes effect.
+            .args(["--nosuid", "--nodev"])
             // Its own process group: a signal to the agent's group does not reach it, so
             // clones keep running across a restart of the agent.
             .own_process_group()
@@ -368,8 +390,10 @@ impl Driver for CopyDriver {
 
     fn attach(&self, _image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached> {
         let data = data_dir(clone_dir);
-        // Ownership is metadata: changing it does not unshare any block.
+        // Ownership is metadata: changing it does not unshare any block. The walk never
+        // follows a symlink, so links the clone's user planted lead nowhere.
         io_ctx("giving the clone's files to its OS user", sys::tree::chown(&data, owner.uid, owner.gid))?;
+        io_ctx("making the clone's files private", fs::set_permissions(&data, fs::Permissions::from_mode(0o700)))?;
         Ok(Attached { data_dir: data, mount: None })
     }
 

@@ -10,14 +10,34 @@
 //! # Data directory layout
 //!
 //! ```text
-//! DATA_DIR/
+//! DATA_DIR/                  0711 root: clones' OS users pass through, list nothing
+//!   images/                  0711 root
 //!   images/<name>/           a sealed image: a prepared data directory, never written again
-//!   images/<name>.partial/   an image being made
-//!   clones/<name>/           a clone: clone.json (record.rs) and its driver's storage
-//!                            (data/, and layer/ and mount.pid for cowfs)
-//!   run/clones/<name>/       its server's socket, configuration, log and pid file
+//!                            (0700 root, every file root's)
+//!   images/<name>.partial/   an image being made (the preparing OS user's)
+//!   clones/                  0711 root
+//!   clones/<name>/           a clone (0711 root): clone.json (record.rs, 0600) and its
+//!                            driver's storage: data/ (its data directory, the clone's uid's,
+//!                            0700), and for cowfs layer/ (0700 root), mount.pid, mount.log
+//!   clone-uids.next          the next uid to give a clone (see below)
+//!   run/, run/clones/        0711 root
+//!   run/clones/<name>/       its server's socket, configuration, log and pid file (0700, the
+//!                            clone's uid's)
 //!   run/images/<name>/       the same for the temporary server that prepares an image
 //! ```
+//!
+//! # Clone isolation
+//!
+//! As root, the agent runs each clone's server as a uid of its own ([`Isolation`]), taken
+//! from a range and recorded in the clone's record, with no entry in the user database
+//! (`sys::User::synthetic`; its gid is its uid). cowfs presents the clone's files as that
+//! uid's; reflink and copy clones' files are given to it. Nothing else of the data
+//! directory is open to it, so a clone's database superuser, whose programs run as that uid,
+//! reaches no other clone, no image, and none of the server's state. When the clone's
+//! server stops, whatever else still runs as its uid is ended; a removed clone's uid is
+//! given again only once every other uid of the range has been given since.
+//!
+//! As another user, every clone runs as that user, and nothing keeps clones apart.
 
 pub mod driver;
 mod images;
@@ -120,6 +140,45 @@ pub struct MadeImage {
     pub file_count: u64,
 }
 
+/// Who a clone's URL logs in as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloneRole {
+    /// The image's superuser: everything inside the clone, CREATE EXTENSION included.
+    Superuser,
+    /// A role named `user` that owns every database and what the superuser owned in them,
+    /// but is not a superuser (for teams whose users must not be); the superuser gets a
+    /// random password that nobody is given.
+    Owner { user: String },
+}
+
+/// How clones are kept apart, from each other and from the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Isolation {
+    /// The uids clones' servers run as, one each (gid = uid), as FIRST and LAST of a range
+    /// of uids that no user of the host has. `None`: every clone runs as the agent's
+    /// `os_user`, and nothing keeps clones apart (the only way when the agent is not root).
+    pub clone_uids: Option<(u32, u32)>,
+    pub clone_role: CloneRole,
+}
+
+impl Isolation {
+    /// The range clones' uids come from unless configured: far above the users and groups
+    /// of a host, below 2^31 (some programs take uids as signed), and above the ranges
+    /// systemd gives to containers.
+    pub const DEFAULT_UIDS: (u32, u32) = (2_000_000_000, 2_000_099_999);
+}
+
+impl Default for Isolation {
+    /// A uid per clone from [`Isolation::DEFAULT_UIDS`] when this process is root, none
+    /// otherwise; clones' URLs log in as the superuser.
+    fn default() -> Isolation {
+        Isolation {
+            clone_uids: sys::user::running_as_root().then_some(Isolation::DEFAULT_UIDS),
+            clone_role: CloneRole::Superuser,
+        }
+    }
+}
+
 /// Everything an agent needs to make and run a clone; the server decides all of it.
 #[derive(Debug, Clone)]
 pub struct CloneSpec {
@@ -156,6 +215,9 @@ pub struct CloneReport {
     /// Disk its storage uses beyond the image, as last measured, and when.
     pub stored_bytes: Option<u64>,
     pub sizes_at: Option<Timestamp>,
+    /// The database user its URL logs in as when that is not the image's superuser: the
+    /// owner role of a clone made with [`CloneRole::Owner`].
+    pub user: Option<String>,
 }
 
 /// What an agent offers.

@@ -1,7 +1,8 @@
 //! [`LocalAgent`]: the agent of the host it runs on. It keeps each clone's record on disk
 //! (record.rs), works on one clone at a time per clone (a lock each, so that a long copy
 //! never blocks another clone), recovers at start what a crash interrupted, and adopts the
-//! servers and mounts an earlier agent left running rather than restarting them.
+//! servers and mounts an earlier agent left running rather than restarting them. As root it
+//! gives each clone a uid of its own (lib.rs, "Clone isolation").
 
 use std::collections::HashMap;
 use std::fs;
@@ -19,8 +20,8 @@ use sys::User;
 use crate::driver::{self, Attached};
 use crate::record::{CloneRecord, Desired, Intent};
 use crate::{
-    Agent, AgentError, AgentInfo, CloneReport, CloneSpec, CloneState, ErrorKind, ImageSource, MadeImage, Result,
-    SourceFacts, SourceUrl,
+    Agent, AgentError, AgentInfo, CloneReport, CloneRole, CloneSpec, CloneState, ErrorKind, ImageSource, Isolation,
+    MadeImage, Result, SourceFacts, SourceUrl,
 };
 
 /// How long a clone's server may take to start. Crash recovery after a kill may replay WAL.
@@ -34,7 +35,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct AgentConfig {
     pub data_dir: PathBuf,
-    /// The OS user clones' servers run as.
+    /// The OS user images are prepared as, and clones' servers run as when they have no
+    /// uid of their own ([`Isolation::clone_uids`]).
     pub os_user: User,
     /// The addresses clones' servers listen on.
     pub listen: Vec<IpAddr>,
@@ -79,6 +81,9 @@ struct Running {
 
 pub struct LocalAgent {
     config: AgentConfig,
+    isolation: Isolation,
+    /// Held while a uid is chosen for a clone and recorded, so that no two get the same.
+    uids: Mutex<()>,
     /// One agent per data directory.
     _lock: sys::lock::DirLock,
     default_driver: Driver,
@@ -107,10 +112,44 @@ fn internal(what: &str) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
     }
 }
 
+/// Where the next uid to give a clone is kept.
+const NEXT_UID_FILE: &str = "clone-uids.next";
+
 impl LocalAgent {
     /// Opens the agent's data directory (creating it), recovers what a crash interrupted,
-    /// brings back the clones that are meant to run, and starts measuring disk use.
+    /// brings back the clones that are meant to run, and starts measuring disk use. Clones
+    /// are isolated as [`Isolation::default`] says: a uid each when this process is root.
     pub fn open(config: AgentConfig) -> Result<Arc<LocalAgent>> {
+        LocalAgent::open_with(config, Isolation::default())
+    }
+
+    /// Like [`LocalAgent::open`], with clones isolated as `isolation` says.
+    pub fn open_with(config: AgentConfig, isolation: Isolation) -> Result<Arc<LocalAgent>> {
+        if let Some((first, last)) = isolation.clone_uids {
+            if !sys::user::running_as_root() {
+                return Err(AgentError::new(
+                    ErrorKind::BadRequest,
+                    "clones can run as uids of their own only when thinclone runs as root",
+                ));
+            }
+            if first == 0 || first > last {
+                return Err(AgentError::new(
+                    ErrorKind::BadRequest,
+                    format!("{first}-{last} is not a range of uids for clones: give FIRST-LAST, FIRST above 0"),
+                ));
+            }
+        } else {
+            tracing::warn!(
+                user = %config.os_user.name,
+                "every clone runs as the OS user {}: a clone's database superuser can read and change the files of \
+                 every other clone and image, and reach their servers; run thinclone as root to give each clone an \
+                 OS identity of its own",
+                config.os_user.name
+            );
+        }
+        if let CloneRole::Owner { user } = &isolation.clone_role {
+            tracing::info!("clones' URLs log in as {user}, a role that owns every database but is not a superuser");
+        }
         fs::create_dir_all(&config.data_dir).map_err(internal("creating the data directory"))?;
         let lock = sys::lock::DirLock::acquire(&config.data_dir)
             .map_err(|e| AgentError::new(ErrorKind::Conflict, format!("thinclone cannot start: {e}")))?;
@@ -118,8 +157,9 @@ impl LocalAgent {
             let path = config.data_dir.join(dir);
             fs::create_dir_all(&path).map_err(internal("creating the data directory"))?;
         }
-        // Clones' servers must reach their own run directories beneath these.
-        for dir in ["", "run", "run/clones", "run/images", "clones"] {
+        // Clones' servers must reach their own run and data directories beneath these, and
+        // the preparing server its image; nobody but root may list them.
+        for dir in ["", "run", "run/clones", "run/images", "clones", "images"] {
             fs::set_permissions(config.data_dir.join(dir), fs::Permissions::from_mode(0o711))
                 .map_err(internal("setting the data directory's permissions"))?;
         }
@@ -144,6 +184,8 @@ impl LocalAgent {
         );
         let agent = Arc::new(LocalAgent {
             config,
+            isolation,
+            uids: Mutex::new(()),
             _lock: lock,
             default_driver,
             drivers,
@@ -194,9 +236,12 @@ impl LocalAgent {
     }
 
     pub(crate) fn engine(&self, id: &str) -> Result<Arc<dyn Engine>> {
-        self.config.engines.iter().find(|e| e.id() == id).cloned().ok_or_else(|| {
-            AgentError::new(ErrorKind::BadRequest, format!("this agent has no database engine {id:?}"))
-        })
+        self.config
+            .engines
+            .iter()
+            .find(|e| e.id() == id)
+            .cloned()
+            .ok_or_else(|| AgentError::new(ErrorKind::BadRequest, format!("this agent has no database engine {id:?}")))
     }
 
     fn driver(&self, kind: Driver) -> Box<dyn driver::Driver> {
@@ -207,6 +252,46 @@ impl LocalAgent {
         lock(&self.locks).entry(name.clone()).or_default().clone()
     }
 
+    /// The OS user a clone's server runs as: its own uid, or the agent's OS user.
+    fn clone_user(&self, record: &CloneRecord) -> User {
+        match (record.uid, self.isolation.clone_uids) {
+            (Some(uid), Some(_)) => User::synthetic(uid, uid),
+            _ => self.config.os_user.clone(),
+        }
+    }
+
+    /// Saves a new clone's record with a uid of its own (when clones get one): the first of
+    /// the range, from where the last one given left off, that no other clone has, that no
+    /// user of the host has, and that no process runs as. A removed clone's uid thus comes
+    /// back only after every other uid of the range.
+    fn save_with_new_uid(&self, record: &mut CloneRecord) -> Result<()> {
+        let Some((first, last)) = self.isolation.clone_uids else { return self.save(record) };
+        let _held = lock(&self.uids);
+        let taken: std::collections::HashSet<u32> = self.records().iter().filter_map(|r| r.uid).collect();
+        let next_file = self.config.data_dir.join(NEXT_UID_FILE);
+        let next = sys::untrusted::read_to_string(&next_file, 64)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .filter(|n| (first..=last).contains(n))
+            .unwrap_or(first);
+        let uid = (next..=last)
+            .chain(first..next)
+            .find(|&uid| {
+                !taken.contains(&uid) && !User::uid_is_known(uid) && sys::procfs::processes_of_uid(uid).is_empty()
+            })
+            .ok_or_else(|| {
+                AgentError::new(
+                    ErrorKind::Conflict,
+                    format!("no uid is left for a clone in {first}-{last}; remove a clone or widen --clone-uids"),
+                )
+            })?;
+        record.uid = Some(uid);
+        self.save(record)?;
+        let after = if uid == last { first } else { uid + 1 };
+        sys::crashsafe::replace_file_mode(&next_file, format!("{after}\n").as_bytes(), 0o600)
+            .map_err(internal("recording the next clone uid"))
+    }
+
     fn instance_spec(&self, record: &CloneRecord) -> InstanceSpec {
         InstanceSpec {
             version: record.version.clone(),
@@ -215,7 +300,7 @@ impl LocalAgent {
             port: record.port,
             listen: self.config.listen.clone(),
             remote_clients: self.config.remote_clients,
-            user: self.config.os_user.clone(),
+            user: self.clone_user(record),
             superuser: record.superuser.clone(),
             label: format!("thinclone-{}", record.name),
             memory: self.config.memory.clone(),
@@ -244,12 +329,28 @@ impl LocalAgent {
             )));
         }
         let clone_dir = self.clone_dir(&record.name);
+        // Root's, and passable: its server reaches its data directory through it.
+        fs::set_permissions(&clone_dir, fs::Permissions::from_mode(0o711))
+            .map_err(internal("setting the clone directory's permissions"))?;
+        let user = self.clone_user(record);
+        // Nothing may run as the clone's uid but the server about to start.
+        self.end_leftover_processes(&user)?;
         let driver = self.driver(record.driver);
-        let attached = driver.attach(&image, &clone_dir, &self.config.os_user).map_err(AgentError::from_driver)?;
+        let attached = driver.attach(&image, &clone_dir, &user).map_err(AgentError::from_driver)?;
         let spec = self.instance_spec(record);
+        let password = Secret::new(record.password.clone());
         let started = engine.start(&spec, START_TIMEOUT).and_then(|instance| {
             // Dropping the instance on failure stops its server.
-            instance.set_password(&record.superuser, &Secret::new(record.password.clone())).map(|()| instance)
+            match &record.owner {
+                None => instance.set_password(&record.superuser, &password)?,
+                Some(owner) => {
+                    // A password nobody is given, new at every start.
+                    let hidden = random_password().map_err(engine::Error::Io)?;
+                    instance.set_password(&record.superuser, &hidden)?;
+                    instance.make_owner(owner, &password)?;
+                }
+            }
+            Ok(instance)
         });
         match started {
             Ok(instance) => {
@@ -260,9 +361,25 @@ impl LocalAgent {
                 if let Err(d) = driver.detach(&clone_dir, attached) {
                     tracing::warn!(clone = %record.name, "detaching the storage after a failed start: {d}");
                 }
+                if let Err(k) = self.end_leftover_processes(&user) {
+                    tracing::warn!(clone = %record.name, "after a failed start: {k}");
+                }
                 Err(AgentError::from_engine("starting the clone's server", e))
             }
         }
+    }
+
+    /// Ends whatever runs as a clone's own uid (nothing for a clone that runs as the agent's
+    /// OS user, whose processes are not only the clone's).
+    fn end_leftover_processes(&self, user: &User) -> Result<()> {
+        if !user.synthetic {
+            return Ok(());
+        }
+        let left = sys::procfs::processes_of_uid(user.uid);
+        if !left.is_empty() {
+            tracing::info!(uid = user.uid, pids = ?left, "ending what still runs as the clone's uid");
+        }
+        sys::process::kill_all_of(user).map_err(|e| AgentError::internal(format!("ending the clone's processes: {e}")))
     }
 
     /// Stops a clone's server and detaches its storage: ours, or what an earlier agent left.
@@ -271,12 +388,14 @@ impl LocalAgent {
         let clone_dir = self.clone_dir(&record.name);
         let driver = self.driver(record.driver);
         let running = lock(&self.running).remove(&record.name);
+        let user = self.clone_user(record);
         match running {
             Some(Running { attached, instance }) => {
                 if let Err(e) = instance.stop(STOP_TIMEOUT) {
                     tracing::warn!(clone = %record.name, "stopping the server: {e}");
                 }
-                driver.detach(&clone_dir, attached).map_err(AgentError::from_driver)
+                driver.detach(&clone_dir, attached).map_err(AgentError::from_driver)?;
+                self.end_leftover_processes(&user)
             }
             None => {
                 if let Ok(engine) = self.engine(&record.engine) {
@@ -293,7 +412,8 @@ impl LocalAgent {
                         .stop_stray(&spec)
                         .map_err(|e| AgentError::from_engine("stopping a server left running", e))?;
                 }
-                driver.clean_leftovers(&clone_dir).map_err(AgentError::from_driver)
+                driver.clean_leftovers(&clone_dir).map_err(AgentError::from_driver)?;
+                self.end_leftover_processes(&user)
             }
         }
     }
@@ -331,6 +451,7 @@ impl LocalAgent {
             message,
             stored_bytes: size.map(|s| s.0),
             sizes_at: size.map(|s| s.1),
+            user: record.owner.clone(),
         }
     }
 
@@ -346,10 +467,8 @@ impl LocalAgent {
 
     fn records(&self) -> Vec<CloneRecord> {
         let Ok(entries) = fs::read_dir(self.config.data_dir.join("clones")) else { return Vec::new() };
-        let mut records: Vec<CloneRecord> = entries
-            .flatten()
-            .filter_map(|e| CloneRecord::load(&e.path()).ok().flatten())
-            .collect();
+        let mut records: Vec<CloneRecord> =
+            entries.flatten().filter_map(|e| CloneRecord::load(&e.path()).ok().flatten()).collect();
         records.sort_by(|a, b| a.name.cmp(&b.name));
         records
     }
@@ -483,7 +602,15 @@ impl LocalAgent {
             None => {}
         }
         driver.recover(&clone_dir).map_err(AgentError::from_driver)?;
-        let had_intent = record.intent.take().is_some();
+        let mut had_intent = record.intent.take().is_some();
+        if record.uid.is_none() && self.isolation.clone_uids.is_some() {
+            // Made before clones had uids of their own: it gets one, and its server, which
+            // runs as the agent's OS user, is started again as it.
+            tracing::info!(clone = %name, "giving the clone an OS identity of its own; its server restarts");
+            self.tear_down(&record)?;
+            self.save_with_new_uid(&mut record)?;
+            had_intent = true;
+        }
         self.save(&record)?;
         match record.desired {
             Desired::Stopped => self.tear_down(&record),
@@ -611,6 +738,13 @@ impl LocalAgent {
     }
 }
 
+/// 24 random bytes as hex.
+fn random_password() -> std::io::Result<Secret> {
+    let mut bytes = [0u8; 24];
+    std::io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
 /// Supervises every running clone every `supervise_interval`, until the agent is dropped.
 fn supervise(agent: Weak<LocalAgent>) {
     loop {
@@ -703,18 +837,27 @@ impl Agent for LocalAgent {
         let _op = lock(&guard);
         let clone_dir = self.clone_dir(&spec.name);
         if CloneRecord::load(&clone_dir).map_err(internal("reading the clone's record"))?.is_some() {
-            return Err(AgentError::new(ErrorKind::Conflict, format!("clone {} already exists on this host", spec.name)));
+            return Err(AgentError::new(
+                ErrorKind::Conflict,
+                format!("clone {} already exists on this host", spec.name),
+            ));
         }
         let image = self.image_dir(&spec.image);
         if !image.is_dir() {
             return Err(AgentError::new(ErrorKind::NotFound, format!("no image named {} on this host", spec.image)));
         }
         if spec.driver == Driver::Copy {
-            crate::images::check_room(self, &format!("a full copy of image {}", spec.image), sys::tree::size(&image).bytes)?;
+            crate::images::check_room(
+                self,
+                &format!("a full copy of image {}", spec.image),
+                sys::tree::size(&image).bytes,
+            )?;
         }
         // A directory without a record is what a crash left before the record was written.
         sys::tree::remove(&clone_dir).map_err(internal("clearing the clone's directory"))?;
         fs::create_dir(&clone_dir).map_err(internal("making the clone's directory"))?;
+        fs::set_permissions(&clone_dir, fs::Permissions::from_mode(0o711))
+            .map_err(internal("setting the clone directory's permissions"))?;
         let mut record = CloneRecord {
             name: spec.name.clone(),
             image: spec.image.clone(),
@@ -728,14 +871,17 @@ impl Agent for LocalAgent {
             ever_ready: false,
             intent: Some(Intent::Create),
             failure: None,
+            uid: None,
+            owner: match &self.isolation.clone_role {
+                CloneRole::Superuser => None,
+                CloneRole::Owner { user } => Some(user.clone()),
+            },
         };
         // Recorded first: a crash from here on is cleaned up by recovery.
-        self.save(&record)?;
+        self.save_with_new_uid(&mut record)?;
         let driver = self.driver(spec.driver);
-        let made = driver
-            .create(&image, &clone_dir)
-            .map_err(AgentError::from_driver)
-            .and_then(|()| self.bring_up(&record));
+        let made =
+            driver.create(&image, &clone_dir).map_err(AgentError::from_driver).and_then(|()| self.bring_up(&record));
         if let Err(e) = made {
             if let Err(t) = self.tear_down(&record) {
                 tracing::warn!(clone = %spec.name, "stopping after a failed create: {t}");
@@ -808,7 +954,11 @@ impl Agent for LocalAgent {
         let mut record = self.load(name)?;
         if record.driver == Driver::Copy {
             let image = self.image_dir(&record.image);
-            crate::images::check_room(self, &format!("a fresh copy of image {}", record.image), sys::tree::size(&image).bytes)?;
+            crate::images::check_room(
+                self,
+                &format!("a fresh copy of image {}", record.image),
+                sys::tree::size(&image).bytes,
+            )?;
         }
         record.intent = Some(Intent::Reset);
         self.save(&record)?;

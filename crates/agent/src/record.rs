@@ -60,6 +60,13 @@ pub struct CloneRecord {
     pub intent: Option<Intent>,
     /// Why its last start failed, while it is meant to run but does not.
     pub failure: Option<String>,
+    /// The uid (and gid) its server runs as, its own; `None` for a clone that runs as the
+    /// agent's OS user (an agent that is not root, or a record older than clone isolation).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// The role its URL logs in as when that is not the superuser (`CloneRole::Owner`).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 impl CloneRecord {
@@ -74,8 +81,10 @@ impl CloneRecord {
     /// Replaces the record durably; the directory must exist.
     pub fn save(&self, clone_dir: &Path) -> io::Result<()> {
         let path = Self::path(clone_dir);
-        sys::crashsafe::write_json(&path, self)?;
-        // Only root (or the agent's own user) may read the password.
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        // Only root (or the agent's own user) may read the password, from the first byte on.
+        sys::crashsafe::replace_file_mode(&path, &bytes, 0o600)?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
     }
 }
@@ -100,10 +109,27 @@ mod tests {
             ever_ready: false,
             intent: Some(Intent::Create),
             failure: None,
+            uid: Some(2_000_000_000),
+            owner: None,
         };
         record.save(dir.path()).unwrap();
         assert_eq!(CloneRecord::load(dir.path()).unwrap(), Some(record));
         let mode = std::fs::metadata(CloneRecord::path(dir.path())).unwrap().permissions();
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    }
+
+    /// A record written before clones had uids of their own reads as one without.
+    #[test]
+    fn an_older_record_has_no_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            CloneRecord::path(dir.path()),
+            r#"{"name":"a","image":"img","engine":"postgresql","version":"15","superuser":"postgres",
+                "driver":"cowfs","port":7000,"password":"pw","desired":"running","ever_ready":true,
+                "intent":null,"failure":null}"#,
+        )
+        .unwrap();
+        let record = CloneRecord::load(dir.path()).unwrap().unwrap();
+        assert_eq!((record.uid, record.owner), (None, None));
     }
 }

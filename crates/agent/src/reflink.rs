@@ -77,7 +77,14 @@ pub fn exclusive_bytes(path: &Path) -> io::Result<u64> {
     if !meta.file_type().is_file() || meta.file_type().is_fifo() {
         return Ok(0);
     }
-    file_exclusive_bytes(&File::open(path)?)
+    // The tree is a clone's, whose OS user may swap a file for a symlink or a FIFO between
+    // the look above and this open: neither is followed nor waited on.
+    let file = match sys::untrusted::open_read(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    file_exclusive_bytes(&file)
 }
 
 fn file_exclusive_bytes(file: &File) -> io::Result<u64> {

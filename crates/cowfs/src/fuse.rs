@@ -38,6 +38,11 @@ pub struct MountConfig {
     pub writeback_cache: bool,
     /// The name the mount shows in `/proc/mounts`.
     pub fsname: String,
+    /// Mount with `nosuid`: set-user-id and set-group-id bits of its files take no effect
+    /// (a mount by root honours them otherwise).
+    pub nosuid: bool,
+    /// Mount with `nodev`: device files on it cannot be opened as devices.
+    pub nodev: bool,
 }
 
 impl Default for MountConfig {
@@ -45,7 +50,14 @@ impl Default for MountConfig {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        MountConfig { allow_other: root, threads: cores.clamp(2, 8), writeback_cache: true, fsname: "cowfs".into() }
+        MountConfig {
+            allow_other: root,
+            threads: cores.clamp(2, 8),
+            writeback_cache: true,
+            fsname: "cowfs".into(),
+            nosuid: false,
+            nodev: false,
+        }
     }
 }
 
@@ -82,8 +94,15 @@ pub fn mount(fs: CowFs, mountpoint: &Path, config: &MountConfig) -> io::Result<M
     options.push(MountOption::DefaultPermissions);
     options.push(MountOption::NoAtime);
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    if config.nodev {
+        options.push(MountOption::NoDev);
+    } else if root {
         options.push(MountOption::Dev);
+    }
+    if config.nosuid {
+        options.push(MountOption::NoSuid);
+    } else if root {
         options.push(MountOption::Suid);
     }
     let mut fuse_config = fuser::Config::default();

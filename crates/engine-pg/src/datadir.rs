@@ -83,10 +83,12 @@ pub(crate) fn detect(dir: &Path) -> Result<Major> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_a_data_dir("it does not exist".into())),
         Err(e) => return Err(not_a_data_dir(format!("it cannot be read: {e}"))),
     }
-    let text = match fs::read_to_string(dir.join("PG_VERSION")) {
+    // A clone's directory belongs to its OS user: a symlink or FIFO planted as PG_VERSION is
+    // not read (its target would show in the message below).
+    let text = match sys::untrusted::read_to_string(&dir.join("PG_VERSION"), 64) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(not_a_data_dir("it has no PG_VERSION file".into()))
+            return Err(not_a_data_dir("it has no PG_VERSION file".into()));
         }
         Err(e) => return Err(not_a_data_dir(format!("its PG_VERSION file cannot be read: {e}"))),
     };
@@ -106,7 +108,7 @@ pub(crate) fn detect(dir: &Path) -> Result<Major> {
 /// a filesystem snapshot of a running server's directory carries that server's pid file,
 /// naming a live postgres that serves the original, not the copy.
 pub(crate) fn live_postmaster(dir: &Path) -> Option<i32> {
-    let text = fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+    let text = read_pid_file(dir)?;
     let pid = text.lines().next()?.trim().parse::<i32>().ok().filter(|&pid| pid > 0)?;
     if !sys::procfs::is_alive(pid) {
         return None;
@@ -118,6 +120,12 @@ pub(crate) fn live_postmaster(dir: &Path) -> Option<i32> {
         return None;
     }
     serves(pid, dir, text.lines().nth(1).map(str::trim)).then_some(pid)
+}
+
+/// `postmaster.pid` of a data directory, read as a file in a directory that a less trusted
+/// user may write (a clone's): no symlink or FIFO in its place is followed.
+fn read_pid_file(dir: &Path) -> Option<String> {
+    sys::untrusted::read_to_string(&dir.join("postmaster.pid"), 64 << 10).ok()
 }
 
 /// Whether the postmaster `pid` serves `dir`. A postmaster's working directory is its data
@@ -142,7 +150,7 @@ fn serves(pid: i32, dir: &Path, pid_file_dir: Option<&str>) -> bool {
 /// What `postmaster.pid` says of where its server listens: the port (line 4) and the first
 /// TCP address (line 6; empty when it listens on none).
 pub(crate) fn pid_file_listen(dir: &Path) -> Option<(u16, String)> {
-    let text = fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+    let text = read_pid_file(dir)?;
     let mut lines = text.lines();
     let port = lines.nth(3)?.trim().parse().ok()?;
     let address = lines.nth(1).unwrap_or_default().split(',').next().unwrap_or_default().trim().to_owned();
@@ -169,7 +177,7 @@ pub(crate) fn in_use_error(dir: &Path, pid: i32) -> Error {
 
 /// Whether `postmaster.pid` in `dir` says the server accepts connections (its 8th line).
 pub(crate) fn pid_file_says_ready(dir: &Path, pid: i32) -> bool {
-    let Ok(text) = fs::read_to_string(dir.join("postmaster.pid")) else { return false };
+    let Some(text) = read_pid_file(dir) else { return false };
     let mut lines = text.lines();
     lines.next().and_then(|l| l.trim().parse::<i32>().ok()) == Some(pid) && lines.nth(6).map(str::trim) == Some("ready")
 }

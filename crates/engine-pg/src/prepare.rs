@@ -40,7 +40,7 @@ pub(crate) fn prepare(search: &Search, data_dir: &Path, run_dir: &Path, user: &U
         )));
     }
     let log = run_dir.join("postgres.log");
-    let log_start = fs::metadata(&log).map_or(0, |m| m.len());
+    let log_start = fs::symlink_metadata(&log).map_or(0, |m| m.len());
     prepare_copy(&installation, data_dir, run_dir, user).map_err(|e| {
         // A server that ran out of space says so in its log, whatever error reached us.
         if e.is_disk_full() || log_since(&log, log_start).contains("No space left on device") {
@@ -133,11 +133,7 @@ fn running_source(copy: &Path) -> Option<String> {
     Some(format!("the copy is of a server that still runs (pid {pid}, on {})", original.display()))
 }
 
-/// What a log file holds from `offset` on.
-fn log_since(path: &Path, offset: u64) -> String {
-    let bytes = fs::read(path).unwrap_or_default();
-    String::from_utf8_lossy(bytes.get(offset as usize..).unwrap_or_default()).into_owned()
-}
+use crate::server::log_since;
 
 /// Runs recovery to its end in a single-user server and asks it for the bootstrap
 /// superuser (the role with oid 10; `initdb -U` names it, so it is not always `postgres`).
@@ -165,9 +161,7 @@ fn bootstrap_superuser(installation: &Installation, spec: &InstanceSpec) -> Resu
     }
     let out = program.arg("template1").user(&spec.user).cwd(&spec.run_dir).timeout(RECOVERY_TIMEOUT).run()?;
     // What it logged (the recovery) goes where the server's log goes.
-    let logged = fs::OpenOptions::new()
-        .append(true)
-        .open(spec.run_dir.join("postgres.log"))
+    let logged = sys::untrusted::open_append(&spec.run_dir.join("postgres.log"), 0o600)
         .and_then(|mut log| io::Write::write_all(&mut log, &out.stderr));
     if let Err(e) = logged {
         tracing::warn!("keeping the single-user server's log in {}: {e}", spec.run_dir.display());
@@ -187,7 +181,7 @@ fn bootstrap_superuser(installation: &Installation, spec: &InstanceSpec) -> Resu
         })
 }
 
-fn from_hex(hex: &str) -> Option<String> {
+pub(crate) fn from_hex(hex: &str) -> Option<String> {
     if !hex.len().is_multiple_of(2) {
         return None;
     }

@@ -6,8 +6,9 @@
 //! owned by the server's OS user with mode 0700:
 //!
 //! ```text
-//! pg_hba.conf        who may connect: trust on the private socket, SCRAM over TCP
-//! pg_ident.conf      empty
+//! pg_hba.conf        who may connect: on the socket only this process's OS user (root, or
+//!                    the agent's user), as the superuser (peer, map=thinclone); SCRAM over TCP
+//! pg_ident.conf      the map: this process's OS user to the superuser, nobody else
 //! postgresql.conf    empty, only for images that have none (Debian keeps it in /etc)
 //! postgres.log       the server's stderr
 //! postgres.pid       its pid (external_pid_file)
@@ -17,6 +18,13 @@
 //! Every setting is given on the `postgres` command line, where it wins over the image's
 //! `postgresql.conf` and `postgresql.auto.conf`. Nothing is written into the data directory,
 //! except that a stale `postmaster.pid` is removed before a start.
+//!
+//! The server's OS user (a clone's own uid) can change both directories, since its
+//! superuser runs programs as it (`COPY … TO PROGRAM`). So this process touches their files
+//! only through [`sys::untrusted`] (no symlink, FIFO or hard link is followed), and before it
+//! runs SQL over the socket it checks that the server answering is this one (its data
+//! directory and port): a socket swapped for a link to another clone's must not get the
+//! statement, nor the password set with it.
 
 use std::fs;
 use std::io;
@@ -25,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use engine::{Error, InstanceSpec, Result, Secret, User};
+use engine::{Error, InstanceSpec, Result, Secret};
 use sys::Program;
 
 use crate::datadir::{live_postmaster, pid_file_says_ready, Major};
@@ -125,13 +133,18 @@ pub(crate) fn settings(
     s
 }
 
-/// The run directory's `pg_hba.conf`. The local socket is private to the instance's OS
-/// user, so it trusts; TCP needs a password checked with SCRAM, from loopback only unless
-/// the spec lets other hosts in.
+/// The name of the ident map in `pg_ident.conf`.
+const IDENT_MAP: &str = "thinclone";
+
+/// The run directory's `pg_hba.conf`. On the local socket, peer authentication through the
+/// `thinclone` map ([`ident`]): only the OS user of the process that runs the engine (root,
+/// or the agent's user) gets in, and only as the superuser; every other local user or
+/// process, the server's own OS user included, is refused. TCP needs a password checked
+/// with SCRAM, from loopback only unless the spec lets other hosts in.
 pub(crate) fn hba(remote_clients: bool) -> String {
-    let mut text = String::from(
+    let mut text = format!(
         "# Written by thinclone for this instance: who may connect, and how.\n\
-         local all all trust\n\
+         local all all peer map={IDENT_MAP}\n\
          host all all 127.0.0.1/32 scram-sha-256\n\
          host all all ::1/128 scram-sha-256\n",
     );
@@ -141,19 +154,64 @@ pub(crate) fn hba(remote_clients: bool) -> String {
     text
 }
 
-/// Creates or refreshes the run directory and its files, private to the spec's user.
+/// The run directory's `pg_ident.conf`: the `thinclone` map lets root, and this process's
+/// own OS user when it is not root, log in as `superuser` over the socket. Nobody else is
+/// mapped; with no superuser known yet (an image being prepared), nobody at all.
+pub(crate) fn ident(superuser: &str) -> String {
+    let mut text = String::from("# Written by thinclone for this instance: who may use the socket, as whom.\n");
+    if superuser.is_empty() {
+        return text;
+    }
+    let me = sys::User::current();
+    let mut os_users = vec!["root".to_owned()];
+    if !me.is_root() {
+        os_users.push(me.name);
+    }
+    for os_user in os_users {
+        text.push_str(&format!("{IDENT_MAP} {} {}\n", hba_quote(&os_user), hba_quote(superuser)));
+    }
+    text
+}
+
+/// A name as a double-quoted token of `pg_hba.conf` or `pg_ident.conf` (a `"` is doubled).
+fn hba_quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Creates or refreshes the run directory and its files, private to the spec's user. Every
+/// file is written afresh through [`sys::untrusted`]: whatever the server's OS user left in
+/// its place (a symlink to a file of root's) is replaced, never written through.
 pub(crate) fn write_run_dir(spec: &InstanceSpec, needs_config_file: bool) -> Result<()> {
     let dir = &spec.run_dir;
     fs::create_dir_all(dir)?;
+    let root = sys::user::running_as_root();
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-    fs::write(dir.join("pg_hba.conf"), hba(spec.remote_clients))?;
-    fs::write(dir.join("pg_ident.conf"), "")?;
-    if needs_config_file {
-        fs::write(dir.join("postgresql.conf"), "# Empty: the image has no postgresql.conf.\n")?;
+    if root {
+        std::os::unix::fs::lchown(dir, Some(spec.user.uid), Some(spec.user.gid))?;
     }
-    fs::OpenOptions::new().create(true).append(true).open(dir.join("postgres.log"))?;
-    if sys::user::running_as_root() {
-        sys::tree::chown(dir, spec.user.uid, spec.user.gid)?;
+    let owner = root.then_some((spec.user.uid, spec.user.gid));
+    sys::untrusted::replace(&dir.join("pg_hba.conf"), hba(spec.remote_clients).as_bytes(), 0o600, owner)?;
+    sys::untrusted::replace(&dir.join("pg_ident.conf"), ident(&spec.superuser).as_bytes(), 0o600, owner)?;
+    if needs_config_file {
+        sys::untrusted::replace(
+            &dir.join("postgresql.conf"),
+            b"# Empty: the image has no postgresql.conf.\n",
+            0o600,
+            owner,
+        )?;
+    }
+    let log = dir.join("postgres.log");
+    let file = match sys::untrusted::open_append(&log, 0o600) {
+        // Not a plain file (a symlink, a FIFO): replaced by an empty log.
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            tracing::warn!(log = %log.display(), "replacing the server's log: {e}");
+            sys::untrusted::replace(&log, b"", 0o600, None)?;
+            sys::untrusted::open_append(&log, 0o600)?
+        }
+        other => other?,
+    };
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
     }
     Ok(())
 }
@@ -186,7 +244,6 @@ pub(crate) struct Server {
     data_dir: PathBuf,
     run_dir: PathBuf,
     port: u16,
-    user: User,
     superuser: String,
     installation: Installation,
 }
@@ -218,7 +275,7 @@ pub(crate) fn start_as(
     let config_file = needs_config_file(&spec.data_dir);
     write_run_dir(spec, config_file)?;
     let log = spec.run_dir.join("postgres.log");
-    let log_start = fs::metadata(&log).map_or(0, |m| m.len());
+    let log_start = fs::symlink_metadata(&log).map_or(0, |m| m.len());
     let mut program = Program::new(installation.program("postgres"))
         .arg("-D")
         .arg(&spec.data_dir)
@@ -237,7 +294,6 @@ pub(crate) fn start_as(
         data_dir: spec.data_dir.clone(),
         run_dir: spec.run_dir.clone(),
         port: spec.port,
-        user: spec.user.clone(),
         superuser: spec.superuser.clone(),
         installation: installation.clone(),
     };
@@ -259,7 +315,6 @@ pub(crate) fn adopt(installation: &Installation, spec: &InstanceSpec) -> Option<
         data_dir: spec.data_dir.clone(),
         run_dir: spec.run_dir.clone(),
         port: spec.port,
-        user: spec.user.clone(),
         superuser: spec.superuser.clone(),
         installation: installation.clone(),
     })
@@ -346,8 +401,7 @@ impl Server {
 
     /// The last lines the server logged since `offset`, for error messages.
     fn log_since(&self, offset: u64) -> String {
-        let bytes = fs::read(self.run_dir.join("postgres.log")).unwrap_or_default();
-        let text = String::from_utf8_lossy(bytes.get(offset as usize..).unwrap_or(&bytes));
+        let text = log_since(&self.run_dir.join("postgres.log"), offset);
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
@@ -421,7 +475,10 @@ impl Server {
         Ok(clean)
     }
 
-    /// A psql that connects as the superuser to `database` over the private socket.
+    /// A psql that connects as the superuser to `database` over the private socket, as this
+    /// process's own OS user (the one the socket's ident map lets in), and runs `sql` only
+    /// after checking that the server is this one: the socket is in a directory the server's
+    /// OS user can change, and a link there to another server's socket must not get it.
     fn psql(&self, database: &str, sql: &str) -> Program {
         // A conninfo string rather than -d NAME: psql would read a database name that
         // contains `=` as connection parameters.
@@ -432,9 +489,21 @@ impl Server {
             conninfo_quote(&self.superuser),
             conninfo_quote(database)
         );
+        // Its own command: a statement that may not run in a transaction block (CREATE
+        // DATABASE) cannot share a query string. ON_ERROR_STOP ends psql if it fails.
+        let data_dir: PathBuf = self.data_dir.components().collect();
+        let check = format!(
+            "DO $thinclone$ BEGIN \
+               IF rtrim(current_setting('data_directory'), '/') <> rtrim({dir}, '/') \
+                  OR current_setting('port') <> '{port}' THEN \
+                 RAISE EXCEPTION 'the server on this socket is not the one of %: its socket was replaced', {dir}; \
+               END IF; \
+             END $thinclone$",
+            dir = sql_literal(&data_dir.display().to_string()),
+            port = self.port
+        );
         Program::new(self.installation.program("psql"))
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conninfo, "-c", sql])
-            .user(&self.user)
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conninfo, "-c", &check, "-c", sql])
             .timeout(SQL_TIMEOUT)
     }
 
@@ -492,6 +561,34 @@ impl engine::Instance for Server {
         self.sql_in("postgres", sql)
     }
 
+    /// The role first (created, or made a plain login role), with its password as in
+    /// `set_password`; then, in each database it does not own yet, what the
+    /// bootstrap superuser owns outside the system schemas, and last the database itself,
+    /// so that a database it owns is one that is done. Run again, it only sets the password.
+    fn make_owner(&self, user: &str, password: &Secret) -> Result<()> {
+        if user.is_empty() || user.contains('\0') {
+            return Err(Error::Other(format!("{user:?} is not a database user name")));
+        }
+        let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+        let target = sql_literal(user);
+        self.psql("postgres", &owner_role_sql(&target))
+            .env("PGOPTIONS", format!("-c thinclone.password_verifier={verifier}"))
+            .run()?;
+        let databases = self.sql_in(
+            "postgres",
+            &format!(
+                "SELECT encode(convert_to(datname, 'UTF8'), 'hex') FROM pg_database \
+                 WHERE datallowconn AND NOT datistemplate AND datdba <> (SELECT oid FROM pg_roles WHERE rolname = {target})"
+            ),
+        )?;
+        for hex in databases.lines().filter(|l| !l.is_empty()) {
+            let name = crate::prepare::from_hex(hex)
+                .ok_or_else(|| Error::Other(format!("psql printed {hex:?} as a database name")))?;
+            self.sql_in(&name, &owned_objects_sql(&target))?;
+        }
+        Ok(())
+    }
+
     fn stop(self: Box<Self>, timeout: Duration) -> Result<()> {
         self.stop_within(timeout).map(drop)
     }
@@ -500,6 +597,117 @@ impl engine::Instance for Server {
         // Dropping a child's handle neither signals nor reaps it.
         self.running = None;
     }
+}
+
+/// The statement that makes the role `target` (an SQL literal) a plain login role with the
+/// password verifier in the session's `thinclone.password_verifier`. It must not be the
+/// bootstrap superuser, and loses what would let it act as a superuser or reach the
+/// server's OS user: the superuser and role-making attributes, and membership in superuser
+/// roles and in the roles that read or write the server's files or run its programs.
+fn owner_role_sql(target: &str) -> String {
+    format!(
+        "DO $thinclone$ DECLARE target text := {target}; r record; BEGIN \
+           IF EXISTS (SELECT FROM pg_roles WHERE rolname = target AND oid = 10) THEN \
+             RAISE EXCEPTION '% is the image''s bootstrap superuser; the owner must be another role', quote_ident(target); \
+           END IF; \
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = target) THEN \
+             EXECUTE format('CREATE ROLE %I', target); \
+           END IF; \
+           EXECUTE format('ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEROLE CREATEDB NOREPLICATION NOBYPASSRLS PASSWORD %L', \
+                          target, current_setting('thinclone.password_verifier')); \
+           FOR r IN SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid \
+                    WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = target) \
+                      AND (g.rolsuper OR g.rolname IN ('pg_read_server_files', 'pg_write_server_files', \
+                                                       'pg_execute_server_program')) LOOP \
+             EXECUTE format('REVOKE %I FROM %I', r.rolname, target); \
+           END LOOP; \
+           FOR r IN SELECT g.rolname FROM pg_roles g \
+                    WHERE (g.rolsuper OR g.rolname IN ('pg_read_server_files', 'pg_write_server_files', \
+                                                      'pg_execute_server_program')) \
+                      AND g.rolname <> target AND pg_has_role(target, g.oid, 'MEMBER') LOOP \
+             RAISE EXCEPTION '% is a member of % through another role; it cannot be a plain owner', \
+               quote_ident(target), quote_ident(r.rolname); \
+           END LOOP; \
+         END $thinclone$"
+    )
+}
+
+/// The statement that gives the role `target` (an SQL literal) what the bootstrap superuser
+/// owns in the current database outside the system schemas (schemas, tables, views,
+/// materialized views, foreign tables, sequences, routines, domains and types; objects of
+/// extensions stay with their extension, and a sequence of a column goes with its table),
+/// and then the database. An object that cannot
+/// change owner is left with a warning rather than fail the clone.
+fn owned_objects_sql(target: &str) -> String {
+    let user_schema = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
+         AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'";
+    let not_extension = |catalog: &str, oid: &str| {
+        format!(
+            "NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = '{catalog}'::regclass AND d.objid = {oid} \
+             AND d.deptype = 'e')"
+        )
+    };
+    format!(
+        "DO $thinclone$ DECLARE target text := {target}; r record; statement text; BEGIN \
+           FOR r IN \
+             SELECT format('ALTER SCHEMA %I OWNER TO %I', n.nspname, target) AS s, 0 AS o FROM pg_namespace n \
+               WHERE n.nspowner = 10 AND {user_schema} AND {ns_ext} \
+             UNION ALL \
+             SELECT format('ALTER %s %s OWNER TO %I', CASE c.relkind WHEN 'v' THEN 'VIEW' \
+                      WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'S' THEN 'SEQUENCE' \
+                      ELSE 'TABLE' END, c.oid::regclass, target), CASE c.relkind WHEN 'S' THEN 2 ELSE 1 END \
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+               WHERE c.relowner = 10 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {user_schema} AND {rel_ext} \
+                 AND NOT (c.relkind = 'S' AND EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                          AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))) \
+             UNION ALL \
+             SELECT format('ALTER %s %s OWNER TO %I', CASE WHEN EXISTS (SELECT FROM pg_aggregate a WHERE a.aggfnoid = p.oid) \
+                      THEN 'AGGREGATE' WHEN current_setting('server_version_num')::int >= 110000 THEN 'ROUTINE' \
+                      ELSE 'FUNCTION' END, p.oid::regprocedure, target), 3 \
+               FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+               WHERE p.proowner = 10 AND {user_schema} AND {proc_ext} \
+             UNION ALL \
+             SELECT format('ALTER %s %s OWNER TO %I', CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, \
+                      t.oid::regtype, target), 4 \
+               FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+               WHERE t.typowner = 10 AND {user_schema} AND {type_ext} \
+                 AND (t.typtype IN ('d', 'e', 'r') \
+                      OR (t.typtype = 'c' AND (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')) \
+             ORDER BY 2 \
+           LOOP \
+             BEGIN \
+               EXECUTE r.s; \
+             EXCEPTION WHEN OTHERS THEN \
+               RAISE WARNING 'thinclone: % failed: %', r.s, SQLERRM; \
+             END; \
+           END LOOP; \
+           EXECUTE format('ALTER DATABASE %I OWNER TO %I', current_database(), target); \
+         END $thinclone$",
+        ns_ext = not_extension("pg_namespace", "n.oid"),
+        rel_ext = not_extension("pg_class", "c.oid"),
+        proc_ext = not_extension("pg_proc", "p.oid"),
+        type_ext = not_extension("pg_type", "t.oid"),
+    )
+}
+
+/// What a log file in a run directory holds from `offset` on (empty when it cannot be read,
+/// or is not a plain file).
+pub(crate) fn log_since(path: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek};
+    let mut bytes = Vec::new();
+    let read = sys::untrusted::open_read(path).and_then(|mut file| {
+        file.seek(io::SeekFrom::Start(offset))?;
+        // The end of a long log is what matters.
+        let len = file.metadata()?.len();
+        if len > offset + (1 << 20) {
+            file.seek(io::SeekFrom::Start(len - (1 << 20)))?;
+        }
+        file.read_to_end(&mut bytes)
+    });
+    if let Err(e) = read {
+        tracing::debug!(log = %path.display(), "reading the server's log: {e}");
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// A value for a libpq conninfo string: single-quoted, with `\` and `'` escaped.
@@ -521,6 +729,8 @@ pub(crate) fn sql_literal(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
+
+    use engine::User;
 
     use super::*;
 

@@ -142,7 +142,9 @@ fn a_clone_on_a_full_disk_does_not_loop_and_works_again_with_room() {
     let log = fs::read_to_string(spec.run_dir.join("postgres.log")).unwrap();
     let starts = log.matches("database system is ready to accept connections").count();
     assert_eq!(starts, 1, "the server restarted itself:\n{log}");
-    assert!(log.contains("No space left on device"), "{log}");
+    // Where the last free page ends inside a block, the kernel gives a short write instead
+    // of ENOSPC, and PostgreSQL says how much it wrote and to check free space.
+    assert!(log.contains("No space left on device") || log.contains("Check free disk space"), "{log}");
     let running = instance.is_running();
     eprintln!("after the full disk the server {}", if running { "runs on" } else { "has stopped" });
 

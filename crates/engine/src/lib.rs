@@ -105,11 +105,15 @@ pub struct InstanceSpec {
     pub listen: Vec<IpAddr>,
     /// Whether clients from other hosts may connect (with a password), besides loopback.
     pub remote_clients: bool,
-    /// The OS user it runs as.
+    /// The OS user it runs as: for a clone, a synthetic user of its own
+    /// ([`User::synthetic`], no entry in the user database), so that its superuser's
+    /// programs reach nothing of other clones.
     pub user: User,
     /// The database superuser that [`Instance::sql`] and [`Instance::set_password`] connect
     /// as over the private socket: the image's [`ImageFacts::superuser`]. An engine cannot
     /// learn it from a running instance without already knowing a name to log in with.
+    /// They connect as the OS user of this process (root, or the agent's own user), the only
+    /// OS user the instance's socket lets in, and only as this database user.
     pub superuser: String,
     /// A name for it in process titles and logs.
     pub label: String,
@@ -221,6 +225,12 @@ pub trait Instance: Send {
 
     /// Sets the password of the database user `user`.
     fn set_password(&self, user: &str, password: &Secret) -> Result<()>;
+
+    /// Makes `user` the instance's owner, for clones whose users must not be superusers: a
+    /// role that logs in with `password`, is not a superuser (nor may create roles), and owns
+    /// every database and what the superuser owned in them. Creates the role if missing;
+    /// refuses a `user` that is the bootstrap superuser.
+    fn make_owner(&self, user: &str, password: &Secret) -> Result<()>;
 
     /// Runs SQL as the superuser over its private socket; returns the output as text.
     fn sql(&self, sql: &str) -> Result<String>;

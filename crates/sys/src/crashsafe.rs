@@ -9,11 +9,23 @@ use std::path::Path;
 
 /// Replaces `path` with `contents` durably.
 pub fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    replace_file_mode(path, contents, 0o666)
+}
+
+/// Replaces `path` with `contents` durably; the file is created with `mode` (less the
+/// umask), so that a private file (0600) is never readable by others, even for a moment.
+pub fn replace_file_mode(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
+    // A leftover of a crash may have another mode: it goes, so that `mode` applies.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;
     }

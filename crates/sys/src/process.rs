@@ -5,7 +5,6 @@
 //! becomes an [`Error`] carrying what the program said on stderr.
 
 use std::ffi::OsString;
-use std::fs;
 use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -155,15 +154,17 @@ impl Program {
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } == 0 && user.uid != 0 {
                 let name = std::ffi::CString::new(user.name.as_str()).unwrap_or_default();
-                let (uid, gid) = (user.uid, user.gid);
-                // SAFETY: runs between fork and exec and calls only async-signal-safe
-                // functions. The groups must be set while still root, so the whole switch
-                // happens here, in order: supplementary groups, gid, uid (Command::uid would
-                // switch before this closure runs).
+                let (uid, gid, synthetic) = (user.uid, user.gid, user.synthetic);
+                // SAFETY: runs between fork and exec, in the child's only thread. The groups
+                // must be set while still root, so the whole switch happens here, in order:
+                // supplementary groups, gid, uid (Command::uid would switch before this
+                // closure runs). A synthetic user has no entry to take groups from: its gid
+                // is its only group.
                 unsafe {
                     cmd.pre_exec(move || {
-                        if libc::initgroups(name.as_ptr(), gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0
-                        {
+                        let groups =
+                            if synthetic { libc::setgroups(1, &gid) } else { libc::initgroups(name.as_ptr(), gid) };
+                        if groups != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
                             return Err(io::Error::last_os_error());
                         }
                         Ok(())
@@ -283,19 +284,69 @@ impl Program {
             return Err(Error::TimedOut { program: name, seconds: self.timeout.as_secs() });
         }
         if !output.status.success() {
-            return Err(Error::Failed { program: name, status: describe(output.status), stderr: failure_text(&output) });
+            return Err(Error::Failed {
+                program: name,
+                status: describe(output.status),
+                stderr: failure_text(&output),
+            });
         }
         Ok(output)
     }
 
     /// Starts a long-running program (a server, a mount) whose stdout and stderr are
-    /// appended to `log`, and returns at once. The timeout does not apply.
+    /// appended to `log`, and returns at once. The timeout does not apply. The log is made
+    /// private (0600) when it is new; it may be in a directory of a less trusted user, so a
+    /// symlink, FIFO or second hard link in its place is refused (see [`crate::untrusted`]).
     pub fn spawn_logged(self, log: &Path) -> Result<Process> {
-        let file = fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let file = crate::untrusted::open_append(log, 0o600)?;
         let name = self.name();
         let child = self.spawn_with(Stdio::from(file.try_clone()?), Stdio::from(file))?;
         Ok(Process { child, name })
     }
+}
+
+/// Ends every process of a synthetic user ([`User::synthetic`]) with SIGKILL: whatever its
+/// server's superuser started in the background must not outlive the server, nor meet the
+/// next clone given the same uid. `kill(-1, SIGKILL)` sent as that user (from a child that
+/// has become it) reaches exactly the processes it may signal, its own, and not the
+/// sender. Only root does this, and only for a uid that no entry in the user database
+/// names: a real user's processes are not ours to end.
+pub fn kill_all_of(user: &User) -> Result<()> {
+    let refuse =
+        |why: &str| Err(Error::Io(io::Error::other(format!("not ending the processes of uid {}: {why}", user.uid))));
+    if !crate::user::running_as_root() {
+        return refuse("only root ends another user's processes");
+    }
+    if !user.synthetic || user.uid == 0 || crate::User::uid_is_known(user.uid) {
+        return refuse("it is a user of this host, not a synthetic one");
+    }
+    for _ in 0..100 {
+        if crate::procfs::processes_of_uid(user.uid).is_empty() {
+            return Ok(());
+        }
+        let (uid, gid) = (user.uid, user.gid);
+        let mut cmd = Command::new("/bin/true");
+        cmd.env_clear().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: runs between fork and exec, in the child's only thread, and makes only
+        // system calls. Failing to switch users fails the child before it signals anything.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // With none left to signal it fails (ESRCH): the next look says whether any are.
+                libc::kill(-1, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        cmd.status().map_err(|source| Error::Start { program: "kill -1 as a synthetic user".into(), source })?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(Error::Io(io::Error::other(format!(
+        "processes of uid {} are still there after SIGKILL: {:?}",
+        user.uid,
+        crate::procfs::processes_of_uid(user.uid)
+    ))))
 }
 
 /// The end of what a failed program said: its stderr, or its stdout if stderr is empty.
@@ -443,8 +494,33 @@ mod tests {
         assert!(!err.is_disk_full());
     }
 
+    /// A synthetic user's programs run with its uid and gid as their only group, and
+    /// [`kill_all_of`] ends whatever it left running, even in the background.
+    #[test]
+    fn a_synthetic_user_runs_alone_and_its_processes_end() {
+        assert!(crate::user::running_as_root(), "this test runs as root (scripts/test runs the tests as root)");
+        let user = User::synthetic(2_000_099_990, 2_000_099_990);
+        let out = Program::new("/bin/sh").args(["-c", "id -u; id -g; id -G; echo $HOME"]).user(&user).run().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(text, "2000099990\n2000099990\n2000099990\n/nonexistent\n");
+        Program::new("/bin/sh")
+            .args(["-c", "sleep 300 >/dev/null 2>&1 & sleep 300 >/dev/null 2>&1 &"])
+            .user(&user)
+            .run()
+            .unwrap();
+        assert_eq!(crate::procfs::processes_of_uid(user.uid).len(), 2);
+        kill_all_of(&user).unwrap();
+        assert!(crate::procfs::processes_of_uid(user.uid).is_empty());
+        // Never a real user's processes.
+        let err = kill_all_of(&User::lookup("root").unwrap()).unwrap_err();
+        assert!(err.to_string().contains("not a synthetic one"), "{err}");
+        let err = kill_all_of(&User::synthetic(0, 0)).unwrap_err();
+        assert!(err.to_string().contains("not a synthetic one"), "{err}");
+    }
+
     #[test]
     fn a_logged_process_is_stopped_by_signal() {
+        use std::fs;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
         let mut p = Program::new("/bin/sh").args(["-c", "echo started; exec sleep 30"]).spawn_logged(&log).unwrap();

@@ -1,11 +1,14 @@
-//! What `/proc` says of a process: whether it lives, and whether it is the one we think.
+//! What `/proc` says of a process: whether it lives, whether it is the one we think, and
+//! whose it is.
 
 use std::fs;
 use std::path::Path;
 
-/// The first line of a pid file, as a pid.
+/// The first line of a pid file, as a pid. Pid files may live where a less trusted user
+/// writes (a clone's run and data directories): a symlink or FIFO in their place is not
+/// read (see [`crate::untrusted`]).
 pub fn read_pid(path: &Path) -> Option<i32> {
-    fs::read_to_string(path).ok()?.lines().next()?.trim().parse().ok().filter(|&pid| pid > 0)
+    crate::untrusted::read_to_string(path, 4096).ok()?.lines().next()?.trim().parse().ok().filter(|&pid| pid > 0)
 }
 
 /// Whether `pid` is a running process (not a zombie).
@@ -50,6 +53,20 @@ pub fn processes_under(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Every live process that runs as `uid`: its real, effective, saved or filesystem uid.
+pub fn processes_of_uid(uid: u32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+            let uids = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_default();
+            uids.split_whitespace().any(|u| u.parse() == Ok(uid)) && is_alive(pid)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +102,17 @@ mod tests {
         assert_eq!(read_pid(&f), Some(123));
         fs::write(&f, "-1\n").unwrap();
         assert_eq!(read_pid(&f), None);
+        // A symlink to a pid file is not followed.
+        fs::write(&f, "123\n").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert_eq!(read_pid(&link), None);
+    }
+
+    #[test]
+    fn this_process_is_among_its_uids() {
+        let me = std::process::id() as i32;
+        assert!(processes_of_uid(nix::unistd::geteuid().as_raw()).contains(&me));
+        assert!(!processes_of_uid(2_000_099_998).contains(&me));
     }
 }

@@ -1,7 +1,10 @@
 //! Walks of directory trees: sizes, disk use, ownership, removal and copies.
 
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
@@ -53,11 +56,79 @@ pub fn disk_usage(path: &Path) -> io::Result<u64> {
 }
 
 /// Gives every entry of a tree (symlinks themselves, not their targets) to `uid:gid`.
+///
+/// The tree may belong to a less trusted user who changes it meanwhile (a clone's files,
+/// given to its uid): each directory is opened relative to its parent's open descriptor,
+/// never following a symlink, and each entry is changed relative to it, so that a
+/// directory swapped for a symlink never leads outside the tree.
 pub fn chown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    if fs::symlink_metadata(path)?.is_dir() {
-        for entry in fs::read_dir(path)? {
-            chown(&entry?.path(), uid, gid)?;
+    if !fs::symlink_metadata(path)?.is_dir() {
+        return std::os::unix::fs::lchown(path, Some(uid), Some(gid));
+    }
+    let top = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let dir = open_dir_at(libc::AT_FDCWD, &top)?;
+    std::os::unix::fs::fchown(&dir, Some(uid), Some(gid))?;
+    chown_beneath(&dir, uid, gid)
+}
+
+/// Opens the directory `name` relative to `parent` without following a symlink.
+fn open_dir_at(parent: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: openat with a valid C string; the descriptor returned is ours alone.
+    let fd = unsafe {
+        libc::openat(parent, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The names in an open directory, without `.` and `..`.
+fn names_in(dir: &OwnedFd) -> io::Result<Vec<CString>> {
+    // fdopendir takes the descriptor it is given: it gets a duplicate.
+    let dup = dir.try_clone()?;
+    // SAFETY: fdopendir on a descriptor we own; on success the stream owns it.
+    let stream = unsafe { libc::fdopendir(dup.as_raw_fd()) };
+    if stream.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    std::mem::forget(dup);
+    let mut names = Vec::new();
+    let result = loop {
+        nix::errno::Errno::clear();
+        // SAFETY: readdir on the open stream; the entry is read before the next call.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            let errno = nix::errno::Errno::last_raw();
+            break if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(errno)) };
+        }
+        // SAFETY: d_name is a NUL-terminated string inside the entry.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            names.push(name.to_owned());
+        }
+    };
+    // SAFETY: closes the stream (and the duplicate it owns) once.
+    unsafe { libc::closedir(stream) };
+    result.map(|()| names)
+}
+
+fn chown_beneath(dir: &OwnedFd, uid: u32, gid: u32) -> io::Result<()> {
+    for name in names_in(dir)? {
+        // SAFETY: fchownat relative to an open directory, with a valid C string.
+        if unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::NotFound {
+                continue;
+            }
+            return Err(err);
+        }
+        match open_dir_at(dir.as_raw_fd(), &name) {
+            Ok(sub) => chown_beneath(&sub, uid, gid)?,
+            // Not a directory (or a symlink, which is never followed), or gone since.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP | libc::ENOENT)) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -124,5 +195,34 @@ mod tests {
         remove(&dst).unwrap();
         remove(&dst).unwrap();
         assert!(!dst.exists());
+    }
+
+    /// A symlink inside the tree, to a file or a directory outside it, is given away
+    /// itself; what it points at is not.
+    #[test]
+    fn chown_never_follows_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(outside.join("deep")).unwrap();
+        fs::write(outside.join("secret"), "x").unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("sub/subsub")).unwrap();
+        fs::write(tree.join("sub/f"), "y").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("sub/to-dir")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), tree.join("to-file")).unwrap();
+        let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+        // As root, hand it to a uid nobody has; otherwise to ourselves (still a full walk).
+        let to = if uid == 0 { 2_000_099_991 } else { uid };
+        chown(&tree, to, if uid == 0 { to } else { gid }).unwrap();
+        for path in ["", "sub", "sub/subsub", "sub/f", "sub/to-dir", "to-file"] {
+            assert_eq!(fs::symlink_metadata(tree.join(path)).unwrap().uid(), to, "{path}");
+        }
+        for path in ["", "deep", "secret"] {
+            assert_eq!(fs::symlink_metadata(outside.join(path)).unwrap().uid(), uid, "outside/{path}");
+        }
+        // A file by itself, and a symlink by itself.
+        chown(&tree.join("sub/f"), uid, gid).unwrap();
+        chown(&tree.join("to-file"), uid, gid).unwrap();
+        assert_eq!(fs::metadata(outside.join("secret")).unwrap().uid(), uid);
     }
 }

@@ -1,7 +1,8 @@
 //! `thinclone mount`: serve a cowfs layer directory over an image in the foreground.
 //!
 //! Other tooling drives this command, so its interface stays as it is:
-//! `thinclone mount --image DIR --layer DIR MOUNTPOINT [--owner USER]`.
+//! `thinclone mount --image DIR --layer DIR MOUNTPOINT [--owner USER]`; options are only
+//! added (`--owner UID:GID`, `--nosuid`, `--nodev`).
 
 use std::path::PathBuf;
 
@@ -19,9 +20,17 @@ pub struct MountArgs {
     layer: PathBuf,
     /// Where to mount.
     mountpoint: PathBuf,
-    /// Present the image's files as owned by this user (name or uid) and their primary group.
-    #[arg(long)]
+    /// Present the image's files as owned by this user and their primary group: a name, a
+    /// uid, or UID:GID (numbers that need no entry in the user database; a uid without one
+    /// and without a GID gets the gid equal to it).
+    #[arg(long, value_name = "USER|UID[:GID]")]
     owner: Option<String>,
+    /// Mount with nosuid: set-user-id and set-group-id bits of the files take no effect.
+    #[arg(long)]
+    nosuid: bool,
+    /// Mount with nodev: device files on the mount cannot be opened as devices.
+    #[arg(long)]
+    nodev: bool,
     /// Worker threads serving requests.
     #[arg(long, default_value_t = cowfs::MountConfig::default().threads)]
     threads: usize,
@@ -45,6 +54,8 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         threads: args.threads,
         writeback_cache: !args.no_writeback_cache,
         fsname: format!("thinclone:{}", args.layer.display()),
+        nosuid: args.nosuid,
+        nodev: args.nodev,
         ..cowfs::MountConfig::default()
     };
     let mut mounted = cowfs::mount(fs, &args.mountpoint, &config)
@@ -66,8 +77,33 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves a user name or numeric uid to its uid and primary gid.
-fn lookup_user(user: &str) -> anyhow::Result<(u32, u32)> {
-    let user = sys::User::lookup(user)?;
-    Ok((user.uid, user.gid))
+/// Resolves `--owner` to a uid and gid: `UID:GID` as numbers; a user name, or a uid with an
+/// entry in the user database, to its uid and primary gid; a uid without one to itself twice.
+fn lookup_user(owner: &str) -> anyhow::Result<(u32, u32)> {
+    let number = |s: &str| s.parse::<u32>().with_context(|| format!("--owner {owner}: {s:?} is not a number"));
+    if let Some((uid, gid)) = owner.split_once(':') {
+        return Ok((number(uid)?, number(gid)?));
+    }
+    match sys::User::lookup(owner) {
+        Ok(user) => Ok((user.uid, user.gid)),
+        Err(e) => match owner.parse::<u32>() {
+            Ok(uid) => Ok((uid, uid)),
+            Err(_) => Err(e.into()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lookup_user;
+
+    #[test]
+    fn owners_by_name_uid_and_uid_gid() {
+        assert_eq!(lookup_user("root").unwrap(), (0, 0));
+        assert_eq!(lookup_user("0").unwrap(), (0, 0));
+        assert_eq!(lookup_user("2000000007").unwrap(), (2_000_000_007, 2_000_000_007));
+        assert_eq!(lookup_user("2000000007:42").unwrap(), (2_000_000_007, 42));
+        assert!(lookup_user("no-such-user-here").is_err());
+        assert!(lookup_user("1:x").is_err());
+    }
 }

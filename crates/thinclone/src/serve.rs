@@ -17,10 +17,21 @@ pub struct ServeArgs {
     /// The address the REST API listens on.
     #[arg(long, default_value = "127.0.0.1:7420")]
     listen: SocketAddr,
-    /// The OS user clones' servers run as [default: as root, the user the default engine's
-    /// packages create; yourself otherwise].
+    /// The OS user images are prepared as, and, when not root, clones' servers run as
+    /// [default: as root, the user the default engine's packages create; yourself otherwise].
     #[arg(long)]
     os_user: Option<String>,
+    /// The uids clones' servers run as, one of its own for each clone (its gid is its uid),
+    /// as FIRST-LAST; no user of this host may have one. Only as root: otherwise every clone
+    /// runs as yourself, and a clone's database superuser can reach every other clone
+    /// [default: 2000000000-2000099999 as root].
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_uid_range)]
+    clone_uids: Option<(u32, u32)>,
+    /// Who clones' URLs log in as: `superuser`, the image's superuser (CREATE EXTENSION and
+    /// everything else inside the clone), or `owner`, a role `app` that owns every database
+    /// but is not a superuser, for teams whose users must not be.
+    #[arg(long, value_name = "ROLE", default_value = "superuser", value_parser = ["superuser", "owner"])]
+    clone_role: String,
     /// Ports for clones' servers, as FIRST-LAST.
     #[arg(long, default_value = "7500-7999", value_parser = parse_range)]
     ports: (u16, u16),
@@ -74,6 +85,36 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
+fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
+    let (a, b) = s.split_once('-').ok_or("use FIRST-LAST, e.g. 2000000000-2000099999")?;
+    let (a, b): (u32, u32) = (a.parse().map_err(|e| format!("{e}"))?, b.parse().map_err(|e| format!("{e}"))?);
+    if a == 0 || a > b {
+        return Err("give FIRST-LAST with 0 < FIRST <= LAST".into());
+    }
+    Ok((a, b))
+}
+
+/// The name of the role clones' URLs log in as with `--clone-role owner`.
+const OWNER_ROLE: &str = "app";
+
+/// Files this process makes are private unless made otherwise on purpose (the state
+/// database with its passwords, tokens, logs): clones' OS users and other local users read
+/// none of them. Those that must be wider (directories clones pass through) set their modes
+/// themselves. A state database made before this is made private too.
+fn make_files_private(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    for name in ["state.db", "state.db-wal", "state.db-shm"] {
+        match std::fs::set_permissions(data_dir.join(name), std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("making {} private", data_dir.join(name).display()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub fn default_data_dir() -> PathBuf {
     if sys::user::running_as_root() {
         return PathBuf::from("/var/lib/thinclone");
@@ -102,6 +143,20 @@ fn default_clone_host(listen: &[IpAddr]) -> String {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    make_files_private(&data_dir)?;
+    let isolation = agent::Isolation {
+        clone_uids: match args.clone_uids {
+            Some(_) if !sys::user::running_as_root() => {
+                anyhow::bail!("--clone-uids needs root: only root can run clones' servers as uids of their own")
+            }
+            Some(range) => Some(range),
+            None => sys::user::running_as_root().then_some(agent::Isolation::DEFAULT_UIDS),
+        },
+        clone_role: match args.clone_role.as_str() {
+            "owner" => agent::CloneRole::Owner { user: OWNER_ROLE.into() },
+            _ => agent::CloneRole::Superuser,
+        },
+    };
     let os_user = match &args.os_user {
         Some(name) => sys::User::lookup(name).with_context(|| "set the OS user clones run as with --os-user")?,
         None if sys::user::running_as_root() => {
@@ -160,7 +215,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         let (agent, server, token_file) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let agent = agent::LocalAgent::open(agent_config)
+            let agent = agent::LocalAgent::open_with(agent_config, isolation)
                 .with_context(|| format!("opening data directory {}", data_dir.display()))?;
             let server = server::Server::open(server_config, agent.clone() as Arc<dyn agent::Agent>, engines)
                 .with_context(|| format!("opening the catalog in {}", data_dir.display()))?;
