@@ -29,6 +29,21 @@ pub enum Error {
     /// The base URL is not one the client can use.
     #[error("invalid server URL {url:?}: {why}; give one like http://127.0.0.1:7420")]
     BadUrl { url: String, why: String },
+    /// The server's TLS certificate is not one the client trusts: it is signed by an
+    /// unknown authority, made out to another name, expired…
+    #[error("the server's certificate at {url} is not trusted: {why}; {}", untrusted_hint(.ca.as_deref()))]
+    UntrustedCertificate {
+        url: String,
+        why: String,
+        /// Where the trusted authorities came from (a CA file), when not the built-in ones.
+        ca: Option<String>,
+    },
+    /// TLS with the server failed in another way (an `https://` URL at a plain-HTTP server).
+    #[error("TLS with the thinclone server at {url} failed: {why}")]
+    Tls { url: String, why: String },
+    /// A certificate authority given to the client (a CA file) cannot be used.
+    #[error("cannot use {origin} as the certificate authority to trust: {why}")]
+    BadCa { origin: String, why: String },
     /// The connection broke in some other way.
     #[error("{method} {path} to the thinclone server at {url} failed: {why}")]
     Transport { url: String, method: &'static str, path: String, why: String },
@@ -56,6 +71,18 @@ impl Error {
             Error::OperationFailed(op) => Some(op),
             _ => None,
         }
+    }
+}
+
+fn untrusted_hint(ca: Option<&str>) -> String {
+    match ca {
+        None => {
+            "pass --ca-file (or set THINCLONE_CA_FILE) with the certificate of the authority that signed it".to_owned()
+        }
+        Some(ca) => format!(
+            "only the authority in {ca} is trusted for it: pass --ca-file with the certificate of the authority \
+             that signed it"
+        ),
     }
 }
 

@@ -10,14 +10,21 @@
 //!
 //! Errors are one [`Error`] type: a 4xx or 5xx answer becomes [`Error::Api`], whose message
 //! is exactly the server's; a server that cannot be reached becomes [`Error::Unreachable`],
-//! whose message says how to start one; a failed operation becomes
-//! [`Error::OperationFailed`], whose message is exactly the operation's error.
+//! whose message says how to start one; a certificate the client does not trust becomes
+//! [`Error::UntrustedCertificate`], whose message says how to trust its authority; a failed
+//! operation becomes [`Error::OperationFailed`], whose message is exactly the operation's
+//! error.
+//!
+//! `https://` servers are verified against the public authorities built into the client, or
+//! against a CA file only ([`Client::with_ca_file`]); see [`tls`].
 
 mod error;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod tls;
 
 use std::io;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use api::{
@@ -76,11 +83,14 @@ pub struct ActivityFilter {
 #[derive(Serialize)]
 struct Empty {}
 
-/// A client of one server, at a base URL like `http://127.0.0.1:7420`.
+/// A client of one server, at a base URL like `http://127.0.0.1:7420` or
+/// `https://thinclone.example.com`.
 #[derive(Debug, Clone)]
 pub struct Client {
     base_url: String,
     agent: ureq::Agent,
+    /// The authorities trusted for an `https://` server instead of the built-in ones.
+    ca: Option<tls::TrustedCa>,
     request_timeout: Duration,
     poll_interval: Duration,
     wait_timeout: Option<Duration>,
@@ -95,21 +105,34 @@ impl Client {
     /// A client of the server at `base_url`. Nothing is sent until the first call; a bad
     /// URL is reported then, as [`Error::BadUrl`].
     pub fn new(base_url: &str) -> Client {
-        let config = ureq::Agent::config_builder()
-            // 4xx and 5xx answers carry the server's message in their body: read it.
-            .http_status_as_error(false)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .user_agent(concat!("thinclone/", env!("CARGO_PKG_VERSION")))
-            .build();
         Client {
             base_url: base_url.trim_end_matches('/').to_owned(),
-            agent: config.new_agent(),
+            agent: agent(None),
+            ca: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             poll_interval: DEFAULT_POLL_INTERVAL,
             wait_timeout: None,
             answer_wait: None,
             token: None,
         }
+    }
+
+    /// Trusts, for an `https://` server, only the certificate authorities in the PEM file at
+    /// `path` (one or more `CERTIFICATE` blocks) rather than the built-in public ones. An
+    /// unreadable file, or one without a usable certificate, is [`Error::BadCa`].
+    pub fn with_ca_file(self, path: &Path) -> Result<Client> {
+        Ok(self.trusting(tls::TrustedCa::from_file(path)?))
+    }
+
+    /// Like [`Client::with_ca_file`], from PEM text; `origin` names it in messages.
+    pub fn with_ca_pem(self, pem: &[u8], origin: &str) -> Result<Client> {
+        Ok(self.trusting(tls::TrustedCa::from_pem(pem, origin)?))
+    }
+
+    fn trusting(mut self, ca: tls::TrustedCa) -> Client {
+        self.agent = agent(Some(&ca));
+        self.ca = Some(ca);
+        self
     }
 
     /// Sends `token` with every request (`Authorization: Bearer …`). Every route but
@@ -548,6 +571,9 @@ impl Client {
 
     /// Describes a failure to talk to the server at all.
     fn transport_error(&self, method: Method, path: &str, e: ureq::Error) -> Error {
+        if let Some(tls_error) = tls::rustls_error(&e) {
+            return tls::describe(tls_error, &self.base_url, self.ca.as_ref());
+        }
         let url = self.base_url.clone();
         let unreachable = |why: &str| Error::Unreachable { url: url.clone(), why: why.to_owned() };
         let other =
@@ -578,14 +604,26 @@ impl Client {
     }
 }
 
-/// Checks that a base URL is one the client can use: `http://HOST[:PORT]`, with at most a
-/// path prefix.
+/// The HTTP agent of a client: TLS verified against the built-in authorities or `ca`'s.
+fn agent(ca: Option<&tls::TrustedCa>) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        // 4xx and 5xx answers carry the server's message in their body: read it.
+        .http_status_as_error(false)
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .user_agent(concat!("thinclone/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls::config(ca))
+        .build()
+        .new_agent()
+}
+
+/// Checks that a base URL is one the client can use: `http://HOST[:PORT]` or
+/// `https://HOST[:PORT]`, with at most a path prefix.
 fn check_base_url(base: &str) -> Result<()> {
     let bad = |why: String| Err(Error::BadUrl { url: base.to_owned(), why });
     match url::Url::parse(base) {
         Err(e) => bad(e.to_string()),
-        Ok(url) if url.scheme() != "http" => {
-            bad(format!("the scheme is {:?}, and this client speaks http only", url.scheme()))
+        Ok(url) if url.scheme() != "http" && url.scheme() != "https" => {
+            bad(format!("the scheme is {:?}, and this client speaks http and https only", url.scheme()))
         }
         Ok(url) if url.host_str().is_none_or(str::is_empty) => bad("it has no host".to_owned()),
         Ok(url) if url.query().is_some() || url.fragment().is_some() => bad("it has a query or a fragment".to_owned()),

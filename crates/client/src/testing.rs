@@ -41,6 +41,8 @@ pub struct Request {
     /// The path as sent, percent escapes and all.
     pub path: String,
     pub content_type: Option<String>,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
     pub body: String,
 }
 
@@ -117,6 +119,7 @@ fn answer_one(stream: TcpStream, answer: &Answer) -> Option<Request> {
     let (method, path) = (parts.next()?.to_owned(), parts.next()?.to_owned());
     let mut content_length = 0;
     let mut content_type = None;
+    let mut authorization = None;
     loop {
         let mut line = String::new();
         reader.read_line(&mut line).ok()?;
@@ -128,6 +131,8 @@ fn answer_one(stream: TcpStream, answer: &Answer) -> Option<Request> {
                 content_length = v.trim().parse().ok()?;
             } else if k.eq_ignore_ascii_case("content-type") {
                 content_type = Some(v.trim().to_owned());
+            } else if k.eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.trim().to_owned());
             }
         }
     }
@@ -144,7 +149,7 @@ fn answer_one(stream: TcpStream, answer: &Answer) -> Option<Request> {
     )
     .ok()?;
     stream.flush().ok()?;
-    Some(Request { method, path, content_type, body: String::from_utf8_lossy(&body).into_owned() })
+    Some(Request { method, path, content_type, authorization, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 /// A name from a literal known to be valid.

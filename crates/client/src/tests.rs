@@ -124,7 +124,13 @@ fn every_route_has_its_method_and_path() {
     assert_eq!(client.openapi().unwrap(), r#"{"openapi": "3.1.0"}"#);
     assert_eq!(client.list_images().unwrap()[0].name, prod);
     assert_eq!(client.get_image(&prod).unwrap().name, prod);
-    let request = CreateImage { name: prod.clone(), from_dir: Some("/srv/x".into()), from_url: None, snapshot: false };
+    let request = CreateImage {
+        name: prod.clone(),
+        from_dir: Some("/srv/x".into()),
+        from_url: None,
+        snapshot: false,
+        team: None,
+    };
     assert_eq!(client.create_image(&request).unwrap().kind, OperationKind::ImageCreate);
     assert_eq!(client.delete_image(&prod).unwrap().kind, OperationKind::ImageDelete);
     assert_eq!(client.list_clones().unwrap()[0].port, 7501);
@@ -242,7 +248,8 @@ fn a_failed_operation_is_an_error_with_exactly_its_message() {
 #[test]
 fn a_refusal_before_the_operation_starts_is_the_servers_error() {
     let server = CannedServer::start(vec![error_body(ErrorCode::Conflict, "an image named prod exists already")]);
-    let request = CreateImage { name: name("prod"), from_dir: Some("/x".into()), from_url: None, snapshot: false };
+    let request =
+        CreateImage { name: name("prod"), from_dir: Some("/x".into()), from_url: None, snapshot: false, team: None };
     let err = Client::new(server.url()).create_image_and_wait(&request).unwrap_err();
     assert_eq!(
         (err.to_string().as_str(), err.code()),
@@ -286,7 +293,7 @@ fn a_bad_base_url_says_what_a_good_one_looks_like() {
         err.to_string(),
         "invalid server URL \"127.0.0.1:7420\": relative URL without a base; give one like http://127.0.0.1:7420"
     );
-    for bad in ["https://h:7420", "http://h:7420/?x=1", "http://"] {
+    for bad in ["ftp://h:7420", "http://h:7420/?x=1", "http://"] {
         let err = Client::new(bad).health().unwrap_err();
         assert!(matches!(err, Error::BadUrl { .. }), "{bad}: {err:?}");
     }
@@ -298,4 +305,114 @@ fn path_values_are_one_encoded_segment() {
     assert_eq!(fill(api::paths::CLONE_RESET, "name", "../etc/x y"), "/v1/clones/%2E%2E%2Fetc%2Fx%20y/reset");
     assert_eq!(fill(api::paths::OPERATION, "id", "12"), "/v1/operations/12");
     assert_eq!(fill(api::paths::IMAGE, "name", "é?#"), "/v1/images/%C3%A9%3F%23");
+}
+
+#[test]
+fn every_identity_route_has_its_method_and_path() {
+    let user = api::User {
+        name: name("alice"),
+        role: api::Role::CloneUser,
+        teams: vec![name("web")],
+        created_at: api::Timestamp(1_795_300_000),
+    };
+    let team = api::Team { name: name("web"), members: vec![name("alice")], created_at: api::Timestamp(1_795_300_000) };
+    let token = api::Token {
+        id: 7,
+        user: name("alice"),
+        description: Some("ci".into()),
+        created_at: api::Timestamp(1_795_300_000),
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    let source = api::Source { name: name("backups"), path: "/srv/backups".into(), created_at: api::Timestamp(1) };
+    let server = CannedServer::start(vec![
+        Answer::json(200, &user),
+        Answer::json(200, &vec![user.clone()]),
+        Answer::json(201, &user),
+        Answer::json(200, &user),
+        Answer::text(204, ""),
+        Answer::json(200, &vec![team.clone()]),
+        Answer::json(201, &team),
+        Answer::json(200, &team),
+        Answer::json(200, &team),
+        Answer::json(200, &team),
+        Answer::text(204, ""),
+        Answer::json(200, &vec![token.clone()]),
+        Answer::json(201, &api::NewToken { token: token.clone(), secret: "thinclone_x".into() }),
+        Answer::json(200, &token),
+        Answer::json(200, &vec![source.clone()]),
+        Answer::json(201, &source),
+        Answer::text(204, ""),
+        Answer::json(200, &Vec::<api::Activity>::new()),
+        Answer::json(200, &Vec::<api::Activity>::new()),
+    ]);
+    let client = Client::new(server.url()).with_token(Some(" thinclone_abc\n".into()));
+    let (alice, web) = (name("alice"), name("web"));
+    assert_eq!(client.whoami().unwrap(), user);
+    assert_eq!(client.list_users().unwrap().len(), 1);
+    let request = api::CreateUser { name: alice.clone(), role: api::Role::CloneUser, teams: vec![web.clone()] };
+    assert_eq!(client.create_user(&request).unwrap(), user);
+    assert_eq!(client.get_user(&alice).unwrap(), user);
+    client.delete_user(&alice).unwrap();
+    assert_eq!(client.list_teams().unwrap(), std::slice::from_ref(&team));
+    assert_eq!(client.create_team(&api::CreateTeam { name: web.clone() }).unwrap(), team);
+    assert_eq!(client.get_team(&web).unwrap(), team);
+    assert_eq!(client.add_member(&web, &alice).unwrap(), team);
+    assert_eq!(client.remove_member(&web, &alice).unwrap(), team);
+    client.delete_team(&web).unwrap();
+    assert_eq!(client.list_tokens().unwrap(), std::slice::from_ref(&token));
+    let request = api::CreateToken { user: None, description: Some("ci".into()), expires_in: Some(3600) };
+    assert_eq!(client.create_token(&request).unwrap().secret, "thinclone_x");
+    assert_eq!(client.revoke_token(7).unwrap(), token);
+    assert_eq!(client.list_sources().unwrap(), std::slice::from_ref(&source));
+    let request = api::CreateSource { name: name("backups"), path: "/srv/backups".into() };
+    assert_eq!(client.create_source(&request).unwrap(), source);
+    client.delete_source(&name("backups")).unwrap();
+    assert!(client.activity(&ActivityFilter::default()).unwrap().is_empty());
+    let filter = ActivityFilter {
+        user: Some(alice.clone()),
+        target: Some("clone a b".into()),
+        since: Some(api::Timestamp(1_795_300_000)),
+        limit: Some(5),
+    };
+    client.activity(&filter).unwrap();
+    let requests = server.requests();
+    let lines: Vec<String> = requests.iter().map(|r| r.line()).collect();
+    assert_eq!(
+        lines,
+        [
+            "GET /v1/whoami",
+            "GET /v1/users",
+            "POST /v1/users",
+            "GET /v1/users/alice",
+            "DELETE /v1/users/alice",
+            "GET /v1/teams",
+            "POST /v1/teams",
+            "GET /v1/teams/web",
+            "PUT /v1/teams/web/members/alice",
+            "DELETE /v1/teams/web/members/alice",
+            "DELETE /v1/teams/web",
+            "GET /v1/tokens",
+            "POST /v1/tokens",
+            "DELETE /v1/tokens/7",
+            "GET /v1/sources",
+            "POST /v1/sources",
+            "DELETE /v1/sources/backups",
+            "GET /v1/activity",
+            "GET /v1/activity?user=alice&target=clone%20a%20b&since=2026%2D11%2D21T22%3A26%3A40Z&limit=5",
+        ]
+    );
+    assert_eq!(requests[2].body, r#"{"name":"alice","role":"clone_user","teams":["web"]}"#);
+    assert_eq!(requests[12].body, r#"{"description":"ci","expires_in":3600}"#);
+    // The token goes in every request, trimmed.
+    assert!(requests.iter().all(|r| r.authorization.as_deref() == Some("Bearer thinclone_abc")), "{requests:?}");
+}
+
+#[test]
+fn without_a_token_no_authorization_is_sent() {
+    let server = CannedServer::start(vec![Answer::json(200, &Vec::<api::Image>::new()); 2]);
+    Client::new(server.url()).list_images().unwrap();
+    Client::new(server.url()).with_token(Some("  ".into())).list_images().unwrap();
+    assert!(server.requests().iter().all(|r| r.authorization.is_none()));
 }

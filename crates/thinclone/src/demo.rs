@@ -1,8 +1,11 @@
 //! `thinclone demo`: the main job end to end, on a sample database. It uses the server at
-//! `--url` if one answers, or starts one on a temporary data directory. It has the engine
-//! make a sample database, takes an image of it and makes three clones. Then it changes one
-//! clone, shows that the others are untouched, resets the changed one, prints what it all
-//! cost, and removes what it made (unless `--keep`).
+//! `--url` (or the configured one) if one answers, with the configured token (on the
+//! server's own host, its first token file), or starts one on a temporary data directory and
+//! uses the token that server writes. It has the engine make a sample database, registers
+//! the sample's directory as a source (unless a registered one holds it already), takes an
+//! image of it and makes three clones. Then it changes one clone, shows that the others are
+//! untouched, resets the changed one, prints what it all cost, and removes what it made
+//! (unless `--keep`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,13 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use api::{CreateClone, CreateImage, Name, Timestamp};
+use api::{CreateClone, CreateImage, CreateSource, Name, Role, Timestamp};
 use clap::builder::PossibleValuesParser;
 use client::Client;
 use engine::Engine;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::cli::format::human_bytes;
+use crate::cli::{config, ClientOpts};
 use crate::engines;
 
 /// How long a server the demo started may take to listen.
@@ -28,12 +32,10 @@ const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(120);
 /// measures in the background, every 30 s by default.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// The demo's arguments; `--url`, `--token` and `--ca-file` are the global ones: the server
+/// to use if one answers there (otherwise the demo starts one).
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Use the thinclone server at this URL if one answers there; otherwise start one for
-    /// the demo.
-    #[arg(long, env = "THINCLONE_URL", default_value = "http://127.0.0.1:7420")]
-    url: String,
     /// The database engine of the sample database.
     #[arg(long, default_value = engines::DEFAULT, value_parser = PossibleValuesParser::new(engines::ids()))]
     engine: String,
@@ -53,6 +55,7 @@ fn step(text: &str) {
 /// What the demo made, to remove at the end.
 #[derive(Default)]
 struct Made {
+    source: Option<Name>,
     image: Option<Name>,
     clones: Vec<Name>,
 }
@@ -65,7 +68,7 @@ struct OwnServer {
     log: PathBuf,
 }
 
-pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub fn run(args: DemoArgs, opts: &ClientOpts) -> anyhow::Result<()> {
     let started = Instant::now();
     let engine = engines::by_id(&args.engine).with_context(|| format!("no engine {:?}", args.engine))?;
     let work = std::env::temp_dir().join(format!("thinclone-demo-{}", std::process::id()));
@@ -83,24 +86,41 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .context("setting up Ctrl-C")?;
     }
 
-    // A server: the one at --url if it answers, else our own.
-    let existing = Client::new(&args.url);
+    // A server: the one at --url if it answers, with the configured token, else our own,
+    // with the token it writes at its first start.
+    let endpoint = config::resolve(opts)?;
+    let existing = endpoint.client()?;
     let (client, own) = match existing.health() {
         Ok(_) => {
-            step(&format!("using the thinclone server at {}", args.url));
+            step(&format!("using the thinclone server at {}", endpoint.url));
             (existing, None)
         }
+        // A server that answers but whose certificate is refused is no reason to start
+        // another: say so.
+        Err(
+            e @ (client::Error::UntrustedCertificate { .. } | client::Error::Tls { .. } | client::Error::BadCa { .. }),
+        ) => return Err(e.into()),
         Err(_) => {
             step("starting a thinclone server on a temporary data directory");
             let own = start_server(&work)?;
-            (Client::new(&own.url), Some(own))
+            let token_file = own.data_dir.join("admin.token");
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("reading the token of the demo's server from {}", token_file.display()))?;
+            let client = Client::new(&own.url).with_token(Some(token));
+            (client, Some(own))
         }
     };
     let client =
         client.with_poll_interval(Duration::from_millis(100)).with_wait_timeout(Some(Duration::from_secs(3600)));
 
     let mut made = Made::default();
-    let result = show(&args, engine, &work, &client, &mut made, &interrupted);
+    let result = show(&args, engine, &work, &client, &mut made, &interrupted).map_err(|e| {
+        if own.is_none() {
+            crate::cli::explain(e, &endpoint)
+        } else {
+            e
+        }
+    });
 
     if args.keep {
         report_kept(&made, own.as_ref(), client.base_url());
@@ -120,6 +140,9 @@ fn report_kept(made: &Made, own: Option<&OwnServer>, url: &str) {
     let image = made.image.as_ref().map_or_else(|| "none".to_owned(), Name::to_string);
     println!("kept: image {image}; clones {}", if clones.is_empty() { "none".to_owned() } else { clones.join(", ") });
     println!("remove them with `thinclone clone rm NAME --url {url}` and `thinclone image rm {image} --url {url}`");
+    if let Some(source) = &made.source {
+        println!("and the source directory with `thinclone source rm {source} --url {url}`");
+    }
     if let Some(own) = own {
         println!(
             "the demo's server runs on with pid {} (stop it with `kill {}`); its data directory is {}, its log {}",
@@ -127,6 +150,10 @@ fn report_kept(made: &Made, own: Option<&OwnServer>, url: &str) {
             own.process.pid(),
             own.data_dir.display(),
             own.log.display()
+        );
+        println!(
+            "its administrator's token is in {0}: `export THINCLONE_TOKEN=$(cat {0})` before the commands above",
+            own.data_dir.join("admin.token").display()
         );
     }
 }
@@ -148,6 +175,17 @@ fn show(
         step(text);
         Ok(())
     };
+    // Whoever the token is must be allowed to make images.
+    let me = client.whoami()?;
+    if me.role < Role::ImageCreator {
+        bail!(
+            "the demo makes an image, which takes the role image_creator or admin, and {} at {} is a {}; \
+             run it with an image creator's or an administrator's token (--token, or `thinclone login`)",
+            me.name,
+            client.base_url(),
+            me.role
+        );
+    }
     // A sample source database.
     let user = if sys::user::running_as_root() {
         let name = engines::service_user(engine.as_ref())
@@ -167,8 +205,12 @@ fn show(
     let sample_time = t.elapsed();
     eprintln!("    {}", sample.description);
 
-    // An image of it.
+    // Images are made only from registered source directories.
     let suffix = format!("{:x}", std::process::id());
+    begin("registering the sample's directory as a source")?;
+    made.source = register_source(client, &me, work, &suffix)?;
+
+    // An image of it.
     let image_name = Name::new(&format!("demo-{suffix}")).context("naming the image")?;
     begin(&format!("taking image {image_name}"))?;
     let t = Instant::now();
@@ -252,6 +294,35 @@ fn show(
     }
     println!();
     Ok(())
+}
+
+/// Makes sure a registered source directory holds `work`: one that does already, or `work`
+/// itself registered as source `demo-SUFFIX` (returned, to remove at the end). Registering
+/// takes an administrator; for anyone else, says what to ask one for.
+fn register_source(client: &Client, me: &api::User, work: &Path, suffix: &str) -> anyhow::Result<Option<Name>> {
+    let resolved = std::fs::canonicalize(work).with_context(|| format!("resolving {}", work.display()))?;
+    let registered = client.list_sources()?;
+    if let Some(source) = registered.iter().find(|s| resolved.starts_with(&s.path) && resolved != Path::new(&s.path)) {
+        eprintln!("    inside source {} ({})", source.name, source.path);
+        return Ok(None);
+    }
+    if me.role < Role::Admin {
+        let temp = std::env::temp_dir();
+        bail!(
+            "the demo makes its sample database in {}, and images are made only from directories an administrator \
+             registered as sources; {} is a {}: ask an administrator to run `thinclone source add tmp {}` once, \
+             or run the demo with an administrator's token",
+            work.display(),
+            me.name,
+            me.role,
+            temp.display()
+        );
+    }
+    let name = Name::new(&format!("demo-{suffix}")).context("naming the source")?;
+    let path = resolved.to_str().context("the temporary directory's path is not UTF-8")?.to_owned();
+    let source = client.create_source(&CreateSource { name: name.clone(), path })?;
+    eprintln!("    source {} is {}", source.name, source.path);
+    Ok(Some(name))
 }
 
 /// A clone's disk use as the server last measured it.
@@ -369,6 +440,13 @@ fn clean_up(client: &Client, made: &Made, own: Option<OwnServer>, work: &Path) -
             Ok(_) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => note(anyhow::Error::new(e).context(format!("removing image {name}"))),
+        }
+    }
+    if let Some(name) = &made.source {
+        match client.delete_source(name) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => note(anyhow::Error::new(e).context(format!("removing source {name}"))),
         }
     }
     if let Some(mut own) = own {

@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "thinclone", version, about = "Writable copies of large databases in about a second")]
 struct Cli {
+    #[command(flatten)]
+    client: cli::ClientOpts,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,25 +28,61 @@ enum Command {
     Image {
         #[command(subcommand)]
         command: cli::image::ImageCommand,
-        #[command(flatten)]
-        opts: cli::ClientOpts,
     },
     /// Make and manage clones (private, writable databases made from an image).
     Clone {
         #[command(subcommand)]
         command: cli::clone::CloneCommand,
-        #[command(flatten)]
-        opts: cli::ClientOpts,
     },
     /// Follow the operations the server runs (making images, resetting clones, …).
     Op {
         #[command(subcommand)]
         command: cli::op::OpCommand,
-        #[command(flatten)]
-        opts: cli::ClientOpts,
     },
+    /// Check a token with the server and save it, with the server's URL (and --ca-file), in
+    /// ~/.config/thinclone/config.toml for the commands that follow.
+    Login(cli::login::LoginArgs),
+    /// Remove the saved token (it stays valid on the server until revoked).
+    Logout,
+    /// Show the user the token belongs to.
+    Whoami,
+    /// Manage users and their roles (administrators).
+    User {
+        #[command(subcommand)]
+        command: cli::user::UserCommand,
+    },
+    /// Manage teams, which own images and clones.
+    Team {
+        #[command(subcommand)]
+        command: cli::team::TeamCommand,
+    },
+    /// Make, list and revoke API tokens.
+    Token {
+        #[command(subcommand)]
+        command: cli::token::TokenCommand,
+    },
+    /// Register the directories images may be made from (administrators).
+    Source {
+        #[command(subcommand)]
+        command: cli::source::SourceCommand,
+    },
+    /// Show the audit log: who changed what, when, with which outcome.
+    Activity(cli::activity::ActivityArgs),
     /// Mount a copy-on-write view of an image directory in the foreground (low level).
     Mount(mount::MountArgs),
+}
+
+/// Refuses the client options for a command that is not a client of the server.
+fn no_client_opts(opts: &cli::ClientOpts, command: &str) -> anyhow::Result<()> {
+    let given = opts.given();
+    if given.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "`thinclone {command}` takes no {}: those are for the commands that talk to a server",
+            given.join(", ")
+        )
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,14 +90,24 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("THINCLONE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Demo(args) => demo::run(args),
-        Command::Serve(args) => serve::run(args),
-        Command::Image { command, opts } => cli::run(&opts, |ctx| cli::image::run(command, ctx)),
-        Command::Clone { command, opts } => cli::run(&opts, |ctx| cli::clone::run(command, ctx)),
-        Command::Op { command, opts } => cli::run(&opts, |ctx| cli::op::run(command, ctx)),
-        Command::Mount(args) => mount::run(args),
+    let Cli { client: opts, command } = Cli::parse();
+    let result = match command {
+        Command::Demo(args) => demo::run(args, &opts),
+        Command::Serve(args) => no_client_opts(&opts, "serve").and_then(|()| serve::run(args)),
+        Command::Mount(args) => no_client_opts(&opts, "mount").and_then(|()| mount::run(args)),
+        Command::Image { command } => cli::run(&opts, |ctx| cli::image::run(command, ctx)),
+        Command::Clone { command } => cli::run(&opts, |ctx| cli::clone::run(command, ctx)),
+        Command::Op { command } => cli::run(&opts, |ctx| cli::op::run(command, ctx)),
+        Command::Login(args) => {
+            cli::login::login(&opts, &args, &cli::config::ProcessEnv, &mut std::io::stdout().lock())
+        }
+        Command::Logout => cli::login::logout(&cli::config::ProcessEnv, &mut std::io::stdout().lock()),
+        Command::Whoami => cli::run(&opts, cli::login::whoami),
+        Command::User { command } => cli::run(&opts, |ctx| cli::user::run(command, ctx)),
+        Command::Team { command } => cli::run(&opts, |ctx| cli::team::run(command, ctx)),
+        Command::Token { command } => cli::run(&opts, |ctx| cli::token::run(command, ctx)),
+        Command::Source { command } => cli::run(&opts, |ctx| cli::source::run(command, ctx)),
+        Command::Activity(args) => cli::run(&opts, |ctx| cli::activity::run(args, ctx)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -3,7 +3,10 @@
 
 use std::fmt::Write as _;
 
-use api::{Clone, Image, ImageStatus, Operation, OperationKind, OperationState, Progress, Timestamp};
+use api::{
+    Activity, Clone, Image, ImageStatus, Name, NewToken, Operation, OperationKind, OperationState, Progress, Source,
+    Team, Timestamp, Token, User,
+};
 
 /// `key: value` pairs of one object, in the order they are shown.
 pub type Fields = Vec<(&'static str, String)>;
@@ -19,6 +22,8 @@ pub fn image_fields(image: &Image) -> Fields {
     fields.extend([
         ("engine", engine_text(&image.engine, image.engine_version.as_deref())),
         ("source", image.source.clone()),
+        ("team", image.team.to_string()),
+        ("created_by", image.created_by.as_ref().map_or_else(|| "-".to_owned(), Name::to_string)),
         ("logical size", human_bytes(image.logical_bytes)),
         ("stored size", human_bytes(image.stored_bytes)),
         ("files", image.file_count.to_string()),
@@ -96,6 +101,7 @@ pub fn images_table(images: &[Image]) -> String {
                 human_bytes(i.logical_bytes),
                 human_bytes(i.stored_bytes),
                 i.clone_count.to_string(),
+                i.team.to_string(),
                 i.created_at.to_string(),
             ]
         })
@@ -108,6 +114,7 @@ pub fn images_table(images: &[Image]) -> String {
             ("LOGICAL", Right),
             ("STORED", Right),
             ("CLONES", Right),
+            ("TEAM", Left),
             ("CREATED", Left),
         ],
         &rows,
@@ -127,6 +134,7 @@ pub fn clones_table(clones: &[Clone]) -> String {
                 c.driver.to_string(),
                 format!("{}:{}", c.host, c.port),
                 if c.sizes_at.is_some() { human_bytes(c.stored_bytes) } else { "-".to_owned() },
+                c.owner.to_string(),
                 c.created_at.to_string(),
             ]
         })
@@ -139,6 +147,7 @@ pub fn clones_table(clones: &[Clone]) -> String {
             ("DRIVER", Left),
             ("ADDRESS", Left),
             ("STORED", Right),
+            ("OWNER", Left),
             ("CREATED", Left),
         ],
         &rows,
@@ -171,6 +180,158 @@ pub fn operations_table(ops: &[Operation]) -> String {
             ("FINISHED", Left),
             ("DETAIL", Left),
         ],
+        &rows,
+    )
+}
+
+/// Names as a list for people: `a, b`, or `-` for none.
+fn names_text(names: &[Name]) -> String {
+    if names.is_empty() {
+        "-".to_owned()
+    } else {
+        names.iter().map(Name::as_str).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn optional_time(t: Option<Timestamp>) -> String {
+    t.map_or_else(|| "-".to_owned(), |t| t.to_string())
+}
+
+pub fn user_fields(user: &User) -> Fields {
+    vec![
+        ("name", user.name.to_string()),
+        ("role", user.role.to_string()),
+        ("teams", names_text(&user.teams)),
+        ("created_at", user.created_at.to_string()),
+    ]
+}
+
+pub fn users_table(users: &[User]) -> String {
+    let rows = users
+        .iter()
+        .map(|u| vec![u.name.to_string(), u.role.to_string(), names_text(&u.teams), u.created_at.to_string()])
+        .collect::<Vec<_>>();
+    table(&[("NAME", Left), ("ROLE", Left), ("TEAMS", Left), ("CREATED", Left)], &rows)
+}
+
+pub fn team_fields(team: &Team) -> Fields {
+    vec![
+        ("name", team.name.to_string()),
+        ("members", names_text(&team.members)),
+        ("created_at", team.created_at.to_string()),
+    ]
+}
+
+pub fn teams_table(teams: &[Team]) -> String {
+    let rows = teams
+        .iter()
+        .map(|t| vec![t.name.to_string(), names_text(&t.members), t.created_at.to_string()])
+        .collect::<Vec<_>>();
+    table(&[("NAME", Left), ("MEMBERS", Left), ("CREATED", Left)], &rows)
+}
+
+/// Whether a token is taken: `active`, `revoked` or `expired`.
+fn token_state(token: &Token, now: Timestamp) -> &'static str {
+    if token.revoked_at.is_some() {
+        "revoked"
+    } else if token.expires_at.is_some_and(|at| at <= now) {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+/// One token, without its secret (the server does not have it).
+pub fn token_fields(token: &Token, now: Timestamp) -> Fields {
+    let mut fields = vec![("id", token.id.to_string()), ("user", token.user.to_string())];
+    if let Some(description) = &token.description {
+        fields.push(("description", description.clone()));
+    }
+    fields.extend([
+        ("state", token_state(token, now).to_owned()),
+        ("created_at", token.created_at.to_string()),
+        ("expires_at", token.expires_at.map_or_else(|| "never".to_owned(), |t| t.to_string())),
+    ]);
+    if let Some(at) = token.revoked_at {
+        fields.push(("revoked_at", at.to_string()));
+    }
+    fields.push(("last_used_at", optional_time(token.last_used_at)));
+    fields
+}
+
+/// A token just made, with its secret: the one time it is shown.
+pub fn new_token_fields(new: &NewToken) -> Fields {
+    let mut fields = vec![("id", new.token.id.to_string()), ("user", new.token.user.to_string())];
+    if let Some(description) = &new.token.description {
+        fields.push(("description", description.clone()));
+    }
+    fields.extend([
+        ("expires_at", new.token.expires_at.map_or_else(|| "never".to_owned(), |t| t.to_string())),
+        ("secret", new.secret.clone()),
+    ]);
+    fields
+}
+
+pub fn tokens_table(tokens: &[Token], now: Timestamp) -> String {
+    let rows = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.user.to_string(),
+                token_state(t, now).to_owned(),
+                t.created_at.to_string(),
+                t.expires_at.map_or_else(|| "never".to_owned(), |t| t.to_string()),
+                optional_time(t.last_used_at),
+                t.description.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &[
+            ("ID", Right),
+            ("USER", Left),
+            ("STATE", Left),
+            ("CREATED", Left),
+            ("EXPIRES", Left),
+            ("LAST USED", Left),
+            ("DESCRIPTION", Left),
+        ],
+        &rows,
+    )
+}
+
+pub fn source_fields(source: &Source) -> Fields {
+    vec![
+        ("name", source.name.to_string()),
+        ("path", source.path.clone()),
+        ("created_at", source.created_at.to_string()),
+    ]
+}
+
+pub fn sources_table(sources: &[Source]) -> String {
+    let rows =
+        sources.iter().map(|s| vec![s.name.to_string(), s.path.clone(), s.created_at.to_string()]).collect::<Vec<_>>();
+    table(&[("NAME", Left), ("PATH", Left), ("CREATED", Left)], &rows)
+}
+
+/// The audit log: one line an entry; a request without a valid token has no actor (`-`).
+pub fn activity_table(entries: &[Activity]) -> String {
+    let rows = entries
+        .iter()
+        .map(|a| {
+            vec![
+                a.at.to_string(),
+                a.actor.as_ref().map_or_else(|| "-".to_owned(), Name::to_string),
+                a.action.clone(),
+                a.target.clone().unwrap_or_else(|| "-".to_owned()),
+                a.status.to_string(),
+                a.detail.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &[("AT", Left), ("ACTOR", Left), ("ACTION", Left), ("TARGET", Left), ("STATUS", Right), ("DETAIL", Left)],
         &rows,
     )
 }
@@ -291,7 +452,7 @@ pub fn human_bytes(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use api::{CloneStatus, Driver, OperationId};
+    use api::{CloneStatus, Driver, OperationId, Role};
     use client::testing::{self, operation};
 
     use super::*;
@@ -328,12 +489,12 @@ mod tests {
         assert_eq!(
             table,
             "\
-NAME        STATUS        ENGINE    LOGICAL     STORED  CLONES  CREATED
-prod        ready         db 15   600.0 MiB  603.7 MiB       2  2026-11-21T22:26:40Z
-staging-eu  creating 25%  db            0 B  603.7 MiB       0  2026-11-21T22:26:40Z
+NAME        STATUS        ENGINE    LOGICAL     STORED  CLONES  TEAM     CREATED
+prod        ready         db 15   600.0 MiB  603.7 MiB       2  default  2026-11-21T22:26:40Z
+staging-eu  creating 25%  db            0 B  603.7 MiB       0  default  2026-11-21T22:26:40Z
 "
         );
-        assert_eq!(images_table(&[]), "NAME  STATUS  ENGINE  LOGICAL  STORED  CLONES  CREATED\n");
+        assert_eq!(images_table(&[]), "NAME  STATUS  ENGINE  LOGICAL  STORED  CLONES  TEAM  CREATED\n");
     }
 
     #[test]
@@ -343,6 +504,7 @@ staging-eu  creating 25%  db            0 B  603.7 MiB       0  2026-11-21T22:26
         bob.status = CloneStatus::Stopped;
         bob.driver = Driver::Copy;
         bob.stored_bytes = 629_145_600;
+        bob.owner = testing::name("bob");
         let mut carol = testing::clone("carol", "prod", 7503);
         carol.status = CloneStatus::Creating;
         carol.sizes_at = None;
@@ -350,10 +512,10 @@ staging-eu  creating 25%  db            0 B  603.7 MiB       0  2026-11-21T22:26
         assert_eq!(
             table,
             "\
-NAME           IMAGE  STATUS    DRIVER  ADDRESS            STORED  CREATED
-alice          prod   ready     cowfs   127.0.0.1:7501  240.0 KiB  2026-11-21T22:27:40Z
-bob-long-name  prod   stopped   copy    127.0.0.1:7502  600.0 MiB  2026-11-21T22:27:40Z
-carol          prod   creating  cowfs   127.0.0.1:7503          -  2026-11-21T22:27:40Z
+NAME           IMAGE  STATUS    DRIVER  ADDRESS            STORED  OWNER  CREATED
+alice          prod   ready     cowfs   127.0.0.1:7501  240.0 KiB  admin  2026-11-21T22:27:40Z
+bob-long-name  prod   stopped   copy    127.0.0.1:7502  600.0 MiB  bob    2026-11-21T22:27:40Z
+carol          prod   creating  cowfs   127.0.0.1:7503          -  admin  2026-11-21T22:27:40Z
 "
         );
         assert!(!table.contains("pw"));
@@ -373,6 +535,8 @@ driver:       cowfs
 engine:       db 15
 port:         7501
 url:          db://admin:pw@127.0.0.1:7501/main
+owner:        admin
+team:         default
 stored size:  240.0 KiB, measured 40 s ago
 logical size: 600.0 MiB
 created_at:   2026-11-21T22:27:40Z
@@ -383,8 +547,10 @@ created_at:   2026-11-21T22:27:40Z
         resetting.sizes_at = None;
         resetting.operation = Some(OperationId(12));
         resetting.message = Some("restarting its server".into());
+        resetting.url = None;
         let text = key_values(&clone_fields(&resetting, now));
         assert!(text.contains("\nmessage:      restarting its server\n"), "{text}");
+        assert!(text.contains("\nurl:          (only its owner and administrators see it)\n"), "{text}");
         assert!(text.contains("\nstored size:  not measured yet\n"), "{text}");
         assert!(text.ends_with("\noperation:    12\n"), "{text}");
     }
@@ -402,6 +568,8 @@ status:       failed
 message:      the source is not a data directory
 engine:       db 15
 source:       /srv/backups/prod
+team:         default
+created_by:   admin
 logical size: 600.0 MiB
 stored size:  603.7 MiB
 files:        1123
@@ -453,6 +621,139 @@ state:       failed
 error:       no free port in 7500-7999
 created_at:  2026-11-21T22:26:40Z
 finished_at: 2026-11-21T22:26:42Z
+"
+        );
+    }
+
+    fn user(name: &str, role: Role, teams: &[&str]) -> User {
+        User {
+            name: testing::name(name),
+            role,
+            teams: teams.iter().map(|t| testing::name(t)).collect(),
+            created_at: Timestamp(1_795_300_000),
+        }
+    }
+
+    fn token(id: u64, user: &str) -> Token {
+        Token {
+            id,
+            user: testing::name(user),
+            description: None,
+            created_at: Timestamp(1_795_300_000),
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        }
+    }
+
+    #[test]
+    fn users_and_teams_are_listed_and_shown() {
+        let users = [user("admin", Role::Admin, &["default"]), user("alice", Role::CloneUser, &["web", "ops"])];
+        assert_eq!(
+            users_table(&users),
+            "\
+NAME   ROLE        TEAMS     CREATED
+admin  admin       default   2026-11-21T22:26:40Z
+alice  clone_user  web, ops  2026-11-21T22:26:40Z
+"
+        );
+        assert_eq!(
+            key_values(&user_fields(&user("bob", Role::Viewer, &[]))),
+            "name:       bob\nrole:       viewer\nteams:      -\ncreated_at: 2026-11-21T22:26:40Z\n"
+        );
+        let web = Team {
+            name: testing::name("web"),
+            members: vec![testing::name("alice"), testing::name("bob")],
+            created_at: Timestamp(1_795_300_000),
+        };
+        assert_eq!(teams_table(std::slice::from_ref(&web)), "NAME  MEMBERS     CREATED\nweb   alice, bob  2026-11-21T22:26:40Z\n");
+        assert_eq!(
+            key_values(&team_fields(&web)),
+            "name:       web\nmembers:    alice, bob\ncreated_at: 2026-11-21T22:26:40Z\n"
+        );
+    }
+
+    #[test]
+    fn tokens_are_listed_with_their_state_and_never_a_secret() {
+        let now = Timestamp(1_795_400_000);
+        let mut ci = token(2, "alice");
+        ci.description = Some("ci".into());
+        ci.expires_at = Some(Timestamp(1_795_500_000));
+        ci.last_used_at = Some(Timestamp(1_795_350_000));
+        let mut old = token(3, "alice");
+        old.expires_at = Some(Timestamp(1_795_300_100));
+        let mut gone = token(4, "bob");
+        gone.revoked_at = Some(Timestamp(1_795_300_200));
+        assert_eq!(
+            tokens_table(&[token(1, "admin"), ci.clone(), old, gone.clone()], now),
+            "\
+ID  USER   STATE    CREATED               EXPIRES               LAST USED             DESCRIPTION
+ 1  admin  active   2026-11-21T22:26:40Z  never                 -                     -
+ 2  alice  active   2026-11-21T22:26:40Z  2026-11-24T06:00:00Z  2026-11-22T12:20:00Z  ci
+ 3  alice  expired  2026-11-21T22:26:40Z  2026-11-21T22:28:20Z  -                     -
+ 4  bob    revoked  2026-11-21T22:26:40Z  never                 -                     -
+"
+        );
+        assert_eq!(
+            key_values(&token_fields(&gone, now)),
+            "\
+id:           4
+user:         bob
+state:        revoked
+created_at:   2026-11-21T22:26:40Z
+expires_at:   never
+revoked_at:   2026-11-21T22:30:00Z
+last_used_at: -
+"
+        );
+        let new = NewToken { token: ci, secret: "thinclone_0123".into() };
+        assert_eq!(
+            key_values(&new_token_fields(&new)),
+            "id:          2\nuser:        alice\ndescription: ci\nexpires_at:  2026-11-24T06:00:00Z\nsecret:      thinclone_0123\n"
+        );
+    }
+
+    #[test]
+    fn sources_and_activity_are_listed() {
+        let source = Source {
+            name: testing::name("backups"),
+            path: "/srv/backups".into(),
+            created_at: Timestamp(1_795_300_000),
+        };
+        assert_eq!(
+            sources_table(std::slice::from_ref(&source)),
+            "NAME     PATH          CREATED\nbackups  /srv/backups  2026-11-21T22:26:40Z\n"
+        );
+        assert_eq!(
+            key_values(&source_fields(&source)),
+            "name:       backups\npath:       /srv/backups\ncreated_at: 2026-11-21T22:26:40Z\n"
+        );
+        let entries = [
+            Activity {
+                id: 2,
+                at: Timestamp(1_795_300_060),
+                actor: Some(testing::name("alice")),
+                action: "clone.reset".into(),
+                target: Some("clone a1".into()),
+                status: 200,
+                detail: None,
+            },
+            Activity {
+                id: 1,
+                at: Timestamp(1_795_300_000),
+                actor: None,
+                action: "POST /v1/images".into(),
+                target: None,
+                status: 401,
+                detail: Some("the token is not valid".into()),
+            },
+        ];
+        assert_eq!(
+            activity_table(&entries),
+            "\
+AT                    ACTOR  ACTION           TARGET    STATUS  DETAIL
+2026-11-21T22:27:40Z  alice  clone.reset      clone a1     200  -
+2026-11-21T22:26:40Z  -      POST /v1/images  -            401  the token is not valid
 "
         );
     }

@@ -83,7 +83,7 @@ pub fn run(cmd: ImageCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
 
 /// The server resolves a relative path against its own working directory, not the user's,
 /// so send an absolute one.
-fn absolute_dir(dir: PathBuf) -> anyhow::Result<String> {
+pub fn absolute_dir(dir: PathBuf) -> anyhow::Result<String> {
     let dir = std::path::absolute(&dir).with_context(|| format!("resolving {}", dir.display()))?;
     match dir.to_str() {
         Some(s) => Ok(s.to_owned()),

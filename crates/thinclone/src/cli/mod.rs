@@ -1,23 +1,37 @@
-//! `thinclone image …`, `thinclone clone …` and `thinclone op …`: the CLI's commands, each
-//! one or a few calls of the [`client`] crate.
+//! The CLI's client commands (`image`, `clone`, `op`, `login`, `whoami`, `user`, `team`,
+//! `token`, `source`, `activity`), each one or a few calls of the [`client`] crate. Where
+//! the server is and which token to send come from [`config`]: flags, the environment, the
+//! file `thinclone login` writes, defaults.
 //!
 //! What a command prints:
 //! - with `--json`, exactly one JSON document on stdout: the object a command shows or
 //!   made (after waiting), the array a `list` shows, the operation for `rm` and for
 //!   `--no-wait`;
 //! - without it, a table for `list` and a `key: value` listing for one object; `rm` prints
-//!   nothing;
+//!   nothing (the removal of a user, team or source has no operation: nothing with
+//!   `--json` either);
 //! - a progress display on stderr while it waits, only when stderr is a terminal;
 //! - on failure, nothing on stdout and `error: …` on stderr (the server's message, or the
-//!   failed operation's error), with a non-zero exit.
+//!   failed operation's error), with a non-zero exit; a refusal for want of a valid token
+//!   (401) also says how to log in.
+//!
+//! No command prints a token, but `token create` the one it made.
 
+pub mod activity;
 pub mod clone;
+pub mod config;
 pub mod format;
 pub mod image;
+pub mod login;
 pub mod op;
 mod progress;
+pub mod source;
+pub mod team;
+pub mod token;
+pub mod user;
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,24 +45,55 @@ use progress::OperationBar;
 /// How often the CLI asks how a waited-for operation is going.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Where the server is and how to print its answers; accepted before or after the subcommand.
-#[derive(clap::Args, Debug, Clone)]
+/// Where the server is, how to reach it and how to print its answers; accepted anywhere on
+/// the command line. Each is taken from its flag, else its environment variable, else the
+/// config file `thinclone login` writes (see [`config`]).
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct ClientOpts {
-    /// The thinclone server's base URL.
-    #[arg(long, env = "THINCLONE_URL", default_value = "http://127.0.0.1:7420", global = true)]
-    pub url: String,
+    /// The thinclone server's base URL, http:// or https:// [env: THINCLONE_URL; default:
+    /// the URL `thinclone login` saved, else http://127.0.0.1:7420].
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
     /// Print the result as one JSON document on stdout instead of a table or a listing.
     #[arg(long, global = true)]
     pub json: bool,
-    /// The API token to send.
-    #[arg(long, env = "THINCLONE_TOKEN", global = true, hide_env_values = true)]
+    /// The API token to send [env: THINCLONE_TOKEN; default: the token `thinclone login`
+    /// saved for the URL].
+    #[arg(long, global = true, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Trust only the certificate authority in this PEM file for an https:// server, rather
+    /// than the public ones [env: THINCLONE_CA_FILE; default: the one `thinclone login`
+    /// saved for the URL].
+    #[arg(long, global = true, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ClientOpts {
+    /// The client options given on the command line, for commands that take none.
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        given.extend(self.url.as_ref().map(|_| "--url"));
+        given.extend(self.json.then_some("--json"));
+        given.extend(self.token.as_ref().map(|_| "--token"));
+        given.extend(self.ca_file.as_ref().map(|_| "--ca-file"));
+        given
+    }
 }
 
 /// Runs a command from a shell: printing on stdout, progress when stderr is a terminal.
 pub fn run(opts: &ClientOpts, command: impl FnOnce(&mut Ctx) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let endpoint = config::resolve(opts)?;
+    let client = endpoint.client()?;
     let mut stdout = std::io::stdout().lock();
-    command(&mut Ctx::new(opts, &mut stdout))
+    command(&mut Ctx::new(client, opts.json, &mut stdout)).map_err(|e| explain(e, &endpoint))
+}
+
+/// Adds to a refusal for want of a valid token (401) what to do about it.
+pub fn explain(e: anyhow::Error, endpoint: &config::Endpoint) -> anyhow::Error {
+    match e.downcast_ref::<client::Error>() {
+        Some(client::Error::Api { status: 401, .. }) => anyhow::anyhow!("{e:#}\n{}", endpoint.login_hint()),
+        _ => e,
+    }
 }
 
 /// What every command works with: the client, how to print, and where.
@@ -65,14 +110,8 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     /// The context for a command run from a shell: stdout, and progress when stderr is a
     /// terminal.
-    pub fn new(opts: &ClientOpts, out: &'a mut dyn Write) -> Ctx<'a> {
-        Ctx {
-            client: Client::new(&opts.url).with_token(opts.token.clone()),
-            json: opts.json,
-            progress: std::io::stderr().is_terminal(),
-            poll_interval: POLL_INTERVAL,
-            out,
-        }
+    pub fn new(client: Client, json: bool, out: &'a mut dyn Write) -> Ctx<'a> {
+        Ctx { client, json, progress: std::io::stderr().is_terminal(), poll_interval: POLL_INTERVAL, out }
     }
 
     /// With `no_wait`, has the server answer requests that change something at once,

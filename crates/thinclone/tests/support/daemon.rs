@@ -174,7 +174,10 @@ impl Daemon {
     pub fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(super::thinclone_bin());
         cmd.args(args).args(["--url", &self.url, "--json"]);
-        cmd.env_remove("THINCLONE_URL").env("THINCLONE_LOG", "warn").env("THINCLONE_TOKEN", &self.token).stdin(Stdio::null());
+        cmd.env_remove("THINCLONE_URL")
+            .env("THINCLONE_LOG", "warn")
+            .env("THINCLONE_TOKEN", &self.token)
+            .stdin(Stdio::null());
         cmd
     }
 
@@ -454,5 +457,94 @@ pub trait UrlOf {
 impl UrlOf for api::Clone {
     fn url(&self) -> &str {
         self.url.as_deref().unwrap_or_else(|| panic!("clone {} has no URL for this caller", self.name))
+    }
+}
+
+/// A `thinclone serve` started with exactly the arguments a test gives (a listen address
+/// other than loopback, TLS), where [`Daemon`] would add its own: its URL from the
+/// `listening` line, its administrator's token from `admin.token`. Dropping it stops it
+/// (SIGTERM, then SIGKILL) and clears what it left under its data directory.
+pub struct ServeProcess {
+    pub data_dir: PathBuf,
+    /// The URL of its `thinclone listening on …` line, as printed (the address may be a
+    /// wildcard such as 0.0.0.0).
+    pub url: String,
+    pub token: String,
+    /// Its stderr, so far and as it goes on.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ServeProcess {
+    /// Starts `thinclone serve --data-dir DATA_DIR ARGS` and waits for its listening line.
+    pub fn start(data_dir: &Path, args: &[&str]) -> ServeProcess {
+        let mut log = data_dir.as_os_str().to_owned();
+        log.push(".log");
+        let log = PathBuf::from(log);
+        let file = fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut child = Command::new(super::thinclone_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env("THINCLONE_LOG", std::env::var("THINCLONE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("starting thinclone serve");
+        let deadline = Instant::now() + START_TIMEOUT;
+        let url = loop {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if let Some(line) = text.lines().find_map(|l| l.strip_prefix("thinclone listening on ")) {
+                break line.trim().to_owned();
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("thinclone serve {args:?} exited ({status}) before listening:\n{text}");
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("thinclone serve {args:?} did not listen within {START_TIMEOUT:?}:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let token = fs::read_to_string(data_dir.join("admin.token"))
+            .unwrap_or_else(|e| panic!("reading the administrator's token: {e}"))
+            .trim()
+            .to_owned();
+        ServeProcess { data_dir: data_dir.to_owned(), url, token, log, child: Some(child) }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).expect("a port in the URL")
+    }
+
+    /// Stops it with SIGTERM and returns how it exited (SIGKILL after 60 s).
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        Some(child.wait().unwrap())
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- serve log ({}) ---\n{log}", self.log.display());
+        }
+        let _ = self.stop();
+        clear_leftovers(&self.data_dir);
     }
 }
