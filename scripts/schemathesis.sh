@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs schemathesis (property-based tests generated from the OpenAPI document) against a live
 # `thinclone serve` on a temporary data directory, with an image and clones made through the
-# CLI so that routes find real objects. Fails on any 5xx, any answer that the document does
-# not describe (status, content type, body), or fewer than $MIN_CASES generated cases.
+# CLI so that routes find real objects, as the administrator the server makes at its first
+# start. Fails on any 5xx, any answer that the document does not describe (status, content
+# type, body), or fewer than $MIN_CASES generated cases.
 #
 #   scripts/schemathesis.sh               (as root, like scripts/test; about a minute)
 #   SCHEMATHESIS_SEED=123 scripts/schemathesis.sh   another seed than the fixed default
@@ -61,13 +62,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A small data directory: initdb and one table, made as postgres in single-user mode.
+# A small data directory: initdb and one table, made as postgres in single-user mode. It lies
+# in $work/sources, which is registered as a source directory below.
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
-mkdir -m 700 "$work/sample"
-chown postgres "$work/sample"
-runuser -u postgres -- "$pgbin/initdb" -D "$work/sample" -A trust -U postgres --no-sync >/dev/null
+sample=$work/sources/sample
+mkdir -m 755 "$work/sources"
+mkdir -m 700 "$sample"
+chown postgres "$sample"
+runuser -u postgres -- "$pgbin/initdb" -D "$sample" -A trust -U postgres --no-sync >/dev/null
 echo "CREATE TABLE accounts AS SELECT g AS id, 0 AS balance FROM generate_series(1, 1000) g;" |
-    runuser -u postgres -- "$pgbin/postgres" --single -D "$work/sample" postgres >/dev/null 2>&1
+    runuser -u postgres -- "$pgbin/postgres" --single -D "$sample" postgres >/dev/null 2>&1
 
 # The server on a free API port, with 20 free ports for clones.
 first=$("$venv/bin/python" - <<'PY'
@@ -95,12 +99,23 @@ for _ in $(seq 120); do
 done
 [[ -n $url ]] || { say "the server did not listen within 60 s"; exit 1; }
 export THINCLONE_URL=$url
+# The token of the administrator the first start made (token 1), for the CLI below.
+THINCLONE_TOKEN=$(cat "$work/data/admin.token")
+export THINCLONE_TOKEN
 
 # Real objects for the routes to find. The names go in the dictionaries below, so that half
 # of the generated names are these (schemathesis may stop, reset and delete them; fine).
-"$bin" image create sample --from-dir "$work/sample" --json >/dev/null
+# Images are made only from registered source directories.
+"$bin" source add sample "$work/sources" --json >/dev/null
+"$bin" image create sample --from-dir "$sample" --json >/dev/null
 "$bin" clone create sample --image sample --json >/dev/null
 "$bin" clone create sample-2 --image sample --json >/dev/null
+# Tokens 2 and 3, for the ids below to find; schemathesis sends token 4, the administrator's
+# too. Revoking tokens (which may be its own) runs last, on its own.
+"$bin" token create --description "for schemathesis to find" --json >/dev/null
+"$bin" token create --description "for schemathesis to find" --json >/dev/null
+own_token=$("$bin" token create --description schemathesis --json |
+    "$venv/bin/python" -c 'import json, sys; t = json.load(sys.stdin); assert t["token"]["id"] == 4, t["token"]; print(t["secret"])')
 cat >"$work/schemathesis.toml" <<'TOML'
 [dictionaries]
 names = { values = ["sample", "sample-2"] }
@@ -118,15 +133,23 @@ TOML
 checks=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance
 checks+=,negative_data_rejection,unsupported_method,allow_header_conformance
 say "schemathesis $VERSION against $url (seed $SEED)"
-# It runs in $work, where it keeps its cache (.schemathesis/).
+# It runs in $work, where it keeps its cache (.schemathesis/). Two passes: every operation but
+# revoking tokens, then revoking tokens alone (once its own token is revoked, what follows
+# answers 401, which the document allows, but tests nothing else).
 status=0
-(cd "$work" && "$venv/bin/schemathesis" --config-file schemathesis.toml run "$url/v1/openapi.json" \
-    --checks "$checks" \
-    --max-examples 100 --seed "$SEED" --workers 1 --generation-database none \
-    --report json --report-json-path report.json --no-color) || status=$?
+pass=0
+for filter in --exclude-operation-id --include-operation-id; do
+    pass=$((pass + 1))
+    (cd "$work" && "$venv/bin/schemathesis" --config-file schemathesis.toml run "$url/v1/openapi.json" \
+        -H "Authorization: Bearer $own_token" "$filter" revoke_token \
+        --checks "$checks" \
+        --max-examples 100 --seed "$SEED" --workers 1 --generation-database none \
+        --report json --report-json-path "report-$pass.json" --no-color) || status=$?
+done
 
-cases=$("$venv/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["test_cases"]["generated"])' \
-    "$work/report.json")
+cases=$("$venv/bin/python" -c '
+import json, sys
+print(sum(json.load(open(p))["test_cases"]["generated"] for p in sys.argv[1:]))' "$work"/report-*.json)
 echo "schemathesis: $cases cases generated and run (at least $MIN_CASES needed)"
 ((status == 0)) || { say "schemathesis found failures (exit $status)"; exit "$status"; }
 ((cases >= MIN_CASES)) || { say "too few cases: $cases < $MIN_CASES"; exit 1; }
