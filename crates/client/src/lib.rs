@@ -84,8 +84,8 @@ pub struct ActivityFilter {
 struct Empty {}
 
 /// A client of one server, at a base URL like `http://127.0.0.1:7420` or
-/// `https://thinclone.example.com`.
-#[derive(Debug, Clone)]
+/// `https://thinclone.example.com`. Its `Debug` leaves the token out.
+#[derive(Clone)]
 pub struct Client {
     base_url: String,
     agent: ureq::Agent,
@@ -99,6 +99,18 @@ pub struct Client {
     answer_wait: Option<u32>,
     /// The API token sent as `Authorization: Bearer …`.
     token: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url)
+            .field("ca", &self.ca.as_ref().map(|ca| &ca.origin))
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("request_timeout", &self.request_timeout)
+            .field("answer_wait", &self.answer_wait)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -599,6 +611,10 @@ impl Client {
                 timeout: self.request_timeout,
             },
             ureq::Error::BadUri(why) => Error::BadUrl { url: url.clone(), why },
+            // What a TLS server sends back to plain HTTP is not HTTP.
+            ureq::Error::Protocol(e) if url.starts_with("http://") => {
+                other(format!("{e}; if the server serves https, use an https:// URL"))
+            }
             e => other(e.to_string()),
         }
     }

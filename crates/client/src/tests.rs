@@ -416,3 +416,10 @@ fn without_a_token_no_authorization_is_sent() {
     Client::new(server.url()).with_token(Some("  ".into())).list_images().unwrap();
     assert!(server.requests().iter().all(|r| r.authorization.is_none()));
 }
+
+#[test]
+fn debug_output_never_shows_the_token() {
+    let client = Client::new("http://127.0.0.1:1").with_token(Some("thinclone_0123456789".into()));
+    let text = format!("{client:?}");
+    assert!(!text.contains("0123456789") && text.contains("<hidden>"), "{text}");
+}

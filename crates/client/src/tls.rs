@@ -98,6 +98,13 @@ pub(crate) fn describe(e: &rustls::Error, url: &str, ca: Option<&TrustedCa>) -> 
                 "it is not valid yet (is this machine's clock right?)".to_owned()
             }
             C::Revoked => "it has been revoked".to_owned(),
+            // webpki's reason is only in the text of `Other`.
+            C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+                "it is a CA's certificate (basicConstraints CA:TRUE), which a server cannot present as its own; \
+                 give the server one signed by a CA, or a self-signed one made with \
+                 `-addext basicConstraints=critical,CA:FALSE`"
+                    .to_owned()
+            }
             other => format!("{}", rustls::Error::InvalidCertificate(other.clone())),
         }),
         rustls::Error::InvalidMessage(_) => Error::Tls {
@@ -140,6 +147,15 @@ mod tests {
         let leaf_key = KeyPair::generate().unwrap();
         let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
         Pki { ca_pem: ca_cert.pem(), cert_der: leaf_cert.der().to_vec(), key_der: leaf_key.serialize_der() }
+    }
+
+    /// A self-signed server certificate, marked as a CA's or not; it is its own authority.
+    fn self_signed(names: &[&str], is_ca: bool) -> Pki {
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.is_ca = if is_ca { IsCa::Ca(BasicConstraints::Unconstrained) } else { IsCa::ExplicitNoCa };
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Pki { ca_pem: cert.pem(), cert_der: cert.der().to_vec(), key_der: key.serialize_der() }
     }
 
     /// An HTTPS server on a loopback port that answers every request with a health answer
@@ -278,6 +294,38 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("is not trusted: it is not made out to the host in the URL (it names"), "{text}");
         assert!(text.contains("db.example.com"), "{text}");
+        server.requests();
+    }
+
+    #[test]
+    fn a_self_signed_certificate_is_trusted_as_its_own_authority_unless_it_is_a_cas() {
+        let pinned = self_signed(&["127.0.0.1"], false);
+        let server = TlsServer::start(&pinned);
+        let client = Client::new(&server.url).with_ca_pem(pinned.ca_pem.as_bytes(), "server.pem").unwrap();
+        assert_eq!(client.health().unwrap().status, "ok");
+        assert_eq!(server.requests(), ["GET /v1/health"]);
+
+        // What `openssl req -x509` makes unless told otherwise: a CA's certificate.
+        let ca_flagged = self_signed(&["127.0.0.1"], true);
+        let server = TlsServer::start(&ca_flagged);
+        let client = Client::new(&server.url).with_ca_pem(ca_flagged.ca_pem.as_bytes(), "server.pem").unwrap();
+        let text = client.health().unwrap_err().to_string();
+        assert!(
+            text.contains("is not trusted: it is a CA's certificate (basicConstraints CA:TRUE), which a server cannot"),
+            "{text}"
+        );
+        assert!(text.contains("`-addext basicConstraints=critical,CA:FALSE`"), "{text}");
+        server.requests();
+    }
+
+    #[test]
+    fn an_http_url_at_an_https_server_says_so() {
+        let pki = make_pki(&["127.0.0.1"]);
+        let server = TlsServer::start(&pki);
+        let url = server.url.replace("https://", "http://");
+        let err = Client::new(&url).health().unwrap_err();
+        assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+        assert!(err.to_string().ends_with("; if the server serves https, use an https:// URL"), "{err}");
         server.requests();
     }
 

@@ -179,7 +179,7 @@ fn show(
     let me = client.whoami()?;
     if me.role < Role::ImageCreator {
         bail!(
-            "the demo makes an image, which takes the role image_creator or admin, and {} at {} is a {}; \
+            "the demo makes an image, which takes the role image_creator or admin, and {} at {} has the role {}; \
              run it with an image creator's or an administrator's token (--token, or `thinclone login`)",
             me.name,
             client.base_url(),
@@ -310,7 +310,7 @@ fn register_source(client: &Client, me: &api::User, work: &Path, suffix: &str) -
         let temp = std::env::temp_dir();
         bail!(
             "the demo makes its sample database in {}, and images are made only from directories an administrator \
-             registered as sources; {} is a {}: ask an administrator to run `thinclone source add tmp {}` once, \
+             registered as sources, and {} has the role {}: ask an administrator to run `thinclone source add tmp {}` once, \
              or run the demo with an administrator's token",
             work.display(),
             me.name,

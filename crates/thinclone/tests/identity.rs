@@ -380,7 +380,8 @@ fn the_cli_works_over_https_with_the_servers_ca_only() {
     assert!(err.contains(&format!("only the authority in {} is trusted for it", other_ca.display())), "{err}");
     // Plain HTTP at the TLS port does not get through either.
     let plain = format!("http://127.0.0.1:{}", s.port());
-    failed(thinclone(&home, &token, &["--url", &plain, "image", "list"]));
+    let err = failed(thinclone(&home, &token, &["--url", &plain, "image", "list"]));
+    assert!(err.ends_with("; if the server serves https, use an https:// URL\n"), "{err}");
 
     // `login` saves the URL, the token and the CA: then no flag is needed.
     let token_file = s.data_dir.join("admin.token");

@@ -666,7 +666,10 @@ alice  clone_user  web, ops  2026-11-21T22:26:40Z
             members: vec![testing::name("alice"), testing::name("bob")],
             created_at: Timestamp(1_795_300_000),
         };
-        assert_eq!(teams_table(std::slice::from_ref(&web)), "NAME  MEMBERS     CREATED\nweb   alice, bob  2026-11-21T22:26:40Z\n");
+        assert_eq!(
+            teams_table(std::slice::from_ref(&web)),
+            "NAME  MEMBERS     CREATED\nweb   alice, bob  2026-11-21T22:26:40Z\n"
+        );
         assert_eq!(
             key_values(&team_fields(&web)),
             "name:       web\nmembers:    alice, bob\ncreated_at: 2026-11-21T22:26:40Z\n"

@@ -48,7 +48,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Where the server is, how to reach it and how to print its answers; accepted anywhere on
 /// the command line. Each is taken from its flag, else its environment variable, else the
 /// config file `thinclone login` writes (see [`config`]).
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Clone, Default)]
 pub struct ClientOpts {
     /// The thinclone server's base URL, http:// or https:// [env: THINCLONE_URL; default:
     /// the URL `thinclone login` saved, else http://127.0.0.1:7420].
@@ -66,6 +66,18 @@ pub struct ClientOpts {
     /// saved for the URL].
     #[arg(long, global = true, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
+}
+
+/// Leaves the token out.
+impl std::fmt::Debug for ClientOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOpts")
+            .field("url", &self.url)
+            .field("json", &self.json)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 impl ClientOpts {
