@@ -6,7 +6,7 @@
 //! SQLite's `user_version`; `migrate` brings an older file up to date.
 //!
 //! The rows here are the catalog's own types. They are never sent as they are: the server
-//! turns them into the `api` crate's wire types (views.rs).
+//! turns them into the `api` crate's wire types (in ops.rs).
 
 use std::path::Path;
 use std::time::Duration;

@@ -130,6 +130,15 @@ async fn every_failure_has_one_shape() {
     );
     refused(call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"from_dir\": \"relative\"}").await, 400, "bad_request", "not an absolute path");
     refused(call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"from_url\": \"%zz\"}").await, 400, "bad_request", "not valid");
+    // Refused requests that would have changed something are in the audit log too.
+    let (status, log) = call(&f, "GET", "/v1/activity?limit=1000", None, "").await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    let log: Vec<api::Activity> = serde_json::from_str(&log).unwrap();
+    assert!(
+        log.iter().any(|a| a.action == "POST /v1/clones" && a.status == 400 && a.actor.as_ref().is_some_and(|u| u.as_str() == "admin")),
+        "a refused body is not in the audit log: {log:?}"
+    );
+    assert!(log.iter().any(|a| a.action == "POST /v1/clones" && a.status == 415), "{log:?}");
     let (status, body) = call(&f, "GET", "/v1/health", None, "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(serde_json::from_str::<api::Health>(&body).unwrap().status, "ok");

@@ -114,22 +114,26 @@ type ApiResult<T> = Result<T, ApiError>;
 /// document does not offer.
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if !is_json(req.headers()) {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                "the request body must be JSON, sent with `content-type: application/json`",
-            ));
-        }
-        let body = Bytes::from_request(req, state).await.map_err(JsonRejection::from)?;
-        let value = Json::<T>::from_bytes(&body)?.0;
-        if body.trim_ascii_start().first() != Some(&b'{') {
-            return Err(ApiError::new(ErrorCode::BadRequest, "the request body must be a JSON object, not an array"));
-        }
-        Ok(ApiJson(value))
+        let refusal = Refusal::of(req.method(), req.uri(), req.extensions());
+        let read = async {
+            if !is_json(req.headers()) {
+                return Err(ApiError::new(
+                    ErrorCode::UnsupportedMediaType,
+                    "the request body must be JSON, sent with `content-type: application/json`",
+                ));
+            }
+            let body = Bytes::from_request(req, state).await.map_err(JsonRejection::from)?;
+            let value = Json::<T>::from_bytes(&body)?.0;
+            if body.trim_ascii_start().first() != Some(&b'{') {
+                return Err(ApiError::new(ErrorCode::BadRequest, "the request body must be a JSON object, not an array"));
+            }
+            Ok(ApiJson(value))
+        };
+        refusal.record_if_refused(read.await).await
     }
 }
 
@@ -153,7 +157,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
-        Ok(ApiPath(axum::extract::Path::<T>::from_request_parts(parts, state).await?.0))
+        let refusal = Refusal::of(&parts.method, &parts.uri, &parts.extensions);
+        let path = axum::extract::Path::<T>::from_request_parts(parts, state).await.map_err(ApiError::from);
+        refusal.record_if_refused(path.map(|p| ApiPath(p.0))).await
     }
 }
 
@@ -193,10 +199,44 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+        let refusal = Refusal::of(&parts.method, &parts.uri, &parts.extensions);
+        let query = match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(q) => Ok(ApiQuery(q.0)),
             Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("the query does not fit: {}", e.body_text()))),
+        };
+        refusal.record_if_refused(query).await
+    }
+}
+
+/// What the audit log needs of a request that an extractor may refuse before its handler
+/// runs (a body, path or query that does not fit): requests that would change something are
+/// recorded even then.
+struct Refusal {
+    record: Option<(Arc<Server>, Caller, String)>,
+}
+
+impl Refusal {
+    fn of(method: &axum::http::Method, uri: &axum::http::Uri, extensions: &axum::http::Extensions) -> Refusal {
+        let record = match (method == axum::http::Method::GET, extensions.get::<Arc<Server>>(), extensions.get::<Caller>()) {
+            (false, Some(server), Some(caller)) => {
+                Some((server.clone(), caller.clone(), format!("{method} {}", uri.path())))
+            }
+            _ => None,
+        };
+        Refusal { record }
+    }
+
+    async fn record_if_refused<T>(self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        let error = match result {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        if let Some((server, caller, action)) = self.record {
+            let outcome = Err((error.0.code.http_status(), error.0.error.clone()));
+            // A failure to record is logged by audit() itself.
+            let _ = tokio::task::spawn_blocking(move || server.audit(Some(&caller.user), &action, None, None, outcome)).await;
         }
+        Err(error)
     }
 }
 
@@ -323,6 +363,7 @@ async fn authenticate(State(server): State<Arc<Server>>, mut request: Request, n
         Ok(caller) => {
             tracing::Span::current().record("user", caller.user.as_str());
             request.extensions_mut().insert(caller);
+            request.extensions_mut().insert(server.clone());
             next.run(request).await
         }
         Err(e) => {
