@@ -111,7 +111,8 @@ export THINCLONE_TOKEN
 "$bin" clone create sample --image sample --json >/dev/null
 "$bin" clone create sample-2 --image sample --json >/dev/null
 # Tokens 2 and 3, for the ids below to find; schemathesis sends token 4, the administrator's
-# too. Revoking tokens (which may be its own) runs last, on its own.
+# too. Revoking tokens and removing users (which may be its own token, or its user, whose
+# name whoami gives) runs last, on its own.
 "$bin" token create --description "for schemathesis to find" --json >/dev/null
 "$bin" token create --description "for schemathesis to find" --json >/dev/null
 own_token=$("$bin" token create --description schemathesis --json |
@@ -134,17 +135,23 @@ checks=not_a_server_error,status_code_conformance,content_type_conformance,respo
 checks+=,negative_data_rejection,unsupported_method,allow_header_conformance
 say "schemathesis $VERSION against $url (seed $SEED)"
 # It runs in $work, where it keeps its cache (.schemathesis/). Two passes: every operation but
-# revoking tokens, then revoking tokens alone (once its own token is revoked, what follows
-# answers 401, which the document allows, but tests nothing else).
+# those that can take its own credential away, then those alone (once its token is revoked or
+# its user removed, what follows answers 401, which the document allows, but tests nothing
+# else).
 status=0
 pass=0
 for filter in --exclude-operation-id --include-operation-id; do
     pass=$((pass + 1))
     (cd "$work" && "$venv/bin/schemathesis" --config-file schemathesis.toml run "$url/v1/openapi.json" \
-        -H "Authorization: Bearer $own_token" "$filter" revoke_token \
+        -H "Authorization: Bearer $own_token" "$filter" revoke_token "$filter" delete_user \
         --checks "$checks" \
         --max-examples 100 --seed "$SEED" --workers 1 --generation-database none \
         --report json --report-json-path "report-$pass.json" --no-color) || status=$?
+    # The first pass must have tested with a working token to the end.
+    if ((pass == 1)) && ! THINCLONE_TOKEN=$own_token "$bin" whoami >/dev/null; then
+        say "schemathesis's token stopped working during the first pass"
+        status=1
+    fi
 done
 
 cases=$("$venv/bin/python" -c '
