@@ -49,12 +49,11 @@ pub fn run(cmd: TokenCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
             let request = CreateToken { user, description, expires_in: expires_in.map(|d| d.as_secs()) };
             let new = ctx.client.create_token(&request)?;
             ctx.show(&new, format::new_token_fields)?;
-            if !ctx.json {
-                eprintln!(
-                    "the secret is shown this once and cannot be shown again: keep it now (log in with it: \
-                     `thinclone login --token-file FILE`)"
-                );
-            }
+            // On stderr, so that stdout stays the one document `--json` promises.
+            eprintln!(
+                "the secret is shown this once and cannot be shown again: keep it now (log in with it: \
+                 `thinclone login --token-file FILE`)"
+            );
             Ok(())
         }
         TokenCommand::Revoke { id } => {
