@@ -34,7 +34,7 @@ impl Caller {
             return Ok(());
         }
         Err(ServerError::Forbidden(format!(
-            "{} is a {}; to {what} takes the role {role} or above",
+            "{} has the role {}; to {what} takes the role {role} or above",
             self.user, self.role
         )))
     }
@@ -83,7 +83,7 @@ mod tests {
         assert!(caller(Role::ImageCreator, &[]).require(Role::CloneUser, "x").is_ok());
         let err = caller(Role::Viewer, &[]).require(Role::CloneUser, "make clones").unwrap_err();
         assert!(matches!(err, ServerError::Forbidden(_)), "{err}");
-        assert_eq!(err.to_string(), "u is a viewer; to make clones takes the role clone_user or above");
+        assert_eq!(err.to_string(), "u has the role viewer; to make clones takes the role clone_user or above");
     }
 
     #[test]

@@ -120,6 +120,11 @@ impl Server {
         caller.require(Role::Admin, "remove users")?;
         let mut catalog = self.catalog();
         let row = catalog.user(name).map_err(|_| not_found("user", name))?;
+        if *name == caller.user {
+            return Err(ServerError::Conflict(format!(
+                "{name} cannot remove themselves; another administrator can"
+            )));
+        }
         if row.role == Role::Admin && catalog.admin_count()? <= 1 {
             return Err(ServerError::Conflict(format!(
                 "{name} is the last administrator; make another one first"

@@ -201,9 +201,10 @@ impl Server {
     }
 
     /// Records an entry of the audit log; a failure to record is logged, not answered.
-    pub fn audit(&self, actor: Option<&Name>, action: &str, target: Option<String>, team: Option<Name>, outcome: Result<(), (u16, String)>) {
+    /// `outcome` is the answer's status, or its status and error message.
+    pub fn audit(&self, actor: Option<&Name>, action: &str, target: Option<String>, team: Option<Name>, outcome: Result<u16, (u16, String)>) {
         let (status, detail) = match outcome {
-            Ok(()) => (200, None),
+            Ok(status) => (status, None),
             Err((status, message)) => (status, Some(message)),
         };
         let entry = ActivityRow {

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
-use super::{audited, blocking, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth, Subject};
+use super::{audited, audited_as, blocking, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Auth, Subject};
 use crate::ops::Server;
 
 #[utoipa::path(get, path = "/v1/whoami", tag = "identity",
@@ -48,7 +48,7 @@ pub async fn create_user(
     ApiJson(body): ApiJson<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     let subject = Subject::User(body.name.clone());
-    let user = audited(s, caller, "user.create", Some(subject), move |s, c| Ok(s.create_user(c, body)?)).await?;
+    let user = audited_as(s, caller, "user.create", Some(subject), StatusCode::CREATED, move |s, c| Ok(s.create_user(c, body)?)).await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -60,7 +60,7 @@ pub async fn create_user(
               (status = 409, description = "The last administrator", body = ErrorBody)))]
 pub async fn delete_user(State(s): State<Arc<Server>>, Auth(caller): Auth, ApiPath(name): ApiPath<Name>) -> ApiResult<StatusCode> {
     let subject = Subject::User(name.clone());
-    audited(s, caller, "user.delete", Some(subject), move |s, c| Ok(s.delete_user(c, &name)?)).await?;
+    audited_as(s, caller, "user.delete", Some(subject), StatusCode::NO_CONTENT, move |s, c| Ok(s.delete_user(c, &name)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -91,7 +91,7 @@ pub async fn create_team(
     ApiJson(body): ApiJson<CreateTeam>,
 ) -> ApiResult<(StatusCode, Json<Team>)> {
     let subject = Subject::Team(body.name.clone());
-    let team = audited(s, caller, "team.create", Some(subject), move |s, c| Ok(s.create_team(c, body)?)).await?;
+    let team = audited_as(s, caller, "team.create", Some(subject), StatusCode::CREATED, move |s, c| Ok(s.create_team(c, body)?)).await?;
     Ok((StatusCode::CREATED, Json(team)))
 }
 
@@ -103,7 +103,7 @@ pub async fn create_team(
               (status = 409, description = "It still has images or clones", body = ErrorBody)))]
 pub async fn delete_team(State(s): State<Arc<Server>>, Auth(caller): Auth, ApiPath(name): ApiPath<Name>) -> ApiResult<StatusCode> {
     let subject = Subject::Team(name.clone());
-    audited(s, caller, "team.delete", Some(subject), move |s, c| Ok(s.delete_team(c, &name)?)).await?;
+    audited_as(s, caller, "team.delete", Some(subject), StatusCode::NO_CONTENT, move |s, c| Ok(s.delete_team(c, &name)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -157,7 +157,7 @@ pub async fn create_token(
 ) -> ApiResult<(StatusCode, Json<NewToken>)> {
     let subject = body.user.clone().unwrap_or_else(|| caller.user.clone());
     let token =
-        audited(s, caller, "token.create", Some(Subject::User(subject)), move |s, c| Ok(s.create_token(c, body)?)).await?;
+        audited_as(s, caller, "token.create", Some(Subject::User(subject)), StatusCode::CREATED, move |s, c| Ok(s.create_token(c, body)?)).await?;
     Ok((StatusCode::CREATED, Json(token)))
 }
 
@@ -195,7 +195,7 @@ pub async fn create_source(
     ApiJson(body): ApiJson<CreateSource>,
 ) -> ApiResult<(StatusCode, Json<Source>)> {
     let subject = Subject::Source(body.name.clone());
-    let source = audited(s, caller, "source.create", Some(subject), move |s, c| Ok(s.create_source(c, body)?)).await?;
+    let source = audited_as(s, caller, "source.create", Some(subject), StatusCode::CREATED, move |s, c| Ok(s.create_source(c, body)?)).await?;
     Ok((StatusCode::CREATED, Json(source)))
 }
 
@@ -206,7 +206,7 @@ pub async fn create_source(
               (status = 404, description = "No such source", body = ErrorBody)))]
 pub async fn delete_source(State(s): State<Arc<Server>>, Auth(caller): Auth, ApiPath(name): ApiPath<Name>) -> ApiResult<StatusCode> {
     let subject = Subject::Source(name.clone());
-    audited(s, caller, "source.delete", Some(subject), move |s, c| Ok(s.delete_source(c, &name)?)).await?;
+    audited_as(s, caller, "source.delete", Some(subject), StatusCode::NO_CONTENT, move |s, c| Ok(s.delete_source(c, &name)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

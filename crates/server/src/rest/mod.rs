@@ -283,12 +283,24 @@ async fn audited<T: Send + 'static>(
     subject: Option<Subject>,
     f: impl FnOnce(&Arc<Server>, &Caller) -> Result<T, ApiError> + Send + 'static,
 ) -> ApiResult<T> {
+    audited_as(server, caller, action, subject, StatusCode::OK, f).await
+}
+
+/// [`audited`], for a request whose success answers `status` (201, 204).
+async fn audited_as<T: Send + 'static>(
+    server: Arc<Server>,
+    caller: Caller,
+    action: &'static str,
+    subject: Option<Subject>,
+    status: StatusCode,
+    f: impl FnOnce(&Arc<Server>, &Caller) -> Result<T, ApiError> + Send + 'static,
+) -> ApiResult<T> {
     tokio::task::spawn_blocking(move || {
         let before = subject.as_ref().and_then(|s| s.team(&server));
         let result = f(&server, &caller);
         let team = subject.as_ref().and_then(|s| s.team(&server)).or(before);
         let outcome = match &result {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(status.as_u16()),
             Err(e) => Err((e.0.code.http_status(), e.0.error.clone())),
         };
         server.audit(Some(&caller.user), action, subject.as_ref().map(Subject::describe), team, outcome);
@@ -396,7 +408,15 @@ impl AllowedHosts {
 }
 
 async fn check_host(State(allowed): State<Arc<AllowedHosts>>, request: Request, next: Next) -> Response {
-    let host = request.headers().get(axum::http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // HTTP/1.1 names the host in its Host header; HTTP/2 in the request's authority.
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let host = host.as_str();
     if allowed.allows(host) {
         return next.run(request).await;
     }
