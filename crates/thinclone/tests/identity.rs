@@ -490,7 +490,7 @@ fn expired_and_revoked_tokens_are_refused() {
     assert_eq!((me.name.as_str(), me.role), ("vera", api::Role::Viewer));
     assert_eq!(
         failed(with(&vera.secret, &["user", "list"])),
-        "error: vera is a viewer; to list users takes the role admin or above\n"
+        "error: vera has the role viewer; to list users takes the role admin or above\n"
     );
     ok(with(&vera.secret, &["image", "list"]));
 

@@ -544,9 +544,9 @@ fn a_refusal_for_want_of_a_token_says_how_to_log_in() {
     // A 403 is the server's message, as it is.
     let forbidden = run(
         "user list",
-        vec![error_answer(ErrorCode::Forbidden, "alice is a clone_user; to list users takes the role admin or above")],
+        vec![error_answer(ErrorCode::Forbidden, "alice has the role clone_user; to list users takes the role admin or above")],
     );
-    assert_eq!(forbidden.result, Err("alice is a clone_user; to list users takes the role admin or above".into()));
+    assert_eq!(forbidden.result, Err("alice has the role clone_user; to list users takes the role admin or above".into()));
 }
 
 // ---------------------------------------------------------------- config and login
