@@ -353,6 +353,20 @@ impl Driver for Cowfs {
     }
 }
 
+/// Ends whatever still copies into `dir`: a `cp` of an agent that was killed outlives it, and
+/// would go on writing into the directory being removed.
+fn stop_copies_into(dir: &Path) {
+    for pid in sys::procfs::processes_under(dir) {
+        tracing::info!(pid, dir = %dir.display(), "stopping a copy left running by an earlier agent");
+        // SAFETY: kill has no memory-safety preconditions; the process's command line names
+        // this clone's half-made copy.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        sys::wait::until(Duration::from_secs(10), Duration::from_millis(5), || {
+            (!sys::procfs::is_alive(pid)).then_some(())
+        });
+    }
+}
+
 /// reflink and copy: a tree copied from the image, sharing its blocks (reflink) or not.
 pub struct CopyDriver {
     pub data: CopyData,
@@ -364,6 +378,7 @@ impl CopyDriver {
     /// point leaves a state that [`Driver::recover`] completes.
     fn copy_in(&self, image: &Path, clone_dir: &Path, what: &str) -> Result<()> {
         let fresh = clone_dir.join("data.new");
+        stop_copies_into(&fresh);
         io_ctx(what, sys::tree::remove(&fresh))?;
         sys::tree::copy(image, &fresh, self.data, None).map_err(|e| DriverError::from_program(what, e))?;
         let data = data_dir(clone_dir);
@@ -422,7 +437,9 @@ impl Driver for CopyDriver {
                 io_ctx("undoing an interrupted reset", sys::crashsafe::rename(&old, &data))?;
             }
         }
-        // A copy in progress is never complete: it is thrown away.
+        // A copy in progress is never complete: it is thrown away, once the `cp` that an
+        // agent killed meanwhile left writing into it has stopped.
+        stop_copies_into(&fresh);
         io_ctx("removing an interrupted copy", sys::tree::remove(&fresh))?;
         io_ctx("removing the replaced copy", sys::tree::remove(&old))
     }

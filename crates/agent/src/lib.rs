@@ -35,7 +35,9 @@
 //! directory is open to it, so a clone's database superuser, whose programs run as that uid,
 //! reaches no other clone, no image, and none of the server's state. When the clone's
 //! server stops, whatever else still runs as its uid is ended; a removed clone's uid is
-//! given again only once every other uid of the range has been given since.
+//! given again only once every other uid of the range has been given since. Uids are
+//! claimed host-wide (`/run/thinclone/clone-uids`, uids.rs), so that clones of two data
+//! directories never share one.
 //!
 //! As another user, every clone runs as that user, and nothing keeps clones apart.
 
@@ -44,6 +46,7 @@ mod images;
 mod local;
 mod record;
 pub mod reflink;
+mod uids;
 
 use std::path::{Path, PathBuf};
 
@@ -159,6 +162,9 @@ pub struct Isolation {
     /// `os_user`, and nothing keeps clones apart (the only way when the agent is not root).
     pub clone_uids: Option<(u32, u32)>,
     pub clone_role: CloneRole,
+    /// The directory where every agent of the host claims the uids it gives clones, so that
+    /// no two clones share one even across data directories (uids.rs).
+    pub registry: PathBuf,
 }
 
 impl Isolation {
@@ -175,6 +181,7 @@ impl Default for Isolation {
         Isolation {
             clone_uids: sys::user::running_as_root().then_some(Isolation::DEFAULT_UIDS),
             clone_role: CloneRole::Superuser,
+            registry: PathBuf::from(uids::DEFAULT_REGISTRY),
         }
     }
 }

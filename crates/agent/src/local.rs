@@ -82,6 +82,8 @@ struct Running {
 pub struct LocalAgent {
     config: AgentConfig,
     isolation: Isolation,
+    /// Where clones' uids are claimed, host-wide (when clones get uids).
+    registry: Option<crate::uids::Registry>,
     /// Held while a uid is chosen for a clone and recorded, so that no two get the same.
     uids: Mutex<()>,
     /// One agent per data directory.
@@ -182,9 +184,17 @@ impl LocalAgent {
                 "cowfs (the filesystem cannot share blocks between files)"
             }
         );
+        let registry = match isolation.clone_uids {
+            Some(_) => Some(
+                crate::uids::Registry::open(&isolation.registry, &config.data_dir)
+                    .map_err(internal("opening the registry of clones' uids"))?,
+            ),
+            None => None,
+        };
         let agent = Arc::new(LocalAgent {
             config,
             isolation,
+            registry,
             uids: Mutex::new(()),
             _lock: lock,
             default_driver,
@@ -261,35 +271,80 @@ impl LocalAgent {
     }
 
     /// Saves a new clone's record with a uid of its own (when clones get one): the first of
-    /// the range, from where the last one given left off, that no other clone has, that no
-    /// user of the host has, and that no process runs as. A removed clone's uid thus comes
-    /// back only after every other uid of the range.
+    /// the range, from where the last one given left off, that no other clone of the host has
+    /// (uids.rs), that no user of the host has, and that no process runs as. A removed
+    /// clone's uid thus comes back only after every other uid of the range. The uid is
+    /// claimed and the record written under the host-wide registry's lock.
     fn save_with_new_uid(&self, record: &mut CloneRecord) -> Result<()> {
-        let Some((first, last)) = self.isolation.clone_uids else { return self.save(record) };
-        let _held = lock(&self.uids);
-        let taken: std::collections::HashSet<u32> = self.records().iter().filter_map(|r| r.uid).collect();
+        let (Some((first, last)), Some(registry)) = (self.isolation.clone_uids, &self.registry) else {
+            return self.save(record);
+        };
+        let _ours = lock(&self.uids);
+        let held = registry.lock().map_err(internal("locking the registry of clones' uids"))?;
+        let taken: std::collections::HashSet<u32> =
+            self.records().iter().filter(|r| r.name != record.name).filter_map(|r| r.uid).collect();
         let next_file = self.config.data_dir.join(NEXT_UID_FILE);
         let next = sys::untrusted::read_to_string(&next_file, 64)
             .ok()
             .and_then(|t| t.trim().parse::<u32>().ok())
             .filter(|n| (first..=last).contains(n))
             .unwrap_or(first);
-        let uid = (next..=last)
-            .chain(first..next)
-            .find(|&uid| {
-                !taken.contains(&uid) && !User::uid_is_known(uid) && sys::procfs::processes_of_uid(uid).is_empty()
-            })
-            .ok_or_else(|| {
-                AgentError::new(
-                    ErrorKind::Conflict,
-                    format!("no uid is left for a clone in {first}-{last}; remove a clone or widen --clone-uids"),
-                )
-            })?;
+        let mut chosen = None;
+        for uid in (next..=last).chain(first..next) {
+            if taken.contains(&uid) || User::uid_is_known(uid) || !sys::procfs::processes_of_uid(uid).is_empty() {
+                continue;
+            }
+            match registry.claim_of(&held, uid, &record.name).map_err(internal("reading the registry of uids"))? {
+                crate::uids::Claim::Theirs(_) => continue,
+                crate::uids::Claim::Free | crate::uids::Claim::Ours => {
+                    chosen = Some(uid);
+                    break;
+                }
+            }
+        }
+        let uid = chosen.ok_or_else(|| {
+            AgentError::new(
+                ErrorKind::Conflict,
+                format!("no uid is left for a clone in {first}-{last}; remove a clone or widen --clone-uids"),
+            )
+        })?;
+        registry.claim(&held, uid, &record.name).map_err(internal("claiming the clone's uid"))?;
         record.uid = Some(uid);
         self.save(record)?;
         let after = if uid == last { first } else { uid + 1 };
-        sys::crashsafe::replace_file_mode(&next_file, format!("{after}\n").as_bytes(), 0o600)
-            .map_err(internal("recording the next clone uid"))
+        crate::uids::write_next(&next_file, after).map_err(internal("recording the next clone uid"))
+    }
+
+    /// Claims again the uid of a clone this agent already had (the registry may have been
+    /// cleared, by a reboot). A clone whose uid another clone of the host has claimed since
+    /// gets a new one, its files given to it at its next start.
+    fn reclaim_uid(&self, record: &mut CloneRecord) -> Result<()> {
+        let (Some(uid), Some(registry)) = (record.uid, &self.registry) else { return Ok(()) };
+        let claim = {
+            let _ours = lock(&self.uids);
+            let held = registry.lock().map_err(internal("locking the registry of clones' uids"))?;
+            let claim = registry.claim_of(&held, uid, &record.name).map_err(internal("reading the registry of uids"))?;
+            if claim == crate::uids::Claim::Free {
+                registry.claim(&held, uid, &record.name).map_err(internal("claiming the clone's uid"))?;
+            }
+            claim
+        };
+        if let crate::uids::Claim::Theirs(holder) = claim {
+            tracing::error!(clone = %record.name, uid, "the clone's uid is {holder}'s now; the clone gets another");
+            record.chown_pending = true;
+            self.save_with_new_uid(record)?;
+        }
+        Ok(())
+    }
+
+    /// Gives up a removed clone's uid.
+    fn release_uid(&self, record: &CloneRecord) {
+        if let (Some(uid), Some(registry)) = (record.uid, &self.registry) {
+            if let Err(e) = registry.release(uid, &record.name) {
+                // A claim left behind is stale (its clone has no record) and is taken over.
+                tracing::warn!(clone = %record.name, uid, "releasing the clone's uid: {e}");
+            }
+        }
     }
 
     fn instance_spec(&self, record: &CloneRecord) -> InstanceSpec {
@@ -317,8 +372,10 @@ impl LocalAgent {
         record.save(&self.clone_dir(&record.name)).map_err(internal("writing the clone's record"))
     }
 
-    /// Attaches a clone's storage, starts its server and sets its password.
-    fn bring_up(&self, record: &CloneRecord) -> Result<()> {
+    /// Attaches a clone's storage, starts its server and sets its password. A clone whose
+    /// uid changed (`chown_pending`) has its files given to its uid first, through the mount
+    /// (a cowfs layer keeps the owner of each file the clone made); the record then says so.
+    fn bring_up(&self, record: &mut CloneRecord) -> Result<()> {
         let engine = self.engine(&record.engine)?;
         let image = self.image_dir(&record.image);
         if !image.is_dir() {
@@ -337,6 +394,15 @@ impl LocalAgent {
         self.end_leftover_processes(&user)?;
         let driver = self.driver(record.driver);
         let attached = driver.attach(&image, &clone_dir, &user).map_err(AgentError::from_driver)?;
+        if record.chown_pending {
+            tracing::info!(clone = %record.name, uid = user.uid, "giving the clone's files to its new uid");
+            if let Err(e) = sys::tree::chown(&attached.data_dir, user.uid, user.gid) {
+                if let Err(d) = driver.detach(&clone_dir, attached) {
+                    tracing::warn!(clone = %record.name, "detaching the storage after a failed chown: {d}");
+                }
+                return Err(internal("giving the clone's files to its uid")(e));
+            }
+        }
         let spec = self.instance_spec(record);
         let password = Secret::new(record.password.clone());
         let started = engine.start(&spec, START_TIMEOUT).and_then(|instance| {
@@ -355,6 +421,10 @@ impl LocalAgent {
         match started {
             Ok(instance) => {
                 lock(&self.running).insert(record.name.clone(), Running { attached, instance });
+                if record.chown_pending {
+                    record.chown_pending = false;
+                    self.save(record)?;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -576,6 +646,7 @@ impl LocalAgent {
                 self.tear_down(&record)?;
                 sys::tree::remove(&self.clone_run_dir(&name)).map_err(internal("removing the run directory"))?;
                 driver.destroy(&clone_dir).map_err(AgentError::from_driver)?;
+                self.release_uid(&record);
                 return Ok(());
             }
             Some(Intent::Delete) => {
@@ -583,6 +654,7 @@ impl LocalAgent {
                 self.tear_down(&record)?;
                 sys::tree::remove(&self.clone_run_dir(&name)).map_err(internal("removing the run directory"))?;
                 driver.destroy(&clone_dir).map_err(AgentError::from_driver)?;
+                self.release_uid(&record);
                 return Ok(());
             }
             Some(Intent::Stop) => {
@@ -605,11 +677,19 @@ impl LocalAgent {
         let mut had_intent = record.intent.take().is_some();
         if record.uid.is_none() && self.isolation.clone_uids.is_some() {
             // Made before clones had uids of their own: it gets one, and its server, which
-            // runs as the agent's OS user, is started again as it.
+            // runs as the agent's OS user, is started again as it, its files given to it.
             tracing::info!(clone = %name, "giving the clone an OS identity of its own; its server restarts");
             self.tear_down(&record)?;
+            record.chown_pending = true;
             self.save_with_new_uid(&mut record)?;
             had_intent = true;
+        } else if self.isolation.clone_uids.is_some() {
+            let before = record.uid;
+            self.reclaim_uid(&mut record)?;
+            if record.uid != before {
+                // Its server, if it still runs, runs as a uid that is another clone's now.
+                had_intent = true;
+            }
         }
         self.save(&record)?;
         match record.desired {
@@ -620,7 +700,7 @@ impl LocalAgent {
                 }
                 self.tear_down(&record)?;
                 tracing::info!(clone = %name, port = record.port, "bringing the clone back");
-                match self.bring_up(&record) {
+                match self.bring_up(&mut record) {
                     Ok(()) => {
                         record.failure = None;
                         record.ever_ready = true;
@@ -715,7 +795,7 @@ impl LocalAgent {
                         continue;
                     }
                     tracing::info!(clone = %name, attempt = health.repairs + 1, "repairing: {reason}");
-                    let repaired = self.tear_down(&record).and_then(|()| self.bring_up(&record));
+                    let repaired = self.tear_down(&record).and_then(|()| self.bring_up(&mut record));
                     // tear_down forgot the health; it is kept across repairs.
                     health.repairs += 1;
                     match repaired {
@@ -876,18 +956,20 @@ impl Agent for LocalAgent {
                 CloneRole::Superuser => None,
                 CloneRole::Owner { user } => Some(user.clone()),
             },
+            chown_pending: false,
         };
         // Recorded first: a crash from here on is cleaned up by recovery.
         self.save_with_new_uid(&mut record)?;
         let driver = self.driver(spec.driver);
         let made =
-            driver.create(&image, &clone_dir).map_err(AgentError::from_driver).and_then(|()| self.bring_up(&record));
+            driver.create(&image, &clone_dir).map_err(AgentError::from_driver).and_then(|()| self.bring_up(&mut record));
         if let Err(e) = made {
             if let Err(t) = self.tear_down(&record) {
                 tracing::warn!(clone = %spec.name, "stopping after a failed create: {t}");
             }
-            if let Err(d) = driver.destroy(&clone_dir) {
-                tracing::error!(clone = %spec.name, "removing after a failed create: {d}");
+            match driver.destroy(&clone_dir) {
+                Ok(()) => self.release_uid(&record),
+                Err(d) => tracing::error!(clone = %spec.name, "removing after a failed create: {d}"),
             }
             let _ = sys::tree::remove(&self.clone_run_dir(&spec.name));
             return Err(e);
@@ -921,7 +1003,7 @@ impl Agent for LocalAgent {
         self.save(&record)?;
         // Whatever is left of dead processes goes first, so that the start is real.
         self.tear_down(&record)?;
-        let result = self.bring_up(&record);
+        let result = self.bring_up(&mut record);
         record.intent = None;
         match &result {
             Ok(()) => {
@@ -969,7 +1051,7 @@ impl Agent for LocalAgent {
             .driver(record.driver)
             .reset(&self.image_dir(&record.image), &clone_dir)
             .map_err(AgentError::from_driver);
-        let started = if record.desired == Desired::Running { self.bring_up(&record) } else { Ok(()) };
+        let started = if record.desired == Desired::Running { self.bring_up(&mut record) } else { Ok(()) };
         record.intent = None;
         match &started {
             Ok(()) => record.failure = None,
@@ -994,6 +1076,7 @@ impl Agent for LocalAgent {
         // something that recovery finishes removing.
         sys::tree::remove(&self.clone_run_dir(name)).map_err(internal("removing the clone's run directory"))?;
         self.driver(record.driver).destroy(&clone_dir).map_err(AgentError::from_driver)?;
+        self.release_uid(&record);
         lock(&self.sizes).remove(name);
         Ok(())
     }

@@ -67,6 +67,10 @@ pub struct CloneRecord {
     /// The role its URL logs in as when that is not the superuser (`CloneRole::Owner`).
     #[serde(default)]
     pub owner: Option<String>,
+    /// Its uid changed (it had none, or another clone claimed it): its files are given to
+    /// the new uid at its next start.
+    #[serde(default)]
+    pub chown_pending: bool,
 }
 
 impl CloneRecord {
@@ -111,6 +115,7 @@ mod tests {
             failure: None,
             uid: Some(2_000_000_000),
             owner: None,
+            chown_pending: false,
         };
         record.save(dir.path()).unwrap();
         assert_eq!(CloneRecord::load(dir.path()).unwrap(), Some(record));
@@ -130,6 +135,6 @@ mod tests {
         )
         .unwrap();
         let record = CloneRecord::load(dir.path()).unwrap().unwrap();
-        assert_eq!((record.uid, record.owner), (None, None));
+        assert_eq!((record.uid, record.owner, record.chown_pending), (None, None, false));
     }
 }

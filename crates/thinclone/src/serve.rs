@@ -156,6 +156,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             "owner" => agent::CloneRole::Owner { user: OWNER_ROLE.into() },
             _ => agent::CloneRole::Superuser,
         },
+        ..agent::Isolation::default()
     };
     let os_user = match &args.os_user {
         Some(name) => sys::User::lookup(name).with_context(|| "set the OS user clones run as with --os-user")?,

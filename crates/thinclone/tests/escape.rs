@@ -487,3 +487,49 @@ fn processes_of_server(postmaster: i32) -> Vec<i32> {
     }
     pids
 }
+
+/// A clone made before clones had uids of their own (its record names none) gets one at the
+/// next start of the server, with every file it made given to it, and keeps its data; the
+/// uids of clones of two data directories are never the same.
+#[test]
+fn a_clone_without_a_uid_gets_one_and_two_servers_never_share_a_uid() {
+    require("a_clone_without_a_uid_gets_one_and_two_servers_never_share_a_uid");
+    let work = tempfile::Builder::new().prefix("thinclone-escape-").tempdir_in("/var/tmp").unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let source = pgbench_source();
+    let mut d = Daemon::start(&work.path().join("data"), (8050, 8059));
+    let other = Daemon::start(&work.path().join("other"), (8060, 8069));
+    for server in [&d, &other] {
+        server.ok::<api::Image>(&["image", "create", "img", "--from-dir", source.to_str().unwrap()]);
+    }
+    let k: api::Clone = d.ok(&["clone", "create", "k", "--image", "img", "--driver", "cowfs"]);
+    let theirs: api::Clone = other.ok(&["clone", "create", "k", "--image", "img", "--driver", "cowfs"]);
+    let (k_seen, theirs_seen) = (seen(&d, &k), seen(&other, &theirs));
+    assert_ne!(k_seen.uid, theirs_seen.uid, "clones of two data directories share a uid");
+    // Files the clone made, owned by its uid in its layer.
+    psql(&k_seen.url, "CREATE TABLE made AS SELECT g FROM generate_series(1, 1000) g").unwrap();
+
+    // As an older thinclone left it: no uid in the record.
+    d.kill9();
+    let record_path = k_seen.dir.join("clone.json");
+    let mut record: serde_json::Value = serde_json::from_str(&fs::read_to_string(&record_path).unwrap()).unwrap();
+    record.as_object_mut().unwrap().remove("uid");
+    fs::write(&record_path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+    d.restart();
+    let k = wait_ready(&d, "k", Duration::from_secs(60));
+    let after = seen(&d, &k);
+    assert_ne!(after.uid, k_seen.uid, "the clone kept a uid its record did not name");
+    assert_ne!(after.uid, theirs_seen.uid, "the clone took the other server's clone's uid");
+    assert_eq!(uids_of(after.postmaster)[0], after.uid);
+    assert_eq!(psql(&after.url, "SELECT count(*) FROM made").unwrap(), "1000");
+    psql(&after.url, "INSERT INTO made SELECT 0; CREATE TABLE more (x int)").unwrap();
+    assert!(processes_of(k_seen.uid).is_empty(), "processes of the old uid: {:?}", processes_of(k_seen.uid));
+    // The other server's clone was never touched.
+    assert_eq!(seen(&other, &other.ok(&["clone", "show", "k"])).postmaster, theirs_seen.postmaster);
+    let record: serde_json::Value = serde_json::from_str(&fs::read_to_string(&record_path).unwrap()).unwrap();
+    assert_eq!(record["chown_pending"], false, "{record}");
+    for server in [&d, &other] {
+        server.ok::<Operation>(&["clone", "rm", "k"]);
+        server.ok::<Operation>(&["image", "rm", "img"]);
+    }
+}
