@@ -9,6 +9,7 @@
 //! Requests reject unknown fields, so that a typo (`form_dir`) is an error rather than a
 //! silently ignored field.
 
+pub mod agent;
 mod auth;
 mod clone;
 mod error;
@@ -61,4 +62,10 @@ pub mod paths {
     pub const SOURCES: &str = "/v1/sources";
     pub const SOURCE: &str = "/v1/sources/{name}";
     pub const ACTIVITY: &str = "/v1/activity";
+    pub const AGENTS: &str = "/v1/agents";
+    pub const AGENT: &str = "/v1/agents/{name}";
+    pub const AGENT_TOKENS: &str = "/v1/agents/tokens";
+    pub const AGENT_JOIN: &str = "/v1/agents/join";
+    pub const LOCATIONS: &str = "/v1/locations";
+    pub const LOCATION: &str = "/v1/locations/{name}";
 }

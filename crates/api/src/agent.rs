@@ -1,0 +1,310 @@
+//! Agents: the hosts that do the work. The REST types an administrator sees (agents,
+//! enrollment, image locations), and the messages of the channel between the server and
+//! its agents: what the server asks ([`Request`]), what an agent answers ([`Reply`]), framed
+//! as one JSON [`Frame`] per line on a mutually authenticated TLS connection.
+
+use crate::{Driver, Name, Timestamp};
+
+/// Where an agent is, as the server last knew it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// Connected, and answering.
+    Online,
+    /// Not connected, or not answering: its clones' state is unknown until it comes back.
+    Unreachable,
+    /// Its certificate was revoked: it is refused.
+    Revoked,
+}
+
+impl AgentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Online => "online",
+            AgentStatus::Unreachable => "unreachable",
+            AgentStatus::Revoked => "revoked",
+        }
+    }
+}
+
+impl std::fmt::Display for AgentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A database engine an agent can run, and its versions there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct EngineVersions {
+    pub engine: String,
+    pub versions: Vec<String>,
+}
+
+/// An agent, as `GET /v1/agents/{name}` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Agent {
+    pub name: Name,
+    pub status: AgentStatus,
+    /// The address clients reach its clones at.
+    pub host: Option<String>,
+    /// When it last answered.
+    pub last_seen: Option<Timestamp>,
+    /// Free disk where it keeps clones.
+    pub free_bytes: Option<u64>,
+    /// The clone ports it has left.
+    pub free_ports: Option<u64>,
+    pub clones: u64,
+    pub drivers: Vec<Driver>,
+    pub engines: Vec<EngineVersions>,
+    /// The image locations it reaches.
+    pub locations: Vec<Name>,
+    pub created_at: Timestamp,
+}
+
+/// `POST /v1/agents/tokens`: a one-time enrollment token.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollment {
+    /// Seconds until it expires (one hour when not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub expires_in: Option<u64>,
+}
+
+/// An enrollment token: give it to `thinclone agent join` on the new host, once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Enrollment {
+    /// The secret, shown this once. It also names the server's certificate authority, so
+    /// that the joining agent can check whom it talks to.
+    pub token: String,
+    pub expires_at: Timestamp,
+}
+
+/// `POST /v1/agents/join`: an agent's request to join, with an enrollment token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The enrollment token.
+    pub token: String,
+    /// The agent's name: unique among the server's agents.
+    pub name: Name,
+    /// A certificate signing request (PEM) for the agent's own key.
+    pub csr: String,
+}
+
+/// The answer to a join: the agent's certificate, the authority that signed it, and where to
+/// reach the server's agent channel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Joined {
+    pub certificate: String,
+    pub ca: String,
+    /// `host:port` of the agent channel.
+    pub channel: String,
+}
+
+/// An image location: a directory where images are kept, as seen from every agent that
+/// reaches it (an NFS or SMB share mounted on each host, or a directory of one host).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Location {
+    pub name: Name,
+    /// An absolute path, the same on every agent that reaches it.
+    pub path: String,
+    /// The agents that proved they reach it.
+    pub agents: Vec<Name>,
+    pub created_at: Timestamp,
+}
+
+/// `POST /v1/locations`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLocation {
+    pub name: Name,
+    pub path: String,
+}
+
+// ------------------------------------------------------------------------ the channel
+
+/// Where an image is kept, for an agent: a location's directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImagePlace {
+    pub location: Name,
+    /// The location's directory on the agent; the image is `<path>/<image name>`.
+    pub path: String,
+}
+
+/// Where a new image comes from, for an agent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageSource {
+    /// A data directory on the agent's host, inside one of `roots` (the registered source
+    /// directories); with `snapshot`, a crash-consistent snapshot of a running server's.
+    Dir { path: String, snapshot: bool, roots: Vec<String> },
+    /// A live server; the URL carries its password, which only the agent sees.
+    Url { url: String },
+}
+
+/// What an agent learned of a source before copying it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceFacts {
+    pub engine: String,
+    pub version: Option<String>,
+    /// The source as it may be stored and shown: a resolved path, or the URL without its
+    /// password.
+    pub shown: String,
+}
+
+/// An image an agent made.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MadeImage {
+    pub engine: String,
+    pub version: String,
+    pub superuser: String,
+    pub logical_bytes: u64,
+    pub stored_bytes: u64,
+    pub file_count: u64,
+}
+
+/// Everything an agent needs to make and run a clone; the server decides all of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CloneSpec {
+    pub name: Name,
+    pub image: Name,
+    pub place: ImagePlace,
+    pub engine: String,
+    pub version: String,
+    pub superuser: String,
+    pub driver: Driver,
+    pub port: u16,
+    pub password: String,
+    /// Who asked for it, for the record.
+    pub owner: Name,
+}
+
+/// A clone's state on its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloneState {
+    Running,
+    Degraded,
+    Stopped,
+    Failed,
+}
+
+/// How a clone is on its agent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CloneReport {
+    pub name: Name,
+    pub state: CloneState,
+    pub message: Option<String>,
+    pub stored_bytes: Option<u64>,
+    pub sizes_at: Option<Timestamp>,
+}
+
+/// What an agent offers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentInfo {
+    pub default_driver: Driver,
+    pub drivers: Vec<Driver>,
+    /// The address clients reach its clones at.
+    pub host: String,
+    pub free_bytes: u64,
+    pub engines: Vec<EngineVersions>,
+    pub version: String,
+}
+
+/// The kind of an agent's failure, as the server must tell its callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentErrorKind {
+    BadRequest,
+    NotFound,
+    Conflict,
+    DiskFull,
+    /// The agent cannot be reached, or did not answer in time.
+    Unavailable,
+    Internal,
+}
+
+/// An agent's failure.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct AgentError {
+    pub kind: AgentErrorKind,
+    pub message: String,
+}
+
+/// What the server asks of an agent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "ask")]
+pub enum Request {
+    Info,
+    CheckSourceDir { path: String, snapshot: bool, roots: Vec<String> },
+    CheckSourceUrl { url: String },
+    MakeImage { name: Name, place: ImagePlace, source: ImageSource },
+    RemoveImage { name: Name, place: ImagePlace },
+    CancelImageJobs,
+    PortIsFree { port: u16 },
+    CreateClone { spec: CloneSpec },
+    StartClone { name: Name },
+    StopClone { name: Name },
+    ResetClone { name: Name },
+    DeleteClone { name: Name },
+    CloneReport { name: Name },
+    CloneReports,
+    /// Writes `value` to the location's marker file (proof of reach, for other agents).
+    WriteMarker { path: String, value: String },
+    /// Reads a location's marker file.
+    ReadMarker { path: String },
+}
+
+/// What an agent answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "answer")]
+pub enum Reply {
+    Info { info: AgentInfo },
+    SourceFacts { facts: SourceFacts },
+    MadeImage { image: MadeImage },
+    Done,
+    Bool { value: bool },
+    CloneReport { report: Option<CloneReport> },
+    CloneReports { reports: Vec<CloneReport> },
+    Marker { value: Option<String> },
+}
+
+/// One line of the channel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "frame")]
+pub enum Frame {
+    /// The agent's first line: its name and version.
+    Hello { agent: Name, version: String },
+    /// The server asks.
+    Request { id: u64, request: Request },
+    /// How far a long request has got.
+    Progress { id: u64, done: u64, total: u64 },
+    /// What a long request is doing.
+    Step { id: u64, message: String },
+    /// The end of a request.
+    Reply { id: u64, result: Result<Reply, AgentError> },
+    /// Either side, when it has had nothing to say for a while; answered with `Pong`.
+    Ping,
+    Pong,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_one_json_line_each() {
+        let frame = Frame::Request { id: 7, request: Request::StartClone { name: Name::new("c").unwrap() } };
+        let line = serde_json::to_string(&frame).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(line, r#"{"frame":"request","id":7,"request":{"ask":"start_clone","name":"c"}}"#);
+        assert_eq!(serde_json::from_str::<Frame>(&line).unwrap(), frame);
+        let reply = Frame::Reply {
+            id: 7,
+            result: Err(AgentError { kind: AgentErrorKind::NotFound, message: "no clone named c".into() }),
+        };
+        assert_eq!(serde_json::from_str::<Frame>(&serde_json::to_string(&reply).unwrap()).unwrap(), reply);
+    }
+}
