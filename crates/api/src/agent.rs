@@ -88,8 +88,10 @@ pub struct JoinRequest {
     pub token: String,
     /// The agent's name: unique among the server's agents.
     pub name: Name,
-    /// A certificate signing request (PEM) for the agent's own key.
-    pub csr: String,
+    /// The agent's own public key: an ECDSA P-256 point, uncompressed, in hex. Its private
+    /// key never leaves the agent; the certificate the server signs for it is worthless
+    /// without it.
+    pub public_key: String,
 }
 
 /// The answer to a join: the agent's certificate, the authority that signed it, and where to
