@@ -129,7 +129,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             CloneRecord::path(dir.path()),
-            r#"{"name":"a","image":"img","engine":"postgresql","version":"15","superuser":"postgres",
+            r#"{"name":"a","image":"img","engine":"e","version":"1","superuser":"root",
                 "driver":"cowfs","port":7000,"password":"pw","desired":"running","ever_ready":true,
                 "intent":null,"failure":null}"#,
         )
