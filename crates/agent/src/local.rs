@@ -64,13 +64,19 @@ const MAX_REPAIRS: u32 = 3;
 /// Below this much free space on the agent's filesystem, clones are shown degraded.
 const DISK_FULL_BELOW: u64 = 16 << 20;
 
-/// What supervision last found wrong with a running clone.
+/// What supervision last found wrong with a clone.
 #[derive(Debug, Clone, Default)]
 struct Health {
     /// Why the clone is degraded, while it is.
     degraded: Option<String>,
     /// Repairs tried since it was last healthy.
     repairs: u32,
+    /// Supervision stopped what was left of it and holds it down until a repair works.
+    down: bool,
+    /// What went wrong, while it is down.
+    fault: Option<String>,
+    /// Why the last repair failed.
+    last_failure: Option<String>,
 }
 
 /// A clone whose storage is attached and whose server runs.
@@ -509,6 +515,8 @@ impl LocalAgent {
             (true, _) if degraded.is_some() => (CloneState::Degraded, degraded),
             (true, _) => (CloneState::Running, None),
             (false, Desired::Stopped) => (CloneState::Stopped, None),
+            // Supervision holds it down while it repairs it.
+            (false, Desired::Running) if degraded.is_some() => (CloneState::Degraded, degraded),
             (false, Desired::Running) => (
                 CloneState::Failed,
                 Some(record.failure.clone().unwrap_or_else(|| "its server is not running; start it".into())),
@@ -735,7 +743,12 @@ impl LocalAgent {
             )),
             _ => None,
         };
-        let names: Vec<Name> = lock(&self.running).keys().cloned().collect();
+        let host_full = disk_full.clone();
+        // The running clones, and those supervision took down and means to bring back.
+        let mut names: Vec<Name> = lock(&self.running).keys().cloned().collect();
+        names.extend(lock(&self.health).iter().filter(|(_, h)| h.down).map(|(n, _)| n.clone()));
+        names.sort();
+        names.dedup();
         for name in names {
             if self.stopping.load(Ordering::Relaxed) {
                 return;
@@ -744,7 +757,21 @@ impl LocalAgent {
             // An operation under way on the clone has it in hand.
             let Ok(_op) = guard.try_lock() else { continue };
             let Ok(mut record) = self.load(&name) else { continue };
-            let fault = {
+            // A cowfs mount says when it refused a write for lack of room, and when room came
+            // back: it keeps a reserve, so the filesystem alone never looks quite full.
+            let disk_full = host_full.clone().or_else(|| {
+                (record.driver == Driver::Cowfs && cowfs_out_of_room(&self.clone_dir(&name))).then(|| {
+                    format!(
+                        "disk full: its storage refused writes for lack of room on {}; free space and the clone \
+                         works again",
+                        self.config.data_dir.display()
+                    )
+                })
+            });
+            let mut health = lock(&self.health).get(&name).cloned().unwrap_or_default();
+            let fault = if health.down {
+                health.fault.clone()
+            } else {
                 let mut running = lock(&self.running);
                 let Some(r) = running.get_mut(&name) else { continue };
                 if !self.driver(record.driver).is_healthy(&self.clone_dir(&name), &mut r.attached) {
@@ -755,66 +782,99 @@ impl LocalAgent {
                     None
                 }
             };
-            let mut health = lock(&self.health).get(&name).cloned().unwrap_or_default();
-            match (fault, &disk_full) {
-                (None, None) => {
-                    if health.degraded.is_some() {
-                        tracing::info!(clone = %name, "healthy again");
+            let Some(fault) = fault else {
+                match &disk_full {
+                    None => {
+                        if health.degraded.is_some() {
+                            tracing::info!(clone = %name, "healthy again");
+                        }
+                        lock(&self.health).remove(&name);
                     }
+                    Some(full) => {
+                        health.degraded = Some(full.clone());
+                        lock(&self.health).insert(name.clone(), health);
+                    }
+                }
+                continue;
+            };
+            let reason = match &disk_full {
+                Some(full) => format!("{fault}; {full}"),
+                None => fault.clone(),
+            };
+            if health.degraded.as_deref() != Some(reason.as_str()) && !health.down {
+                tracing::warn!(clone = %name, "degraded: {reason}");
+            }
+            if !health.down {
+                // What is left of it goes; supervision holds it down until it is repaired.
+                if let Err(e) = self.tear_down(&record) {
+                    tracing::warn!(clone = %name, "stopping what is left: {e}");
+                }
+                health.down = true;
+                health.fault = Some(fault.clone());
+            }
+            health.degraded = Some(match &health.last_failure {
+                Some(failed) => format!("{reason}; the last repair failed: {failed}"),
+                None => reason.clone(),
+            });
+            lock(&self.health).insert(name.clone(), health.clone());
+            // Repairs wait for space: a start on a full disk would only fail.
+            if !self.config.repair || disk_full.is_some() {
+                continue;
+            }
+            if health.repairs >= MAX_REPAIRS {
+                tracing::error!(clone = %name, "giving up after {MAX_REPAIRS} repairs: {reason}");
+                lock(&self.health).remove(&name);
+                record.failure = Some(format!(
+                    "{reason}; {MAX_REPAIRS} repairs failed (the last: {}); start it again",
+                    health.last_failure.as_deref().unwrap_or("unknown")
+                ));
+                if let Err(e) = self.save(&record) {
+                    tracing::error!(clone = %name, "{e}");
+                }
+                continue;
+            }
+            tracing::info!(clone = %name, attempt = health.repairs + 1, "repairing: {reason}");
+            let repaired = self.tear_down(&record).and_then(|()| self.bring_up(&mut record));
+            // A start that ran out of room (crash recovery writes) waits for more, uncounted.
+            if !matches!(&repaired, Err(e) if e.kind == ErrorKind::DiskFull) {
+                health.repairs += 1;
+            }
+            match repaired {
+                Ok(()) => {
+                    tracing::info!(clone = %name, "repaired");
                     lock(&self.health).remove(&name);
-                    continue;
                 }
-                (None, Some(full)) => {
-                    health.degraded = Some(full.clone());
+                Err(e) => {
+                    tracing::warn!(clone = %name, "the repair failed: {e}");
+                    // Tried again at the next rounds, up to MAX_REPAIRS in all.
+                    health.last_failure = Some(e.message.clone());
+                    health.degraded = Some(format!("{reason}; the last repair failed: {}", e.message));
                     lock(&self.health).insert(name.clone(), health);
-                    continue;
-                }
-                (Some(fault), _) => {
-                    let reason = match &disk_full {
-                        Some(full) => format!("{fault}; {full}"),
-                        None => fault,
-                    };
-                    if health.degraded.as_deref() != Some(reason.as_str()) {
-                        tracing::warn!(clone = %name, "degraded: {reason}");
-                    }
-                    health.degraded = Some(reason.clone());
-                    lock(&self.health).insert(name.clone(), health.clone());
-                    // Repairs wait for space: a restart on a full disk would only fail.
-                    if !self.config.repair || disk_full.is_some() {
-                        continue;
-                    }
-                    if health.repairs >= MAX_REPAIRS {
-                        tracing::error!(clone = %name, "giving up after {MAX_REPAIRS} repairs: {reason}");
-                        if let Err(e) = self.tear_down(&record) {
-                            tracing::warn!(clone = %name, "stopping what is left: {e}");
-                        }
-                        record.failure = Some(format!("{reason}; {MAX_REPAIRS} repairs failed; start it again"));
-                        if let Err(e) = self.save(&record) {
-                            tracing::error!(clone = %name, "{e}");
-                        }
-                        continue;
-                    }
-                    tracing::info!(clone = %name, attempt = health.repairs + 1, "repairing: {reason}");
-                    let repaired = self.tear_down(&record).and_then(|()| self.bring_up(&mut record));
-                    // tear_down forgot the health; it is kept across repairs.
-                    health.repairs += 1;
-                    match repaired {
-                        Ok(()) => {
-                            tracing::info!(clone = %name, "repaired");
-                            health.degraded = None;
-                            lock(&self.health).insert(name.clone(), health);
-                        }
-                        Err(e) => {
-                            tracing::warn!(clone = %name, "the repair failed: {e}");
-                            record.failure = Some(format!("{reason}; the repair failed: {}", e.message));
-                            if let Err(e) = self.save(&record) {
-                                tracing::error!(clone = %name, "{e}");
-                            }
-                        }
-                    }
                 }
             }
         }
+    }
+}
+
+/// Whether a cowfs mount's log says that it refuses writes for lack of room now: its last
+/// `cowfs: ENOSPC` line is later than its last `cowfs: space available again` line.
+fn cowfs_out_of_room(clone_dir: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut log) = fs::File::open(clone_dir.join("mount.log")) else { return false };
+    let len = log.metadata().map_or(0, |m| m.len());
+    // The end of the log is enough: an episode's last line is what counts.
+    if log.seek(SeekFrom::Start(len.saturating_sub(64 << 10))).is_err() {
+        return false;
+    }
+    let mut tail = Vec::new();
+    if log.read_to_end(&mut tail).is_err() {
+        return false;
+    }
+    let tail = String::from_utf8_lossy(&tail);
+    match (tail.rfind("cowfs: ENOSPC"), tail.rfind("cowfs: space available again")) {
+        (Some(full), Some(back)) => full > back,
+        (Some(_), None) => true,
+        _ => false,
     }
 }
 

@@ -327,7 +327,12 @@ impl Server {
             }
         };
         let engine = image.map(|i| i.engine.clone()).unwrap_or_default();
-        let user = image.and_then(|i| i.superuser.clone()).unwrap_or_default();
+        // The role the clone's URL logs in as: its owner role when the agent made one
+        // (--clone-role owner), else the image's superuser.
+        let user = report
+            .and_then(|r| r.user.clone())
+            .or_else(|| image.and_then(|i| i.superuser.clone()))
+            .unwrap_or_default();
         // The password goes only to those who may use the clone.
         let url = may_use
             .then(|| self.engines.iter().find(|e| e.id() == engine).map(|e| e.url(host, row.port, &user, &row.password)))

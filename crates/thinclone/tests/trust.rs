@@ -305,7 +305,7 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
 
     // Ballast, to free room with later.
     let ballast = small.mountpoint.join("ballast");
-    fs::write(&ballast, vec![1u8; 48 << 20]).unwrap();
+    fs::write(&ballast, vec![1u8; 160 << 20]).unwrap();
     // Two clones; one fills the disk.
     let a: api::Clone = d.ok(&["clone", "create", "a", "--image", "img"]);
     let b: api::Clone = d.ok(&["clone", "create", "b", "--image", "img"]);
