@@ -352,6 +352,9 @@ pub(crate) fn stop_stray(spec: &InstanceSpec) -> Result<bool> {
             sys::wait::until(timeout, POLL, || (!sys::procfs::is_live_process_of(pid, &spec.data_dir)).then_some(()))
                 .is_some()
         };
+        // Its children (backends, checkpointer…) may outlive it by a moment, or for good if
+        // it dies by SIGKILL: they are waited for too, and killed if they linger.
+        let children = sys::procfs::children_of(pid);
         signal(libc::SIGQUIT);
         if !gone(IMMEDIATE_SHUTDOWN) {
             signal(libc::SIGKILL);
@@ -360,6 +363,20 @@ pub(crate) fn stop_stray(spec: &InstanceSpec) -> Result<bool> {
                     "postgres (pid {pid}) on {} did not exit after SIGKILL",
                     spec.data_dir.display()
                 )));
+            }
+        }
+        let lingering = || children.iter().copied().filter(|&c| sys::procfs::is_alive(c)).collect::<Vec<_>>();
+        if sys::wait::until(Duration::from_secs(10), POLL, || lingering().is_empty().then_some(())).is_none() {
+            for child in lingering() {
+                // Only what still calls itself a server process ("postgres: …"): a pid that was
+                // reaped and reused meanwhile belongs to something else.
+                let still_ours = sys::procfs::cmdline(child)
+                    .and_then(|args| args.into_iter().next())
+                    .is_some_and(|first| first.starts_with("postgres"));
+                if still_ours {
+                    // SAFETY: kill has no memory-safety preconditions; checked just above.
+                    unsafe { libc::kill(child, libc::SIGKILL) };
+                }
             }
         }
     }

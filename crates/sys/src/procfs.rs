@@ -31,6 +31,23 @@ pub fn is_live_process_of(pid: i32, path: &Path) -> bool {
     cmdline.split(|&b| b == 0).any(|arg| arg == wanted)
 }
 
+/// The live processes whose parent is `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&child| {
+            fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                // The fields after the command name (in parentheses): state, then parent.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                    == Some(pid)
+            }) && is_alive(child)
+        })
+        .collect()
+}
+
 /// The argument list of a process.
 pub fn cmdline(pid: i32) -> Option<Vec<String>> {
     let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
