@@ -8,8 +8,10 @@
 
 mod auth;
 mod catalog;
+pub mod hub;
 mod identity;
 mod ops;
+pub mod pki;
 mod rest;
 
 pub use auth::Caller;
