@@ -81,7 +81,8 @@ fn only_the_server_knows_http_routes() {
         let deps = dependencies(&krate);
         for framework in ["axum", "utoipa-axum", "hyper", "tower"] {
             assert!(
-                !deps.lines().any(|l| l.trim_start().starts_with(&format!("{framework} ")) || l.trim_start().starts_with(&format!("{framework}."))),
+                !deps.lines().any(|l| l.trim_start().starts_with(&format!("{framework} "))
+                    || l.trim_start().starts_with(&format!("{framework}."))),
                 "crate {krate} depends on {framework}: only the server serves HTTP"
             );
         }
@@ -137,9 +138,9 @@ fn only_sys_spawns_programs() {
 fn stored_rows_are_not_api_types() {
     let catalog = root().join("crates/server/src/catalog.rs");
     let found = offending(&[catalog], |l| {
-        ["api::Image", "api::Clone", "api::Operation", "Serialize", "ToSchema"].iter().any(|t| {
-            l.contains(t) && !l.contains("api::ImageStatus") && !l.contains("api::CloneStatus")
-        })
+        ["api::Image", "api::Clone", "api::Operation", "Serialize", "ToSchema"]
+            .iter()
+            .any(|t| l.contains(t) && !l.contains("api::ImageStatus") && !l.contains("api::CloneStatus"))
     });
     assert!(found.is_empty(), "the catalog uses wire types for its rows:\n{}", found.join("\n"));
     let api = rust_files(&root().join("crates/api/src"));

@@ -1,9 +1,12 @@
 //! Making images: a copy of a stopped data directory or of a live server, prepared by its
 //! engine so that clones start without recovery, then sealed under `images/<name>`.
 //!
-//! The copy is made at `images/<name>.partial` and renamed into place only once prepared, so
-//! an image directory is always whole; a failure or a crash leaves nothing of it (recovery
-//! removes `.partial` directories).
+//! Images are kept in a location (api::agent::ImagePlace): a directory of this host, or a
+//! share that other agents see too. The copy is made at `<location>/<name>.partial` and
+//! renamed into place only once prepared, so an image directory is always whole; a failure or
+//! a crash leaves nothing of it. While a copy runs, `run/images/<name>.job` names its
+//! `.partial` directory, so that recovery after a crash removes it even in a location the
+//! agent would not otherwise look at.
 //!
 //! A sealed image belongs to the agent's own user (root), with its directory private to it:
 //! no clone's OS identity can write to it, or even read it except through the clone's own
@@ -11,7 +14,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -19,7 +22,7 @@ use api::Name;
 use sys::tree::CopyData;
 
 use crate::local::LocalAgent;
-use crate::{AgentError, ErrorKind, ImageSource, MadeImage, Result, SourceFacts, SourceUrl};
+use crate::{AgentError, AgentErrorExt, ErrorKind, ImagePlace, ImageSource, MadeImage, Result, SourceFacts, SourceUrl};
 
 fn bad(message: impl Into<String>) -> AgentError {
     AgentError::new(ErrorKind::BadRequest, message)
@@ -31,8 +34,13 @@ const COPY_RESERVE: u64 = 256 << 20;
 
 /// Refuses a copy of `bytes` when the agent's filesystem has not room for it and the reserve.
 pub(crate) fn check_room(agent: &LocalAgent, what: &str, bytes: u64) -> Result<()> {
-    let free = sys::space::free_bytes(&agent.config().data_dir)
-        .map_err(|e| AgentError::internal(format!("measuring free space: {e}")))?;
+    check_room_at(&agent.config().data_dir, what, bytes)
+}
+
+/// Refuses a copy of `bytes` into `dir` when its filesystem has not room for it and the
+/// reserve.
+pub(crate) fn check_room_at(dir: &Path, what: &str, bytes: u64) -> Result<()> {
+    let free = sys::space::free_bytes(dir).map_err(|e| AgentError::internal(format!("measuring free space: {e}")))?;
     let needed = bytes + bytes / 20 + COPY_RESERVE;
     if free < needed {
         return Err(AgentError::new(
@@ -41,7 +49,7 @@ pub(crate) fn check_room(agent: &LocalAgent, what: &str, bytes: u64) -> Result<(
                 "not enough free disk for {what}: it needs about {} MiB and {} has {} MiB free; free space or \
                  use another data directory",
                 needed >> 20,
-                agent.config().data_dir.display(),
+                dir.display(),
                 free >> 20
             ),
         ));
@@ -49,14 +57,48 @@ pub(crate) fn check_room(agent: &LocalAgent, what: &str, bytes: u64) -> Result<(
     Ok(())
 }
 
-pub(crate) fn check_source_dir(agent: &LocalAgent, dir: &Path, snapshot: bool) -> Result<SourceFacts> {
-    if !dir.is_absolute() {
-        return Err(bad(format!("the source directory {} is not an absolute path", dir.display())));
+/// `dir` resolved, if it lies inside one of `roots` (the registered source directories): an
+/// absolute path without `..`, every symlink resolved before it is compared.
+fn inside_roots(dir: &str, roots: &[String]) -> Result<PathBuf> {
+    let path = Path::new(dir);
+    if !path.is_absolute() {
+        return Err(bad(format!("the source directory {dir} is not an absolute path")));
     }
-    let canonical =
-        fs::canonicalize(dir).map_err(|e| bad(format!("the source directory {}: {e}", dir.display())))?;
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(bad(format!("the source directory {dir} has `..` in it; give the plain path")));
+    }
+    if roots.is_empty() {
+        return Err(bad(
+            "no source directories are registered: an administrator registers one with `thinclone source add NAME \
+             PATH`, and images are made from data directories inside it",
+        ));
+    }
+    let resolved = fs::canonicalize(path).map_err(|e| bad(format!("the source directory {dir}: {e}")))?;
+    let inside = roots.iter().any(|root| {
+        let root = fs::canonicalize(root).unwrap_or_else(|_| PathBuf::from(root));
+        resolved.starts_with(&root) && resolved != root
+    });
+    if !inside {
+        return Err(bad(format!(
+            "{dir} is not inside a registered source directory ({}); an administrator registers sources with \
+             `thinclone source add`",
+            roots.join(", ")
+        )));
+    }
+    Ok(resolved)
+}
+
+pub(crate) fn check_source_dir(
+    agent: &LocalAgent,
+    dir: &str,
+    snapshot: bool,
+    roots: &[String],
+    place: &ImagePlace,
+) -> Result<SourceFacts> {
+    check_place(place)?;
+    let canonical = inside_roots(dir, roots)?;
     if !canonical.is_dir() {
-        return Err(bad(format!("the source {} is not a directory", dir.display())));
+        return Err(bad(format!("the source {dir} is not a directory")));
     }
     let own = fs::canonicalize(&agent.config().data_dir).unwrap_or_else(|_| agent.config().data_dir.clone());
     if canonical.starts_with(&own) || own.starts_with(&canonical) {
@@ -72,9 +114,15 @@ pub(crate) fn check_source_dir(agent: &LocalAgent, dir: &Path, snapshot: bool) -
             Ok(version) => {
                 engine.check_installed(&version).map_err(|e| bad(e.to_string()))?;
                 if !snapshot {
-                    engine.check_not_in_use(&canonical).map_err(|e| AgentError::new(ErrorKind::Conflict, e.to_string()))?;
+                    engine
+                        .check_not_in_use(&canonical)
+                        .map_err(|e| AgentError::new(ErrorKind::Conflict, e.to_string()))?;
                 }
-                check_room(agent, &format!("a copy of {}", canonical.display()), sys::tree::size(&canonical).bytes)?;
+                check_room_at(
+                    Path::new(&place.path),
+                    &format!("a copy of {}", canonical.display()),
+                    sys::tree::size(&canonical).bytes,
+                )?;
                 return Ok(SourceFacts {
                     engine: engine.id().to_owned(),
                     version: Some(version),
@@ -87,25 +135,68 @@ pub(crate) fn check_source_dir(agent: &LocalAgent, dir: &Path, snapshot: bool) -
     Err(bad(reasons.join("; ")))
 }
 
-pub(crate) fn check_source_url(agent: &LocalAgent, url: &SourceUrl) -> Result<SourceFacts> {
+pub(crate) fn check_source_url(agent: &LocalAgent, url: &str) -> Result<SourceFacts> {
+    let url = SourceUrl::parse(url).map_err(bad)?;
+    let url = &url;
     let engine = agent.config().engines.iter().find(|e| e.accepts_url(url)).ok_or_else(|| {
         let known: Vec<&str> = agent.config().engines.iter().map(|e| e.id()).collect();
-        bad(format!("{}:// is not the URL scheme of a database engine thinclone knows ({})", url.scheme(), known.join(", ")))
+        bad(format!(
+            "{}:// is not the URL scheme of a database engine thinclone knows ({})",
+            url.scheme(),
+            known.join(", ")
+        ))
     })?;
     engine.probe(url).map_err(|e| AgentError::from_engine("checking the source", e))?;
     Ok(SourceFacts { engine: engine.id().to_owned(), version: None, shown: url.shown() })
 }
 
+/// Where image `name` of `place` lives, once sealed.
+pub(crate) fn image_dir(place: &ImagePlace, name: &Name) -> PathBuf {
+    Path::new(&place.path).join(name.as_str())
+}
+
+/// Where image `name` of `place` is made.
+pub(crate) fn partial_dir(place: &ImagePlace, name: &Name) -> PathBuf {
+    Path::new(&place.path).join(format!("{name}.partial"))
+}
+
+/// Checks that a location's directory is there: an absolute path to a directory (a share
+/// that is not mounted shows as an empty or missing directory: its marker says which).
+pub(crate) fn check_place(place: &ImagePlace) -> Result<()> {
+    let path = Path::new(&place.path);
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(bad(format!("location {}: {} is not an absolute path without `..`", place.location, place.path)));
+    }
+    if !path.is_dir() {
+        return Err(AgentError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "image location {} is unavailable: {} is not a directory on this host (is the share mounted?)",
+                place.location, place.path
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn make_image(
     agent: &LocalAgent,
     name: &Name,
+    place: &ImagePlace,
     source: &ImageSource,
     progress: &(dyn Fn(u64, u64) + Sync),
     step: &(dyn Fn(&str) + Sync),
 ) -> Result<MadeImage> {
-    let partial = agent.partial_image_dir(name);
+    check_place(place)?;
+    let partial = partial_dir(place, name);
     let run_dir = agent.image_run_dir(name);
-    let made = make(agent, name, source, progress, step);
+    let job = agent.image_job_file(name);
+    // Named before anything is copied: recovery after a crash removes it.
+    sys::crashsafe::replace_file_mode(&job, partial.to_string_lossy().as_bytes(), 0o600)
+        .map_err(|e| AgentError::internal(format!("recording the image job: {e}")))?;
+    agent.job_started(&partial);
+    let made = make(agent, name, place, source, progress, step);
+    agent.job_ended(&partial);
     if made.is_err() {
         for dir in [&partial, &run_dir] {
             if let Err(e) = sys::tree::remove(dir) {
@@ -113,19 +204,24 @@ pub(crate) fn make_image(
             }
         }
     }
+    if let Err(e) = fs::remove_file(&job) {
+        tracing::warn!(image = %name, "removing {}: {e}", job.display());
+    }
     made
 }
 
 fn make(
     agent: &LocalAgent,
     name: &Name,
+    place: &ImagePlace,
     source: &ImageSource,
     progress: &(dyn Fn(u64, u64) + Sync),
     step: &(dyn Fn(&str) + Sync),
 ) -> Result<MadeImage> {
     let config = agent.config();
     let user = &config.os_user;
-    let partial = agent.partial_image_dir(name);
+    let partial = partial_dir(place, name);
+    let final_dir = image_dir(place, name);
     let run_dir = agent.image_run_dir(name);
     let io = |what: &'static str| {
         move |e: std::io::Error| {
@@ -136,11 +232,22 @@ fn make(
             }
         }
     };
+    if final_dir.exists() {
+        return Err(AgentError::new(
+            ErrorKind::Conflict,
+            format!(
+                "{} already exists in location {}; remove it or choose another name",
+                final_dir.display(),
+                place.location
+            ),
+        ));
+    }
     sys::tree::remove(&partial).map_err(io("clearing the image's directory"))?;
     let _ = sys::tree::remove(&run_dir);
     let engine = match source {
-        ImageSource::Dir { path: dir, snapshot } => {
-            let facts = check_source_dir(agent, dir, *snapshot)?;
+        ImageSource::Dir { path, snapshot, roots } => {
+            let facts = check_source_dir(agent, path, *snapshot, roots, place)?;
+            let dir = Path::new(&facts.shown);
             let engine = agent.engine(&facts.engine)?;
             let total = sys::tree::size(dir).bytes;
             progress(0, total);
@@ -157,14 +264,15 @@ fn make(
             })?;
             engine
         }
-        ImageSource::Url(url) => {
+        ImageSource::Url { url } => {
             let facts = check_source_url(agent, url)?;
+            let url = SourceUrl::parse(url).map_err(bad)?;
             let engine = agent.engine(&facts.engine)?;
             fs::create_dir(&partial).map_err(io("making the image's directory"))?;
             std::os::unix::fs::chown(&partial, Some(user.uid), Some(user.gid))
                 .map_err(io("giving the image's directory to the database's user"))?;
             step("copying the live server");
-            engine.copy_live(url, &partial, user, &mut |done, total| progress(done, total)).map_err(|e| {
+            engine.copy_live(&url, &partial, user, &mut |done, total| progress(done, total)).map_err(|e| {
                 if e.is_disk_full() {
                     AgentError::new(ErrorKind::DiskFull, format!("{e}; free space and try again"))
                 } else {
@@ -192,7 +300,6 @@ fn make(
     let me = sys::User::current();
     sys::tree::chown(&partial, me.uid, me.gid).map_err(io("sealing the image"))?;
     fs::set_permissions(&partial, fs::Permissions::from_mode(0o700)).map_err(io("sealing the image"))?;
-    let final_dir = agent.image_dir(name);
     sys::crashsafe::rename(&partial, &final_dir).map_err(io("sealing the image"))?;
     let size = sys::tree::size(&final_dir);
     Ok(MadeImage {

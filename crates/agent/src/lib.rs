@@ -41,49 +41,45 @@
 //!
 //! As another user, every clone runs as that user, and nothing keeps clones apart.
 
+pub mod channel;
+mod dispatch;
 pub mod driver;
+pub mod enroll;
 mod images;
 mod local;
 mod record;
 pub mod reflink;
 mod uids;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+pub use dispatch::dispatch;
 pub use engine::{Secret, SourceUrl};
 pub use local::{AgentConfig, LocalAgent};
 pub use record::{CloneRecord, Desired, Intent};
 
-use api::{Driver, Name, Timestamp};
+use api::Name;
 
-/// What an agent could not do, told apart the way the server must tell its callers.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct AgentError {
-    pub kind: ErrorKind,
-    /// What happened and, for a caller's mistake, what to do about it.
-    pub message: String,
+pub use api::agent::{
+    AgentError, AgentErrorKind as ErrorKind, AgentInfo, CloneReport, CloneSpec, CloneState, EngineVersions, ImagePlace,
+    ImageSource, MadeImage, SourceFacts,
+};
+
+/// Ways to make an [`AgentError`].
+#[allow(clippy::new_ret_no_self)]
+pub trait AgentErrorExt {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> AgentError;
+    fn internal(message: impl Into<String>) -> AgentError;
+    fn from_engine(what: &str, e: engine::Error) -> AgentError;
+    fn from_driver(e: driver::DriverError) -> AgentError;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The request was wrong (a source that is not a data directory, a missing version).
-    BadRequest,
-    NotFound,
-    /// The object exists already, or its state does not allow the request.
-    Conflict,
-    /// A disk filled up; what the operation wrote was freed.
-    DiskFull,
-    /// A failure inside the agent; the message says what it was doing.
-    Internal,
-}
-
-impl AgentError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> AgentError {
+impl AgentErrorExt for AgentError {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> AgentError {
         AgentError { kind, message: message.into() }
     }
 
-    pub fn internal(message: impl Into<String>) -> AgentError {
+    fn internal(message: impl Into<String>) -> AgentError {
         AgentError::new(ErrorKind::Internal, message)
     }
 
@@ -108,40 +104,6 @@ impl AgentError {
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
-
-/// Where a new image comes from.
-#[derive(Debug, Clone)]
-pub enum ImageSource {
-    /// A data directory of a stopped server, or a base backup, on the agent's host; or, with
-    /// `snapshot`, a crash-consistent snapshot of a running server's directory.
-    Dir { path: PathBuf, snapshot: bool },
-    /// A live server.
-    Url(SourceUrl),
-}
-
-/// What the agent learned of a source when it checked it, before any copying.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceFacts {
-    /// The engine's id.
-    pub engine: String,
-    /// The version, when it can be known before copying (a directory's).
-    pub version: Option<String>,
-    /// The source as it may be shown and stored: a canonical path, or the URL without
-    /// its password.
-    pub shown: String,
-}
-
-/// An image the agent made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MadeImage {
-    pub engine: String,
-    pub version: String,
-    /// The superuser clones' URLs log in as.
-    pub superuser: String,
-    pub logical_bytes: u64,
-    pub stored_bytes: u64,
-    pub file_count: u64,
-}
 
 /// Who a clone's URL logs in as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,91 +148,43 @@ impl Default for Isolation {
     }
 }
 
-/// Everything an agent needs to make and run a clone; the server decides all of it.
-#[derive(Debug, Clone)]
-pub struct CloneSpec {
-    pub name: Name,
-    pub image: Name,
-    pub engine: String,
-    pub version: String,
-    pub superuser: String,
-    pub driver: Driver,
-    pub port: u16,
-    pub password: Secret,
-}
-
-/// The state of a clone on its agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloneState {
-    /// Its server accepts connections.
-    Running,
-    /// Stopped, as asked.
-    Stopped,
-    /// It runs, but something is wrong (a full disk, storage or a server that died and is
-    /// being repaired); the report's message says what.
-    Degraded,
-    /// Meant to run, but does not; the report's message says why.
-    Failed,
-}
-
-/// How a clone is on its agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloneReport {
-    pub name: Name,
-    pub state: CloneState,
-    pub message: Option<String>,
-    /// Disk its storage uses beyond the image, as last measured, and when.
-    pub stored_bytes: Option<u64>,
-    pub sizes_at: Option<Timestamp>,
-    /// The database user its URL logs in as when that is not the image's superuser: the
-    /// owner role of a clone made with [`CloneRole::Owner`].
-    pub user: Option<String>,
-}
-
-/// What an agent offers.
-#[derive(Debug, Clone)]
-pub struct AgentInfo {
-    /// The driver for clones made without one: reflink where the filesystem shares blocks,
-    /// cowfs elsewhere.
-    pub default_driver: Driver,
-    /// The drivers this host can use.
-    pub drivers: Vec<Driver>,
-    /// The address clients connect to clones at.
-    pub host: String,
-    pub data_dir: PathBuf,
-}
-
 /// What the server asks of an agent. Every method is idempotent where a retry after a lost
 /// answer could happen: removing what is gone succeeds, stopping what is stopped succeeds.
+/// An agent on another host answers through the channel (channel.rs); one that cannot be
+/// reached fails every call with [`ErrorKind::Unavailable`].
 pub trait Agent: Send + Sync {
-    fn info(&self) -> AgentInfo;
+    fn info(&self) -> Result<AgentInfo>;
 
-    /// Checks a data directory on this host as an image source: it is a data directory of
-    /// an engine installed here, not thinclone's own, no server is running on it (unless it
-    /// is a crash-consistent `snapshot`), and there is room for a copy of it.
-    fn check_source_dir(&self, dir: &Path, snapshot: bool) -> Result<SourceFacts>;
+    /// Checks a data directory on this host as an image source: it lies inside one of
+    /// `roots` (the registered source directories) once symlinks are resolved, it is a data
+    /// directory of an engine installed here, not thinclone's own, no server is running on
+    /// it (unless it is a crash-consistent `snapshot`), and there is room for a copy of it at
+    /// `place`.
+    fn check_source_dir(&self, path: &str, snapshot: bool, roots: &[String], place: &ImagePlace)
+        -> Result<SourceFacts>;
 
     /// Checks that a live source answers, with its URL's credentials only.
-    fn check_source_url(&self, url: &SourceUrl) -> Result<SourceFacts>;
+    fn check_source_url(&self, url: &str) -> Result<SourceFacts>;
 
-    /// Makes and seals an image, calling `progress` with bytes copied and the estimated
-    /// total, and `step` with what it is doing. On failure nothing of it is left.
+    /// Makes and seals an image at `place`, calling `progress` with bytes copied and the
+    /// estimated total, and `step` with what it is doing. On failure nothing of it is left.
     fn make_image(
         &self,
         name: &Name,
+        place: &ImagePlace,
         source: &ImageSource,
         progress: &(dyn Fn(u64, u64) + Sync),
         step: &(dyn Fn(&str) + Sync),
     ) -> Result<MadeImage>;
 
-    /// Removes an image's files (gone already is fine).
-    fn remove_image(&self, name: &Name) -> Result<()>;
+    /// Removes an image's files, and what is left of a copy of it (gone already is fine).
+    fn remove_image(&self, name: &Name, place: &ImagePlace) -> Result<()>;
 
     /// Stops the image copies under way, as at shutdown: each fails, and leaves nothing.
     fn cancel_image_jobs(&self);
 
     /// Whether nothing listens on `port` on this host.
-    fn port_is_free(&self, port: u16) -> bool;
+    fn port_is_free(&self, port: u16) -> Result<bool>;
 
     /// Makes a clone and starts it; on failure nothing of it is left.
     fn create_clone(&self, spec: &CloneSpec) -> Result<CloneReport>;
@@ -290,8 +204,17 @@ pub trait Agent: Send + Sync {
     fn delete_clone(&self, name: &Name) -> Result<()>;
 
     /// How a clone is, or `None` when this agent has no such clone.
-    fn clone_report(&self, name: &Name) -> Option<CloneReport>;
+    fn clone_report(&self, name: &Name) -> Result<Option<CloneReport>>;
 
     /// Every clone this agent has.
-    fn clone_reports(&self) -> Vec<CloneReport>;
+    fn clone_reports(&self) -> Result<Vec<CloneReport>>;
+
+    /// Writes `value` to the marker file of the location at `path` (proof of reach).
+    fn write_marker(&self, path: &str, value: &str) -> Result<()>;
+
+    /// The marker of the location at `path`, if this host sees one.
+    fn read_marker(&self, path: &str) -> Result<Option<String>>;
 }
+
+/// The file in a location's directory that proves which agents reach it.
+pub const MARKER_FILE: &str = ".thinclone-location";

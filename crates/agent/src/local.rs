@@ -4,7 +4,7 @@
 //! servers and mounts an earlier agent left running rather than restarting them. As root it
 //! gives each clone a uid of its own (lib.rs, "Clone isolation").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -18,10 +18,11 @@ use engine::{Engine, Instance, InstanceSpec, Secret};
 use sys::User;
 
 use crate::driver::{self, Attached};
+use crate::images::{check_place, image_dir, partial_dir};
 use crate::record::{CloneRecord, Desired, Intent};
 use crate::{
-    Agent, AgentError, AgentInfo, CloneReport, CloneRole, CloneSpec, CloneState, ErrorKind, ImageSource, Isolation,
-    MadeImage, Result, SourceFacts, SourceUrl,
+    Agent, AgentError, AgentErrorExt, AgentInfo, CloneReport, CloneRole, CloneSpec, CloneState, EngineVersions,
+    ErrorKind, ImagePlace, ImageSource, Isolation, MadeImage, Result, SourceFacts,
 };
 
 /// How long a clone's server may take to start. Crash recovery after a kill may replay WAL.
@@ -103,6 +104,8 @@ pub struct LocalAgent {
     sizes: Mutex<HashMap<Name, (u64, Timestamp)>>,
     /// What supervision found wrong with each running clone.
     health: Mutex<HashMap<Name, Health>>,
+    /// The `.partial` directories of the images being made.
+    jobs: Mutex<HashSet<PathBuf>>,
     stopping: AtomicBool,
 }
 
@@ -209,6 +212,7 @@ impl LocalAgent {
             running: Mutex::new(HashMap::new()),
             sizes: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(HashSet::new()),
             stopping: AtomicBool::new(false),
         });
         agent.recover_images();
@@ -231,12 +235,26 @@ impl LocalAgent {
         &self.config
     }
 
-    pub(crate) fn image_dir(&self, name: &Name) -> PathBuf {
-        self.config.data_dir.join("images").join(name.as_str())
+    /// The image a clone was made from: in its location, or (a clone made before images had
+    /// locations) in the data directory's `images/`.
+    fn record_image_dir(&self, record: &CloneRecord) -> PathBuf {
+        match &record.image_dir {
+            Some(dir) => dir.clone(),
+            None => self.config.data_dir.join("images").join(record.image.as_str()),
+        }
     }
 
-    pub(crate) fn partial_image_dir(&self, name: &Name) -> PathBuf {
-        self.config.data_dir.join("images").join(format!("{name}.partial"))
+    /// The file that names the `.partial` directory of image `name` while it is made.
+    pub(crate) fn image_job_file(&self, name: &Name) -> PathBuf {
+        self.config.data_dir.join("run/images").join(format!("{name}.job"))
+    }
+
+    pub(crate) fn job_started(&self, partial: &Path) {
+        lock(&self.jobs).insert(partial.to_owned());
+    }
+
+    pub(crate) fn job_ended(&self, partial: &Path) {
+        lock(&self.jobs).remove(partial);
     }
 
     pub(crate) fn image_run_dir(&self, name: &Name) -> PathBuf {
@@ -329,7 +347,8 @@ impl LocalAgent {
         let claim = {
             let _ours = lock(&self.uids);
             let held = registry.lock().map_err(internal("locking the registry of clones' uids"))?;
-            let claim = registry.claim_of(&held, uid, &record.name).map_err(internal("reading the registry of uids"))?;
+            let claim =
+                registry.claim_of(&held, uid, &record.name).map_err(internal("reading the registry of uids"))?;
             if claim == crate::uids::Claim::Free {
                 registry.claim(&held, uid, &record.name).map_err(internal("claiming the clone's uid"))?;
             }
@@ -383,13 +402,9 @@ impl LocalAgent {
     /// (a cowfs layer keeps the owner of each file the clone made); the record then says so.
     fn bring_up(&self, record: &mut CloneRecord) -> Result<()> {
         let engine = self.engine(&record.engine)?;
-        let image = self.image_dir(&record.image);
+        let image = self.record_image_dir(record);
         if !image.is_dir() {
-            return Err(AgentError::internal(format!(
-                "the files of image {} are missing at {}",
-                record.image,
-                image.display()
-            )));
+            return Err(location_unavailable(&image));
         }
         let clone_dir = self.clone_dir(&record.name);
         // Root's, and passable: its server reaches its data directory through it.
@@ -592,6 +607,31 @@ impl LocalAgent {
             }
         }
         let runs = self.config.data_dir.join("run/images");
+        // Each job names its `.partial` directory, in whatever location it was.
+        if let Ok(entries) = fs::read_dir(&runs) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|e| e != "job") {
+                    continue;
+                }
+                if let Ok(partial) = sys::untrusted::read_to_string(&path, 4096) {
+                    let partial = PathBuf::from(partial.trim());
+                    if partial.is_absolute() && partial.to_string_lossy().ends_with(".partial") && partial.exists() {
+                        for pid in sys::procfs::processes_under(&partial) {
+                            tracing::warn!(pid, "stopping an image job left running");
+                            // SAFETY: kill has no memory-safety preconditions; the process's
+                            // command line names a half-made image of ours.
+                            unsafe { libc::kill(pid, libc::SIGQUIT) };
+                        }
+                        tracing::warn!(path = %partial.display(), "removing an image left half-made by a crash");
+                        if let Err(e) = sys::tree::remove(&partial) {
+                            tracing::error!("removing {}: {e}", partial.display());
+                        }
+                    }
+                }
+                let _ = fs::remove_file(&path);
+            }
+        }
         if let Ok(entries) = fs::read_dir(&runs) {
             for entry in entries.flatten() {
                 // A preparing server a crash left running is stopped before its files go.
@@ -674,7 +714,7 @@ impl LocalAgent {
                 tracing::info!(clone = %name, "finishing an interrupted reset");
                 self.tear_down(&record)?;
                 driver.recover(&clone_dir).map_err(AgentError::from_driver)?;
-                driver.reset(&self.image_dir(&record.image), &clone_dir).map_err(AgentError::from_driver)?;
+                driver.reset(&self.record_image_dir(&record), &clone_dir).map_err(AgentError::from_driver)?;
             }
             Some(Intent::Start) | Some(Intent::Create) => {
                 self.tear_down(&record)?;
@@ -713,6 +753,21 @@ impl LocalAgent {
                         record.failure = None;
                         record.ever_ready = true;
                         self.save(&record)
+                    }
+                    Err(e) if e.kind == ErrorKind::Unavailable => {
+                        // Its image's location is not mounted yet: supervision brings it back
+                        // once it is.
+                        tracing::warn!(clone = %name, "{e}");
+                        lock(&self.health).insert(
+                            name.clone(),
+                            Health {
+                                degraded: Some(e.message.clone()),
+                                down: true,
+                                fault: Some(e.message.clone()),
+                                ..Health::default()
+                            },
+                        );
+                        Ok(())
                     }
                     Err(e) => {
                         tracing::error!(clone = %name, "could not bring the clone back: {e}");
@@ -769,8 +824,19 @@ impl LocalAgent {
                 })
             });
             let mut health = lock(&self.health).get(&name).cloned().unwrap_or_default();
+            // Its image's location (a share) is gone: nothing can read the image now.
+            let image = self.record_image_dir(&record);
+            let location_gone = !image.is_dir();
             let fault = if health.down {
-                health.fault.clone()
+                match (&health.fault, location_gone) {
+                    (Some(f), false) if f.starts_with("image location unavailable") => {
+                        Some("its image's location was unavailable".to_owned())
+                    }
+                    (_, true) => Some(location_unavailable(&image).message),
+                    (f, false) => f.clone(),
+                }
+            } else if location_gone {
+                Some(location_unavailable(&image).message)
             } else {
                 let mut running = lock(&self.running);
                 let Some(r) = running.get_mut(&name) else { continue };
@@ -817,8 +883,8 @@ impl LocalAgent {
                 None => reason.clone(),
             });
             lock(&self.health).insert(name.clone(), health.clone());
-            // Repairs wait for space: a start on a full disk would only fail.
-            if !self.config.repair || disk_full.is_some() {
+            // Repairs wait for space, and for the image's location: a start would only fail.
+            if !self.config.repair || disk_full.is_some() || location_gone {
                 continue;
             }
             if health.repairs >= MAX_REPAIRS {
@@ -835,8 +901,9 @@ impl LocalAgent {
             }
             tracing::info!(clone = %name, attempt = health.repairs + 1, "repairing: {reason}");
             let repaired = self.tear_down(&record).and_then(|()| self.bring_up(&mut record));
-            // A start that ran out of room (crash recovery writes) waits for more, uncounted.
-            if !matches!(&repaired, Err(e) if e.kind == ErrorKind::DiskFull) {
+            // A start that ran out of room (crash recovery writes) waits for more, uncounted;
+            // so does one whose location went again.
+            if !matches!(&repaired, Err(e) if e.kind == ErrorKind::DiskFull || e.kind == ErrorKind::Unavailable) {
                 health.repairs += 1;
             }
             match repaired {
@@ -878,6 +945,31 @@ fn cowfs_out_of_room(clone_dir: &Path) -> bool {
     }
 }
 
+/// Stops what copies or prepares an image at `partial` (cp, a base backup, the preparing
+/// server: each names the directory on its command line). The job then fails, and its
+/// thread removes what it made.
+fn stop_job(partial: &Path) {
+    for pid in sys::procfs::processes_under(partial) {
+        tracing::info!(pid, path = %partial.display(), "stopping an image job");
+        // SAFETY: kill has no memory-safety preconditions; the process's command line names a
+        // half-made image of ours. SIGQUIT is a database server's immediate shutdown, and ends
+        // a copying program.
+        unsafe { libc::kill(pid, libc::SIGQUIT) };
+    }
+}
+
+/// The fault of a clone whose image is not there: its location (a share) is not mounted.
+fn location_unavailable(image: &Path) -> AgentError {
+    AgentError::new(
+        ErrorKind::Unavailable,
+        format!(
+            "image location unavailable: {} is missing on this host (is the share mounted?); the clone works \
+             again, with its data, once it is back",
+            image.display()
+        ),
+    )
+}
+
 /// 24 random bytes as hex.
 fn random_password() -> std::io::Result<Secret> {
     let mut bytes = [0u8; 24];
@@ -916,60 +1008,69 @@ fn measure_sizes(agent: Weak<LocalAgent>) {
 }
 
 impl Agent for LocalAgent {
-    fn info(&self) -> AgentInfo {
-        AgentInfo {
+    fn info(&self) -> Result<AgentInfo> {
+        Ok(AgentInfo {
             default_driver: self.default_driver,
             drivers: self.drivers.clone(),
             host: self.config.host.clone(),
-            data_dir: self.config.data_dir.clone(),
-        }
+            free_bytes: sys::space::free_bytes(&self.config.data_dir).unwrap_or(0),
+            engines: self
+                .config
+                .engines
+                .iter()
+                .map(|e| EngineVersions { engine: e.id().to_owned(), versions: e.installed_versions() })
+                .collect(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
     }
 
-    fn check_source_dir(&self, dir: &Path, snapshot: bool) -> Result<SourceFacts> {
-        crate::images::check_source_dir(self, dir, snapshot)
+    fn check_source_dir(
+        &self,
+        path: &str,
+        snapshot: bool,
+        roots: &[String],
+        place: &ImagePlace,
+    ) -> Result<SourceFacts> {
+        crate::images::check_source_dir(self, path, snapshot, roots, place)
     }
 
-    fn check_source_url(&self, url: &SourceUrl) -> Result<SourceFacts> {
+    fn check_source_url(&self, url: &str) -> Result<SourceFacts> {
         crate::images::check_source_url(self, url)
     }
 
     fn make_image(
         &self,
         name: &Name,
+        place: &ImagePlace,
         source: &ImageSource,
         progress: &(dyn Fn(u64, u64) + Sync),
         step: &(dyn Fn(&str) + Sync),
     ) -> Result<MadeImage> {
-        crate::images::make_image(self, name, source, progress, step)
+        crate::images::make_image(self, name, place, source, progress, step)
     }
 
-    fn remove_image(&self, name: &Name) -> Result<()> {
-        sys::tree::remove(&self.image_dir(name)).map_err(internal("removing the image's files"))
+    fn remove_image(&self, name: &Name, place: &ImagePlace) -> Result<()> {
+        check_place(place)?;
+        // A job still making it (a retry after a lost answer) is stopped first.
+        let partial = partial_dir(place, name);
+        if lock(&self.jobs).contains(&partial) {
+            stop_job(&partial);
+        }
+        sys::tree::remove(&partial).map_err(internal("removing what is left of the image's copy"))?;
+        sys::tree::remove(&image_dir(place, name)).map_err(internal("removing the image's files"))
     }
 
     fn cancel_image_jobs(&self) {
-        let Ok(entries) = fs::read_dir(self.config.data_dir.join("images")) else { return };
-        for entry in entries.flatten() {
-            if !entry.file_name().to_string_lossy().ends_with(".partial") {
-                continue;
-            }
-            // Whatever copies or prepares it (cp, a base backup, the preparing server) names
-            // the directory on its command line. Ending them makes the job fail, and its
-            // thread removes what it made.
-            for pid in sys::procfs::processes_under(&entry.path()) {
-                tracing::info!(pid, path = %entry.path().display(), "stopping an image job at shutdown");
-                // SAFETY: kill has no memory-safety preconditions; the process's command line
-                // names a half-made image of ours. SIGQUIT is a database server's immediate
-                // shutdown, and ends a copying program.
-                unsafe { libc::kill(pid, libc::SIGQUIT) };
-            }
+        let jobs: Vec<PathBuf> = lock(&self.jobs).iter().cloned().collect();
+        for partial in jobs {
+            stop_job(&partial);
         }
     }
 
-    fn port_is_free(&self, port: u16) -> bool {
+    fn port_is_free(&self, port: u16) -> Result<bool> {
         let addresses: Vec<IpAddr> =
             if self.config.listen.is_empty() { vec![IpAddr::from([127, 0, 0, 1])] } else { self.config.listen.clone() };
-        addresses.iter().all(|a| std::net::TcpListener::bind((*a, port)).is_ok())
+        Ok(addresses.iter().all(|a| std::net::TcpListener::bind((*a, port)).is_ok()))
     }
 
     fn create_clone(&self, spec: &CloneSpec) -> Result<CloneReport> {
@@ -982,9 +1083,16 @@ impl Agent for LocalAgent {
                 format!("clone {} already exists on this host", spec.name),
             ));
         }
-        let image = self.image_dir(&spec.image);
+        check_place(&spec.place)?;
+        let image = image_dir(&spec.place, &spec.image);
         if !image.is_dir() {
-            return Err(AgentError::new(ErrorKind::NotFound, format!("no image named {} on this host", spec.image)));
+            return Err(AgentError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no image named {} in location {} ({}) on this host",
+                    spec.image, spec.place.location, spec.place.path
+                ),
+            ));
         }
         if spec.driver == Driver::Copy {
             crate::images::check_room(
@@ -1006,7 +1114,7 @@ impl Agent for LocalAgent {
             superuser: spec.superuser.clone(),
             driver: spec.driver,
             port: spec.port,
-            password: spec.password.expose().to_owned(),
+            password: spec.password.clone(),
             desired: Desired::Running,
             ever_ready: false,
             intent: Some(Intent::Create),
@@ -1017,12 +1125,15 @@ impl Agent for LocalAgent {
                 CloneRole::Owner { user } => Some(user.clone()),
             },
             chown_pending: false,
+            image_dir: Some(image.clone()),
         };
         // Recorded first: a crash from here on is cleaned up by recovery.
         self.save_with_new_uid(&mut record)?;
         let driver = self.driver(spec.driver);
-        let made =
-            driver.create(&image, &clone_dir).map_err(AgentError::from_driver).and_then(|()| self.bring_up(&mut record));
+        let made = driver
+            .create(&image, &clone_dir)
+            .map_err(AgentError::from_driver)
+            .and_then(|()| self.bring_up(&mut record));
         if let Err(e) = made {
             if let Err(t) = self.tear_down(&record) {
                 tracing::warn!(clone = %spec.name, "stopping after a failed create: {t}");
@@ -1095,7 +1206,7 @@ impl Agent for LocalAgent {
         let _op = lock(&guard);
         let mut record = self.load(name)?;
         if record.driver == Driver::Copy {
-            let image = self.image_dir(&record.image);
+            let image = self.record_image_dir(&record);
             crate::images::check_room(
                 self,
                 &format!("a fresh copy of image {}", record.image),
@@ -1109,7 +1220,7 @@ impl Agent for LocalAgent {
         // A failed copy (a full disk) leaves the clone as it was; it comes back up either way.
         let reset = self
             .driver(record.driver)
-            .reset(&self.image_dir(&record.image), &clone_dir)
+            .reset(&self.record_image_dir(&record), &clone_dir)
             .map_err(AgentError::from_driver);
         let started = if record.desired == Desired::Running { self.bring_up(&mut record) } else { Ok(()) };
         record.intent = None;
@@ -1141,18 +1252,58 @@ impl Agent for LocalAgent {
         Ok(())
     }
 
-    fn clone_report(&self, name: &Name) -> Option<CloneReport> {
-        let record = CloneRecord::load(&self.clone_dir(name)).ok().flatten()?;
+    fn clone_report(&self, name: &Name) -> Result<Option<CloneReport>> {
+        let Some(record) = CloneRecord::load(&self.clone_dir(name)).map_err(internal("reading the clone's record"))?
+        else {
+            return Ok(None);
+        };
         // One clone is cheap to measure: its figure is at most a few seconds old. (Lists
         // take the background figures.)
         let stale = lock(&self.sizes).get(name).is_none_or(|(_, at)| at.age(Timestamp::now()) >= FRESH_SIZE_SECONDS);
         if stale {
             self.measure(&record);
         }
-        Some(self.report(&record))
+        Ok(Some(self.report(&record)))
     }
 
-    fn clone_reports(&self) -> Vec<CloneReport> {
-        self.records().iter().map(|r| self.report(r)).collect()
+    fn clone_reports(&self) -> Result<Vec<CloneReport>> {
+        Ok(self.records().iter().map(|r| self.report(r)).collect())
+    }
+
+    fn write_marker(&self, path: &str, value: &str) -> Result<()> {
+        let dir = Path::new(path);
+        if !dir.is_absolute() || !dir.is_dir() {
+            return Err(AgentError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "{path} is not a directory on this host; give the location's absolute path as the agent sees it"
+                ),
+            ));
+        }
+        let own = fs::canonicalize(&self.config.data_dir).unwrap_or_else(|_| self.config.data_dir.clone());
+        let resolved = fs::canonicalize(dir).map_err(internal("resolving the location's path"))?;
+        if resolved.starts_with(&own) && resolved != own.join("images") {
+            return Err(AgentError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "{path} is inside the agent's own data directory {}; give a directory of its own",
+                    own.display()
+                ),
+            ));
+        }
+        // Root's, passable: preparing servers reach their copies beneath it.
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o711))
+            .map_err(internal("setting the location's permissions"))?;
+        sys::crashsafe::replace_file_mode(&dir.join(crate::MARKER_FILE), format!("{value}\n").as_bytes(), 0o644)
+            .map_err(internal("writing the location's marker"))
+    }
+
+    fn read_marker(&self, path: &str) -> Result<Option<String>> {
+        match sys::untrusted::read_to_string(&Path::new(path).join(crate::MARKER_FILE), 4096) {
+            Ok(text) => Ok(Some(text.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+            Err(e) => Err(AgentError::internal(format!("reading the marker of {path}: {e}"))),
+        }
     }
 }

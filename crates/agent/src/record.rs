@@ -71,6 +71,10 @@ pub struct CloneRecord {
     /// the new uid at its next start.
     #[serde(default)]
     pub chown_pending: bool,
+    /// Its image's directory, in the image's location. `None` in a record made before images
+    /// had locations: `images/<image>` of the agent's data directory.
+    #[serde(default)]
+    pub image_dir: Option<PathBuf>,
 }
 
 impl CloneRecord {
@@ -116,6 +120,7 @@ mod tests {
             uid: Some(2_000_000_000),
             owner: None,
             chown_pending: false,
+            image_dir: Some(PathBuf::from("/srv/images/img")),
         };
         record.save(dir.path()).unwrap();
         assert_eq!(CloneRecord::load(dir.path()).unwrap(), Some(record));

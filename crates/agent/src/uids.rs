@@ -145,6 +145,7 @@ mod tests {
             uid: Some(uid),
             owner: None,
             chown_pending: false,
+            image_dir: None,
         }
     }
 

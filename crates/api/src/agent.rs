@@ -178,8 +178,6 @@ pub struct CloneSpec {
     pub driver: Driver,
     pub port: u16,
     pub password: String,
-    /// Who asked for it, for the record.
-    pub owner: Name,
 }
 
 /// A clone's state on its agent.
@@ -200,6 +198,9 @@ pub struct CloneReport {
     pub message: Option<String>,
     pub stored_bytes: Option<u64>,
     pub sizes_at: Option<Timestamp>,
+    /// The database user its URL logs in as when that is not the image's superuser (an
+    /// owner role).
+    pub user: Option<String>,
 }
 
 /// What an agent offers.
@@ -240,23 +241,81 @@ pub struct AgentError {
 #[serde(rename_all = "snake_case", tag = "ask")]
 pub enum Request {
     Info,
-    CheckSourceDir { path: String, snapshot: bool, roots: Vec<String> },
-    CheckSourceUrl { url: String },
-    MakeImage { name: Name, place: ImagePlace, source: ImageSource },
-    RemoveImage { name: Name, place: ImagePlace },
+    /// Checks a source directory for an image to be kept at `place` (room included).
+    CheckSourceDir {
+        path: String,
+        snapshot: bool,
+        roots: Vec<String>,
+        place: ImagePlace,
+    },
+    CheckSourceUrl {
+        url: String,
+    },
+    MakeImage {
+        name: Name,
+        place: ImagePlace,
+        source: ImageSource,
+    },
+    RemoveImage {
+        name: Name,
+        place: ImagePlace,
+    },
     CancelImageJobs,
-    PortIsFree { port: u16 },
-    CreateClone { spec: CloneSpec },
-    StartClone { name: Name },
-    StopClone { name: Name },
-    ResetClone { name: Name },
-    DeleteClone { name: Name },
-    CloneReport { name: Name },
+    PortIsFree {
+        port: u16,
+    },
+    CreateClone {
+        spec: CloneSpec,
+    },
+    StartClone {
+        name: Name,
+    },
+    StopClone {
+        name: Name,
+    },
+    ResetClone {
+        name: Name,
+    },
+    DeleteClone {
+        name: Name,
+    },
+    CloneReport {
+        name: Name,
+    },
     CloneReports,
     /// Writes `value` to the location's marker file (proof of reach, for other agents).
-    WriteMarker { path: String, value: String },
+    WriteMarker {
+        path: String,
+        value: String,
+    },
     /// Reads a location's marker file.
-    ReadMarker { path: String },
+    ReadMarker {
+        path: String,
+    },
+}
+
+impl Request {
+    /// The request's name, for logs: never its contents, which may carry secrets.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Info => "info",
+            Request::CheckSourceDir { .. } => "check_source_dir",
+            Request::CheckSourceUrl { .. } => "check_source_url",
+            Request::MakeImage { .. } => "make_image",
+            Request::RemoveImage { .. } => "remove_image",
+            Request::CancelImageJobs => "cancel_image_jobs",
+            Request::PortIsFree { .. } => "port_is_free",
+            Request::CreateClone { .. } => "create_clone",
+            Request::StartClone { .. } => "start_clone",
+            Request::StopClone { .. } => "stop_clone",
+            Request::ResetClone { .. } => "reset_clone",
+            Request::DeleteClone { .. } => "delete_clone",
+            Request::CloneReport { .. } => "clone_report",
+            Request::CloneReports => "clone_reports",
+            Request::WriteMarker { .. } => "write_marker",
+            Request::ReadMarker { .. } => "read_marker",
+        }
+    }
 }
 
 /// What an agent answers.
@@ -278,15 +337,31 @@ pub enum Reply {
 #[serde(rename_all = "snake_case", tag = "frame")]
 pub enum Frame {
     /// The agent's first line: its name and version.
-    Hello { agent: Name, version: String },
+    Hello {
+        agent: Name,
+        version: String,
+    },
     /// The server asks.
-    Request { id: u64, request: Request },
+    Request {
+        id: u64,
+        request: Request,
+    },
     /// How far a long request has got.
-    Progress { id: u64, done: u64, total: u64 },
+    Progress {
+        id: u64,
+        done: u64,
+        total: u64,
+    },
     /// What a long request is doing.
-    Step { id: u64, message: String },
+    Step {
+        id: u64,
+        message: String,
+    },
     /// The end of a request.
-    Reply { id: u64, result: Result<Reply, AgentError> },
+    Reply {
+        id: u64,
+        result: Result<Reply, AgentError>,
+    },
     /// Either side, when it has had nothing to say for a while; answered with `Pong`.
     Ping,
     Pong,

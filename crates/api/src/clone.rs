@@ -66,6 +66,8 @@ pub enum CloneStatus {
     /// Its server could not start, or an operation on it failed; `message` says why. Its
     /// data is kept: start it again, or remove it.
     Failed,
+    /// Its agent is unreachable: how it is now is not known until the agent is back.
+    Unknown,
 }
 
 impl CloneStatus {
@@ -80,6 +82,7 @@ impl CloneStatus {
             CloneStatus::Deleting => "deleting",
             CloneStatus::Degraded => "degraded",
             CloneStatus::Failed => "failed",
+            CloneStatus::Unknown => "unknown",
         }
     }
 
@@ -114,7 +117,9 @@ pub struct Clone {
     /// The id of the database engine, as its engine names itself.
     pub engine: String,
     pub engine_version: String,
-    /// The address clients connect to.
+    /// The agent it runs on.
+    pub agent: Name,
+    /// The address clients connect to: its agent's, as clients reach it.
     pub host: String,
     pub port: u16,
     /// The database user the connection URL logs in as.
@@ -147,6 +152,11 @@ pub struct CreateClone {
     /// filesystem shares blocks, cowfs elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<Driver>,
+    /// The agent to run it on: one that reaches its image's location. When not given, the
+    /// server picks one that does, has the image's engine version, room and free ports, and
+    /// runs the fewest clones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Name>,
 }
 
 #[cfg(test)]

@@ -52,6 +52,10 @@ pub struct Image {
     pub engine_version: Option<String>,
     /// Where it was made from: a directory, or a connection URL without its password.
     pub source: String,
+    /// The image location it is kept in.
+    pub location: Name,
+    /// The agent that made it.
+    pub agent: Option<Name>,
     /// The size of its files as the database sees them.
     pub logical_bytes: u64,
     /// The disk its files occupy.
@@ -95,6 +99,15 @@ pub struct CreateImage {
     /// team if they are in one only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<Name>,
+    /// The image location to keep it in (`local` when not given, on `thinclone serve`; the
+    /// only location when there is one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Name>,
+    /// The agent that makes it: one that reaches the location and sees the source. When not
+    /// given, any agent that reaches the location (for `from_dir`, the one agent that does,
+    /// or the caller must say which).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Name>,
 }
 
 impl utoipa::PartialSchema for CreateImage {
@@ -134,6 +147,27 @@ impl utoipa::PartialSchema for CreateImage {
                     .description(Some(
                         "The team it will belong to: one of the caller's teams. When not given: the caller's team if \
                          they are in one only.",
+                    )),
+            )
+            .property(
+                "location",
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                    .pattern(Some(crate::name::PATTERN))
+                    .description(Some(
+                        "The image location to keep it in (`local` when not given, on `thinclone serve`; the only \
+                         location when there is one).",
+                    )),
+            )
+            .property(
+                "host",
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                    .pattern(Some(crate::name::PATTERN))
+                    .description(Some(
+                        "The agent that makes it: one that reaches the location and sees the source. When not \
+                         given, any agent that reaches the location (for `from_dir`, the one agent that does, or \
+                         the caller must say which).",
                     )),
             )
             .additional_properties(Some(AdditionalProperties::FreeForm(false)));
@@ -176,6 +210,8 @@ mod tests {
             from_url: Some("u".into()),
             snapshot: true,
             team: Some(Name::new("t").unwrap()),
+            location: Some(Name::new("l").unwrap()),
+            host: Some(Name::new("h").unwrap()),
         };
         let serde_fields: Vec<String> =
             serde_json::to_value(&full).unwrap().as_object().unwrap().keys().cloned().collect();

@@ -18,7 +18,9 @@ mod name;
 mod operation;
 mod time;
 
-pub use auth::{Activity, CreateSource, CreateTeam, CreateToken, CreateUser, NewToken, Role, Source, Team, Token, User};
+pub use auth::{
+    Activity, CreateSource, CreateTeam, CreateToken, CreateUser, NewToken, Role, Source, Team, Token, User,
+};
 pub use clone::{Clone, CloneStatus, CreateClone, Driver};
 pub use error::{ErrorBody, ErrorCode};
 pub use image::{CreateImage, Image, ImageStatus};
@@ -64,6 +66,7 @@ pub mod paths {
     pub const ACTIVITY: &str = "/v1/activity";
     pub const AGENTS: &str = "/v1/agents";
     pub const AGENT: &str = "/v1/agents/{name}";
+    pub const AGENT_REVOKE: &str = "/v1/agents/{name}/revoke";
     pub const AGENT_TOKENS: &str = "/v1/agents/tokens";
     pub const AGENT_JOIN: &str = "/v1/agents/join";
     pub const LOCATIONS: &str = "/v1/locations";

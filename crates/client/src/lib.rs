@@ -450,6 +450,46 @@ impl Client {
         self.call_empty(Method::Delete, &fill(api::paths::SOURCE, "name", name.as_str()))
     }
 
+    /// `GET /v1/agents` (administrators).
+    pub fn list_agents(&self) -> Result<Vec<api::agent::Agent>> {
+        self.get(api::paths::AGENTS)
+    }
+
+    /// `GET /v1/agents/{name}` (administrators).
+    pub fn get_agent(&self, name: &Name) -> Result<api::agent::Agent> {
+        self.get(&fill(api::paths::AGENT, "name", name.as_str()))
+    }
+
+    /// `POST /v1/agents/{name}/revoke` (administrators): the agent is refused from now on.
+    pub fn revoke_agent(&self, name: &Name) -> Result<api::agent::Agent> {
+        self.post(&fill(api::paths::AGENT_REVOKE, "name", name.as_str()), &Empty {})
+    }
+
+    /// `POST /v1/agents/tokens` (administrators): a one-time enrollment token.
+    pub fn create_enrollment(&self, request: &api::agent::CreateEnrollment) -> Result<api::agent::Enrollment> {
+        self.post(api::paths::AGENT_TOKENS, request)
+    }
+
+    /// `POST /v1/agents/join`: an agent joins with an enrollment token (no user credential).
+    pub fn join_agent(&self, request: &api::agent::JoinRequest) -> Result<api::agent::Joined> {
+        self.post(api::paths::AGENT_JOIN, request)
+    }
+
+    /// `GET /v1/locations`.
+    pub fn list_locations(&self) -> Result<Vec<api::agent::Location>> {
+        self.get(api::paths::LOCATIONS)
+    }
+
+    /// `POST /v1/locations` (administrators).
+    pub fn create_location(&self, request: &api::agent::CreateLocation) -> Result<api::agent::Location> {
+        self.post(api::paths::LOCATIONS, request)
+    }
+
+    /// `DELETE /v1/locations/{name}` (administrators).
+    pub fn delete_location(&self, name: &Name) -> Result<()> {
+        self.call_empty(Method::Delete, &fill(api::paths::LOCATION, "name", name.as_str()))
+    }
+
     /// `GET /v1/activity`, with its filters.
     pub fn activity(&self, filter: &ActivityFilter) -> Result<Vec<api::Activity>> {
         let mut query = Vec::new();

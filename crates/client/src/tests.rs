@@ -80,7 +80,7 @@ fn an_unreadable_answer_is_a_decode_error() {
 fn create_clone_sends_the_request_as_json_and_reads_the_operation() {
     let op = operation(7, OperationKind::CloneCreate, "alice", OperationState::Running);
     let server = CannedServer::start(vec![Answer::json(202, &op)]);
-    let request = CreateClone { name: name("alice"), image: name("prod"), driver: Some(Driver::Copy) };
+    let request = CreateClone { name: name("alice"), image: name("prod"), driver: Some(Driver::Copy), host: None };
     assert_eq!(Client::new(server.url()).create_clone(&request).unwrap(), op);
     let requests = server.requests();
     assert_eq!(requests[0].line(), "POST /v1/clones");
@@ -93,7 +93,7 @@ fn create_clone_sends_the_request_as_json_and_reads_the_operation() {
 fn a_missing_driver_is_left_out_of_the_request() {
     let op = operation(7, OperationKind::CloneCreate, "alice", OperationState::Running);
     let server = CannedServer::start(vec![Answer::json(202, &op)]);
-    let request = CreateClone { name: name("alice"), image: name("prod"), driver: None };
+    let request = CreateClone { name: name("alice"), image: name("prod"), driver: None, host: None };
     Client::new(server.url()).create_clone(&request).unwrap();
     assert_eq!(server.requests()[0].body, r#"{"name":"alice","image":"prod"}"#);
 }
@@ -130,6 +130,8 @@ fn every_route_has_its_method_and_path() {
         from_url: None,
         snapshot: false,
         team: None,
+        location: None,
+        host: None,
     };
     assert_eq!(client.create_image(&request).unwrap().kind, OperationKind::ImageCreate);
     assert_eq!(client.delete_image(&prod).unwrap().kind, OperationKind::ImageDelete);
@@ -220,7 +222,7 @@ fn create_clone_and_wait_returns_the_clone_once_it_is_ready() {
         Answer::json(200, &alice),
     ]);
     let client = Client::new(server.url()).with_poll_interval(NO_TIME);
-    let request = CreateClone { name: name("alice"), image: name("prod"), driver: None };
+    let request = CreateClone { name: name("alice"), image: name("prod"), driver: None, host: None };
     assert_eq!(client.create_clone_and_wait(&request).unwrap(), alice);
     assert_eq!(server.request_lines(), ["POST /v1/clones", "GET /v1/operations/9", "GET /v1/clones/alice"]);
 }
@@ -230,7 +232,7 @@ fn a_failed_operation_is_an_error_with_exactly_its_message() {
     let mut failed = operation(9, OperationKind::CloneCreate, "alice", OperationState::Failed);
     failed.error = Some("the clone's server did not start: port 7501 is in use".into());
     let server = CannedServer::start(vec![Answer::json(200, &failed)]);
-    let request = CreateClone { name: name("alice"), image: name("prod"), driver: None };
+    let request = CreateClone { name: name("alice"), image: name("prod"), driver: None, host: None };
     let err = Client::new(server.url()).create_clone_and_wait(&request).unwrap_err();
     assert_eq!(err.to_string(), "the clone's server did not start: port 7501 is in use");
     assert_eq!(err.failed_operation(), Some(&failed));
@@ -248,8 +250,15 @@ fn a_failed_operation_is_an_error_with_exactly_its_message() {
 #[test]
 fn a_refusal_before_the_operation_starts_is_the_servers_error() {
     let server = CannedServer::start(vec![error_body(ErrorCode::Conflict, "an image named prod exists already")]);
-    let request =
-        CreateImage { name: name("prod"), from_dir: Some("/x".into()), from_url: None, snapshot: false, team: None };
+    let request = CreateImage {
+        name: name("prod"),
+        from_dir: Some("/x".into()),
+        from_url: None,
+        snapshot: false,
+        team: None,
+        location: None,
+        host: None,
+    };
     let err = Client::new(server.url()).create_image_and_wait(&request).unwrap_err();
     assert_eq!(
         (err.to_string().as_str(), err.code()),

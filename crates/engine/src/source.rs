@@ -88,8 +88,16 @@ impl SourceUrl {
 
 /// What is escaped in a query parameter's name or value: controls, space and the characters
 /// that delimit parameters.
-const QUERY_VALUE: &percent_encoding::AsciiSet =
-    &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'#').add(b'&').add(b'+').add(b'=').add(b'%').add(b'<').add(b'>');
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'&')
+    .add(b'+')
+    .add(b'=')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>');
 
 fn percent_decode(s: &str) -> Result<String, std::str::Utf8Error> {
     percent_encoding::percent_decode_str(s).decode_utf8().map(|c| c.into_owned())

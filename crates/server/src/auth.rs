@@ -67,11 +67,7 @@ mod tests {
     use super::*;
 
     fn caller(role: Role, teams: &[&str]) -> Caller {
-        Caller {
-            user: Name::new("u").unwrap(),
-            role,
-            teams: teams.iter().map(|t| Name::new(t).unwrap()).collect(),
-        }
+        Caller { user: Name::new("u").unwrap(), role, teams: teams.iter().map(|t| Name::new(t).unwrap()).collect() }
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct ImageRow {
     pub created_by: Option<Name>,
     pub created_at: Timestamp,
     pub operation: Option<OperationId>,
+    /// The image location it is kept in.
+    pub location: Name,
+    /// The agent that made it.
+    pub agent: Option<Name>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +70,8 @@ pub struct CloneRow {
     pub team: Name,
     pub created_at: Timestamp,
     pub operation: Option<OperationId>,
+    /// The agent it runs on; its port is unique on that agent.
+    pub agent: Name,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +113,31 @@ pub struct SourceRow {
     pub created_at: Timestamp,
 }
 
+/// An agent: one embedded in the server's process (no certificate), or one that joined.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRow {
+    pub name: Name,
+    /// The fingerprint of its certificate; `None` for the embedded agent.
+    pub fingerprint: Option<String>,
+    /// The address clients reach its clones at, when set by an administrator; otherwise
+    /// what the agent reports.
+    pub host: Option<String>,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+    pub last_seen: Option<Timestamp>,
+    /// What it last reported of itself (api::agent::AgentInfo, as JSON).
+    pub info: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocationRow {
+    pub name: Name,
+    pub path: String,
+    /// What its marker file says, written when it was added.
+    pub marker: String,
+    pub created_at: Timestamp,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActivityRow {
     pub id: u64,
@@ -124,7 +155,7 @@ pub struct Catalog {
     conn: Connection,
 }
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// The team that images and clones made before teams existed belong to, and that the first
 /// administrator is in.
@@ -247,7 +278,68 @@ impl Catalog {
                  COMMIT;",
             )?;
         }
-        debug_assert_eq!(SCHEMA_VERSION, 3);
+        if version < 4 {
+            // Agents and image locations. A clone's port is unique on its agent only, which
+            // needs the clones table made again (SQLite cannot drop a constraint).
+            self.conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE agents (
+                     name TEXT PRIMARY KEY,
+                     fingerprint TEXT UNIQUE,
+                     host TEXT,
+                     created_at INTEGER NOT NULL,
+                     revoked_at INTEGER,
+                     last_seen INTEGER,
+                     info TEXT
+                 );
+                 CREATE TABLE enrollments (
+                     hash BLOB PRIMARY KEY,
+                     created_by TEXT,
+                     created_at INTEGER NOT NULL,
+                     expires_at INTEGER NOT NULL,
+                     used_at INTEGER,
+                     used_by TEXT
+                 );
+                 CREATE TABLE locations (
+                     name TEXT PRIMARY KEY,
+                     path TEXT NOT NULL,
+                     marker TEXT NOT NULL,
+                     created_at INTEGER NOT NULL
+                 );
+                 CREATE TABLE reach (
+                     location TEXT NOT NULL REFERENCES locations(name) ON DELETE CASCADE,
+                     agent TEXT NOT NULL REFERENCES agents(name) ON DELETE CASCADE,
+                     PRIMARY KEY (location, agent)
+                 );
+                 ALTER TABLE images ADD COLUMN location TEXT NOT NULL DEFAULT 'local';
+                 ALTER TABLE images ADD COLUMN agent TEXT;
+                 CREATE TABLE clones_v4 (
+                     name TEXT PRIMARY KEY,
+                     image TEXT NOT NULL REFERENCES images(name),
+                     status TEXT NOT NULL,
+                     message TEXT,
+                     driver TEXT NOT NULL,
+                     port INTEGER NOT NULL,
+                     password TEXT NOT NULL,
+                     created_at INTEGER NOT NULL,
+                     operation INTEGER,
+                     owner TEXT NOT NULL DEFAULT 'admin',
+                     team TEXT NOT NULL DEFAULT 'default',
+                     agent TEXT NOT NULL DEFAULT 'local',
+                     UNIQUE (agent, port)
+                 );
+                 INSERT INTO clones_v4 (name, image, status, message, driver, port, password, created_at, operation,
+                                        owner, team, agent)
+                     SELECT name, image, status, message, driver, port, password, created_at, operation, owner, team,
+                            'local'
+                     FROM clones;
+                 DROP TABLE clones;
+                 ALTER TABLE clones_v4 RENAME TO clones;
+                 PRAGMA user_version = 4;
+                 COMMIT;",
+            )?;
+        }
+        debug_assert_eq!(SCHEMA_VERSION, 4);
         Ok(())
     }
 
@@ -273,8 +365,8 @@ impl Catalog {
     pub fn insert_image(&self, image: &ImageRow) -> Result<()> {
         let result = self.conn.execute(
             "INSERT INTO images (name, status, message, engine, engine_version, superuser, source, logical_bytes,
-                                 stored_bytes, file_count, created_at, operation, team, created_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                 stored_bytes, file_count, created_at, operation, team, created_by, location, agent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 image.name.as_str(),
                 image.status.as_str(),
@@ -290,6 +382,8 @@ impl Catalog {
                 image.operation.map(|o| o.0 as i64),
                 image.team.as_str(),
                 image.created_by.as_ref().map(Name::as_str),
+                image.location.as_str(),
+                image.agent.as_ref().map(Name::as_str),
             ],
         );
         match constraint(result, "image", &image.name) {
@@ -343,8 +437,9 @@ impl Catalog {
 
     pub fn insert_clone(&self, clone: &CloneRow) -> Result<()> {
         let result = self.conn.execute(
-            "INSERT INTO clones (name, image, status, message, driver, port, password, created_at, operation, owner, team)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO clones (name, image, status, message, driver, port, password, created_at, operation, owner, team,
+                                 agent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 clone.name.as_str(),
                 clone.image.as_str(),
@@ -357,10 +452,13 @@ impl Catalog {
                 clone.operation.map(|o| o.0 as i64),
                 clone.owner.as_str(),
                 clone.team.as_str(),
+                clone.agent.as_str(),
             ],
         );
         match constraint(result, "clone", &clone.name) {
-            Err(CatalogError::Sqlite(e)) if is_constraint(&e, "clones.port") => Err(CatalogError::PortTaken(clone.port)),
+            Err(CatalogError::Sqlite(e)) if is_constraint(&e, "clones.agent, clones.port") => {
+                Err(CatalogError::PortTaken(clone.port))
+            }
             Err(CatalogError::Sqlite(e)) if is_constraint(&e, "FOREIGN KEY") => {
                 Err(CatalogError::NoImage(clone.image.to_string()))
             }
@@ -407,10 +505,10 @@ impl Catalog {
         found(n, "clone", name)
     }
 
-    /// The ports clones have, so that a new clone gets another.
-    pub fn used_ports(&self) -> Result<Vec<u16>> {
-        let mut stmt = self.conn.prepare_cached("SELECT port FROM clones")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
+    /// The ports clones on `agent` have, so that a new clone there gets another.
+    pub fn used_ports(&self, agent: &Name) -> Result<Vec<u16>> {
+        let mut stmt = self.conn.prepare_cached("SELECT port FROM clones WHERE agent = ?1")?;
+        let rows = stmt.query_map([agent.as_str()], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -561,10 +659,9 @@ impl Catalog {
     }
 
     pub fn remove_member(&self, team: &Name, user: &Name) -> Result<()> {
-        let n = self.conn.execute(
-            "DELETE FROM memberships WHERE team = ?1 AND user = ?2",
-            params![team.as_str(), user.as_str()],
-        )?;
+        let n = self
+            .conn
+            .execute("DELETE FROM memberships WHERE team = ?1 AND user = ?2", params![team.as_str(), user.as_str()])?;
         if n == 0 {
             return Err(CatalogError::NotFound { kind: "member of that team", name: user.to_string() });
         }
@@ -614,8 +711,7 @@ impl Catalog {
 
     /// Every token, or a user's.
     pub fn tokens(&self, user: Option<&Name>) -> Result<Vec<TokenRow>> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT * FROM tokens WHERE ?1 IS NULL OR user = ?1 ORDER BY id")?;
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM tokens WHERE ?1 IS NULL OR user = ?1 ORDER BY id")?;
         let rows = stmt.query_map([user.map(Name::as_str)], token_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -654,7 +750,11 @@ impl Catalog {
     pub fn sources(&self) -> Result<Vec<SourceRow>> {
         let mut stmt = self.conn.prepare_cached("SELECT * FROM sources ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
-            Ok(SourceRow { name: name_column(r, "name")?, path: r.get("path")?, created_at: Timestamp(r.get("created_at")?) })
+            Ok(SourceRow {
+                name: name_column(r, "name")?,
+                path: r.get("path")?,
+                created_at: Timestamp(r.get("created_at")?),
+            })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -662,6 +762,157 @@ impl Catalog {
     pub fn delete_source(&self, name: &Name) -> Result<()> {
         let n = self.conn.execute("DELETE FROM sources WHERE name = ?1", [name.as_str()])?;
         found(n, "source", name)
+    }
+
+    // ------------------------------------------------------------------ agents
+
+    pub fn insert_agent(&self, agent: &AgentRow) -> Result<()> {
+        let result = self.conn.execute(
+            "INSERT INTO agents (name, fingerprint, host, created_at, revoked_at, last_seen, info)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                agent.name.as_str(),
+                agent.fingerprint,
+                agent.host,
+                agent.created_at.0,
+                agent.revoked_at.map(|t| t.0),
+                agent.last_seen.map(|t| t.0),
+                agent.info,
+            ],
+        );
+        constraint(result, "agent", &agent.name)
+    }
+
+    pub fn agent(&self, name: &Name) -> Result<AgentRow> {
+        self.conn
+            .query_row("SELECT * FROM agents WHERE name = ?1", [name.as_str()], agent_row)
+            .optional()?
+            .ok_or_else(|| CatalogError::NotFound { kind: "agent", name: name.to_string() })
+    }
+
+    pub fn agents(&self) -> Result<Vec<AgentRow>> {
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM agents ORDER BY name")?;
+        let rows = stmt.query_map([], agent_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The agent whose certificate has `fingerprint`, unless it was revoked.
+    pub fn agent_by_fingerprint(&self, fingerprint: &str) -> Result<Option<Name>> {
+        let name: Option<String> = self
+            .conn
+            .query_row("SELECT name FROM agents WHERE fingerprint = ?1 AND revoked_at IS NULL", [fingerprint], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(name.and_then(|n| Name::new(&n).ok()))
+    }
+
+    pub fn revoke_agent(&self, name: &Name) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE agents SET revoked_at = coalesce(revoked_at, ?2) WHERE name = ?1",
+            params![name.as_str(), Timestamp::now().0],
+        )?;
+        found(n, "agent", name)
+    }
+
+    /// Records what an agent reported of itself, and when.
+    pub fn agent_seen(&self, name: &Name, info: Option<&str>) -> Result<()> {
+        self.conn.execute(
+            "UPDATE agents SET last_seen = ?2, info = coalesce(?3, info) WHERE name = ?1",
+            params![name.as_str(), Timestamp::now().0, info],
+        )?;
+        Ok(())
+    }
+
+    /// How many clones each agent has.
+    pub fn clone_counts(&self) -> Result<std::collections::HashMap<Name, u64>> {
+        let mut stmt = self.conn.prepare_cached("SELECT agent, count(*) FROM clones GROUP BY agent")?;
+        let rows = stmt.query_map([], |r| Ok((name_column(r, "agent")?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records a new enrollment token (its hash), good until `expires_at`.
+    pub fn insert_enrollment(&self, hash: &[u8], created_by: &Name, expires_at: Timestamp) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO enrollments (hash, created_by, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, created_by.as_str(), Timestamp::now().0, expires_at.0],
+        )?;
+        Ok(())
+    }
+
+    /// Uses an enrollment token up for `agent`: refused when it is unknown, used or expired.
+    pub fn use_enrollment(&self, hash: &[u8], agent: &Name) -> Result<()> {
+        let now = Timestamp::now().0;
+        let n = self.conn.execute(
+            "UPDATE enrollments SET used_at = ?2, used_by = ?3 WHERE hash = ?1 AND used_at IS NULL AND expires_at > ?2",
+            params![hash, now, agent.as_str()],
+        )?;
+        if n == 0 {
+            return Err(CatalogError::Refused(
+                "the enrollment token is unknown, used already or expired: an administrator makes a new one with \
+                 `thinclone agent token create`"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    // --------------------------------------------------------------- locations
+
+    pub fn insert_location(&self, location: &LocationRow) -> Result<()> {
+        let result = self.conn.execute(
+            "INSERT INTO locations (name, path, marker, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![location.name.as_str(), location.path, location.marker, location.created_at.0],
+        );
+        constraint(result, "location", &location.name)
+    }
+
+    pub fn location(&self, name: &Name) -> Result<LocationRow> {
+        self.conn
+            .query_row("SELECT * FROM locations WHERE name = ?1", [name.as_str()], location_row)
+            .optional()?
+            .ok_or_else(|| CatalogError::NotFound { kind: "location", name: name.to_string() })
+    }
+
+    pub fn locations(&self) -> Result<Vec<LocationRow>> {
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM locations ORDER BY name")?;
+        let rows = stmt.query_map([], location_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn delete_location(&self, name: &Name) -> Result<()> {
+        let images: i64 =
+            self.conn.query_row("SELECT count(*) FROM images WHERE location = ?1", [name.as_str()], |r| r.get(0))?;
+        if images > 0 {
+            return Err(CatalogError::Refused(format!(
+                "location {name} holds {images} image(s); remove them first with `thinclone image rm`"
+            )));
+        }
+        let n = self.conn.execute("DELETE FROM locations WHERE name = ?1", [name.as_str()])?;
+        found(n, "location", name)
+    }
+
+    /// Records whether `agent` reaches `location` (it read the location's marker).
+    pub fn set_reach(&self, location: &Name, agent: &Name, reaches: bool) -> Result<()> {
+        if reaches {
+            self.conn.execute(
+                "INSERT OR IGNORE INTO reach (location, agent) VALUES (?1, ?2)",
+                params![location.as_str(), agent.as_str()],
+            )?;
+        } else {
+            self.conn.execute(
+                "DELETE FROM reach WHERE location = ?1 AND agent = ?2",
+                params![location.as_str(), agent.as_str()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Every (location, agent) pair where the agent reaches the location.
+    pub fn reach(&self) -> Result<Vec<(Name, Name)>> {
+        let mut stmt = self.conn.prepare_cached("SELECT location, agent FROM reach ORDER BY location, agent")?;
+        let rows = stmt.query_map([], |r| Ok((name_column(r, "location")?, name_column(r, "agent")?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     // ---------------------------------------------------------------- activity
@@ -680,18 +931,14 @@ impl Catalog {
                 entry.detail
             ],
         )?;
-        self.conn.execute(
-            "DELETE FROM activity WHERE at < ?1",
-            [entry.at.0 - i64::from(keep_days) * 86_400],
-        )?;
+        self.conn.execute("DELETE FROM activity WHERE at < ?1", [entry.at.0 - i64::from(keep_days) * 86_400])?;
         Ok(())
     }
 
     /// The newest entries first, at most `limit`, from `since` on when given.
     pub fn activity(&self, since: Option<Timestamp>, limit: u32) -> Result<Vec<ActivityRow>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT * FROM activity WHERE at >= coalesce(?1, 0) ORDER BY id DESC LIMIT ?2",
-        )?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT * FROM activity WHERE at >= coalesce(?1, 0) ORDER BY id DESC LIMIT ?2")?;
         let rows = stmt.query_map(params![since.map(|t| t.0), limit], |r| {
             Ok(ActivityRow {
                 id: r.get::<_, i64>("id")? as u64,
@@ -709,7 +956,11 @@ impl Catalog {
 }
 
 fn user_row(row: &rusqlite::Row) -> rusqlite::Result<UserRow> {
-    Ok(UserRow { name: name_column(row, "name")?, role: parsed(row, "role")?, created_at: Timestamp(row.get("created_at")?) })
+    Ok(UserRow {
+        name: name_column(row, "name")?,
+        role: parsed(row, "role")?,
+        created_at: Timestamp(row.get("created_at")?),
+    })
 }
 
 fn token_row(row: &rusqlite::Row) -> rusqlite::Result<TokenRow> {
@@ -722,6 +973,28 @@ fn token_row(row: &rusqlite::Row) -> rusqlite::Result<TokenRow> {
         expires_at: time("expires_at")?,
         revoked_at: time("revoked_at")?,
         last_used_at: time("last_used_at")?,
+    })
+}
+
+fn agent_row(row: &rusqlite::Row) -> rusqlite::Result<AgentRow> {
+    let time = |c: &str| -> rusqlite::Result<Option<Timestamp>> { Ok(row.get::<_, Option<i64>>(c)?.map(Timestamp)) };
+    Ok(AgentRow {
+        name: name_column(row, "name")?,
+        fingerprint: row.get("fingerprint")?,
+        host: row.get("host")?,
+        created_at: Timestamp(row.get("created_at")?),
+        revoked_at: time("revoked_at")?,
+        last_seen: time("last_seen")?,
+        info: row.get("info")?,
+    })
+}
+
+fn location_row(row: &rusqlite::Row) -> rusqlite::Result<LocationRow> {
+    Ok(LocationRow {
+        name: name_column(row, "name")?,
+        path: row.get("path")?,
+        marker: row.get("marker")?,
+        created_at: Timestamp(row.get("created_at")?),
     })
 }
 
@@ -789,7 +1062,9 @@ fn clone_status(s: &str) -> Result<CloneStatus, String> {
         CloneStatus::Stopped,
         CloneStatus::Resetting,
         CloneStatus::Deleting,
+        CloneStatus::Degraded,
         CloneStatus::Failed,
+        CloneStatus::Unknown,
     ]
     .into_iter()
     .find(|v| v.as_str() == s)
@@ -809,9 +1084,15 @@ fn image_row(row: &rusqlite::Row) -> rusqlite::Result<ImageRow> {
         stored_bytes: row.get::<_, i64>("stored_bytes")? as u64,
         file_count: row.get::<_, i64>("file_count")? as u64,
         team: name_column(row, "team")?,
-        created_by: row.get::<_, Option<String>>("created_by")?.map(|n| Name::new(&n)).transpose().map_err(bad_column)?,
+        created_by: row
+            .get::<_, Option<String>>("created_by")?
+            .map(|n| Name::new(&n))
+            .transpose()
+            .map_err(bad_column)?,
         created_at: Timestamp(row.get("created_at")?),
         operation: operation_id(row, "operation")?,
+        location: name_column(row, "location")?,
+        agent: row.get::<_, Option<String>>("agent")?.map(|n| Name::new(&n)).transpose().map_err(bad_column)?,
     })
 }
 
@@ -828,6 +1109,7 @@ fn clone_row(row: &rusqlite::Row) -> rusqlite::Result<CloneRow> {
         team: name_column(row, "team")?,
         created_at: Timestamp(row.get("created_at")?),
         operation: operation_id(row, "operation")?,
+        agent: name_column(row, "agent")?,
     })
 }
 
@@ -869,6 +1151,8 @@ mod tests {
             created_by: None,
             created_at: Timestamp(1_795_300_000),
             operation: None,
+            location: name("local"),
+            agent: None,
         }
     }
 
@@ -885,6 +1169,7 @@ mod tests {
             team: name("default"),
             created_at: Timestamp::now(),
             operation: None,
+            agent: name("local"),
         }
     }
 
@@ -901,14 +1186,20 @@ mod tests {
             img.logical_bytes = 600 << 20;
             catalog.update_image(&img).unwrap();
             catalog.insert_clone(&clone("alice", "prod", 7501)).unwrap();
-            let op = catalog.insert_operation(OperationKind::CloneCreate, &name("alice"), &name("default"), Some("copying")).unwrap();
+            let op = catalog
+                .insert_operation(OperationKind::CloneCreate, &name("alice"), &name("default"), Some("copying"))
+                .unwrap();
             catalog.finish_operation(op, Some("it broke")).unwrap();
         }
         let catalog = Catalog::open(&path).unwrap();
         let img = catalog.image(&name("prod")).unwrap();
-        assert_eq!((img.status, img.engine_version.as_deref(), img.logical_bytes), (ImageStatus::Ready, Some("15"), 600 << 20));
+        assert_eq!(
+            (img.status, img.engine_version.as_deref(), img.logical_bytes),
+            (ImageStatus::Ready, Some("15"), 600 << 20)
+        );
         assert_eq!(catalog.clones_of(&img.name).unwrap(), vec![name("alice")]);
-        assert_eq!(catalog.used_ports().unwrap(), vec![7501]);
+        assert_eq!(catalog.used_ports(&name("local")).unwrap(), vec![7501]);
+        assert_eq!(catalog.used_ports(&name("other")).unwrap(), Vec::<u16>::new());
         let ops = catalog.operations(10).unwrap();
         assert_eq!(ops.len(), 1);
         assert_eq!((ops[0].state, ops[0].error.as_deref()), (OperationState::Failed, Some("it broke")));
@@ -925,10 +1216,96 @@ mod tests {
         assert!(matches!(catalog.image(&name("nope")), Err(CatalogError::NotFound { .. })));
         assert!(matches!(catalog.insert_clone(&clone("c", "nope", 7000)), Err(CatalogError::NoImage(_))));
         catalog.insert_clone(&clone("c", "prod", 7000)).unwrap();
-        assert!(matches!(catalog.insert_clone(&clone("c", "prod", 7001)), Err(CatalogError::Exists { kind: "clone", .. })));
+        assert!(matches!(
+            catalog.insert_clone(&clone("c", "prod", 7001)),
+            Err(CatalogError::Exists { kind: "clone", .. })
+        ));
         let err = catalog.insert_clone(&clone("d", "prod", 7000)).unwrap_err();
         assert!(matches!(err, CatalogError::PortTaken(7000)), "{err}");
         assert_eq!(err.to_string(), "port 7000 is already taken by another clone");
+        // Ports are unique per agent: another agent's clone may have the same one.
+        let mut elsewhere = clone("e", "prod", 7000);
+        elsewhere.agent = name("host-2");
+        catalog.insert_clone(&elsewhere).unwrap();
+    }
+
+    #[test]
+    fn agents_enrollments_and_locations() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("state.db")).unwrap();
+        let host = name("host-1");
+        let row = AgentRow {
+            name: host.clone(),
+            fingerprint: Some("ab".repeat(32)),
+            host: None,
+            created_at: Timestamp::now(),
+            revoked_at: None,
+            last_seen: None,
+            info: None,
+        };
+        catalog.insert_agent(&row).unwrap();
+        let again = AgentRow { fingerprint: Some("cd".repeat(32)), ..row.clone() };
+        assert!(matches!(catalog.insert_agent(&again), Err(CatalogError::Exists { kind: "agent", .. })));
+        assert_eq!(catalog.agent_by_fingerprint(&"ab".repeat(32)).unwrap(), Some(host.clone()));
+        catalog.revoke_agent(&host).unwrap();
+        assert_eq!(catalog.agent_by_fingerprint(&"ab".repeat(32)).unwrap(), None);
+
+        catalog.insert_enrollment(b"t1", &name("admin"), Timestamp(Timestamp::now().0 + 60)).unwrap();
+        catalog.insert_enrollment(b"t2", &name("admin"), Timestamp(Timestamp::now().0 - 1)).unwrap();
+        catalog.use_enrollment(b"t1", &host).unwrap();
+        assert!(matches!(catalog.use_enrollment(b"t1", &host), Err(CatalogError::Refused(_))), "used twice");
+        assert!(matches!(catalog.use_enrollment(b"t2", &host), Err(CatalogError::Refused(_))), "expired");
+        assert!(matches!(catalog.use_enrollment(b"t3", &host), Err(CatalogError::Refused(_))), "unknown");
+
+        let shared = LocationRow {
+            name: name("shared"),
+            path: "/srv/images".into(),
+            marker: "m".into(),
+            created_at: Timestamp::now(),
+        };
+        catalog.insert_location(&shared).unwrap();
+        catalog.set_reach(&shared.name, &host, true).unwrap();
+        catalog.set_reach(&shared.name, &host, true).unwrap();
+        assert_eq!(catalog.reach().unwrap(), vec![(shared.name.clone(), host.clone())]);
+        let mut img = image("prod");
+        img.location = shared.name.clone();
+        catalog.insert_image(&img).unwrap();
+        assert!(matches!(catalog.delete_location(&shared.name), Err(CatalogError::Refused(_))));
+        catalog.delete_image(&img.name).unwrap();
+        catalog.delete_location(&shared.name).unwrap();
+        assert!(catalog.reach().unwrap().is_empty());
+    }
+
+    /// A version 3 catalog (ports unique server-wide) is brought to version 4: its clones are
+    /// the embedded agent's, their ports unique per agent.
+    #[test]
+    fn a_version_3_catalog_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE images (name TEXT PRIMARY KEY, status TEXT NOT NULL, message TEXT, engine TEXT NOT NULL,
+                     engine_version TEXT, superuser TEXT, source TEXT NOT NULL, logical_bytes INTEGER NOT NULL DEFAULT 0,
+                     stored_bytes INTEGER NOT NULL DEFAULT 0, file_count INTEGER NOT NULL DEFAULT 0,
+                     created_at INTEGER NOT NULL, operation INTEGER);
+                 CREATE TABLE clones (name TEXT PRIMARY KEY, image TEXT NOT NULL REFERENCES images(name),
+                     status TEXT NOT NULL, message TEXT, driver TEXT NOT NULL, port INTEGER NOT NULL UNIQUE,
+                     password TEXT NOT NULL, created_at INTEGER NOT NULL, operation INTEGER);
+                 CREATE TABLE operations (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, target TEXT NOT NULL,
+                     state TEXT NOT NULL, message TEXT, error TEXT, created_at INTEGER NOT NULL, finished_at INTEGER);
+                 INSERT INTO images (name, status, engine, engine_version, superuser, source, created_at)
+                     VALUES ('prod', 'ready', 'e', '15', 'postgres', '/srv', 1);
+                 INSERT INTO clones (name, image, status, driver, port, password, created_at)
+                     VALUES ('c', 'prod', 'ready', 'cowfs', 7000, 'pw', 1);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let catalog = Catalog::open(&path).unwrap();
+        let c = catalog.clone_named(&name("c")).unwrap();
+        assert_eq!((c.agent.as_str(), c.port, c.password.as_str()), ("local", 7000, "pw"));
+        assert_eq!(catalog.image(&name("prod")).unwrap().location, name("local"));
     }
 
     #[test]
@@ -948,7 +1325,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::open(&dir.path().join("state.db")).unwrap();
         let alice = name("alice");
-        catalog.insert_user(&UserRow { name: alice.clone(), role: Role::CloneUser, created_at: Timestamp::now() }).unwrap();
+        catalog
+            .insert_user(&UserRow { name: alice.clone(), role: Role::CloneUser, created_at: Timestamp::now() })
+            .unwrap();
         assert!(matches!(
             catalog.insert_user(&UserRow { name: alice.clone(), role: Role::Viewer, created_at: Timestamp::now() }),
             Err(CatalogError::Exists { kind: "user", .. })

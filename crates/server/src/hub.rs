@@ -100,6 +100,15 @@ impl Hub {
         lock(&self.connections).get(agent).map(|c| *lock(&c.last_heard))
     }
 
+    /// Drops every connection, as the server stops: calls waiting for replies fail at once.
+    pub fn close_all(&self) {
+        let connections: Vec<Arc<Connection>> = lock(&self.connections).drain().map(|(_, c)| c).collect();
+        for c in connections {
+            lock(&c.pending).clear();
+            let _ = c.close.send(true);
+        }
+    }
+
     /// Drops an agent's connection (it was revoked).
     pub fn drop_agent(&self, agent: &Name) {
         if let Some(c) = lock(&self.connections).remove(agent) {
@@ -117,7 +126,8 @@ impl Hub {
         timeout: Option<Duration>,
         mut on_event: impl FnMut(Event),
     ) -> Result<Reply, AgentError> {
-        let connection = lock(&self.connections).get(agent).cloned().ok_or_else(|| unavailable(agent, "not connected"))?;
+        let connection =
+            lock(&self.connections).get(agent).cloned().ok_or_else(|| unavailable(agent, "not connected"))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
         lock(&connection.pending).insert(id, tx);
@@ -128,10 +138,12 @@ impl Hub {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let delivery = match deadline {
-                Some(deadline) => rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).map_err(|e| match e {
-                    mpsc::RecvTimeoutError::Timeout => "it did not answer in time",
-                    mpsc::RecvTimeoutError::Disconnected => "its connection closed",
-                }),
+                Some(deadline) => {
+                    rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).map_err(|e| match e {
+                        mpsc::RecvTimeoutError::Timeout => "it did not answer in time",
+                        mpsc::RecvTimeoutError::Disconnected => "its connection closed",
+                    })
+                }
                 None => rx.recv().map_err(|_| "its connection closed"),
             };
             match delivery {
@@ -291,7 +303,7 @@ impl Hub {
                     let _ = connection.tx.send(Frame::Pong);
                 }
                 Ok(Frame::Pong) => {}
-                Ok(other) => tracing::warn!(%agent, "an agent sent an unexpected frame: {other:?}"),
+                Ok(_) => tracing::warn!(%agent, "an agent sent an unexpected frame"),
                 Err(e) => tracing::warn!(%agent, "an agent sent a frame that does not parse: {e}"),
             }
         }

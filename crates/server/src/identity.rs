@@ -121,14 +121,10 @@ impl Server {
         let mut catalog = self.catalog();
         let row = catalog.user(name).map_err(|_| not_found("user", name))?;
         if *name == caller.user {
-            return Err(ServerError::Conflict(format!(
-                "{name} cannot remove themselves; another administrator can"
-            )));
+            return Err(ServerError::Conflict(format!("{name} cannot remove themselves; another administrator can")));
         }
         if row.role == Role::Admin && catalog.admin_count()? <= 1 {
-            return Err(ServerError::Conflict(format!(
-                "{name} is the last administrator; make another one first"
-            )));
+            return Err(ServerError::Conflict(format!("{name} is the last administrator; make another one first")));
         }
         catalog.transaction(|c| c.delete_user(name))?;
         Ok(())
@@ -165,9 +161,7 @@ impl Server {
         let catalog = self.catalog();
         catalog.team(name).map_err(|_| not_found("team", name))?;
         if catalog.team_in_use(name)? {
-            return Err(ServerError::Conflict(format!(
-                "team {name} still has images or clones; remove them first"
-            )));
+            return Err(ServerError::Conflict(format!("team {name} still has images or clones; remove them first")));
         }
         catalog.delete_team(name)?;
         Ok(())
@@ -185,9 +179,9 @@ impl Server {
     pub fn remove_member(&self, caller: &Caller, team: &Name, user: &Name) -> Result<api::Team> {
         caller.require(Role::Admin, "change teams")?;
         self.catalog().team(team).map_err(|_| not_found("team", team))?;
-        self.catalog().remove_member(team, user).map_err(|_| {
-            ServerError::NotFound(format!("{user} is not a member of team {team}"))
-        })?;
+        self.catalog()
+            .remove_member(team, user)
+            .map_err(|_| ServerError::NotFound(format!("{user} is not a member of team {team}")))?;
         self.team(caller, team)
     }
 
@@ -282,11 +276,18 @@ impl Server {
                 request.path
             )));
         }
-        let resolved = std::fs::canonicalize(path)
-            .map_err(|e| ServerError::BadRequest(format!("the source directory {}: {e}", request.path)))?;
-        if !resolved.is_dir() {
-            return Err(ServerError::BadRequest(format!("{} is not a directory", request.path)));
+        if path == Path::new("/") {
+            return Err(ServerError::BadRequest("the root directory cannot be a source".into()));
         }
+        // The path is a directory on agents' hosts, which the server does not look at: each
+        // agent resolves it (symlinks and all) when it checks a source against it. Where the
+        // server runs an agent of its own, it is resolved now, as that agent sees it.
+        let resolved = match std::fs::canonicalize(path) {
+            Ok(resolved) if resolved.is_dir() => resolved,
+            Ok(_) => return Err(ServerError::BadRequest(format!("{} is not a directory", request.path))),
+            Err(_) if self.fleet.embedded().is_none() => path.to_owned(),
+            Err(e) => return Err(ServerError::BadRequest(format!("the source directory {}: {e}", request.path))),
+        };
         if resolved == Path::new("/") {
             return Err(ServerError::BadRequest("the root directory cannot be a source".into()));
         }
@@ -302,41 +303,6 @@ impl Server {
     pub fn delete_source(&self, caller: &Caller, name: &Name) -> Result<()> {
         caller.require(Role::Admin, "remove source directories")?;
         self.catalog().delete_source(name).map_err(|_| not_found("source", name))
-    }
-
-    /// `dir` resolved, if it lies inside a registered source directory: no `..`, and every
-    /// symlink resolved before it is compared.
-    pub(crate) fn registered_source(&self, dir: &str) -> Result<PathBuf> {
-        let path = Path::new(dir);
-        if !path.is_absolute() {
-            return Err(ServerError::BadRequest(format!("the source directory {dir} is not an absolute path")));
-        }
-        if path.components().any(|c| c == Component::ParentDir) {
-            return Err(ServerError::BadRequest(format!("the source directory {dir} has `..` in it; give the plain path")));
-        }
-        let sources = self.catalog().sources()?;
-        if sources.is_empty() {
-            return Err(ServerError::BadRequest(
-                "no source directories are registered: an administrator registers one with \
-                 `thinclone source add NAME PATH`, and images are made from data directories inside it"
-                    .into(),
-            ));
-        }
-        let resolved = std::fs::canonicalize(path)
-            .map_err(|e| ServerError::BadRequest(format!("the source directory {dir}: {e}")))?;
-        let inside = sources.iter().any(|s| {
-            let root = std::fs::canonicalize(&s.path).unwrap_or_else(|_| PathBuf::from(&s.path));
-            resolved.starts_with(&root) && resolved != root
-        });
-        if !inside {
-            let names: Vec<String> = sources.iter().map(|s| format!("{} ({})", s.name, s.path)).collect();
-            return Err(ServerError::BadRequest(format!(
-                "{dir} is not inside a registered source directory ({}); an administrator registers sources \
-                 with `thinclone source add`",
-                names.join(", ")
-            )));
-        }
-        Ok(resolved)
     }
 
     // ---------------------------------------------------------------- activity

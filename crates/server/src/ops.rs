@@ -1,21 +1,27 @@
 //! The server's operations on images and clones: what the REST API calls.
 //!
 //! Each request that changes something is checked first (names, states, ports, the
-//! source), refused at once with a [`ServerError`] when it cannot be done, and otherwise
-//! recorded as an operation together with the target's new status, in one catalog
-//! transaction, before anything is done. The work then runs on a thread of its own through
-//! the [`Agent`], and its end (succeeded, or failed with the reason) lands in the catalog.
-//! After a crash, [`Server::open`] finishes each operation that was running: the agent has
-//! already finished or rolled back its part (agent/src/record.rs), and every agent call is
-//! idempotent, so the server asks again and records the outcome.
+//! source, whether the agent it needs answers), refused at once with a [`ServerError`] when
+//! it cannot be done, and otherwise recorded as an operation together with the target's new
+//! status, in one catalog transaction, before anything is done. The work then runs on a
+//! thread of its own through the target's [`Agent`], and its end (succeeded, or failed with
+//! the reason) lands in the catalog. After a crash, [`Server::open`] finishes each operation
+//! that was running, once its agent answers (at once for the embedded agent, when it
+//! reconnects for another): the agent has finished or rolled back its part
+//! (agent/src/record.rs), and every agent call is idempotent, so the server asks again and
+//! records the outcome.
+//!
+//! Where things go is decided here: an image goes to a location (a directory that one or
+//! more agents reach), a clone to an agent that reaches its image's location, has the image's
+//! engine version, and runs the fewest clones (placement), on a port free on that agent.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use agent::{Agent, AgentError, CloneReport, CloneSpec, CloneState, ErrorKind, ImageSource, Secret, SourceUrl};
+use agent::{AgentError, AgentInfo, CloneReport, CloneSpec, CloneState, ErrorKind, ImagePlace, ImageSource, SourceUrl};
 use api::{
     CloneStatus, CreateClone, CreateImage, ImageStatus, Name, Operation, OperationId, OperationKind, Progress, Role,
     Timestamp,
@@ -24,9 +30,10 @@ use engine::Engine;
 
 use crate::auth::Caller;
 use crate::catalog::{ActivityRow, Catalog, CatalogError, CloneRow, ImageRow, OperationRow};
+use crate::fleet::Fleet;
 
 /// What went wrong, told apart the way the API must tell its callers.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ServerError {
     /// The caller asked for something invalid; the message says what to do.
     #[error("{0}")]
@@ -72,6 +79,7 @@ impl From<AgentError> for ServerError {
             ErrorKind::NotFound => ServerError::NotFound(e.message),
             ErrorKind::Conflict => ServerError::Conflict(e.message),
             ErrorKind::DiskFull => ServerError::InsufficientStorage(e.message),
+            ErrorKind::Unavailable => ServerError::Unavailable(e.message),
             ErrorKind::Internal => ServerError::Internal(e.message),
         }
     }
@@ -88,6 +96,10 @@ pub struct ServerConfig {
     pub ports: (u16, u16),
     /// How many days the audit log keeps its entries.
     pub activity_days: u32,
+    /// The embedded agent's image directory: the `local` location (`thinclone serve`).
+    pub local_location: Option<PathBuf>,
+    /// `host:port` that agents dial for the agent channel, when it listens.
+    pub channel_address: Option<String>,
 }
 
 /// What can be done to a clone besides making and removing it.
@@ -119,12 +131,22 @@ impl CloneAction {
 pub struct Server {
     config: ServerConfig,
     catalog: Mutex<Catalog>,
-    agent: Arc<dyn Agent>,
+    pub(crate) fleet: Fleet,
+    /// The authority that signs agents' certificates.
+    pub(crate) pki: crate::pki::Pki,
     engines: Vec<Arc<dyn Engine>>,
     /// Bytes copied so far by running image operations.
     progress: Mutex<HashMap<OperationId, Progress>>,
     jobs: Mutex<Vec<JoinHandle<()>>>,
+    /// Operations a restart interrupted whose agent has not answered since: finished when it
+    /// connects.
+    pub(crate) deferred: Mutex<Vec<OperationRow>>,
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
+
+/// What an operation's work returns when the server stops while an agent on another host
+/// does the work: the operation stays running, for recovery at the next start.
+const LEFT_RUNNING: &str = "left running: the server is stopping";
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -140,21 +162,35 @@ fn generate_password() -> Result<String> {
 }
 
 impl Server {
-    /// Opens the catalog in `config.data_dir` and finishes the operations a crash
-    /// interrupted. The agent must have recovered already (opening it does).
-    pub fn open(config: ServerConfig, agent: Arc<dyn Agent>, engines: Vec<Arc<dyn Engine>>) -> Result<Arc<Server>> {
+    /// Opens the catalog in `config.data_dir`, registers the embedded agent and its `local`
+    /// location (if any), finishes the operations a crash interrupted whose agent answers
+    /// (the embedded agent must have recovered already: opening it does), and starts
+    /// following the agents of the channel. `channel_names` are the names agents dial the
+    /// channel by, for its certificate.
+    pub fn open(
+        config: ServerConfig,
+        fleet: Fleet,
+        engines: Vec<Arc<dyn Engine>>,
+        channel_names: &[String],
+    ) -> Result<Arc<Server>> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| ServerError::Internal(format!("creating {}: {e}", config.data_dir.display())))?;
         let catalog = Catalog::open(&config.data_dir.join("state.db"))?;
+        let pki = crate::pki::Pki::open(&config.data_dir, channel_names)?;
         let server = Arc::new(Server {
             config,
             catalog: Mutex::new(catalog),
-            agent,
+            fleet,
+            pki,
             engines,
             progress: Mutex::new(HashMap::new()),
             jobs: Mutex::new(Vec::new()),
+            deferred: Mutex::new(Vec::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
+        server.register_embedded()?;
         server.recover()?;
+        server.follow_agents();
         Ok(server)
     }
 
@@ -202,7 +238,14 @@ impl Server {
 
     /// Records an entry of the audit log; a failure to record is logged, not answered.
     /// `outcome` is the answer's status, or its status and error message.
-    pub fn audit(&self, actor: Option<&Name>, action: &str, target: Option<String>, team: Option<Name>, outcome: Result<u16, (u16, String)>) {
+    pub fn audit(
+        &self,
+        actor: Option<&Name>,
+        action: &str,
+        target: Option<String>,
+        team: Option<Name>,
+        outcome: Result<u16, (u16, String)>,
+    ) {
         let (status, detail) = match outcome {
             Ok(status) => (status, None),
             Err((status, message)) => (status, Some(message)),
@@ -222,16 +265,15 @@ impl Server {
         }
     }
 
-    fn engine(&self, id: &str) -> Result<&Arc<dyn Engine>> {
-        self.engines
-            .iter()
-            .find(|e| e.id() == id)
-            .ok_or_else(|| ServerError::Internal(format!("no database engine {id:?} is built into this server")))
-    }
-
     /// Runs an operation's work on a thread of its own, inside a span that names it, and
     /// records its end.
-    fn spawn(self: &Arc<Self>, id: OperationId, kind: OperationKind, target: &Name, work: impl FnOnce(&Server) -> Result<(), String> + Send + 'static) {
+    fn spawn(
+        self: &Arc<Self>,
+        id: OperationId,
+        kind: OperationKind,
+        target: &Name,
+        work: impl FnOnce(&Server) -> Result<(), String> + Send + 'static,
+    ) {
         let server = self.clone();
         let span = tracing::info_span!("operation", id = id.0, kind = kind.as_str(), target = %target);
         let handle = std::thread::spawn(move || {
@@ -243,6 +285,12 @@ impl Server {
                 Err(e) => tracing::warn!("failed: {e}"),
             }
             lock(&server.progress).remove(&id);
+            if matches!(&result, Err(e) if e == LEFT_RUNNING) {
+                // The server stops, and the agent doing the work is elsewhere: the operation
+                // is finished when the server is back and the agent answers.
+                tracing::info!("left running for the next start of the server");
+                return;
+            }
             if let Err(e) = server.catalog().finish_operation(id, result.err().as_deref()) {
                 tracing::error!("recording the operation's end: {e}");
             }
@@ -255,7 +303,12 @@ impl Server {
     /// Stops the image copies under way (each ends failed, leaving nothing) and waits for
     /// every operation under way to end.
     pub fn shutdown(&self) {
-        self.agent.cancel_image_jobs();
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Calls waiting for agents on other hosts end now; their operations stay running.
+        self.fleet.hub().close_all();
+        if let Some(local) = self.fleet.embedded() {
+            self.fleet.agent(local).cancel_image_jobs();
+        }
         let jobs: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.jobs));
         for job in jobs {
             if job.join().is_err() {
@@ -297,6 +350,8 @@ impl Server {
             team: row.team,
             created_by: row.created_by,
             created_at: row.created_at,
+            location: row.location,
+            agent: row.agent,
             operation: if row.status == ImageStatus::Creating || row.status == ImageStatus::Deleting {
                 row.operation
             } else {
@@ -306,15 +361,33 @@ impl Server {
         }
     }
 
+    /// A clone as its caller sees it. `report` is what its agent says of it: `None` when
+    /// the agent does not answer (`Err`) or has no such clone (`Ok(None)`).
     fn clone_view(
         &self,
         caller: &Caller,
         row: CloneRow,
         image: Option<&ImageRow>,
-        report: Option<&CloneReport>,
+        report: Result<Option<&CloneReport>, ()>,
         host: &str,
     ) -> api::Clone {
         let may_use = Self::may_use(caller, &row);
+        let report = match report {
+            Ok(report) => report,
+            Err(()) if !row.status.is_transitional() => {
+                let message = format!("agent {} is unreachable; its state is known again once it is back", row.agent);
+                return self.clone_view_with(
+                    caller,
+                    row,
+                    image,
+                    None,
+                    host,
+                    (CloneStatus::Unknown, Some(message)),
+                    may_use,
+                );
+            }
+            Err(()) => None,
+        };
         let (status, message) = if row.status.is_transitional() {
             (row.status, row.message.clone())
         } else {
@@ -326,16 +399,29 @@ impl Server {
                 None => (row.status, row.message.clone()),
             }
         };
+        self.clone_view_with(caller, row, image, report, host, (status, message), may_use)
+    }
+
+    fn clone_view_with(
+        &self,
+        _caller: &Caller,
+        row: CloneRow,
+        image: Option<&ImageRow>,
+        report: Option<&CloneReport>,
+        host: &str,
+        (status, message): (CloneStatus, Option<String>),
+        may_use: bool,
+    ) -> api::Clone {
         let engine = image.map(|i| i.engine.clone()).unwrap_or_default();
         // The role the clone's URL logs in as: its owner role when the agent made one
         // (--clone-role owner), else the image's superuser.
-        let user = report
-            .and_then(|r| r.user.clone())
-            .or_else(|| image.and_then(|i| i.superuser.clone()))
-            .unwrap_or_default();
+        let user =
+            report.and_then(|r| r.user.clone()).or_else(|| image.and_then(|i| i.superuser.clone())).unwrap_or_default();
         // The password goes only to those who may use the clone.
         let url = may_use
-            .then(|| self.engines.iter().find(|e| e.id() == engine).map(|e| e.url(host, row.port, &user, &row.password)))
+            .then(|| {
+                self.engines.iter().find(|e| e.id() == engine).map(|e| e.url(host, row.port, &user, &row.password))
+            })
             .flatten();
         api::Clone {
             name: row.name,
@@ -345,6 +431,7 @@ impl Server {
             driver: row.driver,
             engine,
             engine_version: image.and_then(|i| i.engine_version.clone()).unwrap_or_default(),
+            agent: row.agent,
             host: host.to_owned(),
             port: row.port,
             user,
@@ -387,15 +474,25 @@ impl Server {
             let catalog = self.catalog();
             (catalog.clones()?, catalog.images()?)
         };
-        let reports: HashMap<Name, CloneReport> =
-            self.agent.clone_reports().into_iter().map(|r| (r.name.clone(), r)).collect();
-        let host = self.agent.info().host;
+        let rows: Vec<CloneRow> = rows.into_iter().filter(|row| caller.sees(&row.team)).collect();
+        // Each agent is asked (or its last report read) once.
+        let mut reports: HashMap<Name, Option<HashMap<Name, CloneReport>>> = HashMap::new();
+        let mut hosts: HashMap<Name, String> = HashMap::new();
+        for row in &rows {
+            if !reports.contains_key(&row.agent) {
+                reports.insert(row.agent.clone(), self.fleet.reports(&row.agent));
+                hosts.insert(row.agent.clone(), self.host_of(&row.agent));
+            }
+        }
         Ok(rows
             .into_iter()
-            .filter(|row| caller.sees(&row.team))
             .map(|row| {
                 let image = images.iter().find(|i| i.name == row.image);
-                let report = reports.get(&row.name);
+                let report = match reports.get(&row.agent) {
+                    Some(Some(of_agent)) => Ok(of_agent.get(&row.name)),
+                    _ => Err(()),
+                };
+                let host = hosts.get(&row.agent).cloned().unwrap_or_default();
                 self.clone_view(caller, row, image, report, &host)
             })
             .collect())
@@ -404,8 +501,35 @@ impl Server {
     pub fn clone_named(&self, caller: &Caller, name: &Name) -> Result<api::Clone> {
         let row = self.visible_clone(caller, name)?;
         let image = self.catalog().image(&row.image).ok();
-        let report = self.agent.clone_report(name);
-        Ok(self.clone_view(caller, row, image.as_ref(), report.as_ref(), &self.agent.info().host))
+        let report = if self.fleet.is_online(&row.agent) {
+            match self.fleet.agent(&row.agent).clone_report(name) {
+                Ok(report) => {
+                    self.fleet.note(&row.agent, name, report.clone());
+                    Ok(report)
+                }
+                Err(_) => Err(()),
+            }
+        } else {
+            Err(())
+        };
+        let host = self.host_of(&row.agent);
+        Ok(self.clone_view(caller, row, image.as_ref(), report.as_ref().map(Option::as_ref).map_err(|_| ()), &host))
+    }
+
+    /// The address clients reach an agent's clones at: set by an administrator, or as the
+    /// agent reports it (last reported, while it is unreachable).
+    pub(crate) fn host_of(&self, agent: &Name) -> String {
+        let row = self.catalog().agent(agent).ok();
+        if let Some(host) = row.as_ref().and_then(|r| r.host.clone()) {
+            return host;
+        }
+        if let Some(info) = self.fleet.info(agent) {
+            return info.host;
+        }
+        row.and_then(|r| r.info)
+            .and_then(|info| serde_json::from_str::<AgentInfo>(&info).ok())
+            .map(|info| info.host)
+            .unwrap_or_else(|| agent.to_string())
     }
 
     pub fn operations(&self, caller: &Caller) -> Result<Vec<Operation>> {
@@ -416,7 +540,9 @@ impl Server {
     pub fn operation(&self, caller: &Caller, id: OperationId) -> Result<Operation> {
         match self.catalog().operation(id) {
             Ok(row) if caller.sees(&row.team) => Ok(self.operation_view(row)),
-            Ok(_) | Err(CatalogError::NotFound { .. }) => Err(ServerError::NotFound(format!("no operation named {id}"))),
+            Ok(_) | Err(CatalogError::NotFound { .. }) => {
+                Err(ServerError::NotFound(format!("no operation named {id}")))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -441,18 +567,28 @@ impl Server {
         if request.snapshot && request.from_dir.is_none() {
             return Err(ServerError::BadRequest("snapshot goes with from_dir only".into()));
         }
+        if request.from_dir.is_some() == request.from_url.is_some() {
+            return Err(ServerError::BadRequest("give exactly one of from_dir and from_url".into()));
+        }
+        if let Some(url) = &request.from_url {
+            // Checked here too, so that a URL that is not one is refused before any agent.
+            SourceUrl::parse(url).map_err(ServerError::BadRequest)?;
+        }
+        let location = self.image_location(request.location.as_ref())?;
+        let place = ImagePlace { location: location.name.clone(), path: location.path.clone() };
+        let maker = self.image_maker(&location.name, request.host.as_ref(), request.from_dir.is_some())?;
+        let agent = self.fleet.require(&maker)?;
         let (source, facts) = match (request.from_dir, request.from_url) {
             (Some(dir), None) => {
-                let dir = self.registered_source(&dir)?;
-                let facts = self.agent.check_source_dir(&dir, request.snapshot)?;
-                (ImageSource::Dir { path: Path::new(&facts.shown).to_owned(), snapshot: request.snapshot }, facts)
+                let roots: Vec<String> = self.catalog().sources()?.into_iter().map(|s| s.path).collect();
+                let facts = agent.check_source_dir(&dir, request.snapshot, &roots, &place)?;
+                (ImageSource::Dir { path: facts.shown.clone(), snapshot: request.snapshot, roots }, facts)
             }
             (None, Some(url)) => {
-                let url = SourceUrl::parse(&url).map_err(ServerError::BadRequest)?;
-                let facts = self.agent.check_source_url(&url)?;
-                (ImageSource::Url(url), facts)
+                let facts = agent.check_source_url(&url)?;
+                (ImageSource::Url { url }, facts)
             }
-            _ => return Err(ServerError::BadRequest("give exactly one of from_dir and from_url".into())),
+            _ => unreachable!("exactly one source was checked above"),
         };
         let id = self.catalog().transaction(|c| {
             let id = c.insert_operation(OperationKind::ImageCreate, &name, &team, Some("copying"))?;
@@ -471,6 +607,8 @@ impl Server {
                 created_by: Some(caller.user.clone()),
                 created_at: Timestamp::now(),
                 operation: Some(id),
+                location: location.name.clone(),
+                agent: Some(maker.clone()),
             })?;
             Ok(id)
         })?;
@@ -490,7 +628,10 @@ impl Server {
                     tracing::warn!("recording the step: {e}");
                 }
             };
-            let made = server.agent.make_image(&name, &source, &progress, &step);
+            let made = agent.make_image(&name, &place, &source, &progress, &step);
+            if matches!(&made, Err(e) if server.left_for_recovery(e)) {
+                return Err(LEFT_RUNNING.into());
+            }
             let catalog = server.catalog();
             let mut row = catalog.image(&name).map_err(|e| e.to_string())?;
             row.operation = None;
@@ -521,6 +662,8 @@ impl Server {
     pub fn delete_image(self: &Arc<Self>, caller: &Caller, name: &Name) -> Result<Operation> {
         let image = self.visible_image(caller, name)?;
         caller.require(Role::ImageCreator, "remove images")?;
+        // Its files are removed by an agent that reaches its location: one must answer.
+        self.image_remover(&image)?;
         let id = self.catalog().transaction(|c| {
             let mut row = c.image(name)?;
             let clones = c.clones_of(name)?;
@@ -542,7 +685,11 @@ impl Server {
         })?;
         let name = name.clone();
         self.spawn(id, OperationKind::ImageDelete, &name.clone(), move |server| {
-            match server.agent.remove_image(&name) {
+            let removed = match server.catalog().image(&name) {
+                Ok(row) => server.remove_image_files(&row),
+                Err(e) => Err(AgentError { kind: ErrorKind::Internal, message: e.to_string() }),
+            };
+            match removed {
                 Ok(()) => server.catalog().delete_image(&name).map_err(|e| e.to_string()),
                 Err(e) => {
                     let catalog = server.catalog();
@@ -563,58 +710,51 @@ impl Server {
 
     // ------------------------------------------------------------------ clones
 
-    /// Starts making a clone: its name, image, driver and port are settled now.
+    /// Starts making a clone: its name, image, agent, driver and port are settled now.
     pub fn create_clone(self: &Arc<Self>, caller: &Caller, request: CreateClone) -> Result<Operation> {
         caller.require(Role::CloneUser, "make clones")?;
         let visible = self.visible_image(caller, &request.image)?;
-        let info = self.agent.info();
-        let driver = request.driver.unwrap_or(info.default_driver);
-        if !info.drivers.contains(&driver) {
-            return Err(ServerError::BadRequest(format!(
-                "the {driver} driver is not available here: {}",
-                match driver {
-                    api::Driver::Reflink => format!(
-                        "it needs a filesystem that shares blocks between files (XFS with reflink=1, or btrfs), \
-                         and {} is not on one; use --driver cowfs",
-                        info.data_dir.display()
-                    ),
-                    _ => "use one of the drivers the agent reports".into(),
-                }
-            )));
-        }
         let name = request.name;
+        let image = visible.clone();
+        if image.status != ImageStatus::Ready {
+            return Err(ServerError::Conflict(format!("image {} is {}, not ready", image.name, image.status)));
+        }
+        if self.catalog().clone_named(&name).is_ok() {
+            return Err(ServerError::Conflict(format!("clone {name} already exists")));
+        }
+        let (version, superuser) = match (&image.engine_version, &image.superuser) {
+            (Some(v), Some(s)) => (v.clone(), s.clone()),
+            _ => return Err(ServerError::Internal(format!("image {} has no engine version or superuser", image.name))),
+        };
+        let (host, info) = self.place_clone(&image, &version, request.host.as_ref(), request.driver)?;
+        let driver = request.driver.unwrap_or(info.default_driver);
+        let agent = self.fleet.require(&host)?;
+        let location = self.catalog().location(&image.location)?;
+        let place = ImagePlace { location: location.name.clone(), path: location.path.clone() };
         let password = generate_password()?;
-        let (id, spec) = {
-            let mut catalog = self.catalog();
-            let image = match catalog.image(&request.image) {
-                Ok(image) => image,
-                Err(CatalogError::NotFound { .. }) => {
-                    return Err(ServerError::NotFound(format!("no image named {}", request.image)))
+        // A port free in the catalog and on the agent's host; another clone made at the same
+        // moment may take it first, and then the next is tried.
+        let mut tried: Vec<u16> = Vec::new();
+        let id = loop {
+            let used = self.catalog().used_ports(&host)?;
+            let mut port = None;
+            for p in self.config.ports.0..=self.config.ports.1 {
+                if used.contains(&p) || tried.contains(&p) {
+                    continue;
                 }
-                Err(e) => return Err(e.into()),
-            };
-            if image.status != ImageStatus::Ready {
-                return Err(ServerError::Conflict(format!("image {} is {}, not ready", image.name, image.status)));
+                tried.push(p);
+                if agent.port_is_free(p)? {
+                    port = Some(p);
+                    break;
+                }
             }
-            if catalog.clone_named(&name).is_ok() {
-                return Err(ServerError::Conflict(format!("clone {name} already exists")));
-            }
-            let engine = self.engine(&image.engine)?;
-            let (version, superuser) = match (&image.engine_version, &image.superuser) {
-                (Some(v), Some(s)) => (v.clone(), s.clone()),
-                _ => return Err(ServerError::Internal(format!("image {} has no engine version or superuser", image.name))),
-            };
-            engine.check_installed(&version).map_err(|e| ServerError::BadRequest(e.to_string()))?;
-            let used = catalog.used_ports()?;
-            let port = (self.config.ports.0..=self.config.ports.1)
-                .find(|p| !used.contains(p) && self.agent.port_is_free(*p))
-                .ok_or_else(|| {
-                    ServerError::Conflict(format!(
-                        "no free port left in the clone port range {}-{}; remove a clone or widen --ports",
-                        self.config.ports.0, self.config.ports.1
-                    ))
-                })?;
-            let id = catalog.transaction(|c| {
+            let port = port.ok_or_else(|| {
+                ServerError::Conflict(format!(
+                    "no free port left on agent {host} in the clone port range {}-{}; remove a clone or widen --ports",
+                    self.config.ports.0, self.config.ports.1
+                ))
+            })?;
+            let inserted = self.catalog().transaction(|c| {
                 let id = c.insert_operation(OperationKind::CloneCreate, &name, &visible.team, None)?;
                 c.insert_clone(&CloneRow {
                     name: name.clone(),
@@ -628,28 +768,42 @@ impl Server {
                     team: visible.team.clone(),
                     created_at: Timestamp::now(),
                     operation: Some(id),
+                    agent: host.clone(),
                 })?;
-                Ok(id)
-            })?;
-            let spec = CloneSpec {
-                name: name.clone(),
-                image: image.name.clone(),
-                engine: image.engine.clone(),
-                version,
-                superuser,
-                driver,
-                port,
-                password: Secret::new(password),
-            };
-            (id, spec)
+                Ok((id, port))
+            });
+            match inserted {
+                Ok(done) => break done,
+                Err(CatalogError::PortTaken(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let (id, port) = id;
+        let spec = CloneSpec {
+            name: name.clone(),
+            image: image.name.clone(),
+            place,
+            engine: image.engine.clone(),
+            version,
+            superuser,
+            driver,
+            port,
+            password,
         };
         self.spawn(id, OperationKind::CloneCreate, &name, move |server| {
-            let made = server.agent.create_clone(&spec);
+            let made = agent.create_clone(&spec);
+            if matches!(&made, Err(e) if server.left_for_recovery(e)) {
+                return Err(LEFT_RUNNING.into());
+            }
             let catalog = server.catalog();
             match made {
-                Ok(_) => catalog.set_clone_status(&spec.name, CloneStatus::Ready, None, None).map_err(|e| e.to_string()),
+                Ok(report) => {
+                    server.fleet.note(&host, &spec.name, Some(report));
+                    catalog.set_clone_status(&spec.name, CloneStatus::Ready, None, None).map_err(|e| e.to_string())
+                }
                 Err(e) => {
-                    // The agent left nothing of it; neither does the catalog.
+                    // The agent left nothing of it; neither does the catalog. (An agent that
+                    // dropped meanwhile removes what it made when it is back: reconcile.)
                     if let Err(d) = catalog.delete_clone(&spec.name) {
                         tracing::error!("removing the clone's record: {d}");
                     }
@@ -678,17 +832,25 @@ impl Server {
     }
 
     /// Records a clone's state after an operation, from what its agent reports.
-    fn settle_clone(&self, name: &Name, result: &agent::Result<CloneReport>) -> Result<(), String> {
+    fn settle_clone(&self, host: &Name, name: &Name, result: &agent::Result<CloneReport>) -> Result<(), String> {
         let report = match result {
-            Ok(report) => Some(report.clone()),
-            Err(_) => self.agent.clone_report(name),
+            Ok(report) => Ok(Some(report.clone())),
+            Err(e) if e.kind == ErrorKind::Unavailable => Err(e.message.clone()),
+            Err(_) => self.fleet.agent(host).clone_report(name).map_err(|e| e.message),
         };
+        if let Ok(report) = &report {
+            self.fleet.note(host, name, report.clone());
+        }
         let (status, message) = match report {
-            Some(CloneReport { state: CloneState::Running, .. }) => (CloneStatus::Ready, None),
-            Some(CloneReport { state: CloneState::Degraded, message, .. }) => (CloneStatus::Degraded, message),
-            Some(CloneReport { state: CloneState::Stopped, .. }) => (CloneStatus::Stopped, None),
-            Some(CloneReport { state: CloneState::Failed, message, .. }) => (CloneStatus::Failed, message),
-            None => (CloneStatus::Failed, Some("its agent no longer has it; remove it".to_owned())),
+            Ok(Some(CloneReport { state: CloneState::Running, .. })) => (CloneStatus::Ready, None),
+            Ok(Some(CloneReport { state: CloneState::Degraded, message, .. })) => (CloneStatus::Degraded, message),
+            Ok(Some(CloneReport { state: CloneState::Stopped, .. })) => (CloneStatus::Stopped, None),
+            Ok(Some(CloneReport { state: CloneState::Failed, message, .. })) => (CloneStatus::Failed, message),
+            Ok(None) => (CloneStatus::Failed, Some("its agent no longer has it; remove it".to_owned())),
+            Err(why) => (
+                CloneStatus::Unknown,
+                Some(format!("its agent stopped answering during the operation ({why}); its state is known again once it is back")),
+            ),
         };
         let message = match result {
             Err(e) if message.is_none() && status == CloneStatus::Failed => Some(e.message.clone()),
@@ -706,15 +868,21 @@ impl Server {
             CloneAction::Reset => "reset",
         };
         Self::require_use(caller, &clone, verb)?;
+        // An agent that does not answer: 503, and nothing recorded.
+        let agent = self.fleet.require(&clone.agent)?;
         let id = self.begin_clone_op(name, action.kind(), action.status())?;
         let target = name.clone();
+        let host = clone.agent.clone();
         self.spawn(id, action.kind(), name, move |server| {
             let result = match action {
-                CloneAction::Start => server.agent.start_clone(&target),
-                CloneAction::Stop => server.agent.stop_clone(&target),
-                CloneAction::Reset => server.agent.reset_clone(&target),
+                CloneAction::Start => agent.start_clone(&target),
+                CloneAction::Stop => agent.stop_clone(&target),
+                CloneAction::Reset => agent.reset_clone(&target),
             };
-            server.settle_clone(&target, &result)
+            if matches!(&result, Err(e) if server.left_for_recovery(e)) {
+                return Err(LEFT_RUNNING.into());
+            }
+            server.settle_clone(&host, &target, &result)
         });
         self.operation_now(id)
     }
@@ -722,15 +890,29 @@ impl Server {
     pub fn delete_clone(self: &Arc<Self>, caller: &Caller, name: &Name) -> Result<Operation> {
         let clone = self.visible_clone(caller, name)?;
         Self::require_use(caller, &clone, "remove")?;
+        self.fleet.require(&clone.agent)?;
         let id = self.begin_clone_op(name, OperationKind::CloneDelete, CloneStatus::Deleting)?;
         let target = name.clone();
-        self.spawn(id, OperationKind::CloneDelete, name, move |server| server.finish_delete(&target));
+        let host = clone.agent.clone();
+        self.spawn(id, OperationKind::CloneDelete, name, move |server| server.finish_delete(&host, &target));
         self.operation_now(id)
     }
 
-    fn finish_delete(&self, name: &Name) -> Result<(), String> {
-        match self.agent.delete_clone(name) {
-            Ok(()) => self.catalog().delete_clone(name).map_err(|e| e.to_string()),
+    /// Whether an agent's failure is the server stopping under a call to an agent elsewhere.
+    fn left_for_recovery(&self, e: &AgentError) -> bool {
+        e.kind == ErrorKind::Unavailable && self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn finish_delete(&self, host: &Name, name: &Name) -> Result<(), String> {
+        let deleted = self.fleet.agent(host).delete_clone(name);
+        if matches!(&deleted, Err(e) if self.left_for_recovery(e)) {
+            return Err(LEFT_RUNNING.into());
+        }
+        match deleted {
+            Ok(()) => {
+                self.fleet.note(host, name, None);
+                self.catalog().delete_clone(name).map_err(|e| e.to_string())
+            }
             Err(e) => {
                 let message = format!("removing it failed: {e}; try `clone rm` again");
                 if let Err(c) = self.catalog().set_clone_status(name, CloneStatus::Failed, Some(&message), None) {
@@ -743,33 +925,77 @@ impl Server {
 
     // ---------------------------------------------------------------- recovery
 
-    /// Finishes, after a restart, each operation that was running when the server stopped,
-    /// and removes clones the agent has that no record asked for.
+    /// Finishes, after a restart, each operation that was running when the server stopped:
+    /// at once where its agent answers (the embedded agent), once it connects otherwise. The
+    /// embedded agent's clones that no record asks for are removed.
     fn recover(&self) -> Result<()> {
         let running = self.catalog().running_operations()?;
         for op in running {
-            let span = tracing::info_span!("recovery", id = op.id.0, kind = op.kind.as_str(), target = %op.target);
-            let _entered = span.enter();
-            let outcome = self.recover_operation(&op);
-            if let Err(e) = &outcome {
-                tracing::warn!("interrupted operation ended failed: {e}");
-            } else {
-                tracing::info!("interrupted operation finished");
+            match self.operation_agent(&op) {
+                Some(agent) if !self.fleet.is_online(&agent) => {
+                    tracing::info!(id = op.id.0, %agent, "an interrupted operation waits for its agent");
+                    lock(&self.deferred).push(op);
+                }
+                _ => self.finish_interrupted(&op)?,
             }
-            self.catalog().finish_operation(op.id, outcome.err().as_deref())?;
         }
-        // Whatever the catalog knows nothing about was never asked for (or its removal was
-        // recorded before the agent finished): the catalog is the truth about what exists.
-        let known: Vec<Name> = self.catalog().clones()?.into_iter().map(|c| c.name).collect();
-        for report in self.agent.clone_reports() {
+        if let Some(local) = self.fleet.embedded().cloned() {
+            self.remove_orphans(&local);
+        }
+        Ok(())
+    }
+
+    /// The agent an operation's target is on.
+    pub(crate) fn operation_agent(&self, op: &OperationRow) -> Option<Name> {
+        let catalog = self.catalog();
+        match op.kind.target_kind() {
+            api::TargetKind::Image => catalog.image(&op.target).ok().and_then(|i| i.agent),
+            api::TargetKind::Clone => catalog.clone_named(&op.target).ok().map(|c| c.agent),
+        }
+    }
+
+    /// Finishes an operation a restart interrupted, and records its end.
+    pub(crate) fn finish_interrupted(&self, op: &OperationRow) -> Result<()> {
+        let span = tracing::info_span!("recovery", id = op.id.0, kind = op.kind.as_str(), target = %op.target);
+        let _entered = span.enter();
+        let outcome = self.recover_operation(op);
+        match &outcome {
+            Err(e) => tracing::warn!("interrupted operation ended failed: {e}"),
+            Ok(()) => tracing::info!("interrupted operation finished"),
+        }
+        lock(&self.progress).remove(&op.id);
+        self.catalog().finish_operation(op.id, outcome.err().as_deref())?;
+        Ok(())
+    }
+
+    /// Removes the clones `agent` has that no record asks for: never asked for, or whose
+    /// removal was recorded before the agent finished. The catalog is the truth about what
+    /// was asked; the agent's disk about what exists.
+    pub(crate) fn remove_orphans(&self, agent: &Name) {
+        let known: Vec<Name> = match self.catalog().clones() {
+            Ok(rows) => rows.into_iter().filter(|c| &c.agent == agent).map(|c| c.name).collect(),
+            Err(e) => {
+                tracing::error!(%agent, "reading the catalog: {e}");
+                return;
+            }
+        };
+        let handle = self.fleet.agent(agent);
+        let reports = match handle.clone_reports() {
+            Ok(reports) => reports,
+            Err(e) => {
+                tracing::warn!(%agent, "asking for its clones: {e}");
+                return;
+            }
+        };
+        for report in reports {
             if !known.contains(&report.name) {
-                tracing::warn!(clone = %report.name, "removing a clone no record asks for");
-                if let Err(e) = self.agent.delete_clone(&report.name) {
-                    tracing::error!(clone = %report.name, "removing it: {e}");
+                tracing::warn!(%agent, clone = %report.name, "removing a clone no record asks for");
+                match handle.delete_clone(&report.name) {
+                    Ok(()) => self.fleet.note(agent, &report.name, None),
+                    Err(e) => tracing::error!(%agent, clone = %report.name, "removing it: {e}"),
                 }
             }
         }
-        Ok(())
     }
 
     fn recover_operation(&self, op: &OperationRow) -> Result<(), String> {
@@ -777,42 +1003,62 @@ impl Server {
         let interrupted = "interrupted by a restart of the server";
         match op.kind {
             OperationKind::ImageCreate => {
-                // The agent removed the half-made copy when it started.
-                let catalog = self.catalog();
-                if let Ok(mut row) = catalog.image(name) {
-                    if row.status == ImageStatus::Creating {
-                        if let Err(e) = self.agent.remove_image(name) {
-                            tracing::error!("removing the image's files: {e}");
-                        }
-                        row.status = ImageStatus::Failed;
-                        row.message = Some(format!("{interrupted}; remove it and create it again"));
-                        row.operation = None;
-                        catalog.update_image(&row).map_err(|e| e.to_string())?;
+                let row = self.catalog().image(name).ok();
+                if let Some(mut row) = row.filter(|r| r.status == ImageStatus::Creating) {
+                    // The copy may still run on its agent: it is stopped, and what it made goes.
+                    if let Err(e) = self.remove_image_files(&row) {
+                        tracing::error!("removing the image's files: {e}");
                     }
+                    row.status = ImageStatus::Failed;
+                    row.message = Some(format!("{interrupted}; remove it and create it again"));
+                    row.operation = None;
+                    self.catalog().update_image(&row).map_err(|e| e.to_string())?;
                 }
                 Err(interrupted.into())
             }
             OperationKind::ImageDelete => {
-                self.agent.remove_image(name).map_err(|e| e.message)?;
+                let Ok(row) = self.catalog().image(name) else { return Ok(()) };
+                self.remove_image_files(&row).map_err(|e| e.message)?;
                 match self.catalog().delete_image(name) {
                     Ok(()) | Err(CatalogError::NotFound { .. }) => Ok(()),
                     Err(e) => Err(e.to_string()),
                 }
             }
-            OperationKind::CloneCreate => match self.agent.clone_report(name) {
-                Some(report) => self.settle_clone(name, &Ok(report)),
-                None => {
-                    if let Err(e) = self.catalog().delete_clone(name) {
-                        tracing::warn!("removing the clone's record: {e}");
-                    }
-                    Err(interrupted.into())
+            kind => {
+                let Ok(row) = self.catalog().clone_named(name) else {
+                    return if kind == OperationKind::CloneDelete { Ok(()) } else { Err(interrupted.into()) };
+                };
+                let host = row.agent.clone();
+                let agent = self.fleet.agent(&host);
+                match kind {
+                    // The agent finished or undid its part: asking it to start the clone waits
+                    // for a creation still under way, and finds one it undid gone.
+                    OperationKind::CloneCreate => match agent.start_clone(name) {
+                        Err(e) if e.kind == ErrorKind::NotFound => {
+                            if let Err(e) = self.catalog().delete_clone(name) {
+                                tracing::warn!("removing the clone's record: {e}");
+                            }
+                            Err(interrupted.into())
+                        }
+                        result => self.settle_clone(&host, name, &result),
+                    },
+                    OperationKind::CloneStart => self.settle_clone(&host, name, &agent.start_clone(name)),
+                    OperationKind::CloneStop => self.settle_clone(&host, name, &agent.stop_clone(name)),
+                    OperationKind::CloneReset => self.settle_clone(&host, name, &agent.reset_clone(name)),
+                    _ => self.finish_delete(&host, name),
                 }
-            },
-            OperationKind::CloneStart => self.settle_clone(name, &self.agent.start_clone(name)),
-            OperationKind::CloneStop => self.settle_clone(name, &self.agent.stop_clone(name)),
-            OperationKind::CloneReset => self.settle_clone(name, &self.agent.reset_clone(name)),
-            OperationKind::CloneDelete => self.finish_delete(name),
+            }
         }
+    }
+
+    /// Removes an image's files (and what is left of a copy of it), through an agent that
+    /// reaches its location.
+    pub(crate) fn remove_image_files(&self, row: &ImageRow) -> agent::Result<()> {
+        let unavailable = |m: String| AgentError { kind: ErrorKind::Unavailable, message: m };
+        let host = self.image_remover(row).map_err(|e| unavailable(e.to_string()))?;
+        let location = self.catalog().location(&row.location).map_err(|e| unavailable(e.to_string()))?;
+        let place = ImagePlace { location: location.name, path: location.path };
+        self.fleet.agent(&host).remove_image(&row.name, &place)
     }
 
     /// Waits up to `wait` for an operation to end, and returns it as it is then.

@@ -73,22 +73,23 @@ impl Pki {
         std::fs::create_dir_all(&dir).map_err(|e| internal("making the pki directory")(e.to_string()))?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(|e| internal("securing the pki directory")(e.to_string()))?;
-        let (ca_pem, ca_key) = match (
-            std::fs::read_to_string(dir.join("ca.pem")),
-            std::fs::read_to_string(dir.join("ca.key")),
-        ) {
-            (Ok(pem), Ok(key)) => (pem, KeyPair::from_pem(&key).map_err(|e| internal("reading ca.key")(e.to_string()))?),
-            _ => {
-                let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-                    .map_err(|e| internal("making the authority's key")(e.to_string()))?;
-                let cert = ca_params().self_signed(&key).map_err(|e| internal("making the authority")(e.to_string()))?;
-                write_private(&dir.join("ca.key"), &key.serialize_pem())
-                    .map_err(|e| internal("writing ca.key")(e.to_string()))?;
-                sys::crashsafe::replace_file(&dir.join("ca.pem"), cert.pem().as_bytes())
-                    .map_err(|e| internal("writing ca.pem")(e.to_string()))?;
-                (cert.pem(), key)
-            }
-        };
+        let (ca_pem, ca_key) =
+            match (std::fs::read_to_string(dir.join("ca.pem")), std::fs::read_to_string(dir.join("ca.key"))) {
+                (Ok(pem), Ok(key)) => {
+                    (pem, KeyPair::from_pem(&key).map_err(|e| internal("reading ca.key")(e.to_string()))?)
+                }
+                _ => {
+                    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+                        .map_err(|e| internal("making the authority's key")(e.to_string()))?;
+                    let cert =
+                        ca_params().self_signed(&key).map_err(|e| internal("making the authority")(e.to_string()))?;
+                    write_private(&dir.join("ca.key"), &key.serialize_pem())
+                        .map_err(|e| internal("writing ca.key")(e.to_string()))?;
+                    sys::crashsafe::replace_file(&dir.join("ca.pem"), cert.pem().as_bytes())
+                        .map_err(|e| internal("writing ca.pem")(e.to_string()))?;
+                    (cert.pem(), key)
+                }
+            };
         let mut pki = Pki { dir, ca_pem, ca_key, channel_pem: String::new(), channel_key_pem: String::new() };
         pki.channel_certificate(names)?;
         Ok(pki)
@@ -128,7 +129,9 @@ impl Pki {
             .map_err(|e| internal("naming the channel's certificate")(e.to_string()))?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let cert = params.signed_by(&key, &self.issuer()).map_err(|e| internal("signing the channel's certificate")(e.to_string()))?;
+        let cert = params
+            .signed_by(&key, &self.issuer())
+            .map_err(|e| internal("signing the channel's certificate")(e.to_string()))?;
         write_private(&self.dir.join("channel.key"), &key.serialize_pem())
             .map_err(|e| internal("writing channel.key")(e.to_string()))?;
         sys::crashsafe::replace_file(&self.dir.join("channel.pem"), cert.pem().as_bytes())
@@ -161,8 +164,9 @@ impl Pki {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, format!("thinclone agent {name}"));
         params.distinguished_name = dn;
-        params.subject_alt_names =
-            vec![SanType::DnsName(format!("{name}.agents.thinclone").try_into().map_err(|e| internal("naming")(format!("{e}")))?)];
+        params.subject_alt_names = vec![SanType::DnsName(
+            format!("{name}.agents.thinclone").try_into().map_err(|e| internal("naming")(format!("{e}")))?,
+        )];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let cert = params
@@ -177,7 +181,9 @@ impl Pki {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots
-            .add(rustls::pki_types::CertificateDer::from(pem_der(&self.ca_pem).ok_or_else(|| internal("ca.pem")("not PEM".into()))?))
+            .add(rustls::pki_types::CertificateDer::from(
+                pem_der(&self.ca_pem).ok_or_else(|| internal("ca.pem")("not PEM".into()))?,
+            ))
             .map_err(|e| internal("trusting the authority")(e.to_string()))?;
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
@@ -203,10 +209,9 @@ impl Pki {
 /// The DER of the first PEM block of `pem`.
 pub fn pem_der(pem: &str) -> Option<Vec<u8>> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-        .map(|c| c.to_vec())
-        .ok()
-        .or_else(|| rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).ok().map(|k| k.secret_der().to_vec()))
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).map(|c| c.to_vec()).ok().or_else(|| {
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).ok().map(|k| k.secret_der().to_vec())
+    })
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {

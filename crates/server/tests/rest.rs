@@ -34,10 +34,19 @@ fn fixture() -> Fixture {
         repair: true,
     })
     .unwrap();
+    let local = api::Name::new(server::LOCAL).unwrap();
+    let fleet = server::Fleet::new(Some((local, agent as Arc<dyn agent::Agent>)), server::hub::Hub::new());
     let server = server::Server::open(
-        server::ServerConfig { data_dir: dir.path().to_owned(), ports: (7000, 7001), activity_days: 90 },
-        agent as Arc<dyn agent::Agent>,
+        server::ServerConfig {
+            data_dir: dir.path().to_owned(),
+            ports: (7000, 7001),
+            activity_days: 90,
+            local_location: Some(dir.path().join("images")),
+            channel_address: None,
+        },
+        fleet,
         Vec::new(),
+        &[],
     )
     .unwrap();
     let token_file = server.bootstrap().unwrap().expect("the first start makes a token");
@@ -77,7 +86,8 @@ async fn call(f: &Fixture, method: &str, path: &str, content_type: Option<&str>,
 fn refused(answer: (StatusCode, String), status: u16, code: &str, says: &str) {
     let (got, body) = answer;
     assert_eq!(got.as_u16(), status, "{body}");
-    let error: api::ErrorBody = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not an error body ({e}): {body}"));
+    let error: api::ErrorBody =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("not an error body ({e}): {body}"));
     assert_eq!(serde_json::to_value(error.code).unwrap(), code, "{body}");
     assert!(error.error.contains(says), "expected {says:?} in {body}");
 }
@@ -88,14 +98,24 @@ const JSON: Option<&str> = Some("application/json");
 async fn every_failure_has_one_shape() {
     let f = fixture();
     refused(call(&f, "POST", "/v1/clones", JSON, "{\"name\": \"a\"").await, 400, "bad_request", "not valid JSON");
-    refused(call(&f, "POST", "/v1/clones", JSON, "{\"name\": \"a\"}").await, 400, "bad_request", "missing field `image`");
+    refused(
+        call(&f, "POST", "/v1/clones", JSON, "{\"name\": \"a\"}").await,
+        400,
+        "bad_request",
+        "missing field `image`",
+    );
     refused(
         call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"form_dir\": \"/x\"}").await,
         400,
         "bad_request",
         "unknown field `form_dir`",
     );
-    refused(call(&f, "POST", "/v1/clones", Some("text/plain"), "{}").await, 415, "unsupported_media_type", "content-type: application/json");
+    refused(
+        call(&f, "POST", "/v1/clones", Some("text/plain"), "{}").await,
+        415,
+        "unsupported_media_type",
+        "content-type: application/json",
+    );
     refused(call(&f, "POST", "/v1/clones", None, "{}").await, 415, "unsupported_media_type", "must be JSON");
     refused(
         call(&f, "POST", "/v1/clones", JSON, "{\"name\": \"../x\", \"image\": \"i\"}").await,
@@ -123,19 +143,38 @@ async fn every_failure_has_one_shape() {
         "no image named nosuch",
     );
     refused(
-        call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"from_dir\": \"/x\", \"from_url\": \"postgresql://h/d\"}").await,
+        call(
+            &f,
+            "POST",
+            "/v1/images",
+            JSON,
+            "{\"name\": \"a\", \"from_dir\": \"/x\", \"from_url\": \"postgresql://h/d\"}",
+        )
+        .await,
         400,
         "bad_request",
         "exactly one of from_dir and from_url",
     );
-    refused(call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"from_dir\": \"relative\"}").await, 400, "bad_request", "not an absolute path");
-    refused(call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"from_url\": \"%zz\"}").await, 400, "bad_request", "not valid");
+    refused(
+        call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"from_dir\": \"relative\"}").await,
+        400,
+        "bad_request",
+        "not an absolute path",
+    );
+    refused(
+        call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"from_url\": \"%zz\"}").await,
+        400,
+        "bad_request",
+        "not valid",
+    );
     // Refused requests that would have changed something are in the audit log too.
     let (status, log) = call(&f, "GET", "/v1/activity?limit=1000", None, "").await;
     assert_eq!(status, StatusCode::OK, "{log}");
     let log: Vec<api::Activity> = serde_json::from_str(&log).unwrap();
     assert!(
-        log.iter().any(|a| a.action == "POST /v1/clones" && a.status == 400 && a.actor.as_ref().is_some_and(|u| u.as_str() == "admin")),
+        log.iter().any(|a| a.action == "POST /v1/clones"
+            && a.status == 400
+            && a.actor.as_ref().is_some_and(|u| u.as_str() == "admin")),
         "a refused body is not in the audit log: {log:?}"
     );
     assert!(log.iter().any(|a| a.action == "POST /v1/clones" && a.status == 415), "{log:?}");
@@ -199,6 +238,13 @@ async fn the_served_document_is_the_committed_one_and_names_every_route() {
         api::paths::SOURCES,
         api::paths::SOURCE,
         api::paths::ACTIVITY,
+        api::paths::AGENTS,
+        api::paths::AGENT,
+        api::paths::AGENT_REVOKE,
+        api::paths::AGENT_TOKENS,
+        api::paths::AGENT_JOIN,
+        api::paths::LOCATIONS,
+        api::paths::LOCATION,
     ];
     declared.sort();
     assert_eq!(documented, declared, "the routes and api::paths disagree");
@@ -222,14 +268,34 @@ async fn the_served_document_is_the_committed_one_and_names_every_route() {
 #[tokio::test]
 async fn request_bodies_are_json_objects() {
     let f = fixture();
-    refused(call(&f, "POST", "/v1/clones", JSON, "[\"a\", \"nosuch\"]").await, 400, "bad_request", "must be a JSON object");
-    refused(call(&f, "POST", "/v1/images", JSON, " [\"a\", \"/x\"]").await, 400, "bad_request", "must be a JSON object");
+    refused(
+        call(&f, "POST", "/v1/clones", JSON, "[\"a\", \"nosuch\"]").await,
+        400,
+        "bad_request",
+        "must be a JSON object",
+    );
+    refused(
+        call(&f, "POST", "/v1/images", JSON, " [\"a\", \"/x\"]").await,
+        400,
+        "bad_request",
+        "must be a JSON object",
+    );
     // JSON content types with parameters or a +json suffix are still JSON.
     let object = "{\"name\": \"a\", \"image\": \"nosuch\"}";
     for content_type in ["application/json; charset=utf-8", "Application/JSON", "application/vnd.thinclone+json"] {
-        refused(call(&f, "POST", "/v1/clones", Some(content_type), object).await, 404, "not_found", "no image named nosuch");
+        refused(
+            call(&f, "POST", "/v1/clones", Some(content_type), object).await,
+            404,
+            "not_found",
+            "no image named nosuch",
+        );
     }
-    refused(call(&f, "POST", "/v1/clones", Some("application/jsonx"), object).await, 415, "unsupported_media_type", "must be JSON");
+    refused(
+        call(&f, "POST", "/v1/clones", Some("application/jsonx"), object).await,
+        415,
+        "unsupported_media_type",
+        "must be JSON",
+    );
 }
 
 /// Regression (schemathesis): the id is documented as an integer, and `+1` was taken as 1.
@@ -282,9 +348,21 @@ async fn the_image_request_schema_says_what_the_server_checks() {
     assert_eq!(branches[1]["properties"]["snapshot"]["enum"], serde_json::json!([false]));
 
     let f = fixture();
-    refused(call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\"}").await, 400, "bad_request", "exactly one of from_dir and from_url");
     refused(
-        call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"from_url\": \"postgresql://h/d\", \"snapshot\": true}").await,
+        call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\"}").await,
+        400,
+        "bad_request",
+        "exactly one of from_dir and from_url",
+    );
+    refused(
+        call(
+            &f,
+            "POST",
+            "/v1/images",
+            JSON,
+            "{\"name\": \"a\", \"from_url\": \"postgresql://h/d\", \"snapshot\": true}",
+        )
+        .await,
         400,
         "bad_request",
         "snapshot goes with from_dir only",

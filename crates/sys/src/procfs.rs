@@ -40,8 +40,7 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         .filter(|&child| {
             fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
                 // The fields after the command name (in parentheses): state, then parent.
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
                     == Some(pid)
             }) && is_alive(child)
         })

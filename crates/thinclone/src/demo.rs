@@ -222,6 +222,8 @@ fn show(
         from_url: None,
         snapshot: false,
         team: None,
+        location: None,
+        host: None,
     })?;
     let image_time = t.elapsed();
     let logical = image.logical_bytes;
@@ -233,7 +235,8 @@ fn show(
         begin(&format!("making clone {name}"))?;
         let t = Instant::now();
         made.clones.push(name.clone());
-        let clone = client.create_clone_and_wait(&CreateClone { name, image: image_name.clone(), driver: None })?;
+        let clone =
+            client.create_clone_and_wait(&CreateClone { name, image: image_name.clone(), driver: None, host: None })?;
         clones.push((clone, t.elapsed()));
     }
     let names: Vec<&Name> = clones.iter().map(|(c, _)| &c.name).collect();

@@ -22,8 +22,22 @@ enum Command {
     /// Show what thinclone does: a sample database, an image of it, three clones, a reset.
     Demo(demo::DemoArgs),
     /// Run the server in the foreground: the catalog, the REST API, and the clones' storage
-    /// and database servers on this host.
+    /// and database servers on this host (the server and this host's agent in one process).
     Serve(serve::ServeArgs),
+    /// Run the control server alone in the foreground: the catalog, the REST API and the
+    /// agent channel; agents on the database hosts (`thinclone agent`) do the work.
+    Server(serve::ServerArgs),
+    /// A database host's agent: run it, join it to a server; list and manage agents.
+    Agent {
+        #[command(subcommand)]
+        command: cli::agent::AgentCommand,
+    },
+    /// Manage image locations: directories (shares) where images are kept, and which agents
+    /// reach them.
+    Location {
+        #[command(subcommand)]
+        command: cli::location::LocationCommand,
+    },
     /// Make, list and remove images (immutable copies of a database).
     Image {
         #[command(subcommand)]
@@ -94,6 +108,13 @@ fn main() -> std::process::ExitCode {
     let result = match command {
         Command::Demo(args) => demo::run(args, &opts),
         Command::Serve(args) => no_client_opts(&opts, "serve").and_then(|()| serve::run(args)),
+        Command::Server(args) => no_client_opts(&opts, "server").and_then(|()| serve::run_control(args)),
+        Command::Agent { command: cli::agent::AgentCommand::Run(args) } => {
+            no_client_opts(&opts, "agent run").and_then(|()| serve::run_agent(args))
+        }
+        Command::Agent { command: cli::agent::AgentCommand::Join(args) } => cli::agent::join(args, opts.json),
+        Command::Agent { command } => cli::run(&opts, |ctx| cli::agent::run(command, ctx)),
+        Command::Location { command } => cli::run(&opts, |ctx| cli::location::run(command, ctx)),
         Command::Mount(args) => no_client_opts(&opts, "mount").and_then(|()| mount::run(args)),
         Command::Image { command } => cli::run(&opts, |ctx| cli::image::run(command, ctx)),
         Command::Clone { command } => cli::run(&opts, |ctx| cli::clone::run(command, ctx)),

@@ -130,9 +130,18 @@ fn no_body(_: &World, _: &str) -> Option<Value> {
 /// The matrix: each route of the document, with its rights.
 fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
     vec![
-        (("GET", "/v1/openapi.json"), Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/openapi.json"), body: no_body }),
-        (("GET", "/v1/whoami"), Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/whoami"), body: no_body }),
-        (("GET", "/v1/images"), Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/images"), body: no_body }),
+        (
+            ("GET", "/v1/openapi.json"),
+            Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/openapi.json"), body: no_body },
+        ),
+        (
+            ("GET", "/v1/whoami"),
+            Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/whoami"), body: no_body },
+        ),
+        (
+            ("GET", "/v1/images"),
+            Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/images"), body: no_body },
+        ),
         (
             ("POST", "/v1/images"),
             Rights {
@@ -145,7 +154,13 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
         ),
         (
             ("GET", "/v1/images/{name}"),
-            Rights { allowed: RED, forbidden: &[], hidden: &["blue-creator"], path: |_, _| "/v1/images/red-img".into(), body: no_body },
+            Rights {
+                allowed: RED,
+                forbidden: &[],
+                hidden: &["blue-creator"],
+                path: |_, _| "/v1/images/red-img".into(),
+                body: no_body,
+            },
         ),
         (
             ("DELETE", "/v1/images/{name}"),
@@ -163,7 +178,10 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
                 body: no_body,
             },
         ),
-        (("GET", "/v1/clones"), Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/clones"), body: no_body }),
+        (
+            ("GET", "/v1/clones"),
+            Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/clones"), body: no_body },
+        ),
         (
             ("POST", "/v1/clones"),
             Rights {
@@ -176,7 +194,13 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
         ),
         (
             ("GET", "/v1/clones/{name}"),
-            Rights { allowed: RED, forbidden: &[], hidden: &["blue-creator"], path: |_, _| "/v1/clones/red-c".into(), body: no_body },
+            Rights {
+                allowed: RED,
+                forbidden: &[],
+                hidden: &["blue-creator"],
+                path: |_, _| "/v1/clones/red-c".into(),
+                body: no_body,
+            },
         ),
         (
             ("DELETE", "/v1/clones/{name}"),
@@ -197,7 +221,10 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
         (("POST", "/v1/clones/{name}/start"), clone_action("start")),
         (("POST", "/v1/clones/{name}/stop"), clone_action("stop")),
         (("POST", "/v1/clones/{name}/reset"), clone_action("reset")),
-        (("GET", "/v1/operations"), Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/operations"), body: no_body }),
+        (
+            ("GET", "/v1/operations"),
+            Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/operations"), body: no_body },
+        ),
         (
             ("GET", "/v1/operations/{id}"),
             Rights {
@@ -206,13 +233,23 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
                 hidden: &["blue-creator"],
                 path: |w, _| {
                     let (_, ops) = w.call(Some("admin"), "GET", "/v1/operations", None);
-                    let id = ops.as_array().unwrap().iter().find(|o| o["target"]["name"] == "red-c").unwrap()["id"].clone();
+                    let id =
+                        ops.as_array().unwrap().iter().find(|o| o["target"]["name"] == "red-c").unwrap()["id"].clone();
                     format!("/v1/operations/{id}")
                 },
                 body: no_body,
             },
         ),
-        (("GET", "/v1/users"), Rights { allowed: &["root-admin"], forbidden: NOT_ADMINS, hidden: &[], path: fixed("/v1/users"), body: no_body }),
+        (
+            ("GET", "/v1/users"),
+            Rights {
+                allowed: &["root-admin"],
+                forbidden: NOT_ADMINS,
+                hidden: &[],
+                path: fixed("/v1/users"),
+                body: no_body,
+            },
+        ),
         (
             ("POST", "/v1/users"),
             Rights {
@@ -249,7 +286,10 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
                 body: no_body,
             },
         ),
-        (("GET", "/v1/teams"), Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/teams"), body: no_body }),
+        (
+            ("GET", "/v1/teams"),
+            Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/teams"), body: no_body },
+        ),
         (
             ("POST", "/v1/teams"),
             Rights {
@@ -262,7 +302,13 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
         ),
         (
             ("GET", "/v1/teams/{name}"),
-            Rights { allowed: RED, forbidden: &[], hidden: &["blue-creator"], path: |_, _| "/v1/teams/red".into(), body: no_body },
+            Rights {
+                allowed: RED,
+                forbidden: &[],
+                hidden: &["blue-creator"],
+                path: |_, _| "/v1/teams/red".into(),
+                body: no_body,
+            },
         ),
         (
             ("DELETE", "/v1/teams/{name}"),
@@ -302,7 +348,10 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
                 body: no_body,
             },
         ),
-        (("GET", "/v1/tokens"), Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/tokens"), body: no_body }),
+        (
+            ("GET", "/v1/tokens"),
+            Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/tokens"), body: no_body },
+        ),
         (
             ("POST", "/v1/tokens"),
             Rights {
@@ -363,7 +412,10 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
                 body: no_body,
             },
         ),
-        (("GET", "/v1/activity"), Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/activity"), body: no_body }),
+        (
+            ("GET", "/v1/activity"),
+            Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/activity"), body: no_body },
+        ),
     ]
 }
 
@@ -470,8 +522,7 @@ fn every_route_checks_its_caller() {
 
     // 2. The matrix: every route's rights, caller by caller.
     let matrix = matrix();
-    let written: BTreeSet<(String, String)> =
-        matrix.iter().map(|((m, p), _)| (m.to_string(), p.to_string())).collect();
+    let written: BTreeSet<(String, String)> = matrix.iter().map(|((m, p), _)| (m.to_string(), p.to_string())).collect();
     let mut missing: Vec<_> = routes.difference(&written).filter(|(_, p)| p != "/v1/health").collect();
     missing.sort();
     assert!(missing.is_empty(), "routes whose rights the matrix does not say: {missing:?}");

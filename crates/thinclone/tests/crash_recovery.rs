@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use api::{CloneStatus, Driver, Operation};
-use support::daemon::{UrlOf, mounts_under, pgbench_source, processes_under, psql, Daemon};
+use support::daemon::{mounts_under, pgbench_source, processes_under, psql, Daemon, UrlOf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -61,7 +61,11 @@ fn check(d: &Daemon, driver: Driver, url: &str) -> Outcome {
     let Some(clone) = listed.into_iter().find(|c| c.name.as_str() == "k") else {
         assert!(!clone_dir.exists(), "clone k is gone, but its directory is left: {:?}", listing(&clone_dir));
         assert!(!run_dir.exists(), "clone k is gone, but its run directory is left");
-        assert!(processes_under(&clone_dir).is_empty(), "processes of a removed clone: {:?}", processes_under(&clone_dir));
+        assert!(
+            processes_under(&clone_dir).is_empty(),
+            "processes of a removed clone: {:?}",
+            processes_under(&clone_dir)
+        );
         assert!(mounts_under(&clone_dir).is_empty(), "mounts of a removed clone: {:?}", mounts_under(&clone_dir));
         assert!(psql(url, "SELECT 1").is_err(), "a removed clone answers SQL");
         return Outcome::Gone;
@@ -89,7 +93,10 @@ fn check(d: &Daemon, driver: Driver, url: &str) -> Outcome {
         }
         CloneStatus::Stopped => {
             assert!(postmasters.is_empty(), "a stopped clone's server runs: {postmasters:?}");
-            assert!(mount_procs.is_empty() && mounts.is_empty(), "a stopped clone is mounted: {mount_procs:?} {mounts:?}");
+            assert!(
+                mount_procs.is_empty() && mounts.is_empty(),
+                "a stopped clone is mounted: {mount_procs:?} {mounts:?}"
+            );
             assert!(psql(url, "SELECT 1").is_err(), "a stopped clone answers SQL");
             Outcome::Stopped
         }

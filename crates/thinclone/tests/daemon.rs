@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use api::{CloneStatus, ImageStatus, Operation, OperationState};
-use support::daemon::{UrlOf, mounts_under, pgbench_source, processes_under, psql, source_scale, Daemon};
+use support::daemon::{mounts_under, pgbench_source, processes_under, psql, source_scale, Daemon, UrlOf};
 
 fn require(test: &str) {
     support::require_fuse(test);
@@ -266,7 +266,10 @@ fn restart_brings_clones_back() {
     let mut session = support::daemon::PsqlSession::open(&url);
     assert_eq!(session.query("SELECT count(*) FROM marker"), "1");
     d.restart();
-    assert_eq!(session.query("INSERT INTO marker VALUES ('across a clean restart') RETURNING v"), "across a clean restart");
+    assert_eq!(
+        session.query("INSERT INTO marker VALUES ('across a clean restart') RETURNING v"),
+        "across a clean restart"
+    );
     drop(session);
     assert_eq!(d.ok::<api::Clone>(&["clone", "show", "r1"]).status, CloneStatus::Ready);
     assert_eq!(old_pids, pids(&d));
@@ -406,11 +409,13 @@ fn bad_inputs_get_clear_errors_and_harm_nothing() {
     let pg12 = work.path().join("pg12");
     support::copy_tree(&source, &pg12);
     fs::write(pg12.join("PG_VERSION"), "12\n").unwrap();
-    let err = refused(&d, &["image", "create", "x", "--from-dir", pg12.to_str().unwrap()], "PostgreSQL 12 is not installed");
+    let err =
+        refused(&d, &["image", "create", "x", "--from-dir", pg12.to_str().unwrap()], "PostgreSQL 12 is not installed");
     assert!(err.contains("/usr/lib/postgresql/12/bin"), "{err}");
     // Regression: an unreadable version became "PostgreSQL 0 is not installed".
     fs::write(pg12.join("PG_VERSION"), "\n").unwrap();
-    let err = refused(&d, &["image", "create", "x", "--from-dir", pg12.to_str().unwrap()], "not a PostgreSQL data directory");
+    let err =
+        refused(&d, &["image", "create", "x", "--from-dir", pg12.to_str().unwrap()], "not a PostgreSQL data directory");
     assert!(!err.contains("PostgreSQL 0"), "{err}");
     fs::remove_dir_all(&pg12).unwrap();
     refused(&d, &["image", "create", "x", "--from-dir", image_dir.to_str().unwrap()], "thinclone's own data directory");

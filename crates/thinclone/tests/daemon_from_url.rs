@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
 use api::{ImageStatus, Operation};
-use support::daemon::{UrlOf, psql, Daemon};
+use support::daemon::{psql, Daemon, UrlOf};
 use support::pg::Server;
 
 #[test]
@@ -71,12 +71,24 @@ fn an_image_of_a_live_server_under_load() {
     // A wrong password and an unreachable source are refused at once; the messages do not
     // carry the password, and nothing is left behind.
     let err = daemon
-        .cli::<api::Image>(&["image", "create", "wrong", "--from-url", "postgresql://postgres:hunter2@127.0.0.1:54611/postgres"])
+        .cli::<api::Image>(&[
+            "image",
+            "create",
+            "wrong",
+            "--from-url",
+            "postgresql://postgres:hunter2@127.0.0.1:54611/postgres",
+        ])
         .unwrap_err();
     assert!(err.contains("cannot reach the source") || err.contains("password authentication failed"), "{err}");
     assert!(!err.contains("hunter2"), "the password shows in {err}");
     let err = daemon
-        .cli::<api::Image>(&["image", "create", "nowhere", "--from-url", "postgresql://postgres:hunter2@127.0.0.1:1/postgres"])
+        .cli::<api::Image>(&[
+            "image",
+            "create",
+            "nowhere",
+            "--from-url",
+            "postgresql://postgres:hunter2@127.0.0.1:1/postgres",
+        ])
         .unwrap_err();
     assert!(err.contains("cannot reach the source"), "{err}");
     assert!(!err.contains("hunter2"), "the password shows in {err}");
@@ -85,7 +97,11 @@ fn an_image_of_a_live_server_under_load() {
 
     // The password is nowhere in the server's files or log.
     for secret in ["s3cr%t", "hunter2"] {
-        let grep = std::process::Command::new("grep").args(["-r", "-l", "-F", secret]).arg(work.join("data")).output().unwrap();
+        let grep = std::process::Command::new("grep")
+            .args(["-r", "-l", "-F", secret])
+            .arg(work.join("data"))
+            .output()
+            .unwrap();
         assert!(grep.stdout.is_empty(), "{secret} found in {}", String::from_utf8_lossy(&grep.stdout));
         let log = fs::read_to_string(&daemon.log).unwrap();
         assert!(!log.contains(secret), "{secret} is in the server's log");

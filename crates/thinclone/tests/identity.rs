@@ -72,6 +72,8 @@ fn refusal(d: &Daemon, image: &str, from_dir: Option<&str>, from_url: Option<&st
         from_url: from_url.map(str::to_owned),
         snapshot: false,
         team: None,
+        location: None,
+        host: None,
     };
     match d.client().create_image(&request) {
         Ok(op) => panic!("making an image of {from_dir:?} {from_url:?} was accepted: {op:?}"),

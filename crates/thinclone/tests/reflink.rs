@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use api::{Driver, Operation};
-use support::daemon::{UrlOf, psql, Daemon};
+use support::daemon::{psql, Daemon, UrlOf};
 use support::LoopFs;
 
 fn checksums(dir: &Path) -> std::collections::BTreeMap<PathBuf, support::Entry> {
@@ -87,7 +87,8 @@ fn ext4_gets_cowfs_and_reflink_there_is_a_clear_error() {
     assert_eq!(clone.driver, Driver::Cowfs, "{clone:?}");
     // Asking for reflink where the filesystem cannot share blocks fails clearly, and leaves
     // nothing behind.
-    let err = daemon.cli::<api::Clone>(&["clone", "create", "r", "--image", "prod", "--driver", "reflink"]).unwrap_err();
+    let err =
+        daemon.cli::<api::Clone>(&["clone", "create", "r", "--image", "prod", "--driver", "reflink"]).unwrap_err();
     assert!(err.contains("the reflink driver is not available here") && err.contains("--driver cowfs"), "{err}");
     assert_eq!(daemon.ok::<Vec<api::Clone>>(&["clone", "list"]).len(), 1);
     assert!(!work.path().join("data/clones/r").exists(), "a half-made reflink clone was left behind");

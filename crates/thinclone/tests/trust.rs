@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api::{CloneStatus, ImageStatus, Operation};
-use support::daemon::{UrlOf, pgbench_source, processes_under, psql, Daemon};
+use support::daemon::{pgbench_source, processes_under, psql, Daemon, UrlOf};
 use support::pg::Server;
 
 fn require(test: &str) {
@@ -39,7 +39,11 @@ fn wait_for(d: &Daemon, name: &str, timeout: Duration, done: impl Fn(&api::Clone
         if done(&clone) {
             return clone;
         }
-        assert!(Instant::now() < deadline, "clone {name} did not get there within {timeout:?}: {clone:?}\n{}", d.log_tail(30));
+        assert!(
+            Instant::now() < deadline,
+            "clone {name} did not get there within {timeout:?}: {clone:?}\n{}",
+            d.log_tail(30)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -100,14 +104,18 @@ fn a_dead_mount_is_seen_and_repaired() {
     d.ok::<api::Image>(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
     let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "img"]);
     sql(clone.url(), "CREATE TABLE precious AS SELECT 'kept' AS v");
-    let mount_pid = |d: &Daemon| -> i32 { fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).unwrap().trim().parse().unwrap() };
+    let mount_pid = |d: &Daemon| -> i32 {
+        fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).unwrap().trim().parse().unwrap()
+    };
 
     // With repair (the default): degraded, then ready again on its own.
     let killed = mount_pid(&d);
     unsafe { libc::kill(killed, libc::SIGKILL) };
     let started = Instant::now();
-    let back = wait_for(&d, "c", Duration::from_secs(30), |c| c.status == CloneStatus::Ready && {
-        fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).is_ok_and(|p| p.trim() != killed.to_string())
+    let back = wait_for(&d, "c", Duration::from_secs(30), |c| {
+        c.status == CloneStatus::Ready && {
+            fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).is_ok_and(|p| p.trim() != killed.to_string())
+        }
     });
     eprintln!("a killed mount was repaired in {} ms", started.elapsed().as_millis());
     assert!(started.elapsed() < Duration::from_secs(15), "the repair took {:?}", started.elapsed());
@@ -276,7 +284,9 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
     let d = Daemon::start(&small.mountpoint.join("data"), (8020, 8029));
 
     // Too big for the disk: refused before anything is copied.
-    let err = d.cli::<api::Image>(&["image", "create", "huge", "--from-dir", pgbench_source().to_str().unwrap()]).unwrap_err();
+    let err = d
+        .cli::<api::Image>(&["image", "create", "huge", "--from-dir", pgbench_source().to_str().unwrap()])
+        .unwrap_err();
     assert!(err.contains("not enough free disk"), "{err}");
     assert!(d.ok::<Vec<api::Image>>(&["image", "list"]).is_empty());
 
@@ -293,7 +303,13 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
     support::pg::run(big.pgbench().args(["-i", "-q", "-s", "40", "postgres"]));
     let started = Instant::now();
     let err = d
-        .cli::<api::Image>(&["image", "create", "toolarge", "--from-url", "postgresql://postgres:pw@127.0.0.1:54741/postgres"])
+        .cli::<api::Image>(&[
+            "image",
+            "create",
+            "toolarge",
+            "--from-url",
+            "postgresql://postgres:pw@127.0.0.1:54741/postgres",
+        ])
         .unwrap_err();
     eprintln!("a live copy that ran out of room failed after {} ms: {err}", started.elapsed().as_millis());
     assert!(started.elapsed() < Duration::from_secs(30), "it took {:?}", started.elapsed());
@@ -378,13 +394,15 @@ fn tablespaces_live_inside_images_and_clones() {
 
     for image in ["via-url", "via-dir"] {
         let image_dir = d.data_dir.join("images").join(image);
-        let link = fs::read_link(image_dir.join("pg_tblspc").read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
+        let link =
+            fs::read_link(image_dir.join("pg_tblspc").read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
         assert!(link.is_relative(), "the image's tablespace link leads outside it: {}", link.display());
         let image_before = support::snapshot(&image_dir);
         let clone: api::Clone = d.ok(&["clone", "create", &format!("{image}-c"), "--image", image]);
         sql(clone.url(), "INSERT INTO t SELECT generate_series(1001, 50000); CHECKPOINT");
         assert_eq!(sql(clone.url(), "SELECT count(*) FROM t"), "50000");
-        let location = sql(clone.url(), "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'outside'");
+        let location =
+            sql(clone.url(), "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'outside'");
         assert!(!location.starts_with('/'), "the clone's tablespace is at {location}");
         d.ok::<Operation>(&["clone", "rm", &format!("{image}-c")]);
         assert!(support::diff(&image_before, &support::snapshot(&image_dir)).is_none(), "image {image} changed");

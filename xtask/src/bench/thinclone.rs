@@ -351,6 +351,8 @@ impl Daemon {
     pub fn create_image(&self, name_: &str, source: ImageSource) -> Result<()> {
         let request = api::CreateImage {
             team: None,
+            location: None,
+            host: None,
             name: name(name_)?,
             from_dir: match source {
                 ImageSource::Dir(d) => Some(d.display().to_string()),
@@ -384,7 +386,7 @@ impl Daemon {
 
     /// Makes a clone and waits until it accepts connections.
     pub fn create_clone(&self, name_: &str, image: &str, driver: api::Driver) -> Result<CloneInfo> {
-        let request = api::CreateClone { name: name(name_)?, image: name(image)?, driver: Some(driver) };
+        let request = api::CreateClone { name: name(name_)?, image: name(image)?, driver: Some(driver), host: None };
         self.exec.note(&format!(
             "POST {}{} {}   # and wait",
             self.url,

@@ -23,7 +23,11 @@ pub async fn list_clones(State(s): State<Arc<Server>>, Auth(caller): Auth) -> Ap
     responses((status = 200, description = "The clone; `url` only if the caller may use it", body = Clone),
               (status = 400, description = "Not a valid name", body = ErrorBody),
               (status = 404, description = "No such clone among the caller's teams'", body = ErrorBody)))]
-pub async fn show_clone(State(s): State<Arc<Server>>, Auth(caller): Auth, ApiPath(name): ApiPath<Name>) -> ApiResult<Json<Clone>> {
+pub async fn show_clone(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+) -> ApiResult<Json<Clone>> {
     Ok(Json(blocking(move || s.clone_named(&caller, &name)).await?))
 }
 

@@ -31,7 +31,11 @@ pub async fn list_users(State(s): State<Arc<Server>>, Auth(caller): Auth) -> Api
     responses((status = 200, description = "The user (the caller, or anyone for an administrator)", body = User),
               (status = 400, description = "Not a valid name", body = ErrorBody),
               (status = 404, description = "No such user", body = ErrorBody)))]
-pub async fn show_user(State(s): State<Arc<Server>>, Auth(caller): Auth, ApiPath(name): ApiPath<Name>) -> ApiResult<Json<User>> {
+pub async fn show_user(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+) -> ApiResult<Json<User>> {
     Ok(Json(blocking(move || s.user(&caller, &name)).await?))
 }
 
@@ -48,7 +52,10 @@ pub async fn create_user(
     ApiJson(body): ApiJson<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     let subject = Subject::User(body.name.clone());
-    let user = audited_as(s, caller, "user.create", Some(subject), StatusCode::CREATED, move |s, c| Ok(s.create_user(c, body)?)).await?;
+    let user = audited_as(s, caller, "user.create", Some(subject), StatusCode::CREATED, move |s, c| {
+        Ok(s.create_user(c, body)?)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -58,9 +65,16 @@ pub async fn create_user(
               (status = 400, description = "Not a valid name", body = ErrorBody),
               (status = 404, description = "No such user", body = ErrorBody),
               (status = 409, description = "The last administrator", body = ErrorBody)))]
-pub async fn delete_user(State(s): State<Arc<Server>>, Auth(caller): Auth, ApiPath(name): ApiPath<Name>) -> ApiResult<StatusCode> {
+pub async fn delete_user(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+) -> ApiResult<StatusCode> {
     let subject = Subject::User(name.clone());
-    audited_as(s, caller, "user.delete", Some(subject), StatusCode::NO_CONTENT, move |s, c| Ok(s.delete_user(c, &name)?)).await?;
+    audited_as(s, caller, "user.delete", Some(subject), StatusCode::NO_CONTENT, move |s, c| {
+        Ok(s.delete_user(c, &name)?)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -75,7 +89,11 @@ pub async fn list_teams(State(s): State<Arc<Server>>, Auth(caller): Auth) -> Api
     responses((status = 200, description = "The team", body = Team),
               (status = 400, description = "Not a valid name", body = ErrorBody),
               (status = 404, description = "No such team among the caller's", body = ErrorBody)))]
-pub async fn show_team(State(s): State<Arc<Server>>, Auth(caller): Auth, ApiPath(name): ApiPath<Name>) -> ApiResult<Json<Team>> {
+pub async fn show_team(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+) -> ApiResult<Json<Team>> {
     Ok(Json(blocking(move || s.team(&caller, &name)).await?))
 }
 
@@ -91,7 +109,10 @@ pub async fn create_team(
     ApiJson(body): ApiJson<CreateTeam>,
 ) -> ApiResult<(StatusCode, Json<Team>)> {
     let subject = Subject::Team(body.name.clone());
-    let team = audited_as(s, caller, "team.create", Some(subject), StatusCode::CREATED, move |s, c| Ok(s.create_team(c, body)?)).await?;
+    let team = audited_as(s, caller, "team.create", Some(subject), StatusCode::CREATED, move |s, c| {
+        Ok(s.create_team(c, body)?)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(team)))
 }
 
@@ -101,9 +122,16 @@ pub async fn create_team(
               (status = 400, description = "Not a valid name", body = ErrorBody),
               (status = 404, description = "No such team", body = ErrorBody),
               (status = 409, description = "It still has images or clones", body = ErrorBody)))]
-pub async fn delete_team(State(s): State<Arc<Server>>, Auth(caller): Auth, ApiPath(name): ApiPath<Name>) -> ApiResult<StatusCode> {
+pub async fn delete_team(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+) -> ApiResult<StatusCode> {
     let subject = Subject::Team(name.clone());
-    audited_as(s, caller, "team.delete", Some(subject), StatusCode::NO_CONTENT, move |s, c| Ok(s.delete_team(c, &name)?)).await?;
+    audited_as(s, caller, "team.delete", Some(subject), StatusCode::NO_CONTENT, move |s, c| {
+        Ok(s.delete_team(c, &name)?)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -118,7 +146,9 @@ pub async fn add_member(
     ApiPath((team, user)): ApiPath<(Name, Name)>,
 ) -> ApiResult<Json<Team>> {
     let subject = Subject::Team(team.clone());
-    Ok(Json(audited(s, caller, "team.add_member", Some(subject), move |s, c| Ok(s.add_member(c, &team, &user)?)).await?))
+    Ok(Json(
+        audited(s, caller, "team.add_member", Some(subject), move |s, c| Ok(s.add_member(c, &team, &user)?)).await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/teams/{name}/members/{user}", tag = "identity",
@@ -133,7 +163,8 @@ pub async fn remove_member(
 ) -> ApiResult<Json<Team>> {
     let subject = Subject::Team(team.clone());
     Ok(Json(
-        audited(s, caller, "team.remove_member", Some(subject), move |s, c| Ok(s.remove_member(c, &team, &user)?)).await?,
+        audited(s, caller, "team.remove_member", Some(subject), move |s, c| Ok(s.remove_member(c, &team, &user)?))
+            .await?,
     ))
 }
 
@@ -157,7 +188,10 @@ pub async fn create_token(
 ) -> ApiResult<(StatusCode, Json<NewToken>)> {
     let subject = body.user.clone().unwrap_or_else(|| caller.user.clone());
     let token =
-        audited_as(s, caller, "token.create", Some(Subject::User(subject)), StatusCode::CREATED, move |s, c| Ok(s.create_token(c, body)?)).await?;
+        audited_as(s, caller, "token.create", Some(Subject::User(subject)), StatusCode::CREATED, move |s, c| {
+            Ok(s.create_token(c, body)?)
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(token)))
 }
 
@@ -167,13 +201,21 @@ pub async fn create_token(
               (status = 400, description = "Not a valid token id", body = ErrorBody),
               (status = 404, description = "No such token among the caller's (anyone's, for an administrator)",
                body = ErrorBody)))]
-pub async fn revoke_token(State(s): State<Arc<Server>>, Auth(caller): Auth, ApiPath(raw): ApiPath<String>) -> ApiResult<Json<Token>> {
+pub async fn revoke_token(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(raw): ApiPath<String>,
+) -> ApiResult<Json<Token>> {
     let id: u64 = raw
         .parse()
         .ok()
         .filter(|id| *id > 0 && *id <= i64::MAX as u64 && raw.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, format!("invalid token id {raw:?}: use the number `token list` shows")))?;
-    Ok(Json(audited(s, caller, "token.revoke", Some(Subject::Token(id)), move |s, c| Ok(s.revoke_token(c, id)?)).await?))
+        .ok_or_else(|| {
+            ApiError::new(ErrorCode::BadRequest, format!("invalid token id {raw:?}: use the number `token list` shows"))
+        })?;
+    Ok(Json(
+        audited(s, caller, "token.revoke", Some(Subject::Token(id)), move |s, c| Ok(s.revoke_token(c, id)?)).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/sources", tag = "identity",
@@ -195,7 +237,10 @@ pub async fn create_source(
     ApiJson(body): ApiJson<CreateSource>,
 ) -> ApiResult<(StatusCode, Json<Source>)> {
     let subject = Subject::Source(body.name.clone());
-    let source = audited_as(s, caller, "source.create", Some(subject), StatusCode::CREATED, move |s, c| Ok(s.create_source(c, body)?)).await?;
+    let source = audited_as(s, caller, "source.create", Some(subject), StatusCode::CREATED, move |s, c| {
+        Ok(s.create_source(c, body)?)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(source)))
 }
 
@@ -204,9 +249,16 @@ pub async fn create_source(
     responses((status = 204, description = "No longer registered; images made from it stay"),
               (status = 400, description = "Not a valid name", body = ErrorBody),
               (status = 404, description = "No such source", body = ErrorBody)))]
-pub async fn delete_source(State(s): State<Arc<Server>>, Auth(caller): Auth, ApiPath(name): ApiPath<Name>) -> ApiResult<StatusCode> {
+pub async fn delete_source(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+) -> ApiResult<StatusCode> {
     let subject = Subject::Source(name.clone());
-    audited_as(s, caller, "source.delete", Some(subject), StatusCode::NO_CONTENT, move |s, c| Ok(s.delete_source(c, &name)?)).await?;
+    audited_as(s, caller, "source.delete", Some(subject), StatusCode::NO_CONTENT, move |s, c| {
+        Ok(s.delete_source(c, &name)?)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

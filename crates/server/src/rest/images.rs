@@ -21,7 +21,11 @@ pub async fn list_images(State(s): State<Arc<Server>>, Auth(caller): Auth) -> Ap
     responses((status = 200, description = "The image", body = Image),
               (status = 400, description = "Not a valid name", body = ErrorBody),
               (status = 404, description = "No such image among the caller's teams'", body = ErrorBody)))]
-pub async fn show_image(State(s): State<Arc<Server>>, Auth(caller): Auth, ApiPath(name): ApiPath<Name>) -> ApiResult<Json<Image>> {
+pub async fn show_image(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+) -> ApiResult<Json<Image>> {
     Ok(Json(blocking(move || s.image(&caller, &name)).await?))
 }
 

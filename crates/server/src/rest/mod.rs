@@ -7,6 +7,7 @@
 //! Only this module knows HTTP. Handlers live beside it by subject: `images`, `clones`,
 //! `operations`, `identity`.
 
+mod agents;
 mod clones;
 mod identity;
 mod images;
@@ -66,8 +67,7 @@ impl From<ServerError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::error!("{}", self.0.error);
         } else {
@@ -83,8 +83,14 @@ impl IntoResponse for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
         let message = match &rejection {
-            JsonRejection::JsonDataError(e) => format!("the request body does not fit: {}", e.body_text().trim_start_matches("Failed to deserialize the JSON body into the target type: ")),
-            JsonRejection::JsonSyntaxError(e) => format!("the request body is not valid JSON: {}", e.body_text().trim_start_matches("Failed to parse the request body as JSON: ")),
+            JsonRejection::JsonDataError(e) => format!(
+                "the request body does not fit: {}",
+                e.body_text().trim_start_matches("Failed to deserialize the JSON body into the target type: ")
+            ),
+            JsonRejection::JsonSyntaxError(e) => format!(
+                "the request body is not valid JSON: {}",
+                e.body_text().trim_start_matches("Failed to parse the request body as JSON: ")
+            ),
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 return ApiError::new(
                     ErrorCode::PayloadTooLarge,
@@ -129,7 +135,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequest<S> for A
             let body = Bytes::from_request(req, state).await.map_err(JsonRejection::from)?;
             let value = Json::<T>::from_bytes(&body)?.0;
             if body.trim_ascii_start().first() != Some(&b'{') {
-                return Err(ApiError::new(ErrorCode::BadRequest, "the request body must be a JSON object, not an array"));
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "the request body must be a JSON object, not an array",
+                ));
             }
             Ok(ApiJson(value))
         };
@@ -217,12 +226,13 @@ struct Refusal {
 
 impl Refusal {
     fn of(method: &axum::http::Method, uri: &axum::http::Uri, extensions: &axum::http::Extensions) -> Refusal {
-        let record = match (method == axum::http::Method::GET, extensions.get::<Arc<Server>>(), extensions.get::<Caller>()) {
-            (false, Some(server), Some(caller)) => {
-                Some((server.clone(), caller.clone(), format!("{method} {}", uri.path())))
-            }
-            _ => None,
-        };
+        let record =
+            match (method == axum::http::Method::GET, extensions.get::<Arc<Server>>(), extensions.get::<Caller>()) {
+                (false, Some(server), Some(caller)) => {
+                    Some((server.clone(), caller.clone(), format!("{method} {}", uri.path())))
+                }
+                _ => None,
+            };
         Refusal { record }
     }
 
@@ -234,7 +244,8 @@ impl Refusal {
         if let Some((server, caller, action)) = self.record {
             let outcome = Err((error.0.code.http_status(), error.0.error.clone()));
             // A failure to record is logged by audit() itself.
-            let _ = tokio::task::spawn_blocking(move || server.audit(Some(&caller.user), &action, None, None, outcome)).await;
+            let _ = tokio::task::spawn_blocking(move || server.audit(Some(&caller.user), &action, None, None, outcome))
+                .await;
         }
         Err(error)
     }
@@ -249,6 +260,8 @@ pub(crate) enum Subject {
     Team(Name),
     Token(u64),
     Source(Name),
+    Agent(Name),
+    Location(Name),
 }
 
 impl Subject {
@@ -260,6 +273,8 @@ impl Subject {
             Subject::Team(n) => format!("team {n}"),
             Subject::Token(id) => format!("token {id}"),
             Subject::Source(n) => format!("source {n}"),
+            Subject::Agent(n) => format!("agent {n}"),
+            Subject::Location(n) => format!("location {n}"),
         }
     }
 
@@ -269,7 +284,9 @@ impl Subject {
             Subject::Image(n) => server.catalog().image(n).ok().map(|i| i.team),
             Subject::Clone(n) => server.catalog().clone_named(n).ok().map(|c| c.team),
             Subject::Team(n) => Some(n.clone()),
-            Subject::User(_) | Subject::Token(_) | Subject::Source(_) => None,
+            Subject::User(_) | Subject::Token(_) | Subject::Source(_) | Subject::Agent(_) | Subject::Location(_) => {
+                None
+            }
         }
     }
 }
@@ -346,11 +363,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Auth {
     }
 }
 
-/// Every request but `GET /v1/health` needs a valid token (`Authorization: Bearer …`); the
+/// Every request but `GET /v1/health` and an agent's `POST /v1/agents/join` (whose
+/// enrollment token is its credential) needs a valid token (`Authorization: Bearer …`); the
 /// caller it stands for goes to the handler. A refused request that would have changed
 /// something is recorded in the audit log.
 async fn authenticate(State(server): State<Arc<Server>>, mut request: Request, next: Next) -> Response {
-    if request.method() == axum::http::Method::GET && request.uri().path() == paths::HEALTH {
+    if is_open(request.method(), request.uri().path()) {
         return next.run(request).await;
     }
     let secret = request
@@ -391,6 +409,13 @@ async fn authenticate(State(server): State<Arc<Server>>, mut request: Request, n
     }
 }
 
+/// The routes that take no user's token: the server's health, and an agent's join (its
+/// enrollment token is in the body).
+pub(crate) fn is_open(method: &axum::http::Method, path: &str) -> bool {
+    (method == axum::http::Method::GET && path == paths::HEALTH)
+        || (method == axum::http::Method::POST && path == paths::AGENT_JOIN)
+}
+
 /// The names a server answers to, checked against each request's `Host` header, so that a
 /// web page elsewhere cannot drive a server on this machine through DNS rebinding.
 #[derive(Debug, Clone, Default)]
@@ -400,7 +425,11 @@ impl AllowedHosts {
     fn allows(&self, host: &str) -> bool {
         // The host without its port; IPv6 addresses keep their brackets.
         let name = match host.rsplit_once(':') {
-            Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => name,
+            Some((name, port))
+                if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') =>
+            {
+                name
+            }
             _ => host,
         };
         self.0.iter().any(|allowed| allowed.eq_ignore_ascii_case(name))
@@ -446,6 +475,7 @@ async fn check_host(State(allowed): State<Arc<AllowedHosts>>, request: Request, 
         (name = "clones", description = "Private, writable databases made from an image"),
         (name = "operations", description = "What the server is doing or did"),
         (name = "identity", description = "Users, teams, tokens, source directories and the audit log"),
+        (name = "agents", description = "The hosts that do the work, and the image locations they reach"),
         (name = "server", description = "The server itself"),
     ),
     components(schemas(ErrorBody, ErrorCode)),
@@ -466,28 +496,47 @@ impl utoipa::Modify for CommonResponses {
         let error = |description: &str| {
             ResponseBuilder::new()
                 .description(description)
-                .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                )
                 .build()
         };
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "token",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("An API token")).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("An API token")).build(),
+            ),
         );
         for (path, item) in doc.paths.paths.iter_mut() {
-            let open = path == paths::HEALTH;
-            for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch].into_iter().flatten() {
-                if !open {
+            let methods = [
+                (axum::http::Method::GET, &mut item.get),
+                (axum::http::Method::POST, &mut item.post),
+                (axum::http::Method::PUT, &mut item.put),
+                (axum::http::Method::DELETE, &mut item.delete),
+                (axum::http::Method::PATCH, &mut item.patch),
+            ];
+            for (method, op) in methods {
+                let Some(op) = op.as_mut() else { continue };
+                let open = is_open(&method, path);
+                if open {
+                    // Open: no token, so neither 401 for want of one nor 403.
+                    op.security = None;
+                } else {
                     op.security = Some(vec![SecurityRequirement::new("token", Vec::<String>::new())]);
-                    op.responses.responses.entry("401".into()).or_insert_with(|| {
-                        error("No token, or one that is unknown, revoked or expired").into()
-                    });
-                    op.responses.responses.entry("403".into()).or_insert_with(|| {
-                        error("The caller's role does not allow this").into()
-                    });
-                    op.responses.responses.entry("400".into()).or_insert_with(|| {
-                        error("The `Host` header names none of the server's names").into()
-                    });
+                    op.responses
+                        .responses
+                        .entry("401".into())
+                        .or_insert_with(|| error("No token, or one that is unknown, revoked or expired").into());
+                    op.responses
+                        .responses
+                        .entry("403".into())
+                        .or_insert_with(|| error("The caller's role does not allow this").into());
+                    op.responses
+                        .responses
+                        .entry("400".into())
+                        .or_insert_with(|| error("The `Host` header names none of the server's names").into());
                 }
                 op.responses
                     .responses
@@ -523,6 +572,13 @@ fn router() -> (axum::Router<Arc<Server>>, utoipa::openapi::OpenApi) {
         .routes(routes!(identity::list_sources, identity::create_source))
         .routes(routes!(identity::delete_source))
         .routes(routes!(identity::list_activity))
+        .routes(routes!(agents::list_agents))
+        .routes(routes!(agents::show_agent))
+        .routes(routes!(agents::revoke_agent))
+        .routes(routes!(agents::create_enrollment))
+        .routes(routes!(agents::join))
+        .routes(routes!(agents::list_locations, agents::create_location))
+        .routes(routes!(agents::delete_location))
         .split_for_parts();
     // The modifiers ran before the routes were added: run ours again over the whole document.
     utoipa::Modify::modify(&CommonResponses, &mut doc);
@@ -552,10 +608,7 @@ pub fn app(server: Arc<Server>, hosts: AllowedHosts) -> axum::Router {
             ApiError::new(ErrorCode::NotFound, "no such route; the routes are listed at /v1/openapi.json")
         })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                "this route does not take that method; see /v1/openapi.json",
-            )
+            ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take that method; see /v1/openapi.json")
         })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(server.clone(), authenticate))

@@ -20,6 +20,10 @@ pub enum CloneCommand {
         /// XFS or btrfs) or copy (a full copy). The server chooses when not given.
         #[arg(long, value_parser = driver_parser())]
         driver: Option<Driver>,
+        /// The agent to run it on (`thinclone agent list`); one that reaches the image's
+        /// location. The server chooses when not given.
+        #[arg(long, value_name = "AGENT")]
+        host: Option<Name>,
         /// Return at once with the operation, instead of waiting for the clone.
         #[arg(long)]
         no_wait: bool,
@@ -59,9 +63,9 @@ fn driver_parser() -> impl TypedValueParser<Value = Driver> {
 
 pub fn run(cmd: CloneCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
     match cmd {
-        CloneCommand::Create { name, image, driver, no_wait } => {
+        CloneCommand::Create { name, image, driver, host, no_wait } => {
             ctx.at_once(no_wait);
-            let op = ctx.client.create_clone(&CreateClone { name: name.clone(), image, driver })?;
+            let op = ctx.client.create_clone(&CreateClone { name: name.clone(), image, driver, host })?;
             ctx.conclude(op, no_wait, |ctx, _| show(ctx, &name))
         }
         CloneCommand::List => {

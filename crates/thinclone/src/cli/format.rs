@@ -315,6 +315,83 @@ pub fn sources_table(sources: &[Source]) -> String {
     table(&[("NAME", Left), ("PATH", Left), ("CREATED", Left)], &rows)
 }
 
+pub fn agent_fields(agent: &api::agent::Agent, now: Timestamp) -> Fields {
+    vec![
+        ("name", agent.name.to_string()),
+        ("status", agent.status.to_string()),
+        ("host", agent.host.clone().unwrap_or_else(|| "-".into())),
+        ("last_seen", agent.last_seen.map_or_else(|| "never".into(), |t| ago(t.age(now)))),
+        ("clones", agent.clones.to_string()),
+        ("free_disk", agent.free_bytes.map_or_else(|| "-".into(), human_bytes)),
+        ("free_ports", agent.free_ports.map_or_else(|| "-".into(), |p| p.to_string())),
+        ("drivers", agent.drivers.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")),
+        (
+            "engines",
+            agent
+                .engines
+                .iter()
+                .map(|e| format!("{} {}", e.engine, e.versions.join(" ")))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        ("locations", agent.locations.iter().map(Name::as_str).collect::<Vec<_>>().join(", ")),
+        ("created_at", agent.created_at.to_string()),
+    ]
+}
+
+pub fn agents_table(agents: &[api::agent::Agent], now: Timestamp) -> String {
+    let rows = agents
+        .iter()
+        .map(|a| {
+            vec![
+                a.name.to_string(),
+                a.status.to_string(),
+                a.host.clone().unwrap_or_else(|| "-".into()),
+                a.clones.to_string(),
+                a.free_bytes.map_or_else(|| "-".into(), human_bytes),
+                a.free_ports.map_or_else(|| "-".into(), |p| p.to_string()),
+                a.last_seen.map_or_else(|| "never".into(), |t| ago(t.age(now))),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &[
+            ("NAME", Left),
+            ("STATUS", Left),
+            ("HOST", Left),
+            ("CLONES", Right),
+            ("FREE DISK", Right),
+            ("FREE PORTS", Right),
+            ("LAST SEEN", Left),
+        ],
+        &rows,
+    )
+}
+
+pub fn location_fields(location: &api::agent::Location) -> Fields {
+    vec![
+        ("name", location.name.to_string()),
+        ("path", location.path.clone()),
+        ("agents", location.agents.iter().map(Name::as_str).collect::<Vec<_>>().join(", ")),
+        ("created_at", location.created_at.to_string()),
+    ]
+}
+
+pub fn locations_table(locations: &[api::agent::Location]) -> String {
+    let rows = locations
+        .iter()
+        .map(|l| {
+            vec![
+                l.name.to_string(),
+                l.path.clone(),
+                l.agents.iter().map(Name::as_str).collect::<Vec<_>>().join(","),
+                l.created_at.to_string(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(&[("NAME", Left), ("PATH", Left), ("AGENTS", Left), ("CREATED", Left)], &rows)
+}
+
 /// The audit log: one line an entry; a request without a valid token has no actor (`-`).
 pub fn activity_table(entries: &[Activity]) -> String {
     let rows = entries

@@ -32,6 +32,14 @@ pub enum ImageCommand {
         /// The team the image belongs to [default: yours, if you are in one team only].
         #[arg(long)]
         team: Option<Name>,
+        /// The image location to keep it in (`thinclone location list`) [default: `local` on
+        /// `thinclone serve`, or the only location].
+        #[arg(long, value_name = "LOCATION")]
+        location: Option<Name>,
+        /// The agent that makes it: one that reaches the location, and, with --from-dir, on
+        /// whose host the directory is [default: the only such agent].
+        #[arg(long, value_name = "AGENT")]
+        host: Option<Name>,
         /// Return at once with the operation, instead of waiting for the image.
         #[arg(long)]
         no_wait: bool,
@@ -55,9 +63,9 @@ pub enum ImageCommand {
 
 pub fn run(cmd: ImageCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
     match cmd {
-        ImageCommand::Create { name, from_url, from_dir, snapshot, team, no_wait } => {
+        ImageCommand::Create { name, from_url, from_dir, snapshot, team, location, host, no_wait } => {
             let from_dir = from_dir.map(absolute_dir).transpose()?;
-            let request = CreateImage { name, from_dir, from_url, snapshot, team };
+            let request = CreateImage { name, from_dir, from_url, snapshot, team, location, host };
             ctx.at_once(no_wait);
             let op = ctx.client.create_image(&request)?;
             ctx.conclude(op, no_wait, |ctx, _| {

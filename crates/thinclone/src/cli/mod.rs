@@ -18,10 +18,12 @@
 //! No command prints a token, but `token create` the one it made.
 
 pub mod activity;
+pub mod agent;
 pub mod clone;
 pub mod config;
 pub mod format;
 pub mod image;
+pub mod location;
 pub mod login;
 pub mod op;
 mod progress;

@@ -173,7 +173,7 @@ fn clone_create_needs_an_image_and_knows_its_drivers() {
     assert_eq!(zfs.kind(), clap::error::ErrorKind::InvalidValue);
     assert!(zfs.to_string().contains("[possible values: cowfs, reflink, copy]"), "{zfs}");
     match parse("clone create alice --image prod --driver copy --no-wait").unwrap() {
-        Command::Clone { command: CloneCommand::Create { name, image, driver, no_wait }, .. } => {
+        Command::Clone { command: CloneCommand::Create { name, image, driver, no_wait, .. }, .. } => {
             assert_eq!((name.as_str(), image.as_str(), driver, no_wait), ("alice", "prod", Some(Driver::Copy), true));
         }
         _ => panic!("not clone create"),
@@ -544,9 +544,15 @@ fn a_refusal_for_want_of_a_token_says_how_to_log_in() {
     // A 403 is the server's message, as it is.
     let forbidden = run(
         "user list",
-        vec![error_answer(ErrorCode::Forbidden, "alice has the role clone_user; to list users takes the role admin or above")],
+        vec![error_answer(
+            ErrorCode::Forbidden,
+            "alice has the role clone_user; to list users takes the role admin or above",
+        )],
     );
-    assert_eq!(forbidden.result, Err("alice has the role clone_user; to list users takes the role admin or above".into()));
+    assert_eq!(
+        forbidden.result,
+        Err("alice has the role clone_user; to list users takes the role admin or above".into())
+    );
 }
 
 // ---------------------------------------------------------------- config and login
