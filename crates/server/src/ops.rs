@@ -685,7 +685,9 @@ impl Server {
         })?;
         let name = name.clone();
         self.spawn(id, OperationKind::ImageDelete, &name.clone(), move |server| {
-            let removed = match server.catalog().image(&name) {
+            // The catalog's lock is let go before the agent is asked.
+            let row = server.catalog().image(&name);
+            let removed = match row {
                 Ok(row) => server.remove_image_files(&row),
                 Err(e) => Err(AgentError { kind: ErrorKind::Internal, message: e.to_string() }),
             };

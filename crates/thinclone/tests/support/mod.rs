@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod fleet;
 pub mod pg;
 
 use std::collections::BTreeMap;
