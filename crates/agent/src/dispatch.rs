@@ -1,5 +1,5 @@
 //! One request of the channel, carried out by an [`Agent`]: the agent side of the protocol in
-//! `api::agent`. The server side (`server::remote`) turns each trait call into the same
+//! `api::agent`. The server side (`server::fleet::RemoteAgent`) turns each trait call into the same
 //! request, so that an agent on another host and one in the server's own process do exactly
 //! the same thing.
 

@@ -160,8 +160,9 @@ pub(crate) fn partial_dir(place: &ImagePlace, name: &Name) -> PathBuf {
     Path::new(&place.path).join(format!("{name}.partial"))
 }
 
-/// Checks that a location's directory is there: an absolute path to a directory (a share
-/// that is not mounted shows as an empty or missing directory: its marker says which).
+/// Checks that a location's directory is there: an absolute path to a directory holding the
+/// location's marker (a share that is not mounted shows its empty mount point, which has
+/// none: nothing is written to the host's own disk by mistake).
 pub(crate) fn check_place(place: &ImagePlace) -> Result<()> {
     let path = Path::new(&place.path);
     if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
@@ -175,6 +176,20 @@ pub(crate) fn check_place(place: &ImagePlace) -> Result<()> {
                 place.location, place.path
             ),
         ));
+    }
+    if let Some(marker) = &place.marker {
+        let found = sys::untrusted::read_to_string(&path.join(crate::MARKER_FILE), 4096).ok();
+        if found.as_deref().map(str::trim) != Some(marker.as_str()) {
+            return Err(AgentError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "image location {} is unavailable: {} has not its marker {} (is the share mounted?)",
+                    place.location,
+                    place.path,
+                    crate::MARKER_FILE
+                ),
+            ));
+        }
     }
     Ok(())
 }

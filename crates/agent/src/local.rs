@@ -403,7 +403,9 @@ impl LocalAgent {
     fn bring_up(&self, record: &mut CloneRecord) -> Result<()> {
         let engine = self.engine(&record.engine)?;
         let image = self.record_image_dir(record);
-        if !image.is_dir() {
+        // Only cowfs reads the image while the clone runs; reflink and copy clones have
+        // their own files.
+        if record.driver == Driver::Cowfs && !image.is_dir() {
             return Err(location_unavailable(&image));
         }
         let clone_dir = self.clone_dir(&record.name);
@@ -826,7 +828,7 @@ impl LocalAgent {
             let mut health = lock(&self.health).get(&name).cloned().unwrap_or_default();
             // Its image's location (a share) is gone: nothing can read the image now.
             let image = self.record_image_dir(&record);
-            let location_gone = !image.is_dir();
+            let location_gone = record.driver == Driver::Cowfs && !image.is_dir();
             let fault = if health.down {
                 match (&health.fault, location_gone) {
                     (Some(f), false) if f.starts_with("image location unavailable") => {

@@ -132,6 +132,10 @@ pub struct ImagePlace {
     pub location: Name,
     /// The location's directory on the agent; the image is `<path>/<image name>`.
     pub path: String,
+    /// What the location's marker file says, when it has one: a directory without it is
+    /// not the location (a share that is not mounted shows its empty mount point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<String>,
 }
 
 /// Where a new image comes from, for an agent.

@@ -23,6 +23,12 @@ use crate::ops::{Result, Server, ServerError};
 /// The name of the agent embedded in `thinclone serve`, and of its image location.
 pub const LOCAL: &str = "local";
 
+/// The free disk an agent needs to be given a new clone.
+const MIN_FREE_BYTES: u64 = 512 << 20;
+
+/// How often, in polls, the server checks again which locations each agent reaches.
+const REACH_EVERY_POLLS: u64 = 15;
+
 /// How long an enrollment token lasts when its maker does not say.
 const ENROLLMENT_SECONDS: u64 = 3600;
 
@@ -93,8 +99,13 @@ impl Server {
         }
     }
 
-    /// Asks every connected agent how it and its clones are.
+    /// Asks every connected agent how it and its clones are, and every
+    /// [`REACH_EVERY_POLLS`] polls which locations it reaches (a share may have been mounted
+    /// or unmounted since).
     fn poll(&self) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static POLLS: AtomicU64 = AtomicU64::new(0);
+        let check_reach = POLLS.fetch_add(1, Ordering::Relaxed) % REACH_EVERY_POLLS == REACH_EVERY_POLLS - 1;
         let agents = match self.catalog().agents() {
             Ok(a) => a,
             Err(e) => {
@@ -111,6 +122,9 @@ impl Server {
                     let json = serde_json::to_string(&info).ok();
                     if let Err(e) = self.catalog().agent_seen(&row.name, json.as_deref()) {
                         tracing::error!("recording an agent's report: {e}");
+                    }
+                    if check_reach {
+                        self.check_reach(&row.name);
                     }
                 }
                 Err(e) => tracing::debug!(agent = %row.name, "polling: {e}"),
@@ -253,7 +267,7 @@ impl Server {
         let online: Vec<&Name> = reachers.iter().filter(|a| self.fleet.is_online(a)).collect();
         match (reachers.len(), online.first()) {
             (0, _) => Err(ServerError::BadRequest(format!(
-                "no agent reaches location {location}: mount it on an agent's host, then add the location again"
+                "no agent reaches location {location}: mount it on an agent's host (agents check their locations when they connect, and every 30 seconds)"
             ))),
             (1, _) => Ok(reachers[0].clone()),
             (_, Some(first)) if !from_dir => Ok((*first).clone()),
@@ -330,11 +344,12 @@ impl Server {
         }
         if reachers.is_empty() {
             return Err(ServerError::BadRequest(format!(
-                "no agent reaches location {} of image {}: mount it on an agent's host and add the location again",
+                "no agent reaches location {} of image {}: mount it on an agent's host (agents check their locations when they connect, and every 30 s)",
                 image.location, image.name
             )));
         }
         let counts = self.catalog().clone_counts()?;
+        let range = usize::from(self.config().ports.1 - self.config().ports.0) + 1;
         let mut candidates = Vec::new();
         let mut reasons = Vec::new();
         for name in &reachers {
@@ -342,6 +357,15 @@ impl Server {
                 reasons.push(format!("agent {name} is unreachable"));
                 continue;
             };
+            // Room: a port left in the range, and disk beyond the reserve clones need.
+            if self.catalog().used_ports(name)?.len() >= range {
+                reasons.push(format!("agent {name} has no clone port left"));
+                continue;
+            }
+            if info.free_bytes < MIN_FREE_BYTES {
+                reasons.push(format!("agent {name} has {} MiB of disk free", info.free_bytes >> 20));
+                continue;
+            }
             match fits(name, &info) {
                 Ok(()) => candidates.push((
                     counts.get(name).copied().unwrap_or(0),
@@ -524,7 +548,7 @@ impl Server {
             .map_err(|e| match e {
                 CatalogError::Refused(m) => ServerError::Unauthorized(m),
                 CatalogError::Exists { .. } => ServerError::Conflict(format!(
-                    "an agent named {} exists already; join with another name (--name), or remove it first",
+                    "an agent named {} exists already (revoked agents keep their names); join with another name (--name)",
                     request.name
                 )),
                 other => other.into(),
@@ -632,6 +656,15 @@ impl Server {
     /// Waits until `agent` is online, for up to `wait` (tests and the CLI's `--wait`).
     pub fn wait_for_agent(&self, agent: &Name, wait: Duration) -> bool {
         sys::wait::until(wait, Duration::from_millis(50), || self.fleet.is_online(agent).then_some(())).is_some()
+    }
+}
+
+/// Where an agent finds a location's images, and the marker that proves it is the location.
+pub(crate) fn place_of(location: &LocationRow) -> agent::ImagePlace {
+    agent::ImagePlace {
+        location: location.name.clone(),
+        path: location.path.clone(),
+        marker: (!location.marker.is_empty()).then(|| location.marker.clone()),
     }
 }
 

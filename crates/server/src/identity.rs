@@ -282,11 +282,14 @@ impl Server {
         // The path is a directory on agents' hosts, which the server does not look at: each
         // agent resolves it (symlinks and all) when it checks a source against it. Where the
         // server runs an agent of its own, it is resolved now, as that agent sees it.
-        let resolved = match std::fs::canonicalize(path) {
-            Ok(resolved) if resolved.is_dir() => resolved,
-            Ok(_) => return Err(ServerError::BadRequest(format!("{} is not a directory", request.path))),
-            Err(_) if self.fleet.embedded().is_none() => path.to_owned(),
-            Err(e) => return Err(ServerError::BadRequest(format!("the source directory {}: {e}", request.path))),
+        let resolved = if self.fleet.embedded().is_none() {
+            path.to_owned()
+        } else {
+            match std::fs::canonicalize(path) {
+                Ok(resolved) if resolved.is_dir() => resolved,
+                Ok(_) => return Err(ServerError::BadRequest(format!("{} is not a directory", request.path))),
+                Err(e) => return Err(ServerError::BadRequest(format!("the source directory {}: {e}", request.path))),
+            }
         };
         if resolved == Path::new("/") {
             return Err(ServerError::BadRequest("the root directory cannot be a source".into()));

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use agent::{AgentError, AgentInfo, CloneReport, CloneSpec, CloneState, ErrorKind, ImagePlace, ImageSource, SourceUrl};
+use agent::{AgentError, AgentInfo, CloneReport, CloneSpec, CloneState, ErrorKind, ImageSource, SourceUrl};
 use api::{
     CloneStatus, CreateClone, CreateImage, ImageStatus, Name, Operation, OperationId, OperationKind, Progress, Role,
     Timestamp,
@@ -575,7 +575,7 @@ impl Server {
             SourceUrl::parse(url).map_err(ServerError::BadRequest)?;
         }
         let location = self.image_location(request.location.as_ref())?;
-        let place = ImagePlace { location: location.name.clone(), path: location.path.clone() };
+        let place = crate::agents::place_of(&location);
         let maker = self.image_maker(&location.name, request.host.as_ref(), request.from_dir.is_some())?;
         let agent = self.fleet.require(&maker)?;
         let (source, facts) = match (request.from_dir, request.from_url) {
@@ -731,8 +731,7 @@ impl Server {
         let (host, info) = self.place_clone(&image, &version, request.host.as_ref(), request.driver)?;
         let driver = request.driver.unwrap_or(info.default_driver);
         let agent = self.fleet.require(&host)?;
-        let location = self.catalog().location(&image.location)?;
-        let place = ImagePlace { location: location.name.clone(), path: location.path.clone() };
+        let place = crate::agents::place_of(&self.catalog().location(&image.location)?);
         let password = generate_password()?;
         // A port free in the catalog and on the agent's host; another clone made at the same
         // moment may take it first, and then the next is tried.
@@ -892,6 +891,19 @@ impl Server {
     pub fn delete_clone(self: &Arc<Self>, caller: &Caller, name: &Name) -> Result<Operation> {
         let clone = self.visible_clone(caller, name)?;
         Self::require_use(caller, &clone, "remove")?;
+        let revoked = self.catalog().agent(&clone.agent).is_ok_and(|a| a.revoked_at.is_some());
+        if revoked {
+            // Nothing is asked of a revoked agent: the record goes, and whatever is left on
+            // that host is its operator's to clear.
+            let id = self.begin_clone_op(name, OperationKind::CloneDelete, CloneStatus::Deleting)?;
+            let target = name.clone();
+            let host = clone.agent.clone();
+            self.spawn(id, OperationKind::CloneDelete, name, move |server| {
+                tracing::warn!(agent = %host, "removing the record of a clone of a revoked agent; its files stay there");
+                server.catalog().delete_clone(&target).map_err(|e| e.to_string())
+            });
+            return self.operation_now(id);
+        }
         self.fleet.require(&clone.agent)?;
         let id = self.begin_clone_op(name, OperationKind::CloneDelete, CloneStatus::Deleting)?;
         let target = name.clone();
@@ -1059,7 +1071,7 @@ impl Server {
         let unavailable = |m: String| AgentError { kind: ErrorKind::Unavailable, message: m };
         let host = self.image_remover(row).map_err(|e| unavailable(e.to_string()))?;
         let location = self.catalog().location(&row.location).map_err(|e| unavailable(e.to_string()))?;
-        let place = ImagePlace { location: location.name, path: location.path };
+        let place = crate::agents::place_of(&location);
         self.fleet.agent(&host).remove_image(&row.name, &place)
     }
 

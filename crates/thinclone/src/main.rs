@@ -1,6 +1,7 @@
 //! The `thinclone` command: argument parsing and glue over the library crates.
 
 mod cli;
+mod config_file;
 mod demo;
 mod engines;
 mod mount;
@@ -104,7 +105,15 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("THINCLONE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let Cli { client: opts, command } = Cli::parse();
+    // `--config FILE` of the daemon commands becomes the options it holds (config_file.rs).
+    let args = match config_file::expand(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let Cli { client: opts, command } = Cli::parse_from(args);
     let result = match command {
         Command::Demo(args) => demo::run(args, &opts),
         Command::Serve(args) => no_client_opts(&opts, "serve").and_then(|()| serve::run(args)),

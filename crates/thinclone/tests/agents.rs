@@ -282,7 +282,13 @@ fn own_identity(agent_dir: &Path) -> (String, String) {
 /// Connects to the channel with `identity`, says hello as `name`, and waits for the server's
 /// first frame (a ping comes within seconds to an agent it let in): `Ok` with that frame, or
 /// `Err` with why the server would not talk.
-fn tls_hello(port: u16, server_name: &str, ca_pem: &str, identity: &(String, String), name: &str) -> Result<String, String> {
+fn tls_hello(
+    port: u16,
+    server_name: &str,
+    ca_pem: &str,
+    identity: &(String, String),
+    name: &str,
+) -> Result<String, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use std::io::{BufRead, Write};
@@ -466,12 +472,21 @@ fn agents_servers_and_shares_fail_cleanly() {
     }
 
     // The shared location vanishes under a running cowfs clone.
-    let c2: api::Clone = w.server.ok(&["clone", "create", "c2", "--image", "prod", "--host", "a2", "--driver", "cowfs"]);
+    let c2: api::Clone =
+        w.server.ok(&["clone", "create", "c2", "--image", "prod", "--host", "a2", "--driver", "cowfs"]);
     psql(c2.url(), "CREATE TABLE mine AS SELECT 7 AS n").unwrap();
     w.share.vanish();
     let degraded = wait_clone(&w.server, "c2", CloneStatus::Degraded, Duration::from_secs(30));
     let message = degraded.message.unwrap_or_default();
     assert!(message.starts_with("image location unavailable"), "{message}");
+    // Nothing is written to the empty mount point meanwhile: it has not the location's
+    // marker.
+    let err = w
+        .server
+        .cli::<api::Image>(&["image", "create", "stray", "--from-dir", src.data.to_str().unwrap(), "--host", "a1"])
+        .unwrap_err();
+    assert!(err.contains("image location shared is unavailable"), "{err}");
+    assert_eq!(fs::read_dir(&w.share.path).unwrap().count(), 0, "something was written to the mount point");
     w.share.mount();
     let back = wait_clone(&w.server, "c2", CloneStatus::Ready, Duration::from_secs(60));
     assert_eq!(psql(back.url(), "SELECT n FROM mine").unwrap(), "7");

@@ -39,7 +39,8 @@ pub fn require_netns(test: &str) {
 }
 
 /// A network namespace joined to the root namespace by a veth pair: the root side has
-/// `10.N.K.1/24`, the namespace `10.N.K.2/24`, with its default route through the root side.
+/// `10.N.S.1/24`, the namespace `10.N.S.2/24` (N from the test process, S one subnet per
+/// namespace), with its default route through the root side.
 pub struct Netns {
     pub name: String,
     /// The root namespace's address on the pair: how the namespace reaches the host.
@@ -49,15 +50,18 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Makes namespace number `k` (1–250) of this test process.
+    /// Makes namespace `k` of the test tagged `tag`.
     pub fn new(tag: &str, k: u8) -> Netns {
         // Unique per process, so that tests running at once do not collide.
         let id = std::process::id() % 200 + 20;
         let name = format!("tc-{tag}-{id}-{k}");
         let host_if = format!("tch{id}{tag}{k}");
         let ns_if = format!("tcn{id}{tag}{k}");
-        let host_ip = format!("10.{id}.{k}.1");
-        let ip = format!("10.{id}.{k}.2");
+        // A subnet of its own, also among the namespaces of tests running at once here.
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+        let subnet = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let host_ip = format!("10.{id}.{subnet}.1");
+        let ip = format!("10.{id}.{subnet}.2");
         // What an earlier, killed run may have left.
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         let _ = Command::new("ip").args(["link", "del", &host_if]).output();
@@ -308,8 +312,9 @@ impl ControlServer {
         if !out.status.success() {
             return Err(if stderr.is_empty() { format!("exited with {}", out.status) } else { stderr });
         }
-        serde_json::from_str(&stdout)
-            .map_err(|e| format!("`thinclone {}` printed no JSON of the expected shape ({e}): {stdout}", args.join(" ")))
+        serde_json::from_str(&stdout).map_err(|e| {
+            format!("`thinclone {}` printed no JSON of the expected shape ({e}): {stdout}", args.join(" "))
+        })
     }
 
     pub fn ok<T: DeserializeOwned>(&self, args: &[&str]) -> T {
