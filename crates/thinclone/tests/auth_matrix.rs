@@ -7,6 +7,11 @@
 //! The routes come from the document, not from a list here: a route added later that lacks
 //! authentication fails the first check, and one that is not in the matrix below fails
 //! until its rights are written down.
+//!
+//! One route besides `/v1/health` takes no user's token: an agent's `POST /v1/agents/join`,
+//! whose credential is the enrollment token in its body. Without a valid enrollment token it
+//! answers 401 whoever asks; with one, anyone may join (the administrator who made the token
+//! gave it away on purpose).
 
 mod support;
 
@@ -80,6 +85,44 @@ impl World {
         name
     }
 
+    /// A one-time enrollment token, made by the administrator.
+    fn enrollment(&self, expires_in: u64) -> String {
+        let (status, made) =
+            self.call(Some("admin"), "POST", "/v1/agents/tokens", Some(json!({"expires_in": expires_in})));
+        assert_eq!(status, 201, "making an enrollment token: {made}");
+        made["token"].as_str().unwrap().to_owned()
+    }
+
+    /// What a new agent sends to join: a fresh enrollment token, a fresh name and a fresh key.
+    fn join_body(&self) -> Value {
+        json!({"token": self.enrollment(600), "name": self.fresh("agent"), "public_key": public_key()})
+    }
+
+    /// Enrolls a fresh agent (it never connects) and returns its name.
+    fn enroll(&self) -> String {
+        let body = self.join_body();
+        let (status, joined) = self.call(None, "POST", "/v1/agents/join", Some(body.clone()));
+        assert!(status == 200 && joined["certificate"].is_string(), "joining with {body}: {status} {joined}");
+        body["name"].as_str().unwrap().to_owned()
+    }
+
+    /// A fresh directory for an image location, beside the daemon's data directory (a
+    /// location may not be inside it).
+    fn location_dir(&self) -> String {
+        let dir = self.d.data_dir.parent().unwrap().join(self.fresh("place"));
+        fs::create_dir(&dir).unwrap();
+        dir.display().to_string()
+    }
+
+    /// Adds an image location as the administrator and returns its name.
+    fn location(&self) -> String {
+        let name = self.fresh("loc");
+        let body = json!({"name": name, "path": self.location_dir()});
+        let (status, made) = self.call(Some("admin"), "POST", "/v1/locations", Some(body));
+        assert_eq!(status, 201, "adding location {name}: {made}");
+        name
+    }
+
     /// Makes a clone of `image` as `owner` and returns its name.
     fn clone_of(&self, image: &str, owner: &str) -> String {
         let name = self.fresh("c");
@@ -119,12 +162,27 @@ fn fixed(path: &'static str) -> fn(&World, &str) -> String {
         "/v1/tokens" => |_, _| "/v1/tokens".into(),
         "/v1/sources" => |_, _| "/v1/sources".into(),
         "/v1/activity" => |_, _| "/v1/activity".into(),
+        "/v1/agents" => |_, _| "/v1/agents".into(),
+        "/v1/agents/tokens" => |_, _| "/v1/agents/tokens".into(),
+        "/v1/agents/join" => |_, _| "/v1/agents/join".into(),
+        "/v1/locations" => |_, _| "/v1/locations".into(),
         other => panic!("no fixed path {other}"),
     }
 }
 
 fn no_body(_: &World, _: &str) -> Option<Value> {
     None
+}
+
+/// A fresh agent's public key, as it joins with it: an uncompressed P-256 point in hex.
+fn public_key() -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    key.public_key_raw().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A join whose enrollment token no server made (its authority's fingerprint is zeros).
+fn bogus_join() -> Value {
+    json!({"token": format!("tce_x_{}", "0".repeat(64)), "name": "nothing", "public_key": public_key()})
 }
 
 /// The matrix: each route of the document, with its rights.
@@ -416,6 +474,78 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
             ("GET", "/v1/activity"),
             Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/activity"), body: no_body },
         ),
+        // Agents are the server's, of no team: everyone sees them, administrators manage them.
+        (
+            ("GET", "/v1/agents"),
+            Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/agents"), body: no_body },
+        ),
+        (
+            ("GET", "/v1/agents/{name}"),
+            Rights {
+                allowed: EVERYONE,
+                forbidden: &[],
+                hidden: &[],
+                path: |_, _| format!("/v1/agents/{}", server::LOCAL),
+                body: no_body,
+            },
+        ),
+        (
+            ("POST", "/v1/agents/{name}/revoke"),
+            Rights {
+                allowed: &["root-admin"],
+                forbidden: NOT_ADMINS,
+                hidden: &[],
+                // Each is asked about an agent that joined just before (the embedded one
+                // cannot be revoked at all).
+                path: |w, _| format!("/v1/agents/{}/revoke", w.enroll()),
+                body: no_body,
+            },
+        ),
+        (
+            ("POST", "/v1/agents/tokens"),
+            Rights {
+                allowed: &["root-admin"],
+                forbidden: NOT_ADMINS,
+                hidden: &[],
+                path: fixed("/v1/agents/tokens"),
+                body: |_, _| Some(json!({"expires_in": 600})),
+            },
+        ),
+        (
+            ("POST", "/v1/agents/join"),
+            Rights {
+                // The enrollment token is the credential, whoever carries it.
+                allowed: EVERYONE,
+                forbidden: &[],
+                hidden: &[],
+                path: fixed("/v1/agents/join"),
+                body: |w, _| Some(w.join_body()),
+            },
+        ),
+        (
+            ("GET", "/v1/locations"),
+            Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/locations"), body: no_body },
+        ),
+        (
+            ("POST", "/v1/locations"),
+            Rights {
+                allowed: &["root-admin"],
+                forbidden: NOT_ADMINS,
+                hidden: &[],
+                path: fixed("/v1/locations"),
+                body: |w, _| Some(json!({"name": w.fresh("loc"), "path": w.location_dir()})),
+            },
+        ),
+        (
+            ("DELETE", "/v1/locations/{name}"),
+            Rights {
+                allowed: &["root-admin"],
+                forbidden: NOT_ADMINS,
+                hidden: &[],
+                path: |w, _| format!("/v1/locations/{}", w.location()),
+                body: no_body,
+            },
+        ),
     ]
 }
 
@@ -481,6 +611,7 @@ fn every_route_checks_its_caller() {
     let (_, expired) =
         world.call(Some("admin"), "POST", "/v1/tokens", Some(json!({"user": "red-creator", "expires_in": 1})));
     world.tokens.insert("expired".into(), expired["secret"].as_str().unwrap().to_owned());
+    let expired_enrollment = world.enrollment(1);
     std::thread::sleep(Duration::from_millis(2100));
 
     // The objects every route is asked about: red's image, and red-user's clone of it.
@@ -505,19 +636,34 @@ fn every_route_checks_its_caller() {
     assert!(routes.len() >= 30, "only {} routes in the document", routes.len());
 
     // 1. Without a valid token, every route but /v1/health answers 401, before anything
-    //    else is looked at (the paths here name nothing that exists).
+    //    else is looked at (the paths here name nothing that exists). An agent's join takes
+    //    no user's token: it answers 401 to an enrollment token no one made, whoever asks.
     for (method, path) in &routes {
         let concrete = path.replace("{name}", "nothing").replace("{user}", "nobody").replace("{id}", "1");
-        let body = (method == "POST").then(|| json!({}));
+        let mut body = (method == "POST").then(|| json!({}));
         if path == "/v1/health" {
             assert_eq!(world.call(None, method, &concrete, None).0, 200);
             continue;
+        }
+        if (method.as_str(), path.as_str()) == ("POST", "/v1/agents/join") {
+            body = Some(bogus_join());
         }
         for who in [None, Some("revoked"), Some("expired"), Some("thinclone_0000")] {
             let (status, answer) = world.call(who, method, &concrete, body.clone());
             assert_eq!(status, 401, "{method} {path} with {who:?}: {answer}");
             assert_eq!(answer["code"], "unauthorized", "{method} {path}: {answer}");
         }
+    }
+    // The join is open indeed: a valid enrollment token, and no user's token, joins; the
+    // token is then used up, and one that expired never joins.
+    let body = world.join_body();
+    let (status, joined) = world.call(None, "POST", "/v1/agents/join", Some(body.clone()));
+    assert_eq!(status, 200, "joining with a valid enrollment token and no user's token: {joined}");
+    for (token, what) in [(body["token"].clone(), "used"), (json!(expired_enrollment), "expired")] {
+        let again = json!({"token": token, "name": world.fresh("agent"), "public_key": public_key()});
+        let (status, answer) = world.call(None, "POST", "/v1/agents/join", Some(again));
+        assert_eq!(status, 401, "joining with a {what} enrollment token: {answer}");
+        assert_eq!(answer["code"], "unauthorized", "joining with a {what} enrollment token: {answer}");
     }
 
     // 2. The matrix: every route's rights, caller by caller.
@@ -557,4 +703,12 @@ fn every_route_checks_its_caller() {
     assert!(clone["url"].as_str().is_some_and(|u| u.contains('@')), "the owner has no URL: {clone}");
     let (_, list) = world.call(Some("blue-creator"), "GET", "/v1/clones", None);
     assert!(list.as_array().unwrap().iter().all(|c| c["team"] != "red"), "blue sees red's clones: {list}");
+
+    // The embedded agent cannot be revoked, even by an administrator; one that joined can.
+    let (status, answer) =
+        world.call(Some("root-admin"), "POST", &format!("/v1/agents/{}/revoke", server::LOCAL), None);
+    assert_eq!(status, 400, "revoking the embedded agent: {answer}");
+    let name = world.enroll();
+    let (status, agent) = world.call(Some("root-admin"), "POST", &format!("/v1/agents/{name}/revoke"), None);
+    assert!(status == 200 && agent["status"] == "revoked", "revoking {name}: {status} {agent}");
 }

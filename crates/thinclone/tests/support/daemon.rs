@@ -24,8 +24,9 @@ use super::pg;
 /// ready clone back before the API opens.
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// A `thinclone serve` process on one data directory. Dropping it stops it (SIGTERM, then
-/// SIGKILL) and clears anything it left running under its data directory.
+/// A `thinclone serve` process on one data directory, with an agent channel on a loopback
+/// port (so that agents can enroll). Dropping it stops it (SIGTERM, then SIGKILL) and clears
+/// anything it left running under its data directory.
 pub struct Daemon {
     pub data_dir: PathBuf,
     /// The daemon's stderr, across all its starts.
@@ -80,6 +81,9 @@ impl Daemon {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", "127.0.0.1:0"])
+            // An agent channel, so that agents can enroll (`POST /v1/agents/tokens` answers
+            // 409 without one); on a port of its own at each start.
+            .args(["--channel-listen", "127.0.0.1:0"])
             .arg("--ports")
             .arg(format!("{}-{}", self.ports.0, self.ports.1))
             .args(&self.extra_args)
