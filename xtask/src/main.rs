@@ -1,7 +1,9 @@
 //! thinclone's development tasks, run as `cargo xtask …` (an alias in .cargo/config.toml):
 //!
 //! - `cargo xtask bench cowfs [options]`: cowfs against the filesystem underneath it;
-//! - `cargo xtask bench suite [options]`: clones, disk, query speed, images, many clones.
+//! - `cargo xtask bench suite [options]`: clones, disk, query speed, images, many clones;
+//! - `cargo xtask bench agents [options]`: one server, many agents in network namespaces, many
+//!   clones placed by the server, and `clone list` over all of them.
 //!
 //! See doc/BENCHMARKING.md.
 

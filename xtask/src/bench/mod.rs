@@ -1,13 +1,15 @@
-//! The benchmarks (doc/BENCHMARKING.md): `cargo xtask bench cowfs` and `cargo xtask bench
-//! suite`. Each measures thinclone and a baseline in the same run, reports ratios, and
-//! writes its section of BENCHMARKS.md and its JSON file under bench/results/.
+//! The benchmarks (doc/BENCHMARKING.md): `cargo xtask bench cowfs`, `cargo xtask bench
+//! suite` and `cargo xtask bench agents`. cowfs and suite measure thinclone and a baseline in
+//! the same run and report ratios; agents measures thinclone against the issue's targets.
+//! Each writes its section of BENCHMARKS.md and its JSON file under bench/results/.
 //!
 //! This module holds what every benchmark shares: the common options and the [`Run`] (work
 //! directory, logs, command log, PostgreSQL, the thinclone binary, result files). The
-//! modules beside it are the parts benchmarks are made of; `cowfs` and `suite` are the
-//! benchmarks.
+//! modules beside it are the parts benchmarks are made of; `cowfs`, `suite` and `agents` are
+//! the benchmarks.
 
 pub mod ab;
+pub mod agents;
 pub mod cowfs;
 pub mod exec;
 pub mod fio;
@@ -40,12 +42,16 @@ pub enum Bench {
     /// Clones, disk, query speed, images and many clones, against cp -a, reflink copies,
     /// CREATE DATABASE and pg_basebackup.
     Suite(suite::Options),
+    /// One server and many agents, each in a network namespace of its own: the time to each
+    /// of many clones placed by the server, and `clone list` with all of them (issue 11).
+    Agents(agents::Options),
 }
 
 pub fn main(bench: Bench) -> Result<()> {
     match bench {
         Bench::Cowfs(o) => cowfs::main(o),
         Bench::Suite(o) => suite::main(o),
+        Bench::Agents(o) => agents::main(o),
     }
 }
 
