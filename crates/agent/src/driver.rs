@@ -132,6 +132,12 @@ pub trait Driver: Send + Sync {
     /// Makes the clone's data directory usable, presented as owned by `owner`.
     fn attach(&self, image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached>;
 
+    /// [`Driver::attach`] for storage just made by [`Driver::create`], which has never been
+    /// attached: nothing of an earlier attach can be left to clear first.
+    fn attach_new(&self, image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached> {
+        self.attach(image, clone_dir, owner)
+    }
+
     /// Takes over an attachment an earlier agent left in place (a live mount), if any.
     fn adopt(&self, _clone_dir: &Path) -> Option<Attached> {
         None
@@ -209,54 +215,9 @@ impl Cowfs {
         }
     }
 
-    /// The pid of a live mount process serving this clone's layer, from its pid file.
-    fn live_mount_pid(clone_dir: &Path) -> Option<i32> {
-        let pid = sys::procfs::read_pid(&Self::pid_file(clone_dir))?;
-        sys::procfs::is_live_process_of(pid, &Self::layer(clone_dir)).then_some(pid)
-    }
-
-    /// Every live mount process of this clone's layer: by its pid file, and by command line
-    /// for one a crash caught before its pid file was written.
-    fn mount_processes(clone_dir: &Path) -> Vec<i32> {
-        let layer = Self::layer(clone_dir);
-        let layer_arg = layer.to_string_lossy();
-        let mut pids: Vec<i32> = sys::procfs::processes_under(&layer)
-            .into_iter()
-            .filter(|&pid| {
-                sys::procfs::cmdline(pid)
-                    .is_some_and(|args| args.windows(2).any(|w| w[0] == "--layer" && w[1] == layer_arg))
-            })
-            .chain(Self::live_mount_pid(clone_dir))
-            .collect();
-        pids.sort_unstable();
-        pids.dedup();
-        pids
-    }
-}
-
-impl Driver for Cowfs {
-    fn kind(&self) -> Kind {
-        Kind::Cowfs
-    }
-
-    fn create(&self, image: &Path, clone_dir: &Path) -> Result<()> {
+    /// Starts the clone's mount process and waits until it serves.
+    fn mount(&self, image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached> {
         let data = data_dir(clone_dir);
-        match fs::create_dir(&data) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(DriverError::from_io("making the clone's mountpoint", e));
-            }
-            _ => {}
-        }
-        io_ctx("making the clone's mountpoint private", fs::set_permissions(&data, fs::Permissions::from_mode(0o700)))?;
-        // Opening the layer directory creates it: a manifest and an empty journal.
-        cowfs::LayerStack::open(&Self::layer(clone_dir), image)
-            .map_err(|e| DriverError::from_io("making the clone's layer", io::Error::other(e)))?;
-        io_ctx("making the clone's layer private", Self::make_private(clone_dir))
-    }
-
-    fn attach(&self, image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached> {
-        let data = data_dir(clone_dir);
-        self.clean_leftovers(clone_dir)?;
         io_ctx("making the clone's layer private", Self::make_private(clone_dir))?;
         let log = Self::log_file(clone_dir);
         let process = sys::Program::new(&self.program)
@@ -309,6 +270,60 @@ impl Driver for Cowfs {
             }
         }
         Ok(Attached { data_dir: data, mount: Some(mount) })
+    }
+
+    /// The pid of a live mount process serving this clone's layer, from its pid file.
+    fn live_mount_pid(clone_dir: &Path) -> Option<i32> {
+        let pid = sys::procfs::read_pid(&Self::pid_file(clone_dir))?;
+        sys::procfs::is_live_process_of(pid, &Self::layer(clone_dir)).then_some(pid)
+    }
+
+    /// Every live mount process of this clone's layer: by its pid file, and by command line
+    /// for one a crash caught before its pid file was written.
+    fn mount_processes(clone_dir: &Path) -> Vec<i32> {
+        let layer = Self::layer(clone_dir);
+        let layer_arg = layer.to_string_lossy();
+        let mut pids: Vec<i32> = sys::procfs::processes_under(&layer)
+            .into_iter()
+            .filter(|&pid| {
+                sys::procfs::cmdline(pid)
+                    .is_some_and(|args| args.windows(2).any(|w| w[0] == "--layer" && w[1] == layer_arg))
+            })
+            .chain(Self::live_mount_pid(clone_dir))
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+}
+
+impl Driver for Cowfs {
+    fn kind(&self) -> Kind {
+        Kind::Cowfs
+    }
+
+    fn create(&self, image: &Path, clone_dir: &Path) -> Result<()> {
+        let data = data_dir(clone_dir);
+        match fs::create_dir(&data) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(DriverError::from_io("making the clone's mountpoint", e));
+            }
+            _ => {}
+        }
+        io_ctx("making the clone's mountpoint private", fs::set_permissions(&data, fs::Permissions::from_mode(0o700)))?;
+        // Opening the layer directory creates it: a manifest and an empty journal.
+        cowfs::LayerStack::open(&Self::layer(clone_dir), image)
+            .map_err(|e| DriverError::from_io("making the clone's layer", io::Error::other(e)))?;
+        io_ctx("making the clone's layer private", Self::make_private(clone_dir))
+    }
+
+    fn attach(&self, image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached> {
+        self.clean_leftovers(clone_dir)?;
+        self.mount(image, clone_dir, owner)
+    }
+
+    fn attach_new(&self, image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached> {
+        self.mount(image, clone_dir, owner)
     }
 
     fn adopt(&self, clone_dir: &Path) -> Option<Attached> {

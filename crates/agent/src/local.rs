@@ -123,9 +123,6 @@ fn internal(what: &str) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
     }
 }
 
-/// Where the next uid to give a clone is kept.
-const NEXT_UID_FILE: &str = "clone-uids.next";
-
 impl LocalAgent {
     /// Opens the agent's data directory (creating it), recovers what a crash interrupted,
     /// brings back the clones that are meant to run, and starts measuring disk use. Clones
@@ -295,10 +292,11 @@ impl LocalAgent {
     }
 
     /// Saves a new clone's record with a uid of its own (when clones get one): the first of
-    /// the range, from where the last one given left off, that no other clone of the host has
-    /// (uids.rs), that no user of the host has, and that no process runs as. A removed
-    /// clone's uid thus comes back only after every other uid of the range. The uid is
-    /// claimed and the record written under the host-wide registry's lock.
+    /// the range, from where the last one given on this host left off, that no other clone of
+    /// the host has (uids.rs), that no user of the host has, and that no process runs as. A
+    /// removed clone's uid thus comes back only after every other uid of the range. The uid
+    /// is claimed and the record written under the host-wide registry's lock, which is held
+    /// for one pass over the host's processes at most.
     fn save_with_new_uid(&self, record: &mut CloneRecord) -> Result<()> {
         let (Some((first, last)), Some(registry)) = (self.isolation.clone_uids, &self.registry) else {
             return self.save(record);
@@ -307,24 +305,28 @@ impl LocalAgent {
         let held = registry.lock().map_err(internal("locking the registry of clones' uids"))?;
         let taken: std::collections::HashSet<u32> =
             self.records().iter().filter(|r| r.name != record.name).filter_map(|r| r.uid).collect();
-        let next_file = self.config.data_dir.join(NEXT_UID_FILE);
+        let next_file = registry.next_file();
         let next = sys::untrusted::read_to_string(&next_file, 64)
             .ok()
             .and_then(|t| t.trim().parse::<u32>().ok())
             .filter(|n| (first..=last).contains(n))
             .unwrap_or(first);
+        // The uids processes run as, read once, when a candidate gets that far.
+        let mut in_use: Option<std::collections::HashSet<u32>> = None;
         let mut chosen = None;
         for uid in (next..=last).chain(first..next) {
-            if taken.contains(&uid) || User::uid_is_known(uid) || !sys::procfs::processes_of_uid(uid).is_empty() {
+            if taken.contains(&uid) {
                 continue;
             }
             match registry.claim_of(&held, uid, &record.name).map_err(internal("reading the registry of uids"))? {
                 crate::uids::Claim::Theirs(_) => continue,
-                crate::uids::Claim::Free | crate::uids::Claim::Ours => {
-                    chosen = Some(uid);
-                    break;
-                }
+                crate::uids::Claim::Free | crate::uids::Claim::Ours => {}
             }
+            if User::uid_is_known(uid) || in_use.get_or_insert_with(sys::procfs::uids_in_use).contains(&uid) {
+                continue;
+            }
+            chosen = Some(uid);
+            break;
         }
         let uid = chosen.ok_or_else(|| {
             AgentError::new(
@@ -401,6 +403,12 @@ impl LocalAgent {
     /// uid changed (`chown_pending`) has its files given to its uid first, through the mount
     /// (a cowfs layer keeps the owner of each file the clone made); the record then says so.
     fn bring_up(&self, record: &mut CloneRecord) -> Result<()> {
+        self.bring_up_as(record, false)
+    }
+
+    /// [`LocalAgent::bring_up`]; `fresh` for a clone just made, whose uid was just found
+    /// unused and whose storage has never been attached: nothing can be left of it to clear.
+    fn bring_up_as(&self, record: &mut CloneRecord, fresh: bool) -> Result<()> {
         let engine = self.engine(&record.engine)?;
         let image = self.record_image_dir(record);
         // Only cowfs reads the image while the clone runs; reflink and copy clones have
@@ -414,9 +422,16 @@ impl LocalAgent {
             .map_err(internal("setting the clone directory's permissions"))?;
         let user = self.clone_user(record);
         // Nothing may run as the clone's uid but the server about to start.
-        self.end_leftover_processes(&user)?;
+        if !fresh {
+            self.end_leftover_processes(&user)?;
+        }
         let driver = self.driver(record.driver);
-        let attached = driver.attach(&image, &clone_dir, &user).map_err(AgentError::from_driver)?;
+        let attached = if fresh {
+            driver.attach_new(&image, &clone_dir, &user)
+        } else {
+            driver.attach(&image, &clone_dir, &user)
+        }
+        .map_err(AgentError::from_driver)?;
         if record.chown_pending {
             tracing::info!(clone = %record.name, uid = user.uid, "giving the clone's files to its new uid");
             if let Err(e) = sys::tree::chown(&attached.data_dir, user.uid, user.gid) {
@@ -469,9 +484,10 @@ impl LocalAgent {
             return Ok(());
         }
         let left = sys::procfs::processes_of_uid(user.uid);
-        if !left.is_empty() {
-            tracing::info!(uid = user.uid, pids = ?left, "ending what still runs as the clone's uid");
+        if left.is_empty() {
+            return Ok(());
         }
+        tracing::info!(uid = user.uid, pids = ?left, "ending what still runs as the clone's uid");
         sys::process::kill_all_of(user).map_err(|e| AgentError::internal(format!("ending the clone's processes: {e}")))
     }
 
@@ -1135,7 +1151,7 @@ impl Agent for LocalAgent {
         let made = driver
             .create(&image, &clone_dir)
             .map_err(AgentError::from_driver)
-            .and_then(|()| self.bring_up(&mut record));
+            .and_then(|()| self.bring_up_as(&mut record, true));
         if let Err(e) = made {
             if let Err(t) = self.tear_down(&record) {
                 tracing::warn!(clone = %spec.name, "stopping after a failed create: {t}");

@@ -72,6 +72,12 @@ impl Registry {
         Ok(Held(file))
     }
 
+    /// The file that holds the next uid to give, for every agent of the host: agents on one
+    /// host take turns along the range rather than each stepping over the others' uids.
+    pub(crate) fn next_file(&self) -> PathBuf {
+        self.dir.join("next")
+    }
+
     fn path(&self, uid: u32) -> PathBuf {
         self.dir.join(uid.to_string())
     }

@@ -69,6 +69,23 @@ pub fn processes_under(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Every uid some live process runs as (real, effective, saved or filesystem), in one pass
+/// over `/proc`: for choosing among many uids, where [`processes_of_uid`] for each would
+/// read every process once per uid.
+pub fn uids_in_use() -> std::collections::HashSet<u32> {
+    let mut uids = std::collections::HashSet::new();
+    let Ok(entries) = fs::read_dir("/proc") else { return uids };
+    for pid in entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_default();
+        let found: Vec<u32> = line.split_whitespace().filter_map(|u| u.parse().ok()).collect();
+        if !found.is_empty() && is_alive(pid) {
+            uids.extend(found);
+        }
+    }
+    uids
+}
+
 /// Every live process that runs as `uid`: its real, effective, saved or filesystem uid.
 pub fn processes_of_uid(uid: u32) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
