@@ -19,7 +19,6 @@
 //!   clones/<name>/           a clone (0711 root): clone.json (record.rs, 0600) and its
 //!                            driver's storage: data/ (its data directory, the clone's uid's,
 //!                            0700), and for cowfs layer/ (0700 root), mount.pid, mount.log
-//!   clone-uids.next          the next uid to give a clone (see below)
 //!   run/, run/clones/        0711 root
 //!   run/clones/<name>/       its server's socket, configuration, log and pid file (0700, the
 //!                            clone's uid's)

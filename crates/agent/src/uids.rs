@@ -6,6 +6,7 @@
 //! ```text
 //! REGISTRY/            0700 root (/run/thinclone/clone-uids by default)
 //!   lock               flock'ed while a uid is chosen and its clone's record written
+//!   next               the next uid to try: agents of one host take turns along the range
 //!   <uid>              a claim: the data directory and the clone's name, one a line
 //! ```
 //!
