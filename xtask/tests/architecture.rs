@@ -5,7 +5,9 @@
 //! - only engine crates name a database engine (the binary's registry of engines aside);
 //! - only the process crate (`sys`) spawns programs;
 //! - the server's stored rows are not API types;
-//! - no test skips itself and passes when something it needs is missing.
+//! - no test skips itself and passes when something it needs is missing (no test prints
+//!   that it skipped, and no `#[test]` function returns early);
+//! - the Rust version the README and scripts/install ask for is Cargo.toml's.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -78,13 +80,16 @@ fn only_the_server_knows_http_routes() {
         if krate == "server" {
             continue;
         }
+        // A dependency's name is what its line starts with, up to a space, `.` or `=`; a
+        // framework's whole family counts (axum-server, hyper-util, tower-http…).
         let deps = dependencies(&krate);
-        for framework in ["axum", "utoipa-axum", "hyper", "tower"] {
-            assert!(
-                !deps.lines().any(|l| l.trim_start().starts_with(&format!("{framework} "))
-                    || l.trim_start().starts_with(&format!("{framework}."))),
-                "crate {krate} depends on {framework}: only the server serves HTTP"
-            );
+        let names = deps.lines().filter_map(|l| {
+            let name = l.trim_start().split([' ', '.', '=']).next()?;
+            (!name.is_empty() && !name.starts_with('#')).then(|| name.to_owned())
+        });
+        for name in names {
+            let framework = ["axum", "utoipa-axum", "hyper", "tower"].into_iter().find(|f| name.starts_with(f));
+            assert!(framework.is_none(), "crate {krate} depends on {name}: only the server serves HTTP");
         }
         if krate == "api" {
             continue;
@@ -127,6 +132,8 @@ fn only_sys_spawns_programs() {
     }
     let found = offending(&files, |l| {
         let code = l.split("//").next().unwrap_or("");
+        // (clap's `Command` describes a command line; it starts nothing.)
+        let code = code.replace("clap::Command::new", "");
         code.contains("Command::new") || code.contains("process::Command") || code.contains("libc::fork")
     });
     assert!(found.is_empty(), "programs started outside sys::Program:\n{}", found.join("\n"));
@@ -159,4 +166,61 @@ fn no_test_skips_itself_silently() {
     let files: Vec<PathBuf> = files.into_iter().filter(|f| f.file_name() != Some(me.as_os_str())).collect();
     let found = offending(&files, |l| l.contains("skipped") && (l.contains("eprintln!") || l.contains("println!")));
     assert!(found.is_empty(), "tests that skip themselves:\n{}", found.join("\n"));
+    // Nor does a test end early without a word: no `return` in the body of a `#[test]`
+    // function (a missing prerequisite is an assertion, as `support::pg::require` makes it).
+    let mut early = Vec::new();
+    for file in &files {
+        let text = fs::read_to_string(file).unwrap();
+        let mut depth: Option<i32> = None;
+        let mut armed = false;
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if line.trim() == "#[test]" {
+                armed = true;
+                continue;
+            }
+            if armed && depth.is_none() && code.contains("fn ") {
+                depth = Some(0);
+                armed = false;
+            }
+            if let Some(d) = depth.as_mut() {
+                let words: Vec<&str> = code.split(|c: char| !c.is_alphanumeric() && c != '_').collect();
+                // A closure's `return` ends the closure only; those are rare enough to name.
+                if words.contains(&"return") && !code.contains("|") {
+                    let rel = file.strip_prefix(root()).unwrap_or(file);
+                    early.push(format!("{}:{}: {}", rel.display(), n + 1, line.trim()));
+                }
+                *d += code.matches('{').count() as i32 - code.matches('}').count() as i32;
+                if *d <= 0 && code.contains('}') {
+                    depth = None;
+                }
+            }
+        }
+    }
+    assert!(early.is_empty(), "tests that may end early and pass:\n{}", early.join("\n"));
+}
+
+/// What the README and scripts/install say Rust must be is what Cargo.toml asks for.
+#[test]
+fn the_rust_version_said_is_the_one_required() {
+    let manifest = fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let required = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rust-version = "))
+        .expect("the workspace names a rust-version")
+        .trim_matches('"')
+        .to_owned();
+    for file in ["README.md", "scripts/install"] {
+        let text = fs::read_to_string(root().join(file)).unwrap();
+        let said: Vec<&str> = text
+            .split("Rust ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next())
+            .filter(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+            .collect();
+        assert!(!said.is_empty(), "{file} does not say which Rust it needs");
+        for version in said {
+            assert_eq!(version, required, "{file} says Rust {version}; Cargo.toml requires {required}");
+        }
+    }
 }

@@ -438,12 +438,9 @@ impl LocalAgent {
             self.end_leftover_processes(&user)?;
         }
         let driver = self.driver(record.driver);
-        let attached = if fresh {
-            driver.attach_new(&image, &clone_dir, &user)
-        } else {
-            driver.attach(&image, &clone_dir, &user)
-        }
-        .map_err(AgentError::from_driver)?;
+        let attached =
+            if fresh { driver.attach_new(&image, &clone_dir, &user) } else { driver.attach(&image, &clone_dir, &user) }
+                .map_err(AgentError::from_driver)?;
         if record.chown_pending {
             tracing::info!(clone = %record.name, uid = user.uid, "giving the clone's files to its new uid");
             if let Err(e) = sys::tree::chown(&attached.data_dir, user.uid, user.gid) {

@@ -23,7 +23,8 @@ use crate::ops::{Result, Server, ServerError};
 /// The name of the agent embedded in `thinclone serve`, and of its image location.
 pub const LOCAL: &str = "local";
 
-/// The free disk an agent needs to be given a new clone.
+/// The free disk below which an agent is given a new clone only when no agent has more: a
+/// clone needs little at first, but grows as it is written.
 const MIN_FREE_BYTES: u64 = 512 << 20;
 
 /// How often, in polls, the server checks again which locations each agent reaches.
@@ -357,17 +358,14 @@ impl Server {
                 reasons.push(format!("agent {name} is unreachable"));
                 continue;
             };
-            // Room: a port left in the range, and disk beyond the reserve clones need.
+            // Room: a port left in the range; an agent short of disk comes after all others.
             if self.catalog().used_ports(name)?.len() >= range {
                 reasons.push(format!("agent {name} has no clone port left"));
                 continue;
             }
-            if info.free_bytes < MIN_FREE_BYTES {
-                reasons.push(format!("agent {name} has {} MiB of disk free", info.free_bytes >> 20));
-                continue;
-            }
             match fits(name, &info) {
                 Ok(()) => candidates.push((
+                    info.free_bytes < MIN_FREE_BYTES,
                     counts.get(name).copied().unwrap_or(0),
                     std::cmp::Reverse(info.free_bytes),
                     name.clone(),
@@ -376,9 +374,9 @@ impl Server {
                 Err(why) => reasons.push(why),
             }
         }
-        candidates.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+        candidates.sort_by(|a, b| (a.0, a.1, a.2, &a.3).cmp(&(b.0, b.1, b.2, &b.3)));
         match candidates.into_iter().next() {
-            Some((_, _, name, info)) => Ok((name, info)),
+            Some((_, _, _, name, info)) => Ok((name, info)),
             None if reasons.iter().all(|r| r.ends_with("is unreachable")) => Err(ServerError::Unavailable(format!(
                 "every agent that reaches location {} is unreachable ({}); nothing was changed; try again when one \
                  is back",

@@ -1295,7 +1295,7 @@ mod tests {
                  CREATE TABLE operations (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, target TEXT NOT NULL,
                      state TEXT NOT NULL, message TEXT, error TEXT, created_at INTEGER NOT NULL, finished_at INTEGER);
                  INSERT INTO images (name, status, engine, engine_version, superuser, source, created_at)
-                     VALUES ('prod', 'ready', 'e', '15', 'postgres', '/srv', 1);
+                     VALUES ('prod', 'ready', 'e', '15', 'root', '/srv', 1);
                  INSERT INTO clones (name, image, status, driver, port, password, created_at)
                      VALUES ('c', 'prod', 'ready', 'cowfs', 7000, 'pw', 1);
                  PRAGMA user_version = 2;",

@@ -24,4 +24,4 @@ pub use fleet::Fleet;
 pub use auth::Caller;
 pub use identity::BOOTSTRAP_TOKEN_FILE;
 pub use ops::{CloneAction, Server, ServerConfig, ServerError};
-pub use rest::{app, openapi, openapi_json, serve, AllowedHosts};
+pub use rest::{app, openapi, openapi_json, serve, serve_tls, AllowedHosts};

@@ -389,7 +389,9 @@ fn run_server(
         eprintln!("thinclone listening on {scheme}://{address}");
         match tls {
             None => server::serve(server.clone(), hosts, listener, stop_signal()).await?,
-            Some((cert, key)) => serve_tls(server.clone(), hosts, listener, stop_signal(), &cert, &key).await?,
+            Some((cert, key)) => server::serve_tls(server.clone(), hosts, listener, stop_signal(), &cert, &key)
+                .await
+                .context("serving the API over TLS")?,
         }
         let _ = stop_tx.send(true);
         tokio::task::spawn_blocking(move || {
@@ -425,30 +427,23 @@ pub fn run_agent(args: AgentRunArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Serves the API over TLS until `shutdown` completes.
-async fn serve_tls(
-    server: Arc<server::Server>,
-    hosts: server::AllowedHosts,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> anyhow::Result<()> {
-    // One crypto provider for the whole process (ring); installing it twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-        .await
-        .with_context(|| format!("reading the TLS certificate {} and key {}", cert.display(), key.display()))?;
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
-    });
-    axum_server::from_tcp_rustls(listener.into_std()?, config)
-        .context("serving the API over TLS")?
-        .handle(handle)
-        .serve(server::app(server, hosts).into_make_service())
-        .await
-        .context("serving the API over TLS")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clones' URLs carry an address clients can reach: the one listened on, or this host's
+    /// name when that is a wildcard (never 0.0.0.0 or ::), loopback when nothing is given.
+    #[test]
+    fn clones_urls_never_carry_a_wildcard_address() {
+        let host = |addrs: &[&str]| default_clone_host(&addrs.iter().map(|a| a.parse().unwrap()).collect::<Vec<_>>());
+        assert_eq!(host(&[]), "127.0.0.1");
+        assert_eq!(host(&["10.1.2.3", "127.0.0.1"]), "10.1.2.3");
+        assert_eq!(host(&["::1"]), "[::1]");
+        let name = nix::unistd::gethostname().unwrap().into_string().unwrap();
+        for wildcard in ["0.0.0.0", "::"] {
+            let chosen = host(&[wildcard]);
+            assert_eq!(chosen, name, "{wildcard}");
+            assert!(chosen != "0.0.0.0" && chosen != "[::]");
+        }
+    }
 }

@@ -75,13 +75,14 @@ fn source(server: &ControlServer, work: &Path, port: u16) -> support::pg::Server
     pg
 }
 
-/// A fleet: the server, two agents, the shared location.
+/// A fleet: the server, two agents, the shared location. (Fields drop in this order: the
+/// work directory goes last, once nothing runs in it and the share is unmounted.)
 struct World {
-    _work: tempfile::TempDir,
     work: PathBuf,
     server: ControlServer,
     agents: Vec<AgentHost>,
     share: Share,
+    _work: tempfile::TempDir,
 }
 
 fn world(tag: &str, ports: (u16, u16)) -> World {
@@ -452,7 +453,11 @@ fn agents_servers_and_shares_fail_cleanly() {
     ]);
     let op: Operation =
         w.server.ok(&["clone", "create", "slow", "--image", "big", "--host", "a2", "--driver", "copy", "--no-wait"]);
-    wait_until(Duration::from_secs(30), || w.agents[1].data_dir.join("clones/slow/data").exists());
+    wait_until(Duration::from_secs(30), || {
+        let now: Operation = w.server.ok(&["op", "show", &op.id.to_string()]);
+        assert_eq!(now.state, OperationState::Running, "the copy ended before it was seen: {now:?}");
+        w.agents[1].data_dir.join("clones/slow/data").exists()
+    });
     let running: Operation = w.server.ok(&["op", "show", &op.id.to_string()]);
     assert_eq!(running.state, OperationState::Running, "the copy ended before the kill: {running:?}");
     w.server.kill9();

@@ -133,6 +133,8 @@ fn read_file_attempts(url: &str, path: &Path) -> Vec<Attempt> {
             format!("pg_read_binary_file('{p}')"),
             &format!("SELECT length(pg_read_binary_file({}))", lit(&p)),
         ),
+        // A zero-byte read opens the file all the same, and never trips on its encoding.
+        attempt(url, format!("pg_read_file('{p}')"), &format!("SELECT pg_read_file({}, 0, 0) IS NOT NULL", lit(&p))),
         attempt(url, format!("lo_import('{p}')"), &format!("SELECT lo_import({})", lit(&p))),
         attempt(url, format!("COPY out FROM '{p}'"), &format!("COPY out FROM {}", lit(&p))),
     ]
@@ -283,7 +285,11 @@ fn a_clones_superuser_cannot_reach_beyond_its_clone() {
     fs::write(&tls_key, "-----BEGIN PRIVATE KEY-----\nnot a real key\n-----END PRIVATE KEY-----\n").unwrap();
     fs::set_permissions(&tls_key, fs::Permissions::from_mode(0o600)).unwrap();
     let state = data_dir.join("state.db");
-    for secret in [&state, &token, &b.dir.join("clone.json")] {
+    // The agents' certificate authority and the channel's key (the test server serves an
+    // agent channel).
+    let ca_key = data_dir.join("pki/ca.key");
+    let channel_key = data_dir.join("pki/channel.key");
+    for secret in [&state, &token, &b.dir.join("clone.json"), &ca_key, &channel_key] {
         let meta = fs::metadata(secret).unwrap();
         assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600), "{}", secret.display());
     }
@@ -326,6 +332,8 @@ fn a_clones_superuser_cannot_reach_beyond_its_clone() {
         state.clone(),
         token.clone(),
         tls_key.clone(),
+        ca_key.clone(),
+        channel_key.clone(),
         PathBuf::from(format!("/proc/{}/environ", b.postmaster)),
     ]
     .into_iter()
@@ -342,6 +350,7 @@ fn a_clones_superuser_cannot_reach_beyond_its_clone() {
         image.clone(),
         image.join("base"),
         data_dir.clone(),
+        data_dir.join("pki"),
         data_dir.join("clones"),
         data_dir.join("images"),
         data_dir.join("run/clones"),

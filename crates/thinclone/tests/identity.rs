@@ -148,19 +148,25 @@ fn from_dir_takes_only_directories_inside_a_registered_source() {
 fn from_url_needs_its_own_credentials_over_tcp() {
     let work = work_dir("thinclone-identity-urls-");
     let d = Daemon::start(&work.path().join("server"), (8080, 8089));
+    // Each with the reason it is refused for: an unreachable source is a 400 too, so the
+    // message shows that the URL was refused before anything was tried.
+    let socket = "never through a local socket";
+    let no_host = "not valid (empty host)";
     let urls = [
-        "postgresql://postgres@/postgres?host=/run/postgresql",
-        "postgresql://postgres@/postgres?host=%2Ftmp",
-        "postgresql:///postgres?host=/var/run/postgresql&user=postgres",
-        "postgresql://127.0.0.1:5432/postgres",
-        "postgresql://postgres@127.0.0.1:5432/postgres",
+        ("postgresql://postgres@/postgres?host=/run/postgresql", no_host),
+        ("postgresql://postgres@/postgres?host=%2Ftmp", no_host),
+        ("postgresql:///postgres?host=/var/run/postgresql&user=postgres", "has no host"),
+        ("postgresql://127.0.0.1:5432/postgres", "give the source's user and password"),
+        ("postgresql://postgres@127.0.0.1:5432/postgres", "give the source's user and password"),
         // Credentials, and a socket all the same.
-        "postgresql://postgres:secret@127.0.0.1:5432/postgres?host=/run/postgresql",
-        "postgresql://postgres:secret@%2Frun%2Fpostgresql/postgres",
+        ("postgresql://postgres:secret@127.0.0.1:5432/postgres?host=/run/postgresql", "may not set `host`"),
+        ("postgresql://postgres:secret@%2Frun%2Fpostgresql/postgres", socket),
     ];
-    for (i, url) in urls.iter().enumerate() {
+    for (i, (url, says)) in urls.iter().enumerate() {
         let (code, message) = refusal(&d, &format!("url-{i}"), None, Some(url));
         assert_eq!(code, Some(ErrorCode::BadRequest), "{url}: {message}");
+        assert!(message.contains(says), "{url}: {message}");
+        assert!(!message.contains("secret"), "{url}: the password was echoed: {message}");
     }
     assert_eq!(d.client().list_images().unwrap(), []);
 }
@@ -293,31 +299,34 @@ fn write_pki(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
 #[test]
 fn plain_http_off_loopback_takes_the_explicit_flag() {
     let work = work_dir("thinclone-identity-plain-");
-    let mut child = Command::new(support::thinclone_bin())
-        .args(["serve", "--data-dir"])
-        .arg(work.path().join("refused"))
-        .args(["--listen", "0.0.0.0:0", "--ports", "8100-8109"])
-        .env("THINCLONE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("thinclone serve --listen 0.0.0.0:0 without TLS did not exit");
+    // The wildcards and one address of a network (refused before anything is bound).
+    for listen in ["0.0.0.0:0", "[::]:0", "192.0.2.7:8443"] {
+        let mut child = Command::new(support::thinclone_bin())
+            .args(["serve", "--data-dir"])
+            .arg(work.path().join("refused"))
+            .args(["--listen", listen, "--ports", "8100-8109"])
+            .env("THINCLONE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("thinclone serve --listen {listen} without TLS did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        let out = child.wait_with_output().unwrap();
+        let err = failed(out);
+        assert!(
+            err.contains(&format!("refusing to serve plain HTTP on {listen}, which is not a loopback address"))
+                && err.contains("--tls-cert and --tls-key, or --insecure-http"),
+            "{listen}: {err}"
+        );
     }
-    let out = child.wait_with_output().unwrap();
-    let err = failed(out);
-    assert!(
-        err.contains("refusing to serve plain HTTP on 0.0.0.0:0, which is not a loopback address")
-            && err.contains("--tls-cert and --tls-key, or --insecure-http"),
-        "{err}"
-    );
 
     let mut open = ServeProcess::start(
         &work.path().join("open"),

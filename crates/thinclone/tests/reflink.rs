@@ -89,7 +89,10 @@ fn ext4_gets_cowfs_and_reflink_there_is_a_clear_error() {
     // nothing behind.
     let err =
         daemon.cli::<api::Clone>(&["clone", "create", "r", "--image", "prod", "--driver", "reflink"]).unwrap_err();
-    assert!(err.contains("the reflink driver is not available here") && err.contains("--driver cowfs"), "{err}");
+    assert!(
+        err.contains("the reflink driver is not available on agent local") && err.contains("--driver cowfs"),
+        "{err}"
+    );
     assert_eq!(daemon.ok::<Vec<api::Clone>>(&["clone", "list"]).len(), 1);
     assert!(!work.path().join("data/clones/r").exists(), "a half-made reflink clone was left behind");
     daemon.ok::<Operation>(&["clone", "rm", "c"]);

@@ -27,6 +27,24 @@ fn work_dir(prefix: &str) -> tempfile::TempDir {
     dir
 }
 
+/// What the API answers a request for image `name` from the directory `dir`: its status
+/// and message (through the typed client, as any program would see it).
+fn image_refusal(d: &Daemon, name: &str, dir: &Path) -> (Option<api::ErrorCode>, String) {
+    let request = api::CreateImage {
+        name: api::Name::new(name).unwrap(),
+        from_dir: Some(dir.to_str().unwrap().to_owned()),
+        from_url: None,
+        snapshot: false,
+        team: None,
+        location: None,
+        host: None,
+    };
+    match d.client().create_image(&request) {
+        Ok(op) => panic!("making image {name} of {} was accepted: {op:?}", dir.display()),
+        Err(e) => (e.code(), e.to_string()),
+    }
+}
+
 fn sql(url: &str, query: &str) -> String {
     psql(url, query).unwrap_or_else(|e| panic!("psql {url} -c {query:?} failed: {e}"))
 }
@@ -234,6 +252,10 @@ fn a_running_servers_directory_is_refused_unless_a_snapshot() {
     let src = source.data.to_str().unwrap();
     let err = d.cli::<api::Image>(&["image", "create", "live", "--from-dir", src]).unwrap_err();
     assert!(err.contains("is running on") && err.contains("--from-url") && err.contains("--snapshot"), "{err}");
+    // The API: 409 (the directory is in use), the same words.
+    let (code, message) = image_refusal(&d, "live", &source.data);
+    assert_eq!(code, Some(api::ErrorCode::Conflict), "{message}");
+    assert!(message.contains("is running on") && message.contains("--snapshot"), "{message}");
     assert!(d.ok::<Vec<api::Image>>(&["image", "list"]).is_empty());
     // As a snapshot (here: the live directory itself; recovery runs at image time).
     let image: api::Image = d.ok(&["image", "create", "snap", "--from-dir", src, "--snapshot"]);
@@ -252,22 +274,41 @@ fn shutdown_during_an_image_job_leaves_nothing_behind() {
     require("shutdown_during_an_image_job_leaves_nothing_behind");
     let work = work_dir("thinclone-trust-");
     let mut d = Daemon::start(&work.path().join("data"), (8010, 8019));
-    let op: Operation =
-        d.ok(&["image", "create", "big", "--from-dir", pgbench_source().to_str().unwrap(), "--no-wait"]);
-    assert_eq!(op.state, api::OperationState::Running, "{op:?}");
-    std::thread::sleep(Duration::from_millis(300));
-    let started = Instant::now();
-    let status = d.stop().unwrap();
-    assert!(status.success(), "the server exited with {status}");
-    eprintln!("SIGTERM during an image copy: the server exited in {} ms", started.elapsed().as_millis());
-    assert!(started.elapsed() < Duration::from_secs(30));
-    let left = processes_under(&d.data_dir);
-    assert!(left.is_empty(), "processes left after shutdown: {left:?}");
-    assert!(!d.data_dir.join("images/big.partial").exists(), "the half-made image is left");
-    d.restart();
-    let image: api::Image = d.ok(&["image", "show", "big"]);
-    assert_eq!(image.status, ImageStatus::Failed, "{image:?}");
-    d.ok::<Operation>(&["image", "rm", "big"]);
+    // Once while the files are copied, once while the copy's own server prepares it.
+    for (name, phase) in [("big", "copying"), ("prepared", "preparing")] {
+        let op: Operation =
+            d.ok(&["image", "create", name, "--from-dir", pgbench_source().to_str().unwrap(), "--no-wait"]);
+        assert_eq!(op.state, api::OperationState::Running, "{op:?}");
+        let partial = d.data_dir.join(format!("images/{name}.partial"));
+        if phase == "copying" {
+            std::thread::sleep(Duration::from_millis(300));
+        } else {
+            // Until the preparing server runs on the half-made image.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let now = d.client().get_operation(op.id).unwrap();
+                assert_eq!(now.state, api::OperationState::Running, "it ended before it was caught: {now:?}");
+                let preparing = processes_under(&partial).iter().any(|(_, cmd)| cmd.contains("postgres"));
+                if now.message.as_deref() == Some("preparing") && preparing {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "no server ever prepared the image: {now:?}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let started = Instant::now();
+        let status = d.stop().unwrap();
+        assert!(status.success(), "the server exited with {status}");
+        eprintln!("SIGTERM while {phase} an image: the server exited in {} ms", started.elapsed().as_millis());
+        assert!(started.elapsed() < Duration::from_secs(30));
+        let left = processes_under(&d.data_dir);
+        assert!(left.is_empty(), "processes left after shutdown while {phase}: {left:?}");
+        assert!(!partial.exists(), "the half-made image is left ({phase})");
+        d.restart();
+        let image: api::Image = d.ok(&["image", "show", name]);
+        assert_eq!(image.status, ImageStatus::Failed, "{image:?}");
+        d.ok::<Operation>(&["image", "rm", name]);
+    }
 }
 
 /// Issue 9, acceptance 3: on a small filesystem, an image that does not fit is refused at
@@ -288,6 +329,10 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
         .cli::<api::Image>(&["image", "create", "huge", "--from-dir", pgbench_source().to_str().unwrap()])
         .unwrap_err();
     assert!(err.contains("not enough free disk"), "{err}");
+    // The API: 507 Insufficient Storage, the same words.
+    let (code, message) = image_refusal(&d, "huge", &pgbench_source());
+    assert_eq!(code, Some(api::ErrorCode::InsufficientStorage), "{message}");
+    assert!(message.contains("not enough free disk") && message.contains("free space"), "{message}");
     assert!(d.ok::<Vec<api::Image>>(&["image", "list"]).is_empty());
 
     let image: api::Image = d.ok(&["image", "create", "img", "--from-dir", source.data.to_str().unwrap()]);
@@ -326,6 +371,12 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
     let a: api::Clone = d.ok(&["clone", "create", "a", "--image", "img"]);
     let b: api::Clone = d.ok(&["clone", "create", "b", "--image", "img"]);
     sql(b.url(), "CREATE TABLE mine AS SELECT 'b' AS v");
+    sql(b.url(), "CREATE TABLE rows AS SELECT g, md5(g::text) AS h FROM generate_series(1, 10000) g");
+    // A checksum of everything B holds of its own and of the image.
+    // (A sum of row hashes: no sort, so nothing spills to a full disk.)
+    let b_sum = "SELECT count(*) || ' ' || sum(hashtext(x)::numeric) FROM (SELECT t::text AS x FROM rows t \
+                 UNION ALL SELECT t::text FROM mine t UNION ALL SELECT t::text FROM pgbench_accounts t) s";
+    let b_before = sql(b.url(), b_sum);
     sql(a.url(), "CREATE TABLE filler (n int, pad text)");
     let mut committed = 0u64;
     let mut full_error = String::new();
@@ -349,6 +400,7 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
     assert!(degraded.message.as_deref().unwrap_or("").contains("disk full"), "{degraded:?}");
     // The other clone and the image are untouched.
     assert_eq!(sql(b.url(), "SELECT v FROM mine"), "b");
+    assert_eq!(sql(b.url(), b_sum), b_before, "clone b's data changed");
     assert!(support::diff(&image_before, &support::snapshot(&image_dir)).is_none(), "the image changed");
 
     // Space comes back: the clone works again, with every committed batch.

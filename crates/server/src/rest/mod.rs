@@ -651,6 +651,37 @@ pub async fn serve(
     axum::serve(listener, app(server, hosts)).with_graceful_shutdown(shutdown).await
 }
 
+/// Serves the API over TLS on `listener`, with the certificate chain and key in the PEM
+/// files `cert` and `key`, until `shutdown` completes; requests under way then get ten
+/// seconds to end. Fails at once when the files cannot be read.
+pub async fn serve_tls(
+    server: Arc<Server>,
+    hosts: AllowedHosts,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::io::Result<()> {
+    // One crypto provider for the whole process (ring); installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("reading the TLS certificate {} and key {}: {e}", cert.display(), key.display()),
+        )
+    })?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    });
+    axum_server::from_tcp_rustls(listener.into_std()?, config)?
+        .handle(handle)
+        .serve(app(server, hosts).into_make_service())
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
