@@ -68,7 +68,7 @@ pub fn run(s: &mut Suite, scale: u32) -> Result<()> {
         record(s, "basebackup", seconds_since(t0));
         sys::tree::remove(&target)?;
         let url_image = format!("url-{scale}");
-        let t = timed_image(s, s.ext4()?, &url_image, ImageSource::Url(&s.source_url()))?;
+        let t = timed_image(s, s.ext4()?, &url_image, ImageSource::Url(&s.source_url_with_password()))?;
         record(s, "from_url", t);
         log(&format!("  image {url_image} from the running server: {t} s"));
         s.ext4()?.remove_image(&url_image)?;

@@ -275,6 +275,9 @@ impl Params {
 /// gives its clones, so that the start does the same work.
 pub const HAND_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c shared_buffers=64MB -c wal_init_zero=off -c wal_recycle=off -c min_wal_size=32MB -c max_wal_size=256MB -c max_wal_senders=0 -c max_replication_slots=0 -c archive_mode=off";
 /// The source clusters: also reachable over TCP (pg_basebackup, image create --from-url).
+/// The source cluster's password for its superuser (a throwaway cluster of the benchmark's).
+pub const SOURCE_PASSWORD: &str = "bench-source";
+
 pub const SOURCE_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c shared_buffers=64MB -c max_wal_size=1GB -c wal_recycle=off -c maintenance_work_mem=256MB -c max_connections=50";
 /// Item 5's daemon gives its clones' servers this much memory (`--clone-memory`: for
 /// PostgreSQL, shared_buffers).
@@ -320,9 +323,16 @@ impl Suite<'_> {
         self.run.data.join(format!("src-{scale}"))
     }
 
-    /// The source cluster's URL (for pg_basebackup and `--from-url`).
+    /// The source cluster's URL for pg_basebackup, the baseline (its TCP connections are
+    /// trusted, as initdb leaves them).
     pub fn source_url(&self) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/postgres", self.p.source_port())
+    }
+
+    /// The source cluster's URL for `--from-url`: thinclone takes a source only with its own
+    /// user and password ([`SOURCE_PASSWORD`], set when the source is made).
+    pub fn source_url_with_password(&self) -> String {
+        format!("postgresql://postgres:{SOURCE_PASSWORD}@127.0.0.1:{}/postgres", self.p.source_port())
     }
 
     /// The running source cluster, through its socket.

@@ -469,7 +469,7 @@ impl Report {
         let _ =
             writeln!(w, "thinclone serve --data-dir DIR --listen 127.0.0.1:0 --ports FIRST-LAST --stop-clones-at-exit");
         let _ = writeln!(w, "# through the typed client (crates/client), each waiting for its operation to end:");
-        let _ = writeln!(w, "POST /v1/images {{\"name\": \"img-SCALE\", \"from_dir\": SOURCE}}    # item 4 also: {{\"from_url\": \"{}\"}}", s.source_url());
+        let _ = writeln!(w, "POST /v1/images {{\"name\": \"img-SCALE\", \"from_dir\": SOURCE}}    # item 4 also: {{\"from_url\": \"{}\"}}", s.source_url().replace("postgres@", "postgres:PASSWORD@"));
         let _ = writeln!(
             w,
             "POST /v1/clones {{\"name\": NAME, \"image\": \"img-SCALE\", \"driver\": \"cowfs|copy|reflink\"}}"

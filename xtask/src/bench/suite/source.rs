@@ -43,6 +43,8 @@ pub fn make(s: &mut Suite, scale: u32) -> Result<()> {
         ]),
         &run.logs.join(format!("pgbench-init-{scale}.log")),
     )?;
+    // thinclone takes a source URL only with a password in it.
+    s.psql(&server.conn("postgres"), &format!("ALTER ROLE postgres PASSWORD '{}'", super::SOURCE_PASSWORD))?;
     s.psql(&server.conn("postgres"), "checkpoint")?;
     let init_s = seconds_since(t0);
     let db_bytes: u64 = s.psql(&server.conn("postgres"), "select pg_database_size('bench')")?.parse()?;
