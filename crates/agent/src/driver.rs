@@ -395,6 +395,11 @@ impl CopyDriver {
         let fresh = clone_dir.join("data.new");
         stop_copies_into(&fresh);
         io_ctx(what, sys::tree::remove(&fresh))?;
+        if self.data == CopyData::Reflink {
+            // Before the copy: its files inherit how they are to be unshared.
+            let set = io_ctx(what, crate::reflink::prepare_clone_dir(clone_dir))?;
+            tracing::debug!(clone_dir = %clone_dir.display(), ?set, "prepared for page-sized copy-on-write");
+        }
         sys::tree::copy(image, &fresh, self.data, None).map_err(|e| DriverError::from_program(what, e))?;
         let data = data_dir(clone_dir);
         let old = clone_dir.join("data.old");

@@ -4,6 +4,13 @@
 //! Exclusive bytes come from `FIEMAP`: the extents of each regular file, minus those the
 //! filesystem flags `FIEMAP_EXTENT_SHARED` (still shared with the image or another clone).
 //! Data stored inline in metadata (btrfs, small files) counts as exclusive.
+//!
+//! A clone's directory is prepared before its files are copied in ([`prepare_clone_dir`]),
+//! so that everything made in it inherits: on XFS a copy-on-write extent-size hint of one
+//! database page (by default XFS unshares 32 blocks, 128 KiB, for every page written, and
+//! a clone grows towards a full copy under random writes); on btrfs, no compression (a
+//! compressed extent is rewritten whole). Both are per-inode and inherited by files and
+//! directories made later, which is what a clone's server makes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -40,6 +47,86 @@ struct Fiemap {
     fm_extent_count: u32,
     fm_reserved: u32,
     fm_extents: [FiemapExtent; EXTENTS_PER_CALL],
+}
+
+/// `_IOR('X', 31, struct fsxattr)` and `_IOW('X', 32, struct fsxattr)`.
+const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801C_581F;
+const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401C_5820;
+/// `fsx_cowextsize` is set.
+const FS_XFLAG_COWEXTSIZE: u32 = 0x0001_0000;
+/// `_IOR('f', 1, long)` and `_IOW('f', 2, long)`: the inode flags of chattr(1).
+const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+/// chattr's `m`: do not compress.
+const FS_NOCOMP_FL: libc::c_long = 0x0000_0400;
+
+/// The copy-on-write granularity clones' files get where the filesystem takes a hint: one
+/// database page (PostgreSQL's; an engine with larger pages unshares a few at a time).
+pub const COW_EXTENT_BYTES: u32 = 8192;
+
+/// `struct fsxattr` of `<linux/fs.h>`.
+#[repr(C)]
+#[derive(Default)]
+struct FsXattr {
+    xflags: u32,
+    extsize: u32,
+    nextents: u32,
+    projid: u32,
+    cowextsize: u32,
+    pad: [u8; 8],
+}
+
+/// What a clone's directory holds from now on is unshared a page at a time (XFS) and never
+/// compressed (btrfs), as far as the filesystem under it offers either; see the module's
+/// documentation. Returns what was set, for the log; a filesystem with neither is no error.
+pub fn prepare_clone_dir(dir: &Path) -> io::Result<Vec<&'static str>> {
+    let d = File::open(dir)?;
+    let unsupported = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EOPNOTSUPP | libc::EINVAL));
+    let mut set = Vec::new();
+    let mut attr = FsXattr::default();
+    // SAFETY: the ioctls read and write a `struct fsxattr` we own, on a descriptor we own.
+    let got = unsafe { libc::ioctl(d.as_raw_fd(), FS_IOC_FSGETXATTR, &mut attr) } == 0;
+    if got {
+        attr.xflags |= FS_XFLAG_COWEXTSIZE;
+        attr.cowextsize = COW_EXTENT_BYTES;
+        // SAFETY: as above.
+        if unsafe { libc::ioctl(d.as_raw_fd(), FS_IOC_FSSETXATTR, &attr) } == 0 {
+            set.push("copy-on-write extent hint");
+        } else {
+            let e = io::Error::last_os_error();
+            if !unsupported(&e) {
+                return Err(e);
+            }
+        }
+    }
+    if is_btrfs(&d)? {
+        let mut flags: libc::c_long = 0;
+        // SAFETY: the ioctls read and write a long we own, on a descriptor we own.
+        if unsafe { libc::ioctl(d.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) } == 0 {
+            flags |= FS_NOCOMP_FL;
+            // SAFETY: as above.
+            if unsafe { libc::ioctl(d.as_raw_fd(), FS_IOC_SETFLAGS, &flags) } == 0 {
+                set.push("no compression");
+            } else {
+                let e = io::Error::last_os_error();
+                if !unsupported(&e) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// Whether `file` is on btrfs.
+fn is_btrfs(file: &File) -> io::Result<bool> {
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
+    // SAFETY: fstatfs fills a `struct statfs` we own, for a descriptor we own.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_type as i64 == BTRFS_SUPER_MAGIC)
 }
 
 /// Whether files in `dir` can share blocks (`FICLONE` works there).
