@@ -96,6 +96,12 @@ fn world(tag: &str, ports: (u16, u16)) -> World {
         AgentHost::join(&server, "a1", a1, &path.join("agent1")),
         AgentHost::join(&server, "a2", a2, &path.join("agent2")),
     ];
+    // Online, and reported on: an agent's first report (engines, drivers, disk) follows its
+    // connection by up to one poll.
+    wait_until(Duration::from_secs(30), || {
+        let listed: Vec<api::agent::Agent> = server.ok(&["agent", "list"]);
+        listed.len() == 2 && listed.iter().all(|a| !a.engines.is_empty() && a.free_bytes.is_some())
+    });
     let share = Share::new(&path);
     World { _work: work, work: path, server, agents, share }
 }
