@@ -61,7 +61,7 @@ const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
 const FS_NOCOMP_FL: libc::c_long = 0x0000_0400;
 
 /// The copy-on-write granularity clones' files get where the filesystem takes a hint: one
-/// database page (PostgreSQL's; an engine with larger pages unshares a few at a time).
+/// database page of 8 KiB (an engine with larger pages unshares a few at a time).
 pub const COW_EXTENT_BYTES: u32 = 8192;
 
 /// `struct fsxattr` of `<linux/fs.h>`.
