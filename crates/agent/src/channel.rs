@@ -121,6 +121,7 @@ async fn connect_and_serve(
         .await
         .map_err(|_| ChannelError("connecting timed out".into()))?
         .map_err(|e| ChannelError(format!("connecting: {e}")))?;
+    // Only latency: frames are small and answered at once; a refusal changes nothing else.
     let _ = tcp.set_nodelay(true);
     let stream = tokio::time::timeout(Duration::from_secs(10), connector.connect(server_name, tcp))
         .await
@@ -175,6 +176,7 @@ async fn connect_and_serve(
         match serde_json::from_str::<Frame>(&line) {
             Ok(Frame::Request { id, request }) => serve(agent.clone(), id, request, tx.clone()),
             Ok(Frame::Ping) => {
+                // A closed writer ends the connection anyway; nothing else is to be done.
                 let _ = tx.send(Frame::Pong);
             }
             Ok(Frame::Pong) => {}

@@ -656,7 +656,10 @@ impl LocalAgent {
                         }
                     }
                 }
-                let _ = fs::remove_file(&path);
+                // Left behind, it only makes the next start look at the same job again.
+                if let Err(e) = fs::remove_file(&path) {
+                    tracing::warn!("removing {}: {e}", path.display());
+                }
             }
         }
         if let Ok(entries) = fs::read_dir(&runs) {

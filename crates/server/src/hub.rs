@@ -105,6 +105,7 @@ impl Hub {
         let connections: Vec<Arc<Connection>> = lock(&self.connections).drain().map(|(_, c)| c).collect();
         for c in connections {
             lock(&c.pending).clear();
+            // The connection's tasks may have ended already.
             let _ = c.close.send(true);
         }
     }

@@ -393,6 +393,7 @@ fn run_server(
                 .await
                 .context("serving the API over TLS")?,
         }
+        // The channel's tasks may have ended already; there is nobody else to tell.
         let _ = stop_tx.send(true);
         tokio::task::spawn_blocking(move || {
             server.shutdown();
@@ -420,6 +421,8 @@ pub fn run_agent(args: AgentRunArgs) -> anyhow::Result<()> {
         // Tests and scripts read this line.
         eprintln!("thinclone agent {name} serving the server at {address}");
         stop_signal().await;
+        // The channel may have ended already; it logs its own errors, and a panic in it is
+        // no reason not to stop the clones below.
         let _ = stop_tx.send(true);
         let _ = serving.await;
         tokio::task::spawn_blocking(move || local.shutdown(stop_clones)).await?;

@@ -116,11 +116,22 @@ fn write_pages(file: &Path, pages: u64) {
     f.sync_all().unwrap();
 }
 
+/// Writes everything of the filesystem at `root` to disk, so that its free space is settled.
+fn sync_fs(root: &Path) {
+    let status = std::process::Command::new("sync").arg("-f").arg(root).status().unwrap();
+    assert!(status.success(), "sync -f {}: {status}", root.display());
+}
+
+/// The free space of the filesystem at `root`, once everything written is on disk.
+fn settled_free(root: &Path) -> u64 {
+    sync_fs(root);
+    sys::space::free_bytes(root).unwrap()
+}
+
 /// What the filesystem at `root` has given out since `free_before`, once everything written
 /// is on disk.
 fn growth(root: &Path, free_before: u64) -> u64 {
-    let _ = std::process::Command::new("sync").arg("-f").arg(root).status();
-    free_before.saturating_sub(sys::space::free_bytes(root).unwrap())
+    free_before.saturating_sub(settled_free(root))
 }
 
 /// Issue 12: on XFS a reflink clone's page write unshares about a page, not the
@@ -155,9 +166,7 @@ fn a_page_written_in_a_reflink_clone_unshares_about_a_page() {
         fs::create_dir_all(&clone_dir).unwrap();
         driver.create(&image, &clone_dir).unwrap();
         let in_clone = clone_dir.join("data/base/16384");
-        let free = sys::space::free_bytes(root).unwrap();
-        let _ = growth(root, free);
-        let free = sys::space::free_bytes(root).unwrap();
+        let free = settled_free(root);
         write_pages(&in_clone, pages);
         let grew = growth(root, free);
         let own = driver.stored_bytes(&clone_dir).unwrap();
@@ -177,9 +186,7 @@ fn a_page_written_in_a_reflink_clone_unshares_about_a_page() {
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let free = sys::space::free_bytes(root).unwrap();
-            let _ = growth(root, free);
-            let free = sys::space::free_bytes(root).unwrap();
+            let free = settled_free(root);
             write_pages(&plain.join("base/16384"), pages);
             let plain_grew = growth(root, free);
             eprintln!("xfs: the same writes in a reflink copy without the hint: {} KiB given out", plain_grew >> 10);
