@@ -1,6 +1,6 @@
 //! The host as the benchmarks see it: disk use (`du -x`, `df`), the page cache, mount points,
-//! listening ports, memory of processes, missing tools, and XFS with reflink on a loop
-//! device.
+//! listening ports, memory of processes, missing tools, XFS with reflink and btrfs on a
+//! loop device, and overlayfs mounts.
 
 use std::collections::HashSet;
 use std::fs;
@@ -50,11 +50,8 @@ pub fn du_bytes(paths: &[&Path]) -> u64 {
 /// Bytes in use on the filesystem holding `path` (as `df` counts them: all blocks less the
 /// free ones), after a sync of that filesystem.
 pub fn fs_used_bytes(path: &Path) -> Result<u64> {
+    syncfs(path)?;
     let dir = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: syncfs on a file descriptor we own.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("syncfs");
-    }
     // SAFETY: fstatvfs fills the struct we pass for a descriptor we own.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstatvfs(dir.as_raw_fd(), &mut st) } != 0 {
@@ -218,11 +215,53 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         .collect()
 }
 
-// ---------------------------------------------------------------- XFS on a loop device
+// ---------------------------------------------------------------- XFS or btrfs on a loop device
 
-/// XFS with reflink=1 in a sparse file on a loop device, mounted; unmounted and detached
-/// when dropped.
-pub struct XfsLoop {
+/// The filesystems made on a loop device: both share blocks between files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopKind {
+    /// XFS with `reflink=1`.
+    Xfs,
+    /// btrfs with its defaults (no compression).
+    Btrfs,
+}
+
+impl LoopKind {
+    /// The mkfs command line, without the device.
+    pub fn mkfs(self) -> &'static str {
+        match self {
+            LoopKind::Xfs => "mkfs.xfs -K -m reflink=1",
+            LoopKind::Btrfs => "mkfs.btrfs -K",
+        }
+    }
+
+    fn mkfs_cmd(self, device: &str) -> Cmd {
+        match self {
+            LoopKind::Xfs => Cmd::new("mkfs.xfs").args(["-q", "-f", "-K", "-m", "reflink=1", device]),
+            LoopKind::Btrfs => Cmd::new("mkfs.btrfs").args(["-q", "-f", "-K", device]),
+        }
+    }
+
+    /// The program that makes it and the Debian package that has it.
+    pub fn program(self) -> (&'static str, &'static str) {
+        match self {
+            LoopKind::Xfs => ("mkfs.xfs", "xfsprogs"),
+            LoopKind::Btrfs => ("mkfs.btrfs", "btrfs-progs"),
+        }
+    }
+
+    fn fs_type(self) -> &'static str {
+        match self {
+            LoopKind::Xfs => "xfs",
+            LoopKind::Btrfs => "btrfs",
+        }
+    }
+}
+
+/// A filesystem in a sparse file on a loop device, mounted; unmounted and detached when
+/// dropped.
+pub struct LoopFs {
+    pub kind: LoopKind,
     pub mount_point: PathBuf,
     pub device: String,
     /// Whether the loop device does direct I/O (so blocks are not cached twice).
@@ -232,9 +271,16 @@ pub struct XfsLoop {
     exec: std::sync::Arc<Exec>,
 }
 
-impl XfsLoop {
-    pub fn make(exec: &std::sync::Arc<Exec>, file: &Path, size: u64, mount_point: &Path) -> Result<XfsLoop> {
-        need_program(exec, "mkfs.xfs", "xfsprogs")?;
+impl LoopFs {
+    pub fn make(
+        exec: &std::sync::Arc<Exec>,
+        kind: LoopKind,
+        file: &Path,
+        size: u64,
+        mount_point: &Path,
+    ) -> Result<LoopFs> {
+        let (program, package) = kind.program();
+        need_program(exec, program, package)?;
         need_program(exec, "losetup", "mount")?;
         fs::create_dir_all(mount_point)?;
         if is_mount_point(mount_point) {
@@ -250,7 +296,8 @@ impl XfsLoop {
                 Ok(dev) => (dev, true),
                 Err(_) => (exec.stdout(&Cmd::new("losetup").args(["--find", "--show", "--"]).arg(file))?, false),
             };
-        let mut xfs = XfsLoop {
+        let mut lfs = LoopFs {
+            kind,
             mount_point: mount_point.to_owned(),
             device,
             direct_io,
@@ -258,19 +305,19 @@ impl XfsLoop {
             file: file.to_owned(),
             exec: exec.clone(),
         };
-        exec.run(&Cmd::new("mkfs.xfs").args(["-q", "-f", "-K", "-m", "reflink=1", &xfs.device]))?;
-        exec.run(&Cmd::new("mount").args(["-t", "xfs", &xfs.device]).arg(mount_point))?;
+        exec.run(&kind.mkfs_cmd(&lfs.device))?;
+        exec.run(&Cmd::new("mount").args(["-t", kind.fs_type(), &lfs.device]).arg(mount_point))?;
         fs::set_permissions(mount_point, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        xfs.mount_options = fs::read_to_string("/proc/self/mountinfo")
+        lfs.mount_options = fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
             .find(|l| l.split(' ').nth(4).map(unescape_mount_path).as_deref() == Some(&*mount_point.to_string_lossy()))
             .and_then(|l| l.split(' ').nth(5).map(str::to_owned))
             .unwrap_or_default();
-        Ok(xfs)
+        Ok(lfs)
     }
 
-    /// Gives blocks freed inside the XFS back to the file underneath.
+    /// Gives blocks freed inside the filesystem back to the file underneath.
     pub fn trim(&self) {
         if let Err(e) = self.exec.run(&Cmd::new("fstrim").arg(&self.mount_point)) {
             warn(&format!("fstrim {}: {e:#}", self.mount_point.display()));
@@ -300,9 +347,87 @@ impl XfsLoop {
     }
 }
 
-impl Drop for XfsLoop {
+impl Drop for LoopFs {
     fn drop(&mut self) {
         self.unmount();
+    }
+}
+
+/// The bytes of the files under `path` on btrfs that no other file shares (the
+/// "Exclusive" column of `btrfs filesystem du -s --raw`), after a sync of the filesystem.
+pub fn btrfs_exclusive_bytes(exec: &Exec, path: &Path) -> Result<u64> {
+    syncfs(path)?;
+    let out = exec.stdout(&Cmd::new("btrfs").args(["filesystem", "du", "-s", "--raw"]).arg(path))?;
+    parse_btrfs_du(&out).with_context(|| format!("reading `btrfs filesystem du` of {}: {out:?}", path.display()))
+}
+
+/// The Exclusive column of `btrfs filesystem du -s --raw`'s one line of figures.
+fn parse_btrfs_du(out: &str) -> Option<u64> {
+    let mut lines = out.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let column = header.iter().position(|h| *h == "Exclusive")?;
+    lines.next()?.split_whitespace().nth(column)?.parse().ok()
+}
+
+/// `syncfs` of the filesystem holding `path`.
+pub fn syncfs(path: &Path) -> Result<()> {
+    let dir = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: syncfs on a file descriptor we own.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("syncfs");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- overlayfs
+
+/// An overlayfs mount (`mount -t overlay`), unmounted when dropped.
+pub struct OverlayMount {
+    pub merged: PathBuf,
+    exec: std::sync::Arc<Exec>,
+    mounted: bool,
+}
+
+impl OverlayMount {
+    /// Mounts `lower` under `upper` (with `work`, on the upper's filesystem) at `merged`,
+    /// with `options` added (as `metacopy=on`).
+    pub fn mount(
+        exec: &std::sync::Arc<Exec>,
+        lower: &Path,
+        upper: &Path,
+        work: &Path,
+        merged: &Path,
+        options: &str,
+    ) -> Result<OverlayMount> {
+        for p in [lower, upper, work, merged] {
+            if p.to_string_lossy().contains([',', ':']) {
+                bail!("overlayfs cannot take {} (a comma or colon in the path)", p.display());
+            }
+        }
+        let mut o = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+        if !options.is_empty() {
+            o = format!("{o},{options}");
+        }
+        exec.run(&Cmd::new("mount").args(["-t", "overlay", "overlay", "-o", &o]).arg(merged))
+            .with_context(|| format!("mounting overlayfs at {}", merged.display()))?;
+        Ok(OverlayMount { merged: merged.to_owned(), exec: exec.clone(), mounted: true })
+    }
+
+    /// Unmounts it.
+    pub fn unmount(mut self) -> Result<()> {
+        self.mounted = false;
+        self.exec.run_always(&Cmd::new("umount").arg(&self.merged)).map(drop)
+    }
+}
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        if self.mounted && is_mount_point(&self.merged) {
+            if let Err(e) = self.exec.run_always(&Cmd::new("umount").arg(&self.merged)) {
+                warn(&format!("unmounting {}: {e:#}; lazy unmount", self.merged.display()));
+                let _ = self.exec.run_always(&Cmd::new("umount").arg("-l").arg(&self.merged));
+            }
+        }
     }
 }
 
@@ -329,6 +454,13 @@ mod tests {
         assert_eq!(unescape_mount_path(r"/mnt/a\040b"), "/mnt/a b");
         assert_eq!(unescape_mount_path("/plain"), "/plain");
         assert!(mount_points().iter().any(|m| m == Path::new("/")));
+    }
+
+    #[test]
+    fn btrfs_du_exclusive_column() {
+        let out = "     Total   Exclusive  Set shared  Filename\n 1048576      8192     1040384  /mnt/c\n";
+        assert_eq!(parse_btrfs_du(out), Some(8192));
+        assert_eq!(parse_btrfs_du("garbage"), None);
     }
 
     #[test]

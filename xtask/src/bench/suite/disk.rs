@@ -1,6 +1,8 @@
 //! Item 2: disk per clone after use. At one scale, a clone of each kind runs pgbench
 //! read-write for a while and a `CHECKPOINT`; the disk it adds is counted before and after,
-//! and for thinclone clones the daemon's own `stored_bytes` is read as well.
+//! and for thinclone clones the daemon's own `stored_bytes` is read as well. The peers
+//! (overlayfs, btrfs snapshot, PostgreSQL 18's clone strategy) follow, when `--methods`
+//! names them.
 
 use anyhow::Result;
 use serde::Serialize;
@@ -14,11 +16,16 @@ use crate::bench::pgbench::Mode;
 use crate::bench::progress::log;
 use crate::bench::stats::ratio;
 
-/// The methods item 2 weighs, in order.
-const METHODS: [&str; 4] = ["cowfs", "reflink", "copy", "createdb"];
+/// The methods item 2 always weighs, in order; the chosen peers follow.
+pub const BASE: [&str; 4] = ["cowfs", "reflink", "copy", "createdb"];
+
+/// The methods item 2 weighs in this run.
+pub fn methods_of(p: &super::Params) -> Vec<&'static str> {
+    BASE.into_iter().chain(super::peers::KEYS.into_iter().filter(|k| p.methods.contains(k))).collect()
+}
 
 pub fn run(s: &mut Suite, scale: u32) -> Result<()> {
-    for key in METHODS {
+    for key in methods_of(&s.p) {
         let m: Box<dyn CloneMethod> = methods::by_key(key).expect("a known method");
         let made = m.make(s, scale, &format!("d{scale}_{key}"))?;
         let created = made.disk_bytes(s)?;
@@ -53,9 +60,11 @@ pub fn run(s: &mut Suite, scale: u32) -> Result<()> {
             latency_ms: o.latency_ms,
         });
         made.remove(s)?;
-        if key == "reflink" {
-            // Give the XFS loop file's freed blocks back to the filesystem underneath.
-            s.xfs()?.fs.trim();
+        // Give the loop file's freed blocks back to the filesystem underneath.
+        match key {
+            "reflink" | "pg18_clone" => s.xfs()?.fs.trim(),
+            "btrfs_snapshot" => s.btrfs()?.fs.trim(),
+            _ => {}
         }
     }
     Ok(())
@@ -84,6 +93,7 @@ pub fn rows(runs: &[DiskRun]) -> Vec<Row> {
 pub fn table(rows: &[Row]) -> Table {
     let mut t = Table::new([
         ("method", Align::Left),
+        ("what is counted", Align::Left),
         ("after creation", Align::Right),
         ("after the run", Align::Right),
         ("after the run / copy", Align::Right),
@@ -93,6 +103,7 @@ pub fn table(rows: &[Row]) -> Table {
     for r in rows {
         t.row([
             label(r.run.method),
+            methods::by_key(r.run.method).map_or_else(String::new, |m| m.disk_what().to_owned()),
             bytes(Some(r.run.created_bytes as f64)),
             bytes(Some(r.run.after_bytes as f64)),
             num(r.ratio_to_copy_after, 3),

@@ -4,8 +4,8 @@
 //! successful `SELECT 1` on the new clone, and knows how to count the disk it adds and how
 //! to remove it.
 //!
-//! A new peer (an overlayfs clone, a btrfs snapshot, …) is one more [`CloneMethod`] in
-//! [`all`].
+//! The peers of issue 12 (overlayfs, a btrfs snapshot, PostgreSQL 18's clone strategy) are
+//! in [`super::peers`]; a new method is one more [`CloneMethod`] in [`all`].
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use api::Driver;
 
-use super::{Suite, HAND_SETTINGS};
+use super::{peers, Suite, HAND_SETTINGS};
 use crate::bench::exec::Cmd;
 use crate::bench::host;
 use crate::bench::pg::{url_with_db, Conn, HandServer, StartWait};
@@ -47,6 +47,10 @@ pub struct Made {
 }
 
 impl Made {
+    pub fn new(ready_s: f64, conn: Conn, stored_bytes: Option<u64>, clone: Box<dyn MadeClone>) -> Made {
+        Made { ready_s, conn, stored_bytes, clone }
+    }
+
     /// The bytes the clone adds (see [`CloneMethod::disk_what`]).
     pub fn disk_bytes(&self, s: &Suite) -> Result<u64> {
         self.clone.disk_bytes(s)
@@ -68,7 +72,7 @@ impl Made {
 }
 
 /// What a method needs to measure and remove the clone it made.
-trait MadeClone {
+pub trait MadeClone {
     fn disk_bytes(&self, s: &Suite) -> Result<u64>;
     fn stored_bytes_after(&self, _s: &Suite, _since: api::Timestamp) -> Result<Option<u64>> {
         Ok(None)
@@ -85,6 +89,9 @@ pub fn all() -> Vec<Box<dyn CloneMethod>> {
         Box::new(CopyAndStart { reflink: false }),
         Box::new(CopyAndStart { reflink: true }),
         Box::new(CreateDatabase),
+        Box::new(peers::Overlay),
+        Box::new(peers::BtrfsSnapshot),
+        Box::new(peers::Pg18Clone),
     ]
 }
 

