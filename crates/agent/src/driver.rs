@@ -176,10 +176,11 @@ pub trait Driver: Send + Sync {
     }
 }
 
-/// The driver of a kind.
-pub fn driver(kind: Kind, mount_program: &Path) -> Box<dyn Driver> {
+/// The driver of a kind, for clones of an engine whose commit directories are
+/// `commit_dirs` ([`engine::Engine::commit_dirs`]; only cowfs treats them apart).
+pub fn driver(kind: Kind, mount_program: &Path, commit_dirs: &'static [&'static str]) -> Box<dyn Driver> {
     match kind {
-        Kind::Cowfs => Box::new(Cowfs { program: mount_program.to_owned() }),
+        Kind::Cowfs => Box::new(Cowfs { program: mount_program.to_owned(), commit_dirs }),
         Kind::Reflink => Box::new(CopyDriver { data: CopyData::Reflink }),
         Kind::Copy => Box::new(CopyDriver { data: CopyData::Copy }),
     }
@@ -190,6 +191,8 @@ pub fn driver(kind: Kind, mount_program: &Path) -> Box<dyn Driver> {
 pub struct Cowfs {
     /// The `thinclone` binary.
     pub program: PathBuf,
+    /// Directories kept on the host's filesystem rather than in the layer (commit_dirs.rs).
+    pub commit_dirs: &'static [&'static str],
 }
 
 impl Cowfs {
@@ -219,6 +222,14 @@ impl Cowfs {
     fn mount(&self, image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached> {
         let data = data_dir(clone_dir);
         io_ctx("making the clone's layer private", Self::make_private(clone_dir))?;
+        io_ctx(
+            "finishing the placement of the clone's commit directories",
+            crate::commit_dirs::finish(image, &Self::layer(clone_dir), clone_dir, self.commit_dirs),
+        )?;
+        io_ctx(
+            "giving the clone's commit directories to its OS user",
+            crate::commit_dirs::give_to(clone_dir, self.commit_dirs, owner.uid, owner.gid),
+        )?;
         let log = Self::log_file(clone_dir);
         let process = sys::Program::new(&self.program)
             .arg("mount")
@@ -314,7 +325,11 @@ impl Driver for Cowfs {
         // Opening the layer directory creates it: a manifest and an empty journal.
         cowfs::LayerStack::open(&Self::layer(clone_dir), image)
             .map_err(|e| DriverError::from_io("making the clone's layer", io::Error::other(e)))?;
-        io_ctx("making the clone's layer private", Self::make_private(clone_dir))
+        io_ctx("making the clone's layer private", Self::make_private(clone_dir))?;
+        io_ctx(
+            "placing the clone's commit directories",
+            crate::commit_dirs::place(image, &Self::layer(clone_dir), clone_dir, self.commit_dirs),
+        )
     }
 
     fn attach(&self, image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached> {
@@ -360,11 +375,16 @@ impl Driver for Cowfs {
     fn reset(&self, image: &Path, clone_dir: &Path) -> Result<()> {
         let mut stack = cowfs::LayerStack::open(&Self::layer(clone_dir), image)
             .map_err(|e| DriverError::from_io("opening the clone's layer", io::Error::other(e)))?;
-        stack.reset().map_err(|e| DriverError::from_io("resetting the clone's layer", io::Error::other(e)))
+        stack.reset().map_err(|e| DriverError::from_io("resetting the clone's layer", io::Error::other(e)))?;
+        drop(stack);
+        io_ctx(
+            "placing the clone's commit directories afresh",
+            crate::commit_dirs::place(image, &Self::layer(clone_dir), clone_dir, self.commit_dirs),
+        )
     }
 
     fn stored_bytes(&self, clone_dir: &Path) -> io::Result<u64> {
-        sys::tree::disk_usage(&Self::layer(clone_dir))
+        Ok(sys::tree::disk_usage(&Self::layer(clone_dir))? + crate::commit_dirs::disk_usage(clone_dir)?)
     }
 }
 
@@ -517,7 +537,7 @@ mod tests {
         let clones = tempfile::tempdir().unwrap();
         let clone = clones.path().join("c");
         fs::create_dir(&clone).unwrap();
-        let driver = Cowfs { program: "/nonexistent".into() };
+        let driver = Cowfs { program: "/nonexistent".into(), commit_dirs: &[] };
         driver.create(image.path(), &clone).unwrap();
         // Creating again (a retried create) is harmless.
         driver.create(image.path(), &clone).unwrap();

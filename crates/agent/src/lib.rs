@@ -41,6 +41,7 @@
 //! As another user, every clone runs as that user, and nothing keeps clones apart.
 
 pub mod channel;
+pub mod commit_dirs;
 mod dispatch;
 pub mod driver;
 pub mod enroll;

@@ -279,8 +279,9 @@ impl LocalAgent {
             .ok_or_else(|| AgentError::new(ErrorKind::BadRequest, format!("this agent has no database engine {id:?}")))
     }
 
-    fn driver(&self, kind: Driver) -> Box<dyn driver::Driver> {
-        driver::driver(kind, &self.config.mount_program)
+    fn driver(&self, record: &CloneRecord) -> Box<dyn driver::Driver> {
+        let commit_dirs = self.engine(&record.engine).map_or(&[][..], |e| e.commit_dirs());
+        driver::driver(record.driver, &self.config.mount_program, commit_dirs)
     }
 
     fn clone_lock(&self, name: &Name) -> Arc<Mutex<()>> {
@@ -437,7 +438,7 @@ impl LocalAgent {
         if !fresh {
             self.end_leftover_processes(&user)?;
         }
-        let driver = self.driver(record.driver);
+        let driver = self.driver(record);
         let attached =
             if fresh { driver.attach_new(&image, &clone_dir, &user) } else { driver.attach(&image, &clone_dir, &user) }
                 .map_err(AgentError::from_driver)?;
@@ -504,7 +505,7 @@ impl LocalAgent {
     fn tear_down(&self, record: &CloneRecord) -> Result<()> {
         lock(&self.health).remove(&record.name);
         let clone_dir = self.clone_dir(&record.name);
-        let driver = self.driver(record.driver);
+        let driver = self.driver(record);
         let running = lock(&self.running).remove(&record.name);
         let user = self.clone_user(record);
         match running {
@@ -539,7 +540,7 @@ impl LocalAgent {
     /// Takes over the server and storage an earlier agent left running for this clone.
     fn adopt(&self, record: &CloneRecord) -> bool {
         let Ok(engine) = self.engine(&record.engine) else { return false };
-        let driver = self.driver(record.driver);
+        let driver = self.driver(record);
         let Some(mut attached) = driver.adopt(&self.clone_dir(&record.name)) else { return false };
         if !driver.is_healthy(&self.clone_dir(&record.name), &mut attached) {
             return false;
@@ -577,7 +578,7 @@ impl LocalAgent {
 
     /// Measures one clone's disk use now.
     fn measure(&self, record: &CloneRecord) {
-        match self.driver(record.driver).stored_bytes(&self.clone_dir(&record.name)) {
+        match self.driver(record).stored_bytes(&self.clone_dir(&record.name)) {
             Ok(bytes) => {
                 lock(&self.sizes).insert(record.name.clone(), (bytes, Timestamp::now()));
             }
@@ -702,7 +703,8 @@ impl LocalAgent {
                     if let Some(name) = dir.file_name().and_then(|n| Name::new(&n.to_string_lossy()).ok()) {
                         let _ = sys::tree::remove(&self.clone_run_dir(&name));
                     }
-                    if let Err(e) = self.driver(Driver::Cowfs).clean_leftovers(&dir) {
+                    if let Err(e) = driver::driver(Driver::Cowfs, &self.config.mount_program, &[]).clean_leftovers(&dir)
+                    {
                         tracing::error!(path = %dir.display(), "stopping what it left running: {e}");
                     }
                     if let Err(e) = sys::tree::remove(&dir) {
@@ -717,7 +719,7 @@ impl LocalAgent {
     fn recover_clone(&self, mut record: CloneRecord) -> Result<()> {
         let name = record.name.clone();
         let clone_dir = self.clone_dir(&name);
-        let driver = self.driver(record.driver);
+        let driver = self.driver(&record);
         match record.intent {
             Some(Intent::Create) if !record.ever_ready => {
                 tracing::warn!(clone = %name, "removing a clone whose creation was interrupted (it was never ready)");
@@ -870,7 +872,7 @@ impl LocalAgent {
             } else {
                 let mut running = lock(&self.running);
                 let Some(r) = running.get_mut(&name) else { continue };
-                if !self.driver(record.driver).is_healthy(&self.clone_dir(&name), &mut r.attached) {
+                if !self.driver(&record).is_healthy(&self.clone_dir(&name), &mut r.attached) {
                     Some("its storage (the cowfs mount) died".to_owned())
                 } else if !r.instance.is_running() {
                     Some("its database server exited".to_owned())
@@ -1159,7 +1161,7 @@ impl Agent for LocalAgent {
         };
         // Recorded first: a crash from here on is cleaned up by recovery.
         self.save_with_new_uid(&mut record)?;
-        let driver = self.driver(spec.driver);
+        let driver = self.driver(&record);
         let made = driver
             .create(&image, &clone_dir)
             .map_err(AgentError::from_driver)
@@ -1190,8 +1192,7 @@ impl Agent for LocalAgent {
             let mut running = lock(&self.running);
             match running.get_mut(name) {
                 Some(r) => {
-                    r.instance.is_running()
-                        && self.driver(record.driver).is_healthy(&self.clone_dir(name), &mut r.attached)
+                    r.instance.is_running() && self.driver(&record).is_healthy(&self.clone_dir(name), &mut r.attached)
                 }
                 None => false,
             }
@@ -1248,10 +1249,8 @@ impl Agent for LocalAgent {
         self.tear_down(&record)?;
         let clone_dir = self.clone_dir(name);
         // A failed copy (a full disk) leaves the clone as it was; it comes back up either way.
-        let reset = self
-            .driver(record.driver)
-            .reset(&self.record_image_dir(&record), &clone_dir)
-            .map_err(AgentError::from_driver);
+        let reset =
+            self.driver(&record).reset(&self.record_image_dir(&record), &clone_dir).map_err(AgentError::from_driver);
         let started = if record.desired == Desired::Running { self.bring_up(&mut record) } else { Ok(()) };
         record.intent = None;
         match &started {
@@ -1276,7 +1275,7 @@ impl Agent for LocalAgent {
         // The record goes last, with the clone's directory: until then a crash leaves
         // something that recovery finishes removing.
         sys::tree::remove(&self.clone_run_dir(name)).map_err(internal("removing the clone's run directory"))?;
-        self.driver(record.driver).destroy(&clone_dir).map_err(AgentError::from_driver)?;
+        self.driver(&record).destroy(&clone_dir).map_err(AgentError::from_driver)?;
         self.release_uid(&record);
         lock(&self.sizes).remove(name);
         Ok(())

@@ -190,6 +190,14 @@ pub(crate) struct ControlData {
     /// The catalog version number, e.g. `202209061`: with the major version, it names the
     /// directory a tablespace keeps this server's files in (`PG_15_202209061`).
     pub catalog_version: String,
+    /// "Latest checkpoint location", e.g. `0/3000028`.
+    pub checkpoint_location: String,
+    /// "Latest checkpoint's TimeLineID".
+    pub timeline: String,
+    /// "Bytes per WAL segment".
+    pub wal_segment_size: String,
+    /// "WAL block size".
+    pub wal_block_size: String,
 }
 
 impl ControlData {
@@ -200,7 +208,32 @@ impl ControlData {
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_default()
         };
-        ControlData { state: field("Database cluster state"), catalog_version: field("Catalog version number") }
+        ControlData {
+            state: field("Database cluster state"),
+            catalog_version: field("Catalog version number"),
+            checkpoint_location: field("Latest checkpoint location"),
+            timeline: field("Latest checkpoint's TimeLineID"),
+            wal_segment_size: field("Bytes per WAL segment"),
+            wal_block_size: field("WAL block size"),
+        }
+    }
+
+    /// Where the latest checkpoint record lies: the name of its WAL segment file, the
+    /// record's offset in it, the segment size and the WAL block size. `None` when
+    /// pg_controldata said something this does not read.
+    pub fn checkpoint_segment(&self) -> Option<(String, u64, u64, u64)> {
+        let (hi, lo) = self.checkpoint_location.split_once('/')?;
+        let lsn = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
+        let timeline: u32 = self.timeline.parse().ok()?;
+        let segment_size: u64 = self.wal_segment_size.parse().ok()?;
+        let block_size: u64 = self.wal_block_size.parse().ok()?;
+        if segment_size == 0 || !segment_size.is_power_of_two() || segment_size > 1 << 30 || block_size == 0 {
+            return None;
+        }
+        let segment = lsn / segment_size;
+        let per_id = 0x1_0000_0000 / segment_size;
+        let name = format!("{timeline:08X}{:08X}{:08X}", segment / per_id, segment % per_id);
+        Some((name, lsn % segment_size, segment_size, block_size))
     }
 
     /// Whether the server shut down cleanly (a primary, or a standby).
@@ -223,6 +256,19 @@ pub(crate) fn cluster_state(installation: &Installation, data_dir: &Path, user: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_checkpoint_segment_is_named_as_postgres_names_it() {
+        let text = "Database cluster state:               shut down\n\
+                    Latest checkpoint location:           1/A3000028\n\
+                    Latest checkpoint's TimeLineID:       2\n\
+                    WAL block size:                       8192\n\
+                    Bytes per WAL segment:                16777216\n";
+        let control = ControlData::parse(text);
+        assert!(control.shut_down());
+        assert_eq!(control.checkpoint_segment(), Some(("0000000200000001000000A3".to_owned(), 0x28, 16 << 20, 8192)));
+        assert_eq!(ControlData::parse("Database cluster state: shut down\n").checkpoint_segment(), None);
+    }
 
     #[test]
     fn versions_parse_and_old_ones_are_refused_by_name() {

@@ -181,6 +181,13 @@ impl engine::Engine for Postgres {
     fn query(&self, url: &str, sql: &str) -> Result<String> {
         client::query(&self.search, url, sql)
     }
+
+    fn commit_dirs(&self) -> &'static [&'static str] {
+        // The write-ahead log: every commit appends to it and fdatasyncs it. It is bounded by
+        // max_wal_size (server.rs), and the image holds one segment at most: prepare ends the
+        // image's WAL with a segment switch and a shutdown checkpoint.
+        &["pg_wal"]
+    }
 }
 
 #[cfg(test)]

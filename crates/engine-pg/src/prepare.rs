@@ -117,6 +117,7 @@ fn prepare_copy(installation: &Installation, data_dir: &Path, run_dir: &Path, us
     for name in ["backup_label.old", "backup_manifest", "tablespace_map.old"] {
         remove_if_there(&data_dir.join(name))?;
     }
+    trim_wal(data_dir, &control_data(installation, data_dir, user)?)?;
     Ok(ImageFacts { version: major.to_string(), superuser: spec.superuser })
 }
 
@@ -188,6 +189,76 @@ pub(crate) fn from_hex(hex: &str) -> Option<String> {
     let bytes: Option<Vec<u8>> =
         (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
     String::from_utf8(bytes?).ok()
+}
+
+/// Leaves in `pg_wal` only what a clean start reads: the segment that holds the shutdown
+/// checkpoint, up to the WAL block after the record, and zeros past it.
+///
+/// A clone keeps its WAL on the host's filesystem and starts with a copy of the image's
+/// (`Engine::commit_dirs`), made sparse, so what the image's WAL holds beyond that is what
+/// every clone would copy: older segments (no clean start replays them), segments already
+/// recycled for later use (old WAL under new names, which the server overwrites before it
+/// reads), and old WAL left in the tail of the current segment. Nothing after a shutdown
+/// checkpoint is valid WAL, so zeros there are what the server would find in a new segment.
+fn trim_wal(data_dir: &Path, control: &datadir::ControlData) -> Result<()> {
+    let Some((current, offset, segment_size, block_size)) = control.checkpoint_segment() else {
+        tracing::warn!(data_dir = %data_dir.display(), "pg_controldata gave no checkpoint location; the image's WAL is left as it is");
+        return Ok(());
+    };
+    let wal = data_dir.join("pg_wal");
+    let is_segment = |name: &str| name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    let current_path = wal.join(&current);
+    if !current_path.is_file() {
+        return Err(Error::Other(format!(
+            "preparing {}: the checkpoint's WAL segment {current} is missing",
+            data_dir.display()
+        )));
+    }
+    for entry in fs::read_dir(&wal)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if is_segment(name) && name != current {
+            fs::remove_file(wal.join(name))?;
+            for suffix in [".ready", ".done"] {
+                remove_if_there(&wal.join("archive_status").join(format!("{name}{suffix}")))?;
+            }
+        }
+    }
+    // A shutdown checkpoint record takes a few hundred bytes; it may cross into the next
+    // block, never further.
+    let keep = ((offset + 1024) / block_size + 1) * block_size;
+    if keep < segment_size {
+        zero_range(&current_path, keep, segment_size - keep)?;
+    }
+    sys::crashsafe::fsync_dir(&wal)?;
+    Ok(())
+}
+
+/// Makes `len` bytes at `offset` of a file zeros: a hole where the filesystem can punch one,
+/// written zeros where it cannot.
+fn zero_range(path: &Path, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let file = fs::OpenOptions::new().write(true).open(path)?;
+    // SAFETY: fallocate on a file descriptor we own.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+    }
+    file.sync_all()
 }
 
 fn remove_if_there(path: &Path) -> io::Result<()> {

@@ -212,6 +212,18 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Runs one SQL statement through a connection URL and returns its output as text.
     fn query(&self, url: &str, sql: &str) -> Result<String>;
+
+    /// Directories of a data directory (relative paths) that the server writes and syncs on
+    /// every commit, such as a write-ahead log, and that stay small whatever the size of the
+    /// data: the server writes them in order and removes or reuses old files itself.
+    ///
+    /// A driver whose data path costs a round trip per sync (cowfs) keeps them on the
+    /// host's filesystem, in the clone's own storage, so that a commit waits for the disk
+    /// and nothing else (ARCHITECTURE.md, "Commit directories"). Their contents when a clone
+    /// is made are the image's, and a clone's checkpoint must capture them after its layer.
+    fn commit_dirs(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// A running instance. Dropping it stops it at once (so that a failed operation never

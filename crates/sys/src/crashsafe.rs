@@ -83,6 +83,22 @@ pub fn fsync_parent(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Makes a tree we made durable: every regular file's data and every directory's entries.
+/// Symlinks are not followed.
+pub fn sync_tree(path: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path)? {
+            sync_tree(&entry?.path())?;
+        }
+        fsync_dir(path)
+    } else if meta.is_file() {
+        File::open(path)?.sync_all()
+    } else {
+        Ok(())
+    }
+}
+
 /// Creates a directory and makes its entry durable.
 pub fn create_dir(path: &Path) -> io::Result<()> {
     fs::create_dir(path)?;

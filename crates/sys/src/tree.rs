@@ -159,7 +159,19 @@ pub fn copy(from: &Path, to: &Path, data: CopyData, as_user: Option<&User>) -> R
         CopyData::Copy => "--reflink=never",
         CopyData::Reflink => "--reflink=always",
     };
-    let mut cp = Program::new("cp").args(["-a", mode, "--"]).arg(from).arg(to).timeout(Duration::from_secs(7 * 86400));
+    copy_with(from, to, &[mode], as_user)
+}
+
+/// [`copy`] that writes no block of zeros: runs of zero bytes become holes, so a file that
+/// is mostly zeros (a database's freshly zeroed log segment) takes only the blocks that hold
+/// data. Never shares blocks with the source.
+pub fn copy_sparse(from: &Path, to: &Path) -> Result<(), crate::Error> {
+    copy_with(from, to, &["--reflink=never", "--sparse=always"], None)
+}
+
+fn copy_with(from: &Path, to: &Path, mode: &[&str], as_user: Option<&User>) -> Result<(), crate::Error> {
+    let mut cp =
+        Program::new("cp").arg("-a").args(mode).arg("--").arg(from).arg(to).timeout(Duration::from_secs(7 * 86400));
     if let Some(user) = as_user {
         cp = cp.user(user);
     }
@@ -195,6 +207,22 @@ mod tests {
         remove(&dst).unwrap();
         remove(&dst).unwrap();
         assert!(!dst.exists());
+    }
+
+    /// A sparse copy keeps every byte and takes blocks only where there is data.
+    #[test]
+    fn a_sparse_copy_leaves_zeros_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        let mut segment = vec![0u8; 16 << 20];
+        segment[..8192].fill(7);
+        fs::write(src.join("sub/segment"), &segment).unwrap();
+        let dst = dir.path().join("dst");
+        copy_sparse(&src, &dst).unwrap();
+        assert!(fs::read(dst.join("sub/segment")).unwrap() == segment);
+        let used = disk_usage(&dst.join("sub/segment")).unwrap();
+        assert!(used <= 1 << 20, "a 16 MiB file with 8 KiB of data took {used} bytes");
     }
 
     /// A symlink inside the tree, to a file or a directory outside it, is given away

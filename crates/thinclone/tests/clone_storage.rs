@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use agent::driver::{self, Driver};
-use engine::InstanceSpec;
+use engine::{Engine, InstanceSpec};
 
 #[test]
 fn a_cowfs_clone_of_a_prepared_image_serves_sql() {
@@ -44,7 +44,7 @@ fn a_cowfs_clone_of_a_prepared_image_serves_sql() {
     };
 
     // A clone: driver create + attach + server start, timed to the first SELECT.
-    let driver = driver::Cowfs { program: support::thinclone_bin() };
+    let driver = driver::Cowfs { program: support::thinclone_bin(), commit_dirs: engine.commit_dirs() };
     let clone_dir = work.join("clones/c1");
     fs::create_dir_all(&clone_dir).unwrap();
     let started = Instant::now();
@@ -54,23 +54,48 @@ fn a_cowfs_clone_of_a_prepared_image_serves_sql() {
     assert_eq!(server.sql("SELECT 1").unwrap(), "1");
     let ready = started.elapsed();
     let fresh = driver.stored_bytes(&clone_dir).unwrap();
+    eprintln!(
+        "DEBUG {}",
+        String::from_utf8_lossy(
+            &std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("ls -la {0}/pg_wal; du -a {1}/native", image.display(), clone_dir.display()))
+                .output()
+                .unwrap()
+                .stdout
+        )
+    );
     eprintln!("cowfs clone ready for SQL in {} ms; its layer holds {} KiB", ready.as_millis(), fresh >> 10);
     assert!(fresh < 1 << 20, "a fresh clone's layer holds {fresh} bytes");
+
+    // The log is on the host's filesystem, in the clone's own directory, owned by the
+    // clone's user; the layer holds a link to it (ARCHITECTURE.md, "Commit directories").
+    let wal = clone_dir.join("native/pg_wal");
+    assert_eq!(fs::read_link(attached.data_dir.join("pg_wal")).unwrap(), std::path::Path::new("../native/pg_wal"));
+    let meta = fs::symlink_metadata(&wal).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!((std::os::unix::fs::MetadataExt::uid(&meta), meta.permissions().mode() & 0o777), (user.uid, 0o700));
+    let wal_before = sys::tree::disk_usage(&wal).unwrap();
 
     // It is writable, and the image does not see the writes.
     let unchanged = server.sql(&sample.check_sql).unwrap();
     assert_eq!(unchanged, sample.unchanged_value);
     server.sql(&sample.change_sql).unwrap();
     assert_ne!(server.sql(&sample.check_sql).unwrap(), sample.unchanged_value);
+    let wal_after = sys::tree::disk_usage(&wal).unwrap();
+    assert!(wal_after > wal_before, "the change's log went elsewhere: {wal_before} then {wal_after} bytes");
+    assert!(driver.stored_bytes(&clone_dir).unwrap() >= wal_after, "stored_bytes leaves out the log");
     server.stop(Duration::from_secs(60)).unwrap();
     driver.detach(&clone_dir, attached).unwrap();
     assert!(support::diff(&before, &support::snapshot(&image)).is_none(), "the image changed");
 
     // Reset brings the image's state back.
     driver.reset(&image, &clone_dir).unwrap();
+    assert!(sys::tree::disk_usage(&wal).unwrap() < wal_after, "the reset kept the clone's log");
     let attached = driver.attach(&image, &clone_dir, &user).unwrap();
     let server = engine.start(&spec(&attached.data_dir), Duration::from_secs(60)).unwrap();
     assert_eq!(server.sql(&sample.check_sql).unwrap(), sample.unchanged_value);
+    assert_eq!(fs::read_link(attached.data_dir.join("pg_wal")).unwrap(), std::path::Path::new("../native/pg_wal"));
     server.stop(Duration::from_secs(60)).unwrap();
     driver.detach(&clone_dir, attached).unwrap();
     driver.destroy(&clone_dir).unwrap();
