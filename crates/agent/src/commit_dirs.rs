@@ -1,5 +1,5 @@
 //! Commit directories of a cowfs clone: the directories its engine syncs on every commit
-//! (PostgreSQL's `pg_wal`, [`engine::Engine::commit_dirs`]) kept on the host's filesystem,
+//! (a write-ahead log, [`engine::Engine::commit_dirs`]) kept on the host's filesystem,
 //! inside the clone's own directory, instead of in the cowfs layer.
 //!
 //! Through FUSE every `fdatasync` is a round trip to the mount process, and a commit is
@@ -12,9 +12,9 @@
 //! ```text
 //! clones/<name>/
 //!   layer/              the cowfs layer: the data directory's changes
-//!   data/               the mount; data/pg_wal is a symlink `../native/pg_wal` in the layer
+//!   data/               the mount; data/<dir> is a symlink `../native/<dir>` in the layer
 //!   native/             root's, 0711: only a way through
-//!     pg_wal/           the clone's uid's, 0700: the log itself, on the host's filesystem
+//!     <dir>/            the clone's uid's, 0700: the log itself, on the host's filesystem
 //!     .placing          present while the layer is being changed to point here
 //! ```
 //!
@@ -56,7 +56,7 @@ fn aside_name(base: &std::ffi::OsStr) -> std::ffi::OsString {
 }
 
 /// The symlink's target, relative to the directory holding the link inside the mount:
-/// `pg_wal` → `../native/pg_wal`, `a/b` → `../../native/a/b`. Relative, so that a clone's
+/// `log` → `../native/log`, `a/b` → `../../native/a/b`. Relative, so that a clone's
 /// directory can move with the agent's.
 fn link_target(name: &Path) -> PathBuf {
     let mut target = PathBuf::new();
@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn targets_climb_out_of_the_mount() {
-        assert_eq!(link_target(Path::new("pg_wal")), Path::new("../native/pg_wal"));
+        assert_eq!(link_target(Path::new("wal_dir")), Path::new("../native/wal_dir"));
         assert_eq!(link_target(Path::new("a/b")), Path::new("../../native/a/b"));
         assert!(checked("../x").is_err());
         assert!(checked("/x").is_err());
@@ -242,11 +242,11 @@ mod tests {
     fn placing_links_a_sparse_copy_and_survives_an_interruption() {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("image");
-        fs::create_dir_all(image.join("pg_wal/archive_status")).unwrap();
+        fs::create_dir_all(image.join("wal_dir/archive_status")).unwrap();
         let mut segment = vec![0u8; 16 << 20];
         segment[..8192].fill(3);
-        fs::write(image.join("pg_wal/000000010000000000000002"), &segment).unwrap();
-        fs::write(image.join("PG_VERSION"), "15\n").unwrap();
+        fs::write(image.join("wal_dir/000000010000000000000002"), &segment).unwrap();
+        fs::write(image.join("VERSION"), "15\n").unwrap();
         let clone = dir.path().join("clone");
         fs::create_dir_all(&clone).unwrap();
         let layer = clone.join("layer");
@@ -257,33 +257,33 @@ mod tests {
             drop(stack);
         }
         fs::create_dir_all(native_dir(&clone)).unwrap();
-        sys::tree::copy_sparse(&image.join("pg_wal"), &native_dir(&clone).join("pg_wal")).unwrap();
+        sys::tree::copy_sparse(&image.join("wal_dir"), &native_dir(&clone).join("wal_dir")).unwrap();
         fs::write(placing_marker(&clone), b"").unwrap();
-        finish(&image, &layer, &clone, &["pg_wal"]).unwrap();
+        finish(&image, &layer, &clone, &["wal_dir"]).unwrap();
         assert!(!placing_marker(&clone).exists());
 
         let stack = LayerStack::open(&layer, &image).unwrap();
         let fs_ = CowFs::new(stack, cowfs::Options { owner: None }).unwrap();
-        let attr = fs_.lookup(ROOT_INO, "pg_wal".as_ref()).unwrap();
+        let attr = fs_.lookup(ROOT_INO, "wal_dir".as_ref()).unwrap();
         assert_eq!(attr.kind, Kind::Symlink);
-        assert_eq!(fs_.readlink(attr.ino).unwrap(), "../native/pg_wal");
+        assert_eq!(fs_.readlink(attr.ino).unwrap(), "../native/wal_dir");
         let names: Vec<_> = fs_.readdir(ROOT_INO).unwrap().into_iter().map(|e| e.name).collect();
         assert!(!names.iter().any(|n| n.to_string_lossy().starts_with(".thinclone")), "{names:?}");
         drop(fs_);
 
         // A reset brings the image's directory back; placing again replaces the copy.
         LayerStack::open(&layer, &image).unwrap().reset().unwrap();
-        fs::write(native_dir(&clone).join("pg_wal/000000010000000000000003"), b"the clone's own log").unwrap();
-        place(&image, &layer, &clone, &["pg_wal", "missing_dir"]).unwrap();
-        let copied = native_dir(&clone).join("pg_wal");
+        fs::write(native_dir(&clone).join("wal_dir/000000010000000000000003"), b"the clone's own log").unwrap();
+        place(&image, &layer, &clone, &["wal_dir", "missing_dir"]).unwrap();
+        let copied = native_dir(&clone).join("wal_dir");
         assert!(!copied.join("000000010000000000000003").exists(), "the old log survived a reset");
         assert!(fs::read(copied.join("000000010000000000000002")).unwrap() == segment);
         assert!(copied.join("archive_status").is_dir());
         assert!(disk_usage(&clone).unwrap() < 1 << 20);
-        assert!(fs::read(image.join("pg_wal/000000010000000000000002")).unwrap() == segment);
+        assert!(fs::read(image.join("wal_dir/000000010000000000000002")).unwrap() == segment);
         let stack = LayerStack::open(&layer, &image).unwrap();
         let fs_ = CowFs::new(stack, cowfs::Options { owner: None }).unwrap();
-        assert_eq!(fs_.lookup(ROOT_INO, "pg_wal".as_ref()).unwrap().kind, Kind::Symlink);
-        assert_eq!(fs_.lookup(ROOT_INO, "PG_VERSION".as_ref()).unwrap().kind, Kind::File);
+        assert_eq!(fs_.lookup(ROOT_INO, "wal_dir".as_ref()).unwrap().kind, Kind::Symlink);
+        assert_eq!(fs_.lookup(ROOT_INO, "VERSION".as_ref()).unwrap().kind, Kind::File);
     }
 }
