@@ -2,9 +2,11 @@
 //! directories the operator names, Debian's `/usr/lib/postgresql/N/bin`, the PGDG RPM layout
 //! `/usr/pgsql-N/bin`, and the directory `pg_config --bindir` reports.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use engine::{Error, Result};
 use sys::Program;
@@ -143,10 +145,35 @@ impl Search {
             return None;
         }
         // No pg_config in PATH is the common case, not an error.
-        let out = Program::new("pg_config").arg("--bindir").timeout(Duration::from_secs(10)).run().ok()?;
-        let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let dir = ask(Path::new("pg_config"), "--bindir")?;
         (!dir.is_empty()).then(|| PathBuf::from(dir))
     }
+}
+
+/// How long an answer of [`ask`] is reused. A version installed or removed meanwhile is seen
+/// this much later.
+const ASK_FOR: Duration = Duration::from_secs(30);
+
+/// What `program arg` printed, trimmed; `None` when it could not run or failed. Answers are
+/// reused for [`ASK_FOR`]: every clone's creation and start looks up its version's programs,
+/// and `pg_config` is a shell script that runs three more programs, so asking each time cost
+/// a clone some 10–20 ms before anything else began.
+fn ask(program: &Path, arg: &str) -> Option<String> {
+    static ANSWERS: Mutex<Option<HashMap<(PathBuf, String), (Instant, Option<String>)>>> = Mutex::new(None);
+    let key = (program.to_owned(), arg.to_owned());
+    if let Some((at, answer)) = ANSWERS.lock().unwrap().get_or_insert_with(HashMap::new).get(&key) {
+        if at.elapsed() < ASK_FOR {
+            return answer.clone();
+        }
+    }
+    let answer = Program::new(program)
+        .arg(arg)
+        .timeout(Duration::from_secs(10))
+        .run()
+        .ok()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    ANSWERS.lock().unwrap().get_or_insert_with(HashMap::new).insert(key, (Instant::now(), answer.clone()));
+    answer
 }
 
 /// The bin directory of an operator-named directory: itself, or its `bin`.
@@ -160,8 +187,7 @@ fn is_server_bin_dir(dir: &Path) -> bool {
 
 /// The major version `postgres --version` reports.
 fn server_major(bin: &Path) -> Option<Major> {
-    let out = Program::new(bin.join("postgres")).arg("--version").timeout(Duration::from_secs(10)).run().ok()?;
-    major_of_version_output(&String::from_utf8_lossy(&out.stdout))
+    major_of_version_output(&ask(&bin.join("postgres"), "--version")?)
 }
 
 /// Reads `postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` as 15; `16beta1` as 16.

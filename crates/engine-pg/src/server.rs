@@ -48,6 +48,9 @@ const IMMEDIATE_SHUTDOWN: Duration = Duration::from_secs(10);
 const SQL_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often a wait looks again.
 const POLL: Duration = Duration::from_millis(10);
+/// How often a starting server's pid file is read to see it ready: a start takes some
+/// 50–100 ms, and every millisecond of it is a clone's time to ready.
+const READY_POLL: Duration = Duration::from_millis(2);
 
 /// What a server is started for; a few settings differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,7 +390,7 @@ impl Server {
     fn wait_ready(&mut self, timeout: Duration, log_start: u64) -> Result<()> {
         let pid = self.pid as i32;
         let data_dir = self.data_dir.clone();
-        let outcome = sys::wait::until(timeout, POLL, || {
+        let outcome = sys::wait::until(timeout, READY_POLL, || {
             // Line 8 of postmaster.pid says "ready" once the server accepts connections.
             if pid_file_says_ready(&data_dir, pid) {
                 return Some(Ok(None));

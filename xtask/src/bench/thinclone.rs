@@ -449,6 +449,12 @@ impl Daemon {
         self.clone_dir(name).join("layer")
     }
 
+    /// What a cowfs clone stores: its layer and its commit directories kept beside it
+    /// (`native/`: the log, on the host's filesystem).
+    pub fn cowfs_storage(&self, name: &str) -> [PathBuf; 2] {
+        [self.layer_dir(name), self.clone_dir(name).join("native")]
+    }
+
     /// A copy clone's data directory.
     pub fn clone_data_dir(&self, name: &str) -> PathBuf {
         self.clone_dir(name).join("data")

@@ -67,7 +67,7 @@ fn measure(s: &mut Suite, n: u32, mem_available_before_kib: u64) -> Result<()> {
             bail!("no processes found for clone {name}");
         }
         pids.extend(found);
-        layers.push(daemon.layer_dir(&name));
+        layers.extend(daemon.cowfs_storage(&name));
     }
     let (mut rss, mut pss) = (0, 0);
     for &pid in &pids {

@@ -137,7 +137,7 @@ impl CloneMethod for Thinclone {
 
     fn disk_what(&self) -> &'static str {
         match self.0 {
-            Driver::Cowfs => "du of the clone's layer directory",
+            Driver::Cowfs => "du of the clone's layer directory and its WAL beside it (native/)",
             Driver::Copy => "du of the clone's data directory",
             Driver::Reflink => "growth of the XFS filesystem's used space (df)",
         }
@@ -176,7 +176,10 @@ struct ThincloneClone {
 impl MadeClone for ThincloneClone {
     fn disk_bytes(&self, s: &Suite) -> Result<u64> {
         match (self.driver, self.used_before) {
-            (Driver::Cowfs, _) => Ok(host::du_bytes(&[&s.ext4()?.layer_dir(&self.name)])),
+            (Driver::Cowfs, _) => {
+                let [layer, native] = s.ext4()?.cowfs_storage(&self.name);
+                Ok(host::du_bytes(&[&layer, &native]))
+            }
             (Driver::Copy, _) => Ok(host::du_bytes(&[&s.ext4()?.clone_data_dir(&self.name)])),
             (Driver::Reflink, before) => {
                 Ok(host::fs_used_bytes(&s.xfs()?.fs.mount_point)?.saturating_sub(before.unwrap_or(0)))

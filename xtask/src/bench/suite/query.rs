@@ -65,7 +65,8 @@ pub fn run(s: &mut Suite) -> Result<()> {
             daemon.stop_clone(&name(side))
         })?;
     }
-    let layer = host::du_bytes(&[&daemon.layer_dir(&name(Side::A))]);
+    let [layer, native] = daemon.cowfs_storage(&name(Side::A));
+    let layer = host::du_bytes(&[&layer, &native]);
     for side in [Side::A, Side::B] {
         daemon.remove_clone(&name(side))?;
     }
