@@ -311,6 +311,14 @@ fn make(
         }
     })?;
     let _ = sys::tree::remove(&run_dir);
+    // Told to stop after its last program ended (a shutdown between two steps): it fails
+    // as it would have a moment earlier, rather than become an image after the shutdown.
+    if agent.job_cancelled(&partial) {
+        return Err(AgentError::new(
+            ErrorKind::Unavailable,
+            format!("image {name} was not finished: thinclone was stopping, or the image removed; make it again"),
+        ));
+    }
     // Sealed: the agent's own user owns every file, and the directory is private to it.
     let me = sys::User::current();
     sys::tree::chown(&partial, me.uid, me.gid).map_err(io("sealing the image"))?;

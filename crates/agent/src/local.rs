@@ -107,6 +107,9 @@ pub struct LocalAgent {
     health: Mutex<HashMap<Name, Health>>,
     /// The `.partial` directories of the images being made.
     jobs: Mutex<HashSet<PathBuf>>,
+    /// Image jobs told to stop ([`Agent::cancel_image_jobs`], a removal): each fails at its
+    /// next step even when no program of it was running to be stopped.
+    cancelled_jobs: Mutex<HashSet<PathBuf>>,
     stopping: AtomicBool,
 }
 
@@ -214,6 +217,7 @@ impl LocalAgent {
             sizes: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashSet::new()),
+            cancelled_jobs: Mutex::new(HashSet::new()),
             stopping: AtomicBool::new(false),
         });
         agent.recover_images();
@@ -256,6 +260,19 @@ impl LocalAgent {
 
     pub(crate) fn job_ended(&self, partial: &Path) {
         lock(&self.jobs).remove(partial);
+        lock(&self.cancelled_jobs).remove(partial);
+    }
+
+    /// Whether the job making `partial` was told to stop.
+    pub(crate) fn job_cancelled(&self, partial: &Path) -> bool {
+        lock(&self.cancelled_jobs).contains(partial)
+    }
+
+    /// Tells the job making `partial` to stop: its running programs now, and the job itself
+    /// at its next step.
+    fn cancel_job(&self, partial: &Path) {
+        lock(&self.cancelled_jobs).insert(partial.to_owned());
+        stop_job(partial);
     }
 
     pub(crate) fn image_run_dir(&self, name: &Name) -> PathBuf {
@@ -1086,7 +1103,7 @@ impl Agent for LocalAgent {
         // A job still making it (a retry after a lost answer) is stopped first.
         let partial = partial_dir(place, name);
         if lock(&self.jobs).contains(&partial) {
-            stop_job(&partial);
+            self.cancel_job(&partial);
         }
         sys::tree::remove(&partial).map_err(internal("removing what is left of the image's copy"))?;
         sys::tree::remove(&image_dir(place, name)).map_err(internal("removing the image's files"))
@@ -1095,7 +1112,7 @@ impl Agent for LocalAgent {
     fn cancel_image_jobs(&self) {
         let jobs: Vec<PathBuf> = lock(&self.jobs).iter().cloned().collect();
         for partial in jobs {
-            stop_job(&partial);
+            self.cancel_job(&partial);
         }
     }
 
