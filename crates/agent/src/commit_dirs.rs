@@ -106,11 +106,7 @@ pub fn place(image: &Path, layer: &Path, clone_dir: &Path, names: &[&str]) -> io
         }
         sys::tree::copy_sparse(&from, &fresh).map_err(io::Error::other)?;
         sys::crashsafe::sync_tree(&fresh)?;
-        if fs::symlink_metadata(&to).is_ok() {
-            sys::crashsafe::rename(&to, &old)?;
-        }
-        sys::crashsafe::rename(&fresh, &to)?;
-        sys::tree::remove(&old)?;
+        sys::crashsafe::swap_in_dir(&fresh, &to, &old)?;
     }
     sys::crashsafe::replace_file(&placing_marker(clone_dir), b"")?;
     finish(image, layer, clone_dir, names)
@@ -186,24 +182,18 @@ fn link_in_layer(fs: &CowFs, name: &Path) -> io::Result<()> {
     }
     let base = name.file_name().expect("a checked name has a last component");
     let aside = aside_name(base);
-    match lookup(fs, parent, base)?.map(|a| a.kind) {
-        Some(Kind::Dir) => {
-            if lookup(fs, parent, &aside)?.is_some() {
-                remove_in_layer(fs, parent, &aside)?;
-            }
-            fs.rename(parent, base, parent, &aside, 0).map_err(cow)?;
-            fs.symlink(parent, base, link_target(name).as_os_str(), root).map_err(cow)?;
-        }
-        None => {
-            fs.symlink(parent, base, link_target(name).as_os_str(), root).map_err(cow)?;
-        }
-        // Already a link (or something the clone's user made of it): left as it is.
-        Some(_) => {}
-    }
-    if lookup(fs, parent, &aside)?.is_some() {
+    let kind = lookup(fs, parent, base)?.map(|a| a.kind);
+    if kind == Some(Kind::Dir) {
+        // An aside left by an earlier try would be in the rename's way.
         remove_in_layer(fs, parent, &aside)?;
+        fs.rename(parent, base, parent, &aside, 0).map_err(cow)?;
     }
-    Ok(())
+    // Anything but the image's directory or nothing is already a link (or something the
+    // clone's user made of it): left as it is.
+    if matches!(kind, Some(Kind::Dir) | None) {
+        fs.symlink(parent, base, link_target(name).as_os_str(), root).map_err(cow)?;
+    }
+    remove_in_layer(fs, parent, &aside)
 }
 
 /// Removes the entry `name` of `parent` in the layer, a directory with all it holds.

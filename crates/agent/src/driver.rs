@@ -421,13 +421,7 @@ impl CopyDriver {
             tracing::debug!(clone_dir = %clone_dir.display(), ?set, "prepared for page-sized copy-on-write");
         }
         sys::tree::copy(image, &fresh, self.data, None).map_err(|e| DriverError::from_program(what, e))?;
-        let data = data_dir(clone_dir);
-        let old = clone_dir.join("data.old");
-        if data.exists() {
-            io_ctx(what, sys::crashsafe::rename(&data, &old))?;
-        }
-        io_ctx(what, sys::crashsafe::rename(&fresh, &data))?;
-        io_ctx(what, sys::tree::remove(&old))
+        io_ctx(what, sys::crashsafe::swap_in_dir(&fresh, &data_dir(clone_dir), &clone_dir.join("data.old")))
     }
 }
 

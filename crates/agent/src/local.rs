@@ -105,11 +105,10 @@ pub struct LocalAgent {
     sizes: Mutex<HashMap<Name, (u64, Timestamp)>>,
     /// What supervision found wrong with each running clone.
     health: Mutex<HashMap<Name, Health>>,
-    /// The `.partial` directories of the images being made.
-    jobs: Mutex<HashSet<PathBuf>>,
-    /// Image jobs told to stop ([`Agent::cancel_image_jobs`], a removal): each fails at its
+    /// The `.partial` directories of the images being made, each with whether the job was
+    /// told to stop ([`Agent::cancel_image_jobs`], a removal): a cancelled job fails at its
     /// next step even when no program of it was running to be stopped.
-    cancelled_jobs: Mutex<HashSet<PathBuf>>,
+    jobs: Mutex<HashMap<PathBuf, bool>>,
     stopping: AtomicBool,
 }
 
@@ -216,8 +215,7 @@ impl LocalAgent {
             running: Mutex::new(HashMap::new()),
             sizes: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
-            jobs: Mutex::new(HashSet::new()),
-            cancelled_jobs: Mutex::new(HashSet::new()),
+            jobs: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         });
         agent.recover_images();
@@ -255,23 +253,24 @@ impl LocalAgent {
     }
 
     pub(crate) fn job_started(&self, partial: &Path) {
-        lock(&self.jobs).insert(partial.to_owned());
+        lock(&self.jobs).insert(partial.to_owned(), false);
     }
 
     pub(crate) fn job_ended(&self, partial: &Path) {
         lock(&self.jobs).remove(partial);
-        lock(&self.cancelled_jobs).remove(partial);
     }
 
     /// Whether the job making `partial` was told to stop.
     pub(crate) fn job_cancelled(&self, partial: &Path) -> bool {
-        lock(&self.cancelled_jobs).contains(partial)
+        lock(&self.jobs).get(partial).copied().unwrap_or(false)
     }
 
     /// Tells the job making `partial` to stop: its running programs now, and the job itself
     /// at its next step.
     fn cancel_job(&self, partial: &Path) {
-        lock(&self.cancelled_jobs).insert(partial.to_owned());
+        if let Some(cancelled) = lock(&self.jobs).get_mut(partial) {
+            *cancelled = true;
+        }
         stop_job(partial);
     }
 
@@ -1102,7 +1101,7 @@ impl Agent for LocalAgent {
         check_place(place)?;
         // A job still making it (a retry after a lost answer) is stopped first.
         let partial = partial_dir(place, name);
-        if lock(&self.jobs).contains(&partial) {
+        if lock(&self.jobs).contains_key(&partial) {
             self.cancel_job(&partial);
         }
         sys::tree::remove(&partial).map_err(internal("removing what is left of the image's copy"))?;
@@ -1110,7 +1109,7 @@ impl Agent for LocalAgent {
     }
 
     fn cancel_image_jobs(&self) {
-        let jobs: Vec<PathBuf> = lock(&self.jobs).iter().cloned().collect();
+        let jobs: Vec<PathBuf> = lock(&self.jobs).keys().cloned().collect();
         for partial in jobs {
             self.cancel_job(&partial);
         }

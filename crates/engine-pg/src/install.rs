@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use engine::{Error, Result};
@@ -159,9 +159,10 @@ const ASK_FOR: Duration = Duration::from_secs(30);
 /// and `pg_config` is a shell script that runs three more programs, so asking each time cost
 /// a clone some 10–20 ms before anything else began.
 fn ask(program: &Path, arg: &str) -> Option<String> {
-    static ANSWERS: Mutex<Option<HashMap<(PathBuf, String), (Instant, Option<String>)>>> = Mutex::new(None);
+    type Answers = HashMap<(PathBuf, String), (Instant, Option<String>)>;
+    static ANSWERS: LazyLock<Mutex<Answers>> = LazyLock::new(Mutex::default);
     let key = (program.to_owned(), arg.to_owned());
-    if let Some((at, answer)) = ANSWERS.lock().unwrap().get_or_insert_with(HashMap::new).get(&key) {
+    if let Some((at, answer)) = ANSWERS.lock().unwrap().get(&key) {
         if at.elapsed() < ASK_FOR {
             return answer.clone();
         }
@@ -172,7 +173,7 @@ fn ask(program: &Path, arg: &str) -> Option<String> {
         .run()
         .ok()
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
-    ANSWERS.lock().unwrap().get_or_insert_with(HashMap::new).insert(key, (Instant::now(), answer.clone()));
+    ANSWERS.lock().unwrap().insert(key, (Instant::now(), answer.clone()));
     answer
 }
 

@@ -70,6 +70,20 @@ pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Puts the tree `fresh` (built aside, complete) in place of `to` durably: `to` → `old`,
+/// `fresh` → `to`, then `old` is removed. After a crash between the renames, `to` is missing
+/// and both `fresh` and `old` are there; whoever finds that finishes or undoes it.
+pub fn swap_in_dir(fresh: &Path, to: &Path, old: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(to).is_ok() {
+        rename(to, old)?;
+    }
+    rename(fresh, to)?;
+    match fs::remove_dir_all(old) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Makes a directory's entries (creations, renames, removals) durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
