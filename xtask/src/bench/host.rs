@@ -425,7 +425,9 @@ impl Drop for OverlayMount {
         if self.mounted && is_mount_point(&self.merged) {
             if let Err(e) = self.exec.run_always(&Cmd::new("umount").arg(&self.merged)) {
                 warn(&format!("unmounting {}: {e:#}; lazy unmount", self.merged.display()));
-                let _ = self.exec.run_always(&Cmd::new("umount").arg("-l").arg(&self.merged));
+                if let Err(e) = self.exec.run_always(&Cmd::new("umount").arg("-l").arg(&self.merged)) {
+                    warn(&format!("lazy unmount of {}: {e:#}", self.merged.display()));
+                }
             }
         }
     }

@@ -13,10 +13,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use api::Driver;
 
-use super::{peers, Suite, HAND_SETTINGS};
+use super::{peers, Suite};
 use crate::bench::exec::Cmd;
 use crate::bench::host;
-use crate::bench::pg::{url_with_db, Conn, HandServer, StartWait};
+use crate::bench::pg::{url_with_db, Conn, HandServer};
 use crate::bench::progress::seconds_since;
 use crate::bench::thinclone::Daemon;
 
@@ -255,17 +255,7 @@ impl CloneMethod for CopyAndStart {
         s.run.exec.note(&format!("chown -R {}: {}   # in-process, as the copy driver does", user.name, dir.display()));
         sys::tree::chown(&dir, user.uid, user.gid)
             .with_context(|| format!("giving {} to {}", dir.display(), user.name))?;
-        let server = HandServer::start(
-            s.run,
-            &dir,
-            s.p.hand_port(),
-            &s.run.logs.join("pg/manual.log"),
-            HAND_SETTINGS,
-            StartWait::Launched,
-        )?;
-        let conn = server.conn("bench");
-        s.wait_ready(&conn)
-            .with_context(|| format!("the server on {} (log {})", dir.display(), server.log.display()))?;
+        let (server, conn) = s.start_hand_clone(&dir, "manual")?;
         let ready_s = seconds_since(t0);
         Ok(Made { ready_s, conn, stored_bytes: None, clone: Box::new(HandCopy { server, dir, used_before }) })
     }

@@ -448,6 +448,24 @@ impl Suite<'_> {
         self.run.pg.wait_select1(&self.run.exec, conn, Duration::from_secs(120))
     }
 
+    /// Starts a server with the daemon's settings ([`HAND_SETTINGS`]) on a hand-made clone's
+    /// data directory `dir` (a copy, a snapshot, an overlay), logging to `pg/LOG.log`, and
+    /// waits for its first `SELECT 1` in database `bench`.
+    pub fn start_hand_clone(&self, dir: &std::path::Path, log: &str) -> Result<(HandServer, Conn)> {
+        let server = HandServer::start(
+            self.run,
+            dir,
+            self.p.hand_port(),
+            &self.run.logs.join(format!("pg/{log}.log")),
+            HAND_SETTINGS,
+            pg::StartWait::Launched,
+        )?;
+        let conn = server.conn("bench");
+        self.wait_ready(&conn)
+            .with_context(|| format!("the server on {} (log {})", dir.display(), server.log.display()))?;
+        Ok((server, conn))
+    }
+
     /// Runs SQL: on a thinclone clone (a URL with its password) through the engine, on
     /// the hand-started servers through their sockets with psql.
     pub fn psql(&self, conn: &Conn, sql: &str) -> Result<String> {

@@ -18,10 +18,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::methods::{CloneMethod, Made, MadeClone};
-use super::{Suite, HAND_SETTINGS};
+use super::Suite;
 use crate::bench::exec::Cmd;
 use crate::bench::host::{self, OverlayMount};
-use crate::bench::pg::{HandServer, StartWait};
+use crate::bench::pg::HandServer;
 use crate::bench::progress::seconds_since;
 
 /// The keys of the peers, which items 1 and 2 run when `--methods` names them.
@@ -69,17 +69,7 @@ impl CloneMethod for Overlay {
         s.run.exec.note(&format!("chown -R {}: {}   # in-process", user.name, merged.display()));
         sys::tree::chown(&merged, user.uid, user.gid)
             .with_context(|| format!("giving {} to {}", merged.display(), user.name))?;
-        let server = HandServer::start(
-            s.run,
-            &merged,
-            s.p.hand_port(),
-            &s.run.logs.join("pg/overlay.log"),
-            HAND_SETTINGS,
-            StartWait::Launched,
-        )?;
-        let conn = server.conn("bench");
-        s.wait_ready(&conn)
-            .with_context(|| format!("the server on {} (log {})", merged.display(), server.log.display()))?;
+        let (server, conn) = s.start_hand_clone(&merged, "overlay")?;
         let ready_s = seconds_since(t0);
         Ok(Made::new(
             ready_s,
@@ -143,17 +133,7 @@ impl CloneMethod for BtrfsSnapshot {
         std::fs::create_dir_all(dir.parent().expect("a parent"))?;
         let t0 = Instant::now();
         s.run.exec.run(&Cmd::new("btrfs").args(["subvolume", "snapshot"]).arg(&image).arg(&dir))?;
-        let server = HandServer::start(
-            s.run,
-            &dir,
-            s.p.hand_port(),
-            &s.run.logs.join("pg/btrfs.log"),
-            HAND_SETTINGS,
-            StartWait::Launched,
-        )?;
-        let conn = server.conn("bench");
-        s.wait_ready(&conn)
-            .with_context(|| format!("the server on {} (log {})", dir.display(), server.log.display()))?;
+        let (server, conn) = s.start_hand_clone(&dir, "btrfs")?;
         let ready_s = seconds_since(t0);
         Ok(Made::new(ready_s, conn, None, Box::new(Snapshot { server: Some(server), dir })))
     }

@@ -20,12 +20,12 @@ use serde::Serialize;
 
 use super::methods::{CloneMethod, Made, MadeClone};
 use super::peers::{self, Snapshot};
-use super::{Suite, HAND_SETTINGS};
+use super::Suite;
 use crate::bench::ab::{self, Side};
 use crate::bench::exec::{self, Cmd};
 use crate::bench::host;
 use crate::bench::markdown::{bytes, num, Align, Table};
-use crate::bench::pg::{url_with_db, Conn, HandServer, StartWait};
+use crate::bench::pg::{url_with_db, Conn};
 use crate::bench::pgbench::Mode;
 use crate::bench::progress::{log, seconds_since};
 use crate::bench::stats::{median, ratio};
@@ -185,16 +185,7 @@ fn btrfs_copy(s: &Suite, scale: u32, name: &str) -> Result<Made> {
     let mut from = image.into_os_string();
     from.push("/.");
     s.run.exec.run(&Cmd::new("cp").args(["-a", "--reflink=never"]).arg(&from).arg(&dir))?;
-    let server = HandServer::start(
-        s.run,
-        &dir,
-        s.p.hand_port(),
-        &s.run.logs.join("pg/btrfs-copy.log"),
-        HAND_SETTINGS,
-        StartWait::Launched,
-    )?;
-    let conn = server.conn("bench");
-    s.wait_ready(&conn).with_context(|| format!("the server on {} (log {})", dir.display(), server.log.display()))?;
+    let (server, conn) = s.start_hand_clone(&dir, "btrfs-copy")?;
     let ready_s = seconds_since(t0);
     Ok(Made::new(ready_s, conn, None, Box::new(Snapshot { server: Some(server), dir })))
 }
