@@ -7,6 +7,14 @@
 //! also hold `namespace`, which serialises them against each other (so a rename sees a stable
 //! tree) but never blocks reads or writes of file data. No code path holds two node locks of
 //! the same kind at once except under `namespace`.
+//!
+//! A live checkpoint changes which layer is writable under a running mount. Every FUSE request
+//! holds `gate` shared for the length of its call ([`CowFs::shared`]); [`CowFs::checkpoint_live`]
+//! holds it exclusive, so no operation sees the layers change under it. `top` and `frozen` are
+//! read by cloning their `Arc` out for a moment, never held across another lock; only the
+//! checkpoint replaces them. `stack` is taken by the checkpoint before the gate, and by the
+//! accessors for offline use, never by a request. The order is: `stack`, `gate`, `namespace`,
+//! node locks.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -17,7 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
 use crate::blockmap::BlockMap;
 use crate::error::{Error, Result};
@@ -93,9 +101,12 @@ pub struct CowFs {
     /// The image, read only through [`Image`], which never follows a symlink.
     image: Image,
     options: Options,
-    top: TopLayer,
-    /// Frozen layers, top-most first.
-    frozen: Vec<FrozenLayer>,
+    /// The writable layer; replaced only by a live checkpoint.
+    top: RwLock<Arc<TopLayer>>,
+    /// Frozen layers, top-most first; replaced only by a live checkpoint.
+    frozen: RwLock<Arc<Vec<Arc<FrozenLayer>>>>,
+    /// Held shared by every request of a mount, exclusive by a live checkpoint.
+    gate: RwLock<()>,
     nodes: RwLock<HashMap<Ino, Arc<Node>>>,
     /// Image paths of adopted nodes, consulted when an image directory is loaded.
     adopted: Mutex<HashMap<PathBuf, Ino>>,
@@ -103,7 +114,47 @@ pub struct CowFs {
     namespace: Mutex<()>,
     /// Free space of the writable layer's filesystem, and the reserve kept on it.
     space: Space,
-    stack: LayerStack,
+    stack: Mutex<LayerStack>,
+}
+
+impl TopLayer {
+    fn new(dir: &Path, journal: Journal) -> TopLayer {
+        TopLayer {
+            data_dir: dir.join("data"),
+            journal: Mutex::new(journal),
+            data_inos: Mutex::new(HashSet::new()),
+            data_dir_dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// Makes the namespace durable: the data directory's entries and the journal.
+    fn sync_metadata(&self) -> Result<()> {
+        if self.data_dir_dirty.swap(false, Ordering::AcqRel) {
+            if let Err(e) = sys::crashsafe::fsync_dir(&self.data_dir) {
+                self.data_dir_dirty.store(true, Ordering::Release);
+                return Err(e.into());
+            }
+        }
+        lock(&self.journal).sync()?;
+        Ok(())
+    }
+
+    /// Makes every data file and block map of the layer durable, open or not.
+    fn sync_data_files(&self) -> io::Result<()> {
+        let mut inos: Vec<Ino> = lock(&self.data_inos).iter().copied().collect();
+        inos.sort_unstable();
+        for ino in inos {
+            for name in [ino.to_string(), format!("{ino}.map")] {
+                match File::open(self.data_dir.join(name)) {
+                    Ok(file) => file.sync_all()?,
+                    // Removed meanwhile (unlinked), or a file the layer owns whole (no map).
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -144,44 +195,44 @@ impl CowFs {
         let (journal, top_records) = Journal::open(&top_dir.join("journal")).map_err(|e| at(&top_dir, e))?;
 
         let root = Node::new(ROOT_INO, Kind::Dir, Some(PathBuf::new()), true, None);
+        let top = Arc::new(TopLayer::new(&top_dir, journal));
         let mut fs = CowFs {
             image,
             options,
-            top: TopLayer {
-                data_dir: top_dir.join("data"),
-                journal: Mutex::new(journal),
-                data_inos: Mutex::new(HashSet::new()),
-                data_dir_dirty: AtomicBool::new(false),
-            },
-            frozen: Vec::new(),
+            top: RwLock::new(top.clone()),
+            frozen: RwLock::new(Arc::new(Vec::new())),
+            gate: RwLock::new(()),
             nodes: RwLock::new(HashMap::from([(ROOT_INO, Arc::new(root))])),
             adopted: Mutex::new(HashMap::from([(PathBuf::new(), ROOT_INO)])),
             next_ino: AtomicU64::new(ROOT_INO + 1),
             namespace: Mutex::new(()),
             space: Space::new(&top_dir)?,
-            stack,
+            stack: Mutex::new(stack),
         };
+        let mut frozen = Vec::new();
         for dir in &layer_dirs {
             let (records, _) = journal::read(&dir.join("journal")).map_err(|e| at(dir, e))?;
             fs.replay(&records, false).map_err(|e| at(dir, e))?;
             let data_inos = data_inos(&dir.join("data")).map_err(|e| at(dir, e))?;
-            fs.frozen.push(FrozenLayer { data_dir: dir.join("data"), data_inos });
+            frozen.push(Arc::new(FrozenLayer { data_dir: dir.join("data"), data_inos }));
         }
-        fs.frozen.reverse();
+        frozen.reverse();
+        *fs.frozen.get_mut().unwrap() = Arc::new(frozen);
         fs.replay(&top_records, true).map_err(|e| at(&top_dir, e))?;
-        let mut inos = data_inos(&fs.top.data_dir).map_err(|e| at(&fs.top.data_dir, e))?;
+        let mut inos = data_inos(&top.data_dir).map_err(|e| at(&top.data_dir, e))?;
         // Data files of inodes no journal knows belong to files unlinked while open.
         let known = fs.nodes.get_mut().unwrap();
         for ino in inos.iter().filter(|ino| !known.contains_key(ino)) {
-            remove_data_files(&fs.top.data_dir, *ino)?;
+            remove_data_files(&top.data_dir, *ino)?;
         }
         inos.retain(|ino| known.contains_key(ino));
-        *lock(&fs.top.data_inos) = inos.clone();
-        // A written file's times live on its data file (see `setattr`).
+        *lock(&top.data_inos) = inos.clone();
+        // A written file's times live on its data file (see `setattr`); a checkpoint writes
+        // them into the journal before the layer is frozen.
         for ino in inos {
             let node = fs.node(ino)?;
             let mut perms = fs.load_perms(&node)?;
-            let st = fs::metadata(fs.top.data_dir.join(ino.to_string()))?;
+            let st = fs::metadata(top.data_dir.join(ino.to_string()))?;
             perms.atime = Time(st.atime(), st.atime_nsec() as u32);
             perms.mtime = Time(st.mtime(), st.mtime_nsec() as u32);
             perms.ctime = perms.ctime.max(Time(st.ctime(), st.ctime_nsec() as u32));
@@ -201,14 +252,31 @@ impl CowFs {
         self.space.set_reserve(bytes)
     }
 
-    /// The layer stack under this tree.
-    pub fn stack(&self) -> &LayerStack {
-        &self.stack
+    /// The layer stack under this tree. Held while the guard lives: a live checkpoint waits
+    /// for it.
+    pub fn stack(&self) -> MutexGuard<'_, LayerStack> {
+        lock(&self.stack)
     }
 
     /// Gives the layer stack back, for checkpoint, revert or reset once the tree is unmounted.
     pub fn into_stack(self) -> LayerStack {
-        self.stack
+        self.stack.into_inner().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The writable layer, as it is now.
+    fn top(&self) -> Arc<TopLayer> {
+        self.top.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The frozen layers, top-most first, as they are now.
+    fn frozen(&self) -> Arc<Vec<Arc<FrozenLayer>>> {
+        self.frozen.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Held by a FUSE request for the length of its call: a live checkpoint waits for the
+    /// requests under way and holds back new ones until it is done.
+    pub(crate) fn shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn replay(&mut self, records: &[Record], top: bool) -> Result<()> {
@@ -283,7 +351,7 @@ impl CowFs {
                         lock(&self.adopted).remove(&origin);
                     }
                     if top {
-                        remove_data_files(&self.top.data_dir, *ino)?;
+                        remove_data_files(&self.top().data_dir, *ino)?;
                     }
                 }
             }
@@ -456,10 +524,11 @@ impl CowFs {
     }
 
     fn stored_size(&self, node: &Node) -> Result<u64> {
-        if lock(&self.top.data_inos).contains(&node.ino) {
-            return Ok(fs::metadata(self.top.data_dir.join(node.ino.to_string()))?.len());
+        let top = self.top();
+        if lock(&top.data_inos).contains(&node.ino) {
+            return Ok(fs::metadata(top.data_dir.join(node.ino.to_string()))?.len());
         }
-        for layer in &self.frozen {
+        for layer in self.frozen().iter() {
             if layer.data_inos.contains(&node.ino) {
                 return Ok(fs::metadata(layer.data_dir.join(node.ino.to_string()))?.len());
             }
@@ -476,6 +545,10 @@ impl CowFs {
         if data.resolved {
             return Ok(());
         }
+        // What an earlier attempt that failed half-way opened.
+        data.top = None;
+        data.lower.clear();
+        data.image = None;
         if data.size.is_none() {
             data.size = Some(self.stored_size(node)?);
         }
@@ -490,12 +563,13 @@ impl CowFs {
             Ok(LayerFile { file, map })
         };
         let mut reaches_image = true;
-        if lock(&self.top.data_inos).contains(&node.ino) {
-            let top = open(&self.top.data_dir, true)?;
-            reaches_image = top.map.is_some();
-            data.top = Some(top);
+        let top = self.top();
+        if lock(&top.data_inos).contains(&node.ino) {
+            let file = open(&top.data_dir, true)?;
+            reaches_image = file.map.is_some();
+            data.top = Some(file);
         }
-        for layer in &self.frozen {
+        for layer in self.frozen().iter() {
             if !reaches_image {
                 break;
             }
@@ -568,14 +642,15 @@ impl CowFs {
         let size = data.size.unwrap_or(0);
         let below = !data.lower.is_empty() || data.image.is_some();
         let name = node.ino.to_string();
-        let map_path = self.top.data_dir.join(format!("{name}.map"));
+        let top = self.top();
+        let map_path = top.data_dir.join(format!("{name}.map"));
         // Built under a temporary name so that the data file appears with its full size.
-        let tmp = self.top.data_dir.join(format!("{name}.new"));
+        let tmp = top.data_dir.join(format!("{name}.new"));
         let made = (|| {
             let map = if below && size > 0 { Some(BlockMap::create(&map_path, size)?) } else { None };
             let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
             file.set_len(size)?;
-            fs::rename(&tmp, self.top.data_dir.join(&name))?;
+            fs::rename(&tmp, top.data_dir.join(&name))?;
             Ok::<_, io::Error>((file, map))
         })();
         let (file, map) = match made {
@@ -593,8 +668,8 @@ impl CowFs {
                 return self.space.observe(Err(e.into()), false);
             }
         };
-        lock(&self.top.data_inos).insert(node.ino);
-        self.top.data_dir_dirty.store(true, Ordering::Release);
+        lock(&top.data_inos).insert(node.ino);
+        top.data_dir_dirty.store(true, Ordering::Release);
         if map.is_none() {
             data.lower.clear();
             data.image = None;
@@ -625,7 +700,8 @@ impl CowFs {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut journal = lock(&self.top.journal);
+        let top = self.top();
+        let mut journal = lock(&top.journal);
         self.space.observe(journal.append(&batch).map_err(Error::from), false)?;
         for node in adopted {
             if !node.adopted.swap(true, Ordering::AcqRel) {
@@ -916,9 +992,10 @@ impl CowFs {
             let mut data = data.write().unwrap();
             *data = Data { size: data.size, ..Data::default() };
         }
-        if lock(&self.top.data_inos).remove(&node.ino) {
-            remove_data_files(&self.top.data_dir, node.ino)?;
-            self.top.data_dir_dirty.store(true, Ordering::Release);
+        let top = self.top();
+        if lock(&top.data_inos).remove(&node.ino) {
+            remove_data_files(&top.data_dir, node.ino)?;
+            top.data_dir_dirty.store(true, Ordering::Release);
         }
         if lock(&node.meta).nlookup == 0 {
             self.nodes.write().unwrap().remove(&node.ino);
@@ -1225,7 +1302,8 @@ impl CowFs {
         }
         let owner_or_mode = set.mode.is_some() || set.uid.is_some() || set.gid.is_some();
         let times = set.atime.is_some() || set.mtime.is_some();
-        if times && !owner_or_mode && node.kind == Kind::File && lock(&self.top.data_inos).contains(&ino) {
+        let top = self.top();
+        if times && !owner_or_mode && node.kind == Kind::File && lock(&top.data_inos).contains(&ino) {
             // The kernel sends these before every fsync of a written file (writeback cache):
             // they go to the data file's own timestamps, not to the journal, so a commit costs
             // no journal write. Mounting reads them back.
@@ -1233,7 +1311,7 @@ impl CowFs {
             perms.atime = set.atime.unwrap_or(perms.atime);
             perms.mtime = set.mtime.unwrap_or(perms.mtime);
             perms.ctime = set.ctime.unwrap_or_else(Time::now);
-            set_file_times(&self.top.data_dir.join(ino.to_string()), perms.atime, perms.mtime)?;
+            set_file_times(&top.data_dir.join(ino.to_string()), perms.atime, perms.mtime)?;
             lock(&node.meta).perms = Some(perms);
         } else if owner_or_mode || times {
             let _ns = lock(&self.namespace);
@@ -1332,14 +1410,7 @@ impl CowFs {
     }
 
     fn sync_metadata(&self) -> Result<()> {
-        if self.top.data_dir_dirty.swap(false, Ordering::AcqRel) {
-            if let Err(e) = sys::crashsafe::fsync_dir(&self.top.data_dir) {
-                self.top.data_dir_dirty.store(true, Ordering::Release);
-                return Err(e.into());
-            }
-        }
-        lock(&self.top.journal).sync()?;
-        Ok(())
+        self.top().sync_metadata()
     }
 
     /// Makes everything durable, as at unmount.
@@ -1358,8 +1429,96 @@ impl CowFs {
         self.sync_metadata()
     }
 
+    /// Checkpoints the tree while it is in use (mounted, files open): freezes the writable
+    /// layer and starts a new, empty one over it, as [`LayerStack::checkpoint`] does offline.
+    /// Returns the id of the layer frozen, which [`LayerStack::revert_to`] takes.
+    ///
+    /// FUSE requests wait while it runs (see the locking rules above): the frozen layer holds
+    /// exactly what cowfs had answered before it, made durable (data files, block maps, the
+    /// journal, the data directory), with the times that otherwise live only on data files
+    /// written into its journal, so that a later mount replays it as it was. The stack then
+    /// commits with one rename of `stack.json`: a crash leaves the old stack or the new one.
+    /// Open files stay open; each file's data is looked up again across the new layers at its
+    /// next access, as a fresh mount would. Writes the kernel holds in its writeback cache are
+    /// not cowfs's yet: they land in the new layer (an application's `fsync` before the
+    /// checkpoint puts its data in the frozen one).
+    ///
+    /// In-process callers must not call other methods of this tree from other threads while
+    /// it runs: only FUSE requests wait for it.
+    pub fn checkpoint_live(&self) -> Result<u64> {
+        let mut stack = lock(&self.stack);
+        // Most of the layer reaches the disk while requests still run; what they write
+        // meanwhile is synced again below.
+        if let Err(e) = self.top().sync_data_files() {
+            tracing::debug!("syncing the layer before a checkpoint: {e}");
+        }
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let _ns = lock(&self.namespace);
+        let top = self.top();
+
+        // A written file's times are on its data file (see `setattr`), which a frozen layer's
+        // replay does not read: the journal gets them.
+        let mut inos: Vec<Ino> = lock(&top.data_inos).iter().copied().collect();
+        inos.sort_unstable();
+        let mut attrs = Vec::new();
+        for ino in inos {
+            let Ok(node) = self.node(ino) else { continue };
+            if lock(&node.meta).unlinked {
+                continue;
+            }
+            let perms = self.load_perms(&node)?;
+            attrs.push(Record::Attr {
+                ino,
+                mode: perms.mode,
+                uid: perms.uid,
+                gid: perms.gid,
+                atime: perms.atime,
+                mtime: perms.mtime,
+                ctime: perms.ctime,
+            });
+        }
+        for batch in attrs.chunks(1024) {
+            self.append(batch.to_vec(), &[])?;
+        }
+        self.space.observe(top.sync_data_files().map_err(Error::from), false)?;
+        top.sync_metadata()?;
+
+        let id = stack.new_layer()?;
+        let dir = stack.layer_dir(id);
+        let new_top = match Journal::open(&dir.join("journal")) {
+            Ok((journal, _)) => TopLayer::new(&dir, journal),
+            Err(e) => {
+                stack.abandon(id);
+                return Err(at(&dir, e));
+            }
+        };
+        // On failure, `stack.json` may name the new layer after all (only the sync of its
+        // directory failed): the layer then stays, empty, and the next mount sees the same
+        // tree. Otherwise that mount collects the layer.
+        let frozen_id = stack.push_layer(id)?;
+
+        // The stack has the new layer: from here on nothing fails. (Data files of files
+        // unlinked while open stay in the frozen layer, which no journal names: a later
+        // mount never reads them.)
+        let old_inos = lock(&top.data_inos).clone();
+        let mut frozen = vec![Arc::new(FrozenLayer { data_dir: top.data_dir.clone(), data_inos: old_inos })];
+        frozen.extend(self.frozen().iter().cloned());
+        *self.top.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new_top);
+        *self.frozen.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(frozen);
+        // Every file's data is looked up again, across the new layers, at its next access.
+        let nodes: Vec<Arc<Node>> = self.nodes.read().unwrap().values().cloned().collect();
+        for node in nodes {
+            if let Some(data) = &node.data {
+                let mut data = data.write().unwrap_or_else(PoisonError::into_inner);
+                *data = Data { size: data.size, ..Data::default() };
+            }
+        }
+        tracing::info!(layer = frozen_id, writable = id, "checkpoint of the live tree");
+        Ok(frozen_id)
+    }
+
     pub fn statfs(&self) -> Result<Statfs> {
-        let path = std::ffi::CString::new(self.top.data_dir.as_os_str().as_bytes()).map_err(|_| Error::Invalid)?;
+        let path = std::ffi::CString::new(self.top().data_dir.as_os_str().as_bytes()).map_err(|_| Error::Invalid)?;
         // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
@@ -1497,4 +1656,242 @@ fn remove_data_files(data_dir: &Path, ino: Ino) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    const ROOT: Caller = Caller { uid: 0, gid: 0 };
+    const B: usize = BLOCK_SIZE as usize;
+
+    struct World {
+        image: tempfile::TempDir,
+        layers: tempfile::TempDir,
+    }
+
+    impl World {
+        fn new() -> World {
+            let image = tempfile::tempdir().unwrap();
+            let big: Vec<u8> = (0..8 * B).map(|i| (i % 251) as u8).collect();
+            fs::write(image.path().join("big"), big).unwrap();
+            fs::create_dir(image.path().join("sub")).unwrap();
+            fs::write(image.path().join("sub/small"), b"image").unwrap();
+            // Access times after modification times, so that reading the image (relatime)
+            // does not change them under the comparisons below.
+            for path in ["sub/small", "sub", "big", ""] {
+                set_file_times(&image.path().join(path), Time::now(), Time(1_000_000, 0)).unwrap();
+            }
+            World { image, layers: tempfile::tempdir().unwrap() }
+        }
+
+        fn open(&self) -> CowFs {
+            CowFs::new(LayerStack::open(self.layers.path(), self.image.path()).unwrap(), Options::default()).unwrap()
+        }
+
+        fn stack(&self) -> LayerStack {
+            LayerStack::open(self.layers.path(), self.image.path()).unwrap()
+        }
+    }
+
+    fn ino(fs: &CowFs, path: &str) -> Ino {
+        path.split('/').fold(ROOT_INO, |dir, name| fs.lookup(dir, OsStr::new(name)).unwrap().ino)
+    }
+
+    fn read(fs: &CowFs, path: &str) -> Vec<u8> {
+        fs.read(ino(fs, path), 0, 1 << 24).unwrap()
+    }
+
+    fn write(fs: &CowFs, path: &str, offset: usize, bytes: &[u8]) {
+        fs.write(ino(fs, path), offset as u64, bytes).unwrap();
+    }
+
+    fn create(fs: &CowFs, dir: &str, name: &str) -> Ino {
+        let parent = if dir.is_empty() { ROOT_INO } else { ino(fs, dir) };
+        let attr = fs.create(parent, OsStr::new(name), 0o640, libc::O_RDWR, ROOT).unwrap();
+        fs.release(attr.ino).unwrap();
+        attr.ino
+    }
+
+    /// The whole tree: each path with its kind, mode, owner, size, times and contents. With
+    /// `times`, the modification and access times of every node.
+    fn tree(fs: &CowFs, times: bool) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut todo = vec![(String::new(), ROOT_INO)];
+        while let Some((path, dir)) = todo.pop() {
+            for entry in fs.readdir(dir).unwrap() {
+                let child = format!("{path}/{}", entry.name.to_string_lossy());
+                let attr = fs.getattr(entry.ino).unwrap();
+                let contents = match entry.kind {
+                    Kind::File => format!("{:?}", fs.read(entry.ino, 0, 1 << 24).unwrap()),
+                    Kind::Symlink => format!("-> {:?}", fs.readlink(entry.ino).unwrap()),
+                    Kind::Dir => {
+                        todo.push((child.clone(), entry.ino));
+                        String::new()
+                    }
+                    _ => String::new(),
+                };
+                let times = if times { format!(" m{:?} a{:?}", attr.mtime, attr.atime) } else { String::new() };
+                let description = format!(
+                    "{:?} {:o} {}:{} size {}{times} {contents}",
+                    attr.kind, attr.mode, attr.uid, attr.gid, attr.size
+                );
+                out.insert(child, description);
+            }
+        }
+        let root = fs.getattr(ROOT_INO).unwrap();
+        if times {
+            out.insert("/".into(), format!("m{:?} a{:?}", root.mtime, root.atime));
+        }
+        out
+    }
+
+    #[test]
+    fn a_live_checkpoint_is_what_revert_to_brings_back() {
+        let world = World::new();
+        let fs = world.open();
+        // Changes of every kind before the checkpoint.
+        let a = create(&fs, "", "a");
+        fs.write(a, 0, &[b'a'; 3 * B]).unwrap();
+        write(&fs, "big", B + 10, b"before");
+        fs.mkdir(ROOT_INO, OsStr::new("d"), 0o750, ROOT).unwrap();
+        let x = create(&fs, "d", "x");
+        fs.write(x, 0, b"x").unwrap();
+        fs.symlink(ROOT_INO, OsStr::new("link"), OsStr::new("d/x"), ROOT).unwrap();
+        fs.setattr(ino(&fs, "sub/small"), SetAttr { mode: Some(0o600), ..SetAttr::default() }).unwrap();
+        // Times only, on a written file: they go to its data file, not to the journal.
+        let times = SetAttr { atime: Some(Time(1_000, 1)), mtime: Some(Time(2_000, 2)), ..SetAttr::default() };
+        fs.setattr(a, times).unwrap();
+        let at_checkpoint = tree(&fs, true);
+        let plain_at_checkpoint = tree(&fs, false);
+
+        let frozen = fs.checkpoint_live().unwrap();
+        assert_eq!(tree(&fs, true), at_checkpoint, "a checkpoint changed the tree");
+        assert_eq!(fs.stack().frozen_ids(), [frozen]);
+
+        // More changes after it.
+        fs.write(a, 100, b"after").unwrap();
+        fs.write(a, 3 * BLOCK_SIZE, b"tail").unwrap();
+        write(&fs, "big", 5 * B, b"after");
+        create(&fs, "", "new");
+        fs.unlink(ino(&fs, "d"), OsStr::new("x")).unwrap();
+        fs.rename(ino(&fs, "sub"), OsStr::new("small"), ROOT_INO, OsStr::new("moved"), 0).unwrap();
+        fs.setattr(a, SetAttr { mtime: Some(Time(3_000, 3)), ..SetAttr::default() }).unwrap();
+        let latest = tree(&fs, false);
+        assert_ne!(latest, plain_at_checkpoint);
+        drop(fs);
+
+        // Reopened as it is: the latest state.
+        let fs = world.open();
+        assert_eq!(tree(&fs, false), latest);
+        assert_eq!(fs.getattr(a).unwrap().mtime, Time(3_000, 3));
+        drop(fs);
+
+        // Reverted to the checkpoint: exactly its state, times included.
+        let mut stack = world.stack();
+        stack.revert_to(frozen).unwrap();
+        assert_eq!(stack.frozen_ids(), [frozen]);
+        drop(stack);
+        let fs = world.open();
+        assert_eq!(tree(&fs, true), at_checkpoint);
+        assert_eq!(fs.getattr(a).unwrap().mtime, Time(2_000, 2));
+    }
+
+    /// Reads after a checkpoint take each block from the layer that has it: the new writable
+    /// layer, the frozen one, or the image.
+    #[test]
+    fn reads_after_a_live_checkpoint_take_each_block_from_its_layer() {
+        let world = World::new();
+        let fs = world.open();
+        let mut big: Vec<u8> = (0..8 * B).map(|i| (i % 251) as u8).collect();
+        let mut mine = vec![b'm'; 3 * B];
+        let file = create(&fs, "", "mine");
+        // Both files stay open across the checkpoint, as a database keeps them.
+        fs.open(file, libc::O_RDWR).unwrap();
+        let big_ino = ino(&fs, "big");
+        fs.open(big_ino, libc::O_RDWR).unwrap();
+        fs.write(file, 0, &mine).unwrap();
+        for (offset, bytes) in [(B + 100, &b"one"[..]), (4 * B, &[b'4'; B][..])] {
+            fs.write(big_ino, offset as u64, bytes).unwrap();
+            big[offset..offset + bytes.len()].copy_from_slice(bytes);
+        }
+        assert_eq!(fs.read(big_ino, 0, 1 << 24).unwrap(), big);
+        let frozen = fs.checkpoint_live().unwrap();
+        let big_at_checkpoint = big.clone();
+        let mine_at_checkpoint = mine.clone();
+
+        // Partial overwrites of blocks of the frozen layer, of the image, and across both.
+        let writes: [(usize, &[u8]); 5] = [
+            (B + 200, b"two"),
+            (2 * B + 10, b"three"),
+            (4 * B + B / 2, &[b'x'; B]),
+            (7 * B + 5, b"seven"),
+            (8 * B + 3, b"grown"),
+        ];
+        for (offset, bytes) in writes {
+            fs.write(big_ino, offset as u64, bytes).unwrap();
+            let end = offset + bytes.len();
+            if end > big.len() {
+                big.resize(end, 0);
+            }
+            big[offset..end].copy_from_slice(bytes);
+        }
+        fs.write(file, (B + 1) as u64, b"mid").unwrap();
+        mine[B + 1..B + 4].copy_from_slice(b"mid");
+        // Cut into the frozen layer's blocks, then grown again: the cut-off bytes read as zeros.
+        fs.setattr(file, SetAttr { size: Some((2 * B + 7) as u64), ..SetAttr::default() }).unwrap();
+        fs.setattr(file, SetAttr { size: Some((3 * B) as u64), ..SetAttr::default() }).unwrap();
+        mine[2 * B + 7..].fill(0);
+        assert_eq!(fs.read(big_ino, 0, 1 << 24).unwrap(), big);
+        assert_eq!(fs.read(file, 0, 1 << 24).unwrap(), mine);
+        for offset in (0..big.len()).step_by(B / 2) {
+            let got = fs.read(big_ino, offset as u64, B as u32).unwrap();
+            assert_eq!(got, big[offset..(offset + B).min(big.len())], "at {offset}");
+        }
+        // Only the blocks written since are in the new layer.
+        let new_layer = fs.stack().writable_id();
+        let stored = fs.stack().layer_bytes(new_layer).unwrap();
+        assert!(stored < 16 * BLOCK_SIZE + (64 << 10), "{stored} bytes in the new layer");
+        fs.release(file).unwrap();
+        fs.release(big_ino).unwrap();
+        drop(fs);
+
+        let fs = world.open();
+        assert_eq!(read(&fs, "big"), big);
+        assert_eq!(read(&fs, "mine"), mine);
+        drop(fs);
+        world.stack().revert_to(frozen).unwrap();
+        let fs = world.open();
+        assert_eq!(read(&fs, "big"), big_at_checkpoint);
+        assert_eq!(read(&fs, "mine"), mine_at_checkpoint);
+    }
+
+    /// A file unlinked while open lives on across a checkpoint, and is gone at the next mount.
+    #[test]
+    fn a_file_unlinked_while_open_survives_a_live_checkpoint() {
+        let world = World::new();
+        let fs = world.open();
+        let tmp = create(&fs, "", "tmp");
+        fs.open(tmp, libc::O_RDWR).unwrap();
+        fs.write(tmp, 0, &[b't'; 2 * B]).unwrap();
+        fs.unlink(ROOT_INO, OsStr::new("tmp")).unwrap();
+        let first = fs.checkpoint_live().unwrap();
+        fs.write(tmp, B as u64, b"more").unwrap();
+        let mut expected = vec![b't'; 2 * B];
+        expected[B..B + 4].copy_from_slice(b"more");
+        assert_eq!(fs.read(tmp, 0, 1 << 24).unwrap(), expected);
+        // Nothing changed in between: the next checkpoint freezes an empty layer but for it.
+        let second = fs.checkpoint_live().unwrap();
+        assert!(second > first);
+        assert_eq!(fs.read(tmp, 0, 1 << 24).unwrap(), expected);
+        assert_eq!(fs.getattr(tmp).unwrap().nlink, 0);
+        fs.release(tmp).unwrap();
+        drop(fs);
+
+        let fs = world.open();
+        assert!(matches!(fs.lookup(ROOT_INO, OsStr::new("tmp")), Err(Error::NotFound)));
+        assert_eq!(fs.stack().frozen_ids(), [first, second]);
+    }
 }

@@ -1,6 +1,6 @@
 //! The FUSE adapter: implements `fuser::Filesystem` by calling [`CowFs`] methods. Each handler
-//! opens a tracing span, makes one call and maps the error to an errno; no filesystem logic
-//! lives here.
+//! opens a tracing span, holds the tree's gate shared (a live checkpoint holds it exclusive),
+//! makes one call and maps the error to an errno; no filesystem logic lives here.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -18,6 +18,7 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 
+use crate::control;
 use crate::fs::{Caller, CowFs, DirEntry, SetAttr};
 use crate::node::{Attr, Kind, Time};
 use crate::{Error, BLOCK_SIZE};
@@ -62,7 +63,8 @@ impl Default for MountConfig {
 }
 
 struct FuseFs {
-    fs: CowFs,
+    /// Shared with the control socket's thread.
+    fs: Arc<CowFs>,
     dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_handle: AtomicU64,
     writeback_cache: bool,
@@ -72,6 +74,8 @@ struct FuseFs {
 pub struct Mounted {
     session: Session<FuseFs>,
     mountpoint: PathBuf,
+    /// The control socket in the layer directory (control.rs), while the mount runs.
+    control: Option<control::Server>,
 }
 
 /// Unmounts a [`Mounted`] filesystem from another thread, e.g. on a signal.
@@ -88,8 +92,11 @@ impl Unmounter {
     }
 }
 
-/// Mounts `fs` at `mountpoint`. Serve it with [`Mounted::run`].
+/// Mounts `fs` at `mountpoint`. Serve it with [`Mounted::run`]. While it runs, the control
+/// socket in its layer directory takes requests for live checkpoints
+/// ([`crate::checkpoint_mounted`]).
 pub fn mount(fs: CowFs, mountpoint: &Path, config: &MountConfig) -> io::Result<Mounted> {
+    let fs = Arc::new(fs);
     let mut options = vec![MountOption::FSName(config.fsname.clone()), MountOption::Subtype("cowfs".into())];
     options.push(MountOption::DefaultPermissions);
     options.push(MountOption::NoAtime);
@@ -111,13 +118,22 @@ pub fn mount(fs: CowFs, mountpoint: &Path, config: &MountConfig) -> io::Result<M
     fuse_config.n_threads = Some(config.threads.max(1));
     fuse_config.clone_fd = true;
     let fuse_fs = FuseFs {
-        fs,
+        fs: fs.clone(),
         dir_handles: Mutex::new(HashMap::new()),
         next_handle: AtomicU64::new(1),
         writeback_cache: config.writeback_cache,
     };
     let session = Session::new(fuse_fs, mountpoint, &fuse_config)?;
-    Ok(Mounted { session, mountpoint: mountpoint.to_owned() })
+    // Without its control socket (a full disk may refuse it) the mount still serves its
+    // files: only live checkpoints are refused, and they say why.
+    let control = match control::serve(fs) {
+        Ok(server) => Some(server),
+        Err(e) => {
+            tracing::error!("the mount has no control socket, so no live checkpoints: {e}");
+            None
+        }
+    };
+    Ok(Mounted { session, mountpoint: mountpoint.to_owned(), control })
 }
 
 impl Mounted {
@@ -125,9 +141,13 @@ impl Mounted {
         Unmounter(self.session.unmount_callable(), self.mountpoint.clone())
     }
 
-    /// Serves requests until the filesystem is unmounted, then makes everything durable.
+    /// Serves requests until the filesystem is unmounted, then makes everything durable and
+    /// removes the control socket. When it returns, the layer directory is free.
     pub fn run(self) -> io::Result<()> {
-        match self.session.run() {
+        let Mounted { session, control, .. } = self;
+        let result = session.run();
+        drop(control);
+        match result {
             // When the connection is torn down at unmount, the kernel may answer a worker's
             // read with ECONNABORTED instead of ENODEV: either way, the session is over.
             Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
@@ -270,6 +290,7 @@ impl Filesystem for FuseFs {
     }
 
     fn destroy(&mut self) {
+        let _gate = self.fs.shared();
         if let Err(e) = self.fs.sync_all() {
             tracing::error!("could not make the layer durable at unmount: {e}");
         }
@@ -277,15 +298,18 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = tracing::debug_span!("lookup", parent = parent.0, ?name).entered();
+        let _gate = self.fs.shared();
         reply_entry(reply, self.fs.lookup(parent.0, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _gate = self.fs.shared();
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _span = tracing::trace_span!("getattr", ino = ino.0).entered();
+        let _gate = self.fs.shared();
         match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
@@ -311,6 +335,7 @@ impl Filesystem for FuseFs {
         reply: ReplyAttr,
     ) {
         let _span = tracing::debug_span!("setattr", ino = ino.0, ?mode, ?uid, ?gid, ?size).entered();
+        let _gate = self.fs.shared();
         let set = SetAttr {
             mode,
             uid,
@@ -328,6 +353,7 @@ impl Filesystem for FuseFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _span = tracing::debug_span!("readlink", ino = ino.0).entered();
+        let _gate = self.fs.shared();
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(target.as_bytes()),
             Err(e) => reply.error(errno(e)),
@@ -336,27 +362,32 @@ impl Filesystem for FuseFs {
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let _span = tracing::debug_span!("mknod", parent = parent.0, ?name, mode).entered();
+        let _gate = self.fs.shared();
         let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
         reply_entry(reply, self.fs.mknod(parent.0, name, mode, rdev, caller(req)));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let _span = tracing::debug_span!("mkdir", parent = parent.0, ?name, mode).entered();
+        let _gate = self.fs.shared();
         reply_entry(reply, self.fs.mkdir(parent.0, name, mode & !umask, caller(req)));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = tracing::debug_span!("unlink", parent = parent.0, ?name).entered();
+        let _gate = self.fs.shared();
         reply_empty(reply, self.fs.unlink(parent.0, name));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = tracing::debug_span!("rmdir", parent = parent.0, ?name).entered();
+        let _gate = self.fs.shared();
         reply_empty(reply, self.fs.rmdir(parent.0, name));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let _span = tracing::debug_span!("symlink", parent = parent.0, ?link_name).entered();
+        let _gate = self.fs.shared();
         reply_entry(reply, self.fs.symlink(parent.0, link_name, target.as_os_str(), caller(req)));
     }
 
@@ -370,6 +401,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _gate = self.fs.shared();
         let _span =
             tracing::debug_span!("rename", parent = parent.0, ?name, newparent = newparent.0, ?newname).entered();
         reply_empty(reply, self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()));
@@ -377,11 +409,13 @@ impl Filesystem for FuseFs {
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let _span = tracing::debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
+        let _gate = self.fs.shared();
         reply_entry(reply, self.fs.link(ino.0, newparent.0, newname));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _span = tracing::debug_span!("open", ino = ino.0, flags = flags.0).entered();
+        let _gate = self.fs.shared();
         match self.fs.open(ino.0, flags.0) {
             // The page cache stays valid across opens: only this process changes the tree.
             Ok(()) => reply.opened(FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE),
@@ -401,6 +435,7 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         let _span = tracing::trace_span!("read", ino = ino.0, offset, size).entered();
+        let _gate = self.fs.shared();
         match self.fs.read(ino.0, offset, size) {
             Ok(bytes) => reply.data(&bytes),
             Err(e) => reply.error(errno(e)),
@@ -420,6 +455,7 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         let _span = tracing::trace_span!("write", ino = ino.0, offset, len = data.len()).entered();
+        let _gate = self.fs.shared();
         // Without the writeback cache, appending is ours to do.
         let offset = if !self.writeback_cache && flags.0 & libc::O_APPEND != 0 {
             match self.fs.getattr(ino.0) {
@@ -458,16 +494,19 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let _span = tracing::debug_span!("release", ino = ino.0).entered();
+        let _gate = self.fs.shared();
         reply_empty(reply, self.fs.release(ino.0));
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         let _span = tracing::debug_span!("fsync", ino = ino.0, datasync).entered();
+        let _gate = self.fs.shared();
         reply_empty(reply, self.fs.fsync(ino.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _span = tracing::debug_span!("opendir", ino = ino.0).entered();
+        let _gate = self.fs.shared();
         // The listing is taken once, at opendir: readdir pages through a stable snapshot.
         let listing = self.fs.readdir(ino.0).and_then(|entries| {
             let parent = self.fs.parent(ino.0)?;
@@ -507,10 +546,12 @@ impl Filesystem for FuseFs {
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _span = tracing::debug_span!("fsyncdir", ino = ino.0).entered();
+        let _gate = self.fs.shared();
         reply_empty(reply, self.fs.fsyncdir(ino.0));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _gate = self.fs.shared();
         match self.fs.statfs() {
             Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
             Err(e) => reply.error(errno(e)),
@@ -555,6 +596,7 @@ impl Filesystem for FuseFs {
         reply: ReplyCreate,
     ) {
         let _span = tracing::debug_span!("create", parent = parent.0, ?name, mode, flags).entered();
+        let _gate = self.fs.shared();
         match self.fs.create(parent.0, name, mode & !umask, flags, caller(req)) {
             Ok(attr) => reply.created(
                 &TTL,
@@ -578,6 +620,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let _span = tracing::debug_span!("fallocate", ino = ino.0, offset, length, mode).entered();
+        let _gate = self.fs.shared();
         reply_empty(reply, self.fs.fallocate(ino.0, offset, length, mode));
     }
 }

@@ -8,6 +8,7 @@
 //!   stack.json          {"format":1,"block_size":8192,"image":"/abs/image","layers":[1,4,7]}
 //!                       the layers bottom to top; the last one is writable, the others frozen
 //!   lock                flock(2)ed by whoever uses the stack: a mount, or a stack operation
+//!   control             a mount's control socket (control.rs), while it runs
 //!   layers/<id>/
 //!     journal           namespace and attribute changes (journal.rs)
 //!     data/<ino>        sparse data file of inode <ino>: its length is the file's size and
@@ -16,8 +17,10 @@
 //!   trash/              layers being deleted in the background
 //! ```
 //!
-//! `stack.json` is only ever replaced whole (crashsafe.rs), so checkpoint, revert and reset
-//! each commit with one rename and cost the same whatever the size of the layers. Layer
+//! `stack.json` is only ever replaced whole (crashsafe.rs), so checkpoint, revert (to the last
+//! checkpoint or to any earlier one) and reset each commit with one rename and cost the same
+//! whatever the size of the layers. A mounted stack is checkpointed by the mount itself
+//! (`CowFs::checkpoint_live`), the only holder of its lock. Layer
 //! directories that `stack.json` does not name are leftovers of an interrupted operation and
 //! are moved to `trash/` when the stack is opened.
 
@@ -137,28 +140,53 @@ impl LayerStack {
         self.manifest.layers.iter().map(|id| self.layer_dir(*id)).collect()
     }
 
-    /// Freezes the writable layer and starts a new, empty one over it.
-    pub fn checkpoint(&mut self) -> Result<()> {
+    /// Freezes the writable layer and starts a new, empty one over it. Returns the id of the
+    /// layer frozen. For a mounted stack, see [`crate::CowFs::checkpoint_live`].
+    pub fn checkpoint(&mut self) -> Result<u64> {
         let id = self.new_layer()?;
-        self.manifest.layers.push(id);
-        self.commit()
+        self.push_layer(id)
     }
 
     /// Drops the writable layer: the tree returns to the state of the last checkpoint (or of
     /// the image, when there is none).
     pub fn revert(&mut self) -> Result<()> {
         let id = self.new_layer()?;
-        let old = self.manifest.layers.pop();
-        self.manifest.layers.push(id);
-        self.commit()?;
+        let mut layers = self.manifest.layers.clone();
+        let old = layers.pop();
+        layers.push(id);
+        self.replace_layers(layers)?;
+        self.discard(old.into_iter())
+    }
+
+    /// Returns the tree to the state of checkpoint `id` (a frozen layer of the stack, as
+    /// [`LayerStack::checkpoint`] or [`crate::CowFs::checkpoint_live`] returned it): the layers
+    /// up to and including `id` stay, a new empty writable layer goes over them, and the layers
+    /// above `id` are dropped. One rename of `stack.json`, as for [`LayerStack::revert`].
+    pub fn revert_to(&mut self, id: u64) -> Result<()> {
+        let frozen = self.frozen_ids();
+        let Some(at) = frozen.iter().position(|&f| f == id) else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "layer {id} is not a checkpoint of layer directory {} (its frozen layers are {frozen:?})",
+                    self.dir.display()
+                ),
+            )
+            .into());
+        };
+        let new = self.new_layer()?;
+        let mut layers = self.manifest.layers.clone();
+        let old = layers.split_off(at + 1);
+        layers.push(new);
+        self.replace_layers(layers)?;
         self.discard(old.into_iter())
     }
 
     /// Drops every layer: the tree returns to the state of the image.
     pub fn reset(&mut self) -> Result<()> {
         let id = self.new_layer()?;
-        let old = std::mem::replace(&mut self.manifest.layers, vec![id]);
-        self.commit()?;
+        let old = self.manifest.layers.clone();
+        self.replace_layers(vec![id])?;
         self.discard(old.into_iter())
     }
 
@@ -167,15 +195,73 @@ impl LayerStack {
         self.manifest.layers.len() - 1
     }
 
+    /// The ids of the frozen layers, bottom to top (the writable layer is not among them).
+    pub fn frozen_ids(&self) -> Vec<u64> {
+        let layers = &self.manifest.layers;
+        layers[..layers.len() - 1].to_vec()
+    }
+
+    /// The id of the writable layer.
+    pub fn writable_id(&self) -> u64 {
+        *self.manifest.layers.last().expect("a layer stack always has a writable layer")
+    }
+
     pub fn usage(&self) -> io::Result<Usage> {
         Ok(Usage { stored_bytes: sys::tree::disk_usage(&self.dir)?, layers: self.manifest.layers.len() })
     }
 
-    fn layer_dir(&self, id: u64) -> PathBuf {
+    /// The bytes one layer of the stack (frozen or writable) occupies on disk: allocated
+    /// blocks, as [`LayerStack::usage`] counts them.
+    pub fn layer_bytes(&self, id: u64) -> io::Result<u64> {
+        if !self.manifest.layers.contains(&id) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("layer {id} is not a layer of layer directory {}", self.dir.display()),
+            ));
+        }
+        sys::tree::disk_usage(&self.layer_dir(id))
+    }
+
+    pub(crate) fn layer_dir(&self, id: u64) -> PathBuf {
         self.dir.join("layers").join(format!("{id:06}"))
     }
 
-    fn new_layer(&self) -> Result<u64> {
+    /// Puts layer `id` (made by [`LayerStack::new_layer`]) on top of the stack as the new
+    /// writable layer, with one durable rename of `stack.json`. Returns the id of the layer it
+    /// froze. On failure the stack is as it was in memory; on disk, `stack.json` is the old one
+    /// or (when only the final directory sync failed) the new one, both valid.
+    pub(crate) fn push_layer(&mut self, id: u64) -> Result<u64> {
+        let frozen = self.writable_id();
+        let mut layers = self.manifest.layers.clone();
+        layers.push(id);
+        self.replace_layers(layers)?;
+        Ok(frozen)
+    }
+
+    /// Gives up a layer made by [`LayerStack::new_layer`] that was never pushed: it goes to
+    /// the trash (or, should that fail, to the next opening of the stack, which collects it).
+    pub(crate) fn abandon(&self, id: u64) {
+        if self.manifest.layers.contains(&id) {
+            return;
+        }
+        if let Err(e) = self.discard(std::iter::once(id)) {
+            tracing::warn!(layer = id, "could not drop an unused layer: {e}");
+        }
+    }
+
+    /// Makes `layers` the stack, in memory and in `stack.json`; on failure, the stack stays
+    /// as it was in memory. Returns the old list.
+    fn replace_layers(&mut self, layers: Vec<u64>) -> Result<Vec<u64>> {
+        let old = std::mem::replace(&mut self.manifest.layers, layers);
+        if let Err(e) = self.commit() {
+            self.manifest.layers = old;
+            return Err(e);
+        }
+        Ok(old)
+    }
+
+    /// Makes a new, empty layer directory that `stack.json` does not name yet.
+    pub(crate) fn new_layer(&self) -> Result<u64> {
         let id = fs::read_dir(self.dir.join("layers"))?
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
             .chain(self.manifest.layers.iter().copied())
@@ -292,6 +378,41 @@ mod tests {
 
         let stack = LayerStack::open(layers.path(), image.path()).unwrap();
         assert_eq!(stack.layer_dirs().len(), 1);
+    }
+
+    #[test]
+    fn revert_to_keeps_the_layers_up_to_a_checkpoint() {
+        let image = tempfile::tempdir().unwrap();
+        let layers = tempfile::tempdir().unwrap();
+        let mut stack = LayerStack::open(layers.path(), image.path()).unwrap();
+        assert_eq!(stack.frozen_ids(), Vec::<u64>::new());
+        let first = stack.writable_id();
+        assert_eq!(stack.checkpoint().unwrap(), first);
+        let second = stack.checkpoint().unwrap();
+        let third = stack.checkpoint().unwrap();
+        assert_eq!(stack.frozen_ids(), [first, second, third]);
+        let dirs = stack.layer_dirs();
+        std::fs::write(dirs[1].join("data/9"), vec![1u8; 64 << 10]).unwrap();
+        assert!(stack.layer_bytes(second).unwrap() >= 64 << 10);
+        assert!(stack.layer_bytes(first).unwrap() < 64 << 10);
+
+        for wrong in [stack.writable_id(), 999] {
+            let err = stack.revert_to(wrong).unwrap_err();
+            assert!(err.to_string().contains(&format!("layer {wrong} is not a checkpoint")), "{err}");
+        }
+        assert!(stack.layer_bytes(999).is_err());
+        assert_eq!(stack.layer_dirs(), dirs, "a refused revert changed the stack");
+
+        stack.revert_to(second).unwrap();
+        assert_eq!(stack.frozen_ids(), [first, second]);
+        let after = stack.layer_dirs();
+        assert_eq!(after[..2], dirs[..2]);
+        assert!(!dirs[2..].contains(&after[2]), "the new writable layer is not new");
+        drop(stack);
+
+        let stack = LayerStack::open(layers.path(), image.path()).unwrap();
+        assert_eq!(stack.frozen_ids(), [first, second]);
+        assert_eq!(stack.layer_dirs(), after);
     }
 
     #[test]

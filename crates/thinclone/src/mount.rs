@@ -3,6 +3,9 @@
 //! Other tooling drives this command, so its interface stays as it is:
 //! `thinclone mount --image DIR --layer DIR MOUNTPOINT [--owner USER]`; options are only
 //! added (`--owner UID:GID`, `--nosuid`, `--nodev`).
+//!
+//! While mounted, it takes requests for checkpoints of the live tree on the control socket
+//! `LAYER_DIR/control` (`cowfs::checkpoint_mounted`; cowfs's `mount` serves it).
 
 use std::path::PathBuf;
 
