@@ -132,6 +132,49 @@ pub fn finish(image: &Path, layer: &Path, clone_dir: &Path, names: &[&str]) -> i
     sys::crashsafe::remove_file(&marker)
 }
 
+/// Copies the clone's commit directories into `into/native/` for a checkpoint, while
+/// nothing writes to them.
+pub fn capture(clone_dir: &Path, into: &Path, names: &[&str]) -> io::Result<()> {
+    for name in names {
+        let name = checked(name)?;
+        let from = native_dir(clone_dir).join(name);
+        if !from.is_dir() {
+            continue;
+        }
+        let to = native_dir(into).join(name);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        sys::tree::copy_sparse(&from, &to).map_err(io::Error::other)?;
+    }
+    Ok(())
+}
+
+/// Puts the commit directories a checkpoint captured (`from/native/`) in place of the
+/// clone's, each whole and durably; running it again after a crash finishes it.
+pub fn restore(clone_dir: &Path, from: &Path, names: &[&str]) -> io::Result<()> {
+    let native = native_dir(clone_dir);
+    if !native.is_dir() {
+        fs::create_dir_all(&native)?;
+        fs::set_permissions(&native, fs::Permissions::from_mode(0o711))?;
+    }
+    for name in names {
+        let name = checked(name)?;
+        let saved = native_dir(from).join(name);
+        if !saved.is_dir() {
+            continue;
+        }
+        let to = native_dir(clone_dir).join(name);
+        let fresh = path_with_suffix(&to, ".new");
+        let old = path_with_suffix(&to, ".old");
+        sys::tree::remove(&fresh)?;
+        sys::tree::copy_sparse(&saved, &fresh).map_err(io::Error::other)?;
+        sys::crashsafe::sync_tree(&fresh)?;
+        sys::crashsafe::swap_in_dir(&fresh, &to, &old)?;
+    }
+    Ok(())
+}
+
 /// Gives the clone's commit directories to its OS user, as the mount presents its files.
 pub fn give_to(clone_dir: &Path, names: &[&str], uid: u32, gid: u32) -> io::Result<()> {
     for name in names {

@@ -43,6 +43,17 @@ pub fn dispatch(agent: &dyn Agent, request: Request, report: &(dyn Fn(Report) + 
             agent.delete_clone(&name)?;
             Reply::Done
         }
+        Request::CheckpointClone { name, checkpoint, message } => {
+            Reply::CloneReport { report: Some(agent.checkpoint_clone(&name, &checkpoint, message.as_deref())?) }
+        }
+        Request::RevertClone { name, to } => {
+            Reply::CloneReport { report: Some(agent.revert_clone(&name, to.as_ref())?) }
+        }
+        Request::Checkpoints { name } => Reply::Checkpoints { checkpoints: agent.checkpoints(&name)? },
+        Request::DeleteCheckpoint { name, checkpoint } => {
+            agent.delete_checkpoint(&name, &checkpoint)?;
+            Reply::Done
+        }
         Request::CloneReport { name } => Reply::CloneReport { report: agent.clone_report(&name)? },
         Request::CloneReports => Reply::CloneReports { reports: agent.clone_reports()? },
         Request::WriteMarker { path, value } => {

@@ -169,6 +169,30 @@ pub trait Driver: Send + Sync {
     /// Bytes the clone's storage occupies on disk beyond the image.
     fn stored_bytes(&self, clone_dir: &Path) -> io::Result<u64>;
 
+    /// Captures the clone's files into the new directory `into` while nothing writes to
+    /// them: its server is paused (`live`, storage attached) or stopped (storage detached).
+    /// Returns the cowfs layer it froze.
+    fn checkpoint(&self, image: &Path, clone_dir: &Path, into: &Path, live: bool) -> Result<Option<u64>>;
+
+    /// Returns the clone's files to the checkpoint captured in `from` (and `layer`), while
+    /// its storage is detached. Running it again after a crash finishes it.
+    fn revert(&self, image: &Path, clone_dir: &Path, from: &Path, layer: Option<u64>) -> Result<()>;
+
+    /// The disk a checkpoint keeps for itself.
+    fn checkpoint_bytes(&self, clone_dir: &Path, dir: &Path, layer: Option<u64>) -> io::Result<u64>;
+
+    /// Makes a new clone's storage at `clone_dir` from checkpoint `checkpoint` (its
+    /// directory, and its layer) of the clone at `origin_dir`, instead of from the image:
+    /// cowfs shares the origin's frozen layers, reflink shares blocks, copy copies.
+    fn branch(
+        &self,
+        image: &Path,
+        origin_dir: &Path,
+        checkpoint: &Path,
+        layer: Option<u64>,
+        clone_dir: &Path,
+    ) -> Result<()>;
+
     /// Deletes a detached clone's storage (its whole directory).
     fn destroy(&self, clone_dir: &Path) -> Result<()> {
         self.clean_leftovers(clone_dir)?;
@@ -314,14 +338,7 @@ impl Driver for Cowfs {
     }
 
     fn create(&self, image: &Path, clone_dir: &Path) -> Result<()> {
-        let data = data_dir(clone_dir);
-        match fs::create_dir(&data) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(DriverError::from_io("making the clone's mountpoint", e));
-            }
-            _ => {}
-        }
-        io_ctx("making the clone's mountpoint private", fs::set_permissions(&data, fs::Permissions::from_mode(0o700)))?;
+        Self::make_mountpoint(clone_dir)?;
         // Opening the layer directory creates it: a manifest and an empty journal.
         cowfs::LayerStack::open(&Self::layer(clone_dir), image)
             .map_err(|e| DriverError::from_io("making the clone's layer", io::Error::other(e)))?;
@@ -386,7 +403,95 @@ impl Driver for Cowfs {
     fn stored_bytes(&self, clone_dir: &Path) -> io::Result<u64> {
         Ok(sys::tree::disk_usage(&Self::layer(clone_dir))? + crate::commit_dirs::disk_usage(clone_dir)?)
     }
+
+    fn checkpoint(&self, image: &Path, clone_dir: &Path, into: &Path, live: bool) -> Result<Option<u64>> {
+        let layer = Self::layer(clone_dir);
+        let frozen = if live {
+            // The mount freezes its writable layer and goes on over a new one: the server
+            // keeps its open files.
+            cowfs::checkpoint_mounted(&layer, CHECKPOINT_TIMEOUT)
+                .map_err(|e| DriverError::from_io("freezing the clone's layer", e))?
+        } else {
+            let mut stack = cowfs::LayerStack::open(&layer, image)
+                .map_err(|e| DriverError::from_io("opening the clone's layer", io::Error::other(e)))?;
+            stack.checkpoint().map_err(|e| DriverError::from_io("freezing the clone's layer", io::Error::other(e)))?
+        };
+        io_ctx(
+            "copying the clone's commit directories",
+            crate::commit_dirs::capture(clone_dir, into, self.commit_dirs),
+        )?;
+        Ok(Some(frozen))
+    }
+
+    fn revert(&self, image: &Path, clone_dir: &Path, from: &Path, layer: Option<u64>) -> Result<()> {
+        let Some(frozen) = layer else {
+            return Err(DriverError::from_io(
+                "reverting the clone's layer",
+                io::Error::new(io::ErrorKind::NotFound, "the checkpoint names no layer"),
+            ));
+        };
+        let mut stack = cowfs::LayerStack::open(&Self::layer(clone_dir), image)
+            .map_err(|e| DriverError::from_io("opening the clone's layer", io::Error::other(e)))?;
+        stack
+            .revert_to(frozen)
+            .map_err(|e| DriverError::from_io("reverting the clone's layer", io::Error::other(e)))?;
+        drop(stack);
+        io_ctx(
+            "restoring the clone's commit directories",
+            crate::commit_dirs::restore(clone_dir, from, self.commit_dirs),
+        )
+    }
+
+    fn branch(
+        &self,
+        image: &Path,
+        origin_dir: &Path,
+        checkpoint: &Path,
+        layer: Option<u64>,
+        clone_dir: &Path,
+    ) -> Result<()> {
+        Self::make_mountpoint(clone_dir)?;
+        io_ctx("making the clone's layer", self.branch_layers(image, origin_dir, layer, clone_dir))?;
+        io_ctx("making the clone's layer private", Self::make_private(clone_dir))?;
+        io_ctx(
+            "copying the checkpoint's commit directories",
+            crate::commit_dirs::restore(clone_dir, checkpoint, self.commit_dirs),
+        )
+    }
+
+    fn checkpoint_bytes(&self, clone_dir: &Path, dir: &Path, layer: Option<u64>) -> io::Result<u64> {
+        let frozen = match layer {
+            Some(id) => sys::tree::disk_usage(&cowfs::layer_path(&Self::layer(clone_dir), id))?,
+            None => 0,
+        };
+        Ok(frozen + sys::tree::disk_usage(dir)?)
+    }
 }
+
+impl Cowfs {
+    fn make_mountpoint(clone_dir: &Path) -> Result<()> {
+        let data = data_dir(clone_dir);
+        match fs::create_dir(&data) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(DriverError::from_io("making the clone's mountpoint", e));
+            }
+            _ => {}
+        }
+        io_ctx("making the clone's mountpoint private", fs::set_permissions(&data, fs::Permissions::from_mode(0o700)))
+    }
+
+    fn branch_layers(&self, image: &Path, origin_dir: &Path, layer: Option<u64>, clone_dir: &Path) -> io::Result<()> {
+        let Some(frozen) = layer else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "the checkpoint names no layer"));
+        };
+        let lower = cowfs::layers_up_to(&Self::layer(origin_dir), frozen).map_err(io::Error::other)?;
+        let mut stack = cowfs::LayerStack::open(&Self::layer(clone_dir), image).map_err(io::Error::other)?;
+        stack.build_on(lower).map_err(io::Error::other)
+    }
+}
+
+/// How long a mount may take to freeze its writable layer (it syncs it first).
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Ends whatever still copies into `dir`: a `cp` of an agent that was killed outlives it, and
 /// would go on writing into the directory being removed.
@@ -408,7 +513,8 @@ pub struct CopyDriver {
 }
 
 impl CopyDriver {
-    /// Builds a fresh copy of the image at `data.new` and swaps it in for `data`:
+    /// Builds a fresh copy of `image` (or of a checkpoint's files) at `data.new` and swaps it
+    /// in for `data`:
     /// `data` → `data.old`, `data.new` → `data`, then `data.old` is removed. A crash at any
     /// point leaves a state that [`Driver::recover`] completes.
     fn copy_in(&self, image: &Path, clone_dir: &Path, what: &str) -> Result<()> {
@@ -483,6 +589,40 @@ impl Driver for CopyDriver {
             CopyData::Copy => sys::tree::disk_usage(&data_dir(clone_dir)),
             // Only the bytes no longer shared with the image (see reflink.rs).
             CopyData::Reflink => crate::reflink::exclusive_bytes(&data_dir(clone_dir)),
+        }
+    }
+
+    fn checkpoint(&self, _image: &Path, clone_dir: &Path, into: &Path, _live: bool) -> Result<Option<u64>> {
+        // reflink: each file shares the clone's blocks, so the copy costs metadata only.
+        sys::tree::copy(&data_dir(clone_dir), &into.join("data"), self.data, None)
+            .map_err(|e| DriverError::from_program("copying the clone's files", e))?;
+        Ok(None)
+    }
+
+    fn revert(&self, _image: &Path, clone_dir: &Path, from: &Path, _layer: Option<u64>) -> Result<()> {
+        let what = "copying the checkpoint's files back";
+        let fresh = clone_dir.join("data.new");
+        stop_copies_into(&fresh);
+        io_ctx(what, sys::tree::remove(&fresh))?;
+        sys::tree::copy(&from.join("data"), &fresh, self.data, None).map_err(|e| DriverError::from_program(what, e))?;
+        io_ctx(what, sys::crashsafe::swap_in_dir(&fresh, &data_dir(clone_dir), &clone_dir.join("data.old")))
+    }
+
+    fn branch(
+        &self,
+        _image: &Path,
+        _origin_dir: &Path,
+        checkpoint: &Path,
+        _layer: Option<u64>,
+        clone_dir: &Path,
+    ) -> Result<()> {
+        self.copy_in(&checkpoint.join("data"), clone_dir, "copying the checkpoint's files")
+    }
+
+    fn checkpoint_bytes(&self, _clone_dir: &Path, dir: &Path, _layer: Option<u64>) -> io::Result<u64> {
+        match self.data {
+            CopyData::Copy => sys::tree::disk_usage(dir),
+            CopyData::Reflink => crate::reflink::exclusive_bytes(dir),
         }
     }
 }

@@ -47,6 +47,7 @@ pub mod driver;
 pub mod enroll;
 mod images;
 mod local;
+mod pause;
 mod record;
 pub mod reflink;
 mod uids;
@@ -61,8 +62,8 @@ pub use record::{CloneRecord, Desired, Intent};
 use api::Name;
 
 pub use api::agent::{
-    AgentError, AgentErrorKind as ErrorKind, AgentInfo, CloneReport, CloneSpec, CloneState, EngineVersions, ImagePlace,
-    ImageSource, MadeImage, SourceFacts,
+    AgentError, AgentErrorKind as ErrorKind, AgentInfo, CloneOrigin, CloneReport, CloneSpec, CloneState,
+    EngineVersions, ImagePlace, ImageSource, MadeImage, SourceFacts,
 };
 
 /// Ways to make an [`AgentError`].
@@ -202,6 +203,21 @@ pub trait Agent: Send + Sync {
 
     /// Stops and removes a clone (gone already is fine).
     fn delete_clone(&self, name: &Name) -> Result<()>;
+
+    /// Records a clone's state now as checkpoint `checkpoint`. A running clone's server is
+    /// paused while its files are captured, and keeps its connections.
+    fn checkpoint_clone(&self, name: &Name, checkpoint: &Name, message: Option<&str>) -> Result<CloneReport>;
+
+    /// Returns a clone to a checkpoint (the latest when `to` is `None`), removing the
+    /// checkpoints made after it; its server restarts on the same port with the same
+    /// credentials if it was running.
+    fn revert_clone(&self, name: &Name, to: Option<&Name>) -> Result<CloneReport>;
+
+    /// A clone's checkpoints, oldest first.
+    fn checkpoints(&self, name: &Name) -> Result<Vec<api::Checkpoint>>;
+
+    /// Removes one of a clone's checkpoints.
+    fn delete_checkpoint(&self, name: &Name, checkpoint: &Name) -> Result<()>;
 
     /// How a clone is, or `None` when this agent has no such clone.
     fn clone_report(&self, name: &Name) -> Result<Option<CloneReport>>;

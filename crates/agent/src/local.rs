@@ -19,7 +19,7 @@ use sys::User;
 
 use crate::driver::{self, Attached};
 use crate::images::{check_place, image_dir, partial_dir};
-use crate::record::{CloneRecord, Desired, Intent};
+use crate::record::{CheckpointRecord, CloneRecord, Desired, Intent};
 use crate::{
     Agent, AgentError, AgentErrorExt, AgentInfo, CloneReport, CloneRole, CloneSpec, CloneState, EngineVersions,
     ErrorKind, ImagePlace, ImageSource, Isolation, MadeImage, Result, SourceFacts,
@@ -415,6 +415,7 @@ impl LocalAgent {
             superuser: record.superuser.clone(),
             label: format!("thinclone-{}", record.name),
             memory: self.config.memory.clone(),
+            read_only: record.read_only,
         }
     }
 
@@ -469,7 +470,10 @@ impl LocalAgent {
         }
         let spec = self.instance_spec(record);
         let password = Secret::new(record.password.clone());
-        let started = engine.start(&spec, START_TIMEOUT).and_then(|instance| {
+        // A read-only server cannot be given its credentials: a writable start does that,
+        // and stops, and the read-only one follows.
+        let writable = InstanceSpec { read_only: false, ..spec.clone() };
+        let started = engine.start(&writable, START_TIMEOUT).and_then(|instance| {
             // Dropping the instance on failure stops its server.
             match &record.owner {
                 None => instance.set_password(&record.superuser, &password)?,
@@ -479,6 +483,10 @@ impl LocalAgent {
                     instance.set_password(&record.superuser, &hidden)?;
                     instance.make_owner(owner, &password)?;
                 }
+            }
+            if spec.read_only {
+                instance.stop(STOP_TIMEOUT)?;
+                return engine.start(&spec, START_TIMEOUT);
             }
             Ok(instance)
         });
@@ -553,6 +561,74 @@ impl LocalAgent {
         }
     }
 
+    /// Puts a clone's files back to the checkpoint `record.reverting_to`, drops the
+    /// checkpoints after it, and clears `reverting_to`. The clone is torn down. Running it
+    /// again after a crash finishes it.
+    fn revert_files(&self, record: &mut CloneRecord) -> Result<()> {
+        let Some(to) = record.reverting_to.clone() else { return Ok(()) };
+        let Some(at) = record.checkpoints.iter().position(|c| c.name == to) else {
+            record.reverting_to = None;
+            return Err(AgentError::new(ErrorKind::NotFound, format!("checkpoint {to} is gone")));
+        };
+        let clone_dir = self.clone_dir(&record.name);
+        let all = checkpoints_dir(&clone_dir);
+        let driver = self.driver(record);
+        driver.recover(&clone_dir).map_err(AgentError::from_driver)?;
+        driver
+            .revert(&self.record_image_dir(record), &clone_dir, &all.join(to.as_str()), record.checkpoints[at].layer)
+            .map_err(AgentError::from_driver)?;
+        let later: Vec<CheckpointRecord> = record.checkpoints.drain(at + 1..).collect();
+        record.reverting_to = None;
+        self.save(record)?;
+        for dropped in later {
+            tracing::info!(clone = %record.name, checkpoint = %dropped.name, "removing a checkpoint made after the one reverted to");
+            if let Err(e) = sys::tree::remove(&all.join(dropped.name.as_str())) {
+                tracing::warn!(clone = %record.name, "removing checkpoint {}: {e}", dropped.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a change to clone `name` that would drop layers a cowfs branch reads: those
+    /// of its checkpoints for which `drops` is true.
+    fn refuse_if_branched(&self, name: &Name, what: &str, drops: impl Fn(&Name) -> bool) -> Result<()> {
+        let branches: Vec<String> = self
+            .records()
+            .into_iter()
+            .filter(|r| r.driver == Driver::Cowfs)
+            .filter_map(|r| {
+                let origin = r.origin?;
+                (&origin.clone == name && drops(&origin.checkpoint)).then(|| format!("{} (from {origin})", r.name))
+            })
+            .collect();
+        if branches.is_empty() {
+            return Ok(());
+        }
+        Err(AgentError::new(
+            ErrorKind::Conflict,
+            format!(
+                "cannot {what} clone {name}: the cowfs clones {} are built on its checkpoints; remove or reset them first",
+                branches.join(", ")
+            ),
+        ))
+    }
+
+    /// Removes checkpoint directories no record names: half-made ones, and those of
+    /// checkpoints whose removal a crash interrupted.
+    fn clean_checkpoints(&self, record: &CloneRecord) {
+        let all = checkpoints_dir(&self.clone_dir(&record.name));
+        let Ok(entries) = fs::read_dir(&all) else { return };
+        for entry in entries.flatten() {
+            let known = record.checkpoints.iter().any(|c| entry.file_name() == c.name.as_str());
+            if !known {
+                tracing::info!(clone = %record.name, dir = %entry.path().display(), "removing a checkpoint directory no record names");
+                if let Err(e) = sys::tree::remove(&entry.path()) {
+                    tracing::warn!(clone = %record.name, "removing {}: {e}", entry.path().display());
+                }
+            }
+        }
+    }
+
     /// Takes over the server and storage an earlier agent left running for this clone.
     fn adopt(&self, record: &CloneRecord) -> bool {
         let Ok(engine) = self.engine(&record.engine) else { return false };
@@ -594,7 +670,12 @@ impl LocalAgent {
 
     /// Measures one clone's disk use now.
     fn measure(&self, record: &CloneRecord) {
-        match self.driver(record).stored_bytes(&self.clone_dir(&record.name)) {
+        let clone_dir = self.clone_dir(&record.name);
+        let checkpoints = match sys::tree::disk_usage(&checkpoints_dir(&clone_dir)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            other => other,
+        };
+        match self.driver(record).stored_bytes(&clone_dir).and_then(|b| Ok(b + checkpoints?)) {
             Ok(bytes) => {
                 lock(&self.sizes).insert(record.name.clone(), (bytes, Timestamp::now()));
             }
@@ -767,8 +848,25 @@ impl LocalAgent {
             Some(Intent::Start) | Some(Intent::Create) => {
                 self.tear_down(&record)?;
             }
+            Some(Intent::Checkpoint) => {
+                // The server may be paused: it goes on, and is adopted as it runs.
+                tracing::info!(clone = %name, "ending a checkpoint a crash interrupted");
+                let server = self.engine(&record.engine).ok().and_then(|e| e.adopt(&self.instance_spec(&record)));
+                let user = self.clone_user(&record);
+                crate::pause::resume(server.as_ref().map(|i| i.pid() as i32), user.synthetic.then_some(user.uid));
+                if let Some(server) = server {
+                    server.detach();
+                }
+                record.intent = None;
+            }
+            Some(Intent::Revert) => {
+                tracing::info!(clone = %name, "finishing an interrupted revert");
+                self.tear_down(&record)?;
+                self.revert_files(&mut record)?;
+            }
             None => {}
         }
+        self.clean_checkpoints(&record);
         driver.recover(&clone_dir).map_err(AgentError::from_driver)?;
         let mut had_intent = record.intent.take().is_some();
         if record.uid.is_none() && self.isolation.clone_uids.is_some() {
@@ -973,6 +1071,11 @@ impl LocalAgent {
 
 /// Whether a cowfs mount's log says that it refuses writes for lack of room now: its last
 /// `cowfs: ENOSPC` line is later than its last `cowfs: space available again` line.
+/// Where a clone's checkpoints keep their files: one directory each, by name.
+fn checkpoints_dir(clone_dir: &Path) -> PathBuf {
+    clone_dir.join("checkpoints")
+}
+
 fn cowfs_out_of_room(clone_dir: &Path) -> bool {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut log) = fs::File::open(clone_dir.join("mount.log")) else { return false };
@@ -1149,6 +1252,41 @@ impl Agent for LocalAgent {
                 sys::tree::size(&image).bytes,
             )?;
         }
+        // A branch: the checkpoint it starts from, made now if asked, and kept from changing
+        // (its clone locked) while the branch's storage is made from it.
+        if let Some(origin) = spec.origin.as_ref().filter(|o| o.make_checkpoint) {
+            self.checkpoint_clone(&origin.clone, &origin.checkpoint, Some(&format!("made for clone {}", spec.name)))?;
+        }
+        let origin_guard = spec.origin.as_ref().map(|o| self.clone_lock(&o.clone));
+        let _origin_op = origin_guard.as_ref().map(|g| lock(g));
+        let from = match &spec.origin {
+            Some(origin) => {
+                let record = self.load(&origin.clone)?;
+                let checkpoint = record.checkpoints.iter().find(|c| c.name == origin.checkpoint).ok_or_else(|| {
+                    AgentError::new(
+                        ErrorKind::NotFound,
+                        format!("clone {} has no checkpoint named {}", origin.clone, origin.checkpoint),
+                    )
+                })?;
+                if record.driver != spec.driver {
+                    return Err(AgentError::new(
+                        ErrorKind::BadRequest,
+                        format!("a branch of clone {} uses its driver, {}", origin.clone, record.driver),
+                    ));
+                }
+                let origin_dir = self.clone_dir(&origin.clone);
+                if spec.driver == Driver::Copy {
+                    let files = checkpoints_dir(&origin_dir).join(checkpoint.name.as_str());
+                    crate::images::check_room(
+                        self,
+                        &format!("a full copy of checkpoint {origin}"),
+                        sys::tree::size(&files).bytes,
+                    )?;
+                }
+                Some((origin_dir, checkpoint.clone()))
+            }
+            None => None,
+        };
         // A directory without a record is what a crash left before the record was written.
         sys::tree::remove(&clone_dir).map_err(internal("clearing the clone's directory"))?;
         fs::create_dir(&clone_dir).map_err(internal("making the clone's directory"))?;
@@ -1174,14 +1312,24 @@ impl Agent for LocalAgent {
             },
             chown_pending: false,
             image_dir: Some(image.clone()),
+            checkpoints: Vec::new(),
+            reverting_to: None,
+            origin: spec.origin.clone(),
+            read_only: spec.read_only,
         };
         // Recorded first: a crash from here on is cleaned up by recovery.
         self.save_with_new_uid(&mut record)?;
         let driver = self.driver(&record);
-        let made = driver
-            .create(&image, &clone_dir)
-            .map_err(AgentError::from_driver)
-            .and_then(|()| self.bring_up_as(&mut record, true));
+        let storage = match &from {
+            Some((origin_dir, checkpoint)) => {
+                // Its files are the origin's, and its uid's from its first start.
+                record.chown_pending = true;
+                let files = checkpoints_dir(origin_dir).join(checkpoint.name.as_str());
+                driver.branch(&image, origin_dir, &files, checkpoint.layer, &clone_dir)
+            }
+            None => driver.create(&image, &clone_dir),
+        };
+        let made = storage.map_err(AgentError::from_driver).and_then(|()| self.bring_up_as(&mut record, true));
         if let Err(e) = made {
             if let Err(t) = self.tear_down(&record) {
                 tracing::warn!(clone = %spec.name, "stopping after a failed create: {t}");
@@ -1252,6 +1400,7 @@ impl Agent for LocalAgent {
         let guard = self.clone_lock(name);
         let _op = lock(&guard);
         let mut record = self.load(name)?;
+        self.refuse_if_branched(name, "reset", |_| true)?;
         if record.driver == Driver::Copy {
             let image = self.record_image_dir(&record);
             crate::images::check_room(
@@ -1267,6 +1416,14 @@ impl Agent for LocalAgent {
         // A failed copy (a full disk) leaves the clone as it was; it comes back up either way.
         let reset =
             self.driver(&record).reset(&self.record_image_dir(&record), &clone_dir).map_err(AgentError::from_driver);
+        if reset.is_ok() {
+            // Back to the image: the checkpoints went with the layers (cowfs), and go for
+            // every driver alike; a branch no longer comes from its origin.
+            record.checkpoints.clear();
+            record.origin = None;
+            self.save(&record)?;
+            self.clean_checkpoints(&record);
+        }
         let started = if record.desired == Desired::Running { self.bring_up(&mut record) } else { Ok(()) };
         record.intent = None;
         match &started {
@@ -1281,6 +1438,7 @@ impl Agent for LocalAgent {
     fn delete_clone(&self, name: &Name) -> Result<()> {
         let guard = self.clone_lock(name);
         let _op = lock(&guard);
+        self.refuse_if_branched(name, "remove", |_| true)?;
         let clone_dir = self.clone_dir(name);
         let Some(mut record) = CloneRecord::load(&clone_dir).map_err(internal("reading the clone's record"))? else {
             return sys::tree::remove(&clone_dir).map_err(internal("removing the clone's directory"));
@@ -1294,6 +1452,152 @@ impl Agent for LocalAgent {
         self.driver(&record).destroy(&clone_dir).map_err(AgentError::from_driver)?;
         self.release_uid(&record);
         lock(&self.sizes).remove(name);
+        Ok(())
+    }
+
+    fn checkpoint_clone(&self, name: &Name, checkpoint: &Name, message: Option<&str>) -> Result<CloneReport> {
+        let guard = self.clone_lock(name);
+        let _op = lock(&guard);
+        let mut record = self.load(name)?;
+        if record.checkpoints.iter().any(|c| &c.name == checkpoint) {
+            return Err(AgentError::new(
+                ErrorKind::Conflict,
+                format!("clone {name} already has a checkpoint named {checkpoint}; choose another name"),
+            ));
+        }
+        let clone_dir = self.clone_dir(name);
+        if record.driver == Driver::Copy {
+            let bytes = sys::tree::size(&driver::data_dir(&clone_dir)).bytes;
+            crate::images::check_room(self, &format!("a copy of clone {name}'s files"), bytes)?;
+        }
+        let all = checkpoints_dir(&clone_dir);
+        fs::create_dir_all(&all).map_err(internal("making the checkpoints directory"))?;
+        fs::set_permissions(&all, fs::Permissions::from_mode(0o700))
+            .map_err(internal("making the checkpoints directory private"))?;
+        let partial = all.join(format!("{checkpoint}.partial"));
+        sys::tree::remove(&partial).map_err(internal("removing a half-made checkpoint"))?;
+        record.intent = Some(Intent::Checkpoint);
+        self.save(&record)?;
+        let server = lock(&self.running).get(name).map(|r| r.instance.pid() as i32);
+        let user = self.clone_user(&record);
+        let image = self.record_image_dir(&record);
+        let taken = (|| {
+            fs::create_dir(&partial).map_err(internal("making the checkpoint's directory"))?;
+            let _paused = match server {
+                Some(pid) => Some(
+                    crate::pause::Paused::pause(pid, user.synthetic.then_some(user.uid))
+                        .map_err(internal("pausing the clone's server"))?,
+                ),
+                None => None,
+            };
+            self.driver(&record)
+                .checkpoint(&image, &clone_dir, &partial, server.is_some())
+                .map_err(AgentError::from_driver)
+            // The server goes on here; what follows makes the capture durable.
+        })()
+        .and_then(|layer| {
+            sys::crashsafe::sync_tree(&partial).map_err(internal("syncing the checkpoint"))?;
+            sys::crashsafe::rename(&partial, &all.join(checkpoint.as_str()))
+                .map_err(internal("putting the checkpoint in place"))?;
+            Ok(layer)
+        });
+        match &taken {
+            Ok(layer) => record.checkpoints.push(CheckpointRecord {
+                name: checkpoint.clone(),
+                message: message.map(str::to_owned),
+                created_at: Timestamp::now(),
+                layer: *layer,
+            }),
+            Err(e) => {
+                tracing::warn!(clone = %name, %checkpoint, "the checkpoint failed: {e}");
+                if let Err(r) = sys::tree::remove(&partial) {
+                    tracing::warn!(clone = %name, "removing the half-made checkpoint: {r}");
+                }
+            }
+        }
+        record.intent = None;
+        self.save(&record)?;
+        self.measure(&record);
+        taken.map(|_| self.report(&record))
+    }
+
+    fn revert_clone(&self, name: &Name, to: Option<&Name>) -> Result<CloneReport> {
+        let guard = self.clone_lock(name);
+        let _op = lock(&guard);
+        let mut record = self.load(name)?;
+        let target = match to {
+            Some(to) => record.checkpoints.iter().find(|c| &c.name == to).cloned().ok_or_else(|| {
+                AgentError::new(
+                    ErrorKind::NotFound,
+                    format!("clone {name} has no checkpoint named {to}; `clone checkpoints {name}` lists them"),
+                )
+            })?,
+            None => record.checkpoints.last().cloned().ok_or_else(|| {
+                AgentError::new(
+                    ErrorKind::Conflict,
+                    format!("clone {name} has no checkpoint to go back to; make one with `clone checkpoint {name}`"),
+                )
+            })?,
+        };
+        let at = record.checkpoints.iter().position(|c| c.name == target.name).unwrap_or(0);
+        let later: Vec<&Name> = record.checkpoints[at + 1..].iter().map(|c| &c.name).collect();
+        self.refuse_if_branched(name, &format!("revert to {}", target.name), |cp| later.contains(&cp))?;
+        if record.driver == Driver::Copy {
+            let bytes = sys::tree::size(&checkpoints_dir(&self.clone_dir(name)).join(target.name.as_str())).bytes;
+            crate::images::check_room(self, &format!("a copy of checkpoint {}", target.name), bytes)?;
+        }
+        record.intent = Some(Intent::Revert);
+        record.reverting_to = Some(target.name.clone());
+        self.save(&record)?;
+        self.tear_down(&record)?;
+        let reverted = self.revert_files(&mut record);
+        let started = if record.desired == Desired::Running { self.bring_up(&mut record) } else { Ok(()) };
+        record.intent = None;
+        match &started {
+            Ok(()) => record.failure = None,
+            Err(e) => record.failure = Some(e.message.clone()),
+        }
+        self.save(&record)?;
+        self.measure(&record);
+        reverted.and(started).map(|()| self.report(&record))
+    }
+
+    fn checkpoints(&self, name: &Name) -> Result<Vec<api::Checkpoint>> {
+        let record = self.load(name)?;
+        let clone_dir = self.clone_dir(name);
+        let driver = self.driver(&record);
+        Ok(record
+            .checkpoints
+            .iter()
+            .map(|c| api::Checkpoint {
+                name: c.name.clone(),
+                message: c.message.clone(),
+                created_at: c.created_at,
+                stored_bytes: driver
+                    .checkpoint_bytes(&clone_dir, &checkpoints_dir(&clone_dir).join(c.name.as_str()), c.layer)
+                    .unwrap_or(0),
+            })
+            .collect())
+    }
+
+    fn delete_checkpoint(&self, name: &Name, checkpoint: &Name) -> Result<()> {
+        let guard = self.clone_lock(name);
+        let _op = lock(&guard);
+        let mut record = self.load(name)?;
+        let Some(at) = record.checkpoints.iter().position(|c| &c.name == checkpoint) else {
+            return Err(AgentError::new(
+                ErrorKind::NotFound,
+                format!("clone {name} has no checkpoint named {checkpoint}; `clone checkpoints {name}` lists them"),
+            ));
+        };
+        // The record goes first: a crash leaves a directory no record names, removed at the
+        // next start. A cowfs layer stays in the clone's stack (the later state is built on
+        // it) until a reset or a revert to an earlier checkpoint.
+        record.checkpoints.remove(at);
+        self.save(&record)?;
+        sys::tree::remove(&checkpoints_dir(&self.clone_dir(name)).join(checkpoint.as_str()))
+            .map_err(internal("removing the checkpoint's files"))?;
+        self.measure(&record);
         Ok(())
     }
 

@@ -40,6 +40,22 @@ pub enum Intent {
     Stop,
     Reset,
     Delete,
+    /// A checkpoint is being taken: its server may be paused.
+    Checkpoint,
+    /// Going back to the checkpoint `reverting_to`.
+    Revert,
+}
+
+/// A checkpoint of a clone: its files are in `checkpoints/<name>/` of the clone's directory,
+/// and for cowfs in the frozen layer `layer` of its layer stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointRecord {
+    pub name: Name,
+    pub message: Option<String>,
+    pub created_at: api::Timestamp,
+    /// The cowfs layer frozen by it.
+    pub layer: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +91,19 @@ pub struct CloneRecord {
     /// had locations: `images/<image>` of the agent's data directory.
     #[serde(default)]
     pub image_dir: Option<PathBuf>,
+    /// Its checkpoints, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<CheckpointRecord>,
+    /// The checkpoint an interrupted revert goes back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverting_to: Option<Name>,
+    /// The clone and checkpoint a branch or snapshot view was made from. A cowfs branch
+    /// reads that clone's frozen layers, which must stay while it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<api::agent::CloneOrigin>,
+    /// A snapshot view: its server refuses writes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 impl CloneRecord {
@@ -121,6 +150,10 @@ mod tests {
             owner: None,
             chown_pending: false,
             image_dir: Some(PathBuf::from("/srv/images/img")),
+            checkpoints: Vec::new(),
+            reverting_to: None,
+            origin: None,
+            read_only: false,
         };
         record.save(dir.path()).unwrap();
         assert_eq!(CloneRecord::load(dir.path()).unwrap(), Some(record));

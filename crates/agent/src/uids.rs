@@ -153,6 +153,10 @@ mod tests {
             owner: None,
             chown_pending: false,
             image_dir: None,
+            checkpoints: Vec::new(),
+            reverting_to: None,
+            origin: None,
+            read_only: false,
         }
     }
 

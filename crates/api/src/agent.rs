@@ -182,6 +182,28 @@ pub struct CloneSpec {
     pub driver: Driver,
     pub port: u16,
     pub password: String,
+    /// Made from a checkpoint of another clone of this agent, not from the image alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<CloneOrigin>,
+    /// Its server refuses writes (a snapshot view).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Where a branch comes from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CloneOrigin {
+    pub clone: Name,
+    pub checkpoint: Name,
+    /// Make the checkpoint first, of the clone's state now.
+    #[serde(default)]
+    pub make_checkpoint: bool,
+}
+
+impl std::fmt::Display for CloneOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.clone, self.checkpoint)
+    }
 }
 
 /// A clone's state on its agent.
@@ -283,6 +305,24 @@ pub enum Request {
     DeleteClone {
         name: Name,
     },
+    /// Records the clone's state now as checkpoint `checkpoint`.
+    CheckpointClone {
+        name: Name,
+        checkpoint: Name,
+        message: Option<String>,
+    },
+    /// Returns the clone to checkpoint `to` (the latest when `None`).
+    RevertClone {
+        name: Name,
+        to: Option<Name>,
+    },
+    Checkpoints {
+        name: Name,
+    },
+    DeleteCheckpoint {
+        name: Name,
+        checkpoint: Name,
+    },
     CloneReport {
         name: Name,
     },
@@ -314,6 +354,10 @@ impl Request {
             Request::StopClone { .. } => "stop_clone",
             Request::ResetClone { .. } => "reset_clone",
             Request::DeleteClone { .. } => "delete_clone",
+            Request::CheckpointClone { .. } => "checkpoint_clone",
+            Request::RevertClone { .. } => "revert_clone",
+            Request::Checkpoints { .. } => "checkpoints",
+            Request::DeleteCheckpoint { .. } => "delete_checkpoint",
             Request::CloneReport { .. } => "clone_report",
             Request::CloneReports => "clone_reports",
             Request::WriteMarker { .. } => "write_marker",
@@ -333,6 +377,7 @@ pub enum Reply {
     Bool { value: bool },
     CloneReport { report: Option<CloneReport> },
     CloneReports { reports: Vec<CloneReport> },
+    Checkpoints { checkpoints: Vec<crate::Checkpoint> },
     Marker { value: Option<String> },
 }
 

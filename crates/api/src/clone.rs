@@ -58,6 +58,10 @@ pub enum CloneStatus {
     Stopped,
     /// Going back to its image's state.
     Resetting,
+    /// A checkpoint of it is being made; its server runs on (paused for a moment).
+    Checkpointing,
+    /// Going back to one of its checkpoints.
+    Reverting,
     /// Being removed.
     Deleting,
     /// It runs, but something is wrong (its disk is full, its storage or server died and is
@@ -79,6 +83,8 @@ impl CloneStatus {
             CloneStatus::Stopping => "stopping",
             CloneStatus::Stopped => "stopped",
             CloneStatus::Resetting => "resetting",
+            CloneStatus::Checkpointing => "checkpointing",
+            CloneStatus::Reverting => "reverting",
             CloneStatus::Deleting => "deleting",
             CloneStatus::Degraded => "degraded",
             CloneStatus::Failed => "failed",
@@ -94,6 +100,8 @@ impl CloneStatus {
                 | CloneStatus::Starting
                 | CloneStatus::Stopping
                 | CloneStatus::Resetting
+                | CloneStatus::Checkpointing
+                | CloneStatus::Reverting
                 | CloneStatus::Deleting
         )
     }
@@ -140,6 +148,11 @@ pub struct Clone {
     pub created_at: Timestamp,
     /// The operation under way on it, if any.
     pub operation: Option<OperationId>,
+    /// The clone and checkpoint it was made from (`CLONE@CHECKPOINT`), for a branch or a
+    /// snapshot view; `None` for a clone of an image.
+    pub origin: Option<String>,
+    /// A snapshot view: its server serves reads and refuses every write.
+    pub read_only: bool,
 }
 
 /// `POST /v1/clones`: make a clone of an image and start it.
@@ -157,6 +170,61 @@ pub struct CreateClone {
     /// runs the fewest clones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<Name>,
+}
+
+/// `POST /v1/clones/{name}/branches`: make a new clone from one of this clone's checkpoints.
+/// It shares the checkpoint's storage as a clone shares its image's, runs on the same agent,
+/// and is the caller's; the clone it came from cannot be removed, reset or reverted past
+/// that checkpoint while a cowfs branch depends on it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBranch {
+    /// The new clone's name.
+    pub name: Name,
+    /// The checkpoint to start from; when not given, a new checkpoint of the clone's state
+    /// now (the next free `cpN`) is made first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Name>,
+    /// A snapshot view: a clone whose server refuses every write, to read the checkpoint's
+    /// data alongside the live clone.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A checkpoint: a clone's state at a moment, kept so that the clone can go back to it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Checkpoint {
+    /// Its name, unique among the clone's checkpoints (`cp1`, `cp2`, … unless given).
+    pub name: Name,
+    pub message: Option<String>,
+    pub created_at: Timestamp,
+    /// The disk it keeps for itself: what the clone changed before it (cowfs), or its own
+    /// copy's unshared bytes (reflink, copy).
+    pub stored_bytes: u64,
+}
+
+/// `POST /v1/clones/{name}/checkpoints`: record a clone's state now. The clone's server keeps
+/// running and its connections stay open; it is paused while its files are captured.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCheckpoint {
+    /// Its name; the next free `cpN` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Name>,
+    /// What it is for, up to 1000 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `POST /v1/clones/{name}/revert`: return a clone to a checkpoint. Checkpoints made after
+/// that one are removed; the clone's server restarts on the same port with the same
+/// credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevertClone {
+    /// The checkpoint; the latest when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Name>,
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ mod time;
 pub use auth::{
     Activity, CreateSource, CreateTeam, CreateToken, CreateUser, NewToken, Role, Source, Team, Token, User,
 };
-pub use clone::{Clone, CloneStatus, CreateClone, Driver};
+pub use clone::{Checkpoint, Clone, CloneStatus, CreateBranch, CreateCheckpoint, CreateClone, Driver, RevertClone};
 pub use error::{ErrorBody, ErrorCode};
 pub use image::{CreateImage, Image, ImageStatus};
 pub use name::{InvalidName, Name, MAX_LEN as NAME_MAX_LEN};
@@ -51,6 +51,10 @@ pub mod paths {
     pub const CLONE_START: &str = "/v1/clones/{name}/start";
     pub const CLONE_STOP: &str = "/v1/clones/{name}/stop";
     pub const CLONE_RESET: &str = "/v1/clones/{name}/reset";
+    pub const CLONE_REVERT: &str = "/v1/clones/{name}/revert";
+    pub const CLONE_CHECKPOINTS: &str = "/v1/clones/{name}/checkpoints";
+    pub const CLONE_CHECKPOINT: &str = "/v1/clones/{name}/checkpoints/{checkpoint}";
+    pub const CLONE_BRANCHES: &str = "/v1/clones/{name}/branches";
     pub const OPERATIONS: &str = "/v1/operations";
     pub const OPERATION: &str = "/v1/operations/{id}";
     pub const WHOAMI: &str = "/v1/whoami";

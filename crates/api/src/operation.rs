@@ -56,10 +56,13 @@ pub enum OperationKind {
     CloneStop,
     CloneReset,
     CloneDelete,
+    CloneCheckpoint,
+    CloneRevert,
+    CheckpointDelete,
 }
 
 impl OperationKind {
-    pub const ALL: [OperationKind; 7] = [
+    pub const ALL: [OperationKind; 10] = [
         OperationKind::ImageCreate,
         OperationKind::ImageDelete,
         OperationKind::CloneCreate,
@@ -67,6 +70,9 @@ impl OperationKind {
         OperationKind::CloneStop,
         OperationKind::CloneReset,
         OperationKind::CloneDelete,
+        OperationKind::CloneCheckpoint,
+        OperationKind::CloneRevert,
+        OperationKind::CheckpointDelete,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +84,9 @@ impl OperationKind {
             OperationKind::CloneStop => "clone_stop",
             OperationKind::CloneReset => "clone_reset",
             OperationKind::CloneDelete => "clone_delete",
+            OperationKind::CloneCheckpoint => "clone_checkpoint",
+            OperationKind::CloneRevert => "clone_revert",
+            OperationKind::CheckpointDelete => "checkpoint_delete",
         }
     }
 

@@ -257,6 +257,33 @@ impl Client {
         self.post(&self.changing(&fill(api::paths::CLONE_RESET, "name", name.as_str())), &Empty {})
     }
 
+    /// `GET /v1/clones/{name}/checkpoints`: a clone's checkpoints, oldest first.
+    pub fn list_checkpoints(&self, name: &Name) -> Result<Vec<api::Checkpoint>> {
+        self.get(&fill(api::paths::CLONE_CHECKPOINTS, "name", name.as_str()))
+    }
+
+    /// `POST /v1/clones/{name}/checkpoints`: starts recording a clone's state.
+    pub fn create_checkpoint(&self, name: &Name, request: &api::CreateCheckpoint) -> Result<Operation> {
+        self.post(&self.changing(&fill(api::paths::CLONE_CHECKPOINTS, "name", name.as_str())), request)
+    }
+
+    /// `DELETE /v1/clones/{name}/checkpoints/{checkpoint}`.
+    pub fn delete_checkpoint(&self, name: &Name, checkpoint: &Name) -> Result<Operation> {
+        let path = fill(&fill(api::paths::CLONE_CHECKPOINT, "name", name.as_str()), "checkpoint", checkpoint.as_str());
+        self.call(Method::Delete, &self.changing(&path), None::<&Empty>)
+    }
+
+    /// `POST /v1/clones/{name}/branches`: starts making a new clone from a checkpoint of
+    /// clone `name`.
+    pub fn create_branch(&self, name: &Name, request: &api::CreateBranch) -> Result<Operation> {
+        self.post(&self.changing(&fill(api::paths::CLONE_BRANCHES, "name", name.as_str())), request)
+    }
+
+    /// `POST /v1/clones/{name}/revert`: starts returning a clone to a checkpoint.
+    pub fn revert_clone(&self, name: &Name, request: &api::RevertClone) -> Result<Operation> {
+        self.post(&self.changing(&fill(api::paths::CLONE_REVERT, "name", name.as_str())), request)
+    }
+
     /// `DELETE /v1/clones/{name}`: starts removing a clone.
     pub fn delete_clone(&self, name: &Name) -> Result<Operation> {
         self.call(Method::Delete, &self.changing(&fill(api::paths::CLONE, "name", name.as_str())), None::<&Empty>)
@@ -355,6 +382,34 @@ impl Client {
     /// Resets a clone to its image and returns it once it accepts connections again.
     pub fn reset_clone_and_wait(&self, name: &Name) -> Result<Clone> {
         self.finish(self.reset_clone(name)?)?;
+        self.get_clone(name)
+    }
+
+    /// Records a clone's state and returns the new checkpoint.
+    pub fn checkpoint_clone_and_wait(&self, name: &Name, request: &api::CreateCheckpoint) -> Result<api::Checkpoint> {
+        self.finish(self.create_checkpoint(name, request)?)?;
+        self.made_checkpoint(name, request.name.as_ref())
+    }
+
+    /// The checkpoint a `POST /v1/clones/{name}/checkpoints` that succeeded made: the one
+    /// named `wanted`, or else the newest (operations on a clone run one at a time).
+    pub fn made_checkpoint(&self, name: &Name, wanted: Option<&Name>) -> Result<api::Checkpoint> {
+        let mut all = self.list_checkpoints(name)?;
+        match wanted {
+            Some(wanted) => all.into_iter().find(|c| &c.name == wanted),
+            None => all.pop(),
+        }
+        .ok_or_else(|| Error::Decode {
+            url: self.base_url().to_owned(),
+            method: "GET",
+            path: fill(api::paths::CLONE_CHECKPOINTS, "name", name.as_str()),
+            why: "the checkpoint just made is not in the list".into(),
+        })
+    }
+
+    /// Returns a clone to a checkpoint and returns it once it accepts connections again.
+    pub fn revert_clone_and_wait(&self, name: &Name, request: &api::RevertClone) -> Result<Clone> {
+        self.finish(self.revert_clone(name, request)?)?;
         self.get_clone(name)
     }
 

@@ -227,5 +227,7 @@ pub fn clone(name_: &str, image: &str, port: u16) -> Clone {
         sizes_at: Some(Timestamp(1_795_300_060)),
         created_at: Timestamp(1_795_300_060),
         operation: None,
+        origin: None,
+        read_only: false,
     }
 }

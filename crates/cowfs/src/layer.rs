@@ -44,7 +44,39 @@ struct Manifest {
     format: u32,
     block_size: u64,
     image: PathBuf,
+    /// Frozen layers of other layer directories, bottom to top, under this stack's own: a
+    /// branch made from another stack's checkpoint reads them and never changes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    lower: Vec<PathBuf>,
     layers: Vec<u64>,
+}
+
+/// The directory of layer `id` of the layer directory `dir`, for reading a frozen layer
+/// without opening the stack (its mount holds the lock): frozen layers never change.
+pub fn layer_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join("layers").join(format!("{id:06}"))
+}
+
+/// The directories of the layers of the layer directory `dir` up to and including its frozen
+/// layer `id`, bottom to top (the layers it borrows first): what a stack built on that
+/// checkpoint reads (see [`LayerStack::build_on`]). Read without the stack's lock, which its
+/// mount holds: `stack.json` is only ever replaced whole, and frozen layers never change.
+pub fn layers_up_to(dir: &Path, id: u64) -> Result<Vec<PathBuf>> {
+    let path = dir.join("stack.json");
+    let manifest: Manifest =
+        serde_json::from_slice(&fs::read(&path)?).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+    let frozen = &manifest.layers[..manifest.layers.len().saturating_sub(1)];
+    let Some(at) = frozen.iter().position(|&f| f == id) else {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "layer {id} is not a checkpoint of layer directory {} (its frozen layers are {frozen:?})",
+                dir.display()
+            ),
+        )
+        .into());
+    };
+    Ok(manifest.lower.iter().cloned().chain(frozen[..=at].iter().map(|&f| layer_path(dir, f))).collect())
 }
 
 /// An open, locked layer directory.
@@ -113,7 +145,8 @@ impl LayerStack {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(dir.join("layers"))?;
                 fs::create_dir_all(dir.join("trash"))?;
-                let manifest = Manifest { format: FORMAT, block_size: BLOCK_SIZE, image, layers: vec![] };
+                let manifest =
+                    Manifest { format: FORMAT, block_size: BLOCK_SIZE, image, lower: vec![], layers: vec![] };
                 let mut stack = LayerStack { dir, manifest, _lock: lock };
                 let id = stack.new_layer()?;
                 stack.manifest.layers.push(id);
@@ -135,9 +168,45 @@ impl LayerStack {
         &self.manifest.image
     }
 
-    /// The directories of the layers, bottom to top; the last one is writable.
+    /// The directories of the layers, bottom to top (borrowed ones first); the last one is
+    /// writable.
     pub fn layer_dirs(&self) -> Vec<PathBuf> {
-        self.manifest.layers.iter().map(|id| self.layer_dir(*id)).collect()
+        self.manifest.lower.iter().cloned().chain(self.manifest.layers.iter().map(|id| self.layer_dir(*id))).collect()
+    }
+
+    /// The frozen layers of other stacks this one is built on, bottom to top.
+    pub fn lower(&self) -> &[PathBuf] {
+        &self.manifest.lower
+    }
+
+    /// Builds this stack, which must be new (one empty writable layer, no checkpoint), on
+    /// the frozen layers of another stack over the same image: `lower` are their
+    /// directories, bottom to top (see [`layer_path`]). The result shows that stack's state
+    /// at its top-most frozen layer given. Those layers must not change or go while this
+    /// stack exists; their owner's keeper sees to that.
+    pub fn build_on(&mut self, lower: Vec<PathBuf>) -> Result<()> {
+        if !self.manifest.lower.is_empty() || self.manifest.layers.len() != 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("layer directory {} is not new: it cannot be built on other layers", self.dir.display()),
+            )
+            .into());
+        }
+        for dir in &lower {
+            if !dir.join("journal").is_file() || !dir.join("data").is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} is not a layer (no journal or data directory)", dir.display()),
+                )
+                .into());
+            }
+        }
+        self.manifest.lower = lower;
+        if let Err(e) = self.commit() {
+            self.manifest.lower.clear();
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Freezes the writable layer and starts a new, empty one over it. Returns the id of the
@@ -182,11 +251,17 @@ impl LayerStack {
         self.discard(old.into_iter())
     }
 
-    /// Drops every layer: the tree returns to the state of the image.
+    /// Drops every layer, and the borrowed ones: the tree returns to the state of the image.
     pub fn reset(&mut self) -> Result<()> {
         let id = self.new_layer()?;
-        let old = self.manifest.layers.clone();
-        self.replace_layers(vec![id])?;
+        let lower = std::mem::take(&mut self.manifest.lower);
+        let old = match self.replace_layers(vec![id]) {
+            Ok(old) => old,
+            Err(e) => {
+                self.manifest.lower = lower;
+                return Err(e);
+            }
+        };
         self.discard(old.into_iter())
     }
 
@@ -223,7 +298,7 @@ impl LayerStack {
     }
 
     pub(crate) fn layer_dir(&self, id: u64) -> PathBuf {
-        self.dir.join("layers").join(format!("{id:06}"))
+        layer_path(&self.dir, id)
     }
 
     /// Puts layer `id` (made by [`LayerStack::new_layer`]) on top of the stack as the new

@@ -28,7 +28,7 @@ pub use control::checkpoint_mounted;
 pub use error::{Error, Result};
 pub use fs::{Caller, CowFs, DirEntry, Options, SetAttr, Statfs};
 pub use fuse::{is_live_mount, mount, unmount_stale, MountConfig, Mounted};
-pub use layer::{LayerStack, Usage};
+pub use layer::{layer_path, layers_up_to, LayerStack, Usage};
 pub use node::{Attr, Ino, Kind, Time, ROOT_INO};
 pub use space::{layer_space, LayerSpace};
 

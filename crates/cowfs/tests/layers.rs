@@ -96,3 +96,53 @@ fn usage_counts_changed_blocks_and_logical_size_the_whole_tree() {
     assert!(used >= 108 << 10, "only {used} bytes stored");
     assert!(used <= (108 + 64) << 10, "{used} bytes stored for 108 KiB of changes");
 }
+
+/// A branch: a new stack built on another's frozen layers shows that stack's checkpoint, and
+/// the two go on apart; a reset of the branch lets go of the borrowed layers.
+#[test]
+fn a_stack_built_on_another_stacks_checkpoint_goes_its_own_way() {
+    let image = image();
+    let origin = tempfile::tempdir().unwrap();
+    let branch = tempfile::tempdir().unwrap();
+
+    let fs = open(origin.path(), image.path());
+    fs.write(ino(&fs, "sub/small"), 0, b"O").unwrap();
+    fs.create(ROOT_INO, OsStr::new("made"), 0o644, libc::O_WRONLY, ROOT).unwrap();
+    fs.write(ino(&fs, "made"), 0, b"in the origin").unwrap();
+    let mut stack = fs.into_stack();
+    let frozen = stack.checkpoint().unwrap();
+    drop(stack);
+    // The origin goes on after its checkpoint.
+    let fs = open(origin.path(), image.path());
+    fs.write(ino(&fs, "sub/small"), 1, b"X").unwrap();
+    drop(fs);
+
+    let mut stack = LayerStack::open(branch.path(), image.path()).unwrap();
+    let lower = cowfs::layers_up_to(origin.path(), frozen).unwrap();
+    assert_eq!(lower, [cowfs::layer_path(origin.path(), frozen)]);
+    stack.build_on(lower).unwrap();
+    assert!(stack.build_on(vec![]).is_err(), "a stack is built on other layers once, when new");
+    drop(stack);
+    let fs = open(branch.path(), image.path());
+    assert_eq!(read(&fs, "sub/small"), b"Omage", "the checkpoint's state, not the origin's later one");
+    assert_eq!(read(&fs, "made"), b"in the origin");
+    fs.write(ino(&fs, "made"), 0, b"IN").unwrap();
+    fs.create(ROOT_INO, OsStr::new("branch-only"), 0o644, libc::O_WRONLY, ROOT).unwrap();
+    drop(fs);
+
+    let fs = open(origin.path(), image.path());
+    assert_eq!(read(&fs, "made"), b"in the origin", "the branch's writes stay in the branch");
+    assert_eq!(read(&fs, "sub/small"), b"OXage");
+    assert!(!names(&fs, "").contains(&"branch-only".to_owned()));
+    drop(fs);
+
+    let fs = open(branch.path(), image.path());
+    assert_eq!(read(&fs, "made"), b"IN the origin");
+    let mut stack = fs.into_stack();
+    stack.reset().unwrap();
+    assert!(stack.lower().is_empty());
+    drop(stack);
+    let fs = open(branch.path(), image.path());
+    assert_eq!(read(&fs, "sub/small"), b"image");
+    assert_eq!(names(&fs, ""), ["big", "sub"]);
+}

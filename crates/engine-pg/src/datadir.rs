@@ -175,11 +175,13 @@ pub(crate) fn in_use_error(dir: &Path, pid: i32) -> Error {
     ))
 }
 
-/// Whether `postmaster.pid` in `dir` says the server accepts connections (its 8th line).
+/// Whether `postmaster.pid` in `dir` says the server accepts connections (its 8th line:
+/// `ready`, or `standby` for a read-only server that has reached a consistent state).
 pub(crate) fn pid_file_says_ready(dir: &Path, pid: i32) -> bool {
     let Some(text) = read_pid_file(dir) else { return false };
     let mut lines = text.lines();
-    lines.next().and_then(|l| l.trim().parse::<i32>().ok()) == Some(pid) && lines.nth(6).map(str::trim) == Some("ready")
+    lines.next().and_then(|l| l.trim().parse::<i32>().ok()) == Some(pid)
+        && matches!(lines.nth(6).map(str::trim), Some("ready") | Some("standby"))
 }
 
 /// What `pg_controldata` reports of a data directory's control file.

@@ -88,6 +88,7 @@ fn prepare_copy(installation: &Installation, data_dir: &Path, run_dir: &Path, us
         superuser: String::new(),
         label: "thinclone-prepare".into(),
         memory: Some("128MB".into()),
+        read_only: false,
     };
     server::write_run_dir(&spec, server::needs_config_file(data_dir))?;
     spec.superuser = bootstrap_superuser(installation, &spec)?;

@@ -36,6 +36,7 @@ pub(crate) fn make_sample(search: &Search, data_dir: &Path, run_dir: &Path, user
         superuser: SUPERUSER.into(),
         label: "thinclone-sample".into(),
         memory: Some("128MB".into()),
+        read_only: false,
     };
     let server = server::start(&installation, &spec, Duration::from_secs(120))?;
     // As this process's own OS user: the only one the socket lets in (server.rs).

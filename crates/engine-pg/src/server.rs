@@ -252,6 +252,26 @@ pub(crate) struct Server {
 }
 
 /// Starts a server as `spec` says and waits until it accepts connections.
+/// A read-only server is a hot standby with nothing to follow: `standby.signal` in its data
+/// directory makes it replay the log it has (crash recovery), then serve reads and refuse
+/// every write ("cannot execute … in a read-only transaction"), whatever the role asking;
+/// `default_transaction_read_only` could be turned off by a superuser. A writable start
+/// removes the file.
+fn set_read_only(spec: &InstanceSpec) -> Result<()> {
+    let signal = spec.data_dir.join("standby.signal");
+    if spec.read_only {
+        fs::write(&signal, b"")?;
+        std::os::unix::fs::chown(&signal, Some(spec.user.uid), Some(spec.user.gid))?;
+        fs::set_permissions(&signal, fs::Permissions::from_mode(0o600))?;
+    } else {
+        match fs::remove_file(&signal) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn start(installation: &Installation, spec: &InstanceSpec, timeout: Duration) -> Result<Server> {
     start_as(installation, spec, timeout, Role::Clone)
 }
@@ -275,6 +295,7 @@ pub(crate) fn start_as(
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
         _ => {}
     }
+    set_read_only(spec)?;
     let config_file = needs_config_file(&spec.data_dir);
     write_run_dir(spec, config_file)?;
     let log = spec.run_dir.join("postgres.log");
@@ -766,6 +787,7 @@ mod tests {
             superuser: "alice".into(),
             label: "clone-a".into(),
             memory: None,
+            read_only: false,
         }
     }
 

@@ -119,6 +119,10 @@ pub struct InstanceSpec {
     pub label: String,
     /// Its main memory cache, e.g. `64MB`; the engine's default when `None`.
     pub memory: Option<String>,
+    /// Serve reads only: every write is refused by the server itself, whoever asks (a
+    /// snapshot view). [`Instance::set_password`] and [`Instance::make_owner`] need a
+    /// writable start.
+    pub read_only: bool,
 }
 
 /// The sample database `thinclone demo` makes, and the SQL it uses to show isolation.

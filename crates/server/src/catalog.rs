@@ -72,6 +72,10 @@ pub struct CloneRow {
     pub operation: Option<OperationId>,
     /// The agent it runs on; its port is unique on that agent.
     pub agent: Name,
+    /// `CLONE@CHECKPOINT` for a branch or a snapshot view.
+    pub origin: Option<String>,
+    /// A snapshot view: its server refuses writes.
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -155,7 +159,7 @@ pub struct Catalog {
     conn: Connection,
 }
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// The team that images and clones made before teams existed belong to, and that the first
 /// administrator is in.
@@ -339,7 +343,16 @@ impl Catalog {
                  COMMIT;",
             )?;
         }
-        debug_assert_eq!(SCHEMA_VERSION, 4);
+        if version < 5 {
+            self.conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE clones ADD COLUMN origin TEXT;
+                 ALTER TABLE clones ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0;
+                 PRAGMA user_version = 5;
+                 COMMIT;",
+            )?;
+        }
+        debug_assert_eq!(SCHEMA_VERSION, 5);
         Ok(())
     }
 
@@ -438,8 +451,8 @@ impl Catalog {
     pub fn insert_clone(&self, clone: &CloneRow) -> Result<()> {
         let result = self.conn.execute(
             "INSERT INTO clones (name, image, status, message, driver, port, password, created_at, operation, owner, team,
-                                 agent)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                 agent, origin, read_only)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 clone.name.as_str(),
                 clone.image.as_str(),
@@ -453,6 +466,8 @@ impl Catalog {
                 clone.owner.as_str(),
                 clone.team.as_str(),
                 clone.agent.as_str(),
+                clone.origin,
+                clone.read_only,
             ],
         );
         match constraint(result, "clone", &clone.name) {
@@ -478,6 +493,12 @@ impl Catalog {
             "UPDATE clones SET status = ?2, message = ?3, operation = ?4 WHERE name = ?1",
             params![name.as_str(), status.as_str(), message, operation.map(|o| o.0 as i64)],
         )?;
+        found(n, "clone", name)
+    }
+
+    /// Forgets where a clone came from: after a reset it is a clone of its image.
+    pub fn clear_clone_origin(&self, name: &Name) -> Result<()> {
+        let n = self.conn.execute("UPDATE clones SET origin = NULL WHERE name = ?1", [name.as_str()])?;
         found(n, "clone", name)
     }
 
@@ -1061,6 +1082,8 @@ fn clone_status(s: &str) -> Result<CloneStatus, String> {
         CloneStatus::Stopping,
         CloneStatus::Stopped,
         CloneStatus::Resetting,
+        CloneStatus::Checkpointing,
+        CloneStatus::Reverting,
         CloneStatus::Deleting,
         CloneStatus::Degraded,
         CloneStatus::Failed,
@@ -1110,6 +1133,8 @@ fn clone_row(row: &rusqlite::Row) -> rusqlite::Result<CloneRow> {
         created_at: Timestamp(row.get("created_at")?),
         operation: operation_id(row, "operation")?,
         agent: name_column(row, "agent")?,
+        origin: row.get("origin")?,
+        read_only: row.get("read_only")?,
     })
 }
 
@@ -1170,6 +1195,8 @@ mod tests {
             created_at: Timestamp::now(),
             operation: None,
             agent: name("local"),
+            origin: None,
+            read_only: false,
         }
     }
 

@@ -291,6 +291,31 @@ impl Agent for RemoteAgent {
         self.done(Request::DeleteClone { name: name.clone() }, Some(CLONE_OP))
     }
 
+    fn checkpoint_clone(&self, name: &Name, checkpoint: &Name, message: Option<&str>) -> agent::Result<CloneReport> {
+        let request = Request::CheckpointClone {
+            name: name.clone(),
+            checkpoint: checkpoint.clone(),
+            message: message.map(str::to_owned),
+        };
+        // A copy clone's checkpoint is a full copy: as long as a reset.
+        self.report(request, None)
+    }
+
+    fn revert_clone(&self, name: &Name, to: Option<&Name>) -> agent::Result<CloneReport> {
+        self.report(Request::RevertClone { name: name.clone(), to: to.cloned() }, None)
+    }
+
+    fn checkpoints(&self, name: &Name) -> agent::Result<Vec<api::Checkpoint>> {
+        match self.ask(Request::Checkpoints { name: name.clone() }, Some(SHORT))? {
+            Reply::Checkpoints { checkpoints } => Ok(checkpoints),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    fn delete_checkpoint(&self, name: &Name, checkpoint: &Name) -> agent::Result<()> {
+        self.done(Request::DeleteCheckpoint { name: name.clone(), checkpoint: checkpoint.clone() }, Some(CLONE_OP))
+    }
+
     fn clone_report(&self, name: &Name) -> agent::Result<Option<CloneReport>> {
         match self.ask(Request::CloneReport { name: name.clone() }, Some(SHORT))? {
             Reply::CloneReport { report } => Ok(report),

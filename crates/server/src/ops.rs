@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use agent::{AgentError, AgentInfo, CloneReport, CloneSpec, CloneState, ErrorKind, ImageSource, SourceUrl};
 use api::{
-    CloneStatus, CreateClone, CreateImage, ImageStatus, Name, Operation, OperationId, OperationKind, Progress, Role,
-    Timestamp,
+    Checkpoint, CloneStatus, CreateBranch, CreateCheckpoint, CreateClone, CreateImage, ImageStatus, Name, Operation,
+    OperationId, OperationKind, Progress, Role, Timestamp,
 };
 use engine::Engine;
 
@@ -86,6 +86,16 @@ impl From<AgentError> for ServerError {
 }
 
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+/// The longest message a checkpoint may carry, in characters.
+const MAX_CHECKPOINT_MESSAGE: usize = 1000;
+
+/// `cpN` for the smallest N above every `cpN` already taken.
+fn next_checkpoint_name(existing: &[Checkpoint]) -> Name {
+    let highest =
+        existing.iter().filter_map(|c| c.name.as_str().strip_prefix("cp")?.parse::<u64>().ok()).max().unwrap_or(0);
+    Name::new(&format!("cp{}", highest + 1)).expect("cpN is a valid name")
+}
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -443,6 +453,8 @@ impl Server {
             sizes_at: report.and_then(|r| r.sizes_at),
             created_at: row.created_at,
             operation: if row.status.is_transitional() { row.operation } else { None },
+            origin: row.origin,
+            read_only: row.read_only,
         }
     }
 
@@ -716,20 +728,80 @@ impl Server {
     pub fn create_clone(self: &Arc<Self>, caller: &Caller, request: CreateClone) -> Result<Operation> {
         caller.require(Role::CloneUser, "make clones")?;
         let visible = self.visible_image(caller, &request.image)?;
-        let name = request.name;
-        let image = visible.clone();
+        if self.catalog().clone_named(&request.name).is_ok() {
+            return Err(ServerError::Conflict(format!("clone {} already exists", request.name)));
+        }
+        let (version, _) = Self::image_facts(&visible)?;
+        let (host, info) = self.place_clone(&visible, &version, request.host.as_ref(), request.driver)?;
+        let driver = request.driver.unwrap_or(info.default_driver);
+        self.make_clone(caller, request.name, &visible, host, driver, None, false)
+    }
+
+    /// Makes a new clone from a checkpoint of `name` (a branch, or with `read_only` a
+    /// snapshot view), on the same agent with the same driver; without a checkpoint, one of
+    /// the clone's state now is made first.
+    pub fn create_branch(self: &Arc<Self>, caller: &Caller, name: &Name, request: CreateBranch) -> Result<Operation> {
+        caller.require(Role::CloneUser, "make clones")?;
+        let source = self.visible_clone(caller, name)?;
+        // Its data may hold what only its owner was meant to see.
+        Self::require_use(caller, &source, "branch")?;
+        if self.catalog().clone_named(&request.name).is_ok() {
+            return Err(ServerError::Conflict(format!("clone {} already exists", request.name)));
+        }
+        let image = self.catalog().image(&source.image)?;
+        let agent = self.fleet.require(&source.agent)?;
+        let existing = agent.checkpoints(name)?;
+        let origin = match request.checkpoint {
+            Some(checkpoint) if existing.iter().any(|c| c.name == checkpoint) => {
+                agent::CloneOrigin { clone: name.clone(), checkpoint, make_checkpoint: false }
+            }
+            Some(checkpoint) => {
+                return Err(ServerError::NotFound(format!(
+                    "clone {name} has no checkpoint named {checkpoint}; `clone checkpoints {name}` lists them"
+                )))
+            }
+            None => agent::CloneOrigin {
+                clone: name.clone(),
+                checkpoint: next_checkpoint_name(&existing),
+                make_checkpoint: true,
+            },
+        };
+        self.make_clone(
+            caller,
+            request.name,
+            &image,
+            source.agent.clone(),
+            source.driver,
+            Some(origin),
+            request.read_only,
+        )
+    }
+
+    /// The engine version and superuser of a ready image.
+    fn image_facts(image: &ImageRow) -> Result<(String, String)> {
         if image.status != ImageStatus::Ready {
             return Err(ServerError::Conflict(format!("image {} is {}, not ready", image.name, image.status)));
         }
-        if self.catalog().clone_named(&name).is_ok() {
-            return Err(ServerError::Conflict(format!("clone {name} already exists")));
+        match (&image.engine_version, &image.superuser) {
+            (Some(v), Some(s)) => Ok((v.clone(), s.clone())),
+            _ => Err(ServerError::Internal(format!("image {} has no engine version or superuser", image.name))),
         }
-        let (version, superuser) = match (&image.engine_version, &image.superuser) {
-            (Some(v), Some(s)) => (v.clone(), s.clone()),
-            _ => return Err(ServerError::Internal(format!("image {} has no engine version or superuser", image.name))),
-        };
-        let (host, info) = self.place_clone(&image, &version, request.host.as_ref(), request.driver)?;
-        let driver = request.driver.unwrap_or(info.default_driver);
+    }
+
+    /// Records a new clone on `host` and starts the operation that makes it.
+    #[allow(clippy::too_many_arguments)]
+    fn make_clone(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: Name,
+        image: &ImageRow,
+        host: Name,
+        driver: api::Driver,
+        origin: Option<agent::CloneOrigin>,
+        read_only: bool,
+    ) -> Result<Operation> {
+        let (version, superuser) = Self::image_facts(image)?;
+        let visible = image;
         let agent = self.fleet.require(&host)?;
         let place = crate::agents::place_of(&self.catalog().location(&image.location)?);
         let password = generate_password()?;
@@ -770,6 +842,8 @@ impl Server {
                     created_at: Timestamp::now(),
                     operation: Some(id),
                     agent: host.clone(),
+                    origin: origin.as_ref().map(ToString::to_string),
+                    read_only,
                 })?;
                 Ok((id, port))
             });
@@ -790,6 +864,8 @@ impl Server {
             driver,
             port,
             password,
+            origin,
+            read_only,
         };
         self.spawn(id, OperationKind::CloneCreate, &name, move |server| {
             let made = agent.create_clone(&spec);
@@ -832,6 +908,37 @@ impl Server {
         })?)
     }
 
+    /// Refuses a change to clone `name` that would drop layers a cowfs branch reads: those of
+    /// its checkpoints for which `drops` is true. (Its agent checks too.)
+    fn refuse_if_branched(&self, name: &Name, what: &str, drops: impl Fn(&str) -> bool) -> Result<()> {
+        let branches: Vec<String> = self
+            .catalog()
+            .clones()?
+            .into_iter()
+            .filter(|c| c.driver == api::Driver::Cowfs)
+            .filter_map(|c| {
+                let origin = c.origin?;
+                let (clone, checkpoint) = origin.split_once('@')?;
+                (clone == name.as_str() && drops(checkpoint)).then(|| format!("{} (from {origin})", c.name))
+            })
+            .collect();
+        if branches.is_empty() {
+            return Ok(());
+        }
+        Err(ServerError::Conflict(format!(
+            "cannot {what} clone {name}: the cowfs clones {} are built on its checkpoints; remove or reset them first",
+            branches.join(", ")
+        )))
+    }
+
+    /// How a clone is now, as its agent says; a clone the agent lacks is `NotFound`.
+    fn report_now(&self, host: &Name, name: &Name) -> agent::Result<CloneReport> {
+        self.fleet.agent(host).clone_report(name)?.ok_or_else(|| AgentError {
+            kind: ErrorKind::NotFound,
+            message: format!("its agent no longer has clone {name}"),
+        })
+    }
+
     /// Records a clone's state after an operation, from what its agent reports.
     fn settle_clone(&self, host: &Name, name: &Name, result: &agent::Result<CloneReport>) -> Result<(), String> {
         let report = match result {
@@ -869,6 +976,9 @@ impl Server {
             CloneAction::Reset => "reset",
         };
         Self::require_use(caller, &clone, verb)?;
+        if action == CloneAction::Reset {
+            self.refuse_if_branched(name, "reset", |_| true)?;
+        }
         // An agent that does not answer: 503, and nothing recorded.
         let agent = self.fleet.require(&clone.agent)?;
         let id = self.begin_clone_op(name, action.kind(), action.status())?;
@@ -883,7 +993,125 @@ impl Server {
             if matches!(&result, Err(e) if server.left_for_recovery(e)) {
                 return Err(LEFT_RUNNING.into());
             }
+            if action == CloneAction::Reset && result.is_ok() {
+                // Back to its image: no longer a branch of another clone.
+                server.catalog().clear_clone_origin(&target).map_err(|e| e.to_string())?;
+            }
             server.settle_clone(&host, &target, &result)
+        });
+        self.operation_now(id)
+    }
+
+    /// A clone's checkpoints, oldest first, as its agent keeps them.
+    pub fn checkpoints(&self, caller: &Caller, name: &Name) -> Result<Vec<Checkpoint>> {
+        let clone = self.visible_clone(caller, name)?;
+        Ok(self.fleet.require(&clone.agent)?.checkpoints(name)?)
+    }
+
+    /// Records a clone's state now; the checkpoint is named `body.name`, or the next free
+    /// `cpN`.
+    pub fn checkpoint_clone(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: &Name,
+        body: CreateCheckpoint,
+    ) -> Result<Operation> {
+        let clone = self.visible_clone(caller, name)?;
+        Self::require_use(caller, &clone, "checkpoint")?;
+        if body.message.as_ref().is_some_and(|m| m.chars().count() > MAX_CHECKPOINT_MESSAGE) {
+            return Err(ServerError::BadRequest(format!(
+                "a checkpoint's message is at most {MAX_CHECKPOINT_MESSAGE} characters"
+            )));
+        }
+        let agent = self.fleet.require(&clone.agent)?;
+        let existing = agent.checkpoints(name)?;
+        let checkpoint = match body.name {
+            Some(wanted) if existing.iter().any(|c| c.name == wanted) => {
+                return Err(ServerError::Conflict(format!(
+                    "clone {name} already has a checkpoint named {wanted}; choose another name"
+                )))
+            }
+            Some(wanted) => wanted,
+            None => next_checkpoint_name(&existing),
+        };
+        let id = self.begin_clone_op(name, OperationKind::CloneCheckpoint, CloneStatus::Checkpointing)?;
+        let target = name.clone();
+        let host = clone.agent.clone();
+        let message = body.message;
+        self.spawn(id, OperationKind::CloneCheckpoint, name, move |server| {
+            let result = agent.checkpoint_clone(&target, &checkpoint, message.as_deref());
+            if matches!(&result, Err(e) if server.left_for_recovery(e)) {
+                return Err(LEFT_RUNNING.into());
+            }
+            server.settle_clone(&host, &target, &result)
+        });
+        self.operation_now(id)
+    }
+
+    /// Returns a clone to a checkpoint (the latest when `to` is `None`).
+    pub fn revert_clone(self: &Arc<Self>, caller: &Caller, name: &Name, to: Option<Name>) -> Result<Operation> {
+        let clone = self.visible_clone(caller, name)?;
+        Self::require_use(caller, &clone, "revert")?;
+        let agent = self.fleet.require(&clone.agent)?;
+        // Asked first, so that a bad name is a 404 and not a failed operation.
+        let existing = agent.checkpoints(name)?;
+        match &to {
+            Some(to) if !existing.iter().any(|c| &c.name == to) => {
+                return Err(ServerError::NotFound(format!(
+                    "clone {name} has no checkpoint named {to}; `clone checkpoints {name}` lists them"
+                )))
+            }
+            None if existing.is_empty() => {
+                return Err(ServerError::Conflict(format!(
+                    "clone {name} has no checkpoint to go back to; make one with `clone checkpoint {name}`"
+                )))
+            }
+            _ => {}
+        }
+        let target_at = match &to {
+            Some(to) => existing.iter().position(|c| &c.name == to).unwrap_or(0),
+            None => existing.len().saturating_sub(1),
+        };
+        let later: Vec<&str> = existing[target_at + 1..].iter().map(|c| c.name.as_str()).collect();
+        let goal = existing.get(target_at).map(|c| c.name.to_string()).unwrap_or_default();
+        self.refuse_if_branched(name, &format!("revert to {goal}"), |cp| later.contains(&cp))?;
+        let id = self.begin_clone_op(name, OperationKind::CloneRevert, CloneStatus::Reverting)?;
+        let target = name.clone();
+        let host = clone.agent.clone();
+        self.spawn(id, OperationKind::CloneRevert, name, move |server| {
+            let result = agent.revert_clone(&target, to.as_ref());
+            if matches!(&result, Err(e) if server.left_for_recovery(e)) {
+                return Err(LEFT_RUNNING.into());
+            }
+            server.settle_clone(&host, &target, &result)
+        });
+        self.operation_now(id)
+    }
+
+    /// Removes one of a clone's checkpoints.
+    pub fn delete_checkpoint(self: &Arc<Self>, caller: &Caller, name: &Name, checkpoint: &Name) -> Result<Operation> {
+        let clone = self.visible_clone(caller, name)?;
+        Self::require_use(caller, &clone, "remove checkpoints of")?;
+        let agent = self.fleet.require(&clone.agent)?;
+        if !agent.checkpoints(name)?.iter().any(|c| &c.name == checkpoint) {
+            return Err(ServerError::NotFound(format!(
+                "clone {name} has no checkpoint named {checkpoint}; `clone checkpoints {name}` lists them"
+            )));
+        }
+        let status = self.catalog().clone_named(name).map_err(ServerError::from)?.status;
+        // The clone runs on meanwhile: its status stays, only the operation is recorded.
+        let id = self.begin_clone_op(name, OperationKind::CheckpointDelete, status)?;
+        let target = name.clone();
+        let checkpoint = checkpoint.clone();
+        let host = clone.agent.clone();
+        self.spawn(id, OperationKind::CheckpointDelete, name, move |server| {
+            let result = agent.delete_checkpoint(&target, &checkpoint);
+            if matches!(&result, Err(e) if server.left_for_recovery(e)) {
+                return Err(LEFT_RUNNING.into());
+            }
+            let report = result.clone().and_then(|()| server.report_now(&host, &target));
+            server.settle_clone(&host, &target, &report)?;
+            result.map_err(|e| e.message)
         });
         self.operation_now(id)
     }
@@ -891,6 +1119,7 @@ impl Server {
     pub fn delete_clone(self: &Arc<Self>, caller: &Caller, name: &Name) -> Result<Operation> {
         let clone = self.visible_clone(caller, name)?;
         Self::require_use(caller, &clone, "remove")?;
+        self.refuse_if_branched(name, "remove", |_| true)?;
         let revoked = self.catalog().agent(&clone.agent).is_ok_and(|a| a.revoked_at.is_some());
         if revoked {
             // Nothing is asked of a revoked agent: the record goes, and whatever is left on
@@ -1059,7 +1288,17 @@ impl Server {
                     OperationKind::CloneStart => self.settle_clone(&host, name, &agent.start_clone(name)),
                     OperationKind::CloneStop => self.settle_clone(&host, name, &agent.stop_clone(name)),
                     OperationKind::CloneReset => self.settle_clone(&host, name, &agent.reset_clone(name)),
-                    _ => self.finish_delete(&host, name),
+                    // The agent finished or undid a checkpoint or a revert itself (its own
+                    // recovery): the clone's state is its report, and the operation failed,
+                    // for whoever waited on it to look again.
+                    OperationKind::CloneCheckpoint | OperationKind::CloneRevert | OperationKind::CheckpointDelete => {
+                        self.settle_clone(&host, name, &self.report_now(&host, name))?;
+                        Err(format!(
+                            "{interrupted}; `thinclone clone checkpoints {name}` shows the checkpoints the clone has"
+                        ))
+                    }
+                    OperationKind::CloneDelete => self.finish_delete(&host, name),
+                    OperationKind::ImageCreate | OperationKind::ImageDelete => unreachable!("handled above"),
                 }
             }
         }

@@ -31,6 +31,41 @@ pub fn is_live_process_of(pid: i32, path: &Path) -> bool {
     cmdline.split(|&b| b == 0).any(|arg| arg == wanted)
 }
 
+/// The state letter of a process (`R`, `S`, `D`, `T` stopped by a signal, `t` traced, `Z`…),
+/// or `None` when it is gone.
+pub fn state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// `pid` and every live process descended from it, parents before their children.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut parent_of = std::collections::HashMap::new();
+    for child in entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        if matches!(state, Some("Z") | Some("X")) {
+            continue;
+        }
+        if let Some(parent) = fields.next().and_then(|p| p.parse::<i32>().ok()) {
+            parent_of.insert(child, parent);
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        let mut children: Vec<i32> = parent_of.iter().filter(|(_, &p)| p == parent).map(|(&c, _)| c).collect();
+        children.sort_unstable();
+        found.extend(children);
+        i += 1;
+    }
+    found
+}
+
 /// The live processes whose parent is `pid`.
 pub fn children_of(pid: i32) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };

@@ -71,6 +71,15 @@ impl World {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// Makes a checkpoint of red-user's clone `red-c` as the administrator; returns its name.
+    fn checkpoint(&self) -> String {
+        let name = self.fresh("cp");
+        let (status, op) =
+            self.call(Some("admin"), "POST", "/v1/clones/red-c/checkpoints?wait=60", Some(json!({"name": name})));
+        assert!(status == 200 && op["state"] == "succeeded", "making checkpoint {name}: {op}");
+        name
+    }
+
     fn fresh(&self, prefix: &str) -> String {
         self.counter.set(self.counter.get() + 1);
         format!("{prefix}-{}", self.counter.get())
@@ -279,6 +288,66 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
         (("POST", "/v1/clones/{name}/start"), clone_action("start")),
         (("POST", "/v1/clones/{name}/stop"), clone_action("stop")),
         (("POST", "/v1/clones/{name}/reset"), clone_action("reset")),
+        (
+            ("GET", "/v1/clones/{name}/checkpoints"),
+            Rights {
+                allowed: RED,
+                forbidden: &[],
+                hidden: &["blue-creator"],
+                path: |_, _| "/v1/clones/red-c/checkpoints".into(),
+                body: no_body,
+            },
+        ),
+        (
+            ("POST", "/v1/clones/{name}/checkpoints"),
+            Rights {
+                allowed: &["red-user", "root-admin"],
+                forbidden: &["red-viewer", "red-user2", "red-creator"],
+                hidden: &["blue-creator"],
+                path: |_, _| "/v1/clones/red-c/checkpoints?wait=60".into(),
+                body: |_, _| Some(json!({"message": "asked by the matrix"})),
+            },
+        ),
+        (
+            ("DELETE", "/v1/clones/{name}/checkpoints/{checkpoint}"),
+            Rights {
+                allowed: &["red-user", "root-admin"],
+                forbidden: &["red-viewer", "red-user2", "red-creator"],
+                hidden: &["blue-creator"],
+                // A checkpoint of its own for each caller, made by the administrator.
+                path: |w, _| format!("/v1/clones/red-c/checkpoints/{}?wait=60", w.checkpoint()),
+                body: no_body,
+            },
+        ),
+        (
+            ("POST", "/v1/clones/{name}/branches"),
+            Rights {
+                allowed: &["red-user", "root-admin"],
+                forbidden: &["red-viewer", "red-user2", "red-creator"],
+                hidden: &["blue-creator"],
+                // A clone of its own to branch from for each caller allowed, so that red-c
+                // gets no branch that would keep it from being reset.
+                path: |w, who| {
+                    let origin = match who {
+                        "red-user" | "root-admin" => w.clone_of("red-img", "red-user"),
+                        _ => "red-c".into(),
+                    };
+                    format!("/v1/clones/{origin}/branches?wait=60")
+                },
+                body: |w, _| Some(json!({"name": w.fresh("branch")})),
+            },
+        ),
+        (
+            ("POST", "/v1/clones/{name}/revert"),
+            Rights {
+                allowed: &["red-user", "root-admin"],
+                forbidden: &["red-viewer", "red-user2", "red-creator"],
+                hidden: &["blue-creator"],
+                path: |_, _| "/v1/clones/red-c/revert?wait=60".into(),
+                // A checkpoint made for each call, to go back to.
+                body: |w, _| Some(json!({"to": w.checkpoint()})),
+            },
+        ),
         (
             ("GET", "/v1/operations"),
             Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/operations"), body: no_body },
@@ -639,7 +708,11 @@ fn every_route_checks_its_caller() {
     //    else is looked at (the paths here name nothing that exists). An agent's join takes
     //    no user's token: it answers 401 to an enrollment token no one made, whoever asks.
     for (method, path) in &routes {
-        let concrete = path.replace("{name}", "nothing").replace("{user}", "nobody").replace("{id}", "1");
+        let concrete = path
+            .replace("{name}", "nothing")
+            .replace("{user}", "nobody")
+            .replace("{id}", "1")
+            .replace("{checkpoint}", "none");
         let mut body = (method == "POST").then(|| json!({}));
         if path == "/v1/health" {
             assert_eq!(world.call(None, method, &concrete, None).0, 200);

@@ -41,6 +41,7 @@ fn a_cowfs_clone_of_a_prepared_image_serves_sql() {
         superuser: facts.superuser.clone(),
         label: "thinclone-test-c1".into(),
         memory: Some("32MB".into()),
+        read_only: false,
     };
 
     // A clone: driver create + attach + server start, timed to the first SELECT.

@@ -78,6 +78,7 @@ impl Setup {
             superuser: superuser.into(),
             label: format!("test-{name}"),
             memory: Some("32MB".into()),
+            read_only: false,
         }
     }
 

@@ -1,8 +1,9 @@
-//! Routes of clones: list, show, make, start, stop, reset, remove.
+//! Routes of clones: list, show, make, start, stop, reset, remove; their checkpoints and
+//! revert.
 
 use std::sync::Arc;
 
-use api::{Clone, CreateClone, ErrorBody, Name, Operation};
+use api::{Checkpoint, Clone, CreateBranch, CreateCheckpoint, CreateClone, ErrorBody, Name, Operation, RevertClone};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -131,4 +132,107 @@ pub async fn reset_clone(
     ApiQuery(wait): ApiQuery<Wait>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
     clone_action(s, caller, name, wait, CloneAction::Reset).await
+}
+
+#[utoipa::path(get, path = "/v1/clones/{name}/checkpoints", tag = "clones",
+    params(("name" = Name, Path, description = "The clone's name")),
+    responses((status = 200, description = "The clone's checkpoints, oldest first", body = Vec<Checkpoint>),
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams'", body = ErrorBody),
+              (status = 503, description = "The clone's agent is unreachable", body = ErrorBody)))]
+pub async fn list_checkpoints(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+) -> ApiResult<Json<Vec<Checkpoint>>> {
+    Ok(Json(blocking(move || s.checkpoints(&caller, &name)).await?))
+}
+
+#[utoipa::path(post, path = "/v1/clones/{name}/checkpoints", tag = "clones", request_body = CreateCheckpoint,
+    params(("name" = Name, Path, description = "The clone's name"), Wait),
+    responses((status = 200, description = "The operation, ended", body = Operation),
+              (status = 202, description = "The operation, still running", body = Operation),
+              (status = 400, description = "Not a JSON object of this shape, a bad name, or a message too long", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams'", body = ErrorBody),
+              (status = 409, description = "The checkpoint's name is taken, or another operation is under way on the clone", body = ErrorBody),
+              (status = 413, description = "The request body is larger than 64 KiB", body = ErrorBody),
+              (status = 415, description = "The request body is not sent as JSON", body = ErrorBody),
+              (status = 503, description = "The clone's agent is unreachable", body = ErrorBody),
+              (status = 507, description = "Not enough free disk for a copy clone's checkpoint", body = ErrorBody)))]
+pub async fn create_checkpoint(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+    ApiQuery(wait): ApiQuery<Wait>,
+    ApiJson(body): ApiJson<CreateCheckpoint>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let subject = Subject::Clone(name.clone());
+    operation(s, caller, "clone.checkpoint", subject, wait, move |s, caller| s.checkpoint_clone(caller, &name, body))
+        .await
+}
+
+#[utoipa::path(delete, path = "/v1/clones/{name}/checkpoints/{checkpoint}", tag = "clones",
+    params(("name" = Name, Path, description = "The clone's name"),
+           ("checkpoint" = Name, Path, description = "The checkpoint's name"), Wait),
+    responses((status = 200, description = "The operation, ended", body = Operation),
+              (status = 202, description = "The operation, still running", body = Operation),
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams', or no such checkpoint", body = ErrorBody),
+              (status = 409, description = "Another operation is under way on the clone", body = ErrorBody),
+              (status = 503, description = "The clone's agent is unreachable", body = ErrorBody)))]
+pub async fn delete_checkpoint(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath((name, checkpoint)): ApiPath<(Name, Name)>,
+    ApiQuery(wait): ApiQuery<Wait>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let subject = Subject::Clone(name.clone());
+    operation(s, caller, "clone.checkpoint_delete", subject, wait, move |s, caller| {
+        s.delete_checkpoint(caller, &name, &checkpoint)
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/clones/{name}/revert", tag = "clones", request_body = RevertClone,
+    params(("name" = Name, Path, description = "The clone's name"), Wait),
+    responses((status = 200, description = "The operation, ended", body = Operation),
+              (status = 202, description = "The operation, still running", body = Operation),
+              (status = 400, description = "Not a JSON object of this shape, or a bad name", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams', or no such checkpoint", body = ErrorBody),
+              (status = 409, description = "The clone has no checkpoint, or another operation is under way on it", body = ErrorBody),
+              (status = 413, description = "The request body is larger than 64 KiB", body = ErrorBody),
+              (status = 415, description = "The request body is not sent as JSON", body = ErrorBody),
+              (status = 503, description = "The clone's agent is unreachable", body = ErrorBody),
+              (status = 507, description = "Not enough free disk for a copy of a copy clone's checkpoint", body = ErrorBody)))]
+pub async fn revert_clone(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+    ApiQuery(wait): ApiQuery<Wait>,
+    ApiJson(body): ApiJson<RevertClone>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let subject = Subject::Clone(name.clone());
+    operation(s, caller, "clone.revert", subject, wait, move |s, caller| s.revert_clone(caller, &name, body.to)).await
+}
+
+#[utoipa::path(post, path = "/v1/clones/{name}/branches", tag = "clones", request_body = CreateBranch,
+    params(("name" = Name, Path, description = "The name of the clone to branch from"), Wait),
+    responses((status = 200, description = "The operation making the new clone, ended", body = Operation),
+              (status = 202, description = "The operation making the new clone, still running", body = Operation),
+              (status = 400, description = "Not a JSON object of this shape, or a bad name", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams', or no such checkpoint", body = ErrorBody),
+              (status = 409, description = "The new name is taken, or no port is free", body = ErrorBody),
+              (status = 413, description = "The request body is larger than 64 KiB", body = ErrorBody),
+              (status = 415, description = "The request body is not sent as JSON", body = ErrorBody),
+              (status = 503, description = "The clone's agent is unreachable", body = ErrorBody),
+              (status = 507, description = "Not enough free disk for a copy clone's branch", body = ErrorBody)))]
+pub async fn create_branch(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+    ApiQuery(wait): ApiQuery<Wait>,
+    ApiJson(body): ApiJson<CreateBranch>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let subject = Subject::Clone(body.name.clone());
+    operation(s, caller, "clone.branch", subject, wait, move |s, caller| s.create_branch(caller, &name, body)).await
 }

@@ -154,6 +154,33 @@ pub fn clones_table(clones: &[Clone]) -> String {
     )
 }
 
+pub fn checkpoints_table(checkpoints: &[api::Checkpoint]) -> String {
+    let rows = checkpoints
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.to_string(),
+                c.created_at.to_string(),
+                human_bytes(c.stored_bytes),
+                c.message.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(&[("NAME", Left), ("CREATED", Left), ("STORED", Right), ("MESSAGE", Left)], &rows)
+}
+
+pub fn checkpoint_fields(checkpoint: &api::Checkpoint) -> Fields {
+    let mut fields = vec![
+        ("name", checkpoint.name.to_string()),
+        ("created_at", checkpoint.created_at.to_string()),
+        ("stored", human_bytes(checkpoint.stored_bytes)),
+    ];
+    if let Some(message) = &checkpoint.message {
+        fields.push(("message", message.clone()));
+    }
+    fields
+}
+
 pub fn operations_table(ops: &[Operation]) -> String {
     let rows = ops
         .iter()
@@ -421,6 +448,9 @@ pub fn describe(op: &Operation) -> String {
         OperationKind::CloneStart => "starting",
         OperationKind::CloneStop => "stopping",
         OperationKind::CloneReset => "resetting",
+        OperationKind::CloneCheckpoint => "making a checkpoint of",
+        OperationKind::CloneRevert => "reverting",
+        OperationKind::CheckpointDelete => "removing a checkpoint of",
     };
     format!("{verb} {} {}", target_kind_text(op.kind), op.target.name)
 }

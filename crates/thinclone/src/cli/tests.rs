@@ -174,10 +174,30 @@ fn clone_create_needs_an_image_and_knows_its_drivers() {
     assert!(zfs.to_string().contains("[possible values: cowfs, reflink, copy]"), "{zfs}");
     match parse("clone create alice --image prod --driver copy --no-wait").unwrap() {
         Command::Clone { command: CloneCommand::Create { name, image, driver, no_wait, .. }, .. } => {
-            assert_eq!((name.as_str(), image.as_str(), driver, no_wait), ("alice", "prod", Some(Driver::Copy), true));
+            assert_eq!(
+                (name.as_str(), image.as_ref().map(Name::as_str), driver, no_wait),
+                ("alice", Some("prod"), Some(Driver::Copy), true)
+            );
         }
         _ => panic!("not clone create"),
     }
+    // A branch names its origin, and takes neither an image nor a driver.
+    match parse("clone create b --from alice@cp2").unwrap() {
+        Command::Clone { command: CloneCommand::Create { from, image: None, .. }, .. } => {
+            let (clone, checkpoint) = from.unwrap();
+            assert_eq!((clone.as_str(), checkpoint.as_ref().map(Name::as_str)), ("alice", Some("cp2")));
+        }
+        _ => panic!("not clone create --from"),
+    }
+    assert_eq!(parse_err("clone create b --from alice --image prod").kind(), clap::error::ErrorKind::ArgumentConflict);
+    assert_eq!(parse_err("clone create b --from alice --driver copy").kind(), clap::error::ErrorKind::ArgumentConflict);
+    assert_eq!(parse_err("clone create b --from alice@Bad!").kind(), clap::error::ErrorKind::ValueValidation);
+    // `checkpoint rm` is a command of its own; a checkpoint names its clone.
+    match parse("clone checkpoint rm alice cp1").unwrap() {
+        Command::Clone { command: CloneCommand::Checkpoint(_), .. } => {}
+        _ => panic!("not clone checkpoint rm"),
+    }
+    assert_eq!(parse_err("clone checkpoint").kind(), clap::error::ErrorKind::MissingRequiredArgument);
     for action in ["start", "stop", "reset", "rm"] {
         match parse(&format!("clone {action} alice --no-wait")).unwrap() {
             Command::Clone {
