@@ -109,6 +109,9 @@ pub struct LocalAgent {
     /// told to stop ([`Agent::cancel_image_jobs`], a removal): a cancelled job fails at its
     /// next step even when no program of it was running to be stopped.
     jobs: Mutex<HashMap<PathBuf, bool>>,
+    /// Whether each clone had a client connected when last looked at, and since when that
+    /// has been so: a clone's idle time, for the server's idle policy.
+    activity: Mutex<HashMap<Name, (bool, Timestamp)>>,
     stopping: AtomicBool,
 }
 
@@ -216,6 +219,7 @@ impl LocalAgent {
             sizes: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
+            activity: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         });
         agent.recover_images();
@@ -589,6 +593,29 @@ impl LocalAgent {
         Ok(())
     }
 
+    /// Notes, for every clone, whether a client is connected to its port now (an
+    /// established TCP connection; the agent's own go through the private socket), and
+    /// since when that has been so.
+    fn note_activity(&self) {
+        let connections = sys::procfs::established_by_local_port();
+        let now = Timestamp::now();
+        let mut activity = lock(&self.activity);
+        for record in self.records() {
+            let running = lock(&self.running).contains_key(&record.name);
+            let connected = running && connections.get(&record.port).is_some_and(|&n| n > 0);
+            match activity.get_mut(&record.name) {
+                Some((was, since)) if *was != connected => {
+                    *was = connected;
+                    *since = now;
+                }
+                Some(_) => {}
+                None => {
+                    activity.insert(record.name.clone(), (connected, now));
+                }
+            }
+        }
+    }
+
     /// Refuses a change to clone `name` that would drop layers a cowfs branch reads: those
     /// of its checkpoints for which `drops` is true.
     fn refuse_if_branched(&self, name: &Name, what: &str, drops: impl Fn(&Name) -> bool) -> Result<()> {
@@ -658,6 +685,11 @@ impl LocalAgent {
             ),
         };
         let size = lock(&self.sizes).get(&record.name).copied();
+        let idle_since = match lock(&self.activity).get(&record.name) {
+            Some(&(connected, since)) => (!connected).then_some(since),
+            // Not looked at yet since this agent started: idle from now on, at the most.
+            None => None,
+        };
         CloneReport {
             name: record.name.clone(),
             state,
@@ -665,6 +697,7 @@ impl LocalAgent {
             stored_bytes: size.map(|s| s.0),
             sizes_at: size.map(|s| s.1),
             user: record.owner.clone(),
+            idle_since,
         }
     }
 
@@ -945,6 +978,7 @@ impl LocalAgent {
             _ => None,
         };
         let host_full = disk_full.clone();
+        self.note_activity();
         // The running clones, and those supervision took down and means to bring back.
         let mut names: Vec<Name> = lock(&self.running).keys().cloned().collect();
         names.extend(lock(&self.health).iter().filter(|(_, h)| h.down).map(|(n, _)| n.clone()));
@@ -1452,6 +1486,7 @@ impl Agent for LocalAgent {
         self.driver(&record).destroy(&clone_dir).map_err(AgentError::from_driver)?;
         self.release_uid(&record);
         lock(&self.sizes).remove(name);
+        lock(&self.activity).remove(name);
         Ok(())
     }
 

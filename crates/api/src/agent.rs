@@ -227,6 +227,9 @@ pub struct CloneReport {
     /// The database user its URL logs in as when that is not the image's superuser (an
     /// owner role).
     pub user: Option<String>,
+    /// Since when no client has been connected to it, while none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<Timestamp>,
 }
 
 /// What an agent offers.

@@ -153,6 +153,48 @@ pub struct Clone {
     pub origin: Option<String>,
     /// A snapshot view: its server serves reads and refuses every write.
     pub read_only: bool,
+    /// When it is removed, unless protected then; `None`: never.
+    pub expires_at: Option<Timestamp>,
+    /// Protected: neither expiry, the idle policy nor `DELETE` removes it.
+    pub protected: bool,
+    /// When its protection lapses; `None` while protected: never.
+    pub protected_until: Option<Timestamp>,
+    /// Since when no client has been connected to it (as its agent last saw), while none is.
+    pub idle_since: Option<Timestamp>,
+    /// Its idle policy; a `None` field takes the server's.
+    pub idle: IdlePolicy,
+}
+
+/// What happens to a clone no client uses: after `stop_after` seconds without a connection
+/// its server is stopped, after `remove_after` seconds it is removed (unless protected). `0`
+/// turns a step off; `None` takes the server's setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdlePolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_after: Option<u64>,
+}
+
+/// `POST /v1/clones/{name}/expiry`: when the clone is removed. Neither field: never.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetExpiry {
+    /// Seconds from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// `POST /v1/clones/{name}/protect`: keep the clone from expiry, the idle policy's removal
+/// and `DELETE`, for `for_seconds` (a lease) or until unprotected.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Protect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_seconds: Option<u64>,
 }
 
 /// `POST /v1/clones`: make a clone of an image and start it.
@@ -170,6 +212,12 @@ pub struct CreateClone {
     /// runs the fewest clones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<Name>,
+    /// Remove it this many seconds after it is made (unless protected then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+    /// Remove it at this time (unless protected then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
 }
 
 /// `POST /v1/clones/{name}/branches`: make a new clone from one of this clone's checkpoints.
@@ -189,6 +237,12 @@ pub struct CreateBranch {
     /// data alongside the live clone.
     #[serde(default)]
     pub read_only: bool,
+    /// Remove it this many seconds after it is made (unless protected then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+    /// Remove it at this time (unless protected then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
 }
 
 /// A checkpoint: a clone's state at a moment, kept so that the clone can go back to it.

@@ -21,7 +21,10 @@ mod time;
 pub use auth::{
     Activity, CreateSource, CreateTeam, CreateToken, CreateUser, NewToken, Role, Source, Team, Token, User,
 };
-pub use clone::{Checkpoint, Clone, CloneStatus, CreateBranch, CreateCheckpoint, CreateClone, Driver, RevertClone};
+pub use clone::{
+    Checkpoint, Clone, CloneStatus, CreateBranch, CreateCheckpoint, CreateClone, Driver, IdlePolicy, Protect,
+    RevertClone, SetExpiry,
+};
 pub use error::{ErrorBody, ErrorCode};
 pub use image::{CreateImage, Image, ImageStatus};
 pub use name::{InvalidName, Name, MAX_LEN as NAME_MAX_LEN};
@@ -55,6 +58,10 @@ pub mod paths {
     pub const CLONE_CHECKPOINTS: &str = "/v1/clones/{name}/checkpoints";
     pub const CLONE_CHECKPOINT: &str = "/v1/clones/{name}/checkpoints/{checkpoint}";
     pub const CLONE_BRANCHES: &str = "/v1/clones/{name}/branches";
+    pub const CLONE_EXPIRY: &str = "/v1/clones/{name}/expiry";
+    pub const CLONE_PROTECT: &str = "/v1/clones/{name}/protect";
+    pub const CLONE_UNPROTECT: &str = "/v1/clones/{name}/unprotect";
+    pub const CLONE_IDLE: &str = "/v1/clones/{name}/idle";
     pub const OPERATIONS: &str = "/v1/operations";
     pub const OPERATION: &str = "/v1/operations/{id}";
     pub const WHOAMI: &str = "/v1/whoami";

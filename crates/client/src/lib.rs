@@ -279,6 +279,26 @@ impl Client {
         self.post(&self.changing(&fill(api::paths::CLONE_BRANCHES, "name", name.as_str())), request)
     }
 
+    /// `POST /v1/clones/{name}/expiry`: when the clone is removed by itself.
+    pub fn set_expiry(&self, name: &Name, request: &api::SetExpiry) -> Result<Clone> {
+        self.post(&fill(api::paths::CLONE_EXPIRY, "name", name.as_str()), request)
+    }
+
+    /// `POST /v1/clones/{name}/protect`.
+    pub fn protect_clone(&self, name: &Name, request: &api::Protect) -> Result<Clone> {
+        self.post(&fill(api::paths::CLONE_PROTECT, "name", name.as_str()), request)
+    }
+
+    /// `POST /v1/clones/{name}/unprotect`.
+    pub fn unprotect_clone(&self, name: &Name) -> Result<Clone> {
+        self.post(&fill(api::paths::CLONE_UNPROTECT, "name", name.as_str()), &Empty {})
+    }
+
+    /// `POST /v1/clones/{name}/idle`: the clone's idle policy.
+    pub fn set_idle(&self, name: &Name, policy: &api::IdlePolicy) -> Result<Clone> {
+        self.post(&fill(api::paths::CLONE_IDLE, "name", name.as_str()), policy)
+    }
+
     /// `POST /v1/clones/{name}/revert`: starts returning a clone to a checkpoint.
     pub fn revert_clone(&self, name: &Name, request: &api::RevertClone) -> Result<Operation> {
         self.post(&self.changing(&fill(api::paths::CLONE_REVERT, "name", name.as_str())), request)

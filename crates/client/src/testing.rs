@@ -229,5 +229,10 @@ pub fn clone(name_: &str, image: &str, port: u16) -> Clone {
         operation: None,
         origin: None,
         read_only: false,
+        expires_at: None,
+        protected: false,
+        protected_until: None,
+        idle_since: None,
+        idle: api::IdlePolicy::default(),
     }
 }

@@ -80,7 +80,14 @@ fn an_unreadable_answer_is_a_decode_error() {
 fn create_clone_sends_the_request_as_json_and_reads_the_operation() {
     let op = operation(7, OperationKind::CloneCreate, "alice", OperationState::Running);
     let server = CannedServer::start(vec![Answer::json(202, &op)]);
-    let request = CreateClone { name: name("alice"), image: name("prod"), driver: Some(Driver::Copy), host: None };
+    let request = CreateClone {
+        name: name("alice"),
+        image: name("prod"),
+        driver: Some(Driver::Copy),
+        host: None,
+        expires_in: None,
+        expires_at: None,
+    };
     assert_eq!(Client::new(server.url()).create_clone(&request).unwrap(), op);
     let requests = server.requests();
     assert_eq!(requests[0].line(), "POST /v1/clones");
@@ -93,7 +100,14 @@ fn create_clone_sends_the_request_as_json_and_reads_the_operation() {
 fn a_missing_driver_is_left_out_of_the_request() {
     let op = operation(7, OperationKind::CloneCreate, "alice", OperationState::Running);
     let server = CannedServer::start(vec![Answer::json(202, &op)]);
-    let request = CreateClone { name: name("alice"), image: name("prod"), driver: None, host: None };
+    let request = CreateClone {
+        name: name("alice"),
+        image: name("prod"),
+        driver: None,
+        host: None,
+        expires_in: None,
+        expires_at: None,
+    };
     Client::new(server.url()).create_clone(&request).unwrap();
     assert_eq!(server.requests()[0].body, r#"{"name":"alice","image":"prod"}"#);
 }
@@ -222,7 +236,14 @@ fn create_clone_and_wait_returns_the_clone_once_it_is_ready() {
         Answer::json(200, &alice),
     ]);
     let client = Client::new(server.url()).with_poll_interval(NO_TIME);
-    let request = CreateClone { name: name("alice"), image: name("prod"), driver: None, host: None };
+    let request = CreateClone {
+        name: name("alice"),
+        image: name("prod"),
+        driver: None,
+        host: None,
+        expires_in: None,
+        expires_at: None,
+    };
     assert_eq!(client.create_clone_and_wait(&request).unwrap(), alice);
     assert_eq!(server.request_lines(), ["POST /v1/clones", "GET /v1/operations/9", "GET /v1/clones/alice"]);
 }
@@ -232,7 +253,14 @@ fn a_failed_operation_is_an_error_with_exactly_its_message() {
     let mut failed = operation(9, OperationKind::CloneCreate, "alice", OperationState::Failed);
     failed.error = Some("the clone's server did not start: port 7501 is in use".into());
     let server = CannedServer::start(vec![Answer::json(200, &failed)]);
-    let request = CreateClone { name: name("alice"), image: name("prod"), driver: None, host: None };
+    let request = CreateClone {
+        name: name("alice"),
+        image: name("prod"),
+        driver: None,
+        host: None,
+        expires_in: None,
+        expires_at: None,
+    };
     let err = Client::new(server.url()).create_clone_and_wait(&request).unwrap_err();
     assert_eq!(err.to_string(), "the clone's server did not start: port 7501 is in use");
     assert_eq!(err.failed_operation(), Some(&failed));

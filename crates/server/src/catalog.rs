@@ -76,6 +76,16 @@ pub struct CloneRow {
     pub origin: Option<String>,
     /// A snapshot view: its server refuses writes.
     pub read_only: bool,
+    /// When it is removed, unless protected then.
+    pub expires_at: Option<Timestamp>,
+    /// Whether the warning of its expiry went out (for this `expires_at`).
+    pub expiry_warned: bool,
+    pub protected: bool,
+    /// When its protection lapses; `None` while protected: never.
+    pub protected_until: Option<Timestamp>,
+    /// Its idle policy, seconds; `None` takes the server's, 0 turns the step off.
+    pub idle_stop_after: Option<u64>,
+    pub idle_remove_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -159,7 +169,7 @@ pub struct Catalog {
     conn: Connection,
 }
 
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// The team that images and clones made before teams existed belong to, and that the first
 /// administrator is in.
@@ -352,7 +362,20 @@ impl Catalog {
                  COMMIT;",
             )?;
         }
-        debug_assert_eq!(SCHEMA_VERSION, 5);
+        if version < 6 {
+            self.conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE clones ADD COLUMN expires_at INTEGER;
+                 ALTER TABLE clones ADD COLUMN expiry_warned INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE clones ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE clones ADD COLUMN protected_until INTEGER;
+                 ALTER TABLE clones ADD COLUMN idle_stop_after INTEGER;
+                 ALTER TABLE clones ADD COLUMN idle_remove_after INTEGER;
+                 PRAGMA user_version = 6;
+                 COMMIT;",
+            )?;
+        }
+        debug_assert_eq!(SCHEMA_VERSION, 6);
         Ok(())
     }
 
@@ -451,8 +474,9 @@ impl Catalog {
     pub fn insert_clone(&self, clone: &CloneRow) -> Result<()> {
         let result = self.conn.execute(
             "INSERT INTO clones (name, image, status, message, driver, port, password, created_at, operation, owner, team,
-                                 agent, origin, read_only)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                 agent, origin, read_only, expires_at, expiry_warned, protected, protected_until,
+                                 idle_stop_after, idle_remove_after)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             params![
                 clone.name.as_str(),
                 clone.image.as_str(),
@@ -468,6 +492,12 @@ impl Catalog {
                 clone.agent.as_str(),
                 clone.origin,
                 clone.read_only,
+                clone.expires_at.map(|t| t.0),
+                clone.expiry_warned,
+                clone.protected,
+                clone.protected_until.map(|t| t.0),
+                clone.idle_stop_after.map(|s| s as i64),
+                clone.idle_remove_after.map(|s| s as i64),
             ],
         );
         match constraint(result, "clone", &clone.name) {
@@ -492,6 +522,39 @@ impl Catalog {
         let n = self.conn.execute(
             "UPDATE clones SET status = ?2, message = ?3, operation = ?4 WHERE name = ?1",
             params![name.as_str(), status.as_str(), message, operation.map(|o| o.0 as i64)],
+        )?;
+        found(n, "clone", name)
+    }
+
+    /// Sets when a clone expires (`None`: never); its warning goes out again.
+    pub fn set_clone_expiry(&self, name: &Name, at: Option<Timestamp>) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE clones SET expires_at = ?2, expiry_warned = 0 WHERE name = ?1",
+            params![name.as_str(), at.map(|t| t.0)],
+        )?;
+        found(n, "clone", name)
+    }
+
+    /// Records that the warning of a clone's expiry went out.
+    pub fn set_expiry_warned(&self, name: &Name) -> Result<()> {
+        let n = self.conn.execute("UPDATE clones SET expiry_warned = 1 WHERE name = ?1", [name.as_str()])?;
+        found(n, "clone", name)
+    }
+
+    /// Protects a clone (until `until`, or for good), or ends its protection.
+    pub fn set_clone_protection(&self, name: &Name, protected: bool, until: Option<Timestamp>) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE clones SET protected = ?2, protected_until = ?3 WHERE name = ?1",
+            params![name.as_str(), protected, until.map(|t| t.0)],
+        )?;
+        found(n, "clone", name)
+    }
+
+    /// Sets a clone's idle policy (seconds; `None` takes the server's).
+    pub fn set_clone_idle(&self, name: &Name, stop_after: Option<u64>, remove_after: Option<u64>) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE clones SET idle_stop_after = ?2, idle_remove_after = ?3 WHERE name = ?1",
+            params![name.as_str(), stop_after.map(|s| s as i64), remove_after.map(|s| s as i64)],
         )?;
         found(n, "clone", name)
     }
@@ -1135,6 +1198,12 @@ fn clone_row(row: &rusqlite::Row) -> rusqlite::Result<CloneRow> {
         agent: name_column(row, "agent")?,
         origin: row.get("origin")?,
         read_only: row.get("read_only")?,
+        expires_at: row.get::<_, Option<i64>>("expires_at")?.map(Timestamp),
+        expiry_warned: row.get("expiry_warned")?,
+        protected: row.get("protected")?,
+        protected_until: row.get::<_, Option<i64>>("protected_until")?.map(Timestamp),
+        idle_stop_after: row.get::<_, Option<i64>>("idle_stop_after")?.map(|s| s.max(0) as u64),
+        idle_remove_after: row.get::<_, Option<i64>>("idle_remove_after")?.map(|s| s.max(0) as u64),
     })
 }
 
@@ -1197,6 +1266,12 @@ mod tests {
             agent: name("local"),
             origin: None,
             read_only: false,
+            expires_at: None,
+            expiry_warned: false,
+            protected: false,
+            protected_until: None,
+            idle_stop_after: None,
+            idle_remove_after: None,
         }
     }
 

@@ -14,6 +14,7 @@ mod catalog;
 pub mod fleet;
 pub mod hub;
 mod identity;
+mod lifecycle;
 mod ops;
 pub mod pki;
 mod rest;
@@ -23,5 +24,6 @@ pub use fleet::Fleet;
 
 pub use auth::Caller;
 pub use identity::BOOTSTRAP_TOKEN_FILE;
+pub use lifecycle::LifecycleConfig;
 pub use ops::{CloneAction, Server, ServerConfig, ServerError};
 pub use rest::{app, openapi, openapi_json, serve, serve_tls, AllowedHosts};

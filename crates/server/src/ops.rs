@@ -87,6 +87,40 @@ impl From<AgentError> for ServerError {
 
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
 
+/// What a new clone is, besides its image.
+struct NewClone {
+    name: Name,
+    host: Name,
+    driver: api::Driver,
+    origin: Option<agent::CloneOrigin>,
+    read_only: bool,
+    expires_at: Option<Timestamp>,
+}
+
+/// When a clone asked to expire `expires_in` seconds from now, or at `expires_at`, expires.
+pub(crate) fn expiry(expires_in: Option<u64>, expires_at: Option<Timestamp>) -> Result<Option<Timestamp>> {
+    let now = Timestamp::now();
+    match (expires_in, expires_at) {
+        (Some(_), Some(_)) => Err(ServerError::BadRequest("give expires_in or expires_at, not both".into())),
+        (Some(seconds), None) => {
+            let seconds = i64::try_from(seconds).ok().filter(|&s| s <= MAX_EXPIRY_SECONDS).ok_or_else(|| {
+                ServerError::BadRequest(format!("expires_in is at most {MAX_EXPIRY_SECONDS} seconds (ten years)"))
+            })?;
+            Ok(Some(Timestamp(now.0 + seconds)))
+        }
+        (None, Some(at)) if at.0 <= now.0 => {
+            Err(ServerError::BadRequest(format!("expires_at ({at}) is not in the future")))
+        }
+        (None, Some(at)) if at.0 - now.0 > MAX_EXPIRY_SECONDS => {
+            Err(ServerError::BadRequest("expires_at is at most ten years from now".into()))
+        }
+        (None, at) => Ok(at),
+    }
+}
+
+/// Ten years, the furthest an expiry or a protection lease may be.
+pub(crate) const MAX_EXPIRY_SECONDS: i64 = 10 * 366 * 86_400;
+
 /// The longest message a checkpoint may carry, in characters.
 const MAX_CHECKPOINT_MESSAGE: usize = 1000;
 
@@ -110,6 +144,8 @@ pub struct ServerConfig {
     pub local_location: Option<PathBuf>,
     /// `host:port` that agents dial for the agent channel, when it listens.
     pub channel_address: Option<String>,
+    /// Expiry warnings and the server's idle policy.
+    pub lifecycle: crate::lifecycle::LifecycleConfig,
 }
 
 /// What can be done to a clone besides making and removing it.
@@ -201,6 +237,7 @@ impl Server {
         server.register_embedded()?;
         server.recover()?;
         server.follow_agents();
+        server.follow_lifecycle();
         Ok(server)
     }
 
@@ -214,7 +251,7 @@ impl Server {
     }
 
     /// The clone `name` if the caller sees it; "no clone" otherwise.
-    fn visible_clone(&self, caller: &Caller, name: &Name) -> Result<CloneRow> {
+    pub(crate) fn visible_clone(&self, caller: &Caller, name: &Name) -> Result<CloneRow> {
         match self.catalog().clone_named(name) {
             Ok(row) if caller.sees(&row.team) => Ok(row),
             Ok(_) | Err(CatalogError::NotFound { .. }) => Err(ServerError::NotFound(format!("no clone named {name}"))),
@@ -228,7 +265,7 @@ impl Server {
         caller.role == Role::Admin || (clone.owner == caller.user && caller.role >= Role::CloneUser)
     }
 
-    fn require_use(caller: &Caller, clone: &CloneRow, what: &str) -> Result<()> {
+    pub(crate) fn require_use(caller: &Caller, clone: &CloneRow, what: &str) -> Result<()> {
         if Self::may_use(caller, clone) {
             return Ok(());
         }
@@ -244,6 +281,11 @@ impl Server {
 
     pub(crate) fn config(&self) -> &ServerConfig {
         &self.config
+    }
+
+    /// Whether the server is shutting down.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records an entry of the audit log; a failure to record is logged, not answered.
@@ -455,6 +497,11 @@ impl Server {
             operation: if row.status.is_transitional() { row.operation } else { None },
             origin: row.origin,
             read_only: row.read_only,
+            expires_at: row.expires_at,
+            protected: row.protected,
+            protected_until: row.protected_until,
+            idle_since: report.and_then(|r| r.idle_since),
+            idle: api::IdlePolicy { stop_after: row.idle_stop_after, remove_after: row.idle_remove_after },
         }
     }
 
@@ -734,7 +781,9 @@ impl Server {
         let (version, _) = Self::image_facts(&visible)?;
         let (host, info) = self.place_clone(&visible, &version, request.host.as_ref(), request.driver)?;
         let driver = request.driver.unwrap_or(info.default_driver);
-        self.make_clone(caller, request.name, &visible, host, driver, None, false)
+        let expires_at = expiry(request.expires_in, request.expires_at)?;
+        let new = NewClone { name: request.name, host, driver, origin: None, read_only: false, expires_at };
+        self.make_clone(caller, &visible, new)
     }
 
     /// Makes a new clone from a checkpoint of `name` (a branch, or with `read_only` a
@@ -766,15 +815,15 @@ impl Server {
                 make_checkpoint: true,
             },
         };
-        self.make_clone(
-            caller,
-            request.name,
-            &image,
-            source.agent.clone(),
-            source.driver,
-            Some(origin),
-            request.read_only,
-        )
+        let new = NewClone {
+            name: request.name,
+            host: source.agent.clone(),
+            driver: source.driver,
+            origin: Some(origin),
+            read_only: request.read_only,
+            expires_at: expiry(request.expires_in, request.expires_at)?,
+        };
+        self.make_clone(caller, &image, new)
     }
 
     /// The engine version and superuser of a ready image.
@@ -788,18 +837,9 @@ impl Server {
         }
     }
 
-    /// Records a new clone on `host` and starts the operation that makes it.
-    #[allow(clippy::too_many_arguments)]
-    fn make_clone(
-        self: &Arc<Self>,
-        caller: &Caller,
-        name: Name,
-        image: &ImageRow,
-        host: Name,
-        driver: api::Driver,
-        origin: Option<agent::CloneOrigin>,
-        read_only: bool,
-    ) -> Result<Operation> {
+    /// Records a new clone and starts the operation that makes it.
+    fn make_clone(self: &Arc<Self>, caller: &Caller, image: &ImageRow, new: NewClone) -> Result<Operation> {
+        let NewClone { name, host, driver, origin, read_only, expires_at } = new;
         let (version, superuser) = Self::image_facts(image)?;
         let visible = image;
         let agent = self.fleet.require(&host)?;
@@ -844,6 +884,12 @@ impl Server {
                     agent: host.clone(),
                     origin: origin.as_ref().map(ToString::to_string),
                     read_only,
+                    expires_at,
+                    expiry_warned: false,
+                    protected: false,
+                    protected_until: None,
+                    idle_stop_after: None,
+                    idle_remove_after: None,
                 })?;
                 Ok((id, port))
             });
@@ -1119,6 +1165,7 @@ impl Server {
     pub fn delete_clone(self: &Arc<Self>, caller: &Caller, name: &Name) -> Result<Operation> {
         let clone = self.visible_clone(caller, name)?;
         Self::require_use(caller, &clone, "remove")?;
+        self.refuse_if_protected(&clone)?;
         self.refuse_if_branched(name, "remove", |_| true)?;
         let revoked = self.catalog().agent(&clone.agent).is_ok_and(|a| a.revoked_at.is_some());
         if revoked {

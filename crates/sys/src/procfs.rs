@@ -184,3 +184,39 @@ mod tests {
         assert!(!processes_of_uid(2_000_099_998).contains(&me));
     }
 }
+
+/// How many established TCP connections each local port has, over IPv4 and IPv6, in this
+/// network namespace (`/proc/net/tcp` and `tcp6`).
+pub fn established_by_local_port() -> std::collections::HashMap<u16, u32> {
+    let mut ports = std::collections::HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let mut fields = line.split_whitespace();
+            let (Some(local), Some(_remote), Some(state)) = (fields.nth(1), fields.next(), fields.next()) else {
+                continue;
+            };
+            // 01 is TCP_ESTABLISHED; the local address ends in ":PORT" in hexadecimal.
+            if state != "01" {
+                continue;
+            }
+            if let Some(port) = local.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok()) {
+                *ports.entry(port).or_insert(0) += 1;
+            }
+        }
+    }
+    ports
+}
+
+#[cfg(test)]
+mod established_tests {
+    #[test]
+    fn a_connection_is_counted_on_its_local_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let before = super::established_by_local_port().get(&port).copied().unwrap_or(0);
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        assert_eq!(super::established_by_local_port().get(&port).copied().unwrap_or(0), before + 1);
+    }
+}

@@ -235,8 +235,14 @@ fn show(
         begin(&format!("making clone {name}"))?;
         let t = Instant::now();
         made.clones.push(name.clone());
-        let clone =
-            client.create_clone_and_wait(&CreateClone { name, image: image_name.clone(), driver: None, host: None })?;
+        let clone = client.create_clone_and_wait(&CreateClone {
+            name,
+            image: image_name.clone(),
+            driver: None,
+            host: None,
+            expires_in: None,
+            expires_at: None,
+        })?;
         clones.push((clone, t.elapsed()));
     }
     let names: Vec<&Name> = clones.iter().map(|(c, _)| &c.name).collect();

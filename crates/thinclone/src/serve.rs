@@ -80,6 +80,17 @@ pub struct ServerOpts {
     /// How many days the audit log keeps its entries.
     #[arg(long, default_value_t = 90, env = "THINCLONE_ACTIVITY_DAYS")]
     activity_days: u32,
+    /// Stop a clone no client has been connected to for this long (e.g. 2h; 0: never),
+    /// unless the clone has its own idle policy (`clone idle`).
+    #[arg(long, default_value = "0", value_parser = humantime::parse_duration, env = "THINCLONE_IDLE_STOP_AFTER")]
+    idle_stop_after: std::time::Duration,
+    /// Remove a clone no client has been connected to for this long (e.g. 7d; 0: never),
+    /// unless it is protected or has its own idle policy.
+    #[arg(long, default_value = "0", value_parser = humantime::parse_duration, env = "THINCLONE_IDLE_REMOVE_AFTER")]
+    idle_remove_after: std::time::Duration,
+    /// How long before a clone's expiry its `clone.expiring` event goes out.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, env = "THINCLONE_EXPIRY_WARNING")]
+    expiry_warning: std::time::Duration,
     /// A name agents dial the agent channel by (repeatable), put in the channel's
     /// certificate; the first is the one enrolled agents are given [default: --channel-listen's
     /// address when it is not a wildcard, else this host's name].
@@ -352,6 +363,11 @@ fn run_server(
             activity_days: args.activity_days,
             local_location,
             channel_address,
+            lifecycle: server::LifecycleConfig {
+                idle_stop_after: args.idle_stop_after.as_secs(),
+                idle_remove_after: args.idle_remove_after.as_secs(),
+                expiry_warning: args.expiry_warning.as_secs(),
+            },
         };
         let hub = server::hub::Hub::new();
         let engines = crate::engines::all();

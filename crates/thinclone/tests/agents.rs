@@ -376,6 +376,8 @@ fn agents_servers_and_shares_fail_cleanly() {
                     image: api::Name::new("prod").unwrap(),
                     driver: None,
                     host: Some(api::Name::new("a1").unwrap()),
+                    expires_in: None,
+                    expires_at: None,
                 })
                 .err(),
         ),

@@ -337,6 +337,11 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
                 body: |w, _| Some(json!({"name": w.fresh("branch")})),
             },
         ),
+        (("POST", "/v1/clones/{name}/expiry"), clone_setting("expiry", |_, _| Some(json!({"expires_in": 86_400})))),
+        // A lease of a second: red-c is not kept protected for the routes after this one.
+        (("POST", "/v1/clones/{name}/protect"), clone_setting("protect", |_, _| Some(json!({"for_seconds": 1})))),
+        (("POST", "/v1/clones/{name}/unprotect"), clone_setting("unprotect", |_, _| Some(json!({})))),
+        (("POST", "/v1/clones/{name}/idle"), clone_setting("idle", |_, _| Some(json!({})))),
         (
             ("POST", "/v1/clones/{name}/revert"),
             Rights {
@@ -616,6 +621,24 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
             },
         ),
     ]
+}
+
+/// A setting of red-c (expiry, protection, idle policy): its owner and administrators; red's
+/// others may not; blue does not see it.
+fn clone_setting(what: &'static str, body: fn(&World, &str) -> Option<Value>) -> Rights {
+    let path: fn(&World, &str) -> String = match what {
+        "expiry" => |_, _| "/v1/clones/red-c/expiry".into(),
+        "protect" => |_, _| "/v1/clones/red-c/protect".into(),
+        "unprotect" => |_, _| "/v1/clones/red-c/unprotect".into(),
+        _ => |_, _| "/v1/clones/red-c/idle".into(),
+    };
+    Rights {
+        allowed: &["red-user", "root-admin"],
+        forbidden: &["red-viewer", "red-user2", "red-creator"],
+        hidden: &["blue-creator"],
+        path,
+        body,
+    }
 }
 
 /// start, stop and reset: the clone's owner and administrators; red's others may not; blue

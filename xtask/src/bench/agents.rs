@@ -603,7 +603,14 @@ fn measure(run: &Run, p: &Params, memory: &MemoryPlan, phases: &mut Phases, r: &
             break;
         }
         let clone_name = format!("c{i:03}");
-        let request = api::CreateClone { name: name(&clone_name)?, image: name("img")?, driver: None, host: None };
+        let request = api::CreateClone {
+            name: name(&clone_name)?,
+            image: name("img")?,
+            driver: None,
+            host: None,
+            expires_in: None,
+            expires_at: None,
+        };
         if i == 1 {
             exec.note(&format!(
                 "POST {url}{}?wait=60 {}   # c001 … c{:03}, each followed to its end",

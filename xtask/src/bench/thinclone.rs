@@ -386,7 +386,14 @@ impl Daemon {
 
     /// Makes a clone and waits until it accepts connections.
     pub fn create_clone(&self, name_: &str, image: &str, driver: api::Driver) -> Result<CloneInfo> {
-        let request = api::CreateClone { name: name(name_)?, image: name(image)?, driver: Some(driver), host: None };
+        let request = api::CreateClone {
+            name: name(name_)?,
+            image: name(image)?,
+            driver: Some(driver),
+            host: None,
+            expires_in: None,
+            expires_at: None,
+        };
         self.exec.note(&format!(
             "POST {}{} {}   # and wait",
             self.url,

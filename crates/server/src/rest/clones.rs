@@ -3,12 +3,15 @@
 
 use std::sync::Arc;
 
-use api::{Checkpoint, Clone, CreateBranch, CreateCheckpoint, CreateClone, ErrorBody, Name, Operation, RevertClone};
+use api::{
+    Checkpoint, Clone, CreateBranch, CreateCheckpoint, CreateClone, ErrorBody, IdlePolicy, Name, Operation, Protect,
+    RevertClone, SetExpiry,
+};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
-use super::{blocking, operation, ApiJson, ApiPath, ApiQuery, ApiResult, Auth, Subject, Wait};
+use super::{audited, blocking, operation, ApiJson, ApiPath, ApiQuery, ApiResult, Auth, Subject, Wait};
 use crate::auth::Caller;
 use crate::ops::{CloneAction, Server};
 
@@ -235,4 +238,69 @@ pub async fn create_branch(
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
     let subject = Subject::Clone(body.name.clone());
     operation(s, caller, "clone.branch", subject, wait, move |s, caller| s.create_branch(caller, &name, body)).await
+}
+
+#[utoipa::path(post, path = "/v1/clones/{name}/expiry", tag = "clones", request_body = SetExpiry,
+    params(("name" = Name, Path, description = "The clone's name")),
+    responses((status = 200, description = "The clone, with its new expiry", body = Clone),
+              (status = 400, description = "Not a JSON object of this shape, both fields, or a time not in the future", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams'", body = ErrorBody),
+              (status = 413, description = "The request body is larger than 64 KiB", body = ErrorBody),
+              (status = 415, description = "The request body is not sent as JSON", body = ErrorBody)))]
+pub async fn set_expiry(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+    ApiJson(body): ApiJson<SetExpiry>,
+) -> ApiResult<Json<Clone>> {
+    let subject = Subject::Clone(name.clone());
+    Ok(Json(audited(s, caller, "clone.expiry", Some(subject), move |s, c| Ok(s.set_expiry(c, &name, body)?)).await?))
+}
+
+#[utoipa::path(post, path = "/v1/clones/{name}/protect", tag = "clones", request_body = Protect,
+    params(("name" = Name, Path, description = "The clone's name")),
+    responses((status = 200, description = "The clone, protected", body = Clone),
+              (status = 400, description = "Not a JSON object of this shape, or a lease out of range", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams'", body = ErrorBody),
+              (status = 413, description = "The request body is larger than 64 KiB", body = ErrorBody),
+              (status = 415, description = "The request body is not sent as JSON", body = ErrorBody)))]
+pub async fn protect_clone(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+    ApiJson(body): ApiJson<Protect>,
+) -> ApiResult<Json<Clone>> {
+    let subject = Subject::Clone(name.clone());
+    Ok(Json(audited(s, caller, "clone.protect", Some(subject), move |s, c| Ok(s.protect(c, &name, body)?)).await?))
+}
+
+#[utoipa::path(post, path = "/v1/clones/{name}/unprotect", tag = "clones",
+    params(("name" = Name, Path, description = "The clone's name")),
+    responses((status = 200, description = "The clone, no longer protected", body = Clone),
+              (status = 400, description = "Not a valid name", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams'", body = ErrorBody)))]
+pub async fn unprotect_clone(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+) -> ApiResult<Json<Clone>> {
+    let subject = Subject::Clone(name.clone());
+    Ok(Json(audited(s, caller, "clone.unprotect", Some(subject), move |s, c| Ok(s.unprotect(c, &name)?)).await?))
+}
+
+#[utoipa::path(post, path = "/v1/clones/{name}/idle", tag = "clones", request_body = IdlePolicy,
+    params(("name" = Name, Path, description = "The clone's name")),
+    responses((status = 200, description = "The clone, with its idle policy", body = Clone),
+              (status = 400, description = "Not a JSON object of this shape, or a time out of range", body = ErrorBody),
+              (status = 404, description = "No such clone among the caller's teams'", body = ErrorBody),
+              (status = 413, description = "The request body is larger than 64 KiB", body = ErrorBody),
+              (status = 415, description = "The request body is not sent as JSON", body = ErrorBody)))]
+pub async fn set_idle(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+    ApiJson(body): ApiJson<IdlePolicy>,
+) -> ApiResult<Json<Clone>> {
+    let subject = Subject::Clone(name.clone());
+    Ok(Json(audited(s, caller, "clone.idle", Some(subject), move |s, c| Ok(s.set_idle(c, &name, body)?)).await?))
 }

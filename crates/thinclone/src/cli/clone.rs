@@ -2,7 +2,7 @@
 //! clones, the private, writable databases made from an image, their checkpoints, branches
 //! and snapshot views.
 
-use api::{CreateBranch, CreateCheckpoint, CreateClone, Driver, Name, RevertClone};
+use api::{CreateBranch, CreateCheckpoint, CreateClone, Driver, IdlePolicy, Name, Protect, RevertClone, SetExpiry};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 
 use super::{format, Ctx};
@@ -32,6 +32,8 @@ pub enum CloneCommand {
         /// location. The server chooses when not given.
         #[arg(long, value_name = "AGENT")]
         host: Option<Name>,
+        #[command(flatten)]
+        lifetime: Lifetime,
         /// Return at once with the operation, instead of waiting for the clone.
         #[arg(long)]
         no_wait: bool,
@@ -48,6 +50,8 @@ pub enum CloneCommand {
         /// Read-only: what a snapshot view is (accepted for clarity).
         #[arg(long)]
         read_only: bool,
+        #[command(flatten)]
+        lifetime: Lifetime,
         /// Return at once with the operation, instead of waiting for the clone.
         #[arg(long)]
         no_wait: bool,
@@ -71,6 +75,45 @@ pub enum CloneCommand {
     /// keeps running and its connections stay open (it pauses for a moment).
     /// `clone checkpoint rm CLONE CHECKPOINT` removes one.
     Checkpoint(CheckpointArgs),
+    /// Set when a clone is removed by itself: `--ttl 8h` from now, `--at TIME`, or `--never`.
+    /// A warning event goes out ahead of time (`serve --expiry-warning`).
+    Expire {
+        /// The clone's name.
+        name: Name,
+        /// Remove it this long from now (e.g. 8h).
+        #[arg(long, value_parser = humantime::parse_duration, group = "when")]
+        ttl: Option<std::time::Duration>,
+        /// Remove it at this time (RFC 3339).
+        #[arg(long, value_parser = parse_time, group = "when")]
+        at: Option<api::Timestamp>,
+        /// It no longer expires.
+        #[arg(long, group = "when")]
+        never: bool,
+    },
+    /// Protect a clone from expiry, from the idle policy's removal and from `rm`, for a
+    /// while (`--for 7d`) or until `unprotect`.
+    Protect {
+        /// The clone's name.
+        name: Name,
+        /// How long the protection lasts (a lease); for good when not given.
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        lease: Option<std::time::Duration>,
+    },
+    /// End a clone's protection.
+    Unprotect {
+        /// The clone's name.
+        name: Name,
+    },
+    /// Set a clone's idle policy: stop it after `--stop-after` without a client, remove it
+    /// after `--remove-after` (0 turns a step off; `--server-default` takes the server's).
+    Idle {
+        /// The clone's name.
+        name: Name,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        stop_after: Option<std::time::Duration>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        remove_after: Option<std::time::Duration>,
+    },
     /// List a clone's checkpoints, oldest first, with the disk each keeps.
     Checkpoints {
         /// The clone's name.
@@ -123,6 +166,30 @@ pub enum CheckpointCommand {
     },
 }
 
+/// When a new clone is removed by itself.
+#[derive(clap::Args, Debug, Default)]
+pub struct Lifetime {
+    /// Remove the clone this long after it is made (e.g. 8h, 3d), unless protected then.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "expires_at")]
+    pub ttl: Option<std::time::Duration>,
+    /// Remove the clone at this time (RFC 3339, e.g. 2026-12-01T18:00:00Z), unless protected.
+    #[arg(long, value_parser = parse_time)]
+    pub expires_at: Option<api::Timestamp>,
+}
+
+impl Lifetime {
+    fn expires_in(&self) -> Option<u64> {
+        self.ttl.map(|d| d.as_secs().max(1))
+    }
+}
+
+/// An RFC 3339 time.
+fn parse_time(text: &str) -> Result<api::Timestamp, String> {
+    let at = humantime::parse_rfc3339_weak(text).map_err(|e| format!("{e}: give a time like 2026-12-01T18:00:00Z"))?;
+    let seconds = at.duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
+    Ok(api::Timestamp(seconds as i64))
+}
+
 /// The clone an action works on.
 #[derive(clap::Args, Debug)]
 pub struct Target {
@@ -152,22 +219,32 @@ fn driver_parser() -> impl TypedValueParser<Value = Driver> {
 
 pub fn run(cmd: CloneCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
     match cmd {
-        CloneCommand::Create { name, image, from, driver, host, no_wait } => {
+        CloneCommand::Create { name, image, from, driver, host, lifetime, no_wait } => {
             ctx.at_once(no_wait);
+            let (expires_in, expires_at) = (lifetime.expires_in(), lifetime.expires_at);
             let op = match (image, from) {
-                (_, Some((origin, checkpoint))) => ctx
-                    .client
-                    .create_branch(&origin, &CreateBranch { name: name.clone(), checkpoint, read_only: false })?,
+                (_, Some((origin, checkpoint))) => {
+                    let request =
+                        CreateBranch { name: name.clone(), checkpoint, read_only: false, expires_in, expires_at };
+                    ctx.client.create_branch(&origin, &request)?
+                }
                 (Some(image), None) => {
-                    ctx.client.create_clone(&CreateClone { name: name.clone(), image, driver, host })?
+                    let request = CreateClone { name: name.clone(), image, driver, host, expires_in, expires_at };
+                    ctx.client.create_clone(&request)?
                 }
                 (None, None) => unreachable!("clap requires --image or --from"),
             };
             ctx.conclude(op, no_wait, |ctx, _| show(ctx, &name))
         }
-        CloneCommand::Snapshot { name, from: (origin, checkpoint), read_only: _, no_wait } => {
+        CloneCommand::Snapshot { name, from: (origin, checkpoint), read_only: _, lifetime, no_wait } => {
             ctx.at_once(no_wait);
-            let request = CreateBranch { name: name.clone(), checkpoint, read_only: true };
+            let request = CreateBranch {
+                name: name.clone(),
+                checkpoint,
+                read_only: true,
+                expires_in: lifetime.expires_in(),
+                expires_at: lifetime.expires_at,
+            };
             let op = ctx.client.create_branch(&origin, &request)?;
             ctx.conclude(op, no_wait, |ctx, _| show(ctx, &name))
         }
@@ -213,6 +290,32 @@ pub fn run(cmd: CloneCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
                 let made = ctx.client.made_checkpoint(&name, request.name.as_ref())?;
                 ctx.show(&made, format::checkpoint_fields)
             })
+        }
+        CloneCommand::Expire { name, ttl, at, never } => {
+            let request = match (ttl, at, never) {
+                (Some(ttl), _, _) => SetExpiry { expires_in: Some(ttl.as_secs().max(1)), expires_at: None },
+                (_, Some(at), _) => SetExpiry { expires_in: None, expires_at: Some(at) },
+                (_, _, true) => SetExpiry::default(),
+                _ => anyhow::bail!("say when: --ttl DURATION, --at TIME or --never"),
+            };
+            let clone = ctx.client.set_expiry(&name, &request)?;
+            ctx.show_clone(&clone)
+        }
+        CloneCommand::Protect { name, lease } => {
+            let clone = ctx.client.protect_clone(&name, &Protect { for_seconds: lease.map(|d| d.as_secs().max(1)) })?;
+            ctx.show_clone(&clone)
+        }
+        CloneCommand::Unprotect { name } => {
+            let clone = ctx.client.unprotect_clone(&name)?;
+            ctx.show_clone(&clone)
+        }
+        CloneCommand::Idle { name, stop_after, remove_after } => {
+            let policy = IdlePolicy {
+                stop_after: stop_after.map(|d| d.as_secs()),
+                remove_after: remove_after.map(|d| d.as_secs()),
+            };
+            let clone = ctx.client.set_idle(&name, &policy)?;
+            ctx.show_clone(&clone)
         }
         CloneCommand::Checkpoints { name } => {
             let checkpoints = ctx.client.list_checkpoints(&name)?;

@@ -61,6 +61,22 @@ pub fn clone_fields(clone: &Clone, now: Timestamp) -> Fields {
         ("logical size", human_bytes(clone.logical_bytes)),
         ("created_at", clone.created_at.to_string()),
     ]);
+    if let Some(origin) = &clone.origin {
+        let kind = if clone.read_only { "snapshot view of" } else { "branch of" };
+        fields.push(("origin", format!("{kind} {origin}")));
+    } else if clone.read_only {
+        fields.push(("origin", "snapshot view".to_owned()));
+    }
+    if let Some(at) = clone.expires_at {
+        fields.push(("expires_at", at.to_string()));
+    }
+    if clone.protected {
+        let until = clone.protected_until.map_or_else(|| "until unprotected".to_owned(), |u| format!("until {u}"));
+        fields.push(("protected", until));
+    }
+    if let Some(since) = clone.idle_since {
+        fields.push(("idle", format!("no client since {since} ({})", ago(since.age(now)))));
+    }
     if let Some(op) = clone.operation {
         fields.push(("operation", op.to_string()));
     }
