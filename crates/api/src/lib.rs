@@ -17,6 +17,7 @@ mod image;
 mod name;
 mod operation;
 mod time;
+mod webhook;
 
 pub use auth::{
     Activity, CreateSource, CreateTeam, CreateToken, CreateUser, NewToken, Role, Source, Team, Token, User,
@@ -32,6 +33,7 @@ pub use operation::{
     InvalidOperationId, Operation, OperationId, OperationKind, OperationState, Progress, Target, TargetKind,
 };
 pub use time::Timestamp;
+pub use webhook::{CreateWebhook, CreatedWebhook, Delivery, DeliveryState, Webhook, EVENT_KINDS};
 
 /// `GET /v1/health`: the server answers, and which version it is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -47,6 +49,7 @@ pub struct Health {
 pub mod paths {
     pub const HEALTH: &str = "/v1/health";
     pub const OPENAPI: &str = "/v1/openapi.json";
+    pub const METRICS: &str = "/metrics";
     pub const IMAGES: &str = "/v1/images";
     pub const IMAGE: &str = "/v1/images/{name}";
     pub const CLONES: &str = "/v1/clones";
@@ -82,4 +85,7 @@ pub mod paths {
     pub const AGENT_JOIN: &str = "/v1/agents/join";
     pub const LOCATIONS: &str = "/v1/locations";
     pub const LOCATION: &str = "/v1/locations/{name}";
+    pub const WEBHOOKS: &str = "/v1/webhooks";
+    pub const WEBHOOK: &str = "/v1/webhooks/{id}";
+    pub const WEBHOOK_DELIVERIES: &str = "/v1/webhooks/{id}/deliveries";
 }

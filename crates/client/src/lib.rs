@@ -438,6 +438,26 @@ impl Client {
         self.finish(self.delete_clone(name)?)
     }
 
+    /// `GET /v1/webhooks`.
+    pub fn list_webhooks(&self) -> Result<Vec<api::Webhook>> {
+        self.get(api::paths::WEBHOOKS)
+    }
+
+    /// `POST /v1/webhooks`: the new webhook and its secret, shown this once.
+    pub fn create_webhook(&self, request: &api::CreateWebhook) -> Result<api::CreatedWebhook> {
+        self.post(api::paths::WEBHOOKS, request)
+    }
+
+    /// `DELETE /v1/webhooks/{id}`.
+    pub fn delete_webhook(&self, id: u64) -> Result<()> {
+        self.call_empty(Method::Delete, &fill(api::paths::WEBHOOK, "id", &id.to_string()))
+    }
+
+    /// `GET /v1/webhooks/{id}/deliveries`: newest first.
+    pub fn list_deliveries(&self, id: u64) -> Result<Vec<api::Delivery>> {
+        self.get(&fill(api::paths::WEBHOOK_DELIVERIES, "id", &id.to_string()))
+    }
+
     /// `GET /v1/whoami`: the user the token belongs to.
     pub fn whoami(&self) -> Result<api::User> {
         self.get(api::paths::WHOAMI)

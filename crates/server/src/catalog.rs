@@ -165,11 +165,43 @@ pub struct ActivityRow {
     pub detail: Option<String>,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookRow {
+    pub id: u64,
+    pub url: String,
+    /// The key deliveries are signed with; never answered after the webhook is made.
+    pub secret: String,
+    /// The event kinds it gets; empty: every kind.
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    pub created_at: Timestamp,
+    pub created_by: Name,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRow {
+    pub id: u64,
+    pub webhook: u64,
+    pub event: String,
+    pub body: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    pub attempts: u32,
+    pub response_status: Option<u16>,
+    pub error: Option<String>,
+    pub created_at: Timestamp,
+    pub last_attempt_at: Option<Timestamp>,
+    pub next_attempt_at: Option<Timestamp>,
+}
+
+/// How many deliveries the catalog keeps per webhook (the newest).
+const DELIVERIES_KEPT: i64 = 1000;
+
 pub struct Catalog {
     conn: Connection,
 }
 
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// The team that images and clones made before teams existed belong to, and that the first
 /// administrator is in.
@@ -375,7 +407,37 @@ impl Catalog {
                  COMMIT;",
             )?;
         }
-        debug_assert_eq!(SCHEMA_VERSION, 6);
+        if version < 7 {
+            self.conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE webhooks (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     url TEXT NOT NULL,
+                     secret TEXT NOT NULL,
+                     events TEXT NOT NULL,
+                     description TEXT,
+                     created_at INTEGER NOT NULL,
+                     created_by TEXT NOT NULL
+                 );
+                 CREATE TABLE deliveries (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     webhook INTEGER NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+                     event TEXT NOT NULL,
+                     body TEXT NOT NULL,
+                     state TEXT NOT NULL,
+                     attempts INTEGER NOT NULL DEFAULT 0,
+                     response_status INTEGER,
+                     error TEXT,
+                     created_at INTEGER NOT NULL,
+                     last_attempt_at INTEGER,
+                     next_attempt_at INTEGER
+                 );
+                 CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at);
+                 PRAGMA user_version = 7;
+                 COMMIT;",
+            )?;
+        }
+        debug_assert_eq!(SCHEMA_VERSION, 7);
         Ok(())
     }
 
@@ -1002,6 +1064,91 @@ impl Catalog {
     // ---------------------------------------------------------------- activity
 
     /// Records an entry of the audit log, and drops entries older than `keep_days`.
+    // ------------------------------------------------------------------ webhooks
+
+    pub fn insert_webhook(&self, hook: &WebhookRow) -> Result<u64> {
+        let events = serde_json::to_string(&hook.events).map_err(|e| CatalogError::Refused(e.to_string()))?;
+        self.conn.execute(
+            "INSERT INTO webhooks (url, secret, events, description, created_at, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![hook.url, hook.secret, events, hook.description, hook.created_at.0, hook.created_by.as_str()],
+        )?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    pub fn webhooks(&self) -> Result<Vec<WebhookRow>> {
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM webhooks ORDER BY id")?;
+        let rows = stmt.query_map([], webhook_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn webhook(&self, id: u64) -> Result<WebhookRow> {
+        self.conn
+            .query_row("SELECT * FROM webhooks WHERE id = ?1", [id as i64], webhook_row)
+            .optional()?
+            .ok_or_else(|| CatalogError::NotFound { kind: "webhook", name: id.to_string() })
+    }
+
+    pub fn delete_webhook(&self, id: u64) -> Result<()> {
+        let n = self.conn.execute("DELETE FROM webhooks WHERE id = ?1", [id as i64])?;
+        if n == 0 {
+            return Err(CatalogError::NotFound { kind: "webhook", name: id.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Queues one delivery of `body` (event `event`) to each webhook in `hooks`, due now.
+    pub fn queue_deliveries(&self, hooks: &[u64], event: &str, body: &str, now: Timestamp) -> Result<()> {
+        for hook in hooks {
+            self.conn.execute(
+                "INSERT INTO deliveries (webhook, event, body, state, created_at, next_attempt_at)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+                params![*hook as i64, event, body, now.0],
+            )?;
+            self.conn.execute(
+                "DELETE FROM deliveries WHERE webhook = ?1 AND id <= (SELECT id FROM deliveries WHERE webhook = ?1
+                 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                params![*hook as i64, DELIVERIES_KEPT],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The pending deliveries due at `now`, oldest first.
+    pub fn due_deliveries(&self, now: Timestamp, limit: u32) -> Result<Vec<DeliveryRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT * FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now.0, limit], delivery_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records an attempt of a delivery: its new state, and when the next one is due.
+    pub fn record_attempt(
+        &self,
+        id: u64,
+        state: &str,
+        response_status: Option<u16>,
+        error: Option<&str>,
+        at: Timestamp,
+        next: Option<Timestamp>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE deliveries SET state = ?2, attempts = attempts + 1, response_status = ?3, error = ?4,
+                 last_attempt_at = ?5, next_attempt_at = ?6 WHERE id = ?1",
+            params![id as i64, state, response_status, error, at.0, next.map(|t| t.0)],
+        )?;
+        Ok(())
+    }
+
+    /// A webhook's deliveries, newest first.
+    pub fn deliveries(&self, webhook: u64, limit: u32) -> Result<Vec<DeliveryRow>> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT * FROM deliveries WHERE webhook = ?1 ORDER BY id DESC LIMIT ?2")?;
+        let rows = stmt.query_map(params![webhook as i64, limit], delivery_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn insert_activity(&self, entry: &ActivityRow, keep_days: u32) -> Result<()> {
         self.conn.execute(
             "INSERT INTO activity (at, actor, action, target, team, status, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -1100,6 +1247,34 @@ fn constraint(result: rusqlite::Result<usize>, kind: &'static str, name: &Name) 
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn webhook_row(row: &rusqlite::Row) -> rusqlite::Result<WebhookRow> {
+    Ok(WebhookRow {
+        id: row.get::<_, i64>("id")? as u64,
+        url: row.get("url")?,
+        secret: row.get("secret")?,
+        events: serde_json::from_str(&row.get::<_, String>("events")?).map_err(bad_column)?,
+        description: row.get("description")?,
+        created_at: Timestamp(row.get("created_at")?),
+        created_by: name_column(row, "created_by")?,
+    })
+}
+
+fn delivery_row(row: &rusqlite::Row) -> rusqlite::Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: row.get::<_, i64>("id")? as u64,
+        webhook: row.get::<_, i64>("webhook")? as u64,
+        event: row.get("event")?,
+        body: row.get("body")?,
+        state: row.get("state")?,
+        attempts: row.get("attempts")?,
+        response_status: row.get("response_status")?,
+        error: row.get("error")?,
+        created_at: Timestamp(row.get("created_at")?),
+        last_attempt_at: row.get::<_, Option<i64>>("last_attempt_at")?.map(Timestamp),
+        next_attempt_at: row.get::<_, Option<i64>>("next_attempt_at")?.map(Timestamp),
+    })
 }
 
 fn found(rows: usize, kind: &'static str, name: &Name) -> Result<()> {

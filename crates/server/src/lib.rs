@@ -15,9 +15,11 @@ pub mod fleet;
 pub mod hub;
 mod identity;
 mod lifecycle;
+mod metrics;
 mod ops;
 pub mod pki;
 mod rest;
+mod webhooks;
 
 pub use agents::LOCAL;
 pub use fleet::Fleet;

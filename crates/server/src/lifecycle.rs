@@ -13,6 +13,7 @@ use api::{CloneStatus, IdlePolicy, Name, Protect, Role, SetExpiry, Timestamp};
 use crate::auth::Caller;
 use crate::catalog::CloneRow;
 use crate::ops::{expiry, CloneAction, Result, Server, ServerError, MAX_EXPIRY_SECONDS};
+use crate::webhooks::Event;
 
 /// How often clones are looked at.
 pub const LIFECYCLE_EVERY: Duration = Duration::from_secs(1);
@@ -213,10 +214,8 @@ impl Server {
         }
     }
 
-    /// Announces something that happened to a clone: in the audit log (no actor: the server
-    /// did it), and to whoever listens for events.
-    pub(crate) fn emit(&self, kind: &str, row: &CloneRow, detail: String) {
-        tracing::info!(clone = %row.name, event = kind, "{detail}");
-        self.audit(None, kind, Some(format!("clone {}", row.name)), Some(row.team.clone()), Err((200, detail)));
+    /// Announces something that happened to a clone (crate::webhooks).
+    pub(crate) fn emit(&self, kind: &'static str, row: &CloneRow, detail: String) {
+        self.emit_event(Event { kind, subject: "clone", name: &row.name, team: Some(&row.team), detail });
     }
 }

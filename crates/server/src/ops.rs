@@ -31,6 +31,7 @@ use engine::Engine;
 use crate::auth::Caller;
 use crate::catalog::{ActivityRow, Catalog, CatalogError, CloneRow, ImageRow, OperationRow};
 use crate::fleet::Fleet;
+use crate::webhooks::Event;
 
 /// What went wrong, told apart the way the API must tell its callers.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -238,6 +239,7 @@ impl Server {
         server.recover()?;
         server.follow_agents();
         server.follow_lifecycle();
+        server.follow_webhooks();
         Ok(server)
     }
 
@@ -691,10 +693,9 @@ impl Server {
             if matches!(&made, Err(e) if server.left_for_recovery(e)) {
                 return Err(LEFT_RUNNING.into());
             }
-            let catalog = server.catalog();
-            let mut row = catalog.image(&name).map_err(|e| e.to_string())?;
+            let mut row = server.catalog().image(&name).map_err(|e| e.to_string())?;
             row.operation = None;
-            match made {
+            let result = match made {
                 Ok(made) => {
                     row.status = ImageStatus::Ready;
                     row.message = None;
@@ -704,15 +705,21 @@ impl Server {
                     row.logical_bytes = made.logical_bytes;
                     row.stored_bytes = made.stored_bytes;
                     row.file_count = made.file_count;
-                    catalog.update_image(&row).map_err(|e| e.to_string())
+                    server.catalog().update_image(&row).map_err(|e| e.to_string())
                 }
                 Err(e) => {
                     row.status = ImageStatus::Failed;
                     row.message = Some(e.message.clone());
-                    catalog.update_image(&row).map_err(|e| e.to_string())?;
+                    server.catalog().update_image(&row).map_err(|e| e.to_string())?;
                     Err(e.message)
                 }
-            }
+            };
+            let (kind, detail) = match &result {
+                Ok(()) => ("image.ready", format!("{} bytes, {} files", row.logical_bytes, row.file_count)),
+                Err(e) => ("image.failed", e.clone()),
+            };
+            server.emit_event(Event { kind, subject: "image", name: &name, team: Some(&row.team), detail });
+            result
         });
         self.operation_now(id)
     }
@@ -900,6 +907,7 @@ impl Server {
             }
         };
         let (id, port) = id;
+        let team = visible.team.clone();
         let spec = CloneSpec {
             name: name.clone(),
             image: image.name.clone(),
@@ -918,16 +926,30 @@ impl Server {
             if matches!(&made, Err(e) if server.left_for_recovery(e)) {
                 return Err(LEFT_RUNNING.into());
             }
-            let catalog = server.catalog();
             match made {
                 Ok(report) => {
                     server.fleet.note(&host, &spec.name, Some(report));
-                    catalog.set_clone_status(&spec.name, CloneStatus::Ready, None, None).map_err(|e| e.to_string())
+                    server
+                        .catalog()
+                        .set_clone_status(&spec.name, CloneStatus::Ready, None, None)
+                        .map_err(|e| e.to_string())?;
+                    let detail = match &spec.origin {
+                        Some(origin) => format!("from {origin} on agent {host}, port {}", spec.port),
+                        None => format!("of image {} on agent {host}, port {}", spec.image, spec.port),
+                    };
+                    server.emit_event(Event {
+                        kind: "clone.created",
+                        subject: "clone",
+                        name: &spec.name,
+                        team: Some(&team),
+                        detail,
+                    });
+                    Ok(())
                 }
                 Err(e) => {
                     // The agent left nothing of it; neither does the catalog. (An agent that
                     // dropped meanwhile removes what it made when it is back: reconcile.)
-                    if let Err(d) = catalog.delete_clone(&spec.name) {
+                    if let Err(d) = server.catalog().delete_clone(&spec.name) {
                         tracing::error!("removing the clone's record: {d}");
                     }
                     Err(e.message)
@@ -1010,7 +1032,19 @@ impl Server {
             Err(e) if message.is_none() && status == CloneStatus::Failed => Some(e.message.clone()),
             _ => message,
         };
+        let before = self.catalog().clone_named(name).ok();
         self.catalog().set_clone_status(name, status, message.as_deref(), None).map_err(|e| e.to_string())?;
+        if status == CloneStatus::Degraded {
+            if let Some(row) = &before {
+                self.emit_event(Event {
+                    kind: "clone.degraded",
+                    subject: "clone",
+                    name,
+                    team: Some(&row.team),
+                    detail: message.clone().unwrap_or_default(),
+                });
+            }
+        }
         result.as_ref().map(drop).map_err(|e| e.message.clone())
     }
 
@@ -1030,6 +1064,7 @@ impl Server {
         let id = self.begin_clone_op(name, action.kind(), action.status())?;
         let target = name.clone();
         let host = clone.agent.clone();
+        let team = clone.team.clone();
         self.spawn(id, action.kind(), name, move |server| {
             let result = match action {
                 CloneAction::Start => agent.start_clone(&target),
@@ -1042,6 +1077,13 @@ impl Server {
             if action == CloneAction::Reset && result.is_ok() {
                 // Back to its image: no longer a branch of another clone.
                 server.catalog().clear_clone_origin(&target).map_err(|e| e.to_string())?;
+                server.emit_event(Event {
+                    kind: "clone.reset",
+                    subject: "clone",
+                    name: &target,
+                    team: Some(&team),
+                    detail: "back to its image".into(),
+                });
             }
             server.settle_clone(&host, &target, &result)
         });
@@ -1084,10 +1126,21 @@ impl Server {
         let target = name.clone();
         let host = clone.agent.clone();
         let message = body.message;
+        let team = clone.team.clone();
         self.spawn(id, OperationKind::CloneCheckpoint, name, move |server| {
             let result = agent.checkpoint_clone(&target, &checkpoint, message.as_deref());
             if matches!(&result, Err(e) if server.left_for_recovery(e)) {
                 return Err(LEFT_RUNNING.into());
+            }
+            if result.is_ok() {
+                let detail = format!("checkpoint {checkpoint}");
+                server.emit_event(Event {
+                    kind: "checkpoint.made",
+                    subject: "clone",
+                    name: &target,
+                    team: Some(&team),
+                    detail,
+                });
             }
             server.settle_clone(&host, &target, &result)
         });
@@ -1124,10 +1177,22 @@ impl Server {
         let id = self.begin_clone_op(name, OperationKind::CloneRevert, CloneStatus::Reverting)?;
         let target = name.clone();
         let host = clone.agent.clone();
+        let team = clone.team.clone();
+        let goal = goal.clone();
         self.spawn(id, OperationKind::CloneRevert, name, move |server| {
             let result = agent.revert_clone(&target, to.as_ref());
             if matches!(&result, Err(e) if server.left_for_recovery(e)) {
                 return Err(LEFT_RUNNING.into());
+            }
+            if result.is_ok() {
+                let detail = format!("back to checkpoint {goal}");
+                server.emit_event(Event {
+                    kind: "clone.reverted",
+                    subject: "clone",
+                    name: &target,
+                    team: Some(&team),
+                    detail,
+                });
             }
             server.settle_clone(&host, &target, &result)
         });
@@ -1201,7 +1266,11 @@ impl Server {
         match deleted {
             Ok(()) => {
                 self.fleet.note(host, name, None);
-                self.catalog().delete_clone(name).map_err(|e| e.to_string())
+                let team = self.catalog().clone_named(name).ok().map(|c| c.team);
+                self.catalog().delete_clone(name).map_err(|e| e.to_string())?;
+                let detail = format!("its storage on agent {host} is gone");
+                self.emit_event(Event { kind: "clone.removed", subject: "clone", name, team: team.as_ref(), detail });
+                Ok(())
             }
             Err(e) => {
                 let message = format!("removing it failed: {e}; try `clone rm` again");

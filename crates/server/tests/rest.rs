@@ -219,6 +219,7 @@ async fn the_served_document_is_the_committed_one_and_names_every_route() {
     let mut declared = vec![
         api::paths::HEALTH,
         api::paths::OPENAPI,
+        api::paths::METRICS,
         api::paths::IMAGES,
         api::paths::IMAGE,
         api::paths::CLONES,
@@ -254,6 +255,9 @@ async fn the_served_document_is_the_committed_one_and_names_every_route() {
         api::paths::AGENT_JOIN,
         api::paths::LOCATIONS,
         api::paths::LOCATION,
+        api::paths::WEBHOOKS,
+        api::paths::WEBHOOK,
+        api::paths::WEBHOOK_DELIVERIES,
     ];
     declared.sort();
     assert_eq!(documented, declared, "the routes and api::paths disagree");

@@ -33,6 +33,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::agent::AgentCommand,
     },
+    /// Manage webhooks: endpoints told of events (administrators).
+    Webhook {
+        #[command(subcommand)]
+        command: cli::webhook::WebhookCommand,
+    },
     /// Manage image locations: directories (shares) where images are kept, and which agents
     /// reach them.
     Location {
@@ -124,6 +129,7 @@ fn main() -> std::process::ExitCode {
         Command::Agent { command: cli::agent::AgentCommand::Join(args) } => cli::agent::join(args, opts.json),
         Command::Agent { command } => cli::run(&opts, |ctx| cli::agent::run(command, ctx)),
         Command::Location { command } => cli::run(&opts, |ctx| cli::location::run(command, ctx)),
+        Command::Webhook { command } => cli::run(&opts, |ctx| cli::webhook::run(command, ctx)),
         Command::Mount(args) => no_client_opts(&opts, "mount").and_then(|()| mount::run(args)),
         Command::Image { command } => cli::run(&opts, |ctx| cli::image::run(command, ctx)),
         Command::Clone { command } => cli::run(&opts, |ctx| cli::clone::run(command, ctx)),

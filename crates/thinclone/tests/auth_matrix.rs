@@ -71,6 +71,14 @@ impl World {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// Registers a webhook as the administrator; returns its id.
+    fn webhook(&self) -> u64 {
+        let body = json!({"url": "http://127.0.0.1:9/matrix", "events": ["webhook.test"]});
+        let (status, made) = self.call(Some("admin"), "POST", "/v1/webhooks", Some(body));
+        assert_eq!(status, 201, "{made}");
+        made["webhook"]["id"].as_u64().unwrap()
+    }
+
     /// Makes a checkpoint of red-user's clone `red-c` as the administrator; returns its name.
     fn checkpoint(&self) -> String {
         let name = self.fresh("cp");
@@ -175,6 +183,8 @@ fn fixed(path: &'static str) -> fn(&World, &str) -> String {
         "/v1/agents/tokens" => |_, _| "/v1/agents/tokens".into(),
         "/v1/agents/join" => |_, _| "/v1/agents/join".into(),
         "/v1/locations" => |_, _| "/v1/locations".into(),
+        "/v1/webhooks" => |_, _| "/v1/webhooks".into(),
+        "/metrics" => |_, _| "/metrics".into(),
         other => panic!("no fixed path {other}"),
     }
 }
@@ -244,6 +254,10 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
                 },
                 body: no_body,
             },
+        ),
+        (
+            ("GET", "/metrics"),
+            Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/metrics"), body: no_body },
         ),
         (
             ("GET", "/v1/clones"),
@@ -617,6 +631,46 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
                 forbidden: NOT_ADMINS,
                 hidden: &[],
                 path: |w, _| format!("/v1/locations/{}", w.location()),
+                body: no_body,
+            },
+        ),
+        (
+            ("GET", "/v1/webhooks"),
+            Rights {
+                allowed: &["root-admin"],
+                forbidden: NOT_ADMINS,
+                hidden: &[],
+                path: fixed("/v1/webhooks"),
+                body: no_body,
+            },
+        ),
+        (
+            ("POST", "/v1/webhooks"),
+            Rights {
+                allowed: &["root-admin"],
+                forbidden: NOT_ADMINS,
+                hidden: &[],
+                path: fixed("/v1/webhooks"),
+                body: |_, _| Some(json!({"url": "http://127.0.0.1:9/matrix", "events": ["webhook.test"]})),
+            },
+        ),
+        (
+            ("DELETE", "/v1/webhooks/{id}"),
+            Rights {
+                allowed: &["root-admin"],
+                forbidden: NOT_ADMINS,
+                hidden: &[],
+                path: |w, _| format!("/v1/webhooks/{}", w.webhook()),
+                body: no_body,
+            },
+        ),
+        (
+            ("GET", "/v1/webhooks/{id}/deliveries"),
+            Rights {
+                allowed: &["root-admin"],
+                forbidden: NOT_ADMINS,
+                hidden: &[],
+                path: |w, _| format!("/v1/webhooks/{}/deliveries", w.webhook()),
                 body: no_body,
             },
         ),

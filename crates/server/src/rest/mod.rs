@@ -11,7 +11,9 @@ mod agents;
 mod clones;
 mod identity;
 mod images;
+mod metrics;
 mod operations;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -262,6 +264,7 @@ pub(crate) enum Subject {
     Source(Name),
     Agent(Name),
     Location(Name),
+    Webhook(u64),
 }
 
 impl Subject {
@@ -275,6 +278,7 @@ impl Subject {
             Subject::Source(n) => format!("source {n}"),
             Subject::Agent(n) => format!("agent {n}"),
             Subject::Location(n) => format!("location {n}"),
+            Subject::Webhook(id) => format!("webhook {id}"),
         }
     }
 
@@ -284,9 +288,12 @@ impl Subject {
             Subject::Image(n) => server.catalog().image(n).ok().map(|i| i.team),
             Subject::Clone(n) => server.catalog().clone_named(n).ok().map(|c| c.team),
             Subject::Team(n) => Some(n.clone()),
-            Subject::User(_) | Subject::Token(_) | Subject::Source(_) | Subject::Agent(_) | Subject::Location(_) => {
-                None
-            }
+            Subject::User(_)
+            | Subject::Token(_)
+            | Subject::Source(_)
+            | Subject::Agent(_)
+            | Subject::Location(_)
+            | Subject::Webhook(_) => None,
         }
     }
 }
@@ -476,6 +483,7 @@ async fn check_host(State(allowed): State<Arc<AllowedHosts>>, request: Request, 
         (name = "operations", description = "What the server is doing or did"),
         (name = "identity", description = "Users, teams, tokens, source directories and the audit log"),
         (name = "agents", description = "The hosts that do the work, and the image locations they reach"),
+        (name = "webhooks", description = "Endpoints told of events, with signed, retried deliveries"),
         (name = "server", description = "The server itself"),
     ),
     components(schemas(ErrorBody, ErrorCode)),
@@ -552,6 +560,7 @@ fn router() -> (axum::Router<Arc<Server>>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(operations::health))
         .routes(routes!(operations::openapi_document))
+        .routes(routes!(metrics::metrics))
         .routes(routes!(images::list_images, images::create_image))
         .routes(routes!(images::show_image, images::delete_image))
         .routes(routes!(clones::list_clones, clones::create_clone))
@@ -587,6 +596,9 @@ fn router() -> (axum::Router<Arc<Server>>, utoipa::openapi::OpenApi) {
         .routes(routes!(agents::join))
         .routes(routes!(agents::list_locations, agents::create_location))
         .routes(routes!(agents::delete_location))
+        .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))
+        .routes(routes!(webhooks::delete_webhook))
+        .routes(routes!(webhooks::list_deliveries))
         .split_for_parts();
     // The modifiers ran before the routes were added: run ours again over the whole document.
     utoipa::Modify::modify(&CommonResponses, &mut doc);

@@ -435,6 +435,65 @@ pub fn locations_table(locations: &[api::agent::Location]) -> String {
     table(&[("NAME", Left), ("PATH", Left), ("AGENTS", Left), ("CREATED", Left)], &rows)
 }
 
+pub fn webhooks_table(hooks: &[api::Webhook]) -> String {
+    let rows = hooks
+        .iter()
+        .map(|h| {
+            vec![
+                h.id.to_string(),
+                h.url.clone(),
+                if h.events.is_empty() { "all".to_owned() } else { h.events.join(",") },
+                h.created_at.to_string(),
+                h.description.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(&[("ID", Right), ("URL", Left), ("EVENTS", Left), ("CREATED", Left), ("DESCRIPTION", Left)], &rows)
+}
+
+pub fn created_webhook_fields(made: &api::CreatedWebhook) -> Fields {
+    vec![
+        ("id", made.webhook.id.to_string()),
+        ("url", made.webhook.url.clone()),
+        ("events", if made.webhook.events.is_empty() { "all".to_owned() } else { made.webhook.events.join(",") }),
+        ("secret", format!("{} (shown this once)", made.secret)),
+    ]
+}
+
+pub fn deliveries_table(deliveries: &[api::Delivery]) -> String {
+    let rows = deliveries
+        .iter()
+        .map(|d| {
+            let state = match d.state {
+                api::DeliveryState::Pending => "pending",
+                api::DeliveryState::Delivered => "delivered",
+                api::DeliveryState::Failed => "failed",
+            };
+            vec![
+                d.id.to_string(),
+                d.event.clone(),
+                state.to_owned(),
+                d.attempts.to_string(),
+                d.response_status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                d.created_at.to_string(),
+                d.error.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &[
+            ("ID", Right),
+            ("EVENT", Left),
+            ("STATE", Left),
+            ("ATTEMPTS", Right),
+            ("LAST ANSWER", Right),
+            ("CREATED", Left),
+            ("ERROR", Left),
+        ],
+        &rows,
+    )
+}
+
 /// The audit log: one line an entry; a request without a valid token has no actor (`-`).
 pub fn activity_table(entries: &[Activity]) -> String {
     let rows = entries

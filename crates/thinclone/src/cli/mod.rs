@@ -31,6 +31,7 @@ pub mod source;
 pub mod team;
 pub mod token;
 pub mod user;
+pub mod webhook;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
