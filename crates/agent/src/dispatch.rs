@@ -34,6 +34,7 @@ pub fn dispatch(agent: &dyn Agent, request: Request, report: &(dyn Fn(Report) + 
             agent.cancel_image_jobs();
             Reply::Done
         }
+        Request::CancelImageJob { name, place } => Reply::Bool { value: agent.cancel_image_job(&name, &place)? },
         Request::PortIsFree { port } => Reply::Bool { value: agent.port_is_free(port)? },
         Request::CreateClone { spec } => Reply::CloneReport { report: Some(agent.create_clone(&spec)?) },
         Request::StartClone { name } => Reply::CloneReport { report: Some(agent.start_clone(&name)?) },

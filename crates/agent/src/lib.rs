@@ -184,6 +184,10 @@ pub trait Agent: Send + Sync {
     /// Stops the image copies under way, as at shutdown: each fails, and leaves nothing.
     fn cancel_image_jobs(&self);
 
+    /// Stops the job making image `name` in `place`, if one runs (it then fails, and leaves
+    /// nothing); a finished image is not touched. Whether a job was running.
+    fn cancel_image_job(&self, name: &Name, place: &ImagePlace) -> Result<bool>;
+
     /// Whether nothing listens on `port` on this host.
     fn port_is_free(&self, port: u16) -> Result<bool>;
 

@@ -1245,6 +1245,17 @@ impl Agent for LocalAgent {
         sys::tree::remove(&image_dir(place, name)).map_err(internal("removing the image's files"))
     }
 
+    fn cancel_image_job(&self, name: &Name, place: &ImagePlace) -> Result<bool> {
+        check_place(place)?;
+        let partial = partial_dir(place, name);
+        let running = lock(&self.jobs).contains_key(&partial);
+        if running {
+            tracing::info!(image = %name, "stopping the job making the image, as asked");
+            self.cancel_job(&partial);
+        }
+        Ok(running)
+    }
+
     fn cancel_image_jobs(&self) {
         let jobs: Vec<PathBuf> = lock(&self.jobs).keys().cloned().collect();
         for partial in jobs {

@@ -290,6 +290,11 @@ pub enum Request {
         place: ImagePlace,
     },
     CancelImageJobs,
+    /// Stops the job making image `name` in `place`, if one runs; removes nothing.
+    CancelImageJob {
+        name: Name,
+        place: ImagePlace,
+    },
     PortIsFree {
         port: u16,
     },
@@ -351,6 +356,7 @@ impl Request {
             Request::MakeImage { .. } => "make_image",
             Request::RemoveImage { .. } => "remove_image",
             Request::CancelImageJobs => "cancel_image_jobs",
+            Request::CancelImageJob { .. } => "cancel_image_job",
             Request::PortIsFree { .. } => "port_is_free",
             Request::CreateClone { .. } => "create_clone",
             Request::StartClone { .. } => "start_clone",

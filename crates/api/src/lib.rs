@@ -67,6 +67,7 @@ pub mod paths {
     pub const CLONE_IDLE: &str = "/v1/clones/{name}/idle";
     pub const OPERATIONS: &str = "/v1/operations";
     pub const OPERATION: &str = "/v1/operations/{id}";
+    pub const OPERATION_CANCEL: &str = "/v1/operations/{id}/cancel";
     pub const WHOAMI: &str = "/v1/whoami";
     pub const USERS: &str = "/v1/users";
     pub const USER: &str = "/v1/users/{name}";

@@ -319,6 +319,12 @@ impl Client {
         self.get(&fill(api::paths::OPERATION, "id", &id.to_string()))
     }
 
+    /// `POST /v1/operations/{id}/cancel`: stops an image's creation; an ended operation is
+    /// answered as it is.
+    pub fn cancel_operation(&self, id: OperationId) -> Result<Operation> {
+        self.post(&fill(api::paths::OPERATION_CANCEL, "id", &id.to_string()), &Empty {})
+    }
+
     /// Polls operation `id` every `poll_interval` until it has ended, and returns it,
     /// `succeeded` or `failed` (see [`succeeded`]). `on_progress` sees every answer,
     /// the last one included.

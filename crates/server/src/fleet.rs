@@ -264,6 +264,13 @@ impl Agent for RemoteAgent {
         }
     }
 
+    fn cancel_image_job(&self, name: &Name, place: &ImagePlace) -> agent::Result<bool> {
+        match self.ask(Request::CancelImageJob { name: name.clone(), place: place.clone() }, Some(SHORT))? {
+            Reply::Bool { value } => Ok(value),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
     fn port_is_free(&self, port: u16) -> agent::Result<bool> {
         match self.ask(Request::PortIsFree { port }, Some(SHORT))? {
             Reply::Bool { value } => Ok(value),

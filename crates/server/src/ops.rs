@@ -188,6 +188,8 @@ pub struct Server {
     /// Operations a restart interrupted whose agent has not answered since: finished when it
     /// connects.
     pub(crate) deferred: Mutex<Vec<OperationRow>>,
+    /// Running operations someone asked to cancel, and who.
+    cancelled: Mutex<HashMap<OperationId, Name>>,
     pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
@@ -233,6 +235,7 @@ impl Server {
             progress: Mutex::new(HashMap::new()),
             jobs: Mutex::new(Vec::new()),
             deferred: Mutex::new(Vec::new()),
+            cancelled: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
         server.register_embedded()?;
@@ -608,6 +611,39 @@ impl Server {
         }
     }
 
+    /// Asks a running operation to stop. An image's creation stops (its copy is ended and it
+    /// fails, "cancelled by …"); other operations end by themselves within seconds and are
+    /// refused. An operation that has ended is answered as it is.
+    pub fn cancel_operation(&self, caller: &Caller, id: OperationId) -> Result<Operation> {
+        caller.require(Role::CloneUser, "cancel operations")?;
+        let op = self.operation(caller, id)?;
+        if op.state.is_finished() {
+            return Ok(op);
+        }
+        if op.kind != OperationKind::ImageCreate {
+            return Err(ServerError::Conflict(format!(
+                "operation {id} ({}) cannot be cancelled: only an image's creation can; this one ends by itself",
+                op.kind
+            )));
+        }
+        caller.require(Role::ImageCreator, "cancel an image's creation")?;
+        let image = self.catalog().image(&op.target.name)?;
+        let Some(maker) = image.agent.clone() else {
+            return Err(ServerError::Internal(format!("image {} has no agent making it", image.name)));
+        };
+        let place = crate::agents::place_of(&self.catalog().location(&image.location)?);
+        lock(&self.cancelled).insert(id, caller.user.clone());
+        match self.fleet.require(&maker)?.cancel_image_job(&image.name, &place) {
+            Ok(_) => {}
+            Err(e) => {
+                lock(&self.cancelled).remove(&id);
+                return Err(e.into());
+            }
+        }
+        // It fails in a moment; answered as it is then.
+        self.wait_briefly(id, Duration::from_secs(5))
+    }
+
     /// An operation as it is now, for the server's own use (no caller to check).
     fn operation_now(&self, id: OperationId) -> Result<Operation> {
         let row = self.catalog().operation(id)?;
@@ -708,12 +744,17 @@ impl Server {
                     server.catalog().update_image(&row).map_err(|e| e.to_string())
                 }
                 Err(e) => {
+                    let message = match lock(&server.cancelled).remove(&id) {
+                        Some(who) => format!("cancelled by {who}"),
+                        None => e.message,
+                    };
                     row.status = ImageStatus::Failed;
-                    row.message = Some(e.message.clone());
+                    row.message = Some(message.clone());
                     server.catalog().update_image(&row).map_err(|e| e.to_string())?;
-                    Err(e.message)
+                    Err(message)
                 }
             };
+            lock(&server.cancelled).remove(&id);
             let (kind, detail) = match &result {
                 Ok(()) => ("image.ready", format!("{} bytes, {} files", row.logical_bytes, row.file_count)),
                 Err(e) => ("image.failed", e.clone()),

@@ -237,6 +237,7 @@ async fn the_served_document_is_the_committed_one_and_names_every_route() {
         api::paths::CLONE_IDLE,
         api::paths::OPERATIONS,
         api::paths::OPERATION,
+        api::paths::OPERATION_CANCEL,
         api::paths::WHOAMI,
         api::paths::USERS,
         api::paths::USER,

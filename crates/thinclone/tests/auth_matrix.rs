@@ -387,6 +387,22 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
             },
         ),
         (
+            // An ended operation is answered as it is; a viewer may not cancel anything.
+            ("POST", "/v1/operations/{id}/cancel"),
+            Rights {
+                allowed: &["red-user", "red-user2", "red-creator", "root-admin"],
+                forbidden: &["red-viewer"],
+                hidden: &["blue-creator"],
+                path: |w, _| {
+                    let (_, ops) = w.call(Some("admin"), "GET", "/v1/operations", None);
+                    let id =
+                        ops.as_array().unwrap().iter().find(|o| o["target"]["name"] == "red-c").unwrap()["id"].clone();
+                    format!("/v1/operations/{id}/cancel")
+                },
+                body: no_body,
+            },
+        ),
+        (
             ("GET", "/v1/users"),
             Rights {
                 allowed: &["root-admin"],

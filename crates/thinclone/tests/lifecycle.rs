@@ -52,6 +52,32 @@ fn expiry_protection_and_the_idle_policy() {
     let source = support::daemon::pgbench_source();
     daemon.ok::<api::Image>(&["image", "create", "prod", "--from-dir", source.to_str().unwrap()]);
 
+    // An image's creation, cancelled while it copies: it fails, "cancelled by admin", and
+    // leaves nothing in the location.
+    let started: Operation =
+        daemon.ok(&["image", "create", "halted", "--from-dir", source.to_str().unwrap(), "--no-wait"]);
+    assert_eq!(started.state, api::OperationState::Running, "{started:?}");
+    let cancelled: Operation = daemon.ok(&["op", "cancel", &started.id.to_string()]);
+    let ended = if cancelled.state.is_finished() {
+        cancelled
+    } else {
+        eventually(Duration::from_secs(30), || {
+            let op: Operation = daemon.ok(&["op", "show", &started.id.to_string()]);
+            op.state.is_finished().then_some(op)
+        })
+        .expect("the cancelled operation ended")
+    };
+    assert_eq!(ended.state, api::OperationState::Failed, "{ended:?}");
+    assert_eq!(ended.error.as_deref(), Some("cancelled by admin"), "{ended:?}");
+    let image: api::Image = daemon.ok(&["image", "show", "halted"]);
+    assert_eq!(image.status, api::ImageStatus::Failed, "{image:?}");
+    let images = work.path().join("data/images");
+    assert!(!images.join("halted").exists() && !images.join("halted.partial").exists(), "the copy was left");
+    daemon.ok::<Operation>(&["image", "rm", "halted"]);
+    // An operation that has ended is shown as it is.
+    let again: Operation = daemon.ok(&["op", "cancel", &started.id.to_string()]);
+    assert_eq!(again.error.as_deref(), Some("cancelled by admin"));
+
     // Expiry: warned ahead, then removed.
     let short: Clone = daemon.ok(&["clone", "create", "short", "--image", "prod", "--ttl", "2s"]);
     let expires = short.expires_at.expect("a clone made with --ttl has an expiry");

@@ -578,6 +578,7 @@ fn router() -> (axum::Router<Arc<Server>>, utoipa::openapi::OpenApi) {
         .routes(routes!(clones::set_idle))
         .routes(routes!(operations::list_operations))
         .routes(routes!(operations::show_operation))
+        .routes(routes!(operations::cancel_operation))
         .routes(routes!(identity::whoami))
         .routes(routes!(identity::list_users, identity::create_user))
         .routes(routes!(identity::show_user, identity::delete_user))

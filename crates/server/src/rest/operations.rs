@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{blocking, ApiError, ApiPath, ApiResult, Auth};
+use super::{audited, blocking, ApiError, ApiPath, ApiResult, Auth};
 use crate::ops::Server;
 
 #[utoipa::path(get, path = "/v1/health", tag = "server",
@@ -44,4 +44,23 @@ pub async fn show_operation(
     let id: OperationId =
         raw.parse().map_err(|e: api::InvalidOperationId| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
     Ok(Json(blocking(move || s.operation(&caller, id)).await?))
+}
+
+#[utoipa::path(post, path = "/v1/operations/{id}/cancel", tag = "operations",
+    params(("id" = OperationId, Path, description = "The operation's id")),
+    responses((status = 200, description = "The operation: failed (\"cancelled by …\") once its work stopped, or as it \
+                                            was when it had already ended", body = Operation),
+              (status = 400, description = "Not a valid operation id", body = ErrorBody),
+              (status = 404, description = "No such operation on the caller's teams' objects", body = ErrorBody),
+              (status = 409, description = "A running operation of a kind that cannot be cancelled (only an image's \
+                                            creation can)", body = ErrorBody),
+              (status = 503, description = "The agent doing the work is unreachable", body = ErrorBody)))]
+pub async fn cancel_operation(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(raw): ApiPath<String>,
+) -> ApiResult<Json<Operation>> {
+    let id: OperationId =
+        raw.parse().map_err(|e: api::InvalidOperationId| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    Ok(Json(audited(s, caller, "operation.cancel", None, move |s, c| Ok(s.cancel_operation(c, id)?)).await?))
 }

@@ -19,6 +19,12 @@ pub enum OpCommand {
         /// The operation's id, as a command with --no-wait printed it.
         id: OperationId,
     },
+    /// Cancel a running image creation: its copy stops and the image is failed, "cancelled".
+    /// Other operations end by themselves; an ended one is shown as it is.
+    Cancel {
+        /// The operation's id.
+        id: OperationId,
+    },
 }
 
 pub fn run(cmd: OpCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
@@ -29,6 +35,10 @@ pub fn run(cmd: OpCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
         }
         OpCommand::Show { id } => {
             let op = ctx.client.get_operation(id)?;
+            ctx.show(&op, format::operation_fields)
+        }
+        OpCommand::Cancel { id } => {
+            let op = ctx.client.cancel_operation(id)?;
             ctx.show(&op, format::operation_fields)
         }
         OpCommand::Wait { id } => {
