@@ -62,6 +62,9 @@ pub fn render(server: &Server, caller: &Caller) -> Result<String> {
     Ok(Snapshot { images, clones, operations, agents }.exposition())
 }
 
+/// A gauge with a sample per object: its name, its help, and its value for an object.
+type PerObject<T> = (&'static str, &'static str, fn(&T) -> u64);
+
 /// One operation, as far as the metrics are concerned.
 struct OperationFigure {
     kind: OperationKind,
@@ -146,7 +149,7 @@ impl Snapshot {
         for (state, count) in by_state.0 {
             out.sample("thinclone_images", &[("state", state)], count);
         }
-        let per_image: [(&str, &str, fn(&api::Image) -> u64); 2] = [
+        let per_image: [PerObject<api::Image>; 2] = [
             (
                 "thinclone_image_logical_bytes",
                 "The size of an image's files as the database sees them, in bytes.",
@@ -176,7 +179,7 @@ impl Snapshot {
         for ((state, driver), count) in by_state.0 {
             out.sample("thinclone_clones", &[("state", state), ("driver", driver)], count);
         }
-        let per_clone: [(&str, &str, fn(&api::Clone) -> u64); 3] = [
+        let per_clone: [PerObject<api::Clone>; 3] = [
             (
                 "thinclone_clone_logical_bytes",
                 "The size of a clone's image's files, in bytes, as GET /v1/clones answers it.",
