@@ -100,6 +100,7 @@ pub fn place(image: &Path, layer: &Path, clone_dir: &Path, names: &[&str]) -> io
         let to = native.join(name);
         let fresh = path_with_suffix(&to, ".new");
         let old = path_with_suffix(&to, ".old");
+        crate::driver::stop_copies_into(&fresh);
         sys::tree::remove(&fresh)?;
         if let Some(parent) = to.parent() {
             fs::create_dir_all(parent)?;
@@ -167,6 +168,8 @@ pub fn restore(clone_dir: &Path, from: &Path, names: &[&str]) -> io::Result<()> 
         let to = native_dir(clone_dir).join(name);
         let fresh = path_with_suffix(&to, ".new");
         let old = path_with_suffix(&to, ".old");
+        // A copy an agent killed meanwhile left running would write on into it.
+        crate::driver::stop_copies_into(&fresh);
         sys::tree::remove(&fresh)?;
         sys::tree::copy_sparse(&saved, &fresh).map_err(io::Error::other)?;
         sys::crashsafe::sync_tree(&fresh)?;

@@ -495,7 +495,7 @@ const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Ends whatever still copies into `dir`: a `cp` of an agent that was killed outlives it, and
 /// would go on writing into the directory being removed.
-fn stop_copies_into(dir: &Path) {
+pub(crate) fn stop_copies_into(dir: &Path) {
     for pid in sys::procfs::processes_under(dir) {
         tracing::info!(pid, dir = %dir.display(), "stopping a copy left running by an earlier agent");
         // SAFETY: kill has no memory-safety preconditions; the process's command line names

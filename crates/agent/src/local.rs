@@ -649,6 +649,8 @@ impl LocalAgent {
             let known = record.checkpoints.iter().any(|c| entry.file_name() == c.name.as_str());
             if !known {
                 tracing::info!(clone = %record.name, dir = %entry.path().display(), "removing a checkpoint directory no record names");
+                // A copy into it that an agent killed meanwhile left running goes first.
+                driver::stop_copies_into(&entry.path());
                 if let Err(e) = sys::tree::remove(&entry.path()) {
                     tracing::warn!(clone = %record.name, "removing {}: {e}", entry.path().display());
                 }
@@ -895,7 +897,13 @@ impl LocalAgent {
             Some(Intent::Revert) => {
                 tracing::info!(clone = %name, "finishing an interrupted revert");
                 self.tear_down(&record)?;
-                self.revert_files(&mut record)?;
+                if let Err(e) = self.revert_files(&mut record) {
+                    // Shown on the clone, which stays down: its files are half-way.
+                    record.failure = Some(format!("an interrupted revert could not be finished: {e}; revert it again"));
+                    record.intent = None;
+                    self.save(&record)?;
+                    return Err(e);
+                }
             }
             None => {}
         }
@@ -1521,6 +1529,7 @@ impl Agent for LocalAgent {
         fs::set_permissions(&all, fs::Permissions::from_mode(0o700))
             .map_err(internal("making the checkpoints directory private"))?;
         let partial = all.join(format!("{checkpoint}.partial"));
+        driver::stop_copies_into(&partial);
         sys::tree::remove(&partial).map_err(internal("removing a half-made checkpoint"))?;
         record.intent = Some(Intent::Checkpoint);
         self.save(&record)?;

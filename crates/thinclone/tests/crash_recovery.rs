@@ -1,4 +1,5 @@
-//! kill -9 of the server in the middle of a reset, a stop and a removal, at ten moments each,
+//! kill -9 of the server in the middle of a reset, a stop, a removal, a checkpoint (while the
+//! clone's server is paused) and a revert, at ten moments each,
 //! for the cowfs driver (on the test machine's filesystem) and the reflink driver (on a
 //! loop-mounted XFS). After each restart the clone must be ready, stopped or gone exactly as
 //! its record says, and nothing may be orphaned: no half-made copy (`data.new`, `data.old`),
@@ -20,6 +21,8 @@ enum Op {
     Reset,
     Stop,
     Delete,
+    Checkpoint,
+    Revert,
 }
 
 impl Op {
@@ -28,6 +31,8 @@ impl Op {
             Op::Reset => ["clone", "reset", "k"],
             Op::Stop => ["clone", "stop", "k"],
             Op::Delete => ["clone", "rm", "k"],
+            Op::Checkpoint => ["clone", "checkpoint", "k"],
+            Op::Revert => ["clone", "revert", "k"],
         }
     }
 }
@@ -74,6 +79,14 @@ fn check(d: &Daemon, driver: Driver, url: &str) -> Outcome {
     for leftover in ["data.new", "data.old"] {
         assert!(!entries.contains(&leftover.to_owned()), "{leftover} left in {entries:?}");
     }
+    let checkpoints = listing(&clone_dir.join("checkpoints"));
+    assert!(!checkpoints.iter().any(|c| c.ends_with(".partial")), "a half-made checkpoint is left: {checkpoints:?}");
+    let recorded: Vec<api::Checkpoint> = d.ok(&["clone", "checkpoints", "k"]);
+    let mut names: Vec<String> = recorded.iter().map(|c| c.name.to_string()).collect();
+    let mut dirs = checkpoints.clone();
+    names.sort();
+    dirs.sort();
+    assert_eq!(names, dirs, "the checkpoints recorded and those on disk differ");
     let postmasters: Vec<_> = processes_under(&clone_dir.join("data"))
         .into_iter()
         .filter(|(_, cmdline)| cmdline.contains("postgres") && !cmdline.contains(" mount "))
@@ -115,6 +128,9 @@ fn listing(dir: &Path) -> Vec<String> {
 /// server at moments spread over that time, checking the outcome after each restart.
 fn kill_during(d: &mut Daemon, driver: Driver, op: Op) {
     fresh_clone(d);
+    if op == Op::Revert {
+        d.ok::<api::Checkpoint>(&["clone", "checkpoint", "k"]);
+    }
     let started = Instant::now();
     d.ok::<serde_json::Value>(&op.args());
     let took = started.elapsed();
@@ -125,6 +141,13 @@ fn kill_during(d: &mut Daemon, driver: Driver, op: Op) {
         .collect();
     for delay_ms in delays {
         let clone = fresh_clone(d);
+        // For a revert: something to go back to, and a row made after it (this run's own
+        // value) that the revert takes away.
+        let after = 1000 + delay_ms;
+        if op == Op::Revert {
+            d.ok::<api::Checkpoint>(&["clone", "checkpoint", "k"]);
+            psql(clone.url(), &format!("INSERT INTO marker VALUES ({after})")).unwrap();
+        }
         let mut cli = d.cli_command(&op.args()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         d.kill9();
@@ -135,6 +158,12 @@ fn kill_during(d: &mut Daemon, driver: Driver, op: Op) {
             (Op::Reset, Outcome::Ready { .. }) => {}
             (Op::Stop, Outcome::Ready { reset: false } | Outcome::Stopped) => {}
             (Op::Delete, Outcome::Ready { reset: false } | Outcome::Gone) => {}
+            // A checkpoint made or not, and the clone running on (its server paused no more).
+            (Op::Checkpoint, Outcome::Ready { reset: false }) => {}
+            (Op::Revert, Outcome::Ready { reset: false }) => {
+                let rows = psql(clone.url(), &format!("SELECT count(*) FROM marker WHERE v = {after}")).unwrap();
+                assert!(rows == "0" || rows == "1", "kill -9 {delay_ms} ms into a revert: {rows} rows made after it");
+            }
             (op, outcome) => panic!("kill -9 {delay_ms} ms into {op:?}: the clone ended {outcome:?}"),
         }
         outcomes.push((delay_ms, outcome));
@@ -153,7 +182,7 @@ fn kill_during_every_operation(root: &Path, driver: Driver, ports: (u16, u16)) {
     let before = support::snapshot(&image_dir);
     let clone = fresh_clone(&d);
     assert_eq!(clone.driver, driver, "{clone:?}");
-    for op in [Op::Reset, Op::Stop, Op::Delete] {
+    for op in [Op::Reset, Op::Stop, Op::Delete, Op::Checkpoint, Op::Revert] {
         kill_during(&mut d, driver, op);
     }
     assert!(support::diff(&before, &support::snapshot(&image_dir)).is_none(), "the image changed");
