@@ -21,10 +21,10 @@ pub fn dispatch(agent: &dyn Agent, request: Request, report: &(dyn Fn(Report) + 
             Reply::SourceFacts { facts: agent.check_source_dir(&path, snapshot, &roots, &place)? }
         }
         Request::CheckSourceUrl { url } => Reply::SourceFacts { facts: agent.check_source_url(&url)? },
-        Request::MakeImage { name, place, source } => {
+        Request::MakeImage { name, place, source, transform } => {
             let progress = |done, total| report(Report::Progress { done, total });
             let step = |message: &str| report(Report::Step(message));
-            Reply::MadeImage { image: agent.make_image(&name, &place, &source, &progress, &step)? }
+            Reply::MadeImage { image: agent.make_image(&name, &place, &source, &transform, &progress, &step)? }
         }
         Request::RemoveImage { name, place } => {
             agent.remove_image(&name, &place)?;

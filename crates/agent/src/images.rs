@@ -22,7 +22,10 @@ use api::Name;
 use sys::tree::CopyData;
 
 use crate::local::LocalAgent;
-use crate::{AgentError, AgentErrorExt, ErrorKind, ImagePlace, ImageSource, MadeImage, Result, SourceFacts, SourceUrl};
+use crate::{
+    AgentError, AgentErrorExt, ErrorKind, ImagePlace, ImageSource, ImageTransform, MadeImage, Result, SourceFacts,
+    SourceUrl,
+};
 
 fn bad(message: impl Into<String>) -> AgentError {
     AgentError::new(ErrorKind::BadRequest, message)
@@ -199,6 +202,7 @@ pub(crate) fn make_image(
     name: &Name,
     place: &ImagePlace,
     source: &ImageSource,
+    transform: &ImageTransform,
     progress: &(dyn Fn(u64, u64) + Sync),
     step: &(dyn Fn(&str) + Sync),
 ) -> Result<MadeImage> {
@@ -210,7 +214,7 @@ pub(crate) fn make_image(
     sys::crashsafe::replace_file_mode(&job, partial.to_string_lossy().as_bytes(), 0o600)
         .map_err(|e| AgentError::internal(format!("recording the image job: {e}")))?;
     agent.job_started(&partial);
-    let made = make(agent, name, place, source, progress, step);
+    let made = make(agent, name, place, source, transform, progress, step);
     agent.job_ended(&partial);
     if made.is_err() {
         for dir in [&partial, &run_dir] {
@@ -230,6 +234,7 @@ fn make(
     name: &Name,
     place: &ImagePlace,
     source: &ImageSource,
+    transform: &ImageTransform,
     progress: &(dyn Fn(u64, u64) + Sync),
     step: &(dyn Fn(&str) + Sync),
 ) -> Result<MadeImage> {
@@ -302,15 +307,39 @@ fn make(
     fs::set_permissions(&partial, fs::Permissions::from_mode(0o700)).map_err(io("making the copy private"))?;
     sys::tree::chown(&partial, user.uid, user.gid).map_err(io("giving the copy to the database's user"))?;
     fs::create_dir_all(&run_dir).map_err(io("making the preparing server's directory"))?;
-    step("preparing");
-    let facts = engine.prepare(&partial, &run_dir, user).map_err(|e| {
+    step(if transform.is_empty() { "preparing" } else { "preparing: scripts and masking" });
+    // The key of the deterministic masking strategies: this image's own, kept nowhere.
+    let secret = random_hex(32).map_err(io("making the masking key"))?;
+    let (facts, transformed) = engine.prepare_with(&partial, &run_dir, user, transform, &secret).map_err(|e| {
         if e.is_disk_full() {
             AgentError::new(ErrorKind::DiskFull, format!("{e}; free space and try again"))
-        } else {
+        } else if transform.is_empty() {
             AgentError::new(ErrorKind::BadRequest, format!("the copy would not start: {e}"))
+        } else {
+            // A script or a masking rule failed: the image is not made.
+            AgentError::new(ErrorKind::BadRequest, format!("{e}; the image is not made"))
         }
     })?;
     let _ = sys::tree::remove(&run_dir);
+    // Fail closed: no original value of a masked column may be left in any file.
+    let mut report = (!transform.is_empty()).then_some(transformed.report);
+    if !transform.mask.is_empty() {
+        step("verifying the masking");
+        let found = sys::tree::find_any(&partial, &transformed.originals).map_err(io("reading the masked copy"))?;
+        if let Some((file, _)) = found {
+            let file = file.strip_prefix(&partial).unwrap_or(&file).display().to_string();
+            return Err(AgentError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "masking left an original value in the image's file {file}; the image is not made \
+                     (is the value copied into a column no rule names?)"
+                ),
+            ));
+        }
+        if let Some(report) = report.as_mut() {
+            report.values_checked = transformed.originals.len() as u64;
+        }
+    }
     // Told to stop after its last program ended (a shutdown between two steps): it fails
     // as it would have a moment earlier, rather than become an image after the shutdown.
     if agent.job_cancelled(&partial) {
@@ -332,7 +361,15 @@ fn make(
         logical_bytes: size.bytes,
         stored_bytes: sys::tree::disk_usage(&final_dir).unwrap_or(size.bytes),
         file_count: size.files,
+        report,
     })
+}
+
+/// `bytes` random bytes from the kernel, in hexadecimal.
+fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    std::io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Copies a tree with `cp -a` while reporting the bytes copied so far.

@@ -63,7 +63,7 @@ use api::Name;
 
 pub use api::agent::{
     AgentError, AgentErrorKind as ErrorKind, AgentInfo, CloneOrigin, CloneReport, CloneSpec, CloneState,
-    EngineVersions, ImagePlace, ImageSource, MadeImage, SourceFacts,
+    EngineVersions, ImagePlace, ImageSource, ImageTransform, MadeImage, SourceFacts,
 };
 
 /// Ways to make an [`AgentError`].
@@ -174,6 +174,7 @@ pub trait Agent: Send + Sync {
         name: &Name,
         place: &ImagePlace,
         source: &ImageSource,
+        transform: &ImageTransform,
         progress: &(dyn Fn(u64, u64) + Sync),
         step: &(dyn Fn(&str) + Sync),
     ) -> Result<MadeImage>;

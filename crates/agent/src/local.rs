@@ -22,7 +22,7 @@ use crate::images::{check_place, image_dir, partial_dir};
 use crate::record::{CheckpointRecord, CloneRecord, Desired, Intent};
 use crate::{
     Agent, AgentError, AgentErrorExt, AgentInfo, CloneReport, CloneRole, CloneSpec, CloneState, EngineVersions,
-    ErrorKind, ImagePlace, ImageSource, Isolation, MadeImage, Result, SourceFacts,
+    ErrorKind, ImagePlace, ImageSource, ImageTransform, Isolation, MadeImage, Result, SourceFacts,
 };
 
 /// How long a clone's server may take to start. Crash recovery after a kill may replay WAL.
@@ -1236,10 +1236,11 @@ impl Agent for LocalAgent {
         name: &Name,
         place: &ImagePlace,
         source: &ImageSource,
+        transform: &ImageTransform,
         progress: &(dyn Fn(u64, u64) + Sync),
         step: &(dyn Fn(&str) + Sync),
     ) -> Result<MadeImage> {
-        crate::images::make_image(self, name, place, source, progress, step)
+        crate::images::make_image(self, name, place, source, transform, progress, step)
     }
 
     fn remove_image(&self, name: &Name, place: &ImagePlace) -> Result<()> {

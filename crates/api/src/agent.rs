@@ -159,6 +159,22 @@ pub struct SourceFacts {
     pub shown: String,
 }
 
+/// What is done to an image's files before it is sealed: the scripts, in order, then the
+/// masking rules.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ImageTransform {
+    #[serde(default)]
+    pub scripts: Vec<crate::ImageScript>,
+    #[serde(default)]
+    pub mask: Vec<crate::MaskRule>,
+}
+
+impl ImageTransform {
+    pub fn is_empty(&self) -> bool {
+        self.scripts.is_empty() && self.mask.is_empty()
+    }
+}
+
 /// An image an agent made.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MadeImage {
@@ -168,6 +184,9 @@ pub struct MadeImage {
     pub logical_bytes: u64,
     pub stored_bytes: u64,
     pub file_count: u64,
+    /// What its scripts and masking did, when it had any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::TransformReport>,
 }
 
 /// Everything an agent needs to make and run a clone; the server decides all of it.
@@ -284,6 +303,9 @@ pub enum Request {
         name: Name,
         place: ImagePlace,
         source: ImageSource,
+        /// Scripts and masking to apply before the image is sealed.
+        #[serde(default, skip_serializing_if = "ImageTransform::is_empty")]
+        transform: ImageTransform,
     },
     RemoveImage {
         name: Name,

@@ -72,6 +72,99 @@ pub struct Image {
     pub operation: Option<OperationId>,
     /// How far the copy has got, while it is `creating`.
     pub progress: Option<Progress>,
+    /// The masking rules it was made with (doc/MASKING.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mask: Vec<MaskRule>,
+    /// The names of the modification scripts it was made with, in the order they ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scripts: Vec<String>,
+    /// What masking and the scripts did, once it is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<TransformReport>,
+}
+
+/// How a masking rule replaces a column's values. Deterministic strategies give the same
+/// output for the same input within an image (keyed by a secret of the image), so that joins
+/// and unique constraints still hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskStrategy {
+    /// A realistic, unique-per-input address at example.com (deterministic).
+    Email,
+    /// A realistic first and last name (deterministic).
+    Name,
+    /// A +1-555 number (deterministic).
+    Phone,
+    /// The hexadecimal keyed hash of the value (deterministic).
+    Hash,
+    /// As many `x` as the value had characters.
+    Redact,
+    /// NULL.
+    Null,
+    /// `value`, the same for every row.
+    Constant,
+    /// The column's values, moved between rows (a deterministic permutation).
+    Shuffle,
+    /// The value (a date or timestamp) moved by up to `days` days either way (deterministic).
+    DateShift,
+}
+
+/// One masking rule: how to replace one column's values.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaskRule {
+    /// Schema-qualified: `public.customers`.
+    pub table: String,
+    pub column: String,
+    pub strategy: MaskStrategy,
+    /// The database the table is in; `postgres` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// For `constant`: the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// For `date_shift`: the most days a value moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days: Option<u32>,
+}
+
+/// A modification script, run on a temporary server of the image before it is sealed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageScript {
+    /// What it is called (its file name).
+    pub name: String,
+    /// SQL, run as the image's superuser, statement by statement; the first error fails the
+    /// image.
+    pub sql: String,
+    /// The database it runs in; `postgres` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+/// What an image's masking and scripts did.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct TransformReport {
+    /// Rows each rule changed, in the order of the rules.
+    pub masked: Vec<MaskedColumn>,
+    /// Each script's output, in the order they ran (at most 64 KiB each).
+    pub scripts: Vec<ScriptOutput>,
+    /// How many original values were looked for, byte by byte, in every file of the sealed
+    /// image, and not found.
+    pub values_checked: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct MaskedColumn {
+    pub table: String,
+    pub column: String,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ScriptOutput {
+    pub name: String,
+    pub output: String,
 }
 
 /// `POST /v1/images`: make an image from exactly one source. Its schema is written out below
@@ -108,6 +201,13 @@ pub struct CreateImage {
     /// or the caller must say which).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<Name>,
+    /// Masking rules, applied before anyone can connect; any failure fails the image
+    /// (doc/MASKING.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mask: Vec<MaskRule>,
+    /// Modification scripts, run in order before masking; any failure fails the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scripts: Vec<ImageScript>,
 }
 
 impl utoipa::PartialSchema for CreateImage {
@@ -170,6 +270,21 @@ impl utoipa::PartialSchema for CreateImage {
                          the caller must say which).",
                     )),
             )
+            .property(
+                "mask",
+                utoipa::openapi::schema::ArrayBuilder::new()
+                    .items(Ref::from_schema_name("MaskRule"))
+                    .description(Some(
+                        "Masking rules, applied before anyone can connect; any failure fails the image \
+                         (doc/MASKING.md).",
+                    )),
+            )
+            .property(
+                "scripts",
+                utoipa::openapi::schema::ArrayBuilder::new()
+                    .items(Ref::from_schema_name("ImageScript"))
+                    .description(Some("Modification scripts, run in order before masking; any failure fails the image.")),
+            )
             .additional_properties(Some(AdditionalProperties::FreeForm(false)));
         // Exactly one source: a present `null` counts as absent, as serde reads it.
         let from_dir = ObjectBuilder::new()
@@ -194,6 +309,9 @@ impl utoipa::PartialSchema for CreateImage {
 impl utoipa::ToSchema for CreateImage {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
         schemas.push((<Name as utoipa::ToSchema>::name().into(), Name::schema()));
+        schemas.push(("MaskRule".into(), MaskRule::schema()));
+        schemas.push(("MaskStrategy".into(), MaskStrategy::schema()));
+        schemas.push(("ImageScript".into(), ImageScript::schema()));
     }
 }
 
@@ -212,6 +330,15 @@ mod tests {
             team: Some(Name::new("t").unwrap()),
             location: Some(Name::new("l").unwrap()),
             host: Some(Name::new("h").unwrap()),
+            mask: vec![MaskRule {
+                table: "public.t".into(),
+                column: "c".into(),
+                strategy: MaskStrategy::Email,
+                database: None,
+                value: None,
+                days: None,
+            }],
+            scripts: vec![ImageScript { name: "s.sql".into(), sql: "SELECT 1".into(), database: None }],
         };
         let serde_fields: Vec<String> =
             serde_json::to_value(&full).unwrap().as_object().unwrap().keys().cloned().collect();

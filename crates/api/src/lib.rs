@@ -27,7 +27,9 @@ pub use clone::{
     RevertClone, SetExpiry,
 };
 pub use error::{ErrorBody, ErrorCode};
-pub use image::{CreateImage, Image, ImageStatus};
+pub use image::{
+    CreateImage, Image, ImageScript, ImageStatus, MaskRule, MaskStrategy, MaskedColumn, ScriptOutput, TransformReport,
+};
 pub use name::{InvalidName, Name, MAX_LEN as NAME_MAX_LEN};
 pub use operation::{
     InvalidOperationId, Operation, OperationId, OperationKind, OperationState, Progress, Target, TargetKind,

@@ -192,6 +192,9 @@ pub fn image(name_: &str) -> Image {
         created_at: Timestamp(1_795_300_000),
         operation: None,
         progress: None,
+        mask: Vec::new(),
+        scripts: Vec::new(),
+        report: None,
     }
 }
 

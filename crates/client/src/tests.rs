@@ -146,6 +146,8 @@ fn every_route_has_its_method_and_path() {
         team: None,
         location: None,
         host: None,
+        mask: Vec::new(),
+        scripts: Vec::new(),
     };
     assert_eq!(client.create_image(&request).unwrap().kind, OperationKind::ImageCreate);
     assert_eq!(client.delete_image(&prod).unwrap().kind, OperationKind::ImageDelete);
@@ -286,6 +288,8 @@ fn a_refusal_before_the_operation_starts_is_the_servers_error() {
         team: None,
         location: None,
         host: None,
+        mask: Vec::new(),
+        scripts: Vec::new(),
     };
     let err = Client::new(server.url()).create_image_and_wait(&request).unwrap_err();
     assert_eq!(

@@ -18,6 +18,7 @@
 mod client;
 mod datadir;
 mod install;
+mod mask;
 mod prepare;
 mod sample;
 mod self_contained;
@@ -139,7 +140,18 @@ impl engine::Engine for Postgres {
     }
 
     fn prepare(&self, data_dir: &Path, run_dir: &Path, user: &User) -> Result<ImageFacts> {
-        prepare::prepare(&self.search, data_dir, run_dir, user)
+        Ok(prepare::prepare(&self.search, data_dir, run_dir, user, None)?.0)
+    }
+
+    fn prepare_with(
+        &self,
+        data_dir: &Path,
+        run_dir: &Path,
+        user: &User,
+        transform: &api::agent::ImageTransform,
+        secret: &str,
+    ) -> Result<(ImageFacts, engine::Transformed)> {
+        prepare::prepare(&self.search, data_dir, run_dir, user, Some((transform, secret)))
     }
 
     fn start(&self, spec: &InstanceSpec, timeout: Duration) -> Result<Box<dyn Instance>> {

@@ -30,7 +30,13 @@ const PREPARE_PORT: u16 = 5432;
 /// Marks the line of `postgres --single`'s output that carries the superuser's name.
 const SUPERUSER_MARK: &str = "thinclone-superuser:";
 
-pub(crate) fn prepare(search: &Search, data_dir: &Path, run_dir: &Path, user: &User) -> Result<ImageFacts> {
+pub(crate) fn prepare(
+    search: &Search,
+    data_dir: &Path,
+    run_dir: &Path,
+    user: &User,
+    transform: Option<(&api::agent::ImageTransform, &str)>,
+) -> Result<(ImageFacts, engine::Transformed)> {
     let major = datadir::detect(data_dir)?;
     let installation = search.find(major)?;
     if let Some(pid) = live_postmaster(data_dir) {
@@ -41,7 +47,7 @@ pub(crate) fn prepare(search: &Search, data_dir: &Path, run_dir: &Path, user: &U
     }
     let log = run_dir.join("postgres.log");
     let log_start = fs::symlink_metadata(&log).map_or(0, |m| m.len());
-    prepare_copy(&installation, data_dir, run_dir, user).map_err(|e| {
+    prepare_copy(&installation, data_dir, run_dir, user, transform).map_err(|e| {
         // A server that ran out of space says so in its log, whatever error reached us.
         if e.is_disk_full() || log_since(&log, log_start).contains("No space left on device") {
             Error::DiskFull { what: format!("preparing the image {}", data_dir.display()), detail: e.to_string() }
@@ -51,7 +57,13 @@ pub(crate) fn prepare(search: &Search, data_dir: &Path, run_dir: &Path, user: &U
     })
 }
 
-fn prepare_copy(installation: &Installation, data_dir: &Path, run_dir: &Path, user: &User) -> Result<ImageFacts> {
+fn prepare_copy(
+    installation: &Installation,
+    data_dir: &Path,
+    run_dir: &Path,
+    user: &User,
+    transform: Option<(&api::agent::ImageTransform, &str)>,
+) -> Result<(ImageFacts, engine::Transformed)> {
     let major = installation.major;
     // Before anything else changes the copy, and before any server starts on it: whatever
     // it reaches outside itself (tablespaces, a pg_wal elsewhere) comes in, so that neither
@@ -102,6 +114,11 @@ fn prepare_copy(installation: &Installation, data_dir: &Path, run_dir: &Path, us
         let name = from_hex(hex).ok_or_else(|| Error::Other(format!("psql printed {hex:?} as a database name")))?;
         server.sql_in(&name, "SELECT 1")?;
     }
+    // The image's scripts and masking (mask.rs), before anyone can connect to it.
+    let transformed = match transform {
+        Some((transform, secret)) if !transform.is_empty() => crate::mask::apply(&server, data_dir, transform, secret)?,
+        _ => engine::Transformed::default(),
+    };
     // The image's WAL then ends at the start of a segment, far from its end: a clone, whose
     // server makes a segment ahead (zero-filled: 16 MiB) once the current one is three
     // quarters full, does not make one as it starts.
@@ -119,7 +136,7 @@ fn prepare_copy(installation: &Installation, data_dir: &Path, run_dir: &Path, us
         remove_if_there(&data_dir.join(name))?;
     }
     trim_wal(data_dir, &control_data(installation, data_dir, user)?)?;
-    Ok(ImageFacts { version: major.to_string(), superuser: spec.superuser })
+    Ok((ImageFacts { version: major.to_string(), superuser: spec.superuser }, transformed))
 }
 
 /// Why a copy of a server that was not shut down cleanly must not take anything from

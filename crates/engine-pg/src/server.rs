@@ -553,6 +553,16 @@ impl Server {
         let out = self.psql(database, sql).run()?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
+
+    /// Runs a script of statements as the superuser in `database`, one at a time as psql
+    /// reads them from its input (not its command line: a script may hold secrets), each
+    /// in its own transaction unless the script says otherwise; the first error stops it.
+    /// Returns the rows every statement printed.
+    pub(crate) fn script_in(&self, database: &str, script: &str) -> Result<String> {
+        let out =
+            self.psql(database, "SELECT 1 WHERE false").args(["-f", "-"]).stdin(script.as_bytes().to_vec()).run()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
 }
 
 impl Drop for Server {

@@ -91,6 +91,15 @@ pub struct ImageFacts {
     pub superuser: String,
 }
 
+/// What [`Engine::prepare_with`] did to an image, and what the caller must check.
+#[derive(Debug, Clone, Default)]
+pub struct Transformed {
+    pub report: api::TransformReport,
+    /// Original values of the masked columns (a sample), as stored: none may be found in any
+    /// file of the sealed image.
+    pub originals: Vec<Vec<u8>>,
+}
+
 /// How to run an instance on a clone's data directory.
 #[derive(Debug, Clone)]
 pub struct InstanceSpec {
@@ -195,6 +204,27 @@ pub trait Engine: Send + Sync + 'static {
     /// and the server shuts down cleanly, so that clones start without replaying anything.
     /// Temporary files go to `run_dir`.
     fn prepare(&self, data_dir: &Path, run_dir: &Path, user: &User) -> Result<ImageFacts>;
+
+    /// [`Engine::prepare`], after running an image's modification scripts, then its
+    /// masking rules, on a temporary server of the copy. Masking must leave no original value
+    /// of a masked column in the files (dead rows, free space, indexes, statistics, the log,
+    /// the WAL): it returns a sample of the original values, which the caller looks for in
+    /// every file of the prepared image. `secret` keys the deterministic strategies. Any
+    /// failure is an error: the image must not be made.
+    fn prepare_with(
+        &self,
+        data_dir: &Path,
+        run_dir: &Path,
+        user: &User,
+        transform: &api::agent::ImageTransform,
+        secret: &str,
+    ) -> Result<(ImageFacts, Transformed)> {
+        let _ = secret;
+        if !transform.is_empty() {
+            return Err(Error::Other(format!("the {} engine cannot run scripts or mask an image", self.name())));
+        }
+        Ok((self.prepare(data_dir, run_dir, user)?, Transformed::default()))
+    }
 
     /// Starts an instance and returns once it accepts connections.
     fn start(&self, spec: &InstanceSpec, timeout: Duration) -> Result<Box<dyn Instance>>;

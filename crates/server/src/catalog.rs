@@ -55,6 +55,11 @@ pub struct ImageRow {
     pub location: Name,
     /// The agent that made it.
     pub agent: Option<Name>,
+    /// Its masking rules, modification script names and their report, as JSON text (the
+    /// operations layer reads and writes them).
+    pub mask: Option<String>,
+    pub scripts: Option<String>,
+    pub report: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -201,7 +206,7 @@ pub struct Catalog {
     conn: Connection,
 }
 
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// The team that images and clones made before teams existed belong to, and that the first
 /// administrator is in.
@@ -437,7 +442,17 @@ impl Catalog {
                  COMMIT;",
             )?;
         }
-        debug_assert_eq!(SCHEMA_VERSION, 7);
+        if version < 8 {
+            self.conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE images ADD COLUMN mask TEXT;
+                 ALTER TABLE images ADD COLUMN scripts TEXT;
+                 ALTER TABLE images ADD COLUMN report TEXT;
+                 PRAGMA user_version = 8;
+                 COMMIT;",
+            )?;
+        }
+        debug_assert_eq!(SCHEMA_VERSION, 8);
         Ok(())
     }
 
@@ -463,8 +478,9 @@ impl Catalog {
     pub fn insert_image(&self, image: &ImageRow) -> Result<()> {
         let result = self.conn.execute(
             "INSERT INTO images (name, status, message, engine, engine_version, superuser, source, logical_bytes,
-                                 stored_bytes, file_count, created_at, operation, team, created_by, location, agent)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                                 stored_bytes, file_count, created_at, operation, team, created_by, location, agent,
+                                 mask, scripts, report)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
             params![
                 image.name.as_str(),
                 image.status.as_str(),
@@ -482,6 +498,9 @@ impl Catalog {
                 image.created_by.as_ref().map(Name::as_str),
                 image.location.as_str(),
                 image.agent.as_ref().map(Name::as_str),
+                image.mask,
+                image.scripts,
+                image.report,
             ],
         );
         match constraint(result, "image", &image.name) {
@@ -495,7 +514,7 @@ impl Catalog {
     pub fn update_image(&self, image: &ImageRow) -> Result<()> {
         let n = self.conn.execute(
             "UPDATE images SET status = ?2, message = ?3, engine = ?4, engine_version = ?5, superuser = ?6,
-                 logical_bytes = ?7, stored_bytes = ?8, file_count = ?9, operation = ?10
+                 logical_bytes = ?7, stored_bytes = ?8, file_count = ?9, operation = ?10, report = ?11
              WHERE name = ?1",
             params![
                 image.name.as_str(),
@@ -508,6 +527,7 @@ impl Catalog {
                 image.stored_bytes as i64,
                 image.file_count as i64,
                 image.operation.map(|o| o.0 as i64),
+                image.report,
             ],
         )?;
         found(n, "image", &image.name)
@@ -1354,6 +1374,9 @@ fn image_row(row: &rusqlite::Row) -> rusqlite::Result<ImageRow> {
         operation: operation_id(row, "operation")?,
         location: name_column(row, "location")?,
         agent: row.get::<_, Option<String>>("agent")?.map(|n| Name::new(&n)).transpose().map_err(bad_column)?,
+        mask: row.get("mask")?,
+        scripts: row.get("scripts")?,
+        report: row.get("report")?,
     })
 }
 
@@ -1422,6 +1445,9 @@ mod tests {
             operation: None,
             location: name("local"),
             agent: None,
+            mask: None,
+            scripts: None,
+            report: None,
         }
     }
 

@@ -240,10 +240,16 @@ impl Agent for RemoteAgent {
         name: &Name,
         place: &ImagePlace,
         source: &ImageSource,
+        transform: &agent::ImageTransform,
         progress: &(dyn Fn(u64, u64) + Sync),
         step: &(dyn Fn(&str) + Sync),
     ) -> agent::Result<MadeImage> {
-        let request = Request::MakeImage { name: name.clone(), place: place.clone(), source: source.clone() };
+        let request = Request::MakeImage {
+            name: name.clone(),
+            place: place.clone(),
+            source: source.clone(),
+            transform: transform.clone(),
+        };
         let reply = self.hub.call(&self.name, request, None, |event| match event {
             Event::Progress { done, total } => progress(done, total),
             Event::Step(message) => step(&message),

@@ -88,6 +88,50 @@ impl From<AgentError> for ServerError {
 
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
 
+/// A value as the JSON text the catalog keeps.
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| ServerError::Internal(format!("encoding for the catalog: {e}")))
+}
+
+/// The most scripts, rules, and bytes of SQL an image takes.
+const MAX_SCRIPTS: usize = 32;
+const MAX_RULES: usize = 256;
+const MAX_SCRIPT_BYTES: usize = 48 << 10;
+
+/// Refuses masking rules and scripts that cannot run, before anything is copied.
+fn check_transform(mask: &[api::MaskRule], scripts: &[api::ImageScript]) -> Result<()> {
+    let bad = |m: String| Err(ServerError::BadRequest(m));
+    if mask.len() > MAX_RULES || scripts.len() > MAX_SCRIPTS {
+        return bad(format!("at most {MAX_RULES} masking rules and {MAX_SCRIPTS} scripts"));
+    }
+    for rule in mask {
+        let what = format!("masking rule {}.{}", rule.table, rule.column);
+        match rule.table.split_once('.') {
+            Some((schema, table)) if !schema.is_empty() && !table.is_empty() => {}
+            _ => return bad(format!("{what}: the table must be schema-qualified, like public.customers")),
+        }
+        if rule.column.is_empty() || rule.table.len() > 200 || rule.column.len() > 63 {
+            return bad(format!("{what}: a column name is 1 to 63 bytes, a table name at most 200"));
+        }
+        if rule.strategy == api::MaskStrategy::Constant && rule.value.is_none() {
+            return bad(format!("{what}: the constant strategy needs `value`"));
+        }
+        if rule.strategy == api::MaskStrategy::DateShift && rule.days.is_none_or(|d| d == 0) {
+            return bad(format!("{what}: the date_shift strategy needs `days` (1 or more)"));
+        }
+    }
+    for script in scripts {
+        if script.name.is_empty() || script.name.len() > 255 || script.sql.len() > MAX_SCRIPT_BYTES {
+            return bad(format!(
+                "script {:?}: a name of 1 to 255 bytes and at most {} KiB of SQL",
+                script.name,
+                MAX_SCRIPT_BYTES >> 10
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What a new clone is, besides its image.
 struct NewClone {
     name: Name,
@@ -415,6 +459,9 @@ impl Server {
                 None
             },
             progress: if row.status == ImageStatus::Creating { progress } else { None },
+            mask: row.mask.as_deref().and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default(),
+            scripts: row.scripts.as_deref().and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default(),
+            report: row.report.as_deref().and_then(|j| serde_json::from_str(j).ok()),
         }
     }
 
@@ -671,6 +718,11 @@ impl Server {
             // Checked here too, so that a URL that is not one is refused before any agent.
             SourceUrl::parse(url).map_err(ServerError::BadRequest)?;
         }
+        check_transform(&request.mask, &request.scripts)?;
+        let transform = agent::ImageTransform { scripts: request.scripts, mask: request.mask };
+        let mask_json = (!transform.mask.is_empty()).then(|| to_json(&transform.mask)).transpose()?;
+        let names: Vec<&String> = transform.scripts.iter().map(|s| &s.name).collect();
+        let scripts_json = (!names.is_empty()).then(|| to_json(&names)).transpose()?;
         let location = self.image_location(request.location.as_ref())?;
         let place = crate::agents::place_of(&location);
         let maker = self.image_maker(&location.name, request.host.as_ref(), request.from_dir.is_some())?;
@@ -706,6 +758,9 @@ impl Server {
                 operation: Some(id),
                 location: location.name.clone(),
                 agent: Some(maker.clone()),
+                mask: mask_json.clone(),
+                scripts: scripts_json.clone(),
+                report: None,
             })?;
             Ok(id)
         })?;
@@ -725,7 +780,7 @@ impl Server {
                     tracing::warn!("recording the step: {e}");
                 }
             };
-            let made = agent.make_image(&name, &place, &source, &progress, &step);
+            let made = agent.make_image(&name, &place, &source, &transform, &progress, &step);
             if matches!(&made, Err(e) if server.left_for_recovery(e)) {
                 return Err(LEFT_RUNNING.into());
             }
@@ -741,6 +796,7 @@ impl Server {
                     row.logical_bytes = made.logical_bytes;
                     row.stored_bytes = made.stored_bytes;
                     row.file_count = made.file_count;
+                    row.report = made.report.as_ref().and_then(|r| serde_json::to_string(r).ok());
                     server.catalog().update_image(&row).map_err(|e| e.to_string())
                 }
                 Err(e) => {

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::{Program, User};
@@ -182,9 +182,71 @@ fn copy_with(from: &Path, to: &Path, mode: &[&str], as_user: Option<&User>) -> R
     })
 }
 
+/// The first file under `dir` (symlinks not followed) that holds one of `needles` anywhere
+/// in its bytes, with the needle's index; `None` when none does. Each file is read once, in
+/// blocks that overlap by the longest needle, so a needle across two blocks is found.
+pub fn find_any(dir: &Path, needles: &[Vec<u8>]) -> io::Result<Option<(PathBuf, usize)>> {
+    let needles: Vec<(usize, memchr::memmem::Finder)> = needles
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| !n.is_empty())
+        .map(|(i, n)| (i, memchr::memmem::Finder::new(n.as_slice())))
+        .collect();
+    if needles.is_empty() {
+        return Ok(None);
+    }
+    let overlap = needles.iter().map(|(_, f)| f.needle().len()).max().unwrap_or(0) - 1;
+    let mut stack = vec![dir.to_owned()];
+    let mut buf = vec![0u8; (1 << 20) + overlap];
+    while let Some(path) = stack.pop() {
+        let meta = fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            for entry in fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+            continue;
+        }
+        if !meta.is_file() {
+            continue;
+        }
+        let mut file = fs::File::open(&path)?;
+        let mut kept = 0;
+        loop {
+            let n = io::Read::read(&mut file, &mut buf[kept..])?;
+            if n == 0 {
+                break;
+            }
+            let filled = kept + n;
+            for (i, finder) in &needles {
+                if finder.find(&buf[..filled]).is_some() {
+                    return Ok(Some((path, *i)));
+                }
+            }
+            kept = overlap.min(filled);
+            buf.copy_within(filled - kept..filled, 0);
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_any_finds_a_needle_across_blocks_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        let mut big = vec![b'.'; (1 << 20) - 3];
+        big.extend_from_slice(b"secret-value");
+        big.extend_from_slice(&[b'.'; 100]);
+        fs::write(dir.path().join("sub/big"), &big).unwrap();
+        fs::write(dir.path().join("other"), b"nothing here").unwrap();
+        let found = find_any(dir.path(), &[b"absent-value".to_vec(), b"secret-value".to_vec()]).unwrap();
+        assert_eq!(found, Some((dir.path().join("sub/big"), 1)));
+        assert_eq!(find_any(dir.path(), &[b"absent-value".to_vec()]).unwrap(), None);
+        assert_eq!(find_any(dir.path(), &[]).unwrap(), None);
+    }
 
     #[test]
     fn sizes_and_copies() {

@@ -224,6 +224,8 @@ fn show(
         team: None,
         location: None,
         host: None,
+        mask: Vec::new(),
+        scripts: Vec::new(),
     })?;
     let image_time = t.elapsed();
     let logical = image.logical_bytes;

@@ -74,6 +74,8 @@ fn refusal(d: &Daemon, image: &str, from_dir: Option<&str>, from_url: Option<&st
         team: None,
         location: None,
         host: None,
+        mask: Vec::new(),
+        scripts: Vec::new(),
     };
     match d.client().create_image(&request) {
         Ok(op) => panic!("making an image of {from_dir:?} {from_url:?} was accepted: {op:?}"),

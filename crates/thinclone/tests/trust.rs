@@ -38,6 +38,8 @@ fn image_refusal(d: &Daemon, name: &str, dir: &Path) -> (Option<api::ErrorCode>,
         team: None,
         location: None,
         host: None,
+        mask: Vec::new(),
+        scripts: Vec::new(),
     };
     match d.client().create_image(&request) {
         Ok(op) => panic!("making image {name} of {} was accepted: {op:?}", dir.display()),

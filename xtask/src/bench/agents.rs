@@ -578,6 +578,8 @@ fn measure(run: &Run, p: &Params, memory: &MemoryPlan, phases: &mut Phases, r: &
             team: None,
             location: Some(name("shared")?),
             host: Some(name("a1")?),
+            mask: Vec::new(),
+            scripts: Vec::new(),
         })
         .context("making the image")?;
     r.image_s = progress::seconds_since(t0);

@@ -364,6 +364,8 @@ impl Daemon {
             },
             // The sources are stopped cleanly: nothing to recover.
             snapshot: false,
+            mask: Vec::new(),
+            scripts: Vec::new(),
         };
         self.exec.note(&format!(
             "POST {}{} {}   # and wait for its operation",

@@ -30,6 +30,22 @@ pub fn image_fields(image: &Image) -> Fields {
         ("clones", image.clone_count.to_string()),
         ("created_at", image.created_at.to_string()),
     ]);
+    for rule in &image.mask {
+        let strategy = serde_json::to_value(rule.strategy).ok().and_then(|v| v.as_str().map(str::to_owned));
+        fields.push(("mask", format!("{}.{}: {}", rule.table, rule.column, strategy.unwrap_or_default())));
+    }
+    for script in &image.scripts {
+        fields.push(("script", script.clone()));
+    }
+    if let Some(report) = &image.report {
+        for m in &report.masked {
+            fields.push(("masked", format!("{}.{}: {} rows", m.table, m.column, m.rows)));
+        }
+        if !image.mask.is_empty() {
+            fields
+                .push(("verified", format!("{} original values found in no file of the image", report.values_checked)));
+        }
+    }
     if let Some(op) = image.operation {
         fields.push(("operation", op.to_string()));
     }

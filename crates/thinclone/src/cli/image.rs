@@ -40,6 +40,15 @@ pub enum ImageCommand {
         /// whose host the directory is [default: the only such agent].
         #[arg(long, value_name = "AGENT")]
         host: Option<Name>,
+        /// Masking rules (a TOML file of `[[rule]]` tables: table, column, strategy, and
+        /// value, days or database where needed; doc/MASKING.md), applied before anyone can
+        /// connect. Any failure, or an original value left in any file, fails the image.
+        #[arg(long, value_name = "RULES.toml")]
+        mask: Option<PathBuf>,
+        /// A modification script (SQL), run on the image before masking and sealing;
+        /// repeatable, run in order. A failing script fails the image.
+        #[arg(long = "script", value_name = "FILE.sql")]
+        scripts: Vec<PathBuf>,
         /// Return at once with the operation, instead of waiting for the image.
         #[arg(long)]
         no_wait: bool,
@@ -63,9 +72,14 @@ pub enum ImageCommand {
 
 pub fn run(cmd: ImageCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
     match cmd {
-        ImageCommand::Create { name, from_url, from_dir, snapshot, team, location, host, no_wait } => {
+        ImageCommand::Create { name, from_url, from_dir, snapshot, team, location, host, mask, scripts, no_wait } => {
             let from_dir = from_dir.map(absolute_dir).transpose()?;
-            let request = CreateImage { name, from_dir, from_url, snapshot, team, location, host };
+            let mask = match mask {
+                Some(path) => read_rules(&path)?,
+                None => Vec::new(),
+            };
+            let scripts = scripts.iter().map(|p| read_script(p)).collect::<anyhow::Result<Vec<_>>>()?;
+            let request = CreateImage { name, from_dir, from_url, snapshot, team, location, host, mask, scripts };
             ctx.at_once(no_wait);
             let op = ctx.client.create_image(&request)?;
             ctx.conclude(op, no_wait, |ctx, _| {
@@ -108,4 +122,29 @@ mod tests {
         let dir = absolute_dir(PathBuf::from("data/main")).unwrap();
         assert_eq!(PathBuf::from(&dir), std::env::current_dir().unwrap().join("data/main"));
     }
+}
+
+/// A masking rules file: `[[rule]]` tables.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    #[serde(default)]
+    rule: Vec<api::MaskRule>,
+}
+
+fn read_rules(path: &std::path::Path) -> anyhow::Result<Vec<api::MaskRule>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading the masking rules {}", path.display()))?;
+    let file: RulesFile =
+        toml::from_str(&text).with_context(|| format!("{}: not a file of [[rule]] tables", path.display()))?;
+    if file.rule.is_empty() {
+        bail!("{}: no [[rule]] in it", path.display());
+    }
+    Ok(file.rule)
+}
+
+fn read_script(path: &std::path::Path) -> anyhow::Result<api::ImageScript> {
+    let sql = std::fs::read_to_string(path).with_context(|| format!("reading the script {}", path.display()))?;
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(api::ImageScript { name, sql, database: None })
 }
