@@ -244,10 +244,70 @@ impl ControlData {
     }
 }
 
-/// Reads the control file with `pg_controldata`.
+/// Reads the control file with `pg_controldata`: the installation's own, or, where it has
+/// none (an installation of the server programs alone), that of another installed version
+/// whose control file layout is this one's.
+///
+/// PostgreSQL changes `PG_CONTROL_VERSION` with every change of the control file's layout
+/// ([`control_version`]), so another version's `pg_controldata` reads the file as its own
+/// exactly when the two versions share that number. As a second check, `pg_controldata`
+/// computes the file's CRC over the layout it knows and warns when it does not match; its
+/// answer is taken only without any warning and only when it reads the expected version
+/// number. No program that can read the file is an error that says what to install.
 pub(crate) fn control_data(installation: &Installation, data_dir: &Path, user: &User) -> Result<ControlData> {
-    let out = Program::new(installation.program("pg_controldata")).arg(data_dir).user(user).run()?;
-    Ok(ControlData::parse(&String::from_utf8_lossy(&out.stdout)))
+    let own = installation.program("pg_controldata");
+    if own.is_file() {
+        let out = Program::new(own).arg(data_dir).user(user).run()?;
+        return Ok(ControlData::parse(&String::from_utf8_lossy(&out.stdout)));
+    }
+    let major = installation.major;
+    let mut refused = Vec::new();
+    let same_layout = |other: Major| control_version(major).is_some_and(|v| control_version(other) == Some(v));
+    for (other, program) in installation.borrowed("pg_controldata").into_iter().filter(|(m, _)| same_layout(*m)) {
+        let out = Program::new(&program).arg(data_dir).user(user).run()?;
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if control_version(major).is_some_and(|version| reads_as_its_own(&stdout, &stderr, version)) {
+            tracing::debug!(data_dir = %data_dir.display(), "reading the control file with {}", program.display());
+            return Ok(ControlData::parse(&stdout));
+        }
+        refused.push(other.to_string());
+    }
+    let others = if refused.is_empty() {
+        format!(
+            "no other version installed here has a pg_controldata that reads the control file of {ENGINE_NAME} {major}"
+        )
+    } else {
+        format!("the pg_controldata of {ENGINE_NAME} {} did not read it cleanly", refused.join(", "))
+    };
+    Err(Error::Other(format!(
+        "{ENGINE_NAME} {major} in {} has no pg_controldata (which reads a data directory's control file), and {others}: \
+         install the client programs of {ENGINE_NAME} {major} beside its server programs",
+        installation.bin_dir.display()
+    )))
+}
+
+/// `PG_CONTROL_VERSION` of a major version (what `pg_controldata` says as "pg_control version
+/// number"), where known: the versions with the same number lay out the control file alike.
+fn control_version(major: Major) -> Option<u32> {
+    match major.0 {
+        13..=16 => Some(1300),
+        17 => Some(1700),
+        18 => Some(1800),
+        _ => None,
+    }
+}
+
+/// Whether the output of another version's `pg_controldata` is a true reading of a control
+/// file of layout `version`: it read that version number, and warned of nothing (a CRC that
+/// does not match, a byte order, a WAL segment size) on either stream (up to 16 it warns on
+/// stdout, from 17 on stderr).
+fn reads_as_its_own(stdout: &str, stderr: &str, version: u32) -> bool {
+    let warned = |text: &str| text.to_lowercase().contains("warning");
+    let read = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pg_control version number:"))
+        .is_some_and(|v| v.trim() == version.to_string());
+    read && !warned(stdout) && !warned(stderr)
 }
 
 /// The cluster state `pg_controldata` reports, e.g. "shut down" or "in production".
@@ -344,6 +404,26 @@ mod tests {
         assert!(in_use_error(dir.path(), 77).to_string().contains("@HOST:5432/"));
         fs::write(dir.path().join("postmaster.pid"), "77\n/d\n1\n5432\n/tmp\n::1\n1\nready\n").unwrap();
         assert!(in_use_error(dir.path(), 77).to_string().contains("@[::1]:5432/"));
+    }
+
+    /// Another version's pg_controldata is believed only when it reads the file as its own.
+    #[test]
+    fn another_versions_reading_is_checked() {
+        let good = "pg_control version number:            1300\nCatalog version number:               202007201\n";
+        assert!(reads_as_its_own(good, "", 1300));
+        assert!(!reads_as_its_own(good, "", 1700), "another layout's version number");
+        // Up to 16, on stdout; from 17 on, on stderr.
+        let crc_16 = format!(
+            "WARNING: Calculated CRC checksum does not match value stored in file.\nEither the file is corrupt, or \
+             it has a different layout than this program\nis expecting.  The results below are untrustworthy.\n\n{good}"
+        );
+        assert!(!reads_as_its_own(&crc_16, "", 1300));
+        let crc_17 = "pg_controldata: warning: calculated CRC checksum does not match value stored in control file\n";
+        assert!(!reads_as_its_own(good, crc_17, 1300));
+        assert!(!reads_as_its_own("", "", 1300));
+        assert_eq!(control_version(Major(13)), control_version(Major(15)));
+        assert_ne!(control_version(Major(16)), control_version(Major(17)));
+        assert_eq!(control_version(Major(19)), None, "an unknown version borrows nothing");
     }
 
     #[test]
