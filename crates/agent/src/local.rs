@@ -593,6 +593,29 @@ impl LocalAgent {
         Ok(())
     }
 
+    /// Runs a template's scripts on a clone just started, before it is handed out.
+    fn run_template(&self, record: &CloneRecord, spec: &CloneSpec) -> Result<()> {
+        if spec.scripts.is_empty() {
+            return Ok(());
+        }
+        let taken = lock(&self.running).remove(&record.name);
+        let Some(running) = taken else {
+            return Err(AgentError::internal("the clone's server is not running for its template"));
+        };
+        let result = spec.scripts.iter().try_for_each(|script| {
+            running.instance.run_script(script.database.as_deref(), &script.sql, &spec.settings).map(drop).map_err(
+                |e| {
+                    AgentError::new(
+                        ErrorKind::BadRequest,
+                        format!("template script {}: {e}; the clone is not made", script.name),
+                    )
+                },
+            )
+        });
+        lock(&self.running).insert(record.name.clone(), running);
+        result
+    }
+
     /// Notes, for every clone, whether a client is connected to its port now (an
     /// established TCP connection; the agent's own go through the private socket), and
     /// since when that has been so.
@@ -1383,7 +1406,10 @@ impl Agent for LocalAgent {
             }
             None => driver.create(&image, &clone_dir),
         };
-        let made = storage.map_err(AgentError::from_driver).and_then(|()| self.bring_up_as(&mut record, true));
+        let made = storage
+            .map_err(AgentError::from_driver)
+            .and_then(|()| self.bring_up_as(&mut record, true))
+            .and_then(|()| self.run_template(&record, spec));
         if let Err(e) = made {
             if let Err(t) = self.tear_down(&record) {
                 tracing::warn!(clone = %spec.name, "stopping after a failed create: {t}");
@@ -1535,6 +1561,19 @@ impl Agent for LocalAgent {
         record.intent = Some(Intent::Checkpoint);
         self.save(&record)?;
         let server = lock(&self.running).get(name).map(|r| r.instance.pid() as i32);
+        if server.is_some() {
+            // Written out first, with clients going on: the pause is then short, and a
+            // revert to this checkpoint replays little.
+            // Taken out of the map meanwhile, so that no other clone waits on its lock; the
+            // clone's own lock keeps supervision off it.
+            let taken = lock(&self.running).remove(name);
+            if let Some(Err(e)) = taken.as_ref().map(|r| r.instance.flush()) {
+                tracing::warn!(clone = %name, "flushing the server before a checkpoint: {e}");
+            }
+            if let Some(r) = taken {
+                lock(&self.running).insert(name.clone(), r);
+            }
+        }
         let user = self.clone_user(&record);
         let image = self.record_image_dir(&record);
         let taken = (|| {
@@ -1605,6 +1644,12 @@ impl Agent for LocalAgent {
         record.intent = Some(Intent::Revert);
         record.reverting_to = Some(target.name.clone());
         self.save(&record)?;
+        // Its state is thrown away: the server stops at once, without writing it out.
+        let running = lock(&self.running).remove(name);
+        if let Some(Running { attached, instance }) = running {
+            drop(instance);
+            self.driver(&record).detach(&self.clone_dir(name), attached).map_err(AgentError::from_driver)?;
+        }
         self.tear_down(&record)?;
         let reverted = self.revert_files(&mut record);
         let started = if record.desired == Desired::Running { self.bring_up(&mut record) } else { Ok(()) };

@@ -207,6 +207,12 @@ pub struct CloneSpec {
     /// Its server refuses writes (a snapshot view).
     #[serde(default)]
     pub read_only: bool,
+    /// A template's scripts, run on it once its server accepts connections, before it is
+    /// handed out, with `settings` set (`thinclone.clone`…).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scripts: Vec<crate::ImageScript>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<(String, String)>,
 }
 
 /// Where a branch comes from.

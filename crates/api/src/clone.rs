@@ -218,6 +218,10 @@ pub struct CreateClone {
     /// Remove it at this time (unless protected then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
+    /// A clone template whose scripts run on it before it is handed out; one that fails
+    /// fails the creation, and nothing of the clone is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Name>,
 }
 
 /// `POST /v1/clones/{name}/branches`: make a new clone from one of this clone's checkpoints.

@@ -117,7 +117,7 @@ pub struct MaskRule {
     pub table: String,
     pub column: String,
     pub strategy: MaskStrategy,
-    /// The database the table is in; `postgres` when not given.
+    /// The database the table is in; the engine's default database when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
     /// For `constant`: the value.
@@ -137,7 +137,7 @@ pub struct ImageScript {
     /// SQL, run as the image's superuser, statement by statement; the first error fails the
     /// image.
     pub sql: String,
-    /// The database it runs in; `postgres` when not given.
+    /// The database it runs in; the engine's default database when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
 }

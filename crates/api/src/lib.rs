@@ -16,6 +16,7 @@ mod error;
 mod image;
 mod name;
 mod operation;
+mod template;
 mod time;
 mod webhook;
 
@@ -34,6 +35,7 @@ pub use name::{InvalidName, Name, MAX_LEN as NAME_MAX_LEN};
 pub use operation::{
     InvalidOperationId, Operation, OperationId, OperationKind, OperationState, Progress, Target, TargetKind,
 };
+pub use template::{CreateTemplate, Template};
 pub use time::Timestamp;
 pub use webhook::{CreateWebhook, CreatedWebhook, Delivery, DeliveryState, Webhook, EVENT_KINDS};
 
@@ -88,6 +90,8 @@ pub mod paths {
     pub const AGENT_JOIN: &str = "/v1/agents/join";
     pub const LOCATIONS: &str = "/v1/locations";
     pub const LOCATION: &str = "/v1/locations/{name}";
+    pub const TEMPLATES: &str = "/v1/templates";
+    pub const TEMPLATE: &str = "/v1/templates/{name}";
     pub const WEBHOOKS: &str = "/v1/webhooks";
     pub const WEBHOOK: &str = "/v1/webhooks/{id}";
     pub const WEBHOOK_DELIVERIES: &str = "/v1/webhooks/{id}/deliveries";

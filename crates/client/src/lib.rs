@@ -444,6 +444,26 @@ impl Client {
         self.finish(self.delete_clone(name)?)
     }
 
+    /// `GET /v1/templates`.
+    pub fn list_templates(&self) -> Result<Vec<api::Template>> {
+        self.get(api::paths::TEMPLATES)
+    }
+
+    /// `GET /v1/templates/{name}`.
+    pub fn get_template(&self, name: &Name) -> Result<api::Template> {
+        self.get(&fill(api::paths::TEMPLATE, "name", name.as_str()))
+    }
+
+    /// `POST /v1/templates`.
+    pub fn create_template(&self, request: &api::CreateTemplate) -> Result<api::Template> {
+        self.post(api::paths::TEMPLATES, request)
+    }
+
+    /// `DELETE /v1/templates/{name}`.
+    pub fn delete_template(&self, name: &Name) -> Result<()> {
+        self.call_empty(Method::Delete, &fill(api::paths::TEMPLATE, "name", name.as_str()))
+    }
+
     /// `GET /v1/webhooks`.
     pub fn list_webhooks(&self) -> Result<Vec<api::Webhook>> {
         self.get(api::paths::WEBHOOKS)

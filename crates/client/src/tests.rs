@@ -87,6 +87,7 @@ fn create_clone_sends_the_request_as_json_and_reads_the_operation() {
         host: None,
         expires_in: None,
         expires_at: None,
+        template: None,
     };
     assert_eq!(Client::new(server.url()).create_clone(&request).unwrap(), op);
     let requests = server.requests();
@@ -107,6 +108,7 @@ fn a_missing_driver_is_left_out_of_the_request() {
         host: None,
         expires_in: None,
         expires_at: None,
+        template: None,
     };
     Client::new(server.url()).create_clone(&request).unwrap();
     assert_eq!(server.requests()[0].body, r#"{"name":"alice","image":"prod"}"#);
@@ -245,6 +247,7 @@ fn create_clone_and_wait_returns_the_clone_once_it_is_ready() {
         host: None,
         expires_in: None,
         expires_at: None,
+        template: None,
     };
     assert_eq!(client.create_clone_and_wait(&request).unwrap(), alice);
     assert_eq!(server.request_lines(), ["POST /v1/clones", "GET /v1/operations/9", "GET /v1/clones/alice"]);
@@ -262,6 +265,7 @@ fn a_failed_operation_is_an_error_with_exactly_its_message() {
         host: None,
         expires_in: None,
         expires_at: None,
+        template: None,
     };
     let err = Client::new(server.url()).create_clone_and_wait(&request).unwrap_err();
     assert_eq!(err.to_string(), "the clone's server did not start: port 7501 is in use");

@@ -644,6 +644,28 @@ impl engine::Instance for Server {
         self.stop_within(timeout).map(drop)
     }
 
+    /// A checkpoint: dirty buffers written and synced, so crash recovery from a copy taken
+    /// now replays only the log written after it.
+    fn flush(&self) -> Result<()> {
+        self.sql_in("postgres", "CHECKPOINT").map(drop)
+    }
+
+    fn run_script(&self, database: Option<&str>, script: &str, settings: &[(String, String)]) -> Result<String> {
+        let database = database.unwrap_or("postgres");
+        let mut text = String::new();
+        for (name, value) in settings {
+            // A custom setting's name is two identifiers; anything else is refused.
+            let valid = name.split('.').count() == 2
+                && name.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            if !valid {
+                return Err(Error::Other(format!("{name:?} is not a custom setting's name")));
+            }
+            text.push_str(&format!("SET {name} = {};\n", sql_literal(value)));
+        }
+        text.push_str(script);
+        self.script_in(database, &text)
+    }
+
     fn detach(mut self: Box<Self>) {
         // Dropping a child's handle neither signals nor reaps it.
         self.running = None;

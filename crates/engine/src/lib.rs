@@ -281,6 +281,22 @@ pub trait Instance: Send {
     /// Runs SQL as the superuser over its private socket; returns the output as text.
     fn sql(&self, sql: &str) -> Result<String>;
 
+    /// Writes what the server holds in memory to its files, so that a copy of them taken
+    /// next (a checkpoint of the clone) needs little recovery when a server starts from it.
+    /// Clients go on meanwhile.
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Runs a script of statements as the superuser in `database` (the engine's default
+    /// database when `None`), with the session
+    /// settings `settings` (custom names such as `thinclone.clone`) in force; the first
+    /// error stops it. Returns what it printed.
+    fn run_script(&self, database: Option<&str>, script: &str, settings: &[(String, String)]) -> Result<String> {
+        let _ = (database, script, settings);
+        Err(Error::Other("this engine cannot run scripts on a clone".into()))
+    }
+
     /// Stops it cleanly, or at once after `timeout`.
     fn stop(self: Box<Self>, timeout: Duration) -> Result<()>;
 

@@ -184,6 +184,16 @@ pub struct WebhookRow {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct TemplateRow {
+    pub name: Name,
+    /// Its scripts, as JSON text.
+    pub scripts: String,
+    pub description: Option<String>,
+    pub created_by: Name,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeliveryRow {
     pub id: u64,
     pub webhook: u64,
@@ -206,7 +216,7 @@ pub struct Catalog {
     conn: Connection,
 }
 
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 /// The team that images and clones made before teams existed belong to, and that the first
 /// administrator is in.
@@ -452,7 +462,21 @@ impl Catalog {
                  COMMIT;",
             )?;
         }
-        debug_assert_eq!(SCHEMA_VERSION, 8);
+        if version < 9 {
+            self.conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE templates (
+                     name TEXT PRIMARY KEY,
+                     scripts TEXT NOT NULL,
+                     description TEXT,
+                     created_by TEXT NOT NULL,
+                     created_at INTEGER NOT NULL
+                 );
+                 PRAGMA user_version = 9;
+                 COMMIT;",
+            )?;
+        }
+        debug_assert_eq!(SCHEMA_VERSION, 9);
         Ok(())
     }
 
@@ -1084,6 +1108,34 @@ impl Catalog {
     // ---------------------------------------------------------------- activity
 
     /// Records an entry of the audit log, and drops entries older than `keep_days`.
+    // ------------------------------------------------------------------ templates
+
+    pub fn insert_template(&self, t: &TemplateRow) -> Result<()> {
+        let result = self.conn.execute(
+            "INSERT INTO templates (name, scripts, description, created_by, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![t.name.as_str(), t.scripts, t.description, t.created_by.as_str(), t.created_at.0],
+        );
+        constraint(result, "template", &t.name)
+    }
+
+    pub fn templates(&self) -> Result<Vec<TemplateRow>> {
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM templates ORDER BY name")?;
+        let rows = stmt.query_map([], template_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn template(&self, name: &Name) -> Result<TemplateRow> {
+        self.conn
+            .query_row("SELECT * FROM templates WHERE name = ?1", [name.as_str()], template_row)
+            .optional()?
+            .ok_or_else(|| CatalogError::NotFound { kind: "template", name: name.to_string() })
+    }
+
+    pub fn delete_template(&self, name: &Name) -> Result<()> {
+        let n = self.conn.execute("DELETE FROM templates WHERE name = ?1", [name.as_str()])?;
+        found(n, "template", name)
+    }
+
     // ------------------------------------------------------------------ webhooks
 
     pub fn insert_webhook(&self, hook: &WebhookRow) -> Result<u64> {
@@ -1267,6 +1319,16 @@ fn constraint(result: rusqlite::Result<usize>, kind: &'static str, name: &Name) 
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn template_row(row: &rusqlite::Row) -> rusqlite::Result<TemplateRow> {
+    Ok(TemplateRow {
+        name: name_column(row, "name")?,
+        scripts: row.get("scripts")?,
+        description: row.get("description")?,
+        created_by: name_column(row, "created_by")?,
+        created_at: Timestamp(row.get("created_at")?),
+    })
 }
 
 fn webhook_row(row: &rusqlite::Row) -> rusqlite::Result<WebhookRow> {

@@ -140,6 +140,8 @@ struct NewClone {
     origin: Option<agent::CloneOrigin>,
     read_only: bool,
     expires_at: Option<Timestamp>,
+    /// A template's scripts, run on it before it is handed out.
+    scripts: Vec<api::ImageScript>,
 }
 
 /// When a clone asked to expire `expires_in` seconds from now, or at `expires_at`, expires.
@@ -886,7 +888,11 @@ impl Server {
         let (host, info) = self.place_clone(&visible, &version, request.host.as_ref(), request.driver)?;
         let driver = request.driver.unwrap_or(info.default_driver);
         let expires_at = expiry(request.expires_in, request.expires_at)?;
-        let new = NewClone { name: request.name, host, driver, origin: None, read_only: false, expires_at };
+        let scripts = match &request.template {
+            Some(template) => self.template_scripts(template)?,
+            None => Vec::new(),
+        };
+        let new = NewClone { name: request.name, host, driver, origin: None, read_only: false, expires_at, scripts };
         self.make_clone(caller, &visible, new)
     }
 
@@ -926,6 +932,7 @@ impl Server {
             origin: Some(origin),
             read_only: request.read_only,
             expires_at: expiry(request.expires_in, request.expires_at)?,
+            scripts: Vec::new(),
         };
         self.make_clone(caller, &image, new)
     }
@@ -943,7 +950,7 @@ impl Server {
 
     /// Records a new clone and starts the operation that makes it.
     fn make_clone(self: &Arc<Self>, caller: &Caller, image: &ImageRow, new: NewClone) -> Result<Operation> {
-        let NewClone { name, host, driver, origin, read_only, expires_at } = new;
+        let NewClone { name, host, driver, origin, read_only, expires_at, scripts } = new;
         let (version, superuser) = Self::image_facts(image)?;
         let visible = image;
         let agent = self.fleet.require(&host)?;
@@ -1017,6 +1024,16 @@ impl Server {
             password,
             origin,
             read_only,
+            settings: if scripts.is_empty() {
+                Vec::new()
+            } else {
+                vec![
+                    ("thinclone.clone".to_owned(), name.to_string()),
+                    ("thinclone.owner".to_owned(), caller.user.to_string()),
+                    ("thinclone.image".to_owned(), image.name.to_string()),
+                ]
+            },
+            scripts,
         };
         self.spawn(id, OperationKind::CloneCreate, &name, move |server| {
             let made = agent.create_clone(&spec);

@@ -256,6 +256,8 @@ async fn the_served_document_is_the_committed_one_and_names_every_route() {
         api::paths::AGENT_JOIN,
         api::paths::LOCATIONS,
         api::paths::LOCATION,
+        api::paths::TEMPLATES,
+        api::paths::TEMPLATE,
         api::paths::WEBHOOKS,
         api::paths::WEBHOOK,
         api::paths::WEBHOOK_DELIVERIES,

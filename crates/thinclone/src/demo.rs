@@ -244,6 +244,7 @@ fn show(
             host: None,
             expires_in: None,
             expires_at: None,
+            template: None,
         })?;
         clones.push((clone, t.elapsed()));
     }

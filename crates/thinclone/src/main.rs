@@ -33,6 +33,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::agent::AgentCommand,
     },
+    /// Manage clone templates: scripts run on a new clone before it is handed out.
+    Template {
+        #[command(subcommand)]
+        command: cli::template::TemplateCommand,
+    },
     /// Manage webhooks: endpoints told of events (administrators).
     Webhook {
         #[command(subcommand)]
@@ -130,6 +135,7 @@ fn main() -> std::process::ExitCode {
         Command::Agent { command } => cli::run(&opts, |ctx| cli::agent::run(command, ctx)),
         Command::Location { command } => cli::run(&opts, |ctx| cli::location::run(command, ctx)),
         Command::Webhook { command } => cli::run(&opts, |ctx| cli::webhook::run(command, ctx)),
+        Command::Template { command } => cli::run(&opts, |ctx| cli::template::run(command, ctx)),
         Command::Mount(args) => no_client_opts(&opts, "mount").and_then(|()| mount::run(args)),
         Command::Image { command } => cli::run(&opts, |ctx| cli::image::run(command, ctx)),
         Command::Clone { command } => cli::run(&opts, |ctx| cli::clone::run(command, ctx)),

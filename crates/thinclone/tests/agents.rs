@@ -378,6 +378,7 @@ fn agents_servers_and_shares_fail_cleanly() {
                     host: Some(api::Name::new("a1").unwrap()),
                     expires_in: None,
                     expires_at: None,
+                    template: None,
                 })
                 .err(),
         ),

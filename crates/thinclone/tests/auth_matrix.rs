@@ -71,6 +71,15 @@ impl World {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// Makes a template as the administrator; returns its name.
+    fn template(&self) -> String {
+        let name = self.fresh("tpl");
+        let body = json!({"name": name, "scripts": [{"name": "a.sql", "sql": "SELECT 1"}]});
+        let (status, made) = self.call(Some("admin"), "POST", "/v1/templates", Some(body));
+        assert_eq!(status, 201, "{made}");
+        name
+    }
+
     /// Registers a webhook as the administrator; returns its id.
     fn webhook(&self) -> u64 {
         let body = json!({"url": "http://127.0.0.1:9/matrix", "events": ["webhook.test"]});
@@ -184,6 +193,7 @@ fn fixed(path: &'static str) -> fn(&World, &str) -> String {
         "/v1/agents/join" => |_, _| "/v1/agents/join".into(),
         "/v1/locations" => |_, _| "/v1/locations".into(),
         "/v1/webhooks" => |_, _| "/v1/webhooks".into(),
+        "/v1/templates" => |_, _| "/v1/templates".into(),
         "/metrics" => |_, _| "/metrics".into(),
         other => panic!("no fixed path {other}"),
     }
@@ -647,6 +657,40 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
                 forbidden: NOT_ADMINS,
                 hidden: &[],
                 path: |w, _| format!("/v1/locations/{}", w.location()),
+                body: no_body,
+            },
+        ),
+        (
+            ("GET", "/v1/templates"),
+            Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/templates"), body: no_body },
+        ),
+        (
+            ("POST", "/v1/templates"),
+            Rights {
+                allowed: &["red-creator", "blue-creator", "root-admin"],
+                forbidden: &["red-viewer", "red-user", "red-user2"],
+                hidden: &[],
+                path: fixed("/v1/templates"),
+                body: |w, _| Some(json!({"name": w.fresh("tpl"), "scripts": [{"name": "a.sql", "sql": "SELECT 1"}]})),
+            },
+        ),
+        (
+            ("GET", "/v1/templates/{name}"),
+            Rights {
+                allowed: EVERYONE,
+                forbidden: &[],
+                hidden: &[],
+                path: |w, _| format!("/v1/templates/{}", w.template()),
+                body: no_body,
+            },
+        ),
+        (
+            ("DELETE", "/v1/templates/{name}"),
+            Rights {
+                allowed: &["red-creator", "blue-creator", "root-admin"],
+                forbidden: &["red-viewer", "red-user", "red-user2"],
+                hidden: &[],
+                path: |w, _| format!("/v1/templates/{}", w.template()),
                 body: no_body,
             },
         ),

@@ -78,6 +78,43 @@ fn expiry_protection_and_the_idle_policy() {
     let again: Operation = daemon.ok(&["op", "cancel", &started.id.to_string()]);
     assert_eq!(again.error.as_deref(), Some("cancelled by admin"));
 
+    // A template: its script makes a login role named after the clone before `clone create`
+    // returns; a failing one leaves no clone.
+    let good = work.path().join("login.sql");
+    fs::write(
+        &good,
+        "DO $$ BEGIN EXECUTE format('CREATE ROLE %I LOGIN', 'app_' || current_setting('thinclone.clone')); END $$;\n\
+         CREATE TABLE made_for (clone text, owner text, image text);\n\
+         INSERT INTO made_for VALUES (current_setting('thinclone.clone'), current_setting('thinclone.owner'), \
+         current_setting('thinclone.image'));\n",
+    )
+    .unwrap();
+    let bad = work.path().join("broken.sql");
+    fs::write(&bad, "SELECT 1;\nSELECT * FROM no_such_table;\n").unwrap();
+    let made: api::Template = daemon.ok(&["template", "create", "app", "--script", good.to_str().unwrap()]);
+    assert_eq!(made.scripts.len(), 1);
+    daemon.ok::<api::Template>(&["template", "create", "broken", "--script", bad.to_str().unwrap()]);
+    let templated: Clone = daemon.ok(&["clone", "create", "templated", "--image", "prod", "--template", "app"]);
+    assert_eq!(
+        psql(templated.url(), "SELECT count(*) FROM pg_roles WHERE rolname = 'app_templated' AND rolcanlogin").unwrap(),
+        "1"
+    );
+    assert_eq!(
+        psql(templated.url(), "SELECT clone || ',' || owner || ',' || image FROM made_for").unwrap(),
+        "templated,admin,prod"
+    );
+    let err = daemon.cli::<Value>(&["clone", "create", "nope", "--image", "prod", "--template", "broken"]).unwrap_err();
+    assert!(err.contains("template script broken.sql") && err.contains("no_such_table"), "{err}");
+    assert!(!exists(&daemon, "nope"), "a failed template left the clone");
+    assert!(!work.path().join("data/clones/nope").exists(), "a failed template left the clone's files");
+    let err = daemon.cli::<Value>(&["clone", "create", "nope", "--image", "prod", "--template", "absent"]).unwrap_err();
+    assert!(err.contains("no template named absent"), "{err}");
+    daemon.ok::<Operation>(&["clone", "rm", "templated"]);
+    let removed = daemon.cli_output(&["template", "rm", "broken"]);
+    assert!(removed.status.success());
+    let left: Vec<api::Template> = daemon.ok(&["template", "list"]);
+    assert_eq!(left.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["app"]);
+
     // Expiry: warned ahead, then removed.
     let short: Clone = daemon.ok(&["clone", "create", "short", "--image", "prod", "--ttl", "2s"]);
     let expires = short.expires_at.expect("a clone made with --ttl has an expiry");

@@ -612,6 +612,7 @@ fn measure(run: &Run, p: &Params, memory: &MemoryPlan, phases: &mut Phases, r: &
             host: None,
             expires_in: None,
             expires_at: None,
+            template: None,
         };
         if i == 1 {
             exec.note(&format!(

@@ -395,6 +395,7 @@ impl Daemon {
             host: None,
             expires_in: None,
             expires_at: None,
+            template: None,
         };
         self.exec.note(&format!(
             "POST {}{} {}   # and wait",

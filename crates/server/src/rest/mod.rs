@@ -13,6 +13,7 @@ mod identity;
 mod images;
 mod metrics;
 mod operations;
+mod templates;
 mod webhooks;
 
 use std::future::Future;
@@ -265,6 +266,7 @@ pub(crate) enum Subject {
     Agent(Name),
     Location(Name),
     Webhook(u64),
+    Template(Name),
 }
 
 impl Subject {
@@ -279,6 +281,7 @@ impl Subject {
             Subject::Agent(n) => format!("agent {n}"),
             Subject::Location(n) => format!("location {n}"),
             Subject::Webhook(id) => format!("webhook {id}"),
+            Subject::Template(n) => format!("template {n}"),
         }
     }
 
@@ -293,7 +296,8 @@ impl Subject {
             | Subject::Source(_)
             | Subject::Agent(_)
             | Subject::Location(_)
-            | Subject::Webhook(_) => None,
+            | Subject::Webhook(_)
+            | Subject::Template(_) => None,
         }
     }
 }
@@ -576,6 +580,8 @@ fn router() -> (axum::Router<Arc<Server>>, utoipa::openapi::OpenApi) {
         .routes(routes!(clones::protect_clone))
         .routes(routes!(clones::unprotect_clone))
         .routes(routes!(clones::set_idle))
+        .routes(routes!(templates::list_templates, templates::create_template))
+        .routes(routes!(templates::show_template, templates::delete_template))
         .routes(routes!(operations::list_operations))
         .routes(routes!(operations::show_operation))
         .routes(routes!(operations::cancel_operation))

@@ -34,6 +34,10 @@ pub enum CloneCommand {
         host: Option<Name>,
         #[command(flatten)]
         lifetime: Lifetime,
+        /// A clone template (`thinclone template list`) whose scripts run on the clone
+        /// before it is handed out; if one fails, no clone is made.
+        #[arg(long, value_name = "TEMPLATE", conflicts_with = "from")]
+        template: Option<Name>,
         /// Return at once with the operation, instead of waiting for the clone.
         #[arg(long)]
         no_wait: bool,
@@ -219,7 +223,7 @@ fn driver_parser() -> impl TypedValueParser<Value = Driver> {
 
 pub fn run(cmd: CloneCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
     match cmd {
-        CloneCommand::Create { name, image, from, driver, host, lifetime, no_wait } => {
+        CloneCommand::Create { name, image, from, driver, host, lifetime, template, no_wait } => {
             ctx.at_once(no_wait);
             let (expires_in, expires_at) = (lifetime.expires_in(), lifetime.expires_at);
             let op = match (image, from) {
@@ -229,7 +233,8 @@ pub fn run(cmd: CloneCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
                     ctx.client.create_branch(&origin, &request)?
                 }
                 (Some(image), None) => {
-                    let request = CreateClone { name: name.clone(), image, driver, host, expires_in, expires_at };
+                    let request =
+                        CreateClone { name: name.clone(), image, driver, host, expires_in, expires_at, template };
                     ctx.client.create_clone(&request)?
                 }
                 (None, None) => unreachable!("clap requires --image or --from"),

@@ -451,6 +451,35 @@ pub fn locations_table(locations: &[api::agent::Location]) -> String {
     table(&[("NAME", Left), ("PATH", Left), ("AGENTS", Left), ("CREATED", Left)], &rows)
 }
 
+pub fn templates_table(templates: &[api::Template]) -> String {
+    let rows = templates
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.to_string(),
+                t.scripts.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","),
+                t.created_by.to_string(),
+                t.created_at.to_string(),
+                t.description.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(&[("NAME", Left), ("SCRIPTS", Left), ("BY", Left), ("CREATED", Left), ("DESCRIPTION", Left)], &rows)
+}
+
+pub fn template_fields(t: &api::Template) -> Fields {
+    let mut fields = vec![("name", t.name.to_string())];
+    if let Some(d) = &t.description {
+        fields.push(("description", d.clone()));
+    }
+    for s in &t.scripts {
+        fields.push(("script", format!("{} ({} bytes)", s.name, s.sql.len())));
+    }
+    fields.push(("created_by", t.created_by.to_string()));
+    fields.push(("created_at", t.created_at.to_string()));
+    fields
+}
+
 pub fn webhooks_table(hooks: &[api::Webhook]) -> String {
     let rows = hooks
         .iter()

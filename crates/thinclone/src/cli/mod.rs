@@ -29,6 +29,7 @@ pub mod op;
 mod progress;
 pub mod source;
 pub mod team;
+pub mod template;
 pub mod token;
 pub mod user;
 pub mod webhook;
