@@ -593,6 +593,21 @@ impl LocalAgent {
         Ok(())
     }
 
+    /// Ends a reset or a revert, whose storage change gave `changed`: the clone comes back
+    /// up if it was meant to run (whether or not the change worked: a failed one left it as
+    /// it was), its record says how the start went, and its disk use is measured again.
+    fn finish_change(&self, record: &mut CloneRecord, changed: Result<()>) -> Result<CloneReport> {
+        let started = if record.desired == Desired::Running { self.bring_up(record) } else { Ok(()) };
+        record.intent = None;
+        match &started {
+            Ok(()) => record.failure = None,
+            Err(e) => record.failure = Some(e.message.clone()),
+        }
+        self.save(record)?;
+        self.measure(record);
+        changed.and(started).map(|()| self.report(record))
+    }
+
     /// Runs a template's scripts on a clone just started, before it is handed out.
     fn run_template(&self, record: &CloneRecord, spec: &CloneSpec) -> Result<()> {
         if spec.scripts.is_empty() {
@@ -1504,15 +1519,7 @@ impl Agent for LocalAgent {
             self.save(&record)?;
             self.clean_checkpoints(&record);
         }
-        let started = if record.desired == Desired::Running { self.bring_up(&mut record) } else { Ok(()) };
-        record.intent = None;
-        match &started {
-            Ok(()) => record.failure = None,
-            Err(e) => record.failure = Some(e.message.clone()),
-        }
-        self.save(&record)?;
-        self.measure(&record);
-        reset.and(started).map(|()| self.report(&record))
+        self.finish_change(&mut record, reset)
     }
 
     fn delete_clone(&self, name: &Name) -> Result<()> {
@@ -1652,15 +1659,7 @@ impl Agent for LocalAgent {
         }
         self.tear_down(&record)?;
         let reverted = self.revert_files(&mut record);
-        let started = if record.desired == Desired::Running { self.bring_up(&mut record) } else { Ok(()) };
-        record.intent = None;
-        match &started {
-            Ok(()) => record.failure = None,
-            Err(e) => record.failure = Some(e.message.clone()),
-        }
-        self.save(&record)?;
-        self.measure(&record);
-        reverted.and(started).map(|()| self.report(&record))
+        self.finish_change(&mut record, reverted)
     }
 
     fn checkpoints(&self, name: &Name) -> Result<Vec<api::Checkpoint>> {

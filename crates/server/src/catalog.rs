@@ -1107,7 +1107,6 @@ impl Catalog {
 
     // ---------------------------------------------------------------- activity
 
-    /// Records an entry of the audit log, and drops entries older than `keep_days`.
     // ------------------------------------------------------------------ templates
 
     pub fn insert_template(&self, t: &TemplateRow) -> Result<()> {
@@ -1221,6 +1220,7 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Records an entry of the audit log, and drops entries older than `keep_days`.
     pub fn insert_activity(&self, entry: &ActivityRow, keep_days: u32) -> Result<()> {
         self.conn.execute(
             "INSERT INTO activity (at, actor, action, target, team, status, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

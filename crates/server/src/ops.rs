@@ -1238,27 +1238,37 @@ impl Server {
         };
         let id = self.begin_clone_op(name, OperationKind::CloneCheckpoint, CloneStatus::Checkpointing)?;
         let target = name.clone();
-        let host = clone.agent.clone();
         let message = body.message;
+        let event = ("checkpoint.made", format!("checkpoint {checkpoint}"));
+        self.spawn_on_clone(id, OperationKind::CloneCheckpoint, &clone, event, move || {
+            agent.checkpoint_clone(&target, &checkpoint, message.as_deref())
+        });
+        self.operation_now(id)
+    }
+
+    /// Runs an agent's `work` on clone `clone` as operation `id`; when it succeeds, announces
+    /// the event `(kind, detail)`; then records the clone's state as its agent reports it.
+    fn spawn_on_clone(
+        self: &Arc<Self>,
+        id: OperationId,
+        kind: OperationKind,
+        clone: &CloneRow,
+        (event, detail): (&'static str, String),
+        work: impl FnOnce() -> agent::Result<CloneReport> + Send + 'static,
+    ) {
+        let target = clone.name.clone();
+        let host = clone.agent.clone();
         let team = clone.team.clone();
-        self.spawn(id, OperationKind::CloneCheckpoint, name, move |server| {
-            let result = agent.checkpoint_clone(&target, &checkpoint, message.as_deref());
+        self.spawn(id, kind, &clone.name, move |server| {
+            let result = work();
             if matches!(&result, Err(e) if server.left_for_recovery(e)) {
                 return Err(LEFT_RUNNING.into());
             }
             if result.is_ok() {
-                let detail = format!("checkpoint {checkpoint}");
-                server.emit_event(Event {
-                    kind: "checkpoint.made",
-                    subject: "clone",
-                    name: &target,
-                    team: Some(&team),
-                    detail,
-                });
+                server.emit_event(Event { kind: event, subject: "clone", name: &target, team: Some(&team), detail });
             }
             server.settle_clone(&host, &target, &result)
         });
-        self.operation_now(id)
     }
 
     /// Returns a clone to a checkpoint (the latest when `to` is `None`).
@@ -1290,25 +1300,9 @@ impl Server {
         self.refuse_if_branched(name, &format!("revert to {goal}"), |cp| later.contains(&cp))?;
         let id = self.begin_clone_op(name, OperationKind::CloneRevert, CloneStatus::Reverting)?;
         let target = name.clone();
-        let host = clone.agent.clone();
-        let team = clone.team.clone();
-        let goal = goal.clone();
-        self.spawn(id, OperationKind::CloneRevert, name, move |server| {
-            let result = agent.revert_clone(&target, to.as_ref());
-            if matches!(&result, Err(e) if server.left_for_recovery(e)) {
-                return Err(LEFT_RUNNING.into());
-            }
-            if result.is_ok() {
-                let detail = format!("back to checkpoint {goal}");
-                server.emit_event(Event {
-                    kind: "clone.reverted",
-                    subject: "clone",
-                    name: &target,
-                    team: Some(&team),
-                    detail,
-                });
-            }
-            server.settle_clone(&host, &target, &result)
+        let event = ("clone.reverted", format!("back to checkpoint {goal}"));
+        self.spawn_on_clone(id, OperationKind::CloneRevert, &clone, event, move || {
+            agent.revert_clone(&target, to.as_ref())
         });
         self.operation_now(id)
     }

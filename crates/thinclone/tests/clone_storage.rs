@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use agent::driver::{self, Driver};
-use engine::{Engine, InstanceSpec};
+use engine::InstanceSpec;
 
 #[test]
 fn a_cowfs_clone_of_a_prepared_image_serves_sql() {

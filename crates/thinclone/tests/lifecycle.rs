@@ -7,25 +7,12 @@ mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use api::{Clone, CloneStatus, Operation};
 use serde_json::Value;
 use support::daemon::{psql, Daemon, PsqlSession, UrlOf};
-
-/// Waits up to `timeout` for `done`, polling.
-fn eventually<T>(timeout: Duration, mut done: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(t) = done() {
-            return Some(t);
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use support::eventually;
 
 fn exists(daemon: &Daemon, name: &str) -> bool {
     let clones: Vec<Clone> = daemon.ok(&["clone", "list"]);

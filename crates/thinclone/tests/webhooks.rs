@@ -11,11 +11,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use api::{Checkpoint, Clone, CreatedWebhook, Delivery, DeliveryState, Operation, Webhook};
 use serde_json::Value;
 use support::daemon::Daemon;
+use support::eventually;
 
 const SECRET: &str = "a test secret of some length";
 
@@ -84,19 +85,6 @@ impl Receiver {
 fn hmac_hex(secret: &str, body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
     ring::hmac::sign(&key, body).as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn eventually<T>(timeout: Duration, mut done: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(t) = done() {
-            return Some(t);
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

@@ -278,3 +278,17 @@ impl Drop for LoopFs {
         let _ = Command::new("umount").arg(&self.mountpoint).status();
     }
 }
+
+/// Waits up to `timeout` for `done` to give a value, asking every 200 ms.
+pub fn eventually<T>(timeout: Duration, mut done: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(t) = done() {
+            return Some(t);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
