@@ -174,12 +174,19 @@ pub trait Driver: Send + Sync {
     /// Returns the cowfs layer it froze.
     fn checkpoint(&self, image: &Path, clone_dir: &Path, into: &Path, live: bool) -> Result<Option<u64>>;
 
+    /// Completes a checkpoint captured in `dir`, once the clone runs on again (work that need
+    /// not pause it).
+    fn finish_checkpoint(&self, dir: &Path) -> Result<()> {
+        let _ = dir;
+        Ok(())
+    }
+
     /// Returns the clone's files to the checkpoint captured in `from` (and `layer`), while
     /// its storage is detached. Running it again after a crash finishes it.
     fn revert(&self, image: &Path, clone_dir: &Path, from: &Path, layer: Option<u64>) -> Result<()>;
 
-    /// The disk a checkpoint keeps for itself.
-    fn checkpoint_bytes(&self, clone_dir: &Path, dir: &Path, layer: Option<u64>) -> io::Result<u64>;
+    /// The disk a checkpoint keeps for itself: what neither the clone nor the image holds.
+    fn checkpoint_bytes(&self, image: &Path, clone_dir: &Path, dir: &Path, layer: Option<u64>) -> io::Result<u64>;
 
     /// Makes a new clone's storage at `clone_dir` from checkpoint `checkpoint` (its
     /// directory, and its layer) of the clone at `origin_dir`, instead of from the image:
@@ -196,6 +203,8 @@ pub trait Driver: Send + Sync {
     /// Deletes a detached clone's storage (its whole directory).
     fn destroy(&self, clone_dir: &Path) -> Result<()> {
         self.clean_leftovers(clone_dir)?;
+        // A copy still writing into a checkpoint (its spare, made in the background) first.
+        stop_copies_into(&clone_dir.join("checkpoints"));
         io_ctx("removing the clone's storage", sys::tree::remove(clone_dir))
     }
 }
@@ -459,7 +468,7 @@ impl Driver for Cowfs {
         )
     }
 
-    fn checkpoint_bytes(&self, clone_dir: &Path, dir: &Path, layer: Option<u64>) -> io::Result<u64> {
+    fn checkpoint_bytes(&self, _image: &Path, clone_dir: &Path, dir: &Path, layer: Option<u64>) -> io::Result<u64> {
         let frozen = match layer {
             Some(id) => sys::tree::disk_usage(&cowfs::layer_path(&Self::layer(clone_dir), id))?,
             None => 0,
@@ -505,6 +514,19 @@ pub(crate) fn stop_copies_into(dir: &Path) {
             (!sys::procfs::is_alive(pid)).then_some(())
         });
     }
+}
+
+/// The name, with a suffix, of a reflink clone's files set aside by a revert.
+const DISCARDED: &str = "data.discarded-";
+
+/// Makes `spare` in a reflink checkpoint's directory: a second copy of its files, which a
+/// revert renames into place (two renames, whatever the size) and which is then made again.
+fn make_spare(checkpoint: &Path) -> Result<(), sys::Error> {
+    let next = checkpoint.join("spare.new");
+    stop_copies_into(&next);
+    sys::tree::remove(&next).map_err(sys::Error::Io)?;
+    sys::tree::copy(&checkpoint.join("data"), &next, CopyData::Reflink, None)?;
+    sys::crashsafe::rename(&next, &checkpoint.join("spare")).map_err(sys::Error::Io)
 }
 
 /// reflink and copy: a tree copied from the image, sharing its blocks (reflink) or not.
@@ -569,6 +591,24 @@ impl Driver for CopyDriver {
         let data = data_dir(clone_dir);
         let fresh = clone_dir.join("data.new");
         let old = clone_dir.join("data.old");
+        // A revert that moved the clone's files aside and was stopped before the spare copy
+        // took their place: they come back (the revert runs again).
+        let discarded: Vec<PathBuf> = fs::read_dir(clone_dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(DISCARDED))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for dir in discarded {
+            if !data.exists() {
+                io_ctx("undoing an interrupted revert", sys::crashsafe::rename(&dir, &data))?;
+            } else {
+                io_ctx("removing a reverted clone's old files", sys::tree::remove(&dir))?;
+            }
+        }
         if !data.exists() && old.exists() {
             if fresh.exists() {
                 // Crashed between the two renames: the new copy was complete.
@@ -599,8 +639,38 @@ impl Driver for CopyDriver {
         Ok(None)
     }
 
+    fn finish_checkpoint(&self, dir: &Path) -> Result<()> {
+        if self.data == CopyData::Reflink {
+            make_spare(dir).map_err(|e| DriverError::from_program("copying the checkpoint's files", e))?;
+        }
+        Ok(())
+    }
+
     fn revert(&self, _image: &Path, clone_dir: &Path, from: &Path, _layer: Option<u64>) -> Result<()> {
         let what = "copying the checkpoint's files back";
+        let spare = from.join("spare");
+        if self.data == CopyData::Reflink && spare.is_dir() {
+            // Two renames whatever the size: the checkpoint's spare copy becomes the clone's
+            // files. The old files go, and a new spare is made, in the background.
+            let data = data_dir(clone_dir);
+            let discarded = clone_dir.join(format!("{DISCARDED}{}", std::process::id()));
+            io_ctx(what, sys::tree::remove(&discarded))?;
+            if data.exists() {
+                io_ctx(what, sys::crashsafe::rename(&data, &discarded))?;
+            }
+            io_ctx(what, sys::crashsafe::rename(&spare, &data))?;
+            let checkpoint = from.to_owned();
+            std::thread::spawn(move || {
+                if let Err(e) = sys::tree::remove(&discarded) {
+                    tracing::warn!("removing a reverted clone's old files {}: {e}", discarded.display());
+                }
+                if let Err(e) = make_spare(&checkpoint) {
+                    // The next revert to it copies instead.
+                    tracing::info!("making a spare copy of checkpoint {}: {e}", checkpoint.display());
+                }
+            });
+            return Ok(());
+        }
         let fresh = clone_dir.join("data.new");
         stop_copies_into(&fresh);
         io_ctx(what, sys::tree::remove(&fresh))?;
@@ -619,10 +689,12 @@ impl Driver for CopyDriver {
         self.copy_in(&checkpoint.join("data"), clone_dir, "copying the checkpoint's files")
     }
 
-    fn checkpoint_bytes(&self, _clone_dir: &Path, dir: &Path, _layer: Option<u64>) -> io::Result<u64> {
+    fn checkpoint_bytes(&self, image: &Path, clone_dir: &Path, dir: &Path, _layer: Option<u64>) -> io::Result<u64> {
         match self.data {
             CopyData::Copy => sys::tree::disk_usage(dir),
-            CopyData::Reflink => crate::reflink::exclusive_bytes(dir),
+            // Its two copies share their blocks with each other: counted once, less what the
+            // clone and the image still hold too.
+            CopyData::Reflink => crate::reflink::own_bytes(&dir.join("data"), &[&data_dir(clone_dir), image]),
         }
     }
 }

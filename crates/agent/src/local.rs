@@ -654,6 +654,25 @@ impl LocalAgent {
         }
     }
 
+    /// A clone's checkpoints as the API shows them, each with the disk it keeps for itself.
+    fn checkpoint_views(&self, record: &CloneRecord) -> Vec<api::Checkpoint> {
+        let clone_dir = self.clone_dir(&record.name);
+        let image = self.record_image_dir(record);
+        let driver = self.driver(record);
+        record
+            .checkpoints
+            .iter()
+            .map(|c| api::Checkpoint {
+                name: c.name.clone(),
+                message: c.message.clone(),
+                created_at: c.created_at,
+                stored_bytes: driver
+                    .checkpoint_bytes(&image, &clone_dir, &checkpoints_dir(&clone_dir).join(c.name.as_str()), c.layer)
+                    .unwrap_or(0),
+            })
+            .collect()
+    }
+
     /// Refuses a change to clone `name` that would drop layers a cowfs branch reads: those
     /// of its checkpoints for which `drops` is true.
     fn refuse_if_branched(&self, name: &Name, what: &str, drops: impl Fn(&Name) -> bool) -> Result<()> {
@@ -744,11 +763,9 @@ impl LocalAgent {
     /// Measures one clone's disk use now.
     fn measure(&self, record: &CloneRecord) {
         let clone_dir = self.clone_dir(&record.name);
-        let checkpoints = match sys::tree::disk_usage(&checkpoints_dir(&clone_dir)) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            other => other,
-        };
-        match self.driver(record).stored_bytes(&clone_dir).and_then(|b| Ok(b + checkpoints?)) {
+        // What its checkpoints keep for themselves.
+        let checkpoints: u64 = self.checkpoint_views(record).iter().map(|c| c.stored_bytes).sum();
+        match self.driver(record).stored_bytes(&clone_dir).map(|b| b + checkpoints) {
             Ok(bytes) => {
                 lock(&self.sizes).insert(record.name.clone(), (bytes, Timestamp::now()));
             }
@@ -1598,6 +1615,7 @@ impl Agent for LocalAgent {
             // The server goes on here; what follows makes the capture durable.
         })()
         .and_then(|layer| {
+            self.driver(&record).finish_checkpoint(&partial).map_err(AgentError::from_driver)?;
             sys::crashsafe::sync_tree(&partial).map_err(internal("syncing the checkpoint"))?;
             sys::crashsafe::rename(&partial, &all.join(checkpoint.as_str()))
                 .map_err(internal("putting the checkpoint in place"))?;
@@ -1663,21 +1681,7 @@ impl Agent for LocalAgent {
     }
 
     fn checkpoints(&self, name: &Name) -> Result<Vec<api::Checkpoint>> {
-        let record = self.load(name)?;
-        let clone_dir = self.clone_dir(name);
-        let driver = self.driver(&record);
-        Ok(record
-            .checkpoints
-            .iter()
-            .map(|c| api::Checkpoint {
-                name: c.name.clone(),
-                message: c.message.clone(),
-                created_at: c.created_at,
-                stored_bytes: driver
-                    .checkpoint_bytes(&clone_dir, &checkpoints_dir(&clone_dir).join(c.name.as_str()), c.layer)
-                    .unwrap_or(0),
-            })
-            .collect())
+        Ok(self.checkpoint_views(&self.load(name)?))
     }
 
     fn delete_checkpoint(&self, name: &Name, checkpoint: &Name) -> Result<()> {
@@ -1695,8 +1699,10 @@ impl Agent for LocalAgent {
         // it) until a reset or a revert to an earlier checkpoint.
         record.checkpoints.remove(at);
         self.save(&record)?;
-        sys::tree::remove(&checkpoints_dir(&self.clone_dir(name)).join(checkpoint.as_str()))
-            .map_err(internal("removing the checkpoint's files"))?;
+        let dir = checkpoints_dir(&self.clone_dir(name)).join(checkpoint.as_str());
+        // A spare copy being made in it stops first.
+        driver::stop_copies_into(&dir);
+        sys::tree::remove(&dir).map_err(internal("removing the checkpoint's files"))?;
         self.measure(&record);
         Ok(())
     }

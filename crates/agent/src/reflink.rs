@@ -176,6 +176,16 @@ pub fn exclusive_bytes(path: &Path) -> io::Result<u64> {
 
 fn file_exclusive_bytes(file: &File) -> io::Result<u64> {
     let mut total = 0;
+    each_extent(file, |extent| {
+        if extent.fe_flags & FIEMAP_EXTENT_SHARED == 0 {
+            total += extent.fe_length;
+        }
+    })?;
+    Ok(total)
+}
+
+/// Calls `f` with each extent of `file`.
+fn each_extent(file: &File, mut f: impl FnMut(&FiemapExtent)) -> io::Result<()> {
     let mut start = 0u64;
     loop {
         let mut map = Fiemap {
@@ -192,16 +202,74 @@ fn file_exclusive_bytes(file: &File) -> io::Result<u64> {
             return Err(io::Error::last_os_error());
         }
         let extents = &map.fm_extents[..map.fm_mapped_extents as usize];
-        for extent in extents {
-            if extent.fe_flags & FIEMAP_EXTENT_SHARED == 0 {
-                total += extent.fe_length;
-            }
-        }
+        extents.iter().for_each(&mut f);
         match extents.last() {
             Some(last) if last.fe_flags & FIEMAP_EXTENT_LAST == 0 => start = last.fe_logical + last.fe_length,
-            _ => return Ok(total),
+            _ => return Ok(()),
         }
     }
+}
+
+/// Calls `f` with each regular file under `path` (symlinks and FIFOs not followed).
+fn each_file(path: &Path, f: &mut dyn FnMut(&File) -> io::Result<()>) -> io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    if meta.is_dir() {
+        for entry in fs::read_dir(path)? {
+            each_file(&entry?.path(), f)?;
+        }
+        return Ok(());
+    }
+    if !meta.file_type().is_file() {
+        return Ok(());
+    }
+    match sys::untrusted::open_read(path) {
+        Ok(file) => f(&file),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Bytes of the files under `path` held by no file under `others`: what `path` alone keeps
+/// on disk, where it shares blocks with files besides those (a checkpoint's second copy of
+/// itself) and with `others` (the clone it came from, the image). Physical ranges, as
+/// FIEMAP reports them, are compared.
+pub fn own_bytes(path: &Path, others: &[&Path]) -> io::Result<u64> {
+    let mut taken: Vec<(u64, u64)> = Vec::new();
+    for other in others {
+        each_file(other, &mut |file| {
+            each_extent(file, |e| {
+                if e.fe_flags & FIEMAP_EXTENT_SHARED != 0 {
+                    taken.push((e.fe_physical, e.fe_physical + e.fe_length));
+                }
+            })
+        })?;
+    }
+    taken.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(taken.len());
+    for (start, end) in taken {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    let mut total = 0;
+    each_file(path, &mut |file| {
+        each_extent(file, |e| {
+            if e.fe_flags & FIEMAP_EXTENT_SHARED == 0 {
+                total += e.fe_length;
+                return;
+            }
+            let (start, end) = (e.fe_physical, e.fe_physical + e.fe_length);
+            let first = merged.partition_point(|r| r.1 <= start);
+            let overlap: u64 =
+                merged[first..].iter().take_while(|r| r.0 < end).map(|r| r.1.min(end) - r.0.max(start)).sum();
+            total += e.fe_length - overlap;
+        })
+    })?;
+    Ok(total)
 }
 
 #[cfg(test)]
