@@ -516,6 +516,10 @@ pub(crate) fn stop_copies_into(dir: &Path) {
     }
 }
 
+/// How long after a revert its background work (the old files' removal, a new spare)
+/// waits: the clone's server starts meanwhile.
+const BACKGROUND_DELAY: Duration = Duration::from_secs(5);
+
 /// The name, with a suffix, of a reflink clone's files set aside by a revert.
 const DISCARDED: &str = "data.discarded-";
 
@@ -661,6 +665,9 @@ impl Driver for CopyDriver {
             io_ctx(what, sys::crashsafe::rename(&spare, &data))?;
             let checkpoint = from.to_owned();
             std::thread::spawn(move || {
+                // After the clone's server has started: on the same filesystem, this work
+                // would slow its start.
+                std::thread::sleep(BACKGROUND_DELAY);
                 if let Err(e) = sys::tree::remove(&discarded) {
                     tracing::warn!("removing a reverted clone's old files {}: {e}", discarded.display());
                 }

@@ -604,7 +604,7 @@ impl LocalAgent {
             Err(e) => record.failure = Some(e.message.clone()),
         }
         self.save(record)?;
-        self.measure(record);
+        self.measure_soon(record);
         changed.and(started).map(|()| self.report(record))
     }
 
@@ -757,6 +757,17 @@ impl LocalAgent {
             sizes_at: size.map(|s| s.1),
             user: record.owner.clone(),
             idle_since,
+        }
+    }
+
+    /// Measures a clone's disk use now, or, when it has checkpoints (whose own bytes take a
+    /// walk of its files' extents, and the image's, to measure), forgets the old figure so
+    /// that the background measurement, or the next look at the clone alone, takes it.
+    fn measure_soon(&self, record: &CloneRecord) {
+        if record.checkpoints.is_empty() {
+            self.measure(record);
+        } else {
+            lock(&self.sizes).remove(&record.name);
         }
     }
 
@@ -1637,7 +1648,7 @@ impl Agent for LocalAgent {
         }
         record.intent = None;
         self.save(&record)?;
-        self.measure(&record);
+        self.measure_soon(&record);
         taken.map(|_| self.report(&record))
     }
 
@@ -1703,7 +1714,7 @@ impl Agent for LocalAgent {
         // A spare copy being made in it stops first.
         driver::stop_copies_into(&dir);
         sys::tree::remove(&dir).map_err(internal("removing the checkpoint's files"))?;
-        self.measure(&record);
+        self.measure_soon(&record);
         Ok(())
     }
 
