@@ -75,6 +75,21 @@ pub enum CloneStatus {
 }
 
 impl CloneStatus {
+    pub const ALL: [CloneStatus; 12] = [
+        CloneStatus::Creating,
+        CloneStatus::Starting,
+        CloneStatus::Ready,
+        CloneStatus::Stopping,
+        CloneStatus::Stopped,
+        CloneStatus::Resetting,
+        CloneStatus::Checkpointing,
+        CloneStatus::Reverting,
+        CloneStatus::Deleting,
+        CloneStatus::Degraded,
+        CloneStatus::Failed,
+        CloneStatus::Unknown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloneStatus::Creating => "creating",
@@ -301,6 +316,29 @@ mod tests {
     fn names_are_checked_when_read() {
         let err = serde_json::from_str::<CreateClone>(r#"{"name":"../x","image":"b"}"#).unwrap_err();
         assert!(err.to_string().contains("invalid name"), "{err}");
+    }
+
+    #[test]
+    fn every_status_is_listed_once() {
+        for s in CloneStatus::ALL {
+            // An exhaustive match: a new status fails to compile here until it is listed.
+            let listed = match s {
+                CloneStatus::Creating
+                | CloneStatus::Starting
+                | CloneStatus::Ready
+                | CloneStatus::Stopping
+                | CloneStatus::Stopped
+                | CloneStatus::Resetting
+                | CloneStatus::Checkpointing
+                | CloneStatus::Reverting
+                | CloneStatus::Deleting
+                | CloneStatus::Degraded
+                | CloneStatus::Failed
+                | CloneStatus::Unknown => CloneStatus::ALL.iter().filter(|t| **t == s).count(),
+            };
+            assert_eq!(listed, 1, "{s}");
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub enum ImageStatus {
 }
 
 impl ImageStatus {
+    pub const ALL: [ImageStatus; 4] =
+        [ImageStatus::Creating, ImageStatus::Ready, ImageStatus::Failed, ImageStatus::Deleting];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ImageStatus::Creating => "creating",

@@ -122,6 +122,8 @@ pub enum OperationState {
 }
 
 impl OperationState {
+    pub const ALL: [OperationState; 3] = [OperationState::Running, OperationState::Succeeded, OperationState::Failed];
+
     pub fn as_str(self) -> &'static str {
         match self {
             OperationState::Running => "running",
@@ -138,7 +140,7 @@ impl OperationState {
 impl FromStr for OperationState {
     type Err = String;
     fn from_str(s: &str) -> Result<OperationState, String> {
-        [OperationState::Running, OperationState::Succeeded, OperationState::Failed]
+        OperationState::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| format!("unknown operation state {s:?}"))

@@ -171,6 +171,19 @@ fn check_name(name: &OsStr) -> Result<()> {
     Ok(())
 }
 
+/// The journal record of a node's attributes as they are now.
+fn attr_record(ino: Ino, perms: &Perms) -> Record {
+    Record::Attr {
+        ino,
+        mode: perms.mode,
+        uid: perms.uid,
+        gid: perms.gid,
+        atime: perms.atime,
+        mtime: perms.mtime,
+        ctime: perms.ctime,
+    }
+}
+
 /// Reads `buf.len()` bytes at `offset`, filling what lies past the end of the file with zeros.
 fn read_full(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0;
@@ -1331,15 +1344,7 @@ impl CowFs {
             if !unlinked {
                 self.adoption_records(&[&node], &mut batch);
             }
-            batch.push(Record::Attr {
-                ino,
-                mode: perms.mode,
-                uid: perms.uid,
-                gid: perms.gid,
-                atime: perms.atime,
-                mtime: perms.mtime,
-                ctime: perms.ctime,
-            });
+            batch.push(attr_record(ino, &perms));
             if !unlinked {
                 self.append(batch, &[&node])?;
             }
@@ -1467,15 +1472,7 @@ impl CowFs {
                 continue;
             }
             let perms = self.load_perms(&node)?;
-            attrs.push(Record::Attr {
-                ino,
-                mode: perms.mode,
-                uid: perms.uid,
-                gid: perms.gid,
-                atime: perms.atime,
-                mtime: perms.mtime,
-                ctime: perms.ctime,
-            });
+            attrs.push(attr_record(ino, &perms));
         }
         for batch in attrs.chunks(1024) {
             self.append(batch.to_vec(), &[])?;

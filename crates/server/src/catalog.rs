@@ -1388,30 +1388,11 @@ fn operation_id(row: &rusqlite::Row, column: &str) -> rusqlite::Result<Option<Op
 }
 
 fn image_status(s: &str) -> Result<ImageStatus, String> {
-    [ImageStatus::Creating, ImageStatus::Ready, ImageStatus::Failed, ImageStatus::Deleting]
-        .into_iter()
-        .find(|v| v.as_str() == s)
-        .ok_or_else(|| format!("unknown image status {s:?}"))
+    ImageStatus::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| format!("unknown image status {s:?}"))
 }
 
 fn clone_status(s: &str) -> Result<CloneStatus, String> {
-    [
-        CloneStatus::Creating,
-        CloneStatus::Starting,
-        CloneStatus::Ready,
-        CloneStatus::Stopping,
-        CloneStatus::Stopped,
-        CloneStatus::Resetting,
-        CloneStatus::Checkpointing,
-        CloneStatus::Reverting,
-        CloneStatus::Deleting,
-        CloneStatus::Degraded,
-        CloneStatus::Failed,
-        CloneStatus::Unknown,
-    ]
-    .into_iter()
-    .find(|v| v.as_str() == s)
-    .ok_or_else(|| format!("unknown clone status {s:?}"))
+    CloneStatus::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| format!("unknown clone status {s:?}"))
 }
 
 fn image_row(row: &rusqlite::Row) -> rusqlite::Result<ImageRow> {

@@ -20,27 +20,6 @@ use crate::ops::{Result, Server};
 /// The catalog records times to the second, so durations are whole seconds.
 const DURATION_BUCKETS: [u64; 9] = [1, 2, 5, 10, 30, 60, 300, 900, 3600];
 
-/// Every status listed, so that a state with nothing in it shows 0 rather than vanishing (a
-/// status missing here is still counted when something is in it).
-const IMAGE_STATES: [ImageStatus; 4] =
-    [ImageStatus::Creating, ImageStatus::Ready, ImageStatus::Failed, ImageStatus::Deleting];
-const CLONE_STATES: [CloneStatus; 12] = [
-    CloneStatus::Creating,
-    CloneStatus::Starting,
-    CloneStatus::Ready,
-    CloneStatus::Stopping,
-    CloneStatus::Stopped,
-    CloneStatus::Resetting,
-    CloneStatus::Checkpointing,
-    CloneStatus::Reverting,
-    CloneStatus::Deleting,
-    CloneStatus::Degraded,
-    CloneStatus::Failed,
-    CloneStatus::Unknown,
-];
-const OPERATION_STATES: [OperationState; 3] =
-    [OperationState::Running, OperationState::Succeeded, OperationState::Failed];
-
 /// The metrics the caller may see, as Prometheus's text format.
 pub fn render(server: &Server, caller: &Caller) -> Result<String> {
     let images = server.images(caller)?;
@@ -137,7 +116,7 @@ impl Snapshot {
     }
 
     fn images(&self, out: &mut Exposition) {
-        let mut by_state: Tally<_, u64> = Tally::listed(IMAGE_STATES.map(ImageStatus::as_str));
+        let mut by_state: Tally<_, u64> = Tally::listed(ImageStatus::ALL.map(ImageStatus::as_str));
         for image in &self.images {
             *by_state.entry(image.status.as_str()) += 1;
         }
@@ -167,7 +146,7 @@ impl Snapshot {
 
     fn clones(&self, out: &mut Exposition) {
         let mut by_state: Tally<_, u64> =
-            Tally::listed(CLONE_STATES.iter().flat_map(|s| Driver::ALL.map(|d| (s.as_str(), d.as_str()))));
+            Tally::listed(CloneStatus::ALL.iter().flat_map(|s| Driver::ALL.map(|d| (s.as_str(), d.as_str()))));
         for clone in &self.clones {
             *by_state.entry((clone.status.as_str(), clone.driver.as_str())) += 1;
         }
@@ -213,8 +192,9 @@ impl Snapshot {
     }
 
     fn operations(&self, out: &mut Exposition) {
-        let mut by_state: Tally<_, u64> =
-            Tally::listed(OperationKind::ALL.iter().flat_map(|k| OPERATION_STATES.map(|s| (k.as_str(), s.as_str()))));
+        let mut by_state: Tally<_, u64> = Tally::listed(
+            OperationKind::ALL.iter().flat_map(|k| OperationState::ALL.map(|s| (k.as_str(), s.as_str()))),
+        );
         let mut durations: Tally<_, Histogram> = Tally::listed(OperationKind::ALL.map(OperationKind::as_str));
         for op in &self.operations {
             *by_state.entry((op.kind.as_str(), op.state.as_str())) += 1;
