@@ -120,6 +120,8 @@ pub(crate) fn serve(tree: Arc<CowFs>) -> io::Result<Server> {
     let listener = with_short_path(&tmp, |p| UnixListener::bind(p))?;
     let placed = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).and_then(|()| fs::rename(&tmp, &path));
     if let Err(e) = placed {
+        // The error that matters is the one answered; a temporary socket left behind harms
+        // nothing (each mount binds under a name of its own pid, and clears it first).
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }

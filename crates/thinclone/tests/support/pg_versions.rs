@@ -64,6 +64,7 @@ static LINKS: OnceLock<PathBuf> = OnceLock::new();
 
 extern "C" fn remove_links() {
     if let Some(dir) = LINKS.get() {
+        // At exit, a cleanup that fails has no one left to tell.
         let _ = fs::remove_dir_all(dir);
     }
 }
@@ -111,6 +112,7 @@ impl Hidden {
 
 impl Drop for Hidden {
     fn drop(&mut self) {
+        // In a drop, possibly while a test panics: a failure shows as the next test's.
         let _ = std::os::unix::fs::symlink(&self.target, &self.link);
     }
 }
@@ -203,6 +205,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.running {
+            // Best effort in a drop, possibly during a panic, which is the failure to report.
             let _ = command(self.major, "pg_ctl").arg("-D").arg(&self.data).args(["-m", "immediate", "stop"]).output();
         }
     }
