@@ -40,6 +40,7 @@ pub fn dispatch(agent: &dyn Agent, request: Request, report: &(dyn Fn(Report) + 
         Request::StartClone { name } => Reply::CloneReport { report: Some(agent.start_clone(&name)?) },
         Request::StopClone { name } => Reply::CloneReport { report: Some(agent.stop_clone(&name)?) },
         Request::ResetClone { name } => Reply::CloneReport { report: Some(agent.reset_clone(&name)?) },
+        Request::RefreshClone { name, to } => Reply::CloneReport { report: Some(agent.refresh_clone(&name, &to)?) },
         Request::DeleteClone { name } => {
             agent.delete_clone(&name)?;
             Reply::Done

@@ -200,6 +200,30 @@ pub trait Driver: Send + Sync {
         clone_dir: &Path,
     ) -> Result<()>;
 
+    /// Remakes a detached clone's storage from `image`, which may be another image than the
+    /// one it was made from (a refresh): everything in `clone_dir` but the entries named in
+    /// `keep` (its record) goes, checkpoints too, then [`Driver::create`] runs. Running it
+    /// again after a crash finishes it.
+    fn rebuild(&self, image: &Path, clone_dir: &Path, keep: &[&str]) -> Result<()> {
+        self.clean_leftovers(clone_dir)?;
+        stop_copies_into(&clone_dir.join("checkpoints"));
+        let entries = io_ctx("listing the clone's storage", fs::read_dir(clone_dir))?;
+        for entry in entries {
+            let entry = io_ctx("listing the clone's storage", entry)?;
+            if keep.iter().any(|k| entry.file_name() == *k) {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                sys::tree::remove(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            io_ctx("removing the clone's old storage", removed)?;
+        }
+        self.create(image, clone_dir)
+    }
+
     /// Deletes a detached clone's storage (its whole directory).
     fn destroy(&self, clone_dir: &Path) -> Result<()> {
         self.clean_leftovers(clone_dir)?;

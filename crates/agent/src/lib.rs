@@ -206,6 +206,11 @@ pub trait Agent: Send + Sync {
     /// running again if it was running.
     fn reset_clone(&self, name: &Name) -> Result<CloneReport>;
 
+    /// Remakes a clone on another image (`to`), on the same port with the same
+    /// credentials, running again if it was running. Its checkpoints go. A failed refresh
+    /// leaves it reset on its old image.
+    fn refresh_clone(&self, name: &Name, to: &api::agent::RefreshTarget) -> Result<CloneReport>;
+
     /// Stops and removes a clone (gone already is fine).
     fn delete_clone(&self, name: &Name) -> Result<()>;
 

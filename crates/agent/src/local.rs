@@ -593,6 +593,46 @@ impl LocalAgent {
         Ok(())
     }
 
+    /// Remakes a torn-down clone's storage on the image its record's `refreshing_to` names,
+    /// and makes the record say so. Idempotent: recovery runs it again after a crash.
+    fn rebuild_on_new_image(&self, record: &mut CloneRecord) -> Result<()> {
+        let Some(to) = record.refreshing_to.clone() else { return Ok(()) };
+        let image = image_dir(&to.place, &to.image);
+        self.driver(record)
+            .rebuild(&image, &self.clone_dir(&record.name), &[CloneRecord::FILE])
+            .map_err(AgentError::from_driver)?;
+        record.image = to.image;
+        record.image_dir = Some(image);
+        record.engine = to.engine;
+        record.version = to.version;
+        record.superuser = to.superuser;
+        record.checkpoints.clear();
+        record.origin = None;
+        record.refreshing_to = None;
+        self.save(record)?;
+        self.clean_checkpoints(record);
+        Ok(())
+    }
+
+    /// After a failed refresh, whose old files may be gone already: the clone is made afresh
+    /// from its own image, as a reset would, so that it comes back up.
+    fn rebuild_on_own_image(&self, record: &mut CloneRecord) -> Result<()> {
+        record.refreshing_to = None;
+        self.save(record)?;
+        let image = self.record_image_dir(record);
+        if let Err(r) = self.driver(record).rebuild(&image, &self.clone_dir(&record.name), &[CloneRecord::FILE]) {
+            record.intent = None;
+            record.failure = Some(format!("a failed refresh left it without files ({r}); reset it"));
+            self.save(record)?;
+            return Err(AgentError::from_driver(r));
+        }
+        record.checkpoints.clear();
+        record.origin = None;
+        self.save(record)?;
+        self.clean_checkpoints(record);
+        Ok(())
+    }
+
     /// Ends a reset or a revert, whose storage change gave `changed`: the clone comes back
     /// up if it was meant to run (whether or not the change worked: a failed one left it as
     /// it was), its record says how the start went, and its disk use is measured again.
@@ -757,6 +797,7 @@ impl LocalAgent {
             sizes_at: size.map(|s| s.1),
             user: record.owner.clone(),
             idle_since,
+            image: Some(record.image.clone()),
         }
     }
 
@@ -945,6 +986,14 @@ impl LocalAgent {
                 self.tear_down(&record)?;
                 driver.recover(&clone_dir).map_err(AgentError::from_driver)?;
                 driver.reset(&self.record_image_dir(&record), &clone_dir).map_err(AgentError::from_driver)?;
+            }
+            Some(Intent::Refresh) => {
+                tracing::info!(clone = %name, "finishing an interrupted refresh");
+                self.tear_down(&record)?;
+                if let Err(e) = self.rebuild_on_new_image(&mut record) {
+                    tracing::warn!(clone = %name, "finishing the refresh failed ({e}); resetting it on {}", record.image);
+                    self.rebuild_on_own_image(&mut record)?;
+                }
             }
             Some(Intent::Start) | Some(Intent::Create) => {
                 self.tear_down(&record)?;
@@ -1434,6 +1483,7 @@ impl Agent for LocalAgent {
             image_dir: Some(image.clone()),
             checkpoints: Vec::new(),
             reverting_to: None,
+            refreshing_to: None,
             origin: spec.origin.clone(),
             read_only: spec.read_only,
         };
@@ -1548,6 +1598,44 @@ impl Agent for LocalAgent {
             self.clean_checkpoints(&record);
         }
         self.finish_change(&mut record, reset)
+    }
+
+    fn refresh_clone(&self, name: &Name, to: &api::agent::RefreshTarget) -> Result<CloneReport> {
+        let guard = self.clone_lock(name);
+        let _op = lock(&guard);
+        let mut record = self.load(name)?;
+        self.refuse_if_branched(name, "refresh", |_| true)?;
+        check_place(&to.place)?;
+        let image = image_dir(&to.place, &to.image);
+        if !image.is_dir() {
+            return Err(AgentError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no image named {} in location {} ({}) on this host",
+                    to.image, to.place.location, to.place.path
+                ),
+            ));
+        }
+        self.engine(&to.engine)?
+            .check_installed(&to.version)
+            .map_err(|e| AgentError::from_engine(&format!("refreshing clone {name} on image {}", to.image), e))?;
+        if record.driver == Driver::Copy {
+            crate::images::check_room(
+                self,
+                &format!("a full copy of image {}", to.image),
+                sys::tree::size(&image).bytes,
+            )?;
+        }
+        record.intent = Some(Intent::Refresh);
+        record.refreshing_to = Some(to.clone());
+        self.save(&record)?;
+        self.tear_down(&record)?;
+        let refreshed = self.rebuild_on_new_image(&mut record);
+        if let Err(e) = &refreshed {
+            tracing::warn!(clone = %name, "refreshing onto image {} failed ({e}); resetting it on {}", to.image, record.image);
+            self.rebuild_on_own_image(&mut record)?;
+        }
+        self.finish_change(&mut record, refreshed)
     }
 
     fn delete_clone(&self, name: &Name) -> Result<()> {

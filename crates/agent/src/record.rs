@@ -14,6 +14,7 @@
 //! | stop   | the clone is stopped |
 //! | reset  | an interrupted copy is finished or undone, then the reset runs again |
 //! | delete | the removal is finished |
+//! | refresh | the clone is remade on the new image again |
 //!
 //! A clone that has ever been ready is never removed by recovery, only by a delete.
 
@@ -44,6 +45,8 @@ pub enum Intent {
     Checkpoint,
     /// Going back to the checkpoint `reverting_to`.
     Revert,
+    /// Being remade on the image `refreshing_to`.
+    Refresh,
 }
 
 /// A checkpoint of a clone: its files are in `checkpoints/<name>/` of the clone's directory,
@@ -97,6 +100,9 @@ pub struct CloneRecord {
     /// The checkpoint an interrupted revert goes back to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reverting_to: Option<Name>,
+    /// The image an interrupted refresh remakes the clone on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshing_to: Option<api::agent::RefreshTarget>,
     /// The clone and checkpoint a branch or snapshot view was made from. A cowfs branch
     /// reads that clone's frozen layers, which must stay while it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,8 +113,11 @@ pub struct CloneRecord {
 }
 
 impl CloneRecord {
+    /// Its file's name in the clone's directory.
+    pub const FILE: &'static str = "clone.json";
+
     pub fn path(clone_dir: &Path) -> PathBuf {
-        clone_dir.join("clone.json")
+        clone_dir.join(Self::FILE)
     }
 
     pub fn load(clone_dir: &Path) -> io::Result<Option<CloneRecord>> {
@@ -152,6 +161,7 @@ mod tests {
             image_dir: Some(PathBuf::from("/srv/images/img")),
             checkpoints: Vec::new(),
             reverting_to: None,
+            refreshing_to: None,
             origin: None,
             read_only: false,
         };

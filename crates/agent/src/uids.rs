@@ -155,6 +155,7 @@ mod tests {
             image_dir: None,
             checkpoints: Vec::new(),
             reverting_to: None,
+            refreshing_to: None,
             origin: None,
             read_only: false,
         }

@@ -215,6 +215,16 @@ pub struct CloneSpec {
     pub settings: Vec<(String, String)>,
 }
 
+/// The image a clone is remade on by a refresh.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RefreshTarget {
+    pub image: Name,
+    pub place: ImagePlace,
+    pub engine: String,
+    pub version: String,
+    pub superuser: String,
+}
+
 /// Where a branch comes from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CloneOrigin {
@@ -255,6 +265,9 @@ pub struct CloneReport {
     /// Since when no client has been connected to it, while none is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_since: Option<Timestamp>,
+    /// The image it is made from now (a refresh changes it; the server follows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Name>,
 }
 
 /// What an agent offers.
@@ -338,6 +351,11 @@ pub enum Request {
     ResetClone {
         name: Name,
     },
+    /// Remakes the clone on another image, keeping its port and password.
+    RefreshClone {
+        name: Name,
+        to: RefreshTarget,
+    },
     DeleteClone {
         name: Name,
     },
@@ -390,6 +408,7 @@ impl Request {
             Request::StartClone { .. } => "start_clone",
             Request::StopClone { .. } => "stop_clone",
             Request::ResetClone { .. } => "reset_clone",
+            Request::RefreshClone { .. } => "refresh_clone",
             Request::DeleteClone { .. } => "delete_clone",
             Request::CheckpointClone { .. } => "checkpoint_clone",
             Request::RevertClone { .. } => "revert_clone",

@@ -84,6 +84,9 @@ pub struct Image {
     /// What masking and the scripts did, once it is made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<TransformReport>,
+    /// The schedule that made it, which keeps its newest few.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Name>,
 }
 
 /// How a masking rule replaces a column's values. Deterministic strategies give the same

@@ -16,6 +16,7 @@ mod error;
 mod image;
 mod name;
 mod operation;
+mod schedule;
 mod template;
 mod time;
 mod webhook;
@@ -35,6 +36,7 @@ pub use name::{InvalidName, Name, MAX_LEN as NAME_MAX_LEN};
 pub use operation::{
     InvalidOperationId, Operation, OperationId, OperationKind, OperationState, Progress, Target, TargetKind,
 };
+pub use schedule::{CreateSchedule, RefreshClone, Schedule};
 pub use template::{CreateTemplate, Template};
 pub use time::Timestamp;
 pub use webhook::{CreateWebhook, CreatedWebhook, Delivery, DeliveryState, Webhook, EVENT_KINDS};
@@ -69,6 +71,7 @@ pub mod paths {
     pub const CLONE_PROTECT: &str = "/v1/clones/{name}/protect";
     pub const CLONE_UNPROTECT: &str = "/v1/clones/{name}/unprotect";
     pub const CLONE_IDLE: &str = "/v1/clones/{name}/idle";
+    pub const CLONE_REFRESH: &str = "/v1/clones/{name}/refresh";
     pub const OPERATIONS: &str = "/v1/operations";
     pub const OPERATION: &str = "/v1/operations/{id}";
     pub const OPERATION_CANCEL: &str = "/v1/operations/{id}/cancel";
@@ -92,6 +95,9 @@ pub mod paths {
     pub const LOCATION: &str = "/v1/locations/{name}";
     pub const TEMPLATES: &str = "/v1/templates";
     pub const TEMPLATE: &str = "/v1/templates/{name}";
+    pub const SCHEDULES: &str = "/v1/schedules";
+    pub const SCHEDULE: &str = "/v1/schedules/{name}";
+    pub const SCHEDULE_RUN: &str = "/v1/schedules/{name}/run";
     pub const WEBHOOKS: &str = "/v1/webhooks";
     pub const WEBHOOK: &str = "/v1/webhooks/{id}";
     pub const WEBHOOK_DELIVERIES: &str = "/v1/webhooks/{id}/deliveries";

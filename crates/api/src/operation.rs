@@ -59,10 +59,11 @@ pub enum OperationKind {
     CloneCheckpoint,
     CloneRevert,
     CheckpointDelete,
+    CloneRefresh,
 }
 
 impl OperationKind {
-    pub const ALL: [OperationKind; 10] = [
+    pub const ALL: [OperationKind; 11] = [
         OperationKind::ImageCreate,
         OperationKind::ImageDelete,
         OperationKind::CloneCreate,
@@ -73,6 +74,7 @@ impl OperationKind {
         OperationKind::CloneCheckpoint,
         OperationKind::CloneRevert,
         OperationKind::CheckpointDelete,
+        OperationKind::CloneRefresh,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +89,7 @@ impl OperationKind {
             OperationKind::CloneCheckpoint => "clone_checkpoint",
             OperationKind::CloneRevert => "clone_revert",
             OperationKind::CheckpointDelete => "checkpoint_delete",
+            OperationKind::CloneRefresh => "clone_refresh",
         }
     }
 

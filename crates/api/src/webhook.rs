@@ -4,11 +4,15 @@
 use crate::{Name, Timestamp};
 
 /// The kinds of events, as deliveries name them in `event` and `X-Thinclone-Event`.
-pub const EVENT_KINDS: [&str; 13] = [
+pub const EVENT_KINDS: [&str; 17] = [
     "image.ready",
     "image.failed",
+    "image.retired",
+    "schedule.run",
+    "schedule.failed",
     "clone.created",
     "clone.reset",
+    "clone.refreshed",
     "clone.reverted",
     "clone.removed",
     "clone.expiring",

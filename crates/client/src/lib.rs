@@ -257,6 +257,12 @@ impl Client {
         self.post(&self.changing(&fill(api::paths::CLONE_RESET, "name", name.as_str())), &Empty {})
     }
 
+    /// `POST /v1/clones/{name}/refresh`: starts remaking a clone on a newer image, keeping
+    /// its name, port and password.
+    pub fn refresh_clone(&self, name: &Name, request: &api::RefreshClone) -> Result<Operation> {
+        self.post(&self.changing(&fill(api::paths::CLONE_REFRESH, "name", name.as_str())), request)
+    }
+
     /// `GET /v1/clones/{name}/checkpoints`: a clone's checkpoints, oldest first.
     pub fn list_checkpoints(&self, name: &Name) -> Result<Vec<api::Checkpoint>> {
         self.get(&fill(api::paths::CLONE_CHECKPOINTS, "name", name.as_str()))
@@ -439,9 +445,40 @@ impl Client {
         self.get_clone(name)
     }
 
+    /// Remakes a clone on a newer image and returns it then.
+    pub fn refresh_clone_and_wait(&self, name: &Name, request: &api::RefreshClone) -> Result<Clone> {
+        self.finish(self.refresh_clone(name, request)?)?;
+        self.get_clone(name)
+    }
+
     /// Removes a clone and returns the ended operation.
     pub fn delete_clone_and_wait(&self, name: &Name) -> Result<Operation> {
         self.finish(self.delete_clone(name)?)
+    }
+
+    /// `GET /v1/schedules`.
+    pub fn list_schedules(&self) -> Result<Vec<api::Schedule>> {
+        self.get(api::paths::SCHEDULES)
+    }
+
+    /// `GET /v1/schedules/{name}`.
+    pub fn get_schedule(&self, name: &Name) -> Result<api::Schedule> {
+        self.get(&fill(api::paths::SCHEDULE, "name", name.as_str()))
+    }
+
+    /// `POST /v1/schedules`.
+    pub fn create_schedule(&self, request: &api::CreateSchedule) -> Result<api::Schedule> {
+        self.post(api::paths::SCHEDULES, request)
+    }
+
+    /// `DELETE /v1/schedules/{name}`.
+    pub fn delete_schedule(&self, name: &Name) -> Result<()> {
+        self.call_empty(Method::Delete, &fill(api::paths::SCHEDULE, "name", name.as_str()))
+    }
+
+    /// `POST /v1/schedules/{name}/run`: starts a run now; the operation makes its image.
+    pub fn run_schedule(&self, name: &Name) -> Result<Operation> {
+        self.post(&self.changing(&fill(api::paths::SCHEDULE_RUN, "name", name.as_str())), &Empty {})
     }
 
     /// `GET /v1/templates`.

@@ -195,6 +195,7 @@ pub fn image(name_: &str) -> Image {
         mask: Vec::new(),
         scripts: Vec::new(),
         report: None,
+        schedule: None,
     }
 }
 

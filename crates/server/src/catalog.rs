@@ -60,6 +60,8 @@ pub struct ImageRow {
     pub mask: Option<String>,
     pub scripts: Option<String>,
     pub report: Option<String>,
+    /// The schedule that made it.
+    pub schedule: Option<Name>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -184,6 +186,25 @@ pub struct WebhookRow {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleRow {
+    pub name: Name,
+    pub cron: String,
+    pub keep: u32,
+    /// What each run asks for: an `api::CreateImage` as JSON, whose name each run sets.
+    /// It holds the source's password; it never leaves the server.
+    pub request: String,
+    /// The source as shown: without its password.
+    pub source: String,
+    pub team: Name,
+    pub created_by: Name,
+    pub created_at: Timestamp,
+    pub next_run_at: Timestamp,
+    pub last_run_at: Option<Timestamp>,
+    pub last_image: Option<Name>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct TemplateRow {
     pub name: Name,
     /// Its scripts, as JSON text.
@@ -216,7 +237,7 @@ pub struct Catalog {
     conn: Connection,
 }
 
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 
 /// The team that images and clones made before teams existed belong to, and that the first
 /// administrator is in.
@@ -476,7 +497,29 @@ impl Catalog {
                  COMMIT;",
             )?;
         }
-        debug_assert_eq!(SCHEMA_VERSION, 9);
+        if version < 10 {
+            self.conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE schedules (
+                     name TEXT PRIMARY KEY,
+                     cron TEXT NOT NULL,
+                     keep INTEGER NOT NULL,
+                     request TEXT NOT NULL,
+                     source TEXT NOT NULL,
+                     team TEXT NOT NULL,
+                     created_by TEXT NOT NULL,
+                     created_at INTEGER NOT NULL,
+                     next_run_at INTEGER NOT NULL,
+                     last_run_at INTEGER,
+                     last_image TEXT,
+                     last_error TEXT
+                 );
+                 ALTER TABLE images ADD COLUMN schedule TEXT;
+                 PRAGMA user_version = 10;
+                 COMMIT;",
+            )?;
+        }
+        debug_assert_eq!(SCHEMA_VERSION, 10);
         Ok(())
     }
 
@@ -503,8 +546,8 @@ impl Catalog {
         let result = self.conn.execute(
             "INSERT INTO images (name, status, message, engine, engine_version, superuser, source, logical_bytes,
                                  stored_bytes, file_count, created_at, operation, team, created_by, location, agent,
-                                 mask, scripts, report)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                                 mask, scripts, report, schedule)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             params![
                 image.name.as_str(),
                 image.status.as_str(),
@@ -525,6 +568,7 @@ impl Catalog {
                 image.mask,
                 image.scripts,
                 image.report,
+                image.schedule.as_ref().map(Name::as_str),
             ],
         );
         match constraint(result, "image", &image.name) {
@@ -1107,6 +1151,82 @@ impl Catalog {
 
     // ---------------------------------------------------------------- activity
 
+    // ------------------------------------------------------------------ schedules
+
+    pub fn insert_schedule(&self, row: &ScheduleRow) -> Result<()> {
+        let result = self.conn.execute(
+            "INSERT INTO schedules (name, cron, keep, request, source, team, created_by, created_at, next_run_at,
+                                    last_run_at, last_image, last_error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                row.name.as_str(),
+                row.cron,
+                row.keep,
+                row.request,
+                row.source,
+                row.team.as_str(),
+                row.created_by.as_str(),
+                row.created_at.0,
+                row.next_run_at.0,
+                row.last_run_at.map(|t| t.0),
+                row.last_image.as_ref().map(Name::as_str),
+                row.last_error,
+            ],
+        );
+        constraint(result, "schedule", &row.name)
+    }
+
+    pub fn schedules(&self) -> Result<Vec<ScheduleRow>> {
+        let mut stmt = self.conn.prepare_cached("SELECT * FROM schedules ORDER BY name")?;
+        let rows = stmt.query_map([], schedule_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn schedule(&self, name: &Name) -> Result<ScheduleRow> {
+        self.conn
+            .query_row("SELECT * FROM schedules WHERE name = ?1", [name.as_str()], schedule_row)
+            .optional()?
+            .ok_or_else(|| CatalogError::NotFound { kind: "schedule", name: name.to_string() })
+    }
+
+    pub fn delete_schedule(&self, name: &Name) -> Result<()> {
+        let n = self.conn.execute("DELETE FROM schedules WHERE name = ?1", [name.as_str()])?;
+        found(n, "schedule", name)
+    }
+
+    /// Records a run (or an attempt) of a schedule, and when it runs next.
+    pub fn record_schedule_run(
+        &self,
+        name: &Name,
+        at: Timestamp,
+        image: Option<&Name>,
+        error: Option<&str>,
+        next_run_at: Timestamp,
+    ) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE schedules SET last_run_at = ?2, last_image = ?3, last_error = ?4, next_run_at = ?5 WHERE name = ?1",
+            params![name.as_str(), at.0, image.map(Name::as_str), error, next_run_at.0],
+        )?;
+        found(n, "schedule", name)
+    }
+
+    /// The images a schedule made, newest first.
+    pub fn images_of_schedule(&self, schedule: &Name) -> Result<Vec<ImageRow>> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT * FROM images WHERE schedule = ?1 ORDER BY created_at DESC, name DESC")?;
+        let rows = stmt.query_map([schedule.as_str()], image_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Moves a clone to another image (a refresh).
+    pub fn set_clone_image(&self, name: &Name, image: &Name) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE clones SET image = ?2, origin = NULL WHERE name = ?1",
+            params![name.as_str(), image.as_str()],
+        )?;
+        found(n, "clone", name)
+    }
+
     // ------------------------------------------------------------------ templates
 
     pub fn insert_template(&self, t: &TemplateRow) -> Result<()> {
@@ -1321,6 +1441,26 @@ fn constraint(result: rusqlite::Result<usize>, kind: &'static str, name: &Name) 
     }
 }
 
+fn schedule_row(row: &rusqlite::Row) -> rusqlite::Result<ScheduleRow> {
+    let optional_name = |column: &str| -> rusqlite::Result<Option<Name>> {
+        row.get::<_, Option<String>>(column)?.map(|n| Name::new(&n)).transpose().map_err(bad_column)
+    };
+    Ok(ScheduleRow {
+        name: name_column(row, "name")?,
+        cron: row.get("cron")?,
+        keep: row.get("keep")?,
+        request: row.get("request")?,
+        source: row.get("source")?,
+        team: name_column(row, "team")?,
+        created_by: name_column(row, "created_by")?,
+        created_at: Timestamp(row.get("created_at")?),
+        next_run_at: Timestamp(row.get("next_run_at")?),
+        last_run_at: row.get::<_, Option<i64>>("last_run_at")?.map(Timestamp),
+        last_image: optional_name("last_image")?,
+        last_error: row.get("last_error")?,
+    })
+}
+
 fn template_row(row: &rusqlite::Row) -> rusqlite::Result<TemplateRow> {
     Ok(TemplateRow {
         name: name_column(row, "name")?,
@@ -1420,6 +1560,7 @@ fn image_row(row: &rusqlite::Row) -> rusqlite::Result<ImageRow> {
         mask: row.get("mask")?,
         scripts: row.get("scripts")?,
         report: row.get("report")?,
+        schedule: row.get::<_, Option<String>>("schedule")?.map(|n| Name::new(&n)).transpose().map_err(bad_column)?,
     })
 }
 
@@ -1491,6 +1632,7 @@ mod tests {
             mask: None,
             scripts: None,
             report: None,
+            schedule: None,
         }
     }
 

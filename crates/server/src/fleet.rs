@@ -300,6 +300,11 @@ impl Agent for RemoteAgent {
         self.report(Request::ResetClone { name: name.clone() }, None)
     }
 
+    fn refresh_clone(&self, name: &Name, to: &api::agent::RefreshTarget) -> agent::Result<CloneReport> {
+        // As long as a reset: a copy clone copies the new image whole.
+        self.report(Request::RefreshClone { name: name.clone(), to: to.clone() }, None)
+    }
+
     fn delete_clone(&self, name: &Name) -> agent::Result<()> {
         self.done(Request::DeleteClone { name: name.clone() }, Some(CLONE_OP))
     }

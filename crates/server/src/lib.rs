@@ -19,6 +19,7 @@ mod metrics;
 mod ops;
 pub mod pki;
 mod rest;
+mod schedules;
 mod templates;
 mod webhooks;
 

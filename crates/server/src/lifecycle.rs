@@ -2,7 +2,8 @@
 //! expiry, the idle policy's removal and `DELETE`), and the idle policy (a clone no client
 //! has used for a while is stopped, later removed). A thread looks at every clone each
 //! [`LIFECYCLE_EVERY`] and starts the operations that are due, as the server itself; each is
-//! recorded in the audit log with no actor, and announced as an event.
+//! recorded in the audit log with no actor, and announced as an event. The same thread runs
+//! the schedules that are due (crate::schedules).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ impl Default for LifecycleConfig {
 }
 
 /// Who the server acts as when it stops or removes a clone by itself.
-fn system() -> Caller {
+pub(crate) fn system() -> Caller {
     Caller { user: Name::new("thinclone").expect("a valid name"), role: Role::Admin, teams: Vec::new() }
 }
 
@@ -104,7 +105,7 @@ impl Server {
         )))
     }
 
-    /// Starts the thread that applies expiry and the idle policy.
+    /// Starts the thread that applies expiry and the idle policy, and runs schedules.
     pub(crate) fn follow_lifecycle(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let spawned = std::thread::Builder::new().name("lifecycle".into()).spawn(move || loop {
@@ -121,6 +122,7 @@ impl Server {
     }
 
     fn lifecycle_tick(self: &Arc<Self>) {
+        self.follow_schedules();
         let now = Timestamp::now();
         let clones = match self.catalog().clones() {
             Ok(clones) => clones,

@@ -24,7 +24,7 @@ use std::time::Duration;
 use agent::{AgentError, AgentInfo, CloneReport, CloneSpec, CloneState, ErrorKind, ImageSource, SourceUrl};
 use api::{
     Checkpoint, CloneStatus, CreateBranch, CreateCheckpoint, CreateClone, CreateImage, ImageStatus, Name, Operation,
-    OperationId, OperationKind, Progress, Role, Timestamp,
+    OperationId, OperationKind, Progress, RefreshClone, Role, Timestamp,
 };
 use engine::Engine;
 
@@ -99,7 +99,7 @@ const MAX_RULES: usize = 256;
 const MAX_SCRIPT_BYTES: usize = 48 << 10;
 
 /// Refuses masking rules and scripts that cannot run, before anything is copied.
-fn check_transform(mask: &[api::MaskRule], scripts: &[api::ImageScript]) -> Result<()> {
+pub(crate) fn check_transform(mask: &[api::MaskRule], scripts: &[api::ImageScript]) -> Result<()> {
     let bad = |m: String| Err(ServerError::BadRequest(m));
     if mask.len() > MAX_RULES || scripts.len() > MAX_SCRIPTS {
         return bad(format!("at most {MAX_RULES} masking rules and {MAX_SCRIPTS} scripts"));
@@ -464,6 +464,7 @@ impl Server {
             mask: row.mask.as_deref().and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default(),
             scripts: row.scripts.as_deref().and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default(),
             report: row.report.as_deref().and_then(|j| serde_json::from_str(j).ok()),
+            schedule: row.schedule,
         }
     }
 
@@ -704,6 +705,16 @@ impl Server {
     /// Starts making an image. The source is checked now, so that a wrong one is refused
     /// with a 4xx rather than becoming a failed image.
     pub fn create_image(self: &Arc<Self>, caller: &Caller, request: CreateImage) -> Result<Operation> {
+        self.create_image_of(caller, request, None)
+    }
+
+    /// [`Server::create_image`], for a run of `schedule` when one is given.
+    pub(crate) fn create_image_of(
+        self: &Arc<Self>,
+        caller: &Caller,
+        request: CreateImage,
+        schedule: Option<Name>,
+    ) -> Result<Operation> {
         caller.require(Role::ImageCreator, "make images")?;
         let team = self.team_for(caller, request.team.as_ref())?;
         let name = request.name;
@@ -763,6 +774,7 @@ impl Server {
                 mask: mask_json.clone(),
                 scripts: scripts_json.clone(),
                 report: None,
+                schedule: schedule.clone(),
             })?;
             Ok(id)
         })?;
@@ -1130,6 +1142,15 @@ impl Server {
         };
         if let Ok(report) = &report {
             self.fleet.note(host, name, report.clone());
+            // A refresh that its agent finished after a crash: the catalog follows.
+            if let Some(image) = report.as_ref().and_then(|r| r.image.as_ref()) {
+                let moved = self.catalog().clone_named(name).is_ok_and(|row| &row.image != image);
+                if moved && self.catalog().image(image).is_ok() {
+                    if let Err(e) = self.catalog().set_clone_image(name, image) {
+                        tracing::error!(clone = %name, "recording the clone's image: {e}");
+                    }
+                }
+            }
         }
         let (status, message) = match report {
             Ok(Some(CloneReport { state: CloneState::Running, .. })) => (CloneStatus::Ready, None),
@@ -1200,6 +1221,84 @@ impl Server {
                 });
             }
             server.settle_clone(&host, &target, &result)
+        });
+        self.operation_now(id)
+    }
+
+    /// Remakes a clone on another image, keeping its name, port and password: the one asked
+    /// for, or the newest ready image of the schedule that made its image.
+    pub fn refresh_clone(self: &Arc<Self>, caller: &Caller, name: &Name, request: RefreshClone) -> Result<Operation> {
+        let clone = self.visible_clone(caller, name)?;
+        Self::require_use(caller, &clone, "refresh")?;
+        let current = self.catalog().image(&clone.image)?;
+        let target = match &request.image {
+            Some(image) => self.visible_image(caller, image)?,
+            None => {
+                let schedule = current.schedule.clone().ok_or_else(|| {
+                    ServerError::BadRequest(format!(
+                        "clone {name}'s image {} was not made by a schedule; name the image to move to (--image)",
+                        clone.image
+                    ))
+                })?;
+                let newest =
+                    self.catalog().images_of_schedule(&schedule)?.into_iter().find(|i| i.status == ImageStatus::Ready);
+                newest.ok_or_else(|| {
+                    ServerError::Conflict(format!(
+                        "schedule {schedule} has no ready image; `thinclone schedule run {schedule}` makes one"
+                    ))
+                })?
+            }
+        };
+        if target.name == clone.image {
+            return Err(ServerError::Conflict(format!(
+                "clone {name} is made from image {} already{}",
+                target.name,
+                if request.image.is_none() { ", the newest of its schedule" } else { "" }
+            )));
+        }
+        if clone.read_only {
+            return Err(ServerError::Conflict(format!(
+                "clone {name} is a snapshot view of a clone; make a new one instead"
+            )));
+        }
+        if target.engine != current.engine {
+            return Err(ServerError::BadRequest(format!(
+                "image {} is of engine {}, clone {name}'s of {}",
+                target.name, target.engine, current.engine
+            )));
+        }
+        let (version, superuser) = Self::image_facts(&target)?;
+        // The clone's agent must reach the image and run its version, with the clone's driver.
+        self.place_clone(&target, &version, Some(&clone.agent), Some(clone.driver))?;
+        self.refuse_if_branched(name, "refresh", |_| true)?;
+        let agent = self.fleet.require(&clone.agent)?;
+        let place = crate::agents::place_of(&self.catalog().location(&target.location)?);
+        let to = api::agent::RefreshTarget {
+            image: target.name.clone(),
+            place,
+            engine: target.engine.clone(),
+            version,
+            superuser,
+        };
+        let id = self.begin_clone_op(name, OperationKind::CloneRefresh, CloneStatus::Resetting)?;
+        let (host, team, from) = (clone.agent.clone(), clone.team.clone(), clone.image.clone());
+        let target_name = name.clone();
+        self.spawn(id, OperationKind::CloneRefresh, name, move |server| {
+            let result = agent.refresh_clone(&target_name, &to);
+            if matches!(&result, Err(e) if server.left_for_recovery(e)) {
+                return Err(LEFT_RUNNING.into());
+            }
+            if result.is_ok() {
+                server.catalog().set_clone_image(&target_name, &to.image).map_err(|e| e.to_string())?;
+                server.emit_event(Event {
+                    kind: "clone.refreshed",
+                    subject: "clone",
+                    name: &target_name,
+                    team: Some(&team),
+                    detail: format!("from image {from} to image {}", to.image),
+                });
+            }
+            server.settle_clone(&host, &target_name, &result)
         });
         self.operation_now(id)
     }
@@ -1520,6 +1619,12 @@ impl Server {
                         Err(format!(
                             "{interrupted}; `thinclone clone checkpoints {name}` shows the checkpoints the clone has"
                         ))
+                    }
+                    // The agent finished the refresh itself, or undid it; its report says which
+                    // image the clone is made from, and the catalog follows.
+                    OperationKind::CloneRefresh => {
+                        self.settle_clone(&host, name, &self.report_now(&host, name))?;
+                        Err(format!("{interrupted}; `thinclone clone show {name}` shows which image it is on"))
                     }
                     OperationKind::CloneDelete => self.finish_delete(&host, name),
                     OperationKind::ImageCreate | OperationKind::ImageDelete => unreachable!("handled above"),

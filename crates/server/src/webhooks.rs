@@ -35,7 +35,7 @@ const MAX_TEXT: usize = 1000;
 pub(crate) struct Event<'a> {
     /// One of [`EVENT_KINDS`].
     pub kind: &'static str,
-    /// `clone` or `image`.
+    /// `clone`, `image` or `schedule`.
     pub subject: &'static str,
     pub name: &'a Name,
     pub team: Option<&'a Name>,

@@ -33,6 +33,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::agent::AgentCommand,
     },
+    /// Make images on a schedule (cron, UTC), keeping the newest few; `clone refresh` moves
+    /// a clone to the newest.
+    Schedule {
+        #[command(subcommand)]
+        command: cli::schedule::ScheduleCommand,
+    },
     /// Manage clone templates: scripts run on a new clone before it is handed out.
     Template {
         #[command(subcommand)]
@@ -136,6 +142,7 @@ fn main() -> std::process::ExitCode {
         Command::Location { command } => cli::run(&opts, |ctx| cli::location::run(command, ctx)),
         Command::Webhook { command } => cli::run(&opts, |ctx| cli::webhook::run(command, ctx)),
         Command::Template { command } => cli::run(&opts, |ctx| cli::template::run(command, ctx)),
+        Command::Schedule { command } => cli::run(&opts, |ctx| cli::schedule::run(command, ctx)),
         Command::Mount(args) => no_client_opts(&opts, "mount").and_then(|()| mount::run(args)),
         Command::Image { command } => cli::run(&opts, |ctx| cli::image::run(command, ctx)),
         Command::Clone { command } => cli::run(&opts, |ctx| cli::clone::run(command, ctx)),

@@ -80,6 +80,15 @@ impl World {
         name
     }
 
+    /// Makes a schedule of team `team` as the administrator; returns its name.
+    fn schedule(&self, team: &str) -> String {
+        let name = self.fresh("sched");
+        let body = json!({"name": name, "cron": "0 2 * * *", "from_dir": self.source, "team": team});
+        let (status, made) = self.call(Some("admin"), "POST", "/v1/schedules", Some(body));
+        assert_eq!(status, 201, "{made}");
+        name
+    }
+
     /// Registers a webhook as the administrator; returns its id.
     fn webhook(&self) -> u64 {
         let body = json!({"url": "http://127.0.0.1:9/matrix", "events": ["webhook.test"]});
@@ -194,6 +203,7 @@ fn fixed(path: &'static str) -> fn(&World, &str) -> String {
         "/v1/locations" => |_, _| "/v1/locations".into(),
         "/v1/webhooks" => |_, _| "/v1/webhooks".into(),
         "/v1/templates" => |_, _| "/v1/templates".into(),
+        "/v1/schedules" => |_, _| "/v1/schedules".into(),
         "/metrics" => |_, _| "/metrics".into(),
         other => panic!("no fixed path {other}"),
     }
@@ -312,6 +322,20 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
         (("POST", "/v1/clones/{name}/start"), clone_action("start")),
         (("POST", "/v1/clones/{name}/stop"), clone_action("stop")),
         (("POST", "/v1/clones/{name}/reset"), clone_action("reset")),
+        (
+            ("POST", "/v1/clones/{name}/refresh"),
+            Rights {
+                allowed: &["red-user", "root-admin"],
+                forbidden: &["red-viewer", "red-user2", "red-creator"],
+                hidden: &["blue-creator"],
+                path: |_, _| "/v1/clones/red-c/refresh?wait=60".into(),
+                // A new image of the team for each call, to move to.
+                body: |w, who| {
+                    let allowed = who == "red-user" || who == "root-admin";
+                    Some(if allowed { json!({"image": w.image("red")}) } else { json!({"image": "red-img"}) })
+                },
+            },
+        ),
         (
             ("GET", "/v1/clones/{name}/checkpoints"),
             Rights {
@@ -691,6 +715,52 @@ fn matrix() -> Vec<((&'static str, &'static str), Rights)> {
                 forbidden: &["red-viewer", "red-user", "red-user2"],
                 hidden: &[],
                 path: |w, _| format!("/v1/templates/{}", w.template()),
+                body: no_body,
+            },
+        ),
+        (
+            ("GET", "/v1/schedules"),
+            Rights { allowed: EVERYONE, forbidden: &[], hidden: &[], path: fixed("/v1/schedules"), body: no_body },
+        ),
+        (
+            ("POST", "/v1/schedules"),
+            Rights {
+                allowed: &["red-creator", "root-admin"],
+                forbidden: &["red-viewer", "red-user", "red-user2"],
+                hidden: &["blue-creator"],
+                path: fixed("/v1/schedules"),
+                body: |w, _| {
+                    Some(json!({"name": w.fresh("sched"), "cron": "0 2 * * *", "from_dir": w.source, "team": "red"}))
+                },
+            },
+        ),
+        (
+            ("GET", "/v1/schedules/{name}"),
+            Rights {
+                allowed: RED,
+                forbidden: &[],
+                hidden: &["blue-creator"],
+                path: |w, _| format!("/v1/schedules/{}", w.schedule("red")),
+                body: no_body,
+            },
+        ),
+        (
+            ("DELETE", "/v1/schedules/{name}"),
+            Rights {
+                allowed: &["red-creator", "root-admin"],
+                forbidden: &["red-viewer", "red-user", "red-user2"],
+                hidden: &["blue-creator"],
+                path: |w, _| format!("/v1/schedules/{}", w.schedule("red")),
+                body: no_body,
+            },
+        ),
+        (
+            ("POST", "/v1/schedules/{name}/run"),
+            Rights {
+                allowed: &["red-creator", "root-admin"],
+                forbidden: &["red-viewer", "red-user", "red-user2"],
+                hidden: &["blue-creator"],
+                path: |w, _| format!("/v1/schedules/{}/run?wait=60", w.schedule("red")),
                 body: no_body,
             },
         ),

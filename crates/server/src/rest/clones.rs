@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use api::{
     Checkpoint, Clone, CreateBranch, CreateCheckpoint, CreateClone, ErrorBody, IdlePolicy, Name, Operation, Protect,
-    RevertClone, SetExpiry,
+    RefreshClone, RevertClone, SetExpiry,
 };
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -135,6 +135,31 @@ pub async fn reset_clone(
     ApiQuery(wait): ApiQuery<Wait>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
     clone_action(s, caller, name, wait, CloneAction::Reset).await
+}
+
+#[utoipa::path(post, path = "/v1/clones/{name}/refresh", tag = "clones", request_body = RefreshClone,
+    params(("name" = Name, Path, description = "The clone's name"), Wait),
+    responses((status = 200, description = "The operation, ended", body = Operation),
+              (status = 202, description = "The operation, still running", body = Operation),
+              (status = 400, description = "Not a JSON object of this shape, a bad name, an image of another \
+                                            engine, or a clone whose image no schedule made and no image named", body = ErrorBody),
+              (status = 403, description = "The caller may not use the clone", body = ErrorBody),
+              (status = 404, description = "No such clone or image among the caller's teams'", body = ErrorBody),
+              (status = 409, description = "It is on that image already, its schedule has no ready image, a cowfs \
+                                            clone is built on its checkpoints, or another operation is under way", body = ErrorBody),
+              (status = 413, description = "The request body is larger than 64 KiB", body = ErrorBody),
+              (status = 415, description = "The request body is not sent as JSON", body = ErrorBody),
+              (status = 503, description = "The clone's agent is unreachable", body = ErrorBody),
+              (status = 507, description = "Not enough free disk for a full copy of the new image", body = ErrorBody)))]
+pub async fn refresh_clone(
+    State(s): State<Arc<Server>>,
+    Auth(caller): Auth,
+    ApiPath(name): ApiPath<Name>,
+    ApiQuery(wait): ApiQuery<Wait>,
+    ApiJson(body): ApiJson<RefreshClone>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let subject = Subject::Clone(name.clone());
+    operation(s, caller, "clone.refresh", subject, wait, move |s, caller| s.refresh_clone(caller, &name, body)).await
 }
 
 #[utoipa::path(get, path = "/v1/clones/{name}/checkpoints", tag = "clones",

@@ -13,6 +13,7 @@ mod identity;
 mod images;
 mod metrics;
 mod operations;
+mod schedules;
 mod templates;
 mod webhooks;
 
@@ -267,6 +268,7 @@ pub(crate) enum Subject {
     Location(Name),
     Webhook(u64),
     Template(Name),
+    Schedule(Name),
 }
 
 impl Subject {
@@ -282,6 +284,7 @@ impl Subject {
             Subject::Location(n) => format!("location {n}"),
             Subject::Webhook(id) => format!("webhook {id}"),
             Subject::Template(n) => format!("template {n}"),
+            Subject::Schedule(n) => format!("schedule {n}"),
         }
     }
 
@@ -291,6 +294,7 @@ impl Subject {
             Subject::Image(n) => server.catalog().image(n).ok().map(|i| i.team),
             Subject::Clone(n) => server.catalog().clone_named(n).ok().map(|c| c.team),
             Subject::Team(n) => Some(n.clone()),
+            Subject::Schedule(n) => server.catalog().schedule(n).ok().map(|s| s.team),
             Subject::User(_)
             | Subject::Token(_)
             | Subject::Source(_)
@@ -572,6 +576,7 @@ fn router() -> (axum::Router<Arc<Server>>, utoipa::openapi::OpenApi) {
         .routes(routes!(clones::start_clone))
         .routes(routes!(clones::stop_clone))
         .routes(routes!(clones::reset_clone))
+        .routes(routes!(clones::refresh_clone))
         .routes(routes!(clones::revert_clone))
         .routes(routes!(clones::list_checkpoints, clones::create_checkpoint))
         .routes(routes!(clones::delete_checkpoint))
@@ -582,6 +587,9 @@ fn router() -> (axum::Router<Arc<Server>>, utoipa::openapi::OpenApi) {
         .routes(routes!(clones::set_idle))
         .routes(routes!(templates::list_templates, templates::create_template))
         .routes(routes!(templates::show_template, templates::delete_template))
+        .routes(routes!(schedules::list_schedules, schedules::create_schedule))
+        .routes(routes!(schedules::show_schedule, schedules::delete_schedule))
+        .routes(routes!(schedules::run_schedule))
         .routes(routes!(operations::list_operations))
         .routes(routes!(operations::show_operation))
         .routes(routes!(operations::cancel_operation))

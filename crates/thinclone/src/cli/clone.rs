@@ -135,6 +135,19 @@ pub enum CloneCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Remake a clone on the newest ready image of its image's schedule (or on --image),
+    /// keeping its name, port and password. Its changes and checkpoints are lost, as with
+    /// a reset.
+    Refresh {
+        /// The clone's name.
+        name: Name,
+        /// The image to move to [default: the newest of its schedule].
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<Name>,
+        /// Return at once with the operation, instead of waiting for it to end.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -329,6 +342,11 @@ pub fn run(cmd: CloneCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
         CloneCommand::Revert { name, to, no_wait } => {
             ctx.at_once(no_wait);
             let op = ctx.client.revert_clone(&name, &RevertClone { to })?;
+            ctx.conclude(op, no_wait, |ctx, _| show(ctx, &name))
+        }
+        CloneCommand::Refresh { name, image, no_wait } => {
+            ctx.at_once(no_wait);
+            let op = ctx.client.refresh_clone(&name, &api::RefreshClone { image })?;
             ctx.conclude(op, no_wait, |ctx, _| show(ctx, &name))
         }
     }

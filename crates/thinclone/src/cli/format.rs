@@ -30,6 +30,9 @@ pub fn image_fields(image: &Image) -> Fields {
         ("clones", image.clone_count.to_string()),
         ("created_at", image.created_at.to_string()),
     ]);
+    if let Some(schedule) = &image.schedule {
+        fields.push(("schedule", schedule.to_string()));
+    }
     for rule in &image.mask {
         let strategy = serde_json::to_value(rule.strategy).ok().and_then(|v| v.as_str().map(str::to_owned));
         fields.push(("mask", format!("{}.{}: {}", rule.table, rule.column, strategy.unwrap_or_default())));
@@ -480,6 +483,78 @@ pub fn template_fields(t: &api::Template) -> Fields {
     fields
 }
 
+pub fn schedules_table(schedules: &[api::Schedule]) -> String {
+    let rows = schedules
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.to_string(),
+                s.cron.clone(),
+                s.keep.to_string(),
+                s.images.len().to_string(),
+                s.next_run_at.to_string(),
+                match (&s.last_error, &s.last_image) {
+                    (Some(e), _) => format!("failed: {e}"),
+                    (None, Some(image)) => image.to_string(),
+                    (None, None) => "-".to_owned(),
+                },
+                s.source.clone(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &[
+            ("NAME", Left),
+            ("CRON (UTC)", Left),
+            ("KEEP", Right),
+            ("IMAGES", Right),
+            ("NEXT RUN", Left),
+            ("LAST RUN", Left),
+            ("SOURCE", Left),
+        ],
+        &rows,
+    )
+}
+
+pub fn schedule_fields(s: &api::Schedule) -> Fields {
+    let mut fields = vec![
+        ("name", s.name.to_string()),
+        ("cron", format!("{} (UTC)", s.cron)),
+        ("keep", format!("{} ready images", s.keep)),
+        ("source", s.source.clone()),
+        ("team", s.team.to_string()),
+    ];
+    if let Some(location) = &s.location {
+        fields.push(("location", location.to_string()));
+    }
+    if let Some(host) = &s.host {
+        fields.push(("host", host.to_string()));
+    }
+    for rule in &s.mask {
+        let strategy = serde_json::to_value(rule.strategy).ok().and_then(|v| v.as_str().map(str::to_owned));
+        fields.push(("mask", format!("{}.{}: {}", rule.table, rule.column, strategy.unwrap_or_default())));
+    }
+    for script in &s.scripts {
+        fields.push(("script", script.clone()));
+    }
+    fields.push(("next_run_at", s.next_run_at.to_string()));
+    if let Some(at) = s.last_run_at {
+        fields.push(("last_run_at", at.to_string()));
+    }
+    if let Some(image) = &s.last_image {
+        fields.push(("last_image", image.to_string()));
+    }
+    if let Some(e) = &s.last_error {
+        fields.push(("last_error", e.clone()));
+    }
+    for image in &s.images {
+        fields.push(("image", image.to_string()));
+    }
+    fields.push(("created_by", s.created_by.to_string()));
+    fields.push(("created_at", s.created_at.to_string()));
+    fields
+}
+
 pub fn webhooks_table(hooks: &[api::Webhook]) -> String {
     let rows = hooks
         .iter()
@@ -568,6 +643,7 @@ pub fn describe(op: &Operation) -> String {
         OperationKind::CloneStart => "starting",
         OperationKind::CloneStop => "stopping",
         OperationKind::CloneReset => "resetting",
+        OperationKind::CloneRefresh => "refreshing",
         OperationKind::CloneCheckpoint => "making a checkpoint of",
         OperationKind::CloneRevert => "reverting",
         OperationKind::CheckpointDelete => "removing a checkpoint of",

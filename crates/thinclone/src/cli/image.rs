@@ -132,7 +132,7 @@ struct RulesFile {
     rule: Vec<api::MaskRule>,
 }
 
-fn read_rules(path: &std::path::Path) -> anyhow::Result<Vec<api::MaskRule>> {
+pub(crate) fn read_rules(path: &std::path::Path) -> anyhow::Result<Vec<api::MaskRule>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading the masking rules {}", path.display()))?;
     let file: RulesFile =
@@ -143,7 +143,7 @@ fn read_rules(path: &std::path::Path) -> anyhow::Result<Vec<api::MaskRule>> {
     Ok(file.rule)
 }
 
-fn read_script(path: &std::path::Path) -> anyhow::Result<api::ImageScript> {
+pub(crate) fn read_script(path: &std::path::Path) -> anyhow::Result<api::ImageScript> {
     let sql = std::fs::read_to_string(path).with_context(|| format!("reading the script {}", path.display()))?;
     let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     Ok(api::ImageScript { name, sql, database: None })

@@ -27,6 +27,7 @@ pub mod location;
 pub mod login;
 pub mod op;
 mod progress;
+pub mod schedule;
 pub mod source;
 pub mod team;
 pub mod template;
