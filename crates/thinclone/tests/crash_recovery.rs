@@ -1,5 +1,5 @@
 //! kill -9 of the server in the middle of a reset, a stop, a removal, a checkpoint (while the
-//! clone's server is paused) and a revert, at ten moments each,
+//! clone's server is paused), a revert and a refresh (onto another image), at ten moments each,
 //! for the cowfs driver (on the test machine's filesystem) and the reflink driver (on a
 //! loop-mounted XFS). After each restart the clone must be ready, stopped or gone exactly as
 //! its record says, and nothing may be orphaned: no half-made copy (`data.new`, `data.old`),
@@ -23,17 +23,27 @@ enum Op {
     Delete,
     Checkpoint,
     Revert,
+    Refresh,
 }
 
 impl Op {
-    fn args(self) -> [&'static str; 3] {
+    fn args(self) -> Vec<&'static str> {
         match self {
             Op::Reset => ["clone", "reset", "k"],
             Op::Stop => ["clone", "stop", "k"],
             Op::Delete => ["clone", "rm", "k"],
             Op::Checkpoint => ["clone", "checkpoint", "k"],
             Op::Revert => ["clone", "revert", "k"],
+            Op::Refresh => return vec!["clone", "refresh", "k", "--image", "OTHER"],
         }
+        .to_vec()
+    }
+
+    /// The arguments, for clone `k` made from image `on` now: a refresh goes to the other
+    /// of the two images.
+    fn args_on(self, on: &str) -> Vec<&'static str> {
+        let other = if on == "img" { "img2" } else { "img" };
+        self.args().into_iter().map(|a| if a == "OTHER" { other } else { a }).collect()
     }
 }
 
@@ -132,7 +142,7 @@ fn kill_during(d: &mut Daemon, driver: Driver, op: Op) {
         d.ok::<api::Checkpoint>(&["clone", "checkpoint", "k"]);
     }
     let started = Instant::now();
-    d.ok::<serde_json::Value>(&op.args());
+    d.ok::<serde_json::Value>(&op.args_on(fresh_clone(d).image.as_str()));
     let took = started.elapsed();
     let mut outcomes = Vec::new();
     let delays: Vec<u64> = [0.0, 0.05, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.1, 1.5]
@@ -148,7 +158,8 @@ fn kill_during(d: &mut Daemon, driver: Driver, op: Op) {
             d.ok::<api::Checkpoint>(&["clone", "checkpoint", "k"]);
             psql(clone.url(), &format!("INSERT INTO marker VALUES ({after})")).unwrap();
         }
-        let mut cli = d.cli_command(&op.args()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let args = op.args_on(clone.image.as_str());
+        let mut cli = d.cli_command(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         d.kill9();
         let _ = cli.wait();
@@ -164,6 +175,17 @@ fn kill_during(d: &mut Daemon, driver: Driver, op: Op) {
                 let rows = psql(clone.url(), &format!("SELECT count(*) FROM marker WHERE v = {after}")).unwrap();
                 assert!(rows == "0" || rows == "1", "kill -9 {delay_ms} ms into a revert: {rows} rows made after it");
             }
+            // On the old image as it was, or on the new one afresh; the server and the
+            // clone's agent agree on which.
+            (Op::Refresh, Outcome::Ready { reset }) => {
+                let shown: api::Clone = d.ok(&["clone", "show", "k"]);
+                let record: serde_json::Value =
+                    serde_json::from_slice(&fs::read(d.data_dir.join("clones/k/clone.json")).unwrap()).unwrap();
+                assert_eq!(record["image"], shown.image.as_str(), "kill -9 {delay_ms} ms into a refresh");
+                assert!(record["refreshing_to"].is_null(), "kill -9 {delay_ms} ms into a refresh: {record}");
+                let moved = shown.image != clone.image;
+                assert!(!moved || reset, "kill -9 {delay_ms} ms into a refresh: moved, but its old rows are there");
+            }
             (op, outcome) => panic!("kill -9 {delay_ms} ms into {op:?}: the clone ended {outcome:?}"),
         }
         outcomes.push((delay_ms, outcome));
@@ -178,16 +200,19 @@ fn kill_during(d: &mut Daemon, driver: Driver, op: Op) {
 fn kill_during_every_operation(root: &Path, driver: Driver, ports: (u16, u16)) {
     let mut d = Daemon::start(&root.join("data"), ports);
     let image: api::Image = d.ok(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
+    // A second image of the same data, for refreshes to move between.
+    d.ok::<api::Image>(&["image", "create", "img2", "--from-dir", pgbench_source().to_str().unwrap()]);
     let image_dir = d.data_dir.join("images/img");
     let before = support::snapshot(&image_dir);
     let clone = fresh_clone(&d);
     assert_eq!(clone.driver, driver, "{clone:?}");
-    for op in [Op::Reset, Op::Stop, Op::Delete, Op::Checkpoint, Op::Revert] {
+    for op in [Op::Reset, Op::Stop, Op::Delete, Op::Checkpoint, Op::Revert, Op::Refresh] {
         kill_during(&mut d, driver, op);
     }
     assert!(support::diff(&before, &support::snapshot(&image_dir)).is_none(), "the image changed");
     d.ok::<Operation>(&["clone", "rm", "k"]);
     d.ok::<Operation>(&["image", "rm", image.name.as_str()]);
+    d.ok::<Operation>(&["image", "rm", "img2"]);
 }
 
 #[test]
