@@ -1769,14 +1769,27 @@ impl Agent for LocalAgent {
         record.reverting_to = Some(target.name.clone());
         self.save(&record)?;
         // Its state is thrown away: the server stops at once, without writing it out.
+        let began = std::time::Instant::now();
         let running = lock(&self.running).remove(name);
         if let Some(Running { attached, instance }) = running {
             drop(instance);
             self.driver(&record).detach(&self.clone_dir(name), attached).map_err(AgentError::from_driver)?;
         }
         self.tear_down(&record)?;
+        let stopped = began.elapsed();
         let reverted = self.revert_files(&mut record);
-        self.finish_change(&mut record, reverted)
+        let files = began.elapsed() - stopped;
+        let report = self.finish_change(&mut record, reverted);
+        // Where a revert's time goes, for whoever measures it (BENCHMARKS.md, item 7).
+        tracing::info!(
+            clone = %name,
+            checkpoint = %target.name,
+            stop_ms = stopped.as_millis() as u64,
+            files_ms = files.as_millis() as u64,
+            start_ms = (began.elapsed() - stopped - files).as_millis() as u64,
+            "reverted"
+        );
+        report
     }
 
     fn checkpoints(&self, name: &Name) -> Result<Vec<api::Checkpoint>> {
