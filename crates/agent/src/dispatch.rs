@@ -21,6 +21,7 @@ pub fn dispatch(agent: &dyn Agent, request: Request, report: &(dyn Fn(Report) + 
             Reply::SourceFacts { facts: agent.check_source_dir(&path, snapshot, &roots, &place)? }
         }
         Request::CheckSourceUrl { url } => Reply::SourceFacts { facts: agent.check_source_url(&url)? },
+        Request::CheckSource { source, place } => Reply::SourceFacts { facts: agent.check_source(&source, &place)? },
         Request::MakeImage { name, place, source, transform } => {
             let progress = |done, total| report(Report::Progress { done, total });
             let step = |message: &str| report(Report::Step(message));

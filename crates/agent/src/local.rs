@@ -1297,6 +1297,10 @@ impl Agent for LocalAgent {
         crate::images::check_source_url(self, url)
     }
 
+    fn check_source(&self, source: &ImageSource, place: &ImagePlace) -> Result<SourceFacts> {
+        crate::images::check_source(self, source, place)
+    }
+
     fn make_image(
         &self,
         name: &Name,

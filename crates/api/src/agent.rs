@@ -147,6 +147,58 @@ pub enum ImageSource {
     Dir { path: String, snapshot: bool, roots: Vec<String> },
     /// A live server; the URL carries its password, which only the agent sees.
     Url { url: String },
+    /// A logical dump (a file, or a directory of one) on the agent's host, inside one of
+    /// `roots`: restored into a new database of the dump's version.
+    Dump { path: String, roots: Vec<String> },
+    /// A backup repository on the agent's host, inside one of `roots`: its backup of
+    /// `stanza` (the only one when not given) restored and recovered to `target`.
+    Repo {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stanza: Option<String>,
+        target: RecoveryTarget,
+        roots: Vec<String>,
+    },
+    /// A base backup (a directory inside one of `roots`) and a directory of the engine's
+    /// archived log (inside one of `roots` too), recovered to `target`.
+    Archive { path: String, archive: String, target: RecoveryTarget, roots: Vec<String> },
+}
+
+impl ImageSource {
+    /// The registered source directories the source's paths must lie in.
+    pub fn roots(&self) -> &[String] {
+        match self {
+            ImageSource::Dir { roots, .. }
+            | ImageSource::Dump { roots, .. }
+            | ImageSource::Repo { roots, .. }
+            | ImageSource::Archive { roots, .. } => roots,
+            ImageSource::Url { .. } => &[],
+        }
+    }
+}
+
+/// The point a backup is recovered to.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryTarget {
+    /// As far as the log goes.
+    #[default]
+    Latest,
+    /// The last transaction committed at or before this time (RFC 3339, or the engine's own
+    /// timestamp syntax).
+    Time(String),
+    /// This position in the engine's log (its own syntax).
+    Position(String),
+}
+
+impl std::fmt::Display for RecoveryTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryTarget::Latest => f.write_str("the end of the log"),
+            RecoveryTarget::Time(t) => write!(f, "time {t}"),
+            RecoveryTarget::Position(p) => write!(f, "position {p}"),
+        }
+    }
 }
 
 /// What an agent learned of a source before copying it.
@@ -305,6 +357,12 @@ pub enum Request {
     CheckSourceUrl {
         url: String,
     },
+    /// Checks any source as `MakeImage` would take it (a dump, a backup repository, a base
+    /// backup and its log archive).
+    CheckSource {
+        source: ImageSource,
+        place: ImagePlace,
+    },
     MakeImage {
         name: Name,
         place: ImagePlace,
@@ -381,6 +439,7 @@ impl Request {
             Request::Info => "info",
             Request::CheckSourceDir { .. } => "check_source_dir",
             Request::CheckSourceUrl { .. } => "check_source_url",
+            Request::CheckSource { .. } => "check_source",
             Request::MakeImage { .. } => "make_image",
             Request::RemoveImage { .. } => "remove_image",
             Request::CancelImageJobs => "cancel_image_jobs",

@@ -235,6 +235,10 @@ impl Agent for RemoteAgent {
         self.facts(Request::CheckSourceUrl { url: url.to_owned() })
     }
 
+    fn check_source(&self, source: &ImageSource, place: &ImagePlace) -> agent::Result<SourceFacts> {
+        self.facts(Request::CheckSource { source: source.clone(), place: place.clone() })
+    }
+
     fn make_image(
         &self,
         name: &Name,

@@ -706,16 +706,11 @@ impl Server {
     pub fn create_image(self: &Arc<Self>, caller: &Caller, request: CreateImage) -> Result<Operation> {
         caller.require(Role::ImageCreator, "make images")?;
         let team = self.team_for(caller, request.team.as_ref())?;
-        let name = request.name;
+        let name = request.name.clone();
         if self.catalog().image(&name).is_ok() {
             return Err(ServerError::Conflict(format!("image {name} already exists")));
         }
-        if request.snapshot && request.from_dir.is_none() {
-            return Err(ServerError::BadRequest("snapshot goes with from_dir only".into()));
-        }
-        if request.from_dir.is_some() == request.from_url.is_some() {
-            return Err(ServerError::BadRequest("give exactly one of from_dir and from_url".into()));
-        }
+        check_source_options(&request)?;
         if let Some(url) = &request.from_url {
             // Checked here too, so that a URL that is not one is refused before any agent.
             SourceUrl::parse(url).map_err(ServerError::BadRequest)?;
@@ -727,17 +722,37 @@ impl Server {
         let scripts_json = (!names.is_empty()).then(|| to_json(&names)).transpose()?;
         let location = self.image_location(request.location.as_ref())?;
         let place = crate::agents::place_of(&location);
-        let maker = self.image_maker(&location.name, request.host.as_ref(), request.from_dir.is_some())?;
+        let maker = self.image_maker(&location.name, request.host.as_ref(), request.from_url.is_none())?;
         let agent = self.fleet.require(&maker)?;
-        let (source, facts) = match (request.from_dir, request.from_url) {
-            (Some(dir), None) => {
-                let roots: Vec<String> = self.catalog().sources()?.into_iter().map(|s| s.path).collect();
-                let facts = agent.check_source_dir(&dir, request.snapshot, &roots, &place)?;
-                (ImageSource::Dir { path: facts.shown.clone(), snapshot: request.snapshot, roots }, facts)
-            }
-            (None, Some(url)) => {
+        let target = match (&request.target_time, &request.target_lsn) {
+            (Some(time), _) => agent::RecoveryTarget::Time(time.clone()),
+            (None, Some(lsn)) => agent::RecoveryTarget::Position(lsn.clone()),
+            (None, None) => agent::RecoveryTarget::Latest,
+        };
+        let roots = || -> Result<Vec<String>> { Ok(self.catalog().sources()?.into_iter().map(|s| s.path).collect()) };
+        let (source, facts) = match (request.from_dir, request.from_url, request.from_dump, request.from_repo) {
+            (Some(dir), None, None, None) => match request.archive {
+                None => {
+                    let roots = roots()?;
+                    let facts = agent.check_source_dir(&dir, request.snapshot, &roots, &place)?;
+                    (ImageSource::Dir { path: facts.shown.clone(), snapshot: request.snapshot, roots }, facts)
+                }
+                Some(archive) => {
+                    let source = ImageSource::Archive { path: dir, archive, target, roots: roots()? };
+                    (source.clone(), agent.check_source(&source, &place)?)
+                }
+            },
+            (None, Some(url), None, None) => {
                 let facts = agent.check_source_url(&url)?;
                 (ImageSource::Url { url }, facts)
+            }
+            (None, None, Some(dump), None) => {
+                let source = ImageSource::Dump { path: dump, roots: roots()? };
+                (source.clone(), agent.check_source(&source, &place)?)
+            }
+            (None, None, None, Some(repo)) => {
+                let source = ImageSource::Repo { path: repo, stanza: request.stanza, target, roots: roots()? };
+                (source.clone(), agent.check_source(&source, &place)?)
             }
             _ => unreachable!("exactly one source was checked above"),
         };
@@ -1545,4 +1560,51 @@ impl Server {
         })
         .map_or_else(|| self.operation_now(id), Ok)
     }
+}
+
+/// Checks that a request names exactly one source, and only the options that go with it, so
+/// that a bad combination is refused with a 400 before any agent is asked.
+fn check_source_options(request: &CreateImage) -> Result<()> {
+    let bad = |message: &str| Err(ServerError::BadRequest(message.to_owned()));
+    let sources = [&request.from_dir, &request.from_url, &request.from_dump, &request.from_repo];
+    if sources.iter().filter(|s| s.is_some()).count() != 1 {
+        return bad("give exactly one of from_dir, from_url, from_dump and from_repo");
+    }
+    if request.snapshot && (request.from_dir.is_none() || request.archive.is_some()) {
+        return bad(
+            "snapshot goes with from_dir only, without archive (a base backup and its archive are recovered anyway)",
+        );
+    }
+    if request.archive.is_some() && request.from_dir.is_none() {
+        return bad("archive goes with from_dir (a base backup) only");
+    }
+    if request.stanza.is_some() && request.from_repo.is_none() {
+        return bad("stanza goes with from_repo only");
+    }
+    if request.target_time.is_some() && request.from_repo.is_none() && request.archive.is_none() {
+        return bad("target_time goes with from_repo, or with from_dir and archive");
+    }
+    if request.target_lsn.is_some() && request.archive.is_none() {
+        return bad("target_lsn goes with from_dir and archive only");
+    }
+    if request.target_time.is_some() && request.target_lsn.is_some() {
+        return bad("give target_time or target_lsn, not both");
+    }
+    for (what, path) in
+        [("from_dump", &request.from_dump), ("from_repo", &request.from_repo), ("archive", &request.archive)]
+    {
+        if let Some(path) = path {
+            if !path.starts_with('/') {
+                return Err(ServerError::BadRequest(format!("{what} must be an absolute path, not {path}")));
+            }
+        }
+    }
+    for (what, value) in
+        [("stanza", &request.stanza), ("target_time", &request.target_time), ("target_lsn", &request.target_lsn)]
+    {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty() || v.len() > 200 || v.chars().any(char::is_control)) {
+            return Err(ServerError::BadRequest(format!("{what} must be a short, non-empty line of text")));
+        }
+    }
+    Ok(())
 }
