@@ -311,6 +311,9 @@ pub(crate) fn restore_repo(
     let lock = lock_dir(run_dir, user)?;
     let mut restore = pgbackrest(repo, user)
         .arg(format!("--lock-path={}", lock.display()))
+        // Tablespaces go to the run directory, never back to where the backup's server had
+        // them (a live server's files); recovery brings them inside the copy first.
+        .arg(format!("--tablespace-map-all={}", run_dir.join("tablespaces").display()))
         .arg(format!("--stanza={stanza}"))
         .arg(format!("--pg1-path={}", data_dir.display()));
     restore = match target {

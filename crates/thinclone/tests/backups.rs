@@ -114,6 +114,13 @@ fn images_from_a_dump_a_repository_and_an_archive_to_a_target_time() {
         .args(["-p", &PORT.to_string(), "-U", "postgres", "-Fc", "-f"])
         .arg(&dump)
         .arg("app"));
+    let plain = dumps.join("app.sql");
+    run(command("pg_dump")
+        .arg("-h")
+        .arg(&source.socket_dir)
+        .args(["-p", &PORT.to_string(), "-U", "postgres", "-Fp", "-f"])
+        .arg(&plain)
+        .arg("app"));
     pgbackrest(&config, &["--stanza=main", "stanza-create"]);
     pgbackrest(&config, &["--stanza=main", "--type=full", "backup"]);
     run(command("pg_basebackup")
@@ -135,16 +142,30 @@ fn images_from_a_dump_a_repository_and_an_archive_to_a_target_time() {
         (last.as_str() >= segment.as_str()).then_some(())
     });
     assert!(archived.is_some(), "{segment} was not archived within 60 s:\n{}", source.log_tail());
+    let major = source.psql("postgres", "SELECT current_setting('server_version_num')::int / 10000");
     source.stop();
 
     let d = Daemon::start(&w.join("data"), (8540, 8559));
 
     // (a) A dump: a new cluster of its version, its database made by the dump.
-    let image: Image = d.ok(&["image", "create", "from-dump", "--from-dump", dump.to_str().unwrap()]);
+    // A modification script runs on it as on any image.
+    let script = w.join("script.sql");
+    fs::write(&script, "CREATE TABLE made_by_script AS SELECT 42 AS answer;\n").unwrap();
+    let image: Image = d.ok(&[
+        "image",
+        "create",
+        "from-dump",
+        "--from-dump",
+        dump.to_str().unwrap(),
+        "--script",
+        script.to_str().unwrap(),
+    ]);
     assert_eq!(image.status, ImageStatus::Ready, "{image:?}");
     assert_eq!(image.source, format!("dump:{}", dump.display()));
+    assert_eq!(image.engine_version.as_deref(), Some(major.as_str()), "the dump's major version");
     let c: Clone = d.ok(&["clone", "create", "dump-c", "--image", "from-dump"]);
     assert_eq!(tags(&c), "base:500");
+    assert_eq!(psql(c.url(), "SELECT answer FROM made_by_script").unwrap(), "42");
 
     // (b) pgBackRest, to the target time: A is there, B is not.
     let image: Image =
@@ -183,6 +204,15 @@ fn images_from_a_dump_a_repository_and_an_archive_to_a_target_time() {
     assert!(err.contains("dump") && err.contains(corrupt.to_str().unwrap()), "{err}");
     nothing_left(&d, "corrupt");
 
+    // A plain dump whose restore fails: the image fails with psql's message.
+    let failing = dumps.join("failing.sql");
+    let mut text = fs::read_to_string(&plain).unwrap();
+    text.push_str("\nSELECT no_such_function();\n");
+    fs::write(&failing, text).unwrap();
+    let err = d.cli::<Value>(&["image", "create", "failing", "--from-dump", failing.to_str().unwrap()]).unwrap_err();
+    assert!(err.contains("restoring the dump") && err.contains("no_such_function"), "{err}");
+    nothing_left(&d, "failing");
+
     let err = d
         .cli::<Value>(&["image", "create", "nostanza", "--from-repo", repo.to_str().unwrap(), "--stanza", "nosuch"])
         .unwrap_err();
@@ -216,7 +246,7 @@ fn images_from_a_dump_a_repository_and_an_archive_to_a_target_time() {
         assert!(err.contains(expected), "{all:?}: {err}");
     }
 
-    for name in ["corrupt", "toolate"] {
+    for name in ["corrupt", "failing", "toolate"] {
         // A failed image's record (a 400 at creation leaves none).
         if let Ok(image) = d.cli::<Image>(&["image", "show", name]) {
             assert_eq!(image.status, ImageStatus::Failed, "{image:?}");
