@@ -215,7 +215,7 @@ pub(crate) fn check_source(agent: &LocalAgent, source: &ImageSource, place: &Ima
             }
             let mut reasons = Vec::new();
             for engine in engines {
-                match engine.inspect_repo(&repo, stanza.as_deref(), &agent.config().os_user) {
+                match engine.inspect_repo(&repo, stanza.as_deref(), target, &agent.config().os_user) {
                     Ok(facts) => {
                         engine.check_installed(&facts.version).map_err(|e| bad(e.to_string()))?;
                         engine.check_target(target).map_err(|e| bad(e.to_string()))?;
@@ -390,7 +390,7 @@ fn make(
             let engine = agent.engine(&facts.engine)?;
             let repo = source_path(agent, path, roots)?;
             let stanza = engine
-                .inspect_repo(&repo, stanza.as_deref(), user)
+                .inspect_repo(&repo, stanza.as_deref(), target, user)
                 .map_err(engine_failed("reading the backup repository"))?
                 .stanza;
             own_dir()?;

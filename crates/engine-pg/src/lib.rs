@@ -165,8 +165,14 @@ impl engine::Engine for Postgres {
         restore::restore_dump(&self.search, path, data_dir, run_dir, user)
     }
 
-    fn inspect_repo(&self, repo: &Path, stanza: Option<&str>, user: &User) -> Result<RepoFacts> {
-        restore::inspect_repo(repo, stanza, user)
+    fn inspect_repo(
+        &self,
+        repo: &Path,
+        stanza: Option<&str>,
+        target: &RecoveryTarget,
+        user: &User,
+    ) -> Result<RepoFacts> {
+        restore::inspect_repo(repo, stanza, target, user)
     }
 
     fn restore_repo(

@@ -243,7 +243,13 @@ fn lock_dir(run_dir: &Path, user: &User) -> Result<std::path::PathBuf> {
     Ok(lock)
 }
 
-pub(crate) fn inspect_repo(repo: &Path, stanza: Option<&str>, user: &User) -> Result<RepoFacts> {
+pub(crate) fn inspect_repo(
+    repo: &Path,
+    stanza: Option<&str>,
+    target: &RecoveryTarget,
+    user: &User,
+) -> Result<RepoFacts> {
+    check_target(target)?;
     let out = pgbackrest(repo, user)
         .args(["--output=json", "info"])
         .timeout(Duration::from_secs(120))
@@ -292,6 +298,27 @@ pub(crate) fn inspect_repo(repo: &Path, stanza: Option<&str>, user: &User) -> Re
         .and_then(|db| db["version"].as_str())
         .and_then(major_of)
         .ok_or_else(|| bad(format!("stanza {name} of {} names no {ENGINE_NAME} version", repo.display())))?;
+    // A target time before every backup's end: pgBackRest would take the latest backup, and
+    // the image would silently be of a later point.
+    if let RecoveryTarget::Time(t) = target {
+        let stops: Vec<i64> = chosen["backup"]
+            .as_array()
+            .map(|backups| backups.iter().filter_map(|b| b["timestamp"]["stop"].as_i64()).collect())
+            .unwrap_or_default();
+        if stops.is_empty() {
+            return Err(bad(format!("stanza {name} of the backup repository {} has no backup", repo.display())));
+        }
+        let earliest = stops.iter().copied().min().unwrap_or_default();
+        if let Some(at) = epoch_of(&engine_time(t)) {
+            if at < earliest as f64 {
+                return Err(bad(format!(
+                    "time {t} is before the end of every backup of stanza {name} (the earliest ended {} s later): a \
+                     backup recovers only to a point after it was taken",
+                    (earliest as f64 - at).ceil()
+                )));
+            }
+        }
+    }
     Ok(RepoFacts { version: version.to_string(), stanza: name })
 }
 
@@ -305,7 +332,7 @@ pub(crate) fn restore_repo(
     run_dir: &Path,
     user: &User,
 ) -> Result<()> {
-    let facts = inspect_repo(repo, Some(stanza), user)?;
+    let facts = inspect_repo(repo, Some(stanza), target, user)?;
     let major = Major::parse(&facts.version).map_err(|b| b.into_error())?;
     let installation = search.find(major)?;
     let lock = lock_dir(run_dir, user)?;
@@ -401,6 +428,59 @@ fn engine_time(time: &str) -> String {
     t
 }
 
+/// Seconds since 1970 of a time as [`engine_time`] writes it, when it names its zone as
+/// `Z`, `UTC`, `GMT` or an offset (`+00`, `+05:30`, `-0800`); `None` otherwise.
+fn epoch_of(time: &str) -> Option<f64> {
+    let time = time.trim();
+    let number =
+        |s: &str| -> Option<i64> { (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())? };
+    let (date, rest) = (time.get(..10)?, time.get(11..)?);
+    let mut parts = date.split('-');
+    let (y, m, d) = (number(parts.next()?)?, number(parts.next()?)?, number(parts.next()?)?);
+    // The clock, then the zone.
+    let zone_at =
+        rest.find(|c: char| c == '+' || c == '-' || c.is_ascii_alphabetic() || c == ' ').unwrap_or(rest.len());
+    let (clock, zone) = rest.split_at(zone_at);
+    let mut clock = clock.split(':');
+    let hours = number(clock.next()?)?;
+    let minutes = number(clock.next()?)?;
+    let seconds: f64 = match clock.next() {
+        Some(s) => s.parse().ok().filter(|s: &f64| s.is_finite())?,
+        None => 0.0,
+    };
+    let offset = match zone.trim() {
+        "Z" | "z" | "UTC" | "GMT" => 0,
+        z if z.starts_with(['+', '-']) => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            let digits: String = z[1..].chars().filter(|c| *c != ':').collect();
+            let (h, m) = match digits.len() {
+                2 => (number(&digits)?, 0),
+                4 => (number(&digits[..2])?, number(&digits[2..])?),
+                _ => return None,
+            };
+            sign * (h * 3600 + m * 60)
+        }
+        _ => return None,
+    };
+    // Days from 1970-01-01 to the date (the civil calendar's algorithm by Howard Hinnant).
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hours * 3600 + minutes * 60 - offset) as f64 + seconds)
+}
+
+/// When the base backup in `data_dir` started, from its `backup_label` (`START TIME:
+/// 2026-11-30 01:55:10 UTC`), in seconds since 1970; `None` when it has none or names a zone
+/// [`epoch_of`] does not read.
+fn backup_start(data_dir: &Path) -> Option<(f64, String)> {
+    let label = fs::read_to_string(data_dir.join("backup_label")).ok()?;
+    let start = label.lines().find_map(|l| l.strip_prefix("START TIME:"))?.trim().to_owned();
+    Some((epoch_of(&start)?, start))
+}
+
 pub(crate) fn check_target(target: &RecoveryTarget) -> Result<()> {
     match target {
         RecoveryTarget::Latest => Ok(()),
@@ -441,6 +521,16 @@ pub(crate) fn recover_to(
     let installation = search.find(major)?;
     if !archive.is_dir() {
         return Err(bad(format!("the WAL archive {} is not a directory", archive.display())));
+    }
+    // A target time before the backup began: its files already hold what was committed
+    // after the target, and recovery could not take it out.
+    if let (RecoveryTarget::Time(t), Some((start, shown))) = (target, backup_start(data_dir)) {
+        if epoch_of(&engine_time(t)).is_some_and(|at| at < start) {
+            return Err(bad(format!(
+                "time {t} is before the base backup began ({shown}): a backup recovers only to a point after it \
+                 was taken (give a later target, or an older backup)"
+            )));
+        }
     }
     let restore_command = format!("cp {}/%f \"%p\"", shell_word(archive)?);
     recover(&installation, data_dir, run_dir, user, restore_command, target)?;
@@ -546,5 +636,11 @@ mod tests {
         assert!(check_target(&RecoveryTarget::Position("3000060".into())).is_err());
         assert_eq!(major_of("15.18 (Debian 15.18-0+deb12u1)"), Some(Major(15)));
         assert_eq!(major_of("9.6.24"), None);
+        assert_eq!(epoch_of("1970-01-01 00:00:00+00"), Some(0.0));
+        assert_eq!(epoch_of("1970-01-02 01:00:00 UTC"), Some(90_000.0));
+        assert_eq!(epoch_of(&engine_time("2026-11-30T02:00:00.5Z")), Some(1_796_004_000.5));
+        assert_eq!(epoch_of("2026-11-30 03:30:00+01:30"), Some(1_796_004_000.0));
+        assert_eq!(epoch_of("2026-11-30 02:00:00"), None, "no zone");
+        assert_eq!(epoch_of("2026-11-30 02:00:00 CET"), None);
     }
 }

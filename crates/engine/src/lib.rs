@@ -253,10 +253,17 @@ pub trait Engine: Send + Sync + 'static {
     }
 
     /// Checks a backup repository at `repo` and names what it holds: the engine version of
-    /// its backups and the stanza (`stanza`, or the repository's only one). A missing stanza
-    /// or an empty repository is an [`Error::BadSource`].
-    fn inspect_repo(&self, repo: &Path, stanza: Option<&str>, user: &User) -> Result<RepoFacts> {
-        let _ = (stanza, user);
+    /// its backups and the stanza (`stanza`, or the repository's only one). A missing stanza,
+    /// an empty repository, or a `target` before every backup's end is an
+    /// [`Error::BadSource`].
+    fn inspect_repo(
+        &self,
+        repo: &Path,
+        stanza: Option<&str>,
+        target: &RecoveryTarget,
+        user: &User,
+    ) -> Result<RepoFacts> {
+        let _ = (stanza, target, user);
         Err(Error::BadSource(format!(
             "the {} engine cannot read the backup repository {}",
             self.name(),

@@ -1,14 +1,17 @@
 //! Images from backups and points in time (issue 14, acceptance 3), through the CLI of a real
 //! daemon over a real source cluster, with real pgBackRest:
 //!
-//! - a `pg_dump -Fc` file restored into a new cluster: its rows are in the clone;
+//! - a `pg_dump -Fc` file restored into a new cluster: its rows are in the clone (and the
+//!   directory, tar and plain formats too);
 //! - a pgBackRest repository (a stanza, a full backup, WAL archived with `archive-push`)
 //!   recovered to a target time;
-//! - a `pg_basebackup` and a directory of WAL archived with `cp`, recovered to the same time.
+//! - a `pg_basebackup` and a directory of WAL archived with `cp`, recovered to the same time,
+//!   and to an LSN.
 //!
 //! Rows A are committed after the backups and before the target time, rows B after it: each
 //! clone of a point-in-time image has A and not B. Bad inputs (a corrupt dump, a missing
-//! stanza, a target past the end of the archive) fail with a clear message and leave nothing.
+//! stanza, a target past the end of the archive or before the backups) fail with a clear
+//! message and leave nothing.
 
 mod support;
 
@@ -106,6 +109,10 @@ fn images_from_a_dump_a_repository_and_an_archive_to_a_target_time() {
     source.psql("postgres", "CREATE DATABASE app");
     source.psql("app", "CREATE TABLE t (id serial PRIMARY KEY, tag text NOT NULL); INSERT INTO t (tag) SELECT 'base' FROM generate_series(1, 500)");
 
+    // A time before every backup.
+    let early = source.psql("postgres", "SELECT now()::text");
+    std::thread::sleep(Duration::from_millis(1100));
+
     // The backups: a dump, a full pgBackRest backup, a base backup.
     let dump = dumps.join("app.dump");
     run(command("pg_dump")
@@ -114,6 +121,15 @@ fn images_from_a_dump_a_repository_and_an_archive_to_a_target_time() {
         .args(["-p", &PORT.to_string(), "-U", "postgres", "-Fc", "-f"])
         .arg(&dump)
         .arg("app"));
+    // The other formats: a directory and a tar file.
+    for (format, path) in [("-Fd", dumps.join("app.dir")), ("-Ft", dumps.join("app.tar"))] {
+        run(command("pg_dump")
+            .arg("-h")
+            .arg(&source.socket_dir)
+            .args(["-p", &PORT.to_string(), "-U", "postgres", format, "-f"])
+            .arg(&path)
+            .arg("app"));
+    }
     let plain = dumps.join("app.sql");
     run(command("pg_dump")
         .arg("-h")
@@ -131,6 +147,7 @@ fn images_from_a_dump_a_repository_and_an_archive_to_a_target_time() {
 
     // Rows A, the target time (the server's clock), rows B, all archived.
     source.psql("app", "INSERT INTO t (tag) SELECT 'A' FROM generate_series(1, 100)");
+    let after_a = source.psql("postgres", "SELECT pg_current_wal_insert_lsn()::text");
     std::thread::sleep(Duration::from_millis(1100));
     let target = source.psql("postgres", "SELECT now()::text");
     let later = source.psql("postgres", "SELECT (now() + interval '1 day')::text");
@@ -167,6 +184,20 @@ fn images_from_a_dump_a_repository_and_an_archive_to_a_target_time() {
     assert_eq!(tags(&c), "base:500");
     assert_eq!(psql(c.url(), "SELECT answer FROM made_by_script").unwrap(), "42");
 
+    // The directory and tar formats, and a plain dump.
+    for (name, path) in [("from-dir-dump", "app.dir"), ("from-tar-dump", "app.tar"), ("from-plain-dump", "app.sql")] {
+        let path = dumps.join(path);
+        let image: Image = d.ok(&["image", "create", name, "--from-dump", path.to_str().unwrap()]);
+        assert_eq!(image.status, ImageStatus::Ready, "{image:?}");
+        let c: Clone = d.ok(&["clone", "create", &format!("{name}-c"), "--image", name]);
+        // The plain dump has no CREATE DATABASE: it is restored into `postgres`.
+        let db = if name == "from-plain-dump" { "postgres" } else { "app" };
+        let rows = psql(&in_db(c.url(), db), "SELECT count(*) FROM t").unwrap();
+        assert_eq!(rows, "500", "{name}");
+        d.ok::<Operation>(&["clone", "rm", &format!("{name}-c")]);
+        d.ok::<Operation>(&["image", "rm", name]);
+    }
+
     // (b) pgBackRest, to the target time: A is there, B is not.
     let image: Image =
         d.ok(&["image", "create", "from-repo", "--from-repo", repo.to_str().unwrap(), "--target-time", &target]);
@@ -195,6 +226,24 @@ fn images_from_a_dump_a_repository_and_an_archive_to_a_target_time() {
     let c: Clone = d.ok(&["clone", "create", "archive-c", "--image", "from-archive"]);
     assert_eq!(tags(&c), "A:100 base:500");
     assert!(!d.data_dir.join("images/from-archive/recovery.signal").exists());
+
+    // The same archive to a position of the log just after A.
+    let image: Image = d.ok(&[
+        "image",
+        "create",
+        "from-archive-lsn",
+        "--from-dir",
+        base.to_str().unwrap(),
+        "--archive",
+        archive.to_str().unwrap(),
+        "--target-lsn",
+        &after_a,
+    ]);
+    assert_eq!(image.status, ImageStatus::Ready, "{image:?}");
+    let c: Clone = d.ok(&["clone", "create", "archive-lsn-c", "--image", "from-archive-lsn"]);
+    assert_eq!(tags(&c), "A:100 base:500");
+    d.ok::<Operation>(&["clone", "rm", "archive-lsn-c"]);
+    d.ok::<Operation>(&["image", "rm", "from-archive-lsn"]);
 
     // Bad inputs: each fails with what is wrong, and leaves nothing.
     let corrupt = dumps.join("corrupt.dump");
@@ -235,6 +284,28 @@ fn images_from_a_dump_a_repository_and_an_archive_to_a_target_time() {
     assert!(err.contains("ends before"), "{err}");
     nothing_left(&d, "toolate");
 
+    // A target before the backups: refused, not silently a later point.
+    let err = d
+        .cli::<Value>(&["image", "create", "tooearly", "--from-repo", repo.to_str().unwrap(), "--target-time", &early])
+        .unwrap_err();
+    assert!(err.contains("before the end of every backup of stanza main"), "{err}");
+    nothing_left(&d, "tooearly");
+    let err = d
+        .cli::<Value>(&[
+            "image",
+            "create",
+            "tooearly2",
+            "--from-dir",
+            base.to_str().unwrap(),
+            "--archive",
+            archive.to_str().unwrap(),
+            "--target-time",
+            &early,
+        ])
+        .unwrap_err();
+    assert!(err.contains("before the base backup began"), "{err}");
+    nothing_left(&d, "tooearly2");
+
     // Options that do not go together are refused before anything is made.
     for (args, expected) in [
         (vec!["--from-dump", dump.to_str().unwrap(), "--target-time", &target], "target_time goes with"),
@@ -246,7 +317,7 @@ fn images_from_a_dump_a_repository_and_an_archive_to_a_target_time() {
         assert!(err.contains(expected), "{all:?}: {err}");
     }
 
-    for name in ["corrupt", "failing", "toolate"] {
+    for name in ["corrupt", "failing", "toolate", "tooearly", "tooearly2"] {
         // A failed image's record (a 400 at creation leaves none).
         if let Ok(image) = d.cli::<Image>(&["image", "show", name]) {
             assert_eq!(image.status, ImageStatus::Failed, "{image:?}");
