@@ -342,7 +342,10 @@ pub(crate) fn restore_repo(
         // them (a live server's files); recovery brings them inside the copy first.
         .arg(format!("--tablespace-map-all={}", run_dir.join("tablespaces").display()))
         .arg(format!("--stanza={stanza}"))
-        .arg(format!("--pg1-path={}", data_dir.display()));
+        // An argument of its own, so that a cancelled image job finds the program by the
+        // image's directory (sys::procfs::processes_under) and stops it.
+        .arg("--pg1-path")
+        .arg(data_dir);
     restore = match target {
         RecoveryTarget::Latest => restore.arg("--type=default"),
         RecoveryTarget::Time(t) => {
