@@ -164,19 +164,6 @@ pub enum ImageSource {
     Archive { path: String, archive: String, target: RecoveryTarget, roots: Vec<String> },
 }
 
-impl ImageSource {
-    /// The registered source directories the source's paths must lie in.
-    pub fn roots(&self) -> &[String] {
-        match self {
-            ImageSource::Dir { roots, .. }
-            | ImageSource::Dump { roots, .. }
-            | ImageSource::Repo { roots, .. }
-            | ImageSource::Archive { roots, .. } => roots,
-            ImageSource::Url { .. } => &[],
-        }
-    }
-}
-
 /// The point a backup is recovered to.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -528,5 +515,37 @@ mod tests {
             result: Err(AgentError { kind: AgentErrorKind::NotFound, message: "no clone named c".into() }),
         };
         assert_eq!(serde_json::from_str::<Frame>(&serde_json::to_string(&reply).unwrap()).unwrap(), reply);
+    }
+
+    /// Every source kind crosses the channel as it is, targets included.
+    #[test]
+    fn image_sources_round_trip() {
+        let place = ImagePlace { location: Name::new("local").unwrap(), path: "/images".into(), marker: None };
+        let roots = vec!["/srv".to_owned()];
+        for source in [
+            ImageSource::Dump { path: "/srv/app.dump".into(), roots: roots.clone() },
+            ImageSource::Repo {
+                path: "/srv/repo".into(),
+                stanza: Some("main".into()),
+                target: RecoveryTarget::Time("2026-11-30T02:00:00Z".into()),
+                roots: roots.clone(),
+            },
+            ImageSource::Repo {
+                path: "/srv/repo".into(),
+                stanza: None,
+                target: RecoveryTarget::Latest,
+                roots: roots.clone(),
+            },
+            ImageSource::Archive {
+                path: "/srv/base".into(),
+                archive: "/srv/wal".into(),
+                target: RecoveryTarget::Position("0/3000060".into()),
+                roots: roots.clone(),
+            },
+        ] {
+            let frame = Frame::Request { id: 1, request: Request::CheckSource { source, place: place.clone() } };
+            let line = serde_json::to_string(&frame).unwrap();
+            assert_eq!(serde_json::from_str::<Frame>(&line).unwrap(), frame, "{line}");
+        }
     }
 }
