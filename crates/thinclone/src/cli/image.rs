@@ -39,6 +39,8 @@ pub enum ImageCommand {
         #[arg(long, value_name = "DIR")]
         from_repo: Option<PathBuf>,
         /// With --from-repo: the stanza to restore [default: the repository's only one].
+        // (clap does not enforce `requires` towards an argument of the `source` group,
+        // clap-rs/clap#4707; the server refuses an option of another source with a 400.)
         #[arg(long, requires = "from_repo")]
         stanza: Option<String>,
         /// With --from-dir (a base backup): a directory of archived log segments on the
