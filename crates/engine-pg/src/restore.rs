@@ -211,10 +211,14 @@ pub(crate) fn restore_dump(search: &Search, path: &Path, data_dir: &Path, run_di
     Ok(())
 }
 
-/// What a failed program said, without the program's path.
+/// What a failed program said (the end of it: the error comes last), without the program's
+/// path.
 fn program_error(e: &sys::Error) -> String {
     match e {
-        sys::Error::Failed { stderr, .. } => stderr.trim().to_owned(),
+        sys::Error::Failed { stderr, .. } => {
+            let lines: Vec<&str> = stderr.trim().lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        }
         other => other.to_string(),
     }
 }
