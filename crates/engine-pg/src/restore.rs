@@ -130,8 +130,11 @@ fn dump_facts(search: &Search, path: &Path) -> Result<DumpFacts> {
     Ok(DumpFacts { format, major, database: field("dbname").filter(|d| !d.is_empty()) })
 }
 
+/// The dump's major version, once an installed version can restore it.
 pub(crate) fn dump_version(search: &Search, path: &Path) -> Result<String> {
-    Ok(dump_facts(search, path)?.major.to_string())
+    let major = dump_facts(search, path)?.major;
+    installation_for(search, major)?;
+    Ok(major.to_string())
 }
 
 /// The installation to restore a dump of `major` into: its own, or the newest installed
@@ -628,6 +631,32 @@ fn recovery_failed(e: Error, target: &RecoveryTarget) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dump goes into its own major, or the newest installed above it; none is an error
+    /// that says what to install.
+    #[test]
+    fn a_dump_is_restored_into_its_major_or_a_newer_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for major in [13, 16] {
+            let bin = dir.path().join(format!("pg{major}/bin"));
+            fs::create_dir_all(&bin).unwrap();
+            let postgres = bin.join("postgres");
+            fs::write(&postgres, format!("#!/bin/sh\necho 'postgres (PostgreSQL) {major}.1'\n")).unwrap();
+            fs::set_permissions(&postgres, fs::Permissions::from_mode(0o755)).unwrap();
+            fs::write(bin.join("pg_ctl"), "").unwrap();
+        }
+        let search = Search {
+            extra: vec![dir.path().join("pg13"), dir.path().join("pg16")],
+            debian_root: dir.path().join("debian"),
+            rpm_root: dir.path().join("rpm"),
+            pg_config: false,
+        };
+        assert_eq!(installation_for(&search, Major(13)).unwrap().major, Major(13));
+        assert_eq!(installation_for(&search, Major(14)).unwrap().major, Major(16));
+        let err = installation_for(&search, Major(17)).unwrap_err().to_string();
+        assert!(err.contains("PostgreSQL 17 is not installed") && err.contains("postgresql-17"), "{err}");
+    }
 
     #[test]
     fn times_and_positions() {

@@ -237,7 +237,8 @@ pub trait Engine: Send + Sync + 'static {
     }
 
     /// The version of the engine that wrote the logical dump at `path` (a file, or a
-    /// directory of one), or [`Error::BadSource`] when it is not one of this engine's dumps.
+    /// directory of one); [`Error::BadSource`] when it is not one of this engine's dumps, and
+    /// [`Error::MissingVersion`] when no version installed here can restore it.
     fn dump_version(&self, path: &Path) -> Result<String> {
         Err(Error::BadSource(format!("the {} engine cannot read the dump {}", self.name(), path.display())))
     }
