@@ -21,6 +21,7 @@ pub fn dispatch(agent: &dyn Agent, request: Request, report: &(dyn Fn(Report) + 
             Reply::SourceFacts { facts: agent.check_source_dir(&path, snapshot, &roots, &place)? }
         }
         Request::CheckSourceUrl { url } => Reply::SourceFacts { facts: agent.check_source_url(&url)? },
+        Request::CheckSource { source, place } => Reply::SourceFacts { facts: agent.check_source(&source, &place)? },
         Request::MakeImage { name, place, source, transform } => {
             let progress = |done, total| report(Report::Progress { done, total });
             let step = |message: &str| report(Report::Step(message));
@@ -52,6 +53,7 @@ pub fn dispatch(agent: &dyn Agent, request: Request, report: &(dyn Fn(Report) + 
             Reply::CloneReport { report: Some(agent.revert_clone(&name, to.as_ref())?) }
         }
         Request::Checkpoints { name } => Reply::Checkpoints { checkpoints: agent.checkpoints(&name)? },
+        Request::CheckpointNames { name } => Reply::Names { names: agent.checkpoint_names(&name)? },
         Request::DeleteCheckpoint { name, checkpoint } => {
             agent.delete_checkpoint(&name, &checkpoint)?;
             Reply::Done

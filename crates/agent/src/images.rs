@@ -23,8 +23,8 @@ use sys::tree::CopyData;
 
 use crate::local::LocalAgent;
 use crate::{
-    AgentError, AgentErrorExt, ErrorKind, ImagePlace, ImageSource, ImageTransform, MadeImage, Result, SourceFacts,
-    SourceUrl,
+    AgentError, AgentErrorExt, ErrorKind, ImagePlace, ImageSource, ImageTransform, MadeImage, RecoveryTarget, Result,
+    SourceFacts, SourceUrl,
 };
 
 fn bad(message: impl Into<String>) -> AgentError {
@@ -153,6 +153,99 @@ pub(crate) fn check_source_url(agent: &LocalAgent, url: &str) -> Result<SourceFa
     Ok(SourceFacts { engine: engine.id().to_owned(), version: None, shown: url.shown() })
 }
 
+/// A path of a source (a dump, a repository, an archive) resolved inside `roots`, and not
+/// thinclone's own data directory.
+fn source_path(agent: &LocalAgent, path: &str, roots: &[String]) -> Result<PathBuf> {
+    let canonical = inside_roots(path, roots)?;
+    let own = fs::canonicalize(&agent.config().data_dir).unwrap_or_else(|_| agent.config().data_dir.clone());
+    if canonical.starts_with(&own) || own.starts_with(&canonical) {
+        return Err(bad(format!(
+            "the source {} overlaps thinclone's own data directory {}",
+            canonical.display(),
+            own.display()
+        )));
+    }
+    Ok(canonical)
+}
+
+/// How a recovery target is shown in an image's source.
+fn target_shown(target: &RecoveryTarget) -> String {
+    match target {
+        RecoveryTarget::Latest => String::new(),
+        RecoveryTarget::Time(t) => format!(" to time {t}"),
+        RecoveryTarget::Position(p) => format!(" to position {p}"),
+    }
+}
+
+/// Checks a source as [`make`] takes it (`Agent::check_source`).
+pub(crate) fn check_source(agent: &LocalAgent, source: &ImageSource, place: &ImagePlace) -> Result<SourceFacts> {
+    let engines = &agent.config().engines;
+    match source {
+        ImageSource::Dir { path, snapshot, roots } => check_source_dir(agent, path, *snapshot, roots, place),
+        ImageSource::Url { url } => check_source_url(agent, url),
+        ImageSource::Dump { path, roots } => {
+            check_place(place)?;
+            let dump = source_path(agent, path, roots)?;
+            let mut reasons = Vec::new();
+            for engine in engines {
+                match engine.dump_version(&dump) {
+                    Ok(version) => {
+                        // A restored database takes some more room than its dump.
+                        check_room_at(
+                            Path::new(&place.path),
+                            &format!("a restore of {}", dump.display()),
+                            sys::tree::size(&dump).bytes.saturating_mul(2),
+                        )?;
+                        return Ok(SourceFacts {
+                            engine: engine.id().to_owned(),
+                            version: Some(version),
+                            shown: format!("dump:{}", dump.display()),
+                        });
+                    }
+                    Err(e) => reasons.push(e.to_string()),
+                }
+            }
+            Err(bad(reasons.join("; ")))
+        }
+        ImageSource::Repo { path, stanza, target, roots } => {
+            check_place(place)?;
+            let repo = source_path(agent, path, roots)?;
+            if !repo.is_dir() {
+                return Err(bad(format!("the backup repository {} is not a directory", repo.display())));
+            }
+            let mut reasons = Vec::new();
+            for engine in engines {
+                match engine.inspect_repo(&repo, stanza.as_deref(), target, &agent.config().os_user) {
+                    Ok(facts) => {
+                        engine.check_installed(&facts.version).map_err(|e| bad(e.to_string()))?;
+                        engine.check_target(target).map_err(|e| bad(e.to_string()))?;
+                        let mut shown = format!("repo:{}?stanza={}", repo.display(), facts.stanza);
+                        if let RecoveryTarget::Time(t) = target {
+                            shown.push_str(&format!("&target_time={t}"));
+                        } else if let RecoveryTarget::Position(p) = target {
+                            shown.push_str(&format!("&target_position={p}"));
+                        }
+                        return Ok(SourceFacts { engine: engine.id().to_owned(), version: Some(facts.version), shown });
+                    }
+                    Err(e) => reasons.push(e.to_string()),
+                }
+            }
+            Err(bad(reasons.join("; ")))
+        }
+        ImageSource::Archive { path, archive, target, roots } => {
+            let mut facts = check_source_dir(agent, path, false, roots, place)?;
+            let archive = source_path(agent, archive, roots)?;
+            if !archive.is_dir() {
+                return Err(bad(format!("the archive {} is not a directory", archive.display())));
+            }
+            let engine = agent.engine(&facts.engine)?;
+            engine.check_target(target).map_err(|e| bad(e.to_string()))?;
+            facts.shown = format!("{} + archive {}{}", facts.shown, archive.display(), target_shown(target));
+            Ok(facts)
+        }
+    }
+}
+
 /// Where image `name` of `place` lives, once sealed.
 pub(crate) fn image_dir(place: &ImagePlace, name: &Name) -> PathBuf {
     Path::new(&place.path).join(name.as_str())
@@ -264,10 +357,60 @@ fn make(
     }
     sys::tree::remove(&partial).map_err(io("clearing the image's directory"))?;
     let _ = sys::tree::remove(&run_dir);
+    let own_dir = || -> Result<()> {
+        fs::create_dir(&partial).map_err(io("making the image's directory"))?;
+        std::os::unix::fs::chown(&partial, Some(user.uid), Some(user.gid))
+            .map_err(io("giving the image's directory to the database's user"))
+    };
+    let engine_failed = |what: &str| {
+        let what = what.to_owned();
+        move |e: engine::Error| {
+            if e.is_disk_full() {
+                AgentError::new(ErrorKind::DiskFull, format!("{e}; free space and try again"))
+            } else {
+                AgentError::from_engine(&what, e)
+            }
+        }
+    };
+    // A base backup and its log archive: recovered to its target once copied.
+    let mut recovery = None;
     let engine = match source {
-        ImageSource::Dir { path, snapshot, roots } => {
-            let facts = check_source_dir(agent, path, *snapshot, roots, place)?;
-            let dir = Path::new(&facts.shown);
+        ImageSource::Dump { path, roots } => {
+            let facts = check_source(agent, source, place)?;
+            let engine = agent.engine(&facts.engine)?;
+            let dump = source_path(agent, path, roots)?;
+            own_dir()?;
+            fs::create_dir_all(&run_dir).map_err(io("making the restoring server's directory"))?;
+            step("restoring the dump");
+            engine.restore_dump(&dump, &partial, &run_dir, user).map_err(engine_failed("restoring the dump"))?;
+            engine
+        }
+        ImageSource::Repo { path, stanza, target, roots } => {
+            let facts = check_source(agent, source, place)?;
+            let engine = agent.engine(&facts.engine)?;
+            let repo = source_path(agent, path, roots)?;
+            let stanza = engine
+                .inspect_repo(&repo, stanza.as_deref(), target, user)
+                .map_err(engine_failed("reading the backup repository"))?
+                .stanza;
+            own_dir()?;
+            fs::create_dir_all(&run_dir).map_err(io("making the restoring server's directory"))?;
+            step("restoring from the backup repository");
+            engine
+                .restore_repo(&repo, &stanza, target, &partial, &run_dir, user)
+                .map_err(engine_failed("restoring from the backup repository"))?;
+            engine
+        }
+        ImageSource::Dir { .. } | ImageSource::Archive { .. } => {
+            let facts = check_source(agent, source, place)?;
+            if let ImageSource::Archive { archive, target, roots, .. } = source {
+                recovery = Some((source_path(agent, archive, roots)?, target.clone()));
+            }
+            let dir = match source {
+                ImageSource::Archive { path, roots, .. } => source_path(agent, path, roots)?,
+                _ => PathBuf::from(&facts.shown),
+            };
+            let dir = dir.as_path();
             let engine = agent.engine(&facts.engine)?;
             let total = sys::tree::size(dir).bytes;
             progress(0, total);
@@ -307,6 +450,10 @@ fn make(
     fs::set_permissions(&partial, fs::Permissions::from_mode(0o700)).map_err(io("making the copy private"))?;
     sys::tree::chown(&partial, user.uid, user.gid).map_err(io("giving the copy to the database's user"))?;
     fs::create_dir_all(&run_dir).map_err(io("making the preparing server's directory"))?;
+    if let Some((archive, target)) = &recovery {
+        step(&format!("recovering{}", target_shown(target)));
+        engine.recover_to(&partial, archive, target, &run_dir, user).map_err(engine_failed("recovering the backup"))?;
+    }
     step(if transform.is_empty() { "preparing" } else { "preparing: scripts and masking" });
     // The key of the deterministic masking strategies: this image's own, kept nowhere.
     let secret = random_hex(32).map_err(io("making the masking key"))?;

@@ -63,7 +63,7 @@ use api::Name;
 
 pub use api::agent::{
     AgentError, AgentErrorKind as ErrorKind, AgentInfo, CloneOrigin, CloneReport, CloneSpec, CloneState,
-    EngineVersions, ImagePlace, ImageSource, ImageTransform, MadeImage, SourceFacts,
+    EngineVersions, ImagePlace, ImageSource, ImageTransform, MadeImage, RecoveryTarget, SourceFacts,
 };
 
 /// Ways to make an [`AgentError`].
@@ -167,6 +167,18 @@ pub trait Agent: Send + Sync {
     /// Checks that a live source answers, with its URL's credentials only.
     fn check_source_url(&self, url: &str) -> Result<SourceFacts>;
 
+    /// Checks any source as [`Agent::make_image`] would take it: a directory or a URL as
+    /// above; a logical dump, a backup repository (and its stanza), or a base backup and its
+    /// log archive, each inside one of the source's `roots`, of an engine installed here, with
+    /// a recovery target the engine reads.
+    fn check_source(&self, source: &ImageSource, place: &ImagePlace) -> Result<SourceFacts> {
+        match source {
+            ImageSource::Dir { path, snapshot, roots } => self.check_source_dir(path, *snapshot, roots, place),
+            ImageSource::Url { url } => self.check_source_url(url),
+            _ => Err(AgentError::new(ErrorKind::BadRequest, "this agent cannot make images from backups")),
+        }
+    }
+
     /// Makes and seals an image at `place`, calling `progress` with bytes copied and the
     /// estimated total, and `step` with what it is doing. On failure nothing of it is left.
     fn make_image(
@@ -225,6 +237,10 @@ pub trait Agent: Send + Sync {
 
     /// A clone's checkpoints, oldest first.
     fn checkpoints(&self, name: &Name) -> Result<Vec<api::Checkpoint>>;
+
+    /// The names of a clone's checkpoints, oldest first: what [`Agent::checkpoints`] gives
+    /// without measuring each one's disk (a walk of extents, for reflink).
+    fn checkpoint_names(&self, name: &Name) -> Result<Vec<Name>>;
 
     /// Removes one of a clone's checkpoints.
     fn delete_checkpoint(&self, name: &Name, checkpoint: &Name) -> Result<()>;

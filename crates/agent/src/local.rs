@@ -1346,6 +1346,10 @@ impl Agent for LocalAgent {
         crate::images::check_source_url(self, url)
     }
 
+    fn check_source(&self, source: &ImageSource, place: &ImagePlace) -> Result<SourceFacts> {
+        crate::images::check_source(self, source, place)
+    }
+
     fn make_image(
         &self,
         name: &Name,
@@ -1794,6 +1798,10 @@ impl Agent for LocalAgent {
 
     fn checkpoints(&self, name: &Name) -> Result<Vec<api::Checkpoint>> {
         Ok(self.checkpoint_views(&self.load(name)?))
+    }
+
+    fn checkpoint_names(&self, name: &Name) -> Result<Vec<Name>> {
+        Ok(self.load(name)?.checkpoints.into_iter().map(|c| c.name).collect())
     }
 
     fn delete_checkpoint(&self, name: &Name, checkpoint: &Name) -> Result<()> {

@@ -147,6 +147,45 @@ pub enum ImageSource {
     Dir { path: String, snapshot: bool, roots: Vec<String> },
     /// A live server; the URL carries its password, which only the agent sees.
     Url { url: String },
+    /// A logical dump (a file, or a directory of one) on the agent's host, inside one of
+    /// `roots`: restored into a new database of the dump's version.
+    Dump { path: String, roots: Vec<String> },
+    /// A backup repository on the agent's host, inside one of `roots`: its backup of
+    /// `stanza` (the only one when not given) restored and recovered to `target`.
+    Repo {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stanza: Option<String>,
+        target: RecoveryTarget,
+        roots: Vec<String>,
+    },
+    /// A base backup (a directory inside one of `roots`) and a directory of the engine's
+    /// archived log (inside one of `roots` too), recovered to `target`.
+    Archive { path: String, archive: String, target: RecoveryTarget, roots: Vec<String> },
+}
+
+/// The point a backup is recovered to.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryTarget {
+    /// As far as the log goes.
+    #[default]
+    Latest,
+    /// The last transaction committed at or before this time (RFC 3339, or the engine's own
+    /// timestamp syntax).
+    Time(String),
+    /// This position in the engine's log (its own syntax).
+    Position(String),
+}
+
+impl std::fmt::Display for RecoveryTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryTarget::Latest => f.write_str("the end of the log"),
+            RecoveryTarget::Time(t) => write!(f, "time {t}"),
+            RecoveryTarget::Position(p) => write!(f, "position {p}"),
+        }
+    }
 }
 
 /// What an agent learned of a source before copying it.
@@ -318,6 +357,12 @@ pub enum Request {
     CheckSourceUrl {
         url: String,
     },
+    /// Checks any source as `MakeImage` would take it (a dump, a backup repository, a base
+    /// backup and its log archive).
+    CheckSource {
+        source: ImageSource,
+        place: ImagePlace,
+    },
     MakeImage {
         name: Name,
         place: ImagePlace,
@@ -373,6 +418,11 @@ pub enum Request {
     Checkpoints {
         name: Name,
     },
+    /// The names of a clone's checkpoints, oldest first: without the disk each keeps, which
+    /// takes a walk of the files' extents to measure.
+    CheckpointNames {
+        name: Name,
+    },
     DeleteCheckpoint {
         name: Name,
         checkpoint: Name,
@@ -399,6 +449,7 @@ impl Request {
             Request::Info => "info",
             Request::CheckSourceDir { .. } => "check_source_dir",
             Request::CheckSourceUrl { .. } => "check_source_url",
+            Request::CheckSource { .. } => "check_source",
             Request::MakeImage { .. } => "make_image",
             Request::RemoveImage { .. } => "remove_image",
             Request::CancelImageJobs => "cancel_image_jobs",
@@ -413,6 +464,7 @@ impl Request {
             Request::CheckpointClone { .. } => "checkpoint_clone",
             Request::RevertClone { .. } => "revert_clone",
             Request::Checkpoints { .. } => "checkpoints",
+            Request::CheckpointNames { .. } => "checkpoint_names",
             Request::DeleteCheckpoint { .. } => "delete_checkpoint",
             Request::CloneReport { .. } => "clone_report",
             Request::CloneReports => "clone_reports",
@@ -434,6 +486,7 @@ pub enum Reply {
     CloneReport { report: Option<CloneReport> },
     CloneReports { reports: Vec<CloneReport> },
     Checkpoints { checkpoints: Vec<crate::Checkpoint> },
+    Names { names: Vec<Name> },
     Marker { value: Option<String> },
 }
 
@@ -488,5 +541,37 @@ mod tests {
             result: Err(AgentError { kind: AgentErrorKind::NotFound, message: "no clone named c".into() }),
         };
         assert_eq!(serde_json::from_str::<Frame>(&serde_json::to_string(&reply).unwrap()).unwrap(), reply);
+    }
+
+    /// Every source kind crosses the channel as it is, targets included.
+    #[test]
+    fn image_sources_round_trip() {
+        let place = ImagePlace { location: Name::new("local").unwrap(), path: "/images".into(), marker: None };
+        let roots = vec!["/srv".to_owned()];
+        for source in [
+            ImageSource::Dump { path: "/srv/app.dump".into(), roots: roots.clone() },
+            ImageSource::Repo {
+                path: "/srv/repo".into(),
+                stanza: Some("main".into()),
+                target: RecoveryTarget::Time("2026-11-30T02:00:00Z".into()),
+                roots: roots.clone(),
+            },
+            ImageSource::Repo {
+                path: "/srv/repo".into(),
+                stanza: None,
+                target: RecoveryTarget::Latest,
+                roots: roots.clone(),
+            },
+            ImageSource::Archive {
+                path: "/srv/base".into(),
+                archive: "/srv/wal".into(),
+                target: RecoveryTarget::Position("0/3000060".into()),
+                roots: roots.clone(),
+            },
+        ] {
+            let frame = Frame::Request { id: 1, request: Request::CheckSource { source, place: place.clone() } };
+            let line = serde_json::to_string(&frame).unwrap();
+            assert_eq!(serde_json::from_str::<Frame>(&line).unwrap(), frame, "{line}");
+        }
     }
 }

@@ -174,8 +174,10 @@ pub struct ScriptOutput {
 }
 
 /// `POST /v1/images`: make an image from exactly one source. Its schema is written out below
-/// rather than derived, so that it can say what the server checks: exactly one of `from_dir`
-/// and `from_url`, an absolute `from_dir`, and `snapshot` only with `from_dir`.
+/// rather than derived, so that it can say what the server checks: exactly one of `from_dir`,
+/// `from_url`, `from_dump` and `from_repo`, absolute paths, `snapshot` and `archive` only with
+/// `from_dir`, `stanza` only with `from_repo`, `target_time` only with `from_repo` or
+/// `archive`, and `target_lsn` only with `archive`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateImage {
@@ -188,6 +190,30 @@ pub struct CreateImage {
     /// used, never stored or shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_url: Option<String>,
+    /// A logical dump on the server's host (an absolute path): a file of the engine's dump
+    /// tool (custom, tar or plain format) or a directory of one, restored into a new database
+    /// of the dump's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_dump: Option<String>,
+    /// A backup repository on the server's host (an absolute path; pgBackRest), restored as
+    /// of its latest backup and archived log, or of `target_time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_repo: Option<String>,
+    /// With `from_repo`: the repository's stanza; needed only when it has more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stanza: Option<String>,
+    /// With `from_dir` (a base backup): a directory of archived log segments (an absolute
+    /// path), replayed over the backup to `target_time`, `target_lsn`, or their end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
+    /// With `from_repo`, or `from_dir` and `archive`: recover to the last transaction
+    /// committed at or before this time (RFC 3339, or the engine's own timestamp syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_time: Option<String>,
+    /// With `from_dir` and `archive`: recover to this position of the log (the engine's
+    /// syntax, e.g. `0/3000060`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_lsn: Option<String>,
     /// With `from_dir`: the directory is a crash-consistent snapshot of a running server
     /// (an LVM, ZFS or cloud-disk snapshot), so a server's lock file in it is expected and
     /// recovery runs when the image is made. Without it, a directory whose server is running
@@ -235,6 +261,42 @@ impl utoipa::PartialSchema for CreateImage {
                 text("A connection URL of a running server to take a consistent copy of. Its password is used, never stored or shown.")
                     .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
                     .examples(["scheme://repl:secret@db.example:5432/main"]),
+            )
+            .property(
+                "from_dump",
+                text("A logical dump on the server's host (an absolute path): a file of the engine's dump tool (custom, tar or plain format) or a directory of one, restored into a new database of the dump's version.")
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                    .pattern(Some("^/"))
+                    .examples(["/srv/dumps/prod.dump"]),
+            )
+            .property(
+                "from_repo",
+                text("A backup repository on the server's host (an absolute path; pgBackRest), restored as of its latest backup and archived log, or of `target_time`.")
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                    .pattern(Some("^/"))
+                    .examples(["/srv/backups/repo"]),
+            )
+            .property(
+                "stanza",
+                text("With `from_repo`: the repository's stanza; needed only when it has more than one.")
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null])),
+            )
+            .property(
+                "archive",
+                text("With `from_dir` (a base backup): a directory of archived log segments (an absolute path), replayed over the backup to `target_time`, `target_lsn`, or their end.")
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                    .pattern(Some("^/")),
+            )
+            .property(
+                "target_time",
+                text("With `from_repo`, or `from_dir` and `archive`: recover to the last transaction committed at or before this time (RFC 3339, or the engine's own timestamp syntax).")
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                    .examples(["2026-11-30T02:00:00Z"]),
+            )
+            .property(
+                "target_lsn",
+                text("With `from_dir` and `archive`: recover to this position of the log (the engine's syntax, e.g. `0/3000060`).")
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null])),
             )
             .property(
                 "snapshot",
@@ -292,22 +354,35 @@ impl utoipa::PartialSchema for CreateImage {
                     .description(Some("Modification scripts, run in order before masking; any failure fails the image.")),
             )
             .additional_properties(Some(AdditionalProperties::FreeForm(false)));
-        // Exactly one source: a present `null` counts as absent, as serde reads it.
-        let from_dir = ObjectBuilder::new()
-            .title(Some("from_dir"))
-            .required("from_dir")
-            .property("from_dir", ObjectBuilder::new().schema_type(Type::String))
-            .property("from_url", null());
-        let from_url = ObjectBuilder::new()
-            .title(Some("from_url"))
-            .required("from_url")
-            .property("from_url", ObjectBuilder::new().schema_type(Type::String))
-            .property("from_dir", null())
-            .property("snapshot", ObjectBuilder::new().schema_type(Type::Boolean).enum_values(Some([false])));
+        // Exactly one source: a present `null` counts as absent, as serde reads it. The
+        // options of the other sources are absent too.
+        const SOURCES: [&str; 4] = ["from_dir", "from_url", "from_dump", "from_repo"];
+        let branch = |source: &str, absent: &[&str]| {
+            let mut b = ObjectBuilder::new()
+                .title(Some(source))
+                .required(source)
+                .property(source, ObjectBuilder::new().schema_type(Type::String));
+            for other in SOURCES.iter().filter(|s| **s != source).chain(absent) {
+                b = b.property(*other, null());
+            }
+            if source != "from_dir" {
+                b = b.property("snapshot", ObjectBuilder::new().schema_type(Type::Boolean).enum_values(Some([false])));
+            }
+            b
+        };
         AllOfBuilder::new()
-            .description(Some("`POST /v1/images`: make an image from exactly one source: `from_dir` or `from_url`."))
+            .description(Some(
+                "`POST /v1/images`: make an image from exactly one source: `from_dir` (with `archive`, a base \
+                 backup recovered to a target), `from_url`, `from_dump` or `from_repo`.",
+            ))
             .item(fields)
-            .item(OneOfBuilder::new().item(from_dir).item(from_url))
+            .item(
+                OneOfBuilder::new()
+                    .item(branch("from_dir", &["stanza"]))
+                    .item(branch("from_url", &["stanza", "archive", "target_time", "target_lsn"]))
+                    .item(branch("from_dump", &["stanza", "archive", "target_time", "target_lsn"]))
+                    .item(branch("from_repo", &["archive", "target_lsn"])),
+            )
             .into()
     }
 }
@@ -332,6 +407,12 @@ mod tests {
             name: Name::new("a").unwrap(),
             from_dir: Some("/x".into()),
             from_url: Some("u".into()),
+            from_dump: Some("/d".into()),
+            from_repo: Some("/r".into()),
+            stanza: Some("main".into()),
+            archive: Some("/a".into()),
+            target_time: Some("2026-01-01T00:00:00Z".into()),
+            target_lsn: Some("0/1".into()),
             snapshot: true,
             team: Some(Name::new("t").unwrap()),
             location: Some(Name::new("l").unwrap()),

@@ -43,8 +43,8 @@ pub struct Schedule {
     pub images: Vec<Name>,
 }
 
-/// `POST /v1/schedules`: make images of one source on a schedule. Give `from_url` or
-/// `from_dir`, as to `POST /v1/images`.
+/// `POST /v1/schedules`: make images of one source on a schedule. Give one of `from_url`,
+/// `from_dir` and `from_repo`, as to `POST /v1/images`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSchedule {
@@ -66,6 +66,14 @@ pub struct CreateSchedule {
     /// With `from_dir`: the directory is a crash-consistent snapshot of a running server.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub snapshot: bool,
+    /// A backup repository on the agent's host (an absolute path): each run restores its
+    /// newest backup and the archived log after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_repo: Option<String>,
+    /// With `from_repo`: the backup set in it (pgBackRest's stanza); needed when it holds
+    /// more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stanza: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<Name>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

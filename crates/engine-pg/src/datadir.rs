@@ -124,7 +124,7 @@ pub(crate) fn live_postmaster(dir: &Path) -> Option<i32> {
 
 /// `postmaster.pid` of a data directory, read as a file in a directory that a less trusted
 /// user may write (a clone's): no symlink or FIFO in its place is followed.
-fn read_pid_file(dir: &Path) -> Option<String> {
+pub(crate) fn read_pid_file(dir: &Path) -> Option<String> {
     sys::untrusted::read_to_string(&dir.join("postmaster.pid"), 64 << 10).ok()
 }
 

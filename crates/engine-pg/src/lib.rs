@@ -10,6 +10,8 @@
 //! - `datadir`: a data directory's version, its running server, its cluster state;
 //! - `server`: an instance's settings and run directory, start, adoption, SQL, stop;
 //! - `prepare`: a copy becomes an image;
+//! - `restore`: images from backups: a dump, a pgBackRest repository, a base backup and
+//!   a WAL archive recovered to a target;
 //! - `self_contained`: what a copy reaches outside itself (tablespaces) comes inside;
 //! - `source`: live sources (reachability, base backups);
 //! - `client`: connection URLs and one-off queries;
@@ -20,6 +22,7 @@ mod datadir;
 mod install;
 mod mask;
 mod prepare;
+mod restore;
 mod sample;
 mod self_contained;
 mod server;
@@ -29,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::{Error, ImageFacts, Instance, InstanceSpec, Result, Sample, SourceUrl, User};
+use engine::{Error, ImageFacts, Instance, InstanceSpec, RecoveryTarget, RepoFacts, Result, Sample, SourceUrl, User};
 
 use crate::datadir::Major;
 use crate::install::Search;
@@ -152,6 +155,51 @@ impl engine::Engine for Postgres {
         secret: &str,
     ) -> Result<(ImageFacts, engine::Transformed)> {
         prepare::prepare(&self.search, data_dir, run_dir, user, Some((transform, secret)))
+    }
+
+    fn dump_version(&self, path: &Path) -> Result<String> {
+        restore::dump_version(&self.search, path)
+    }
+
+    fn restore_dump(&self, path: &Path, data_dir: &Path, run_dir: &Path, user: &User) -> Result<()> {
+        restore::restore_dump(&self.search, path, data_dir, run_dir, user)
+    }
+
+    fn inspect_repo(
+        &self,
+        repo: &Path,
+        stanza: Option<&str>,
+        target: &RecoveryTarget,
+        user: &User,
+    ) -> Result<RepoFacts> {
+        restore::inspect_repo(repo, stanza, target, user)
+    }
+
+    fn restore_repo(
+        &self,
+        repo: &Path,
+        stanza: &str,
+        target: &RecoveryTarget,
+        data_dir: &Path,
+        run_dir: &Path,
+        user: &User,
+    ) -> Result<()> {
+        restore::restore_repo(&self.search, repo, stanza, target, data_dir, run_dir, user)
+    }
+
+    fn check_target(&self, target: &RecoveryTarget) -> Result<()> {
+        restore::check_target(target)
+    }
+
+    fn recover_to(
+        &self,
+        data_dir: &Path,
+        archive: &Path,
+        target: &RecoveryTarget,
+        run_dir: &Path,
+        user: &User,
+    ) -> Result<()> {
+        restore::recover_to(&self.search, data_dir, archive, target, run_dir, user)
     }
 
     fn start(&self, spec: &InstanceSpec, timeout: Duration) -> Result<Box<dyn Instance>> {

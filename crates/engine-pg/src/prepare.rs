@@ -23,10 +23,10 @@ use crate::server::{self, Role};
 use crate::ENGINE_NAME;
 
 /// Recovery of a large backup may take long.
-const RECOVERY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const RECOVERY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The port of the preparing server: it listens on no TCP address, only on a socket in its
 /// own run directory, so any number does.
-const PREPARE_PORT: u16 = 5432;
+pub(crate) const PREPARE_PORT: u16 = 5432;
 /// Marks the line of `postgres --single`'s output that carries the superuser's name.
 const SUPERUSER_MARK: &str = "thinclone-superuser:";
 

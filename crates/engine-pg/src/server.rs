@@ -283,6 +283,18 @@ pub(crate) fn start_as(
     timeout: Duration,
     role: Role,
 ) -> Result<Server> {
+    start_with(installation, spec, timeout, role, &[])
+}
+
+/// Starts a server for `role` with `extra` settings after (and so winning over) its own, as
+/// [`start`] does: the recovery of a backup to a target (`restore.rs`).
+pub(crate) fn start_with(
+    installation: &Installation,
+    spec: &InstanceSpec,
+    timeout: Duration,
+    role: Role,
+    extra: &[(&'static str, String)],
+) -> Result<Server> {
     if let Some(pid) = live_postmaster(&spec.data_dir) {
         return Err(Error::InUse(format!(
             "a {ENGINE_NAME} server (pid {pid}) is already running on {}",
@@ -308,7 +320,8 @@ pub(crate) fn start_as(
         // A Ctrl-C meant for us must not reach it, and a server left running on purpose
         // (detached) outlives us.
         .own_process_group();
-    for (name, value) in settings(spec, installation.major, config_file, role) {
+    for (name, value) in settings(spec, installation.major, config_file, role).into_iter().chain(extra.iter().cloned())
+    {
         program = program.arg("-c").arg(format!("{name}={value}"));
     }
     let process = program.spawn_logged(&log)?;
@@ -409,11 +422,34 @@ pub(crate) fn stop_stray(spec: &InstanceSpec) -> Result<bool> {
 
 impl Server {
     fn wait_ready(&mut self, timeout: Duration, log_start: u64) -> Result<()> {
+        // Line 8 of postmaster.pid says "ready" once the server accepts connections
+        // ("standby" for a standby that will not).
+        self.wait_for(timeout, log_start, READY_POLL, pid_file_says_ready)
+    }
+
+    /// Waits until a server in archive recovery has promoted (its `recovery.signal` is gone
+    /// and it accepts connections), or fails with its log if it exits first.
+    pub(crate) fn wait_promoted(&mut self, timeout: Duration, log_start: u64) -> Result<()> {
+        self.wait_for(timeout, log_start, POLL, |data_dir, pid| {
+            !data_dir.join("recovery.signal").exists()
+                && crate::datadir::read_pid_file(data_dir).is_some_and(|text| {
+                    text.lines().nth(7).map(str::trim) == Some("ready")
+                        && text.lines().next().map(str::trim) == Some(&pid.to_string())
+                })
+        })
+    }
+
+    fn wait_for(
+        &mut self,
+        timeout: Duration,
+        log_start: u64,
+        poll: Duration,
+        ready: impl Fn(&Path, i32) -> bool,
+    ) -> Result<()> {
         let pid = self.pid as i32;
         let data_dir = self.data_dir.clone();
-        let outcome = sys::wait::until(timeout, READY_POLL, || {
-            // Line 8 of postmaster.pid says "ready" once the server accepts connections.
-            if pid_file_says_ready(&data_dir, pid) {
+        let outcome = sys::wait::until(timeout, poll, || {
+            if ready(&data_dir, pid) {
                 return Some(Ok(None));
             }
             match self.try_wait() {
@@ -521,15 +557,7 @@ impl Server {
     /// after checking that the server is this one: the socket is in a directory the server's
     /// OS user can change, and a link there to another server's socket must not get it.
     fn psql(&self, database: &str, sql: &str) -> Program {
-        // A conninfo string rather than -d NAME: psql would read a database name that
-        // contains `=` as connection parameters.
-        let conninfo = format!(
-            "host={} port={} user={} dbname={}",
-            conninfo_quote(&self.run_dir.display().to_string()),
-            self.port,
-            conninfo_quote(&self.superuser),
-            conninfo_quote(database)
-        );
+        let conninfo = self.conninfo(database);
         // Its own command: a statement that may not run in a transaction block (CREATE
         // DATABASE) cannot share a query string. ON_ERROR_STOP ends psql if it fails.
         let data_dir: PathBuf = self.data_dir.components().collect();
@@ -546,6 +574,19 @@ impl Server {
         Program::new(self.installation.program("psql"))
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conninfo, "-c", &check, "-c", sql])
             .timeout(SQL_TIMEOUT)
+    }
+
+    /// The connection string of the superuser in `database` over the private socket. A
+    /// conninfo string rather than a name: a program would read a database name that
+    /// contains `=` as connection parameters.
+    pub(crate) fn conninfo(&self, database: &str) -> String {
+        format!(
+            "host={} port={} user={} dbname={}",
+            conninfo_quote(&self.run_dir.display().to_string()),
+            self.port,
+            conninfo_quote(&self.superuser),
+            conninfo_quote(database)
+        )
     }
 
     /// Runs SQL as the superuser in `database`; returns psql's unaligned output.

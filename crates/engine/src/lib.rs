@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use api::agent::RecoveryTarget;
 pub use secret::Secret;
 pub use source::SourceUrl;
 pub use sys::User;
@@ -98,6 +99,15 @@ pub struct Transformed {
     /// Original values of the masked columns (a sample), as stored: none may be found in any
     /// file of the sealed image.
     pub originals: Vec<Vec<u8>>,
+}
+
+/// What a backup repository holds, as [`Engine::inspect_repo`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoFacts {
+    /// The engine's major version of its backups.
+    pub version: String,
+    /// The stanza (the repository's name for one database cluster) to restore.
+    pub stanza: String,
 }
 
 /// How to run an instance on a clone's data directory.
@@ -224,6 +234,85 @@ pub trait Engine: Send + Sync + 'static {
             return Err(Error::Other(format!("the {} engine cannot run scripts or mask an image", self.name())));
         }
         Ok((self.prepare(data_dir, run_dir, user)?, Transformed::default()))
+    }
+
+    /// The version of the engine that wrote the logical dump at `path` (a file, or a
+    /// directory of one); [`Error::BadSource`] when it is not one of this engine's dumps, and
+    /// [`Error::MissingVersion`] when no version installed here can restore it.
+    fn dump_version(&self, path: &Path) -> Result<String> {
+        Err(Error::BadSource(format!("the {} engine cannot read the dump {}", self.name(), path.display())))
+    }
+
+    /// Makes a data directory in `data_dir` (empty, owned by `user`) from the logical dump at
+    /// `path`: a new database of the dump's version (or the newest installed one above it),
+    /// a temporary instance on a socket in `run_dir`, the dump restored into it, and a clean
+    /// stop. Any error of the restore fails it, with the restore's message. The result needs
+    /// [`Engine::prepare`] before use.
+    fn restore_dump(&self, path: &Path, data_dir: &Path, run_dir: &Path, user: &User) -> Result<()> {
+        let _ = (data_dir, run_dir, user);
+        Err(Error::BadSource(format!("the {} engine cannot restore the dump {}", self.name(), path.display())))
+    }
+
+    /// Checks a backup repository at `repo` and names what it holds: the engine version of
+    /// its backups and the stanza (`stanza`, or the repository's only one). A missing stanza,
+    /// an empty repository, or a `target` before every backup's end is an
+    /// [`Error::BadSource`].
+    fn inspect_repo(
+        &self,
+        repo: &Path,
+        stanza: Option<&str>,
+        target: &RecoveryTarget,
+        user: &User,
+    ) -> Result<RepoFacts> {
+        let _ = (stanza, target, user);
+        Err(Error::BadSource(format!(
+            "the {} engine cannot read the backup repository {}",
+            self.name(),
+            repo.display()
+        )))
+    }
+
+    /// Restores the backup of `stanza` in the repository at `repo` into `data_dir` (empty,
+    /// owned by `user`) and recovers it to `target` on a temporary instance (files in
+    /// `run_dir`), which then stops cleanly. Afterwards nothing in `data_dir` reaches the
+    /// repository. A target the backups and log cannot reach fails it. The result needs
+    /// [`Engine::prepare`] before use.
+    fn restore_repo(
+        &self,
+        repo: &Path,
+        stanza: &str,
+        target: &RecoveryTarget,
+        data_dir: &Path,
+        run_dir: &Path,
+        user: &User,
+    ) -> Result<()> {
+        let _ = (stanza, target, data_dir, run_dir, user);
+        Err(Error::BadSource(format!("the {} engine cannot restore from {}", self.name(), repo.display())))
+    }
+
+    /// Checks that `target` is written as this engine reads it.
+    fn check_target(&self, target: &RecoveryTarget) -> Result<()> {
+        match target {
+            RecoveryTarget::Latest => Ok(()),
+            _ => Err(Error::BadSource(format!("the {} engine cannot recover to a target", self.name()))),
+        }
+    }
+
+    /// Recovers the base backup copied into `data_dir` (owned by `user`) to `target`,
+    /// replaying the log archived in `archive`, on a temporary instance (files in `run_dir`)
+    /// that then stops cleanly. Afterwards nothing in `data_dir` reaches the archive. A
+    /// target before the end of the backup, or beyond the end of the archive, fails it. The
+    /// result needs [`Engine::prepare`] before use.
+    fn recover_to(
+        &self,
+        data_dir: &Path,
+        archive: &Path,
+        target: &RecoveryTarget,
+        run_dir: &Path,
+        user: &User,
+    ) -> Result<()> {
+        let _ = (data_dir, target, run_dir, user);
+        Err(Error::BadSource(format!("the {} engine cannot replay the archive {}", self.name(), archive.display())))
     }
 
     /// Starts an instance and returns once it accepts connections.

@@ -235,6 +235,10 @@ impl Agent for RemoteAgent {
         self.facts(Request::CheckSourceUrl { url: url.to_owned() })
     }
 
+    fn check_source(&self, source: &ImageSource, place: &ImagePlace) -> agent::Result<SourceFacts> {
+        self.facts(Request::CheckSource { source: source.clone(), place: place.clone() })
+    }
+
     fn make_image(
         &self,
         name: &Name,
@@ -321,6 +325,13 @@ impl Agent for RemoteAgent {
 
     fn revert_clone(&self, name: &Name, to: Option<&Name>) -> agent::Result<CloneReport> {
         self.report(Request::RevertClone { name: name.clone(), to: to.cloned() }, None)
+    }
+
+    fn checkpoint_names(&self, name: &Name) -> agent::Result<Vec<Name>> {
+        match self.ask(Request::CheckpointNames { name: name.clone() }, Some(SHORT))? {
+            Reply::Names { names } => Ok(names),
+            other => Err(self.unexpected(other)),
+        }
     }
 
     fn checkpoints(&self, name: &Name) -> agent::Result<Vec<api::Checkpoint>> {

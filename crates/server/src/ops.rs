@@ -172,9 +172,8 @@ pub(crate) const MAX_EXPIRY_SECONDS: i64 = 10 * 366 * 86_400;
 const MAX_CHECKPOINT_MESSAGE: usize = 1000;
 
 /// `cpN` for the smallest N above every `cpN` already taken.
-fn next_checkpoint_name(existing: &[Checkpoint]) -> Name {
-    let highest =
-        existing.iter().filter_map(|c| c.name.as_str().strip_prefix("cp")?.parse::<u64>().ok()).max().unwrap_or(0);
+fn next_checkpoint_name(existing: &[Name]) -> Name {
+    let highest = existing.iter().filter_map(|c| c.as_str().strip_prefix("cp")?.parse::<u64>().ok()).max().unwrap_or(0);
     Name::new(&format!("cp{}", highest + 1)).expect("cpN is a valid name")
 }
 
@@ -717,16 +716,11 @@ impl Server {
     ) -> Result<Operation> {
         caller.require(Role::ImageCreator, "make images")?;
         let team = self.team_for(caller, request.team.as_ref())?;
-        let name = request.name;
+        let name = request.name.clone();
         if self.catalog().image(&name).is_ok() {
             return Err(ServerError::Conflict(format!("image {name} already exists")));
         }
-        if request.snapshot && request.from_dir.is_none() {
-            return Err(ServerError::BadRequest("snapshot goes with from_dir only".into()));
-        }
-        if request.from_dir.is_some() == request.from_url.is_some() {
-            return Err(ServerError::BadRequest("give exactly one of from_dir and from_url".into()));
-        }
+        check_source_options(&request)?;
         if let Some(url) = &request.from_url {
             // Checked here too, so that a URL that is not one is refused before any agent.
             SourceUrl::parse(url).map_err(ServerError::BadRequest)?;
@@ -738,17 +732,37 @@ impl Server {
         let scripts_json = (!names.is_empty()).then(|| to_json(&names)).transpose()?;
         let location = self.image_location(request.location.as_ref())?;
         let place = crate::agents::place_of(&location);
-        let maker = self.image_maker(&location.name, request.host.as_ref(), request.from_dir.is_some())?;
+        let maker = self.image_maker(&location.name, request.host.as_ref(), request.from_url.is_none())?;
         let agent = self.fleet.require(&maker)?;
-        let (source, facts) = match (request.from_dir, request.from_url) {
-            (Some(dir), None) => {
-                let roots: Vec<String> = self.catalog().sources()?.into_iter().map(|s| s.path).collect();
-                let facts = agent.check_source_dir(&dir, request.snapshot, &roots, &place)?;
-                (ImageSource::Dir { path: facts.shown.clone(), snapshot: request.snapshot, roots }, facts)
-            }
-            (None, Some(url)) => {
+        let target = match (&request.target_time, &request.target_lsn) {
+            (Some(time), _) => agent::RecoveryTarget::Time(time.clone()),
+            (None, Some(lsn)) => agent::RecoveryTarget::Position(lsn.clone()),
+            (None, None) => agent::RecoveryTarget::Latest,
+        };
+        let roots = || -> Result<Vec<String>> { Ok(self.catalog().sources()?.into_iter().map(|s| s.path).collect()) };
+        let (source, facts) = match (request.from_dir, request.from_url, request.from_dump, request.from_repo) {
+            (Some(dir), None, None, None) => match request.archive {
+                None => {
+                    let roots = roots()?;
+                    let facts = agent.check_source_dir(&dir, request.snapshot, &roots, &place)?;
+                    (ImageSource::Dir { path: facts.shown.clone(), snapshot: request.snapshot, roots }, facts)
+                }
+                Some(archive) => {
+                    let source = ImageSource::Archive { path: dir, archive, target, roots: roots()? };
+                    (source.clone(), agent.check_source(&source, &place)?)
+                }
+            },
+            (None, Some(url), None, None) => {
                 let facts = agent.check_source_url(&url)?;
                 (ImageSource::Url { url }, facts)
+            }
+            (None, None, Some(dump), None) => {
+                let source = ImageSource::Dump { path: dump, roots: roots()? };
+                (source.clone(), agent.check_source(&source, &place)?)
+            }
+            (None, None, None, Some(repo)) => {
+                let source = ImageSource::Repo { path: repo, stanza: request.stanza, target, roots: roots()? };
+                (source.clone(), agent.check_source(&source, &place)?)
             }
             _ => unreachable!("exactly one source was checked above"),
         };
@@ -921,9 +935,9 @@ impl Server {
         }
         let image = self.catalog().image(&source.image)?;
         let agent = self.fleet.require(&source.agent)?;
-        let existing = agent.checkpoints(name)?;
+        let existing = agent.checkpoint_names(name)?;
         let origin = match request.checkpoint {
-            Some(checkpoint) if existing.iter().any(|c| c.name == checkpoint) => {
+            Some(checkpoint) if existing.contains(&checkpoint) => {
                 agent::CloneOrigin { clone: name.clone(), checkpoint, make_checkpoint: false }
             }
             Some(checkpoint) => {
@@ -1325,9 +1339,9 @@ impl Server {
             )));
         }
         let agent = self.fleet.require(&clone.agent)?;
-        let existing = agent.checkpoints(name)?;
+        let existing = agent.checkpoint_names(name)?;
         let checkpoint = match body.name {
-            Some(wanted) if existing.iter().any(|c| c.name == wanted) => {
+            Some(wanted) if existing.contains(&wanted) => {
                 return Err(ServerError::Conflict(format!(
                     "clone {name} already has a checkpoint named {wanted}; choose another name"
                 )))
@@ -1376,9 +1390,9 @@ impl Server {
         Self::require_use(caller, &clone, "revert")?;
         let agent = self.fleet.require(&clone.agent)?;
         // Asked first, so that a bad name is a 404 and not a failed operation.
-        let existing = agent.checkpoints(name)?;
+        let existing = agent.checkpoint_names(name)?;
         match &to {
-            Some(to) if !existing.iter().any(|c| &c.name == to) => {
+            Some(to) if !existing.contains(to) => {
                 return Err(ServerError::NotFound(format!(
                     "clone {name} has no checkpoint named {to}; `clone checkpoints {name}` lists them"
                 )))
@@ -1391,11 +1405,11 @@ impl Server {
             _ => {}
         }
         let target_at = match &to {
-            Some(to) => existing.iter().position(|c| &c.name == to).unwrap_or(0),
+            Some(to) => existing.iter().position(|c| c == to).unwrap_or(0),
             None => existing.len().saturating_sub(1),
         };
-        let later: Vec<&str> = existing[target_at + 1..].iter().map(|c| c.name.as_str()).collect();
-        let goal = existing.get(target_at).map(|c| c.name.to_string()).unwrap_or_default();
+        let later: Vec<&str> = existing[target_at + 1..].iter().map(Name::as_str).collect();
+        let goal = existing.get(target_at).map(Name::to_string).unwrap_or_default();
         self.refuse_if_branched(name, &format!("revert to {goal}"), |cp| later.contains(&cp))?;
         let id = self.begin_clone_op(name, OperationKind::CloneRevert, CloneStatus::Reverting)?;
         let target = name.clone();
@@ -1411,7 +1425,7 @@ impl Server {
         let clone = self.visible_clone(caller, name)?;
         Self::require_use(caller, &clone, "remove checkpoints of")?;
         let agent = self.fleet.require(&clone.agent)?;
-        if !agent.checkpoints(name)?.iter().any(|c| &c.name == checkpoint) {
+        if !agent.checkpoint_names(name)?.contains(checkpoint) {
             return Err(ServerError::NotFound(format!(
                 "clone {name} has no checkpoint named {checkpoint}; `clone checkpoints {name}` lists them"
             )));
@@ -1650,4 +1664,51 @@ impl Server {
         })
         .map_or_else(|| self.operation_now(id), Ok)
     }
+}
+
+/// Checks that a request names exactly one source, and only the options that go with it, so
+/// that a bad combination is refused with a 400 before any agent is asked.
+fn check_source_options(request: &CreateImage) -> Result<()> {
+    let bad = |message: &str| Err(ServerError::BadRequest(message.to_owned()));
+    let sources = [&request.from_dir, &request.from_url, &request.from_dump, &request.from_repo];
+    if sources.iter().filter(|s| s.is_some()).count() != 1 {
+        return bad("give exactly one of from_dir, from_url, from_dump and from_repo");
+    }
+    if request.snapshot && (request.from_dir.is_none() || request.archive.is_some()) {
+        return bad(
+            "snapshot goes with from_dir only, without archive (a base backup and its archive are recovered anyway)",
+        );
+    }
+    if request.archive.is_some() && request.from_dir.is_none() {
+        return bad("archive goes with from_dir (a base backup) only");
+    }
+    if request.stanza.is_some() && request.from_repo.is_none() {
+        return bad("stanza goes with from_repo only");
+    }
+    if request.target_time.is_some() && request.from_repo.is_none() && request.archive.is_none() {
+        return bad("target_time goes with from_repo, or with from_dir and archive");
+    }
+    if request.target_lsn.is_some() && request.archive.is_none() {
+        return bad("target_lsn goes with from_dir and archive only");
+    }
+    if request.target_time.is_some() && request.target_lsn.is_some() {
+        return bad("give target_time or target_lsn, not both");
+    }
+    for (what, path) in
+        [("from_dump", &request.from_dump), ("from_repo", &request.from_repo), ("archive", &request.archive)]
+    {
+        if let Some(path) = path {
+            if !path.starts_with('/') {
+                return Err(ServerError::BadRequest(format!("{what} must be an absolute path, not {path}")));
+            }
+        }
+    }
+    for (what, value) in
+        [("stanza", &request.stanza), ("target_time", &request.target_time), ("target_lsn", &request.target_lsn)]
+    {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty() || v.len() > 200 || v.chars().any(char::is_control)) {
+            return Err(ServerError::BadRequest(format!("{what} must be a short, non-empty line of text")));
+        }
+    }
+    Ok(())
 }

@@ -124,14 +124,33 @@ impl Server {
         }
         let now = Timestamp::now();
         let next_run_at = next_run(&request.cron, now)?;
-        let source = match (&request.from_url, &request.from_dir) {
-            (Some(url), None) if !request.snapshot => {
-                engine::SourceUrl::parse(url).map_err(ServerError::BadRequest)?.shown()
+        if request.snapshot && request.from_dir.is_none() {
+            return Err(ServerError::BadRequest("snapshot goes with from_dir only".into()));
+        }
+        if request.stanza.is_some() && request.from_repo.is_none() {
+            return Err(ServerError::BadRequest("stanza goes with from_repo only".into()));
+        }
+        let absolute = |what: &str, path: &str| {
+            if path.starts_with('/') {
+                Ok(())
+            } else {
+                Err(ServerError::BadRequest(format!("{what} is an absolute path")))
             }
-            (None, Some(dir)) if dir.starts_with('/') => dir.clone(),
-            (None, Some(_)) => return Err(ServerError::BadRequest("from_dir is an absolute path".into())),
-            (Some(_), None) => return Err(ServerError::BadRequest("snapshot goes with from_dir only".into())),
-            _ => return Err(ServerError::BadRequest("give exactly one of from_url and from_dir".into())),
+        };
+        let source = match (&request.from_url, &request.from_dir, &request.from_repo) {
+            (Some(url), None, None) => engine::SourceUrl::parse(url).map_err(ServerError::BadRequest)?.shown(),
+            (None, Some(dir), None) => {
+                absolute("from_dir", dir)?;
+                dir.clone()
+            }
+            (None, None, Some(repo)) => {
+                absolute("from_repo", repo)?;
+                match &request.stanza {
+                    Some(stanza) => format!("repo:{repo}?stanza={stanza}"),
+                    None => format!("repo:{repo}"),
+                }
+            }
+            _ => return Err(ServerError::BadRequest("give exactly one of from_url, from_dir and from_repo".into())),
         };
         check_transform(&request.mask, &request.scripts)?;
         let team = self.team_for(caller, request.team.as_ref())?;
@@ -141,6 +160,12 @@ impl Server {
             name: name.clone(),
             from_dir: request.from_dir,
             from_url: request.from_url,
+            from_dump: None,
+            from_repo: request.from_repo,
+            stanza: request.stanza,
+            archive: None,
+            target_time: None,
+            target_lsn: None,
             snapshot: request.snapshot,
             team: Some(team.clone()),
             location: request.location,

@@ -154,7 +154,7 @@ async fn every_failure_has_one_shape() {
         .await,
         400,
         "bad_request",
-        "exactly one of from_dir and from_url",
+        "exactly one of from_dir, from_url, from_dump and from_repo",
     );
     refused(
         call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\", \"from_dir\": \"relative\"}").await,
@@ -362,17 +362,31 @@ async fn the_image_request_schema_says_what_the_server_checks() {
     assert_eq!(schema[0]["additionalProperties"], false, "{schema}");
     let branches = schema[1]["oneOf"].as_array().unwrap_or_else(|| panic!("no oneOf: {schema}"));
     let required: Vec<&serde_json::Value> = branches.iter().map(|b| &b["required"]).collect();
-    assert_eq!(required, [&serde_json::json!(["from_dir"]), &serde_json::json!(["from_url"])]);
+    assert_eq!(
+        required,
+        [
+            &serde_json::json!(["from_dir"]),
+            &serde_json::json!(["from_url"]),
+            &serde_json::json!(["from_dump"]),
+            &serde_json::json!(["from_repo"])
+        ]
+    );
     assert_eq!(branches[0]["properties"]["from_url"]["type"], "null");
     assert_eq!(branches[1]["properties"]["from_dir"]["type"], "null");
     assert_eq!(branches[1]["properties"]["snapshot"]["enum"], serde_json::json!([false]));
+    // The options of one source are absent from the others.
+    assert_eq!(branches[0]["properties"]["stanza"]["type"], "null");
+    assert_eq!(branches[2]["properties"]["target_time"]["type"], "null");
+    assert_eq!(branches[3]["properties"]["archive"]["type"], "null");
+    assert_eq!(branches[3]["properties"]["target_lsn"]["type"], "null");
+    assert!(branches[3]["properties"].get("target_time").is_none(), "{schema}");
 
     let f = fixture();
     refused(
         call(&f, "POST", "/v1/images", JSON, "{\"name\": \"a\"}").await,
         400,
         "bad_request",
-        "exactly one of from_dir and from_url",
+        "exactly one of from_dir, from_url, from_dump and from_repo",
     );
     refused(
         call(
@@ -387,4 +401,19 @@ async fn the_image_request_schema_says_what_the_server_checks() {
         "bad_request",
         "snapshot goes with from_dir only",
     );
+    // Options that go with another source, each refused before anything is recorded.
+    for (body, says) in [
+        (r#"{"name": "a", "from_dump": "/d", "target_time": "2026-01-01T00:00:00Z"}"#, "target_time goes with"),
+        (r#"{"name": "a", "from_dir": "/d", "target_lsn": "0/1"}"#, "target_lsn goes with"),
+        (r#"{"name": "a", "from_url": "postgresql://h/d", "archive": "/a"}"#, "archive goes with from_dir"),
+        (r#"{"name": "a", "from_dir": "/d", "stanza": "main"}"#, "stanza goes with from_repo"),
+        (r#"{"name": "a", "from_repo": "repo"}"#, "from_repo must be an absolute path"),
+        (
+            r#"{"name": "a", "from_dir": "/d", "archive": "/a", "target_time": "2026-01-01T00:00:00Z", "target_lsn": "0/1"}"#,
+            "not both",
+        ),
+        (r#"{"name": "a", "from_dump": "/d", "from_repo": "/r"}"#, "exactly one of"),
+    ] {
+        refused(call(&f, "POST", "/v1/images", JSON, body).await, 400, "bad_request", says);
+    }
 }

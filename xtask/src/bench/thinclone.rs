@@ -364,6 +364,12 @@ impl Daemon {
             },
             // The sources are stopped cleanly: nothing to recover.
             snapshot: false,
+            from_dump: None,
+            from_repo: None,
+            stanza: None,
+            archive: None,
+            target_time: None,
+            target_lsn: None,
             mask: Vec::new(),
             scripts: Vec::new(),
         };

@@ -9,11 +9,15 @@ use clap::ArgGroup;
 
 use super::{format, Ctx};
 
+// `Create` holds every source's options; the enum is parsed once per run, so its size does
+// not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand, Debug)]
 pub enum ImageCommand {
-    /// Make an image of a database, from a data directory or a running server, and wait
-    /// until it is ready, showing its progress.
-    #[command(group(ArgGroup::new("source").required(true).args(["from_url", "from_dir"])))]
+    /// Make an image of a database, from a data directory, a running server, a logical dump,
+    /// a backup repository, or a base backup and its log archive, and wait until it is
+    /// ready, showing its progress.
+    #[command(group(ArgGroup::new("source").required(true).args(["from_url", "from_dir", "from_dump", "from_repo"])))]
     Create {
         /// The image's name: 1 to 63 characters of a-z, 0-9, '-' and '_'.
         name: Name,
@@ -25,6 +29,34 @@ pub enum ImageCommand {
         /// server's machine.
         #[arg(long, value_name = "PATH")]
         from_dir: Option<PathBuf>,
+        /// Restore this logical dump (the engine's dump tool's output in its custom, tar or
+        /// plain format, or a directory of one) on the server's machine into a new database
+        /// of the dump's version.
+        #[arg(long, value_name = "PATH")]
+        from_dump: Option<PathBuf>,
+        /// Restore from this backup repository (pgBackRest) on the server's machine: its
+        /// latest point, or --target-time.
+        #[arg(long, value_name = "DIR")]
+        from_repo: Option<PathBuf>,
+        /// With --from-repo: the stanza to restore [default: the repository's only one].
+        // (clap does not enforce `requires` towards an argument of the `source` group,
+        // clap-rs/clap#4707; the server refuses an option of another source with a 400.)
+        #[arg(long, requires = "from_repo")]
+        stanza: Option<String>,
+        /// With --from-dir (a base backup): a directory of archived log segments on the
+        /// server's machine, replayed over the backup to --target-time, --target-lsn or their
+        /// end.
+        #[arg(long, value_name = "DIR", requires = "from_dir")]
+        archive: Option<PathBuf>,
+        /// With --from-repo, or --from-dir and --archive: recover to the last transaction
+        /// committed at or before this time (RFC 3339, or the engine's timestamp syntax, e.g.
+        /// "2026-11-30 02:00:00+00").
+        #[arg(long, value_name = "TIME")]
+        target_time: Option<String>,
+        /// With --from-dir and --archive: recover to this position of the log (e.g.
+        /// 0/3000060).
+        #[arg(long, value_name = "LSN", requires = "archive", conflicts_with = "target_time")]
+        target_lsn: Option<String>,
         /// With --from-dir: the directory is a crash-consistent snapshot of a running server
         /// (LVM, ZFS, a cloud disk snapshot); recovery runs when the image is made.
         #[arg(long, requires = "from_dir")]
@@ -72,14 +104,50 @@ pub enum ImageCommand {
 
 pub fn run(cmd: ImageCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
     match cmd {
-        ImageCommand::Create { name, from_url, from_dir, snapshot, team, location, host, mask, scripts, no_wait } => {
+        ImageCommand::Create {
+            name,
+            from_url,
+            from_dir,
+            from_dump,
+            from_repo,
+            stanza,
+            archive,
+            target_time,
+            target_lsn,
+            snapshot,
+            team,
+            location,
+            host,
+            mask,
+            scripts,
+            no_wait,
+        } => {
             let from_dir = from_dir.map(absolute_dir).transpose()?;
+            let from_dump = from_dump.map(absolute_dir).transpose()?;
+            let from_repo = from_repo.map(absolute_dir).transpose()?;
+            let archive = archive.map(absolute_dir).transpose()?;
             let mask = match mask {
                 Some(path) => read_rules(&path)?,
                 None => Vec::new(),
             };
             let scripts = scripts.iter().map(|p| read_script(p)).collect::<anyhow::Result<Vec<_>>>()?;
-            let request = CreateImage { name, from_dir, from_url, snapshot, team, location, host, mask, scripts };
+            let request = CreateImage {
+                name,
+                from_dir,
+                from_url,
+                from_dump,
+                from_repo,
+                stanza,
+                archive,
+                target_time,
+                target_lsn,
+                snapshot,
+                team,
+                location,
+                host,
+                mask,
+                scripts,
+            };
             ctx.at_once(no_wait);
             let op = ctx.client.create_image(&request)?;
             ctx.conclude(op, no_wait, |ctx, _| {

@@ -15,7 +15,7 @@ pub enum ScheduleCommand {
     /// makes an image named NAME-YYYYMMDD-HHMMSS (UTC) with the creator's rights at the
     /// time; the schedule's ready images beyond the newest --keep are removed once no clone
     /// uses them.
-    #[command(group(ArgGroup::new("source").required(true).args(["from_url", "from_dir"])))]
+    #[command(group(ArgGroup::new("source").required(true).args(["from_url", "from_dir", "from_repo"])))]
     Create {
         /// The schedule's name: at most 47 characters of a-z, 0-9, '-' and '_'.
         name: Name,
@@ -36,6 +36,13 @@ pub enum ScheduleCommand {
         /// With --from-dir: the directory is a crash-consistent snapshot of a running server.
         #[arg(long, requires = "from_dir")]
         snapshot: bool,
+        /// A backup repository (pgBackRest) on the agent's host: each run restores its newest
+        /// backup.
+        #[arg(long, value_name = "PATH")]
+        from_repo: Option<PathBuf>,
+        /// With --from-repo: the stanza, when the repository holds more than one.
+        #[arg(long)]
+        stanza: Option<String>,
         /// The team its images belong to [default: yours, if you are in one team only].
         #[arg(long)]
         team: Option<Name>,
@@ -83,6 +90,8 @@ pub fn run(cmd: ScheduleCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
             from_url,
             from_dir,
             snapshot,
+            from_repo,
+            stanza,
             team,
             location,
             host,
@@ -101,6 +110,8 @@ pub fn run(cmd: ScheduleCommand, ctx: &mut Ctx) -> anyhow::Result<()> {
                 from_url,
                 from_dir: from_dir.map(absolute_dir).transpose()?,
                 snapshot,
+                from_repo: from_repo.map(absolute_dir).transpose()?,
+                stanza,
                 team,
                 location,
                 host,

@@ -529,6 +529,36 @@ fn image_create_names_the_team() {
 }
 
 #[test]
+fn image_create_from_backups_sends_each_source_and_its_options() {
+    for (args, body) in [
+        ("--from-dump /srv/app.dump", r#"{"name":"prod","from_dump":"/srv/app.dump"}"#),
+        (
+            "--from-repo /srv/repo --stanza main --target-time 2026-11-30T02:00:00Z",
+            r#"{"name":"prod","from_repo":"/srv/repo","stanza":"main","target_time":"2026-11-30T02:00:00Z"}"#,
+        ),
+        (
+            "--from-dir /srv/base --archive /srv/wal --target-lsn 0/3000060",
+            r#"{"name":"prod","from_dir":"/srv/base","archive":"/srv/wal","target_lsn":"0/3000060"}"#,
+        ),
+    ] {
+        let answers =
+            vec![Answer::json(200, &operation(3, OperationKind::ImageCreate, "prod", OperationState::Running))];
+        let made = run(&format!("image create prod {args} --no-wait --json"), answers);
+        made.ok();
+        assert_eq!(made.requests[0].body, body, "{args}");
+    }
+    // Two sources, or two targets, are refused before anything is sent. (An option of
+    // another source, such as --stanza with --from-dump, is the server's to refuse: clap
+    // does not enforce `requires` on arguments of a group, clap-rs/clap#4707.)
+    for args in [
+        "--from-dump /d --from-repo /r",
+        "--from-dir /d --archive /a --target-lsn 0/1 --target-time 2026-11-30T02:00:00Z",
+    ] {
+        parse_err(&format!("image create prod {args}"));
+    }
+}
+
+#[test]
 fn a_refusal_for_want_of_a_token_says_how_to_log_in() {
     let refused = || {
         vec![error_answer(
