@@ -615,7 +615,9 @@ function activityTable(entries, empty) {
     ['When', 'Who', 'What', 'Of', 'Answer'],
     entries.map((a) => [
       time(a.at, when(a.at)),
-      a.actor || '(no valid token)',
+      // No actor: an event the server recorded itself (`clone.removed`), or a request made
+      // without a valid token (recorded as its method and path).
+      a.actor || (a.action.includes(' /') ? '(no valid token)' : 'the server'),
       a.action,
       a.target || '—',
       h('span', { class: a.status >= 400 ? 'refused' : '' }, String(a.status), a.detail ? `: ${a.detail}` : ''),

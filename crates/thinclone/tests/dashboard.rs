@@ -2,7 +2,8 @@
 //! source cluster, and Debian's Chromium driven by playwright-core (`browser/dashboard.mjs`,
 //! run with `node`; nothing downloads a browser). The script signs in with a token, makes an
 //! image from the source and a clone of it, watches the clone become ready without a reload,
-//! connects to it with the connection string it reads from the page, resets it, is refused the
+//! connects to it with the connection string it reads from the page, takes a checkpoint and
+//! reverts to it, stops and starts it, protects it, branches it, resets it, is refused the
 //! removal of an image that has clones and shows why, removes the clone and signs out; a team
 //! mate who may not use the clone is not shown its password, a user of another team sees
 //! neither the image nor its clone, and an expired token brings the sign-in page back. Any
@@ -200,7 +201,20 @@ fn the_dashboard_works_in_a_browser() {
     assert_eq!(status, 200, "the image is gone: {image}");
     let (_, log) = call(&d, &d.token, "GET", "/v1/activity?user=maker&limit=1000", None);
     let actions: Vec<&str> = log.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap_or("")).collect();
-    for action in ["image.create", "clone.create", "clone.reset", "clone.checkpoint", "image.delete", "clone.delete"] {
+    for action in [
+        "image.create",
+        "clone.create",
+        "clone.checkpoint",
+        "clone.revert",
+        "clone.stop",
+        "clone.start",
+        "clone.protect",
+        "clone.unprotect",
+        "clone.branch",
+        "clone.reset",
+        "image.delete",
+        "clone.delete",
+    ] {
         assert!(actions.contains(&action), "the audit log has no {action} by maker: {actions:?}");
     }
 
