@@ -38,6 +38,8 @@ function stopPolling() {
 function signIn(message) {
   stopPolling();
   me = null;
+  // A page shown after signing in is not measured from the document's load.
+  firstPageOfDocument = false;
   header.hidden = true;
   document.title = 'Sign in · thinclone';
   const error = h('p', { class: 'notice error', role: 'alert', id: 'sign-in-error' }, message || '');
@@ -196,6 +198,15 @@ async function show() {
     if (first) {
       first = false;
       firstPageOfDocument = false;
+      // After a move to another page, the keyboard's focus goes to its heading (unless the
+      // page put it in a form), so that the next Tab starts from the new page.
+      if (!view.contains(document.activeElement)) {
+        const heading = view.querySelector('h1');
+        if (heading) {
+          heading.tabIndex = -1;
+          heading.focus({ preventScroll: true });
+        }
+      }
       performance.measure(`first-render:${name}`, { start: started, end: performance.now() });
       view.dataset.rendered = name;
       document.body.dataset.page = name;

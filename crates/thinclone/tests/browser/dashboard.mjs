@@ -268,11 +268,20 @@ async function flow() {
   await go(page, '#/clones/new', 'clone-new');
   await shoot(page, 'clone-new');
 
-  // Reset, with confirmation: the table made in the clone is gone.
+  // Reset, with confirmation, by keyboard: Escape cancels, Enter on the focused Confirm
+  // confirms. The table made in the clone is gone.
   await go(page, '#/clones/dev1', 'clone');
-  await page.click('button:has-text("Reset")');
+  await page.focus('button:has-text("Reset")');
+  await page.keyboard.press('Enter');
   await page.waitForSelector('dialog#confirm[open]');
-  await page.click('#confirm-ok');
+  await page.keyboard.press('Escape');
+  await page.waitForSelector('dialog#confirm', { state: 'hidden' });
+  check(!(await page.locator('.summary .status-resetting').count()), 'a cancelled reset did nothing');
+  await page.focus('button:has-text("Reset")');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('dialog#confirm[open]');
+  check(await page.evaluate(() => document.activeElement.id === 'confirm-ok'), 'the dialog focuses its Confirm button');
+  await page.keyboard.press('Enter');
   await page.locator('.summary .status-ready').waitFor({ timeout: LONG });
   await page.locator('section', { hasText: 'Activity' }).locator('text=clone.reset').first().waitFor({ timeout: LONG });
   const after = psql(url, "SELECT count(*) FROM pg_class WHERE relname = 'scratch'");
@@ -299,8 +308,14 @@ async function flow() {
     check(!html.includes(password), 'a user who may not use the clone is not shown its password');
   }
   check(await mate.page.locator('.actions-panel').isHidden(), 'a user who may not use the clone is offered no actions');
-  await go(mate.page, '#/clones', 'clones');
-  check(!(await mate.page.content()).includes(password), 'the clones page shows a team mate no password');
+  for (const [hash, name] of PAGES) {
+    await go(mate.page, hash, name);
+    check(!(await mate.page.content()).includes(password), `the ${name} page shows a team mate no password`);
+  }
+  // The pages are links: the keyboard reaches them.
+  await mate.page.focus('a[data-nav="clones"]');
+  await mate.page.keyboard.press('Enter');
+  await rendered(mate.page, 'clones');
   await go(mate.page, '#/images', 'images');
   check(!(await mate.page.locator('button[aria-label="Remove image orders"]').count()), 'a clone user is offered no image removal');
 
