@@ -3,7 +3,9 @@
 //! run with `node`; nothing downloads a browser). The script signs in with a token, makes an
 //! image from the source and a clone of it, watches the clone become ready without a reload,
 //! connects to it with the connection string it reads from the page, takes a checkpoint and
-//! reverts to it, stops and starts it, protects it, branches it, resets it, is refused the
+//! reverts to it, stops and starts it, sees it degraded with the reason when its server is
+//! killed (the daemon runs with `--no-repair`) and starts it again, protects it, branches
+//! it, resets it, is refused the
 //! removal of an image that has clones and shows why, removes the clone and signs out; a team
 //! mate who may not use the clone is not shown its password, a user of another team sees
 //! neither the image nor its clone, and an expired token brings the sign-in page back. Any
@@ -90,6 +92,7 @@ fn run_browser(d: &Daemon, mode: &str, tokens: &[(&str, &str)], source: &Path, s
         .env("DASHBOARD_URL", d.url())
         .env("MODE", mode)
         .env("SOURCE_DIR", source)
+        .env("DATA_DIR", &d.data_dir)
         .env("PSQL", support::pg::bin_dir().unwrap().join("psql"));
     for (key, token) in tokens {
         cmd.env(key, token);
@@ -168,9 +171,9 @@ fn the_dashboard_works_in_a_browser() {
     source.stop();
 
     let (ports, extra): ((u16, u16), &[&str]) = if many == 0 {
-        ((8560, 8579), &[])
+        ((8560, 8579), &["--no-repair"])
     } else {
-        ((8560, 8560 + many as u16 + 20), &["--clone-listen", "127.0.86.1"])
+        ((8560, 8560 + many as u16 + 20), &["--no-repair", "--clone-listen", "127.0.86.1"])
     };
     let d = Daemon::start_with(&w.join("data"), ports, extra);
     for team in ["red", "blue"] {

@@ -8,6 +8,7 @@
 //   TOKEN_MATE         a clone user of team red: sees the clone, may not use it
 //   TOKEN_BLUE         a clone user of team blue: sees neither
 //   SOURCE_DIR         a stopped database's data directory inside a registered source
+//   DATA_DIR           the daemon's data directory (to kill a clone's server, as a crash would)
 //   PSQL               the psql program, to connect to the clone with its connection string
 //   MODE               `flow` (the whole walk) or `render` (first render of each page only)
 //   SCREENSHOTS        a directory to write the pages' screenshots into (not set: none)
@@ -16,7 +17,7 @@
 // It prints `render PAGE MS` for each page's first render, and `dashboard: ok` at the end.
 
 import { execFileSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -226,6 +227,22 @@ async function flow() {
   await page.click('button:has-text("Start")');
   await page.locator('.summary .status-ready').waitFor({ timeout: LONG });
 
+  // Its server dies (the daemon runs with --no-repair): the page shows it degraded, with the
+  // reason, without a reload; Start brings it back.
+  const pid = Number(readFileSync(join(env('DATA_DIR'), 'clones/dev1/data/postmaster.pid'), 'utf8').split('\n')[0]);
+  check(pid > 1, `a server pid for dev1: ${pid}`);
+  process.kill(pid, 'SIGKILL');
+  await page.locator('.summary .status-degraded').waitFor({ timeout: LONG });
+  const why = (await page.textContent('.summary .status-cell .message')).trim();
+  check(why.length > 5, `a degraded clone says why: ${why}`);
+  console.log(`degraded: ${why}`);
+  await shoot(page, 'clone-degraded');
+  await go(page, '#/clones', 'clones');
+  check((await page.textContent('#clone-list')).includes(why), 'the clones page shows the reason too');
+  await go(page, '#/clones/dev1', 'clone');
+  await page.click('button:has-text("Start")');
+  await page.locator('.summary .status-ready').waitFor({ timeout: LONG });
+
   // Protect: then it cannot be removed; unprotect again.
   await page.getByRole('button', { name: 'Protect', exact: true }).click();
   await page.locator('.summary dd', { hasText: 'protected' }).waitFor({ timeout: LONG });
@@ -318,6 +335,7 @@ async function flow() {
   await rendered(mate.page, 'clones');
   await go(mate.page, '#/images', 'images');
   check(!(await mate.page.locator('button[aria-label="Remove image orders"]').count()), 'a clone user is offered no image removal');
+  check(!(await mate.page.locator('text=Make an image').count()), 'a clone user is offered no image making');
 
   // A user of another team sees neither the image nor its clones.
   const blue = await session('blue');
