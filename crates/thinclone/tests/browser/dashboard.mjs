@@ -281,6 +281,18 @@ async function flow() {
   await page.fill('#filter-target', 'clone dev1');
   await page.click('form.filters button');
   await page.locator('main table.data', { hasText: 'clone.create' }).waitFor();
+  // By user, and by time: nothing is recorded in the future.
+  await page.fill('#filter-user', 'maker');
+  await page.fill('#filter-since', '2999-01-01T00:00');
+  await page.click('form.filters button');
+  await page.locator('main p.empty', { hasText: 'Nothing matches.' }).waitFor();
+  await page.fill('#filter-since', '');
+  await page.click('form.filters button');
+  await page.locator('main table.data', { hasText: 'clone.create' }).waitFor();
+  check(!(await page.locator('main table.data tbody tr', { hasText: 'the server' }).count()), 'the user filter keeps the server out');
+  await page.fill('#filter-user', '');
+  await page.click('form.filters button');
+  await page.locator('main table.data', { hasText: 'the server' }).waitFor();
   await shoot(page, 'activity');
   await go(page, '#/clones/new', 'clone-new');
   await shoot(page, 'clone-new');
