@@ -143,12 +143,15 @@ async function show() {
     else link.removeAttribute('aria-current');
   }
   delete view.dataset.rendered;
+  // Each page draws into a container of its own, so that a page still loading when the user
+  // moves on draws into a container no longer shown.
+  const root = h('div', { class: 'page' });
   const notice = h('div', { class: 'notice', role: 'status', 'aria-live': 'polite' });
   notice.hidden = true;
   const ctx = {
     me,
     params: m.slice(1).map(decodeURIComponent),
-    root: view,
+    root,
     notice(message, kind) {
       notice.textContent = message;
       notice.className = `notice ${kind || 'error'}`;
@@ -170,13 +173,13 @@ async function show() {
     },
     confirm: confirmAction,
   };
-  view.replaceChildren();
+  view.replaceChildren(root);
   let refresh;
   try {
     refresh = await page(ctx);
   } catch (e) {
     if (e.status === 401 || gen !== generation) return;
-    view.replaceChildren(notice);
+    root.replaceChildren(notice);
     ctx.notice(e.message);
     return;
   }

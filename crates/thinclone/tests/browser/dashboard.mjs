@@ -359,18 +359,20 @@ async function flow() {
   check(!(await blue.page.content()).includes(password), 'another team is not shown the password');
   check((await blue.page.textContent('.summary')).length > 0, 'another team is told there is no such clone');
 
-  // An expired token sends the user back to sign-in.
+  // An expired token sends the user back to sign-in. It lives 6 s: long enough to sign in on a
+  // loaded machine.
+  const madeAt = Date.now();
   const made = await mate.page.evaluate(async () => {
     const r = await fetch('/v1/tokens', {
       method: 'POST',
       headers: { Authorization: `Bearer ${sessionStorage.getItem('thinclone.token')}`, 'Content-Type': 'application/json' },
-      body: JSON.stringify({ description: 'expires at once', expires_in: 2 }),
+      body: JSON.stringify({ description: 'expires soon', expires_in: 6 }),
     });
     return r.json();
   });
   const short = await session('expiring');
   await signIn(short.page, made.secret);
-  await short.page.waitForTimeout(3500);
+  await short.page.waitForTimeout(Math.max(0, madeAt + 7500 - Date.now()));
   await short.page.evaluate(() => (location.hash = '#/clones'));
   await rendered(short.page, 'sign-in');
   const ended = await short.page.textContent('#sign-in-error');
