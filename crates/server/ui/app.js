@@ -82,7 +82,9 @@ function signIn(message) {
     h(
       'p',
       { id: 'token-help', class: 'help' },
-      'A token from `thinclone token create`. It is kept in this tab only, until you sign out or close it.',
+      'A token from ',
+      h('code', {}, 'thinclone token create'),
+      '. It is kept in this tab only, until you sign out or close it.',
     ),
     button,
   );
@@ -97,14 +99,27 @@ onUnauthorized((e) => {
   signIn(`Your session has ended: ${e.message} Sign in again.`);
 });
 
+const dialog = document.getElementById('confirm');
+let answer = null;
+
+// The dialog's `close` event is queued, not dispatched at once: one still queued from the last
+// question (closed with Escape) could otherwise answer the next one, asked in between. A
+// close while the dialog is open again is such a leftover, and is ignored.
+dialog.addEventListener('close', () => {
+  if (dialog.open || !answer) return;
+  const give = answer;
+  answer = null;
+  give(dialog.returnValue === 'ok');
+});
+
 /** Asks for confirmation in a modal dialog; resolves true when confirmed. */
 export function confirmAction(text, label) {
-  const dialog = document.getElementById('confirm');
   document.getElementById('confirm-text').textContent = text;
   document.getElementById('confirm-ok').textContent = label || 'Confirm';
+  if (answer) answer(false);
   dialog.returnValue = '';
   return new Promise((resolve) => {
-    dialog.addEventListener('close', () => resolve(dialog.returnValue === 'ok'), { once: true });
+    answer = resolve;
     dialog.showModal();
     document.getElementById('confirm-ok').focus();
   });
@@ -225,6 +240,13 @@ document.getElementById('sign-out').addEventListener('click', () => {
   const error = document.getElementById('sign-in-error');
   error.className = 'notice info';
   error.setAttribute('role', 'status');
+});
+
+// The skip link moves the focus to the page; followed as a link, it would change the
+// address's fragment, which names the page.
+document.querySelector('.skip').addEventListener('click', (event) => {
+  event.preventDefault();
+  view.focus();
 });
 
 window.addEventListener('hashchange', () => {

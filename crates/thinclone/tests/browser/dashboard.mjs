@@ -341,6 +341,11 @@ async function flow() {
     await go(mate.page, hash, name);
     check(!(await mate.page.content()).includes(password), `the ${name} page shows a team mate no password`);
   }
+  // The skip link moves the focus to the page and stays on it.
+  const where = await mate.page.evaluate(() => location.hash);
+  await mate.page.focus('a.skip');
+  await mate.page.keyboard.press('Enter');
+  check(await mate.page.evaluate((h) => document.activeElement.id === 'view' && location.hash === h, where), 'the skip link focuses the page');
   // The pages are links: the keyboard reaches them.
   await mate.page.focus('a[data-nav="clones"]');
   await mate.page.keyboard.press('Enter');
