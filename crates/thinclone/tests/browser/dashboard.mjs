@@ -13,8 +13,10 @@
 //   MODE               `flow` (the whole walk) or `render` (first render of each page only)
 //   SCREENSHOTS        a directory to write the pages' screenshots into (not set: none)
 //   CHROMIUM           the browser (default /usr/bin/chromium)
+//   RENDER_RUNS        loads of each page whose first render is measured (default 5)
 //
-// It prints `render PAGE MS` for each page's first render, and `dashboard: ok` at the end.
+// It prints `render PAGE median MS, min MS, max MS (…)` for each page's first render, and
+// `dashboard: ok` at the end.
 
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
