@@ -30,4 +30,4 @@ pub use auth::Caller;
 pub use identity::BOOTSTRAP_TOKEN_FILE;
 pub use lifecycle::LifecycleConfig;
 pub use ops::{CloneAction, Server, ServerConfig, ServerError};
-pub use rest::{app, openapi, openapi_json, serve, serve_tls, AllowedHosts};
+pub use rest::{app, dashboard_files, openapi, openapi_json, serve, serve_tls, AllowedHosts};

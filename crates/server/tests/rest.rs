@@ -417,3 +417,43 @@ async fn the_image_request_schema_says_what_the_server_checks() {
         refused(call(&f, "POST", "/v1/images", JSON, body).await, 400, "bad_request", says);
     }
 }
+
+/// The web dashboard: `/` and `/ui/<file>` answer without a token with the embedded files,
+/// their content types, a strict Content-Security-Policy and an ETag that a revalidation
+/// matches (304); any other path under `/ui/` needs a token like the API.
+#[tokio::test]
+async fn the_dashboard_is_static_and_needs_no_token() {
+    let f = fixture();
+    let get = |path: &'static str, etag: Option<String>| {
+        let mut request = Request::builder().uri(path).header("host", "localhost");
+        if let Some(tag) = etag {
+            request = request.header("if-none-match", tag);
+        }
+        f.app.clone().oneshot(request.body(Body::empty()).unwrap())
+    };
+    let response = get("/", None).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'none'; script-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(headers["cache-control"], "no-cache");
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let page = server::dashboard_files().iter().find(|(n, _, _)| *n == "index.html").unwrap().2;
+    assert_eq!(body, page.as_bytes());
+    let again = get("/", Some(etag)).await.unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    for (name, content_type, _) in server::dashboard_files() {
+        let path: &'static str = Box::leak(format!("/ui/{name}").into_boxed_str());
+        let response = get(path, None).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(response.headers()["content-type"], *content_type, "{path}");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff", "{path}");
+    }
+    for path in ["/ui/", "/ui/nothing.js", "/ui/app.js/x", "/index.html"] {
+        refused(call_as(&f, None, "GET", path, None, "").await, 401, "unauthorized", "needs a token");
+    }
+    refused(call(&f, "GET", "/ui/nothing.js", None, "").await, 404, "not_found", "no file");
+}

@@ -8,6 +8,12 @@
 //! authentication fails the first check, and one that is not in the matrix below fails
 //! until its rights are written down.
 //!
+//! The web dashboard's static files (`GET /` and `GET /ui/<file>`) are served to anyone: they
+//! are the files embedded in the binary, the same for everyone, and carry no data (the page
+//! reads everything through `/v1` with the user's token). The test says so: each is exactly
+//! the embedded file, every other path needs a token, and the document names no route
+//! outside `/v1` but `/metrics`.
+//!
 //! One route besides `/v1/health` takes no user's token: an agent's `POST /v1/agents/join`,
 //! whose credential is the enrollment token in its body. Without a valid enrollment token it
 //! answers 401 whoever asks; with one, anyone may join (the administrator who made the token
@@ -944,6 +950,39 @@ fn every_route_checks_its_caller() {
         let (status, answer) = world.call(None, "POST", "/v1/agents/join", Some(again));
         assert_eq!(status, 401, "joining with a {what} enrollment token: {answer}");
         assert_eq!(answer["code"], "unauthorized", "joining with a {what} enrollment token: {answer}");
+    }
+
+    // 1b. The web dashboard's files (`GET /`, `GET /ui/<file>`) are the only other answers
+    //     without a credential. They are not API routes (the document names none outside
+    //     /v1 but /metrics, and every one of those needed a token above), and they carry no
+    //     data: each is the embedded file, byte for byte, the same with or without a token.
+    //     Any other path under /ui/, or beside it, needs a token like the API.
+    assert!(
+        routes.iter().all(|(_, p)| p.starts_with("/v1/") || p == "/metrics"),
+        "the document names a route outside /v1: {routes:?}"
+    );
+    let files = server::dashboard_files();
+    assert!(files.iter().any(|(name, _, _)| *name == "index.html"), "the dashboard has no page");
+    let raw = |who: Option<&str>, path: &str| {
+        let mut request = world.agent.get(&format!("{}{path}", world.d.url()));
+        if let Some(who) = who {
+            request = request.header("authorization", format!("Bearer {}", world.tokens[who]));
+        }
+        let mut response = request.call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        (response.status().as_u16(), response.body_mut().read_to_string().unwrap_or_default())
+    };
+    let page = files.iter().find(|(name, _, _)| *name == "index.html").unwrap().2;
+    assert_eq!(raw(None, "/"), (200, page.to_owned()), "GET / without a token is not the dashboard's page");
+    for (name, _, body) in files {
+        let path = format!("/ui/{name}");
+        assert_eq!(raw(None, &path), (200, body.to_string()), "{path} without a token is not the embedded file");
+        assert_eq!(raw(Some("root-admin"), &path), (200, body.to_string()), "{path} differs with a token");
+    }
+    for path in
+        ["/ui/", "/ui/nothing.js", "/ui/../v1/clones", "/ui/app.js/more", "/index.html", "/v1/", "/v1/ui/app.js"]
+    {
+        let (status, answer) = world.call(None, "GET", path, None);
+        assert_eq!(status, 401, "{path} answered without a token: {answer}");
     }
 
     // 2. The matrix: every route's rights, caller by caller.

@@ -5,7 +5,7 @@
 //! `/v1/openapi.json`, committed as `doc/openapi.json`).
 //!
 //! Only this module knows HTTP. Handlers live beside it by subject: `images`, `clones`,
-//! `operations`, `identity`.
+//! `operations`, `identity`; `ui` serves the web dashboard's static files at `/` and `/ui/`.
 
 mod agents;
 mod clones;
@@ -15,6 +15,7 @@ mod metrics;
 mod operations;
 mod schedules;
 mod templates;
+mod ui;
 mod webhooks;
 
 use std::future::Future;
@@ -378,12 +379,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Auth {
     }
 }
 
-/// Every request but `GET /v1/health` and an agent's `POST /v1/agents/join` (whose
-/// enrollment token is its credential) needs a valid token (`Authorization: Bearer …`); the
+/// Every request but `GET /v1/health`, an agent's `POST /v1/agents/join` (whose
+/// enrollment token is its credential) and the dashboard's static files (`GET /` and
+/// `GET /ui/...`, which carry no data) needs a valid token (`Authorization: Bearer …`); the
 /// caller it stands for goes to the handler. A refused request that would have changed
 /// something is recorded in the audit log.
 async fn authenticate(State(server): State<Arc<Server>>, mut request: Request, next: Next) -> Response {
-    if is_open(request.method(), request.uri().path()) {
+    if is_open(request.method(), request.uri().path()) || ui::is_static(request.method(), request.uri().path()) {
         return next.run(request).await;
     }
     let secret = request
@@ -621,6 +623,12 @@ fn router() -> (axum::Router<Arc<Server>>, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
+/// The web dashboard's files, as served under `/ui/` (`index.html` also at `/`): name,
+/// content type, contents.
+pub fn dashboard_files() -> &'static [(&'static str, &'static str, &'static str)] {
+    &ui::FILES
+}
+
 /// The OpenAPI document of this server's API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     router().1
@@ -639,6 +647,7 @@ pub fn app(server: Arc<Server>, hosts: AllowedHosts) -> axum::Router {
     let (router, _) = router();
     let hosts = Arc::new(hosts);
     router
+        .merge(ui::routes())
         .fallback(|| async {
             ApiError::new(ErrorCode::NotFound, "no such route; the routes are listed at /v1/openapi.json")
         })
