@@ -650,22 +650,29 @@ impl LocalAgent {
 
     /// Runs a template's scripts on a clone just started, before it is handed out.
     fn run_template(&self, record: &CloneRecord, spec: &CloneSpec) -> Result<()> {
-        if spec.scripts.is_empty() {
+        self.run_scripts(record, &spec.scripts, &spec.settings, "the clone is not made")
+    }
+
+    /// Runs `scripts` on a clone's running server with `settings` set; the first failure
+    /// stops them, with `then` (what it means for the clone) in its message.
+    fn run_scripts(
+        &self,
+        record: &CloneRecord,
+        scripts: &[api::ImageScript],
+        settings: &[(String, String)],
+        then: &str,
+    ) -> Result<()> {
+        if scripts.is_empty() {
             return Ok(());
         }
         let taken = lock(&self.running).remove(&record.name);
         let Some(running) = taken else {
             return Err(AgentError::internal("the clone's server is not running for its template"));
         };
-        let result = spec.scripts.iter().try_for_each(|script| {
-            running.instance.run_script(script.database.as_deref(), &script.sql, &spec.settings).map(drop).map_err(
-                |e| {
-                    AgentError::new(
-                        ErrorKind::BadRequest,
-                        format!("template script {}: {e}; the clone is not made", script.name),
-                    )
-                },
-            )
+        let result = scripts.iter().try_for_each(|script| {
+            running.instance.run_script(script.database.as_deref(), &script.sql, settings).map(drop).map_err(|e| {
+                AgentError::new(ErrorKind::BadRequest, format!("template script {}: {e}; {then}", script.name))
+            })
         });
         lock(&self.running).insert(record.name.clone(), running);
         result
@@ -1639,7 +1646,18 @@ impl Agent for LocalAgent {
             tracing::warn!(clone = %name, "refreshing onto image {} failed ({e}); resetting it on {}", to.image, record.image);
             self.rebuild_on_own_image(&mut record)?;
         }
-        self.finish_change(&mut record, refreshed)
+        let report = self.finish_change(&mut record, refreshed)?;
+        // The template it was made with runs again on its new files (a running clone only:
+        // a stopped one's runs at no later start).
+        if lock(&self.running).contains_key(name) {
+            self.run_scripts(
+                &record,
+                &to.scripts,
+                &to.settings,
+                "the clone is on the new image, without what the rest of its template does",
+            )?;
+        }
+        Ok(report)
     }
 
     fn delete_clone(&self, name: &Name) -> Result<()> {

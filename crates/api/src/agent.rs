@@ -262,6 +262,12 @@ pub struct RefreshTarget {
     pub engine: String,
     pub version: String,
     pub superuser: String,
+    /// The scripts of the template the clone was made with, run again once it is up on the
+    /// new image, with `settings` set (as [`CloneSpec`]'s).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scripts: Vec<crate::ImageScript>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<(String, String)>,
 }
 
 /// Where a branch comes from.

@@ -178,6 +178,9 @@ pub struct Clone {
     pub idle_since: Option<Timestamp>,
     /// Its idle policy; a `None` field takes the server's.
     pub idle: IdlePolicy,
+    /// The template it was made with; `clone refresh` runs its scripts again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Name>,
 }
 
 /// What happens to a clone no client uses: after `stop_after` seconds without a connection

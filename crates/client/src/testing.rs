@@ -238,5 +238,6 @@ pub fn clone(name_: &str, image: &str, port: u16) -> Clone {
         protected_until: None,
         idle_since: None,
         idle: api::IdlePolicy::default(),
+        template: None,
     }
 }

@@ -93,6 +93,8 @@ pub struct CloneRow {
     /// Its idle policy, seconds; `None` takes the server's, 0 turns the step off.
     pub idle_stop_after: Option<u64>,
     pub idle_remove_after: Option<u64>,
+    /// The template it was made with, whose scripts a refresh runs again.
+    pub template: Option<Name>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -237,7 +239,7 @@ pub struct Catalog {
     conn: Connection,
 }
 
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 /// The team that images and clones made before teams existed belong to, and that the first
 /// administrator is in.
@@ -519,7 +521,15 @@ impl Catalog {
                  COMMIT;",
             )?;
         }
-        debug_assert_eq!(SCHEMA_VERSION, 10);
+        if version < 11 {
+            self.conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE clones ADD COLUMN template TEXT;
+                 PRAGMA user_version = 11;
+                 COMMIT;",
+            )?;
+        }
+        debug_assert_eq!(SCHEMA_VERSION, 11);
         Ok(())
     }
 
@@ -625,8 +635,8 @@ impl Catalog {
         let result = self.conn.execute(
             "INSERT INTO clones (name, image, status, message, driver, port, password, created_at, operation, owner, team,
                                  agent, origin, read_only, expires_at, expiry_warned, protected, protected_until,
-                                 idle_stop_after, idle_remove_after)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                                 idle_stop_after, idle_remove_after, template)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
             params![
                 clone.name.as_str(),
                 clone.image.as_str(),
@@ -648,6 +658,7 @@ impl Catalog {
                 clone.protected_until.map(|t| t.0),
                 clone.idle_stop_after.map(|s| s as i64),
                 clone.idle_remove_after.map(|s| s as i64),
+                clone.template.as_ref().map(Name::as_str),
             ],
         );
         match constraint(result, "clone", &clone.name) {
@@ -1586,6 +1597,7 @@ fn clone_row(row: &rusqlite::Row) -> rusqlite::Result<CloneRow> {
         protected_until: row.get::<_, Option<i64>>("protected_until")?.map(Timestamp),
         idle_stop_after: row.get::<_, Option<i64>>("idle_stop_after")?.map(|s| s.max(0) as u64),
         idle_remove_after: row.get::<_, Option<i64>>("idle_remove_after")?.map(|s| s.max(0) as u64),
+        template: row.get::<_, Option<String>>("template")?.map(|n| Name::new(&n)).transpose().map_err(bad_column)?,
     })
 }
 
@@ -1658,6 +1670,7 @@ mod tests {
             protected_until: None,
             idle_stop_after: None,
             idle_remove_after: None,
+            template: None,
         }
     }
 

@@ -142,6 +142,17 @@ struct NewClone {
     expires_at: Option<Timestamp>,
     /// A template's scripts, run on it before it is handed out.
     scripts: Vec<api::ImageScript>,
+    /// The template they come from.
+    template: Option<Name>,
+}
+
+/// The settings a template's scripts run with: the clone's name, its owner's and its image's.
+fn template_settings(clone: &Name, owner: &Name, image: &Name) -> Vec<(String, String)> {
+    vec![
+        ("thinclone.clone".to_owned(), clone.to_string()),
+        ("thinclone.owner".to_owned(), owner.to_string()),
+        ("thinclone.image".to_owned(), image.to_string()),
+    ]
 }
 
 /// When a clone asked to expire `expires_in` seconds from now, or at `expires_at`, expires.
@@ -556,6 +567,7 @@ impl Server {
             protected_until: row.protected_until,
             idle_since: report.and_then(|r| r.idle_since),
             idle: api::IdlePolicy { stop_after: row.idle_stop_after, remove_after: row.idle_remove_after },
+            template: row.template,
         }
     }
 
@@ -918,7 +930,16 @@ impl Server {
             Some(template) => self.template_scripts(template)?,
             None => Vec::new(),
         };
-        let new = NewClone { name: request.name, host, driver, origin: None, read_only: false, expires_at, scripts };
+        let new = NewClone {
+            name: request.name,
+            host,
+            driver,
+            origin: None,
+            read_only: false,
+            expires_at,
+            scripts,
+            template: request.template,
+        };
         self.make_clone(caller, &visible, new)
     }
 
@@ -959,6 +980,7 @@ impl Server {
             read_only: request.read_only,
             expires_at: expiry(request.expires_in, request.expires_at)?,
             scripts: Vec::new(),
+            template: None,
         };
         self.make_clone(caller, &image, new)
     }
@@ -976,7 +998,7 @@ impl Server {
 
     /// Records a new clone and starts the operation that makes it.
     fn make_clone(self: &Arc<Self>, caller: &Caller, image: &ImageRow, new: NewClone) -> Result<Operation> {
-        let NewClone { name, host, driver, origin, read_only, expires_at, scripts } = new;
+        let NewClone { name, host, driver, origin, read_only, expires_at, scripts, template } = new;
         let (version, superuser) = Self::image_facts(image)?;
         let visible = image;
         let agent = self.fleet.require(&host)?;
@@ -1027,6 +1049,7 @@ impl Server {
                     protected_until: None,
                     idle_stop_after: None,
                     idle_remove_after: None,
+                    template: template.clone(),
                 })?;
                 Ok((id, port))
             });
@@ -1050,15 +1073,7 @@ impl Server {
             password,
             origin,
             read_only,
-            settings: if scripts.is_empty() {
-                Vec::new()
-            } else {
-                vec![
-                    ("thinclone.clone".to_owned(), name.to_string()),
-                    ("thinclone.owner".to_owned(), caller.user.to_string()),
-                    ("thinclone.image".to_owned(), image.name.to_string()),
-                ]
-            },
+            settings: if scripts.is_empty() { Vec::new() } else { template_settings(&name, &caller.user, &image.name) },
             scripts,
         };
         self.spawn(id, OperationKind::CloneCreate, &name, move |server| {
@@ -1287,12 +1302,26 @@ impl Server {
         self.refuse_if_branched(name, "refresh", |_| true)?;
         let agent = self.fleet.require(&clone.agent)?;
         let place = crate::agents::place_of(&self.catalog().location(&target.location)?);
+        // The template it was made with runs again on the new image; one removed since is
+        // left out, and the operation's event says so.
+        let (scripts, dropped) = match &clone.template {
+            Some(t) => match self.template_scripts(t) {
+                Ok(scripts) => (scripts, None),
+                Err(ServerError::NotFound(_)) => (Vec::new(), Some(t.clone())),
+                Err(e) => return Err(e),
+            },
+            None => (Vec::new(), None),
+        };
+        let settings =
+            if scripts.is_empty() { Vec::new() } else { template_settings(name, &clone.owner, &target.name) };
         let to = api::agent::RefreshTarget {
             image: target.name.clone(),
             place,
             engine: target.engine.clone(),
             version,
             superuser,
+            scripts,
+            settings,
         };
         let id = self.begin_clone_op(name, OperationKind::CloneRefresh, CloneStatus::Resetting)?;
         let (host, team, from) = (clone.agent.clone(), clone.team.clone(), clone.image.clone());
@@ -1309,7 +1338,13 @@ impl Server {
                     subject: "clone",
                     name: &target_name,
                     team: Some(&team),
-                    detail: format!("from image {from} to image {}", to.image),
+                    detail: match &dropped {
+                        None => format!("from image {from} to image {}", to.image),
+                        Some(t) => format!(
+                            "from image {from} to image {}; template {t}, removed since, was not run again",
+                            to.image
+                        ),
+                    },
                 });
             }
             server.settle_clone(&host, &target_name, &result)

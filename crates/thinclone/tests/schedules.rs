@@ -80,11 +80,21 @@ fn a_schedule_keeps_its_newest_images_and_refresh_moves_a_clone_to_the_newest() 
     assert!(made.next_run_at.0 > now && made.next_run_at.0 <= now + 86_400, "{made:?}");
     assert_eq!(made.next_run_at.0 % 86_400, 2 * 3600, "{made:?}");
 
-    // Run 1; a clone of it.
+    // Run 1; a clone of it, made with a template whose scripts a refresh runs again.
     let first = run(&d, "nightly");
-    let c: Clone = d.ok(&["clone", "create", "app", "--image", first.name.as_str()]);
+    let login = w.join("login.sql");
+    fs::write(
+        &login,
+        "CREATE ROLE app_login LOGIN PASSWORD 'app';\n\
+         CREATE TABLE made_for AS SELECT current_setting('thinclone.image') AS image;\n",
+    )
+    .unwrap();
+    d.ok::<api::Template>(&["template", "create", "app", "--script", login.to_str().unwrap()]);
+    let c: Clone = d.ok(&["clone", "create", "app", "--image", first.name.as_str(), "--template", "app"]);
+    assert_eq!(c.template.as_ref().map(|t| t.as_str()), Some("app"));
     let before = c.url().to_owned();
     assert_eq!(psql(&before, "SELECT max(n) FROM generation").unwrap(), "1");
+    assert_eq!(psql(&before, "SELECT image FROM made_for").unwrap(), first.name.as_str());
     psql(&before, "INSERT INTO generation VALUES (100)").unwrap();
 
     // A clone whose image no schedule made cannot be refreshed without an image named, and
@@ -105,6 +115,9 @@ fn a_schedule_keeps_its_newest_images_and_refresh_moves_a_clone_to_the_newest() 
         "2",
         "the new image's data, its own writes gone"
     );
+    // Its template ran again, on the new image.
+    assert_eq!(psql(&before, "SELECT image FROM made_for").unwrap(), second.name.as_str());
+    assert_eq!(psql(&before, "SELECT count(*) FROM pg_roles WHERE rolname = 'app_login'").unwrap(), "1");
 
     // Run 3: three ready images, keep 2; the first has no clone now and goes.
     source.psql("postgres", "INSERT INTO generation VALUES (3);");

@@ -86,6 +86,9 @@ pub fn clone_fields(clone: &Clone, now: Timestamp) -> Fields {
     } else if clone.read_only {
         fields.push(("origin", "snapshot view".to_owned()));
     }
+    if let Some(template) = &clone.template {
+        fields.push(("template", template.to_string()));
+    }
     if let Some(at) = clone.expires_at {
         fields.push(("expires_at", at.to_string()));
     }
