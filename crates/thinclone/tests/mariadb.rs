@@ -1,0 +1,175 @@
+//! MariaDB end to end (issue 16): a real `thinclone serve` driven by the real CLI, making
+//! images of a real MariaDB 10.11 source (made by `mariadb-install-db` and run by the test)
+//! from its live server (`--from-url mariadb://…`, through `mariadb-backup`) and from its
+//! stopped data directory (`--from-dir`), and clones of them on the cowfs and copy drivers,
+//! each a real `mariadbd` reached over its URL with the `mariadb` client.
+//!
+//! The source listens on 33901; the daemon's clones on 9310–9329.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Instant;
+
+use api::{CloneStatus, ImageStatus, Operation, OperationState};
+use support::daemon::{mounts_under, processes_under, Daemon, UrlOf};
+use support::mariadb::{query, Source};
+
+fn require(test: &str) {
+    support::require_fuse(test);
+    support::mariadb::require(test);
+}
+
+fn sql(url: &str, statement: &str) -> String {
+    query(url, statement).unwrap_or_else(|e| panic!("{statement:?} on {url} failed: {e}"))
+}
+
+fn count(url: &str) -> u64 {
+    sql(url, "SELECT COUNT(*) FROM shop.items").parse().unwrap()
+}
+
+fn check_ready_clone(d: &Daemon, clone: &api::Clone, name: &str) {
+    assert_eq!(clone.name.as_str(), name);
+    assert_eq!(clone.status, CloneStatus::Ready, "{clone:?}");
+    assert!((d.ports.0..=d.ports.1).contains(&clone.port), "port {} is outside {:?}", clone.port, d.ports);
+    let expected = format!("@127.0.0.1:{}/", clone.port);
+    assert!(clone.url().starts_with("mariadb://root:") && clone.url().contains(&expected), "{clone:?}");
+    assert_eq!(clone.user, "root");
+}
+
+fn create_clone(d: &Daemon, name: &str, image: &str, driver: &str) -> api::Clone {
+    let started = Instant::now();
+    let clone: api::Clone = d.ok(&["clone", "create", name, "--image", image, "--driver", driver]);
+    check_ready_clone(d, &clone, name);
+    assert_eq!(sql(clone.url(), "SELECT 1"), "1", "clone {name} said ready but does not answer SQL");
+    eprintln!("clone {name} ({driver}): answered SQL {} ms after `clone create`", started.elapsed().as_millis());
+    clone
+}
+
+#[test]
+fn mariadb_images_and_clones() {
+    require("mariadb_images_and_clones");
+    let work = tempfile::Builder::new().prefix("thinclone-mariadb-test-").tempdir().unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut source = Source::create(work.path(), "source", 33901, "source-pw");
+    source.sql(
+        "CREATE DATABASE shop; \
+         CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(100), price DECIMAL(10,2)) ENGINE=InnoDB; \
+         INSERT INTO shop.items SELECT seq, CONCAT('item ', seq), seq / 100 FROM shop.seq_1_to_1000;",
+    );
+    let mut d = Daemon::start(&work.path().join("data"), (9310, 9329));
+
+    // An image of the live server; the source takes a write after it.
+    let live: api::Image =
+        d.ok(&["image", "create", "live", "--from-url", "mariadb://root:source-pw@127.0.0.1:33901/"]);
+    assert_eq!(live.status, ImageStatus::Ready, "{live:?}");
+    assert_eq!((live.engine.as_str(), live.engine_version.as_deref()), ("mariadb", Some("10.11")), "{live:?}");
+    source.sql("INSERT INTO shop.items VALUES (1001, 'after the live image', 1)");
+    // A running source's directory is refused; once stopped it makes an image.
+    let err = d.cli::<serde_json::Value>(&["image", "create", "cold", "--from-dir", source.data.to_str().unwrap()]);
+    let err = err.expect_err("an image of a running server's directory was made");
+    assert!(err.contains("running") && err.contains("--from-url mariadb://"), "{err}");
+    source.stop();
+    let cold: api::Image = d.ok(&["image", "create", "cold", "--from-dir", source.data.to_str().unwrap()]);
+    assert_eq!(cold.status, ImageStatus::Ready, "{cold:?}");
+    assert_eq!((cold.engine.as_str(), cold.engine_version.as_deref()), ("mariadb", Some("10.11")), "{cold:?}");
+    let shown: api::Image = d.ok(&["image", "show", "cold"]);
+    assert_eq!(shown.engine, "mariadb");
+    let images = [d.data_dir.join("images/live"), d.data_dir.join("images/cold")];
+    let before: Vec<_> = images.iter().map(|dir| support::snapshot(dir)).collect();
+
+    // Three clones of the stopped directory's image (two cowfs, one copy) and one of the live one.
+    let c1 = create_clone(&d, "c1", "cold", "cowfs");
+    let c2 = create_clone(&d, "c2", "cold", "cowfs");
+    let c3 = create_clone(&d, "c3", "cold", "copy");
+    let l1 = create_clone(&d, "l1", "live", "cowfs");
+    let clones = [&c1, &c2, &c3, &l1];
+    let urls: Vec<String> = clones.iter().map(|c| c.url().to_owned()).collect();
+    let ports: Vec<u16> = clones.iter().map(|c| c.port).collect();
+    for (i, p) in ports.iter().enumerate() {
+        assert!(!ports[..i].contains(p), "ports {ports:?}");
+    }
+    assert_eq!((count(&urls[0]), count(&urls[1]), count(&urls[2])), (1001, 1001, 1001));
+    assert_eq!(count(&urls[3]), 1000, "the live image holds what the source had when it was taken");
+
+    // A write in one clone is seen by it alone.
+    sql(&urls[0], "DELETE FROM shop.items WHERE id <= 500");
+    sql(&urls[1], "CREATE TABLE shop.kept (v INT) ENGINE=InnoDB; INSERT INTO shop.kept VALUES (42)");
+    sql(&urls[2], "UPDATE shop.items SET price = 0");
+    assert_eq!((count(&urls[0]), count(&urls[1]), count(&urls[2])), (501, 1001, 1001));
+    assert_eq!(sql(&urls[2], "SELECT SUM(price) FROM shop.items"), "0.00");
+    assert_ne!(sql(&urls[1], "SELECT SUM(price) FROM shop.items"), "0.00");
+    assert!(query(&urls[0], "SELECT v FROM shop.kept").is_err(), "a table made in c2 is seen in c1");
+    // Another clone's password does not open this one.
+    let foreign = urls[0].replacen(&format!(":{}/", ports[0]), &format!(":{}/", ports[1]), 1);
+    assert!(query(&foreign, "SELECT 1").is_err(), "c1's password opened c2");
+
+    // Reset brings the image's state back, on the same port with the same credentials.
+    for (i, name) in [(0, "c1"), (2, "c3")] {
+        let reset: api::Clone = d.ok(&["clone", "reset", name]);
+        check_ready_clone(&d, &reset, name);
+        assert_eq!((reset.port, reset.url()), (ports[i], urls[i].as_str()));
+        assert_eq!(count(&urls[i]), 1001);
+        assert_ne!(sql(&urls[i], "SELECT SUM(price) FROM shop.items"), "0.00");
+    }
+
+    // A restart of the daemon brings every clone back on its port with its password.
+    let pid_before = fs::read_to_string(d.data_dir.join("run/clones/c2/mariadbd.pid")).unwrap();
+    d.restart();
+    for (clone, url) in clones.iter().zip(&urls) {
+        let shown: api::Clone = d.ok(&["clone", "show", clone.name.as_str()]);
+        assert_eq!(shown.status, CloneStatus::Ready, "{shown:?}");
+        assert_eq!((shown.port, shown.url()), (clone.port, url.as_str()), "same port, same password");
+        assert_eq!(sql(url, "SELECT 1"), "1");
+    }
+    assert_eq!(sql(&urls[1], "SELECT v FROM shop.kept"), "42");
+    let pid_after = fs::read_to_string(d.data_dir.join("run/clones/c2/mariadbd.pid")).unwrap();
+    assert_eq!(pid_before, pid_after, "the running server was adopted, not restarted");
+    // And after a kill -9 of the daemon.
+    d.kill9();
+    d.restart();
+    for (clone, url) in clones.iter().zip(&urls) {
+        let shown: api::Clone = d.ok(&["clone", "show", clone.name.as_str()]);
+        assert_eq!((shown.status, shown.port, shown.url()), (CloneStatus::Ready, clone.port, url.as_str()));
+        assert_eq!(sql(url, "SELECT 1"), "1");
+    }
+
+    // Stop and start keep what a clone wrote.
+    let stopped: api::Clone = d.ok(&["clone", "stop", "c2"]);
+    assert_eq!(stopped.status, CloneStatus::Stopped, "{stopped:?}");
+    assert!(query(&urls[1], "SELECT 1").is_err(), "a stopped clone still answers");
+    let started: api::Clone = d.ok(&["clone", "start", "c2"]);
+    check_ready_clone(&d, &started, "c2");
+    assert_eq!(sql(&urls[1], "SELECT v FROM shop.kept"), "42");
+
+    // Through all of that, the images did not change.
+    for (dir, before) in images.iter().zip(&before) {
+        if let Some(diff) = support::diff(before, &support::snapshot(dir)) {
+            panic!("the image {} changed:\n{diff}", dir.display());
+        }
+    }
+
+    for clone in clones {
+        let op: Operation = d.ok(&["clone", "rm", clone.name.as_str()]);
+        assert_eq!(op.state, OperationState::Succeeded, "{op:?}");
+    }
+    for url in &urls {
+        assert!(query(url, "SELECT 1").is_err(), "a removed clone still answers");
+    }
+    assert!(mounts_under(&d.data_dir).is_empty(), "mounts left: {:?}", mounts_under(&d.data_dir));
+    let status = d.stop().unwrap();
+    assert!(status.success(), "the server exited with {status} on SIGTERM:\n{}", d.log_tail(30));
+    // No password in the daemon's log, nor in any server's.
+    let mut logs = fs::read_to_string(&d.log).unwrap();
+    for entry in fs::read_dir(work.path().join("source-run")).unwrap() {
+        logs.push_str(&fs::read_to_string(entry.unwrap().path()).unwrap_or_default());
+    }
+    let mut secrets = vec!["source-pw".to_owned()];
+    secrets.extend(urls.iter().map(|u| url::Url::parse(u).unwrap().password().unwrap().to_owned()));
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a password is in a log");
+    }
+    let procs = processes_under(&d.data_dir);
+    assert!(procs.is_empty(), "processes left running after the server stopped: {procs:?}");
+}
