@@ -99,9 +99,12 @@ impl Source {
     fn create(work: &Work, name: &str, port: u16) -> Source {
         let data = work.path(name);
         let run = work.dir_of(&format!("{name}-run"), &work.mysql);
+        // Its own temporary directory: bootstraps running side by side in /tmp trip over
+        // each other's temporary tables.
         let out = Command::new("/usr/bin/mariadb-install-db")
             .args(["--no-defaults", "--user=mysql", "--skip-test-db"])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", run.display()))
             .current_dir("/")
             .output()
             .unwrap();
@@ -313,4 +316,44 @@ fn what_the_engine_refuses() {
     assert!(err.to_string().contains("does not support read-only"), "{err}");
     let err = w.engine.probe(&SourceUrl::parse("mariadb://u:secret@127.0.0.1:33919/").unwrap()).unwrap_err();
     assert!(err.is_callers_mistake() && !err.to_string().contains("secret"), "{err}");
+}
+
+/// The agent's statements go over a socket in a directory the clone's OS user can change: a
+/// socket swapped for a link to another clone's must get neither the statement nor a
+/// password.
+#[test]
+fn a_swapped_socket_gets_nothing() {
+    let w = Work::new("a_swapped_socket_gets_nothing");
+    let out = Command::new("/usr/bin/mariadb-install-db")
+        .args(["--no-defaults", "--user=mysql", "--skip-test-db"])
+        .arg(format!("--datadir={}", w.path("fresh").display()))
+        .arg(format!("--tmpdir={}", w.dir_of("fresh-tmp", &w.mysql).display()))
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&out.stderr));
+    let image = w.copy(&w.path("fresh"), "image", &w.mysql);
+    w.engine.prepare(&image, &w.path("run-prepare"), &w.mysql).unwrap();
+    let user = User::synthetic(61_950, 61_950);
+    let a = w.spec("a", &w.copy(&image, "a", &user), &user, 9303);
+    let b = w.spec("b", &w.copy(&image, "b", &user), &user, 9304);
+    let instance_a = w.engine.start(&a, START).unwrap();
+    let instance_b = w.engine.start(&b, START).unwrap();
+    instance_b.set_password("root", &Secret::new("b-pw")).unwrap();
+    fs::remove_file(a.run_dir.join("mariadbd.sock")).unwrap();
+    std::os::unix::fs::symlink(b.run_dir.join("mariadbd.sock"), a.run_dir.join("mariadbd.sock")).unwrap();
+    let err = instance_a.set_password("root", &Secret::new("a-pw")).unwrap_err();
+    assert!(err.to_string().contains("its socket was replaced"), "{err}");
+    let err = instance_a.sql("CREATE DATABASE planted").unwrap_err();
+    assert!(err.to_string().contains("its socket was replaced"), "{err}");
+    // B kept its own password, and got nothing.
+    let b_url = w.engine.url("127.0.0.1", 9304, "root", "b-pw");
+    assert_eq!(
+        w.engine
+            .query(&b_url, "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'planted'")
+            .unwrap(),
+        "0"
+    );
+    instance_a.stop(Duration::from_secs(60)).unwrap();
+    instance_b.stop(Duration::from_secs(60)).unwrap();
 }

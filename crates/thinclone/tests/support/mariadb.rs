@@ -50,6 +50,9 @@ impl Source {
         let out = Command::new(PROGRAMS[2])
             .args(["--no-defaults", "--user=mysql", "--skip-test-db"])
             .arg(format!("--datadir={}", data.display()))
+            // Its own temporary directory: bootstraps side by side in /tmp trip over each
+            // other's temporary tables.
+            .arg(format!("--tmpdir={}", run.display()))
             .current_dir("/")
             .output()
             .unwrap();
