@@ -143,6 +143,17 @@ fn mariadb_images_and_clones() {
     check_ready_clone(&d, &started, "c2");
     assert_eq!(sql(&urls[1], "SELECT v FROM shop.kept"), "42");
 
+    // The clones' servers logged no error (on cowfs, InnoDB's O_DIRECT and fsyncs go
+    // through FUSE).
+    for clone in clones {
+        let log = fs::read_to_string(d.data_dir.join("run/clones").join(clone.name.as_str()).join("mariadbd.log"));
+        let log = log.unwrap();
+        for line in log.lines().filter(|l| l.contains("[Warning]")) {
+            eprintln!("clone {}: {line}", clone.name);
+        }
+        assert!(!log.contains("[ERROR]"), "clone {}'s server logged errors:\n{log}", clone.name);
+    }
+
     // Through all of that, the images did not change.
     for (dir, before) in images.iter().zip(&before) {
         if let Some(diff) = support::diff(before, &support::snapshot(dir)) {
