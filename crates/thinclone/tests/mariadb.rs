@@ -4,13 +4,16 @@
 //! stopped data directory (`--from-dir`), and clones of them on the cowfs and copy drivers,
 //! each a real `mariadbd` reached over its URL with the `mariadb` client.
 //!
-//! The source listens on 33901; the daemon's clones on 9310–9329.
+//! The sources listen on 33901 and 33902; the daemons' clones on 9310–9339.
 
 mod support;
 
 use std::fs;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use api::{CloneStatus, ImageStatus, Operation, OperationState};
 use support::daemon::{mounts_under, processes_under, Daemon, UrlOf};
@@ -183,4 +186,127 @@ fn mariadb_images_and_clones() {
     }
     let procs = processes_under(&d.data_dir);
     assert!(procs.is_empty(), "processes left running after the server stopped: {procs:?}");
+}
+
+fn wait_for(d: &Daemon, name: &str, timeout: Duration, done: impl Fn(&api::Clone) -> bool) -> api::Clone {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let clone: api::Clone = d.ok(&["clone", "show", name]);
+        if done(&clone) {
+            return clone;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "clone {name} did not get there within {timeout:?}: {clone:?}\n{}",
+            d.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 16, acceptance 2 (at a small scale): kill -9 of a cowfs clone's mount and of its
+/// `mariadbd` while a client inserts one row per transaction; the agent remounts and
+/// restarts the clone, every commit the server acknowledged is there, and `CHECK TABLE`
+/// finds nothing wrong.
+#[test]
+fn innodb_on_a_cowfs_clone_survives_kill_9_of_mount_and_server() {
+    require("innodb_on_a_cowfs_clone_survives_kill_9_of_mount_and_server");
+    let work = tempfile::Builder::new().prefix("thinclone-mariadb-crash-").tempdir().unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut source = Source::create(work.path(), "source", 33902, "source-pw");
+    source.sql(
+        "CREATE DATABASE shop; CREATE TABLE shop.acks (n BIGINT PRIMARY KEY, pad VARCHAR(200)) ENGINE=InnoDB; \
+         CREATE TABLE shop.items (id INT PRIMARY KEY) ENGINE=InnoDB; INSERT INTO shop.items SELECT seq FROM shop.seq_1_to_100;",
+    );
+    source.stop();
+    let d = Daemon::start(&work.path().join("data"), (9330, 9339));
+    d.ok::<api::Image>(&["image", "create", "img", "--from-dir", source.data.to_str().unwrap()]);
+    let image_dir = d.data_dir.join("images/img");
+    let before = support::snapshot(&image_dir);
+    let clone = create_clone(&d, "k", "img", "cowfs");
+    let url = url::Url::parse(clone.url()).unwrap();
+    let password = percent_encoding::percent_decode_str(url.password().unwrap()).decode_utf8_lossy().into_owned();
+
+    // One row per transaction (autocommit; InnoDB syncs its redo log at each commit), each
+    // followed by a SELECT whose row says it was acknowledged.
+    let mut client = Command::new("/usr/bin/mariadb")
+        .args(["--no-defaults", "--protocol=TCP", "--host=127.0.0.1", "--user=root", "--batch", "--skip-column-names"])
+        .args(["--unbuffered", "--database=shop"])
+        .arg(format!("--port={}", clone.port))
+        .env("MYSQL_PWD", &password)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let reader = {
+        let acked = acked.clone();
+        let stdout = client.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(n) = line.strip_prefix("ack ").and_then(|n| n.trim().parse().ok()) {
+                    acked.lock().unwrap().push(n);
+                }
+            }
+        })
+    };
+    let mut stdin = client.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        for n in 1u64.. {
+            let line = format!("INSERT INTO acks VALUES ({n}, REPEAT('x', 200)); SELECT CONCAT('ack ', {n});\n");
+            if stdin.write_all(line.as_bytes()).is_err() {
+                return;
+            }
+            if n % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 300 {
+        assert!(Instant::now() < deadline, "the client did not get 300 commits acknowledged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Both at once, mid-stream.
+    let mount_pid: i32 = fs::read_to_string(d.data_dir.join("clones/k/mount.pid")).unwrap().trim().parse().unwrap();
+    let server_pid: i32 =
+        fs::read_to_string(d.data_dir.join("run/clones/k/mariadbd.pid")).unwrap().trim().parse().unwrap();
+    unsafe {
+        libc::kill(server_pid, libc::SIGKILL);
+        libc::kill(mount_pid, libc::SIGKILL);
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+    feeder.join().unwrap();
+    reader.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    eprintln!("{} commits acknowledged before the kill", acked.len());
+
+    let started = Instant::now();
+    let back = wait_for(&d, "k", Duration::from_secs(120), |c| {
+        c.status == CloneStatus::Ready
+            && fs::read_to_string(d.data_dir.join("clones/k/mount.pid"))
+                .is_ok_and(|p| p.trim() != mount_pid.to_string())
+    });
+    eprintln!("the clone was repaired in {} ms", started.elapsed().as_millis());
+    assert_eq!((back.port, back.url()), (clone.port, clone.url()));
+    let present: Vec<u64> =
+        sql(clone.url(), "SELECT n FROM shop.acks ORDER BY n").lines().map(|l| l.parse().unwrap()).collect();
+    let missing: Vec<u64> = acked.iter().copied().filter(|n| present.binary_search(n).is_err()).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged commits are missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    for table in ["shop.acks", "shop.items"] {
+        let check = sql(clone.url(), &format!("CHECK TABLE {table}"));
+        assert!(check.ends_with("status\tOK"), "CHECK TABLE {table}: {check}");
+    }
+    assert_eq!(count(clone.url()), 100);
+    if let Some(diff) = support::diff(&before, &support::snapshot(&image_dir)) {
+        panic!("the image changed:\n{diff}");
+    }
 }
