@@ -9,6 +9,7 @@
 //! in `MYSQL_PWD`.
 
 use std::fs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -110,20 +111,92 @@ pub(crate) fn probe(search: &Search, source: &SourceUrl) -> Result<()> {
     local_data_dir(source, &facts.data_dir).map(drop)
 }
 
-/// The source's data directory, which must be a MariaDB data directory on this host.
+/// The source's data directory, which must be a MariaDB data directory on this host, served
+/// by the very server the URL reaches: the process that holds the directory's locks must be
+/// the one listening on the URL's address and port. Otherwise a server elsewhere could name
+/// the directory of another server of this host, whose files `mariadb-backup` would copy.
 fn local_data_dir(source: &SourceUrl, data_dir: &Path) -> Result<fs::Metadata> {
-    let here = crate::datadir::detect(data_dir).is_ok() && crate::datadir::live_server(data_dir).is_some();
-    if !here {
-        return Err(Error::BadSource(format!(
-            "the source {} keeps its files in {}, which is not a running {} data directory on this host: \
-             mariadb-backup copies a server's files, so the source must run on the host of the agent that makes \
-             the image",
+    let not_here = |why: &str| {
+        Error::BadSource(format!(
+            "the source {} keeps its files in {}, {why}: mariadb-backup copies a server's files, so the source must \
+             run on the host of the agent that makes the image, and its URL must reach it at one of this host's \
+             addresses (an IP address or localhost)",
             source.shown(),
             data_dir.display(),
-            crate::ENGINE_NAME
+        ))
+    };
+    if crate::datadir::detect(data_dir).is_err() {
+        return Err(not_here(&format!("which is not a {} data directory on this host", crate::ENGINE_NAME)));
+    }
+    let pid = crate::datadir::live_server(data_dir)
+        .filter(|&pid| pid > 0)
+        .ok_or_else(|| not_here("on which no server of this host runs"))?;
+    let port = source.port().unwrap_or(3306);
+    let addresses = addresses_of(source.host()).ok_or_else(|| not_here("and its host is not an IP address"))?;
+    if !addresses.iter().any(|ip| listens(pid, *ip, port)) {
+        return Err(not_here(&format!(
+            "but the server on that directory (pid {pid}) does not listen where the URL points"
         )));
     }
     Ok(fs::metadata(data_dir)?)
+}
+
+/// The addresses a URL's host names, without asking DNS: an IP address, or `localhost`.
+fn addresses_of(host: &str) -> Option<Vec<IpAddr>> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") {
+        return Some(vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+    }
+    host.parse::<IpAddr>().ok().map(|ip| vec![ip])
+}
+
+/// Whether the process `pid` holds a TCP socket listening on `port` at `ip` (or at every
+/// address).
+fn listens(pid: i32, ip: IpAddr, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else { continue };
+        inodes.extend(text.lines().skip(1).filter_map(|line| listening_inode(line, ip, port)));
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| {
+        fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            inodes.iter().any(|inode| target == format!("socket:[{inode}]"))
+        })
+    })
+}
+
+/// The inode of a line of `/proc/net/tcp` or `tcp6` that is a socket listening on `port` at
+/// `ip` or at every address.
+fn listening_inode(line: &str, ip: IpAddr, port: u16) -> Option<u64> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (address, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+    if *state != "0A" {
+        return None;
+    }
+    let (hex, hex_port) = address.split_once(':')?;
+    if u16::from_str_radix(hex_port, 16).ok()? != port {
+        return None;
+    }
+    // The address is in the kernel's byte order, 32 bits at a time.
+    let mut bytes = Vec::new();
+    for word in 0..hex.len() / 8 {
+        let value = u32::from_str_radix(hex.get(word * 8..word * 8 + 8)?, 16).ok()?;
+        bytes.extend(value.to_ne_bytes());
+    }
+    let listening: IpAddr = match bytes.len() {
+        4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        16 => {
+            let v6 = Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    (listening.is_unspecified() || listening == ip).then(|| inode.parse().ok()).flatten()
 }
 
 /// Copies the server at `source` into `target` (an empty directory owned by `user`) with
@@ -217,6 +290,24 @@ pub(crate) fn copy_live(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listening_sockets_are_read_from_proc() {
+        let v4 = "   0: 0100007F:844C 00000000:0000 0A 00000000:00000000 00:00000000 00000000   103        0 4242 1 0 100 0 0 10 0";
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(listening_inode(v4, local, 0x844C), Some(4242));
+        assert_eq!(listening_inode(v4, local, 3306), None);
+        assert_eq!(listening_inode(v4, "10.0.0.1".parse().unwrap(), 0x844C), None);
+        let any = v4.replace("0100007F:844C", "00000000:844C");
+        assert_eq!(listening_inode(&any, "10.0.0.1".parse().unwrap(), 0x844C), Some(4242));
+        let established = v4.replace(" 0A ", " 01 ");
+        assert_eq!(listening_inode(&established, local, 0x844C), None);
+        let v6 = "   0: 00000000000000000000000001000000:0CEA 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000   103        0 77 1 0 100 0 0 10 0";
+        assert_eq!(listening_inode(v6, "::1".parse().unwrap(), 3306), Some(77));
+        assert_eq!(addresses_of("[::1]"), Some(vec!["::1".parse().unwrap()]));
+        assert_eq!(addresses_of("LocalHost").map(|a| a.len()), Some(2));
+        assert_eq!(addresses_of("db.example"), None);
+    }
 
     #[test]
     fn only_tcp_sources_with_their_own_credentials_are_taken() {
