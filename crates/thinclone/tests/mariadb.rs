@@ -310,3 +310,65 @@ fn innodb_on_a_cowfs_clone_survives_kill_9_of_mount_and_server() {
         panic!("the image changed:\n{diff}");
     }
 }
+
+/// Clones whose URL logs in as an owner that is not a superuser (`--clone-role owner`), a
+/// template's script run on a new clone, and checkpoints: revert and a branch.
+#[test]
+fn mariadb_owners_templates_and_checkpoints() {
+    require("mariadb_owners_templates_and_checkpoints");
+    let work = tempfile::Builder::new().prefix("thinclone-mariadb-owner-").tempdir().unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut source = Source::create(work.path(), "source", 33903, "source-pw");
+    source.sql(
+        "CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(100)) ENGINE=InnoDB; \
+         INSERT INTO shop.items SELECT seq, CONCAT('item ', seq) FROM shop.seq_1_to_100;",
+    );
+    source.stop();
+    let d = Daemon::start_with(&work.path().join("data"), (9340, 9349), &["--clone-role", "owner"]);
+    d.ok::<api::Image>(&["image", "create", "img", "--from-dir", source.data.to_str().unwrap()]);
+
+    let good = work.path().join("made_for.sql");
+    fs::write(
+        &good,
+        "CREATE TABLE shop.made_for (clone VARCHAR(64), owner VARCHAR(64), image VARCHAR(64));\n\
+         INSERT INTO shop.made_for VALUES (@`thinclone.clone`, @`thinclone.owner`, @`thinclone.image`);\n",
+    )
+    .unwrap();
+    let bad = work.path().join("broken.sql");
+    fs::write(&bad, "SELECT 1;\nSELECT * FROM shop.no_such_table;\n").unwrap();
+    d.ok::<api::Template>(&["template", "create", "app", "--script", good.to_str().unwrap()]);
+    d.ok::<api::Template>(&["template", "create", "broken", "--script", bad.to_str().unwrap()]);
+
+    let c: api::Clone = d.ok(&["clone", "create", "t", "--image", "img", "--template", "app"]);
+    assert_eq!(c.status, CloneStatus::Ready, "{c:?}");
+    assert!(c.url().starts_with("mariadb://app:"), "the owner logs in: {c:?}");
+    assert_eq!(sql(c.url(), "SELECT CONCAT_WS(',', clone, owner, image) FROM shop.made_for"), "t,admin,img");
+    // The owner changes its databases, and reaches nothing of the server's.
+    sql(c.url(), "INSERT INTO shop.items VALUES (101, 'by the owner')");
+    for forbidden in ["SELECT COUNT(*) FROM mysql.global_priv", "SELECT LOAD_FILE('/etc/hostname')"] {
+        let answer = query(c.url(), forbidden);
+        assert!(answer.is_err() || answer.as_deref() == Ok("NULL"), "{forbidden}: {answer:?}");
+    }
+    let err = d.cli::<serde_json::Value>(&["clone", "create", "nope", "--image", "img", "--template", "broken"]);
+    let err = err.expect_err("a failing template made a clone");
+    assert!(err.contains("broken.sql") && err.contains("no_such_table"), "{err}");
+
+    // A checkpoint, later changes, and back; a branch of the checkpoint beside it.
+    d.ok::<api::Checkpoint>(&["clone", "checkpoint", "t", "-m", "before"]);
+    sql(c.url(), "DELETE FROM shop.items WHERE id <= 50");
+    sql(c.url(), "CREATE TABLE shop.later (x INT)");
+    assert_eq!(count(c.url()), 51);
+    let br: api::Clone = d.ok(&["clone", "create", "br", "--from", "t@cp1"]);
+    assert_eq!(count(br.url()), 101, "the branch starts at the checkpoint");
+    let reverted: api::Clone = d.ok(&["clone", "revert", "t"]);
+    assert_eq!((reverted.status, reverted.port, reverted.url()), (CloneStatus::Ready, c.port, c.url()));
+    assert_eq!(count(c.url()), 101);
+    assert!(query(c.url(), "SELECT x FROM shop.later").is_err(), "a table made after the checkpoint survived");
+    for table in ["shop.items", "shop.made_for"] {
+        let check = sql(c.url(), &format!("CHECK TABLE {table}"));
+        assert!(check.ends_with("status\tOK"), "CHECK TABLE {table}: {check}");
+    }
+    for name in ["br", "t"] {
+        d.ok::<Operation>(&["clone", "rm", name]);
+    }
+}
