@@ -4,7 +4,7 @@
 //! stopped data directory (`--from-dir`), and clones of them on the cowfs and copy drivers,
 //! each a real `mariadbd` reached over its URL with the `mariadb` client.
 //!
-//! The sources listen on 33901 and 33902; the daemons' clones on 9310–9339.
+//! The sources listen on 33901–33904; the daemons' clones on 9310–9349.
 
 mod support;
 
@@ -61,7 +61,7 @@ fn mariadb_images_and_clones() {
          CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(100), price DECIMAL(10,2)) ENGINE=InnoDB; \
          INSERT INTO shop.items SELECT seq, CONCAT('item ', seq), seq / 100 FROM shop.seq_1_to_1000;",
     );
-    let mut d = Daemon::start(&work.path().join("data"), (9310, 9329));
+    let mut d = Daemon::start(&work.path().join("data"), (9310, 9319));
 
     // An image of the live server; the source takes a write after it.
     let live: api::Image =
@@ -88,6 +88,10 @@ fn mariadb_images_and_clones() {
     let c3 = create_clone(&d, "c3", "cold", "copy");
     let l1 = create_clone(&d, "l1", "live", "cowfs");
     let clones = [&c1, &c2, &c3, &l1];
+    eprintln!(
+        "fresh clones' own bytes: {:?} KiB",
+        clones.iter().map(|c| (c.name.as_str(), c.stored_bytes >> 10)).collect::<Vec<_>>()
+    );
     let urls: Vec<String> = clones.iter().map(|c| c.url().to_owned()).collect();
     let ports: Vec<u16> = clones.iter().map(|c| c.port).collect();
     for (i, p) in ports.iter().enumerate() {
@@ -371,4 +375,44 @@ fn mariadb_owners_templates_and_checkpoints() {
     for name in ["br", "t"] {
         d.ok::<Operation>(&["clone", "rm", name]);
     }
+}
+
+/// Reflink clones of a MariaDB image on a loop-mounted XFS (reflink=1), chosen without
+/// `--driver`: they answer, keep their writes to themselves, reset, and leave the image alone.
+#[test]
+fn mariadb_reflink_clones_on_xfs() {
+    require("mariadb_reflink_clones_on_xfs");
+    let work = tempfile::Builder::new().prefix("thinclone-mariadb-xfs-").tempdir_in("/var/tmp").unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut source = Source::create(work.path(), "source", 33904, "source-pw");
+    source.sql(
+        "CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(100)) ENGINE=InnoDB; \
+         INSERT INTO shop.items SELECT seq, CONCAT('item ', seq) FROM shop.seq_1_to_1000;",
+    );
+    source.stop();
+    let xfs = support::LoopFs::new("xfs", work.path(), 2 << 30);
+    let d = Daemon::start(&xfs.mountpoint.join("data"), (9320, 9329));
+    d.ok::<api::Image>(&["image", "create", "img", "--from-dir", source.data.to_str().unwrap()]);
+    let image_dir = d.data_dir.join("images/img");
+    let before = support::snapshot(&image_dir);
+    let a: api::Clone = d.ok(&["clone", "create", "a", "--image", "img"]);
+    let b: api::Clone = d.ok(&["clone", "create", "b", "--image", "img"]);
+    for clone in [&a, &b] {
+        assert_eq!(clone.driver, api::Driver::Reflink, "{clone:?}");
+        check_ready_clone(&d, clone, clone.name.as_str());
+    }
+    eprintln!("a fresh reflink clone of a MariaDB image holds {} KiB of its own", a.stored_bytes >> 10);
+    sql(a.url(), "DELETE FROM shop.items WHERE id <= 500");
+    assert_eq!((count(a.url()), count(b.url())), (500, 1000));
+    let reset: api::Clone = d.ok(&["clone", "reset", "a"]);
+    assert_eq!((reset.port, reset.url()), (a.port, a.url()));
+    assert_eq!(count(a.url()), 1000);
+    for name in ["a", "b"] {
+        d.ok::<Operation>(&["clone", "rm", name]);
+    }
+    if let Some(diff) = support::diff(&before, &support::snapshot(&image_dir)) {
+        panic!("the image changed:\n{diff}");
+    }
+    d.ok::<Operation>(&["image", "rm", "img"]);
+    drop(d);
 }
