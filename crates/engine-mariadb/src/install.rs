@@ -94,7 +94,7 @@ impl Search {
     pub fn any(&self) -> Result<Installation> {
         self.all().into_iter().next().ok_or_else(|| Error::MissingVersion {
             engine: ENGINE_NAME,
-            version: "any".into(),
+            version: "(any version)".into(),
             searched: self.dirs.clone(),
             hint: "install it (Debian 12: `apt-get install mariadb-server mariadb-client mariadb-backup`)".into(),
         })
