@@ -10,7 +10,7 @@ pub const DEFAULT: &str = "postgresql";
 
 /// Every engine this build of thinclone supports.
 pub fn all() -> Vec<Arc<dyn Engine>> {
-    vec![engine_pg::engine()]
+    vec![engine_pg::engine(), engine_mariadb::engine()]
 }
 
 /// The engine with this id.
@@ -28,6 +28,7 @@ pub fn ids() -> Vec<&'static str> {
 pub fn service_user(engine: &dyn Engine) -> Option<&'static str> {
     match engine.id() {
         "postgresql" => Some("postgres"),
+        "mariadb" => Some("mysql"),
         _ => None,
     }
 }
@@ -37,6 +38,14 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
+
+    #[test]
+    fn every_engine_is_registered_with_its_service_user() {
+        assert_eq!(ids(), ["postgresql", "mariadb"]);
+        for engine in all() {
+            assert!(service_user(engine.as_ref()).is_some(), "{}", engine.id());
+        }
+    }
 
     #[test]
     fn the_default_engine_is_registered() {
@@ -68,7 +77,9 @@ mod tests {
         for file in files.iter().filter(|f| !f.ends_with("engines.rs")) {
             let text = std::fs::read_to_string(file).unwrap().to_lowercase();
             for (n, line) in text.lines().enumerate() {
-                for word in ["postgres", "psql", "pg_", "pg::", "pgbench", "initdb"] {
+                for word in
+                    ["postgres", "psql", "pg_", "pg::", "pgbench", "initdb", "mariadb", "mysql", "innodb", "mariadbd"]
+                {
                     if line.contains(word) {
                         found.push(format!("{}:{}: {word}", file.display(), n + 1));
                     }

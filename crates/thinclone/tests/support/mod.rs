@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod fleet;
+pub mod mariadb;
 pub mod pg;
 
 use std::collections::BTreeMap;
