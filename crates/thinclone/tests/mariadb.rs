@@ -269,8 +269,9 @@ fn innodb_on_a_cowfs_clone_survives_kill_9_of_mount_and_server() {
     let feeder = std::thread::spawn(move || {
         for n in 1u64.. {
             let line = format!("INSERT INTO acks VALUES ({n}, REPEAT('x', 200)); SELECT CONCAT('ack ', {n});\n");
+            // The client is killed at the end: its pipe closes.
             if stdin.write_all(line.as_bytes()).is_err() {
-                return;
+                break;
             }
             if n % 20 == 0 {
                 std::thread::sleep(Duration::from_millis(5));
