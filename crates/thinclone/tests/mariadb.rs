@@ -383,6 +383,25 @@ fn mariadb_owners_templates_and_checkpoints() {
         let check = sql(c.url(), &format!("CHECK TABLE {table}"));
         assert!(check.ends_with("status\tOK"), "CHECK TABLE {table}: {check}");
     }
+    // What the engine cannot do yet is refused with its reason, and leaves nothing.
+    let script = work.path().join("change.sql");
+    fs::write(&script, "UPDATE shop.items SET name = 'x';\n").unwrap();
+    let err = d.cli::<serde_json::Value>(&[
+        "image",
+        "create",
+        "scripted",
+        "--from-dir",
+        source.data.to_str().unwrap(),
+        "--script",
+        script.to_str().unwrap(),
+    ]);
+    let err = err.expect_err("an image with a script was made");
+    assert!(err.contains("MariaDB does not support modification scripts or masking"), "{err}");
+    assert!(!d.data_dir.join("images/scripted").exists());
+    let err = d.cli::<serde_json::Value>(&["clone", "snapshot", "sv", "--from", "t@cp1", "--read-only"]);
+    let err = err.expect_err("a read-only snapshot view of a MariaDB clone was made");
+    assert!(err.contains("does not support read-only"), "{err}");
+
     for name in ["br", "t"] {
         d.ok::<Operation>(&["clone", "rm", name]);
     }
