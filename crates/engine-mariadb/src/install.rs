@@ -35,6 +35,20 @@ impl Installation {
     pub fn program(&self, name: &str) -> PathBuf {
         self.bin_dir.join(name)
     }
+
+    /// Checks that the client program `name` is there, with a message that names the
+    /// package that brings it.
+    pub fn require(&self, name: &str, package: &str) -> Result<()> {
+        if self.program(name).is_file() {
+            return Ok(());
+        }
+        Err(Error::MissingVersion {
+            engine: ENGINE_NAME,
+            version: format!("{}'s {name}", self.version),
+            searched: vec![self.bin_dir.clone()],
+            hint: format!("install it beside {} (Debian: `apt-get install {package}`)", self.server.display()),
+        })
+    }
 }
 
 /// Where to look for installations.
@@ -72,6 +86,7 @@ impl Search {
     pub fn find(&self, version: &str) -> Result<Installation> {
         let all = self.all();
         if let Some(found) = all.iter().find(|i| i.version == version) {
+            found.require("mariadb", "mariadb-client")?;
             return Ok(found.clone());
         }
         let installed: Vec<&str> = all.iter().map(|i| i.version.as_str()).collect();
@@ -92,12 +107,14 @@ impl Search {
     /// Any installation, for client programs that work with every server (the newest
     /// found first would be better; one per host is the usual case).
     pub fn any(&self) -> Result<Installation> {
-        self.all().into_iter().next().ok_or_else(|| Error::MissingVersion {
+        let found = self.all().into_iter().next().ok_or_else(|| Error::MissingVersion {
             engine: ENGINE_NAME,
             version: "(any version)".into(),
             searched: self.dirs.clone(),
             hint: "install it (Debian 12: `apt-get install mariadb-server mariadb-client mariadb-backup`)".into(),
-        })
+        })?;
+        found.require("mariadb", "mariadb-client")?;
+        Ok(found)
     }
 }
 
@@ -159,6 +176,22 @@ pub(crate) fn major_minor(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_client_program_names_its_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let installation =
+            Installation { version: "10.11".into(), server: "/usr/sbin/mariadbd".into(), bin_dir: dir.path().into() };
+        let err = installation.require("mariadb-backup", "mariadb-backup").unwrap_err();
+        assert!(err.is_callers_mistake(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("10.11's mariadb-backup is not installed") && text.contains("apt-get install mariadb-backup"),
+            "{text}"
+        );
+        std::fs::write(dir.path().join("mariadb-backup"), "").unwrap();
+        installation.require("mariadb-backup", "mariadb-backup").unwrap();
+    }
 
     #[test]
     fn versions_parse() {

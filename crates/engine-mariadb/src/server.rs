@@ -136,16 +136,30 @@ fn buffer_pool(memory: Option<&str>) -> String {
 /// of the log (a symlink) is replaced, never written through.
 pub(crate) fn write_run_dir(spec: &InstanceSpec) -> Result<()> {
     let root = sys::user::running_as_root();
-    for dir in [spec.run_dir.clone(), spec.run_dir.join(FILES_DIR)] {
-        fs::create_dir_all(&dir)?;
-        let meta = fs::symlink_metadata(&dir)?;
-        if !meta.is_dir() {
-            return Err(Error::Other(format!("{} is not a directory", dir.display())));
+    let dir = &spec.run_dir;
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    if root {
+        std::os::unix::fs::lchown(dir, Some(spec.user.uid), Some(spec.user.gid))?;
+    }
+    // `files/` is in a directory the server's OS user owns, and may be anything it left
+    // there: what is not a directory is replaced, and nothing is done through a path that
+    // could have become a link (made with its mode, given away with lchown).
+    let files = dir.join(FILES_DIR);
+    match fs::symlink_metadata(&files) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            tracing::warn!(path = %files.display(), "replacing what is not a directory");
+            fs::remove_file(&files)?;
+            std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700).create(&files)?;
         }
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-        if root {
-            std::os::unix::fs::lchown(&dir, Some(spec.user.uid), Some(spec.user.gid))?;
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700).create(&files)?;
         }
+        Err(e) => return Err(e.into()),
+    }
+    if root {
+        std::os::unix::fs::lchown(&files, Some(spec.user.uid), Some(spec.user.gid))?;
     }
     let log = spec.run_dir.join(LOG);
     let file = match sys::untrusted::open_append(&log, 0o600) {

@@ -107,7 +107,7 @@ fn ask(installation: &Installation, source: &SourceUrl) -> Result<Facts> {
 pub(crate) fn probe(search: &Search, source: &SourceUrl) -> Result<()> {
     check_safe(source)?;
     let facts = ask(&search.any()?, source)?;
-    search.find(&facts.version)?;
+    search.find(&facts.version)?.require("mariadb-backup", "mariadb-backup")?;
     local_data_dir(source, &facts.data_dir).map(drop)
 }
 
@@ -211,6 +211,7 @@ pub(crate) fn copy_live(
     check_safe(source)?;
     let facts = ask(&search.any()?, source)?;
     let installation = search.find(&facts.version)?;
+    installation.require("mariadb-backup", "mariadb-backup")?;
     let meta = local_data_dir(source, &facts.data_dir)?;
     // As root, the copy is made by the OS user that owns the source's files (they are private
     // to it), and given back to `user` afterwards; the agent gives the copy to its user anyway.

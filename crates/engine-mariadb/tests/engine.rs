@@ -356,4 +356,18 @@ fn a_swapped_socket_gets_nothing() {
     );
     instance_a.stop(Duration::from_secs(60)).unwrap();
     instance_b.stop(Duration::from_secs(60)).unwrap();
+
+    // The server's OS user owns its run directory: a link planted as `files` (the only place
+    // its superuser's file statements reach) is replaced, never followed.
+    let roots = w.path("roots-own");
+    fs::create_dir(&roots).unwrap();
+    fs::set_permissions(&roots, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::remove_dir(a.run_dir.join("files")).unwrap();
+    std::os::unix::fs::symlink(&roots, a.run_dir.join("files")).unwrap();
+    let instance_a = w.engine.start(&a, START).unwrap();
+    let files = fs::symlink_metadata(a.run_dir.join("files")).unwrap();
+    assert!(files.is_dir() && files.uid() == user.uid, "{files:?}");
+    let meta = fs::metadata(&roots).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o755), "the link's target was changed");
+    instance_a.stop(Duration::from_secs(60)).unwrap();
 }

@@ -109,6 +109,30 @@ impl Source {
         }
     }
 
+    /// A client that inserts into `table` (one column, a number) one row per transaction,
+    /// as fast as the server takes them, until the returned writer is stopped.
+    pub fn writer(&self, table: &str) -> Writer {
+        let mut child = Command::new(PROGRAMS[1])
+            .args(["--no-defaults", "--protocol=SOCKET", "--user=root", "--batch", "--skip-column-names"])
+            .arg(format!("--socket={}", self.socket.display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let table = table.to_owned();
+        let feeder = std::thread::spawn(move || {
+            for n in 1u64.. {
+                let line = format!("INSERT INTO {table} VALUES ({n});\n");
+                if std::io::Write::write_all(&mut stdin, line.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        });
+        Writer { child, feeder: Some(feeder) }
+    }
+
     pub fn sql(&self, sql: &str) -> String {
         self.try_sql(sql).unwrap_or_else(|e| panic!("the source refused {sql:?}: {e}"))
     }
@@ -150,5 +174,21 @@ pub fn query(url: &str, sql: &str) -> Result<String, String> {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A client writing into a source (`Source::writer`).
+pub struct Writer {
+    child: Child,
+    feeder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(feeder) = self.feeder.take() {
+            let _ = feeder.join();
+        }
     }
 }
