@@ -252,6 +252,7 @@ pub(crate) fn apply(server: &Server, data_dir: &Path, transform: &ImageTransform
         let mut tables: Vec<String> = rules.iter().map(|(_, r)| qualified(&r.table)).collect::<Result<_>>()?;
         tables.sort();
         tables.dedup();
+        // Writing into a String cannot fail.
         for table in &tables {
             let _ = writeln!(rewrite, "VACUUM (FULL, ANALYZE) {table};");
         }
@@ -266,6 +267,7 @@ pub(crate) fn apply(server: &Server, data_dir: &Path, transform: &ImageTransform
             .script_in(db, "SELECT format('%I.%I', schemaname, matviewname) FROM pg_matviews;\n")
             .map_err(|e| Error::Other(format!("listing materialized views in {db}: {e}")))?;
         for view in matviews.lines().filter(|l| !l.is_empty()) {
+            // As above: into a String.
             let _ = writeln!(rewrite, "VACUUM FULL {view};");
         }
         // The statistics the ANALYZE above replaced are dead rows of these catalogs now.

@@ -150,6 +150,8 @@ impl Source {
 impl Drop for Source {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // In a drop, possibly while a test panics: the source may be gone already, and a
+            // failure here has no one to tell.
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -185,6 +187,8 @@ pub struct Writer {
 
 impl Writer {
     pub fn stop(mut self) {
+        // The client may have ended already (its server stopped); its feeder then ends on a
+        // closed pipe. What it wrote is what the caller checks.
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(feeder) = self.feeder.take() {
