@@ -606,12 +606,8 @@ impl LocalAgent {
         record.engine = to.engine;
         record.version = to.version;
         record.superuser = to.superuser;
-        record.checkpoints.clear();
-        record.origin = None;
         record.refreshing_to = None;
-        self.save(record)?;
-        self.clean_checkpoints(record);
-        Ok(())
+        self.forget_checkpoints(record)
     }
 
     /// After a failed refresh, whose old files may be gone already: the clone is made afresh
@@ -626,6 +622,13 @@ impl LocalAgent {
             self.save(record)?;
             return Err(AgentError::from_driver(r));
         }
+        self.forget_checkpoints(record)
+    }
+
+    /// After its files were made afresh from an image (a reset, a refresh): the clone's
+    /// checkpoints go (cowfs's went with the layers; every driver's go alike), with their
+    /// directories, and a branch no longer comes from its origin.
+    fn forget_checkpoints(&self, record: &mut CloneRecord) -> Result<()> {
         record.checkpoints.clear();
         record.origin = None;
         self.save(record)?;
@@ -1601,12 +1604,7 @@ impl Agent for LocalAgent {
         let reset =
             self.driver(&record).reset(&self.record_image_dir(&record), &clone_dir).map_err(AgentError::from_driver);
         if reset.is_ok() {
-            // Back to the image: the checkpoints went with the layers (cowfs), and go for
-            // every driver alike; a branch no longer comes from its origin.
-            record.checkpoints.clear();
-            record.origin = None;
-            self.save(&record)?;
-            self.clean_checkpoints(&record);
+            self.forget_checkpoints(&mut record)?;
         }
         self.finish_change(&mut record, reset)
     }

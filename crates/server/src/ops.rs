@@ -1169,11 +1169,12 @@ impl Server {
             Err(e) if e.kind == ErrorKind::Unavailable => Err(e.message.clone()),
             Err(_) => self.fleet.agent(host).clone_report(name).map_err(|e| e.message),
         };
+        let before = self.catalog().clone_named(name).ok();
         if let Ok(report) = &report {
             self.fleet.note(host, name, report.clone());
             // A refresh that its agent finished after a crash: the catalog follows.
             if let Some(image) = report.as_ref().and_then(|r| r.image.as_ref()) {
-                let moved = self.catalog().clone_named(name).is_ok_and(|row| &row.image != image);
+                let moved = before.as_ref().is_some_and(|row| &row.image != image);
                 if moved && self.catalog().image(image).is_ok() {
                     if let Err(e) = self.catalog().set_clone_image(name, image) {
                         tracing::error!(clone = %name, "recording the clone's image: {e}");
@@ -1196,7 +1197,6 @@ impl Server {
             Err(e) if message.is_none() && status == CloneStatus::Failed => Some(e.message.clone()),
             _ => message,
         };
-        let before = self.catalog().clone_named(name).ok();
         self.catalog().set_clone_status(name, status, message.as_deref(), None).map_err(|e| e.to_string())?;
         if status == CloneStatus::Degraded {
             if let Some(row) = &before {
