@@ -11,15 +11,17 @@
 //! - `datadir`: a data directory's version, and whether a server runs on it;
 //! - `server`: an instance's command line and run directory, start, adoption, SQL, stop;
 //! - `prepare`: a copy becomes an image;
+//! - `mask`: modification scripts and masking on an image;
 //! - `source`: live sources (reachability, `mariadb-backup`);
 //! - `client`: connection URLs and one-off queries.
 //!
-//! Not yet (each a clear error): masking and modification scripts on an image, dumps, backup
+//! Not yet (each a clear error): dumps, backup
 //! repositories, recovery to a target, read-only clones, the demo's sample database.
 
 mod client;
 mod datadir;
 mod install;
+mod mask;
 mod prepare;
 mod server;
 mod source;
@@ -149,11 +151,7 @@ impl engine::Engine for Mariadb {
         transform: &api::agent::ImageTransform,
         secret: &str,
     ) -> Result<(ImageFacts, engine::Transformed)> {
-        let _ = secret;
-        if !transform.is_empty() {
-            return Err(not_yet("modification scripts or masking on an image"));
-        }
-        Ok((self.prepare(data_dir, run_dir, user)?, engine::Transformed::default()))
+        mask::prepare_with(&self.search, data_dir, run_dir, user, transform, secret)
     }
 
     fn dump_version(&self, path: &Path) -> Result<String> {
@@ -240,12 +238,6 @@ mod tests {
     #[test]
     fn what_it_cannot_do_yet_says_so() {
         let m = Mariadb::new();
-        let script = api::ImageScript { name: "a.sql".into(), sql: "SELECT 1".into(), database: None };
-        let transform = api::agent::ImageTransform { scripts: vec![script], ..Default::default() };
-        let err =
-            m.prepare_with(Path::new("/nonexistent"), Path::new("/nonexistent"), &User::current(), &transform, "k");
-        let err = err.unwrap_err();
-        assert!(err.to_string().contains("MariaDB does not support"), "{err}");
         let err = m.dump_version(Path::new("/tmp/x.dump")).unwrap_err();
         assert!(err.to_string().contains("MariaDB does not support images from a dump"), "{err}");
         let err = m.make_sample(Path::new("/x"), Path::new("/y"), &User::current(), 1).unwrap_err();

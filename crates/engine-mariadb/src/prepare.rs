@@ -18,9 +18,9 @@ use crate::install::Search;
 use crate::server::{self, Role, LOG};
 
 /// Recovery of a large copy may take long.
-const RECOVERY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const RECOVERY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// A slow shutdown purges and merges everything first.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// The superuser clones' URLs log in as: the one account the `unix_socket` plugin gives the
 /// OS user root.
 pub(crate) const SUPERUSER: &str = "root";
@@ -35,32 +35,8 @@ pub(crate) fn prepare(search: &Search, data_dir: &Path, run_dir: &Path, user: &U
             data_dir.display()
         )));
     }
-    // What a backup or a server left that no clone needs: the backup's notes, a buffer pool
-    // dump (never loaded by clones), a temporary tablespace, stale pid files.
-    for entry in fs::read_dir(data_dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let leftover = name.starts_with("xtrabackup_")
-            || name.starts_with("mariadb_backup_")
-            || matches!(name.as_str(), "backup-my.cnf" | "ib_buffer_pool" | "ibtmp1")
-            || name.ends_with(".pid");
-        if leftover && entry.file_type()?.is_file() {
-            remove_if_there(&entry.path())?;
-        }
-    }
-    let spec = InstanceSpec {
-        version: version.clone(),
-        data_dir: data_dir.to_owned(),
-        run_dir: run_dir.to_owned(),
-        port: 3306,
-        listen: Vec::new(),
-        remote_clients: false,
-        user: user.clone(),
-        superuser: SUPERUSER.into(),
-        label: "thinclone-prepare".into(),
-        memory: Some("128MB".into()),
-        read_only: false,
-    };
+    remove_leftovers(data_dir)?;
+    let spec = prepare_spec(&version, data_dir, run_dir, user);
     let log = run_dir.join(LOG);
     let log_start = fs::symlink_metadata(&log).map_or(0, |m| m.len());
     let result = (|| {
@@ -100,7 +76,7 @@ pub(crate) fn prepare(search: &Search, data_dir: &Path, run_dir: &Path, user: &U
 /// Makes `root@localhost` the agent's way in: it exists, has every privilege, and logs in
 /// through `unix_socket` (OS user root only), besides whatever else it may use; as in a new
 /// installation of 10.4 and later.
-fn root_sql() -> String {
+pub(crate) fn root_sql() -> String {
     "FLUSH PRIVILEGES;\n\
      CREATE USER IF NOT EXISTS 'root'@'localhost' IDENTIFIED VIA unix_socket;\n\
      DELIMITER //\n\
@@ -116,12 +92,46 @@ fn root_sql() -> String {
         .into()
 }
 
-fn tail(text: &str) -> String {
+/// Removes what a backup or a server left that no clone needs: the backup's notes, a buffer
+/// pool dump (never loaded by clones), a temporary tablespace, stale pid files.
+pub(crate) fn remove_leftovers(data_dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let leftover = name.starts_with("xtrabackup_")
+            || name.starts_with("mariadb_backup_")
+            || matches!(name.as_str(), "backup-my.cnf" | "ib_buffer_pool" | "ibtmp1")
+            || name.ends_with(".pid");
+        if leftover && entry.file_type()?.is_file() {
+            remove_if_there(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The spec of a server that prepares (or masks) the copy at `data_dir`.
+pub(crate) fn prepare_spec(version: &str, data_dir: &Path, run_dir: &Path, user: &User) -> InstanceSpec {
+    InstanceSpec {
+        version: version.to_owned(),
+        data_dir: data_dir.to_owned(),
+        run_dir: run_dir.to_owned(),
+        port: 3306,
+        listen: Vec::new(),
+        remote_clients: false,
+        user: user.clone(),
+        superuser: SUPERUSER.into(),
+        label: "thinclone-prepare".into(),
+        memory: Some("128MB".into()),
+        read_only: false,
+    }
+}
+
+pub(crate) fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-fn remove_if_there(path: &Path) -> Result<()> {
+pub(crate) fn remove_if_there(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),

@@ -113,7 +113,13 @@ pub(crate) fn args(spec: &InstanceSpec, role: Role) -> Vec<String> {
     }
     match role {
         Role::Prepare => {
-            a.extend(["--skip-networking".into(), "--skip-grant-tables".into(), "--innodb-fast-shutdown=0".into()]);
+            a.extend([
+                "--skip-networking".into(),
+                "--skip-grant-tables".into(),
+                "--innodb-fast-shutdown=0".into(),
+                // Masking reloads whole rows through a dump.
+                "--max-allowed-packet=1G".into(),
+            ]);
         }
         Role::Clone if spec.listen.is_empty() => a.push("--skip-networking".into()),
         Role::Clone => {
@@ -443,6 +449,35 @@ impl Server {
     pub(crate) fn sql_in(&self, database: Option<&str>, sql: &str) -> Result<String> {
         let out = self.client(database).stdin(sql.as_bytes().to_vec()).run()?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Runs statements like [`Server::sql_in`], allowed `timeout` (scripts and masking on an
+    /// image may take long).
+    pub(crate) fn sql_for(&self, database: Option<&str>, sql: &str, timeout: Duration) -> Result<String> {
+        let out = self.client(database).timeout(timeout).stdin(sql.as_bytes().to_vec()).run()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Runs the statements of the file at `path` (a dump, read by this process), stopping at
+    /// the first error.
+    pub(crate) fn sql_file(&self, path: &Path, timeout: Duration, database: Option<&str>) -> Result<()> {
+        self.client(database).arg("--max-allowed-packet=1G").timeout(timeout).stdin_file(path).run()?;
+        Ok(())
+    }
+
+    /// `mariadb-dump` on the private socket as the superuser, its output to `result`.
+    pub(crate) fn dump(&self, args: &[String], result: &Path, timeout: Duration) -> Result<()> {
+        Program::new(self.installation.program("mariadb-dump"))
+            .arg("--no-defaults")
+            .arg("--protocol=SOCKET")
+            .arg(format!("--socket={}", self.run_dir.join(SOCKET).display()))
+            .arg(format!("--user={}", self.superuser))
+            .args(["--max-allowed-packet=1G", "--hex-blob", "--skip-dump-date", "--single-transaction"])
+            .arg(format!("--result-file={}", result.display()))
+            .args(args)
+            .timeout(timeout)
+            .run()?;
+        Ok(())
     }
 
     /// The hosts of the accounts named `user`.

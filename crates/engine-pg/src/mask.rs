@@ -24,65 +24,7 @@ use engine::{Error, Result, Transformed};
 
 use crate::server::{sql_literal, Server};
 
-/// How many original values of each rule are kept to look for.
-const SAMPLE: usize = 20;
-/// The shortest original value looked for: shorter ones occur by chance in any file.
-const MIN_NEEDLE: usize = 8;
-/// The most of a script's output kept.
-const MAX_OUTPUT: usize = 64 << 10;
-
-const FIRST_NAMES: [&str; 24] = [
-    "Ada",
-    "Alan",
-    "Barbara",
-    "Claude",
-    "Dana",
-    "Edsger",
-    "Frances",
-    "Grace",
-    "Hedy",
-    "Ivan",
-    "Joan",
-    "Ken",
-    "Linus",
-    "Margaret",
-    "Niklaus",
-    "Olga",
-    "Peter",
-    "Radia",
-    "Sophie",
-    "Tim",
-    "Ursula",
-    "Vint",
-    "Whitfield",
-    "Yukihiro",
-];
-const LAST_NAMES: [&str; 24] = [
-    "Lovelace",
-    "Turing",
-    "Liskov",
-    "Shannon",
-    "Scott",
-    "Dijkstra",
-    "Allen",
-    "Hopper",
-    "Lamarr",
-    "Sutherland",
-    "Clarke",
-    "Thompson",
-    "Torvalds",
-    "Hamilton",
-    "Wirth",
-    "Taussky",
-    "Naur",
-    "Perlman",
-    "Wilson",
-    "Berners",
-    "Franklin",
-    "Cerf",
-    "Diffie",
-    "Matsumoto",
-];
+use engine::mask::{cut_output, FIRST_NAMES, LAST_NAMES, MIN_NEEDLE, SAMPLE};
 
 /// A quoted identifier.
 fn ident(name: &str) -> String {
@@ -193,16 +135,7 @@ pub(crate) fn apply(server: &Server, data_dir: &Path, transform: &ImageTransform
         let output = server
             .script_in(db, &script.sql)
             .map_err(|e| Error::Other(format!("modification script {}: {e}", script.name)))?;
-        let mut output = output;
-        if output.len() > MAX_OUTPUT {
-            let mut cut = MAX_OUTPUT;
-            while !output.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            output.truncate(cut);
-            output.push_str("\n[cut at 64 KiB]");
-        }
-        report.scripts.push(ScriptOutput { name: script.name.clone(), output });
+        report.scripts.push(ScriptOutput { name: script.name.clone(), output: cut_output(output) });
     }
     if transform.mask.is_empty() {
         return Ok(Transformed { report, originals: Vec::new() });

@@ -13,6 +13,7 @@
 //!   written into the data directory, whatever the engine's own configuration files say;
 //! - memory is one setting ([`InstanceSpec::memory`]) that each engine maps to its own knob.
 
+pub mod mask;
 mod secret;
 mod source;
 

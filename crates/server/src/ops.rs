@@ -108,7 +108,7 @@ pub(crate) fn check_transform(mask: &[api::MaskRule], scripts: &[api::ImageScrip
         let what = format!("masking rule {}.{}", rule.table, rule.column);
         match rule.table.split_once('.') {
             Some((schema, table)) if !schema.is_empty() && !table.is_empty() => {}
-            _ => return bad(format!("{what}: the table must be schema-qualified, like public.customers")),
+            _ => return bad(format!("{what}: the table must be schema-qualified, like public.customers (where databases have no schemas, by its database: shop.customers)")),
         }
         if rule.column.is_empty() || rule.table.len() > 200 || rule.column.len() > 63 {
             return bad(format!("{what}: a column name is 1 to 63 bytes, a table name at most 200"));

@@ -54,7 +54,16 @@ pub struct Program {
     user: Option<User>,
     timeout: Duration,
     own_group: bool,
-    stdin: Option<Vec<u8>>,
+    stdin: Option<Input>,
+}
+
+/// What a program reads on its standard input.
+#[derive(Clone)]
+enum Input {
+    Bytes(Vec<u8>),
+    /// A file, opened by us (as this process's user) when the program starts: for input too
+    /// large to hold in memory, such as a dump.
+    File(PathBuf),
 }
 
 /// Shows the program and its arguments, but only the names of its environment variables:
@@ -90,7 +99,14 @@ impl Program {
     /// Feeds `bytes` to the program's standard input (which is otherwise empty). Secrets and
     /// scripts go here rather than in arguments.
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Program {
-        self.stdin = Some(bytes.into());
+        self.stdin = Some(Input::Bytes(bytes.into()));
+        self
+    }
+
+    /// Feeds the file at `path` to the program's standard input. The file is opened by this
+    /// process when the program starts, so the program's user need not be able to read it.
+    pub fn stdin_file(mut self, path: &Path) -> Program {
+        self.stdin = Some(Input::File(path.to_owned()));
         self
     }
 
@@ -183,15 +199,25 @@ impl Program {
 
     fn spawn_with(&self, stdout: Stdio, stderr: Stdio) -> Result<Child> {
         let mut cmd = self.command();
-        if self.stdin.is_some() {
-            cmd.stdin(Stdio::piped());
+        match &self.stdin {
+            Some(Input::Bytes(_)) => {
+                cmd.stdin(Stdio::piped());
+            }
+            Some(Input::File(path)) => {
+                let file = std::fs::File::open(path).map_err(|source| Error::Start {
+                    program: format!("{} < {}", self.path.display(), path.display()),
+                    source,
+                })?;
+                cmd.stdin(file);
+            }
+            None => {}
         }
         let mut child = cmd
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .map_err(|source| Error::Start { program: self.path.display().to_string(), source })?;
-        if let Some(bytes) = self.stdin.clone() {
+        if let Some(Input::Bytes(bytes)) = self.stdin.clone() {
             let mut pipe = child.stdin.take().expect("piped stdin");
             // Written on a thread of its own, so that a program that writes before it reads
             // cannot deadlock with us; a program that exits early closes the pipe, which

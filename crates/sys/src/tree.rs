@@ -183,21 +183,16 @@ fn copy_with(from: &Path, to: &Path, mode: &[&str], as_user: Option<&User>) -> R
 }
 
 /// The first file under `dir` (symlinks not followed) that holds one of `needles` anywhere
-/// in its bytes, with the needle's index; `None` when none does. Each file is read once, in
-/// blocks that overlap by the longest needle, so a needle across two blocks is found.
+/// in its bytes, with the needle's index; `None` when none does. Each file is read once, as a
+/// stream searched for every needle at once (a needle across two reads is found).
 pub fn find_any(dir: &Path, needles: &[Vec<u8>]) -> io::Result<Option<(PathBuf, usize)>> {
-    let needles: Vec<(usize, memchr::memmem::Finder)> = needles
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| !n.is_empty())
-        .map(|(i, n)| (i, memchr::memmem::Finder::new(n.as_slice())))
-        .collect();
-    if needles.is_empty() {
+    let kept: Vec<usize> = (0..needles.len()).filter(|&i| !needles[i].is_empty()).collect();
+    if kept.is_empty() {
         return Ok(None);
     }
-    let overlap = needles.iter().map(|(_, f)| f.needle().len()).max().unwrap_or(0) - 1;
+    // One pass over each file for every needle at once.
+    let finder = aho_corasick::AhoCorasick::new(kept.iter().map(|&i| &needles[i])).map_err(io::Error::other)?;
     let mut stack = vec![dir.to_owned()];
-    let mut buf = vec![0u8; (1 << 20) + overlap];
     while let Some(path) = stack.pop() {
         let meta = fs::symlink_metadata(&path)?;
         if meta.is_dir() {
@@ -209,21 +204,9 @@ pub fn find_any(dir: &Path, needles: &[Vec<u8>]) -> io::Result<Option<(PathBuf, 
         if !meta.is_file() {
             continue;
         }
-        let mut file = fs::File::open(&path)?;
-        let mut kept = 0;
-        loop {
-            let n = io::Read::read(&mut file, &mut buf[kept..])?;
-            if n == 0 {
-                break;
-            }
-            let filled = kept + n;
-            for (i, finder) in &needles {
-                if finder.find(&buf[..filled]).is_some() {
-                    return Ok(Some((path, *i)));
-                }
-            }
-            kept = overlap.min(filled);
-            buf.copy_within(filled - kept..filled, 0);
+        let file = io::BufReader::with_capacity(1 << 20, fs::File::open(&path)?);
+        if let Some(found) = finder.stream_find_iter(file).next() {
+            return Ok(Some((path, kept[found?.pattern().as_usize()])));
         }
     }
     Ok(None)

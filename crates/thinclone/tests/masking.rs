@@ -13,12 +13,12 @@ mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 
 use api::{Clone, Image, ImageStatus, Operation};
 use serde_json::Value;
 use support::daemon::{psql, Daemon, UrlOf};
 use support::pg::Server;
+use support::residue::search;
 
 const PEOPLE: u32 = 400;
 
@@ -28,39 +28,6 @@ fn email(i: u32) -> String {
 
 fn real_name(i: u32) -> String {
     format!("Realname{:08x} Surname{i}", i.wrapping_mul(2_246_822_519))
-}
-
-/// Every file under `dir`.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let entry = entry.unwrap();
-            let kind = entry.file_type().unwrap();
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if kind.is_file() {
-                found.push(entry.path());
-            }
-        }
-    }
-    found
-}
-
-/// The first (file, value) of `values` found anywhere in the bytes of a file under `dir`.
-fn search(dir: &Path, values: &[String]) -> Option<(PathBuf, String)> {
-    let finders: Vec<(memchr::memmem::Finder, &String)> =
-        values.iter().map(|v| (memchr::memmem::Finder::new(v.as_bytes()), v)).collect();
-    for file in files(dir) {
-        let bytes = fs::read(&file).unwrap();
-        for (finder, value) in &finders {
-            if finder.find(&bytes).is_some() {
-                return Some((file, (*value).clone()));
-            }
-        }
-    }
-    None
 }
 
 #[test]

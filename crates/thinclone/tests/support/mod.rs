@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod fleet;
 pub mod mariadb;
 pub mod pg;
+pub mod residue;
 
 use std::collections::BTreeMap;
 use std::fs;
