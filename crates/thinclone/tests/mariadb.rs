@@ -61,6 +61,14 @@ fn mariadb_images_and_clones() {
          CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(100), price DECIMAL(10,2)) ENGINE=InnoDB; \
          INSERT INTO shop.items SELECT seq, CONCAT('item ', seq), seq / 100 FROM shop.seq_1_to_1000;",
     );
+    // The issue's size: a source of more than 500 MB (2 million rows of 256 bytes).
+    source.sql(
+        "CREATE TABLE shop.bulk (id INT PRIMARY KEY, payload VARCHAR(300)) ENGINE=InnoDB; \
+         INSERT INTO shop.bulk SELECT seq, REPEAT(MD5(seq), 8) FROM shop.seq_1_to_2000000;",
+    );
+    let source_bytes = sys::tree::size(&source.data).bytes;
+    assert!(source_bytes > 500 << 20, "the source holds {} MiB", source_bytes >> 20);
+    eprintln!("the source holds {} MiB", source_bytes >> 20);
     let mut d = Daemon::start(&work.path().join("data"), (9310, 9319));
 
     // An image of the live server while a client writes to it; the source takes a write
@@ -105,6 +113,9 @@ fn mariadb_images_and_clones() {
     }
     assert_eq!((count(&urls[0]), count(&urls[1]), count(&urls[2])), (1001, 1001, 1001));
     assert_eq!(count(&urls[3]), 1000, "the live image holds what the source had when it was taken");
+    for url in &urls {
+        assert_eq!(sql(url, "SELECT COUNT(*), SUM(LENGTH(payload)) FROM shop.bulk"), "2000000\t512000000");
+    }
     // What was written during the copy: a prefix of it, whole and consistent.
     let copied: u64 = sql(&urls[3], "SELECT COUNT(*) FROM shop.log").parse().unwrap();
     assert_eq!(sql(&urls[3], "SELECT COALESCE(MAX(n), 0) FROM shop.log"), copied.to_string(), "a gap in the copy");
