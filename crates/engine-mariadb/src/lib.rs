@@ -13,16 +13,18 @@
 //! - `prepare`: a copy becomes an image;
 //! - `mask`: modification scripts and masking on an image;
 //! - `source`: live sources (reachability, `mariadb-backup`);
-//! - `client`: connection URLs and one-off queries.
+//! - `client`: connection URLs and one-off queries;
+//! - `sample`: the demo's sample database.
 //!
-//! Not yet (each a clear error): dumps, backup
-//! repositories, recovery to a target, read-only clones, the demo's sample database.
+//! Not yet (each a clear error): images from dumps, backup repositories, recovery to a
+//! target, read-only clones.
 
 mod client;
 mod datadir;
 mod install;
 mod mask;
 mod prepare;
+mod sample;
 mod server;
 mod source;
 
@@ -203,8 +205,8 @@ impl engine::Engine for Mariadb {
         client::url(host, port, user, password)
     }
 
-    fn make_sample(&self, _data_dir: &Path, _run_dir: &Path, _user: &User, _scale: u32) -> Result<Sample> {
-        Err(not_yet("the demo's sample database"))
+    fn make_sample(&self, data_dir: &Path, run_dir: &Path, user: &User, scale: u32) -> Result<Sample> {
+        sample::make_sample(&self.search, data_dir, run_dir, user, scale)
     }
 
     fn query(&self, url: &str, sql: &str) -> Result<String> {
@@ -240,8 +242,6 @@ mod tests {
         let m = Mariadb::new();
         let err = m.dump_version(Path::new("/tmp/x.dump")).unwrap_err();
         assert!(err.to_string().contains("MariaDB does not support images from a dump"), "{err}");
-        let err = m.make_sample(Path::new("/x"), Path::new("/y"), &User::current(), 1).unwrap_err();
-        assert!(err.to_string().contains("does not support"), "{err}");
     }
 
     #[test]
