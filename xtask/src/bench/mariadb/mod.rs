@@ -90,6 +90,16 @@ pub struct Params {
     pub port: u16,
 }
 
+/// The server variables recorded for each clone of item 3.
+const SETTINGS: [&str; 7] = [
+    "version",
+    "innodb_buffer_pool_size",
+    "innodb_log_file_size",
+    "innodb_flush_method",
+    "innodb_flush_log_at_trx_commit",
+    "innodb_doublewrite",
+    "sync_binlog",
+];
 /// How long a clone may take to answer its first `SELECT 1`.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// The image's name.
@@ -140,16 +150,17 @@ impl Params {
     /// disk), from the costs of a quick and a full run there; it errs long.
     fn estimate_s(&self) -> u64 {
         let gb = self.data_bytes() as f64 / 1e9;
-        let copy = 1.0 + gb / 0.4; // a full copy, its server start and its removal
+        // A full copy, its server start and its removal, with the page cache warm.
+        let copy = 0.5 + gb / 0.4;
         let rows = f64::from(self.tables) * self.table_size as f64;
-        let mut t = 20.0; // build check, machine facts, daemon
-        t += 8.0 + rows * 8e-6; // mariadb-install-db, start, sysbench prepare
-        t += 6.0 + gb / 0.3; // the image: mariadb-backup, --prepare, a server start and shutdown
-        t += f64::from(self.repeats) * (1.5 + copy);
+        let mut t = 10.0; // build check, machine facts, daemon
+        t += 5.0 + rows * 6e-6; // mariadb-install-db, start, sysbench prepare
+        t += 3.0 + gb / 0.3; // the image: mariadb-backup, --prepare, a server start and shutdown
+        t += f64::from(self.repeats) * (1.0 + copy + gb); // and the copy's writeback (syncfs)
         t += 2.0 * 2.0 + copy; // the two clones of item 3, made and stopped
         let (w, d) = (f64::from(self.warmup_s), f64::from(self.duration_s));
-        t += f64::from(self.pairs) * 2.0 * (6.0 + 2.0 * (w + d + 1.0));
-        t += 3.0 + gb / 0.4; // removals, the daemon's stop
+        t += f64::from(self.pairs) * 2.0 * (3.0 + 2.0 * (w + d + 0.5));
+        t += 2.0 + gb / 0.4; // removals, the daemon's stop
         t as u64
     }
 }
@@ -163,6 +174,8 @@ pub struct Recorded {
     pub image: Option<report::ImageFacts>,
     pub ready: Vec<report::ReadyRun>,
     pub runs: Vec<report::LoadRun>,
+    /// The settings each clone of item 3 runs with, as its server reports them.
+    pub clone_settings: Vec<report::CloneSettings>,
     pub after_runs: Option<report::AfterRuns>,
 }
 
@@ -194,6 +207,17 @@ impl Bench<'_> {
     /// Waits for the clone's first `SELECT 1` over its URL.
     fn wait_ready(&self, target: &Target) -> Result<()> {
         server::wait_select1(&self.run.exec, self.programs.client_tcp(target), READY_TIMEOUT)
+    }
+
+    /// The settings that shape the clone's throughput, as its server reports them.
+    fn settings(&self, target: &Target) -> Result<Vec<(String, String)>> {
+        let sql = format!("SELECT {}", SETTINGS.map(|v| format!("@@{v}")).join(", "));
+        let row = self.run.exec.stdout(&self.programs.client_tcp(target).args(["-e", &sql]))?;
+        let values: Vec<&str> = row.split('\t').collect();
+        if values.len() != SETTINGS.len() {
+            bail!("unexpected answer to {sql:?}: {row:?}");
+        }
+        Ok(SETTINGS.iter().zip(values).map(|(k, v)| ((*k).to_owned(), v.to_owned())).collect())
     }
 }
 
@@ -367,6 +391,11 @@ fn ready(b: &mut Bench) -> Result<()> {
             server::wait_select1(&b.run.exec, b.programs.client_tcp(&target), READY_TIMEOUT)
                 .with_context(|| format!("clone {name}"))?;
             let seconds = seconds_since(t0);
+            // What the clone left for the kernel to write back (the copy: the whole image),
+            // written now: not part of the time to ready, but a cost the disk pays.
+            let t1 = Instant::now();
+            host::syncfs(&daemon.data_dir)?;
+            let sync_s = seconds_since(t1);
             let du_bytes = match driver {
                 Driver::Cowfs => {
                     let [layer, native] = daemon.cowfs_storage(&name);
@@ -375,7 +404,7 @@ fn ready(b: &mut Bench) -> Result<()> {
                 _ => host::du_bytes(&[&daemon.clone_data_dir(&name)]),
             };
             log(&format!(
-                "  run {r} {}: ready in {seconds} s; stored_bytes {}, du {}",
+                "  run {r} {}: ready in {seconds} s, then syncfs {sync_s} s; stored_bytes {}, du {}",
                 driver.as_str(),
                 super::markdown::bytes(clone.stored_bytes.map(|b| b as f64)),
                 super::markdown::bytes(Some(du_bytes as f64))
@@ -384,6 +413,7 @@ fn ready(b: &mut Bench) -> Result<()> {
                 driver: driver.as_str(),
                 run: r,
                 seconds,
+                sync_s,
                 stored_bytes: clone.stored_bytes,
                 du_bytes,
             });
@@ -409,6 +439,7 @@ fn throughput(b: &mut Bench) -> Result<()> {
         daemon.stop_clone(names(side))?;
     }
     let mut runs = Vec::new();
+    let mut settings = Vec::new();
     let run = b.run;
     ab::alternate(b.p.pairs, |pair, side| {
         let name = names(side);
@@ -416,6 +447,9 @@ fn throughput(b: &mut Bench) -> Result<()> {
         b.daemon()?.start_clone(name)?;
         let target = b.target(name)?;
         b.wait_ready(&target).with_context(|| format!("clone {name}"))?;
+        if pair == 1 {
+            settings.push(report::CloneSettings { side: s, clone: name, settings: b.settings(&target)? });
+        }
         let conn = sysbench::Conn::Tcp(target);
         for workload in Workload::ALL {
             let log_of = |what: &str| run.logs.join(format!("sysbench-{pair}-{s}-{}{what}.log", workload.key()));
@@ -437,6 +471,7 @@ fn throughput(b: &mut Bench) -> Result<()> {
         b.daemon()?.stop_clone(name)
     })?;
     b.rec.runs = runs;
+    b.rec.clone_settings = settings;
     let daemon = b.daemon.as_ref().context("the daemon is not running")?;
     let [layer, native] = daemon.cowfs_storage(names(Side::A));
     b.rec.after_runs = Some(report::AfterRuns {

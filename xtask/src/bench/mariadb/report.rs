@@ -53,6 +53,8 @@ pub struct ReadyRun {
     pub run: u32,
     /// From `clone create` to the first successful `SELECT 1`.
     pub seconds: f64,
+    /// A `syncfs` of the daemon's filesystem right after: the writeback the clone left.
+    pub sync_s: f64,
     /// The daemon's figure in its answer, when it had measured the clone.
     pub stored_bytes: Option<u64>,
     /// `du` of the cowfs clone's layer (and `native/`), or of the copy clone's data
@@ -72,6 +74,14 @@ pub struct LoadRun {
     pub loadavg_after: String,
 }
 
+/// A clone of item 3 and its server's settings (`@@NAME`), read at its first start.
+#[derive(Debug, Clone, Serialize)]
+pub struct CloneSettings {
+    pub side: &'static str,
+    pub clone: &'static str,
+    pub settings: Vec<(String, String)>,
+}
+
 /// The two clones of item 3 after all their runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct AfterRuns {
@@ -84,6 +94,7 @@ pub struct AfterRuns {
 pub struct ReadySummary {
     pub driver: &'static str,
     pub seconds: Stats,
+    pub sync_s: Stats,
     pub stored_bytes: Option<Stats>,
     pub du_bytes: Stats,
 }
@@ -166,9 +177,12 @@ pub struct Report {
     pub ready: Ready,
     pub disk: Disk,
     pub throughput: Vec<Throughput>,
+    pub clone_settings: Vec<CloneSettings>,
     pub after_runs: Option<AfterRuns>,
     pub commands: Commands,
     pub phases: Vec<Phase>,
+    /// Every measured run, as recorded.
+    pub runs: Vec<LoadRun>,
     /// The machine table of the section (rendered from `machine` and `versions`).
     #[serde(skip)]
     machine_table: String,
@@ -194,6 +208,7 @@ impl Report {
                 Some(ReadySummary {
                     driver,
                     seconds: Stats::of(&these.iter().map(|r| r.seconds).collect::<Vec<_>>())?,
+                    sync_s: Stats::of(&these.iter().map(|r| r.sync_s).collect::<Vec<_>>())?,
                     stored_bytes: Stats::of(
                         &these.iter().filter_map(|r| r.stored_bytes.map(|b| b as f64)).collect::<Vec<_>>(),
                     ),
@@ -256,11 +271,36 @@ impl Report {
         extra.push((
             "clones".to_owned(),
             format!(
-                "one `thinclone serve --clone-memory {} --stop-clones-at-exit` as root (InnoDB buffer pool {}; the engine's settings otherwise, among them MariaDB's defaults `innodb_flush_method=O_DIRECT` and `innodb_flush_log_at_trx_commit=1`); ports {lo}-{hi}",
+                "one `thinclone serve --clone-memory {} --stop-clones-at-exit` as root, which starts every clone's server with the engine's settings (doc/ENGINE-MARIADB.md); ports {lo}-{hi}",
                 p.clone_memory,
-                p.clone_memory.trim_end_matches(['B', 'b']),
             ),
         ));
+        if let Some(first) = rec.clone_settings.first() {
+            let shown: Vec<String> = first
+                .settings
+                .iter()
+                .filter(|(k, _)| k != "version")
+                .map(|(k, v)| match k.as_str() {
+                    "innodb_buffer_pool_size" | "innodb_log_file_size" => {
+                        format!("`{k}` {}", v.parse::<f64>().map_or_else(|_| v.clone(), |b| bytes(Some(b))))
+                    }
+                    _ => format!("`{k}={v}`"),
+                })
+                .collect();
+            let same = rec.clone_settings.iter().all(|c| c.settings == first.settings);
+            extra.push((
+                "clone servers".to_owned(),
+                format!(
+                    "as they report them (`SELECT @@…`){}: {}",
+                    if same {
+                        ", the same on both drivers"
+                    } else {
+                        ", **not the same on both drivers** (see the JSON)"
+                    },
+                    shown.join(", ")
+                ),
+            ));
+        }
         extra.push((
             "load average".to_owned(),
             format!("{} before the run, {} after", rec.loadavg_before, rec.loadavg_after),
@@ -296,6 +336,7 @@ impl Report {
             ready: Ready { runs: rec.ready.clone(), summary, copy_over_cowfs },
             disk,
             throughput,
+            clone_settings: rec.clone_settings.clone(),
             after_runs: rec.after_runs.clone(),
             commands: Commands {
                 install_db: src.map(|s| s.install_db.clone()),
@@ -310,6 +351,7 @@ impl Report {
                 sysbench_read_only: load(Workload::ReadOnly),
             },
             phases: phases.to_vec(),
+            runs: rec.runs.clone(),
             machine_table,
         }
     }
@@ -337,7 +379,7 @@ impl Report {
         let _ = writeln!(s, "### Time to a ready clone\n");
         let _ = writeln!(
             s,
-            "From the request (`POST /v1/clones` through the typed client, polled every 10 ms: what `clone create NAME --image {} --driver D` does) to the first successful `SELECT 1` with the `mariadb` client over the clone's URL (TCP, its password), tried every 10 ms. {} clones of each driver, one at a time, cowfs then copy, each removed (and `sync`) before the next; the image is in the page cache (warm). The copy driver is the floor the issue names, a full copy of the image plus a server start: the daemon starts both with the same settings.\n",
+            "From the request (`POST /v1/clones` through the typed client, polled every 10 ms: what `clone create NAME --image {} --driver D` does) to the first successful `SELECT 1` with the `mariadb` client over the clone's URL (TCP, its password), tried every 10 ms. {} clones of each driver, one at a time, cowfs then copy, each removed before the next. The image is in the page cache (warm), and the copy clone's writes are in the page cache when it answers: *then syncfs* is a `syncfs` of the daemon's filesystem right after, not counted in the time to ready, which writes back what the clone left (for the copy, the whole image). The copy driver is the floor the issue names, a full copy of the image plus a server start: the daemon starts both with the same settings.\n",
             super::IMAGE,
             p.repeats
         );
@@ -346,6 +388,7 @@ impl Report {
             ("median (s)", Align::Right),
             ("min–max (s)", Align::Right),
             ("runs", Align::Right),
+            ("then syncfs, median (s)", Align::Right),
         ]);
         for x in &self.ready.summary {
             t.row([
@@ -353,11 +396,13 @@ impl Report {
                 num(Some(x.seconds.median), 3),
                 format!("{}–{}", num(Some(x.seconds.min), 3), num(Some(x.seconds.max), 3)),
                 x.seconds.n.to_string(),
+                num(Some(x.sync_s.median), 3),
             ]);
         }
         t.row([
             "**copy / cowfs**".to_owned(),
             format!("**{}**", num(self.ready.copy_over_cowfs, 1)),
+            String::new(),
             String::new(),
             String::new(),
         ]);
@@ -407,9 +452,11 @@ impl Report {
             ("B QPS".to_owned(), Align::Right),
             ("B p95 (ms)".to_owned(), Align::Right),
             ("A/B TPS".to_owned(), Align::Right),
+            ("load after A / B".to_owned(), Align::Right),
         ]);
         for w in &self.throughput {
             for x in &w.pairs {
+                let load = |side: &str| self.runs_load(w.workload, x.pair, side).unwrap_or_else(|| "n/a".to_owned());
                 t.row([
                     x.pair.to_string(),
                     w.workload.replace('_', "-"),
@@ -420,6 +467,7 @@ impl Report {
                     num(Some(x.b.qps), 0),
                     num(Some(x.b.latency_p95_ms), 2),
                     num(x.ratio, 3),
+                    format!("{} / {}", load("A"), load("B")),
                 ]);
             }
         }
@@ -443,7 +491,7 @@ impl Report {
             self.throughput.iter().flat_map(|w| &w.pairs).map(|x| x.a.ignored_errors + x.b.ignored_errors).sum();
         let _ = writeln!(
             s,
-            "sysbench retried {ignored} transaction(s) on deadlocks in all (its ignored errors, per run in the JSON). The load average after each run is in the JSON (`loadavg_after`): the machine is shared, and another engineer's builds may have run during the runs; A and B alternate so that both see it."
+            "*load after*: the 1-minute load average right after the run. The machine is shared: another engineer's builds and tests ran during these runs, so both sides saw load besides their own (sysbench, mariadbd and, for A, the FUSE server); A and B alternate so that both see it, and the per-pair ratio is the figure to read. sysbench retried {ignored} transaction(s) on deadlocks in all (its ignored errors, per run in the JSON)."
         );
         if let Some(a) = &self.after_runs {
             let _ = writeln!(
@@ -496,6 +544,14 @@ fn percent(r: Option<f64>) -> String {
         }
         Some(0.0) => "0%".to_owned(),
         _ => "n/a".to_owned(),
+    }
+}
+
+impl Report {
+    /// The 1-minute load average after a run.
+    fn runs_load(&self, workload: &str, pair: u32, side: &str) -> Option<String> {
+        let r = self.runs.iter().find(|r| r.workload == workload && r.pair == pair && r.side == side)?;
+        r.loadavg_after.split_whitespace().next().map(str::to_owned)
     }
 }
 
