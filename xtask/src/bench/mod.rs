@@ -1,12 +1,13 @@
 //! The benchmarks (doc/BENCHMARKING.md): `cargo xtask bench cowfs`, `cargo xtask bench
-//! suite` and `cargo xtask bench agents`. cowfs and suite measure thinclone and a baseline in
-//! the same run and report ratios; agents measures thinclone against the issue's targets.
+//! suite`, `cargo xtask bench agents` and `cargo xtask bench mariadb`. cowfs, suite and
+//! mariadb measure thinclone and a baseline in the same run and report ratios; agents
+//! measures thinclone against the issue's targets.
 //! Each writes its section of BENCHMARKS.md and its JSON file under bench/results/.
 //!
 //! This module holds what every benchmark shares: the common options and the [`Run`] (work
 //! directory, logs, command log, PostgreSQL, the thinclone binary, result files). The
-//! modules beside it are the parts benchmarks are made of; `cowfs`, `suite` and `agents` are
-//! the benchmarks.
+//! modules beside it are the parts benchmarks are made of; `cowfs`, `suite`, `agents` and
+//! `mariadb` are the benchmarks.
 
 pub mod ab;
 pub mod agents;
@@ -15,6 +16,7 @@ pub mod exec;
 pub mod fio;
 pub mod host;
 pub mod machine;
+pub mod mariadb;
 pub mod markdown;
 pub mod pg;
 pub mod pgbench;
@@ -45,6 +47,9 @@ pub enum Bench {
     /// One server and many agents, each in a network namespace of its own: the time to each
     /// of many clones placed by the server, and `clone list` with all of them (issue 11).
     Agents(agents::Options),
+    /// MariaDB clones (issue 16): time to a ready clone and disk per fresh clone, cowfs
+    /// against copy; sysbench read-write and read-only on a cowfs clone against a full copy.
+    Mariadb(mariadb::Options),
 }
 
 pub fn main(bench: Bench) -> Result<()> {
@@ -52,6 +57,7 @@ pub fn main(bench: Bench) -> Result<()> {
         Bench::Cowfs(o) => cowfs::main(o),
         Bench::Suite(o) => suite::main(o),
         Bench::Agents(o) => agents::main(o),
+        Bench::Mariadb(o) => mariadb::main(o),
     }
 }
 
