@@ -44,6 +44,8 @@ pub(crate) const LOG: &str = "mariadbd.log";
 const FILES_DIR: &str = "files";
 /// The buffer pool of an instance whose spec names no memory.
 const DEFAULT_BUFFER_POOL: &str = "64M";
+/// The smallest redo log an image gets: MariaDB's default `innodb_log_file_size`.
+const IMAGE_REDO_LOG: u64 = 96 << 20;
 /// How long a statement run by [`Server::sql`] may take.
 const SQL_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long SIGKILL may take to end a server.
@@ -74,7 +76,8 @@ pub(crate) enum Role {
 /// - small caches (`innodb_buffer_pool_size` from the spec's memory, Aria's page cache and
 ///   MyISAM's key buffer 8M), no buffer pool dump or load (a dump would be written into the
 ///   data directory at each stop);
-/// - `innodb_log_file_size` as the image's redo log is, so that no clone resizes it.
+/// - `innodb_log_file_size` as the image's redo log is, so that no clone resizes it (the
+///   server preparing an image grows one smaller than MariaDB's default 96 MiB to it).
 pub(crate) fn args(spec: &InstanceSpec, role: Role) -> Vec<String> {
     let run = |name: &str| spec.run_dir.join(name).display().to_string();
     let mut a: Vec<String> = vec![
@@ -108,7 +111,11 @@ pub(crate) fn args(spec: &InstanceSpec, role: Role) -> Vec<String> {
     }
     if let Ok(redo) = fs::symlink_metadata(spec.data_dir.join("ib_logfile0")) {
         if redo.is_file() && redo.len() > 0 {
-            a.push(format!("--innodb-log-file-size={}", redo.len()));
+            // The server that prepares an image grows a smaller log to MariaDB's default
+            // (`mariadb-backup --prepare` leaves 4 MiB, which would make every clone of a
+            // live image checkpoint far more often than its source did).
+            let size = if role == Role::Prepare { redo.len().max(IMAGE_REDO_LOG) } else { redo.len() };
+            a.push(format!("--innodb-log-file-size={size}"));
         }
     }
     match role {
