@@ -491,7 +491,7 @@ impl Report {
             self.throughput.iter().flat_map(|w| &w.pairs).map(|x| x.a.ignored_errors + x.b.ignored_errors).sum();
         let _ = writeln!(
             s,
-            "*load after*: the 1-minute load average right after the run. The machine is shared: another engineer's builds and tests ran during these runs, so both sides saw load besides their own (sysbench, mariadbd and, for A, the FUSE server); A and B alternate so that both see it, and the per-pair ratio is the figure to read. sysbench retried {ignored} transaction(s) on deadlocks in all (its ignored errors, per run in the JSON)."
+            "*load after*: the 1-minute load average right after the run. A run's own load (sysbench's 4 threads, mariadbd and, for A, the FUSE server) keeps it above 2 on 2 cores; anything else running on the machine adds to it, and A and B alternate so that both see it: the per-pair ratio is the figure to read. sysbench retried {ignored} transaction(s) on deadlocks in all (its ignored errors, per run in the JSON)."
         );
         if let Some(a) = &self.after_runs {
             let _ = writeln!(
