@@ -38,7 +38,7 @@ use sys::Program;
 use crate::datadir::{self, live_server};
 use crate::install::{Installation, Search};
 use crate::prepare::{self, remove_if_there};
-use crate::server::{self, from_hex, quote_ident, sql_literal, Role, Server, SYSTEM_SCHEMAS};
+use crate::server::{self, from_hex, hex_names, quote_ident, sql_literal, Role, Server};
 
 /// How long a script, a rule, a dump or a load may take.
 const LONG: Duration = Duration::from_secs(24 * 3600);
@@ -171,7 +171,7 @@ fn mask_sql(server: &Server, rule: &MaskRule, db: &str, table: &str, secret: &st
     let body = match replacement(rule, &col, secret)? {
         Some(expr) => format!("UPDATE {full} SET {col} = {expr} WHERE {col} IS NOT NULL;\n"),
         None => {
-            let key = names_of(server.sql_in(
+            let key = server.sql_in(
                 None,
                 &format!(
                     "SELECT HEX(COLUMN_NAME) FROM information_schema.KEY_COLUMN_USAGE \
@@ -180,7 +180,8 @@ fn mask_sql(server: &Server, rule: &MaskRule, db: &str, table: &str, secret: &st
                     sql_literal(db),
                     sql_literal(table)
                 ),
-            )?)?;
+            )?;
+            let key = hex_names(&key, "a column name")?;
             if key.is_empty() {
                 return Err(Error::Other(format!(
                     "masking rule {}.{}: shuffle needs a primary key on {}.{}",
@@ -192,19 +193,6 @@ fn mask_sql(server: &Server, rule: &MaskRule, db: &str, table: &str, secret: &st
         }
     };
     Ok(format!("SET SESSION foreign_key_checks = 0;\n{body}"))
-}
-
-/// Names the client printed in hex, one a line.
-fn names_of(hex_lines: String) -> Result<Vec<String>> {
-    hex_lines
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|hex| {
-            from_hex(hex.trim())
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| Error::Other(format!("the client printed {hex:?} as a name")))
-        })
-        .collect()
 }
 
 /// Prepares the copy at `data_dir` with `transform` applied: see the module's comment.
@@ -329,13 +317,7 @@ fn transform_copy(
     }
 
     // The databases and the `mysql` rows, dumped.
-    let databases = names_of(server.sql_in(
-        None,
-        &format!(
-            "SELECT HEX(SCHEMA_NAME) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT IN ({}) ORDER BY 1",
-            SYSTEM_SCHEMAS.map(sql_literal).join(", ")
-        ),
-    )?)?;
+    let databases = server.user_databases()?;
     let dump = spec.run_dir.join(DUMP);
     let system_dump = spec.run_dir.join(SYSTEM_DUMP);
     if !databases.is_empty() {

@@ -491,15 +491,33 @@ impl Server {
     fn hosts_of(&self, user: &str) -> Result<Vec<String>> {
         let out =
             self.sql_in(None, &format!("SELECT HEX(Host) FROM mysql.global_priv WHERE User = {}", sql_literal(user)))?;
-        out.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|hex| {
-                from_hex(hex.trim())
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| Error::Other(format!("the client printed {hex:?} as a host")))
-            })
-            .collect()
+        hex_names(&out, "a host")
     }
+
+    /// The databases but the system ones, by name.
+    pub(crate) fn user_databases(&self) -> Result<Vec<String>> {
+        let out = self.sql_in(
+            None,
+            &format!(
+                "SELECT HEX(SCHEMA_NAME) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT IN ({}) ORDER BY 1",
+                SYSTEM_SCHEMAS.map(sql_literal).join(", ")
+            ),
+        )?;
+        hex_names(&out, "a database name")
+    }
+}
+
+/// Names the client printed in hex (so that any name reads back exactly), one a line; `what`
+/// says what they are, for the error.
+pub(crate) fn hex_names(out: &str, what: &str) -> Result<Vec<String>> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|hex| {
+            from_hex(hex.trim())
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| Error::Other(format!("the client printed {hex:?} as {what}")))
+        })
+        .collect()
 }
 
 /// The `mysql_native_password` hash of a password: `*` and the upper-case hex of
@@ -579,22 +597,13 @@ impl engine::Instance for Server {
         }
         let name = sql_literal(user);
         let hash = sql_literal(&native_hash(password));
-        let schemas = self.sql_in(
-            None,
-            &format!(
-                "SELECT HEX(SCHEMA_NAME) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT IN ({})",
-                SYSTEM_SCHEMAS.map(sql_literal).join(", ")
-            ),
-        )?;
+        let schemas = self.user_databases()?;
         let mut sql = format!(
             "CREATE USER IF NOT EXISTS {name}@'%' IDENTIFIED BY PASSWORD {hash};\n\
              ALTER USER {name}@'%' IDENTIFIED BY PASSWORD {hash};\n\
              REVOKE ALL PRIVILEGES, GRANT OPTION FROM {name}@'%';\n"
         );
-        for hex in schemas.lines().filter(|l| !l.trim().is_empty()) {
-            let schema = from_hex(hex.trim())
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| Error::Other(format!("the client printed {hex:?} as a database name")))?;
+        for schema in schemas {
             // In GRANT, `_` and `%` in a database name are wildcards.
             let pattern = schema.replace('\\', "\\\\").replace('_', "\\_").replace('%', "\\%");
             sql.push_str(&format!("GRANT ALL PRIVILEGES ON {}.* TO {name}@'%';\n", quote_ident(&pattern)));

@@ -18,7 +18,7 @@ use api::{Clone, Image, ImageStatus, Operation};
 use serde_json::Value;
 use support::daemon::{psql, Daemon, UrlOf};
 use support::pg::Server;
-use support::residue::search;
+use support::residue::{expect_failed_image, search};
 
 const PEOPLE: u32 = 400;
 
@@ -184,17 +184,9 @@ days = 30
         ("nocolumn", vec!["--mask", missing.to_str().unwrap()], "no column"),
         ("badscript", vec!["--script", failing.to_str().unwrap()], "modification script failing.sql"),
     ] {
-        let mut all = vec!["image", "create", name, "--from-dir", src];
+        let mut all = vec!["--from-dir", src];
         all.extend(args);
-        let err = d.cli::<Value>(&all).unwrap_err();
-        assert!(err.contains(expected), "{name}: {err}");
-        let failed: Image = d.ok(&["image", "show", name]);
-        assert_eq!(failed.status, ImageStatus::Failed, "{failed:?}");
-        let images = d.data_dir.join("images");
-        assert!(!images.join(name).exists() && !images.join(format!("{name}.partial")).exists(), "{name} left files");
-        let refused = d.cli::<Value>(&["clone", "create", &format!("{name}-c"), "--image", name]).unwrap_err();
-        assert!(refused.contains("not ready"), "{refused}");
-        d.ok::<Operation>(&["image", "rm", name]);
+        expect_failed_image(&d, name, &all, expected);
     }
 
     // Bad rules are refused before anything is copied.

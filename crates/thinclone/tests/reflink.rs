@@ -108,7 +108,7 @@ fn write_pages(file: &Path, pages: u64) {
     let slots = len / 8192;
     // A stride prime to the slot count touches each page at most once.
     let stride = 7919;
-    assert!(slots % stride != 0 && pages <= slots);
+    assert!(!slots.is_multiple_of(stride) && pages <= slots);
     for i in 0..pages {
         let page = vec![(i % 251) as u8 + 1; 8192];
         f.write_all_at(&page, (i * stride % slots) * 8192).unwrap();

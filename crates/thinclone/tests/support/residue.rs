@@ -34,3 +34,22 @@ pub fn search(dir: &Path, values: &[String]) -> Option<(PathBuf, String)> {
     }
     None
 }
+
+/// Makes image `name` with `args` after `image create NAME`, which must fail with a message
+/// containing `expected`, and checks that it failed closed: the image is `failed`, none of
+/// its files is left, no clone can be made of it. Then removes it.
+pub fn expect_failed_image(d: &super::daemon::Daemon, name: &str, args: &[&str], expected: &str) {
+    let mut all = vec!["image", "create", name];
+    all.extend(args);
+    let started = std::time::Instant::now();
+    let err = d.cli::<serde_json::Value>(&all).unwrap_err();
+    eprintln!("{name} failed in {} ms", started.elapsed().as_millis());
+    assert!(err.contains(expected), "{name}: {err}");
+    let failed: api::Image = d.ok(&["image", "show", name]);
+    assert_eq!(failed.status, api::ImageStatus::Failed, "{failed:?}");
+    let images = d.data_dir.join("images");
+    assert!(!images.join(name).exists() && !images.join(format!("{name}.partial")).exists(), "{name} left files");
+    let refused = d.cli::<serde_json::Value>(&["clone", "create", &format!("{name}-c"), "--image", name]).unwrap_err();
+    assert!(refused.contains("not ready"), "{refused}");
+    d.ok::<api::Operation>(&["image", "rm", name]);
+}
