@@ -71,7 +71,7 @@ fn backup_info(dir: &Path) -> Option<String> {
 /// The creator written at offset 16 of the redo log's header since 10.5: `MariaDB 10.11.19`
 /// (or `Backup 10.11.19` after `mariadb-backup --prepare`).
 fn redo_log_creator(dir: &Path) -> Option<String> {
-    let mut file = sys::untrusted::open_read(&dir.join("ib_logfile0")).ok()?;
+    let mut file = sys::untrusted::open_read(&crate::server::redo_log(dir)).ok()?;
     let mut header = [0u8; 48];
     file.read_exact(&mut header).ok()?;
     let creator = String::from_utf8_lossy(&header[16..48]).trim_end_matches('\0').to_owned();

@@ -214,9 +214,8 @@ impl engine::Engine for Mariadb {
     }
 
     fn commit_dirs(&self) -> &'static [&'static str] {
-        // InnoDB's redo log (ib_logfile0) and system tablespace are files at the top of the
-        // data directory, not a directory of their own that a link could stand for.
-        &[]
+        // An image's redo log, moved into a directory of its own when it is prepared.
+        &[server::REDO_DIR]
     }
 }
 

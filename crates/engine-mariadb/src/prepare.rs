@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use engine::{Error, ImageFacts, InstanceSpec, Result, User};
 
 use crate::datadir::{self, live_server};
 use crate::install::Search;
-use crate::server::{self, Role, LOG};
+use crate::server::{self, Role, LOG, REDO_DIR, REDO_LOG};
 
 /// Recovery of a large copy may take long.
 pub(crate) const RECOVERY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -70,6 +71,7 @@ pub(crate) fn prepare(search: &Search, data_dir: &Path, run_dir: &Path, user: &U
         });
     }
     remove_if_there(&data_dir.join("ib_buffer_pool"))?;
+    keep_redo_apart(data_dir)?;
     Ok(ImageFacts { version, superuser: SUPERUSER.into() })
 }
 
@@ -95,6 +97,16 @@ pub(crate) fn root_sql() -> String {
 /// Removes what a backup or a server left that no clone needs: the backup's notes, a buffer
 /// pool dump (never loaded by clones), a temporary tablespace, stale pid files.
 pub(crate) fn remove_leftovers(data_dir: &Path) -> Result<()> {
+    // A copy with a redo log at the top (what a server or a backup of a clone wrote) and a
+    // redo directory too: the directory is a stale copy, and would be the one used.
+    let redo_dir = data_dir.join(REDO_DIR);
+    if data_dir.join(REDO_LOG).is_file() && fs::symlink_metadata(&redo_dir).is_ok() {
+        tracing::info!(data_dir = %data_dir.display(), "removing a stale {REDO_DIR} beside the redo log");
+        match fs::symlink_metadata(&redo_dir) {
+            Ok(m) if m.is_dir() => sys::tree::remove(&redo_dir)?,
+            _ => remove_if_there(&redo_dir)?,
+        }
+    }
     for entry in fs::read_dir(data_dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -124,6 +136,26 @@ pub(crate) fn prepare_spec(version: &str, data_dir: &Path, run_dir: &Path, user:
         memory: Some("128MB".into()),
         read_only: false,
     }
+}
+
+/// Moves the redo log of a prepared image into [`REDO_DIR`], where clones' servers are
+/// told to find it (and where the cowfs driver keeps it off FUSE). Durable: the log and
+/// both directories are synced.
+fn keep_redo_apart(data_dir: &Path) -> Result<()> {
+    let top = data_dir.join(REDO_LOG);
+    if !fs::symlink_metadata(&top).is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
+    let dir = data_dir.join(REDO_DIR);
+    std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700).create(&dir)?;
+    let owner = fs::metadata(data_dir)?;
+    if sys::user::running_as_root() {
+        std::os::unix::fs::lchown(&dir, Some(owner.uid()), Some(owner.gid()))?;
+    }
+    fs::rename(&top, dir.join(REDO_LOG))?;
+    sys::crashsafe::fsync_dir(&dir)?;
+    sys::crashsafe::fsync_dir(data_dir)?;
+    Ok(())
 }
 
 pub(crate) fn tail(text: &str) -> String {

@@ -44,8 +44,26 @@ pub(crate) const LOG: &str = "mariadbd.log";
 const FILES_DIR: &str = "files";
 /// The buffer pool of an instance whose spec names no memory.
 const DEFAULT_BUFFER_POOL: &str = "64M";
-/// The smallest redo log an image gets: MariaDB's default `innodb_log_file_size`.
+/// The size of an image's redo log: MariaDB's default `innodb_log_file_size` (or 4 MiB more,
+/// see [`args`]).
 const IMAGE_REDO_LOG: u64 = 96 << 20;
+/// The directory of an image's data directory that holds its redo log (`ib_logfile0`),
+/// apart from the rest so that the cowfs driver can keep it off FUSE. Its name starts with
+/// a dot and is given to `--ignore-db-dirs`, so that the server lists no such database.
+pub(crate) const REDO_DIR: &str = ".thinclone-redo";
+/// The redo log's file name.
+pub(crate) const REDO_LOG: &str = "ib_logfile0";
+
+/// Where the redo log of the data directory `data_dir` is: in [`REDO_DIR`] when there is
+/// one, else at the top.
+pub(crate) fn redo_log(data_dir: &Path) -> PathBuf {
+    let dir = data_dir.join(REDO_DIR);
+    if dir.is_dir() {
+        dir.join(REDO_LOG)
+    } else {
+        data_dir.join(REDO_LOG)
+    }
+}
 /// How long a statement run by [`Server::sql`] may take.
 const SQL_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long SIGKILL may take to end a server.
@@ -76,8 +94,9 @@ pub(crate) enum Role {
 /// - small caches (`innodb_buffer_pool_size` from the spec's memory, Aria's page cache and
 ///   MyISAM's key buffer 8M), no buffer pool dump or load (a dump would be written into the
 ///   data directory at each stop);
-/// - `innodb_log_file_size` as the image's redo log is, so that no clone resizes it (the
-///   server preparing an image grows one smaller than MariaDB's default 96 MiB to it).
+/// - the redo log in [`REDO_DIR`] when the data directory has one; `innodb_log_file_size`
+///   as the image's redo log is, so that no clone resizes it (the server preparing an image
+///   makes a new one).
 pub(crate) fn args(spec: &InstanceSpec, role: Role) -> Vec<String> {
     let run = |name: &str| spec.run_dir.join(name).display().to_string();
     let mut a: Vec<String> = vec![
@@ -109,12 +128,26 @@ pub(crate) fn args(spec: &InstanceSpec, role: Role) -> Vec<String> {
     if !temp.contains(':') {
         a.push(format!("--innodb-temp-data-file-path={temp}:1M:autoextend"));
     }
-    if let Ok(redo) = fs::symlink_metadata(spec.data_dir.join("ib_logfile0")) {
+    // An image keeps its redo log in a directory of its own, which the cowfs driver keeps
+    // off FUSE (`Engine::commit_dirs`); the server is told, and told not to take the
+    // directory for a database.
+    let redo_dir = spec.data_dir.join(REDO_DIR);
+    if redo_dir.is_dir() {
+        a.push(format!("--innodb-log-group-home-dir={}", redo_dir.display()));
+        a.push(format!("--ignore-db-dirs={REDO_DIR}"));
+    }
+    if let Ok(redo) = fs::metadata(redo_log(&spec.data_dir)) {
         if redo.is_file() && redo.len() > 0 {
-            // The server that prepares an image grows a smaller log to MariaDB's default
-            // (`mariadb-backup --prepare` leaves 4 MiB, which would make every clone of a
-            // live image checkpoint far more often than its source did).
-            let size = if role == Role::Prepare { redo.len().max(IMAGE_REDO_LOG) } else { redo.len() };
+            // The server that prepares an image always starts with another size than the
+            // copy's log has, so that InnoDB writes a new log: after its clean shutdown the
+            // log is zeros but for a few KiB, which a clone's copy of it skips. 96 MiB
+            // (MariaDB's default), or 100 MiB when the copy's was 96 MiB. A clone runs with
+            // the size its image has, so that it never rewrites the log.
+            let size = match role {
+                Role::Prepare if redo.len() == IMAGE_REDO_LOG => IMAGE_REDO_LOG + (4 << 20),
+                Role::Prepare => IMAGE_REDO_LOG,
+                Role::Clone => redo.len(),
+            };
             a.push(format!("--innodb-log-file-size={size}"));
         }
     }

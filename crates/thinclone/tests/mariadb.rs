@@ -112,6 +112,12 @@ fn mariadb_images_and_clones() {
         clones.iter().map(|c| (c.name.as_str(), c.stored_bytes >> 10)).collect::<Vec<_>>()
     );
     let urls: Vec<String> = clones.iter().map(|c| c.url().to_owned()).collect();
+    // A cowfs clone's redo log is on the host's filesystem beside its layer, not behind FUSE,
+    // and its directory is no database.
+    let native_redo = d.data_dir.join("clones/c1/native/.thinclone-redo/ib_logfile0");
+    assert!(native_redo.is_file(), "{} is missing", native_redo.display());
+    let databases = sql(&urls[0], "SHOW DATABASES");
+    assert!(!databases.contains("thinclone-redo"), "{databases}");
     let ports: Vec<u16> = clones.iter().map(|c| c.port).collect();
     for (i, p) in ports.iter().enumerate() {
         assert!(!ports[..i].contains(p), "ports {ports:?}");
