@@ -100,11 +100,13 @@ pub(crate) fn remove_leftovers(data_dir: &Path) -> Result<()> {
     // A copy with a redo log at the top (what a server or a backup of a clone wrote) and a
     // redo directory too: the directory is a stale copy, and would be the one used.
     let redo_dir = data_dir.join(REDO_DIR);
-    if data_dir.join(REDO_LOG).is_file() && fs::symlink_metadata(&redo_dir).is_ok() {
+    let stale = if data_dir.join(REDO_LOG).is_file() { fs::symlink_metadata(&redo_dir).ok() } else { None };
+    if let Some(meta) = stale {
         tracing::info!(data_dir = %data_dir.display(), "removing a stale {REDO_DIR} beside the redo log");
-        match fs::symlink_metadata(&redo_dir) {
-            Ok(m) if m.is_dir() => sys::tree::remove(&redo_dir)?,
-            _ => remove_if_there(&redo_dir)?,
+        if meta.is_dir() {
+            sys::tree::remove(&redo_dir)?;
+        } else {
+            remove_if_there(&redo_dir)?;
         }
     }
     for entry in fs::read_dir(data_dir)? {

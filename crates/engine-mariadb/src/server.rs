@@ -487,8 +487,7 @@ impl Server {
 
     /// Runs statements as the superuser; returns what they printed (tab-separated rows).
     pub(crate) fn sql_in(&self, database: Option<&str>, sql: &str) -> Result<String> {
-        let out = self.client(database).stdin(sql.as_bytes().to_vec()).run()?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        self.sql_for(database, sql, SQL_TIMEOUT)
     }
 
     /// Runs statements like [`Server::sql_in`], allowed `timeout` (scripts and masking on an
