@@ -224,22 +224,6 @@ fn mariadb_images_and_clones() {
     assert!(procs.is_empty(), "processes left running after the server stopped: {procs:?}");
 }
 
-fn wait_for(d: &Daemon, name: &str, timeout: Duration, done: impl Fn(&api::Clone) -> bool) -> api::Clone {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let clone: api::Clone = d.ok(&["clone", "show", name]);
-        if done(&clone) {
-            return clone;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "clone {name} did not get there within {timeout:?}: {clone:?}\n{}",
-            d.log_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Issue 16, acceptance 2 (at a small scale): kill -9 of a cowfs clone's mount and of its
 /// `mariadbd` while a client inserts one row per transaction; the agent remounts and
 /// restarts the clone, every commit the server acknowledged is there, and `CHECK TABLE`
@@ -323,7 +307,7 @@ fn innodb_on_a_cowfs_clone_survives_kill_9_of_mount_and_server() {
     eprintln!("{} commits acknowledged before the kill", acked.len());
 
     let started = Instant::now();
-    let back = wait_for(&d, "k", Duration::from_secs(120), |c| {
+    let back = d.wait_for_clone("k", Duration::from_secs(120), |c| {
         c.status == CloneStatus::Ready
             && fs::read_to_string(d.data_dir.join("clones/k/mount.pid"))
                 .is_ok_and(|p| p.trim() != mount_pid.to_string())

@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use api::{Clone, Image, ImageStatus, Operation};
 use support::daemon::{Daemon, UrlOf};
 use support::mariadb::{query, Source};
-use support::residue::{expect_failed_image, search};
+use support::residue::{check_fails_closed, search};
 
 const PEOPLE: u32 = 400;
 
@@ -217,27 +217,9 @@ strategy = "shuffle"
     assert!(query(&app, "DELETE FROM shop.orders").is_err(), "app was given SELECT only");
     d.ok::<Operation>(&["clone", "rm", "m"]);
 
-    // Fails closed: a rule naming a missing column, a failing script, and a copy of a masked
-    // column that no rule names (the byte search finds the originals).
-    let missing = w.join("missing.toml");
-    fs::write(&missing, "[[rule]]\ntable = \"shop.customers\"\ncolumn = \"ssn\"\nstrategy = \"hash\"\n").unwrap();
-    let failing = w.join("failing.sql");
-    fs::write(&failing, "SELECT 1;\nSELECT no_such_function();\n").unwrap();
-    let leak = w.join("leak.sql");
-    fs::write(&leak, "CREATE TABLE shop.leaked AS SELECT email, name FROM shop.customers;\n").unwrap();
-    for (name, args, expected) in [
-        (
-            "leaky",
-            vec!["--mask", rules.to_str().unwrap(), "--script", leak.to_str().unwrap()],
-            "masking left an original value",
-        ),
-        ("nocolumn", vec!["--mask", missing.to_str().unwrap()], "no column ssn"),
-        ("badscript", vec!["--script", failing.to_str().unwrap()], "modification script failing.sql"),
-    ] {
-        let mut all = vec!["--from-dir", src];
-        all.extend(args);
-        expect_failed_image(&d, name, &all, expected);
-    }
+    // Fails closed: a rule naming a missing column, a failing script, and a copy of masked
+    // columns that no rule names (the byte search finds the originals).
+    check_fails_closed(&d, w, src, &rules, "shop", "no column ssn");
     // No masking dump is left in a run directory.
     let left: Vec<_> = support::residue::files(&d.data_dir)
         .into_iter()

@@ -18,7 +18,7 @@ use api::{Clone, Image, ImageStatus, Operation};
 use serde_json::Value;
 use support::daemon::{psql, Daemon, UrlOf};
 use support::pg::Server;
-use support::residue::{expect_failed_image, search};
+use support::residue::{check_fails_closed, search};
 
 const PEOPLE: u32 = 400;
 
@@ -167,27 +167,9 @@ days = 30
     assert!(orphan.contains("foreign key"), "{orphan}");
     d.ok::<Operation>(&["clone", "rm", "m"]);
 
-    // Fails closed: a rule naming a missing column, a failing script.
-    let missing = w.join("missing.toml");
-    fs::write(&missing, "[[rule]]\ntable = \"public.customers\"\ncolumn = \"ssn\"\nstrategy = \"hash\"\n").unwrap();
-    let failing = w.join("failing.sql");
-    fs::write(&failing, "SELECT 1;\nSELECT no_such_function();\n").unwrap();
-    // A copy of a masked column that no rule names: the byte search finds the originals.
-    let leak = w.join("leak.sql");
-    fs::write(&leak, "CREATE TABLE leaked AS SELECT email, name FROM customers;\n").unwrap();
-    for (name, args, expected) in [
-        (
-            "leaky",
-            vec!["--mask", rules.to_str().unwrap(), "--script", leak.to_str().unwrap()],
-            "masking left an original value",
-        ),
-        ("nocolumn", vec!["--mask", missing.to_str().unwrap()], "no column"),
-        ("badscript", vec!["--script", failing.to_str().unwrap()], "modification script failing.sql"),
-    ] {
-        let mut all = vec!["--from-dir", src];
-        all.extend(args);
-        expect_failed_image(&d, name, &all, expected);
-    }
+    // Fails closed: a rule naming a missing column, a failing script, and a copy of masked
+    // columns that no rule names (the byte search finds the originals).
+    check_fails_closed(&d, w, src, &rules, "public", "no column");
 
     // Bad rules are refused before anything is copied.
     let unqualified = w.join("unqualified.toml");

@@ -57,23 +57,6 @@ fn sql(url: &str, query: &str) -> String {
     psql(url, query).unwrap_or_else(|e| panic!("psql {url} -c {query:?} failed: {e}"))
 }
 
-/// Polls `clone show` until `done` holds, for up to `timeout`; returns the clone then.
-fn wait_for(d: &Daemon, name: &str, timeout: Duration, done: impl Fn(&api::Clone) -> bool) -> api::Clone {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let clone: api::Clone = d.ok(&["clone", "show", name]);
-        if done(&clone) {
-            return clone;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "clone {name} did not get there within {timeout:?}: {clone:?}\n{}",
-            d.log_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// A small stopped pgbench cluster (scale 5, about 80 MB) in `work/NAME`.
 fn small_source(work: &Path, name: &str, port: u16) -> Server {
     let source = Server::new(&work.join(name), port, work);
@@ -111,7 +94,7 @@ fn a_clone_that_fails_to_start_is_kept() {
 
     drop(squatter);
     d.restart();
-    let back = wait_for(&d, "c", Duration::from_secs(30), |c| c.status == CloneStatus::Ready);
+    let back = d.wait_for_clone("c", Duration::from_secs(30), |c| c.status == CloneStatus::Ready);
     assert_eq!((back.port, back.url()), (clone.port, clone.url()));
     assert_eq!(sql(clone.url(), "SELECT v FROM precious"), "kept");
     assert!(!d.log_since_start().contains("removing"), "{}", d.log_since_start());
@@ -138,7 +121,7 @@ fn a_dead_mount_is_seen_and_repaired() {
     let killed = mount_pid(&d);
     unsafe { libc::kill(killed, libc::SIGKILL) };
     let started = Instant::now();
-    let back = wait_for(&d, "c", Duration::from_secs(30), |c| {
+    let back = d.wait_for_clone("c", Duration::from_secs(30), |c| {
         c.status == CloneStatus::Ready && {
             fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).is_ok_and(|p| p.trim() != killed.to_string())
         }
@@ -154,7 +137,7 @@ fn a_dead_mount_is_seen_and_repaired() {
     let killed = mount_pid(&d);
     unsafe { libc::kill(killed, libc::SIGKILL) };
     let started = Instant::now();
-    let degraded = wait_for(&d, "c", Duration::from_secs(10), |c| c.status == CloneStatus::Degraded);
+    let degraded = d.wait_for_clone("c", Duration::from_secs(10), |c| c.status == CloneStatus::Degraded);
     eprintln!("a killed mount was shown degraded after {} ms: {:?}", started.elapsed().as_millis(), degraded.message);
     assert!(degraded.message.as_deref().unwrap_or("").contains("the cowfs mount) died"), "{degraded:?}");
     let started_again: api::Clone = d.ok(&["clone", "start", "c"]);
@@ -163,7 +146,7 @@ fn a_dead_mount_is_seen_and_repaired() {
 
     // rm of a clone whose mount is dead.
     unsafe { libc::kill(mount_pid(&d), libc::SIGKILL) };
-    wait_for(&d, "c", Duration::from_secs(10), |c| c.status == CloneStatus::Degraded);
+    d.wait_for_clone("c", Duration::from_secs(10), |c| c.status == CloneStatus::Degraded);
     let op: Operation = d.ok(&["clone", "rm", "c"]);
     assert_eq!(op.state, api::OperationState::Succeeded, "{op:?}");
     assert!(!d.data_dir.join("clones/c").exists());
@@ -404,7 +387,7 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
     }
     eprintln!("clone a committed {committed} batches before: {full_error}");
     assert!(committed > 0 && !full_error.is_empty(), "the disk never filled");
-    let degraded = wait_for(&d, "a", Duration::from_secs(15), |c| c.status == CloneStatus::Degraded);
+    let degraded = d.wait_for_clone("a", Duration::from_secs(15), |c| c.status == CloneStatus::Degraded);
     assert!(degraded.message.as_deref().unwrap_or("").contains("disk full"), "{degraded:?}");
     // The other clone and the image are untouched.
     assert_eq!(sql(b.url(), "SELECT v FROM mine"), "b");
@@ -413,7 +396,7 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
 
     // Space comes back: the clone works again, with every committed batch.
     fs::remove_file(&ballast).unwrap();
-    let back = wait_for(&d, "a", Duration::from_secs(60), |c| c.status == CloneStatus::Ready);
+    let back = d.wait_for_clone("a", Duration::from_secs(60), |c| c.status == CloneStatus::Ready);
     let counted: u64 = sql(back.url(), "SELECT count(DISTINCT n) FROM filler").parse().unwrap();
     assert!(counted >= committed, "only {counted} of {committed} committed batches are there");
     sql(back.url(), "INSERT INTO filler VALUES (-1, 'after')");

@@ -3,6 +3,8 @@
 //! pgbench on a cowfs clone of a PostgreSQL cluster (A) against a full copy (B), A B A B.
 //! Writes the `cowfs` section of BENCHMARKS.md and bench/results/cowfs.json.
 
+// The report is written into Strings with `writeln!`, whose result is dropped (`let _ =`):
+// writing to a String cannot fail.
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Write};

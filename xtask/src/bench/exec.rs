@@ -191,6 +191,28 @@ impl Exec {
         }
     }
 
+    /// Runs `cmd` every 10 ms until it succeeds (a server's readiness check, `what` it runs);
+    /// fails after `timeout` with the last failure. The tries are not written to the command
+    /// log: one line says what was done.
+    pub fn run_until_ok(&self, cmd: &Cmd, what: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        self.note(&format!("{}   # repeated every 10 ms until it succeeds", cmd.line()));
+        let mut last_error = None;
+        while Instant::now() < deadline {
+            check_interrupted()?;
+            match cmd.program().run() {
+                Ok(_) => return Ok(()),
+                Err(e) => last_error = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!(
+            "no successful {what} within {} s: {}",
+            timeout.as_secs(),
+            last_error.map_or_else(String::new, |e| e.to_string())
+        )
+    }
+
     /// Runs a short command to its end and returns its output; a failure carries its stderr.
     pub fn run(&self, cmd: &Cmd) -> Result<Output> {
         check_interrupted()?;

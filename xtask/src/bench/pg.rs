@@ -5,12 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use sys::User;
 
-use super::exec::{self, tail, Cmd, Exec};
+use super::exec::{tail, Cmd, Exec};
 use super::progress::warn;
 
 /// The programs the benchmarks need.
@@ -86,26 +86,10 @@ impl Pg {
     /// Runs `SELECT 1` every 10 ms until it succeeds; fails after `timeout`. The tries are
     /// not written to the command log (one line says what was done).
     pub fn wait_select1(&self, exec: &Exec, conn: &Conn, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
         let cmd = conn
             .apply(Cmd::new(self.program("psql")).args(["-X", "-A", "-t", "-q", "-c", "select 1"]))
             .timeout(Duration::from_secs(30));
-        exec.note(&format!("{}   # repeated every 10 ms until it succeeds", cmd.line()));
-        let mut last_error = None;
-        while Instant::now() < deadline {
-            exec::check_interrupted()?;
-            let attempt = cmd.program().run();
-            match attempt {
-                Ok(_) => return Ok(()),
-                Err(e) => last_error = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        bail!(
-            "no successful SELECT 1 within {} s: {}",
-            timeout.as_secs(),
-            last_error.map_or_else(String::new, |e| e.to_string())
-        )
+        exec.run_until_ok(&cmd, "SELECT 1", timeout)
     }
 }
 

@@ -256,6 +256,23 @@ impl Daemon {
         log.rsplit_once(&marker).map_or(log.clone(), |(_, after)| after.to_owned())
     }
 
+    /// Polls `clone show` until `done` holds, for up to `timeout`; returns the clone then.
+    pub fn wait_for_clone(&self, name: &str, timeout: Duration, done: impl Fn(&api::Clone) -> bool) -> api::Clone {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let clone: api::Clone = self.ok(&["clone", "show", name]);
+            if done(&clone) {
+                return clone;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clone {name} did not get there within {timeout:?}: {clone:?}\n{}",
+                self.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let log = fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = log.lines().collect();

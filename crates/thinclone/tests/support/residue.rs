@@ -53,3 +53,38 @@ pub fn expect_failed_image(d: &super::daemon::Daemon, name: &str, args: &[&str],
     assert!(refused.contains("not ready"), "{refused}");
     d.ok::<api::Operation>(&["image", "rm", name]);
 }
+
+/// The three ways an image of the source at `src` (`--from-dir`) must fail closed, whatever
+/// its engine: a rule naming a missing column of `{schema}.customers` (with `no_column` in
+/// the message), a failing script, and a copy of masked columns into a table no rule names
+/// (which the byte search of the image finds, with `rules` the masking rules). Their files
+/// are written into `work`.
+pub fn check_fails_closed(
+    d: &super::daemon::Daemon,
+    work: &Path,
+    src: &str,
+    rules: &Path,
+    schema: &str,
+    no_column: &str,
+) {
+    let missing = work.join("missing.toml");
+    fs::write(&missing, format!("[[rule]]\ntable = \"{schema}.customers\"\ncolumn = \"ssn\"\nstrategy = \"hash\"\n"))
+        .unwrap();
+    let failing = work.join("failing.sql");
+    fs::write(&failing, "SELECT 1;\nSELECT no_such_function();\n").unwrap();
+    let leak = work.join("leak.sql");
+    fs::write(&leak, format!("CREATE TABLE {schema}.leaked AS SELECT email, name FROM {schema}.customers;\n")).unwrap();
+    for (name, args, expected) in [
+        (
+            "leaky",
+            ["--mask", rules.to_str().unwrap(), "--script", leak.to_str().unwrap()].as_slice(),
+            "masking left an original value",
+        ),
+        ("nocolumn", ["--mask", missing.to_str().unwrap()].as_slice(), no_column),
+        ("badscript", ["--script", failing.to_str().unwrap()].as_slice(), "modification script failing.sql"),
+    ] {
+        let mut all = vec!["--from-dir", src];
+        all.extend(args);
+        expect_failed_image(d, name, &all, expected);
+    }
+}

@@ -1,6 +1,8 @@
 //! The MariaDB benchmark's results: bench/results/mariadb.json and the `mariadb` section of
 //! BENCHMARKS.md.
 
+// The report is written into Strings with `writeln!`, whose result is dropped (`let _ =`):
+// writing to a String cannot fail.
 use std::fmt::Write as _;
 
 use serde::Serialize;

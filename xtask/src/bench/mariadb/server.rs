@@ -113,22 +113,7 @@ impl Target {
 /// (one line says what was done).
 pub fn wait_select1(exec: &Exec, cmd: Cmd, timeout: Duration) -> Result<()> {
     let cmd = cmd.args(["-e", "SELECT 1"]).timeout(Duration::from_secs(30));
-    exec.note(&format!("{}   # repeated every 10 ms until it succeeds", cmd.line()));
-    let deadline = Instant::now() + timeout;
-    let mut last_error = None;
-    while Instant::now() < deadline {
-        exec::check_interrupted()?;
-        match cmd.program().run() {
-            Ok(_) => return Ok(()),
-            Err(e) => last_error = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bail!(
-        "no successful SELECT 1 within {} s: {}",
-        timeout.as_secs(),
-        last_error.map_or_else(String::new, |e| e.to_string())
-    )
+    exec.run_until_ok(&cmd, "SELECT 1", timeout)
 }
 
 /// The source: a data directory made by `mariadb-install-db`, its `mariadbd` run as

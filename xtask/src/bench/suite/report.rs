@@ -2,6 +2,8 @@
 //! run, the summaries, the claims, the phases) and the `suite` section of BENCHMARKS.md.
 
 use std::collections::BTreeMap;
+// The report is written into Strings with `writeln!`, whose result is dropped (`let _ =`):
+// writing to a String cannot fail.
 use std::fmt::Write as _;
 
 use serde::Serialize;
