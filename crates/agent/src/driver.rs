@@ -101,7 +101,7 @@ pub enum DriverError {
 
 impl DriverError {
     fn from_io(what: &str, e: io::Error) -> DriverError {
-        if e.raw_os_error() == Some(libc::ENOSPC) {
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull {
             DriverError::DiskFull { what: what.into(), detail: e.to_string() }
         } else {
             DriverError::Failed { what: what.into(), detail: e.to_string() }
@@ -126,7 +126,8 @@ fn io_ctx<T>(what: &str, r: io::Result<T>) -> Result<T> {
 pub trait Driver: Send + Sync {
     fn kind(&self) -> Kind;
 
-    /// Makes a clone's storage in `clone_dir` (which exists) from `image`.
+    /// Makes a clone's storage in `clone_dir` (which exists, and holds no storage and
+    /// nothing still writing into it) from `image`.
     fn create(&self, image: &Path, clone_dir: &Path) -> Result<()>;
 
     /// Makes the clone's data directory usable, presented as owned by `owner`.
@@ -206,6 +207,9 @@ pub trait Driver: Send + Sync {
     /// again after a crash finishes it.
     fn rebuild(&self, image: &Path, clone_dir: &Path, keep: &[&str]) -> Result<()> {
         self.clean_leftovers(clone_dir)?;
+        // `create` takes the directory for a new clone's: copies a killed agent left
+        // running into it (a copy driver's data.new, a checkpoint's spare) end first.
+        stop_copies_into(&clone_dir.join("data.new"));
         stop_copies_into(&clone_dir.join("checkpoints"));
         let entries = io_ctx("listing the clone's storage", fs::read_dir(clone_dir))?;
         for entry in entries {
@@ -567,9 +571,17 @@ impl CopyDriver {
     /// in for `data`:
     /// `data` → `data.old`, `data.new` → `data`, then `data.old` is removed. A crash at any
     /// point leaves a state that [`Driver::recover`] completes.
-    fn copy_in(&self, image: &Path, clone_dir: &Path, what: &str) -> Result<()> {
+    ///
+    /// `new_clone`: the clone's directory was made just now, by a create that found no
+    /// record of it, so no copy of an earlier agent can be writing there (one that was
+    /// killed during a create left a record, and its recovery stopped the copy). Looking
+    /// for one reads every process's command line, a few milliseconds saved from each
+    /// clone's time to ready.
+    fn copy_in(&self, image: &Path, clone_dir: &Path, what: &str, new_clone: bool) -> Result<()> {
         let fresh = clone_dir.join("data.new");
-        stop_copies_into(&fresh);
+        if !new_clone {
+            stop_copies_into(&fresh);
+        }
         io_ctx(what, sys::tree::remove(&fresh))?;
         if self.data == CopyData::Reflink {
             // Before the copy: its files inherit how they are to be unshared.
@@ -590,7 +602,7 @@ impl Driver for CopyDriver {
     }
 
     fn create(&self, image: &Path, clone_dir: &Path) -> Result<()> {
-        self.copy_in(image, clone_dir, "copying the image")
+        self.copy_in(image, clone_dir, "copying the image", true)
     }
 
     fn attach(&self, _image: &Path, clone_dir: &Path, owner: &User) -> Result<Attached> {
@@ -612,7 +624,7 @@ impl Driver for CopyDriver {
     }
 
     fn reset(&self, image: &Path, clone_dir: &Path) -> Result<()> {
-        self.copy_in(image, clone_dir, "copying the image afresh")
+        self.copy_in(image, clone_dir, "copying the image afresh", false)
     }
 
     fn recover(&self, clone_dir: &Path) -> Result<()> {
@@ -717,7 +729,7 @@ impl Driver for CopyDriver {
         _layer: Option<u64>,
         clone_dir: &Path,
     ) -> Result<()> {
-        self.copy_in(&checkpoint.join("data"), clone_dir, "copying the checkpoint's files")
+        self.copy_in(&checkpoint.join("data"), clone_dir, "copying the checkpoint's files", true)
     }
 
     fn checkpoint_bytes(&self, image: &Path, clone_dir: &Path, dir: &Path, _layer: Option<u64>) -> io::Result<u64> {

@@ -18,8 +18,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
-/// `_IOW(0x94, 9, int)`: make the destination share the source's blocks.
-const FICLONE: libc::c_ulong = 0x4004_9409;
 /// `_IOWR('f', 11, struct fiemap)`.
 const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
 const FIEMAP_FLAG_SYNC: u32 = 0x1;
@@ -137,8 +135,7 @@ pub fn supported(dir: &Path) -> io::Result<bool> {
         let source = OpenOptions::new().read(true).write(true).open(&probe)?;
         io::Write::write_all(&mut &source, b"probe")?;
         let target = OpenOptions::new().write(true).open(&clone)?;
-        // SAFETY: FICLONE with two file descriptors we own.
-        Ok::<bool, io::Error>(unsafe { libc::ioctl(target.as_raw_fd(), FICLONE, source.as_raw_fd()) } == 0)
+        Ok::<bool, io::Error>(sys::reflink::ficlone(&target, &source).is_ok())
     })();
     let _ = fs::remove_file(&probe);
     let _ = fs::remove_file(&clone);

@@ -7,6 +7,7 @@
 //! - [`lock`]: one process per directory;
 //! - [`tree`]: walks of directory trees (sizes, ownership, removal, copies);
 //! - [`procfs`]: what `/proc` says of a process;
+//! - [`reflink`]: copies of trees whose files share their blocks with the original;
 //! - [`wait`]: waiting for a condition with a timeout;
 //! - [`space`]: free space of a filesystem;
 //! - [`untrusted`]: files in directories a less trusted user can write, opened so that a
@@ -18,6 +19,7 @@ pub mod crashsafe;
 pub mod lock;
 pub mod process;
 pub mod procfs;
+pub mod reflink;
 pub mod space;
 pub mod tree;
 pub mod untrusted;

@@ -36,7 +36,11 @@ impl Error {
     pub fn is_disk_full(&self) -> bool {
         match self {
             Error::Failed { stderr, .. } => stderr.contains("No space left on device"),
-            Error::Io(e) | Error::Start { source: e, .. } => e.raw_os_error() == Some(libc::ENOSPC),
+            Error::Io(e) | Error::Start { source: e, .. } => {
+                // An error that says which file it met keeps the kind of the OS error, not
+                // its number.
+                e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == io::ErrorKind::StorageFull
+            }
             Error::TimedOut { .. } => false,
         }
     }

@@ -204,3 +204,101 @@ fn a_page_written_in_a_reflink_clone_unshares_about_a_page() {
         drop(loopfs);
     }
 }
+
+/// Owner, group and modification time of every entry under `root`, symlinks not followed.
+fn owners_and_times(root: &Path) -> std::collections::BTreeMap<PathBuf, (u32, u32, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    support::snapshot(root)
+        .into_keys()
+        .map(|rel| {
+            let meta = fs::symlink_metadata(root.join(&rel)).unwrap();
+            (rel, (meta.uid(), meta.gid(), meta.mtime(), meta.mtime_nsec()))
+        })
+        .collect()
+}
+
+/// The copy a reflink clone is made with (`sys::reflink::copy_tree`, in the agent's process)
+/// keeps what `cp -a` keeps of a data directory, shares every block, follows no symlink, and
+/// fails cleanly where it cannot share blocks or meets a device file.
+#[test]
+fn the_in_process_reflink_copy_keeps_what_cp_a_keeps() {
+    support::require_fuse("the_in_process_reflink_copy_keeps_what_cp_a_keeps");
+    use std::os::unix::fs::{symlink, PermissionsExt as _};
+    let work = tempfile::Builder::new().prefix("thinclone-copytree-").tempdir_in("/var/tmp").unwrap();
+    let outside = work.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret"), b"not to be copied").unwrap();
+    for kind in ["xfs", "btrfs"] {
+        let loopfs = LoopFs::new(kind, work.path(), 1 << 30);
+        let root = &loopfs.mountpoint;
+        let src = root.join("src");
+        fs::create_dir_all(src.join("base/16384")).unwrap();
+        fs::create_dir_all(src.join("empty")).unwrap();
+        let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+        fs::write(src.join("base/16384/1259"), &data).unwrap();
+        fs::write(src.join("PG_VERSION"), b"15\n").unwrap();
+        fs::write(src.join("empty_file"), b"").unwrap();
+        fs::write(src.join("read_only"), b"ro").unwrap();
+        fs::set_permissions(src.join("read_only"), fs::Permissions::from_mode(0o400)).unwrap();
+        fs::set_permissions(src.join("base"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::set_permissions(src.join("empty"), fs::Permissions::from_mode(0o700)).unwrap();
+        symlink("base/16384", src.join("relative_link")).unwrap();
+        symlink(&outside, src.join("link_out")).unwrap();
+        nix::unistd::mkfifo(&src.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+        sys::tree::chown(&src, 70_001, 70_002).unwrap();
+        std::os::unix::fs::lchown(src.join("PG_VERSION"), Some(70_003), Some(70_004)).unwrap();
+        // A directory of many files, copied by several threads; these stay root's, as an
+        // image's files are, some with group and other bits.
+        fs::create_dir(src.join("many")).unwrap();
+        for i in 0..40 {
+            let file = src.join(format!("many/{i}"));
+            fs::write(&file, vec![i as u8; 10_000 + i * 100]).unwrap();
+            let mode = if i % 3 == 0 { 0o644 } else { 0o600 };
+            fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        // Times from the past, as an image's are.
+        let status = std::process::Command::new("touch")
+            .args(["-h", "-d", "2020-01-02 03:04:05.123456789"])
+            .arg(src.join("PG_VERSION"))
+            .arg(src.join("relative_link"))
+            .arg(src.join("base"))
+            .arg(src.join("many/7"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+
+        let ours = root.join("ours");
+        sys::tree::copy(&src, &ours, sys::tree::CopyData::Reflink, None).unwrap();
+        let theirs = root.join("theirs");
+        let out =
+            std::process::Command::new("cp").args(["-a", "--reflink=always"]).arg(&src).arg(&theirs).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(support::snapshot(&ours), support::snapshot(&theirs), "{kind}: modes, data and links");
+        assert_eq!(owners_and_times(&ours), owners_and_times(&theirs), "{kind}: owners and times");
+        assert_eq!(fs::read_link(ours.join("link_out")).unwrap(), outside, "{kind}: a link is copied, not followed");
+        assert!(!ours.join("link_out").symlink_metadata().unwrap().is_dir());
+        // Every block is shared with the source: the copy has no bytes of its own.
+        let own = agent::reflink::exclusive_bytes(&ours).unwrap();
+        eprintln!("{kind}: the copy holds {own} bytes of its own");
+        assert!(own < 64 << 10, "{kind}: the copy holds {own} bytes of its own, not shared");
+
+        // A device file is refused, and the partial copy is gone.
+        let status = std::process::Command::new("mknod").arg(src.join("null")).args(["c", "1", "3"]).status().unwrap();
+        assert!(status.success());
+        let failed = root.join("failed");
+        let err = sys::tree::copy(&src, &failed, sys::tree::CopyData::Reflink, None).unwrap_err();
+        assert!(err.to_string().contains("refusing to copy the device file null"), "{err}");
+        assert!(!failed.exists(), "{kind}: a failed copy left {}", failed.display());
+        drop(loopfs);
+    }
+    // Where blocks cannot be shared (ext4 here), the copy fails and leaves nothing.
+    let ext4 = LoopFs::new("ext4", work.path(), 256 << 20);
+    let src = ext4.mountpoint.join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let to = ext4.mountpoint.join("to");
+    let err = sys::tree::copy(&src, &to, sys::tree::CopyData::Reflink, None).unwrap_err();
+    eprintln!("ext4: {err}");
+    assert!(err.to_string().contains("with shared blocks"), "{err}");
+    assert!(!to.exists());
+}
