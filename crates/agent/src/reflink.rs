@@ -15,7 +15,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 /// `_IOWR('f', 11, struct fiemap)`.
@@ -150,25 +149,16 @@ fn tempfile_in(dir: &Path, name: &str) -> io::Result<std::path::PathBuf> {
 
 /// Bytes of the regular files under `path` that are not shared with any other file.
 pub fn exclusive_bytes(path: &Path) -> io::Result<u64> {
-    let meta = fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        let mut total = 0;
-        for entry in fs::read_dir(path)? {
-            total += exclusive_bytes(&entry?.path())?;
-        }
-        return Ok(total);
-    }
-    if !meta.file_type().is_file() || meta.file_type().is_fifo() {
-        return Ok(0);
-    }
-    // The tree is a clone's, whose OS user may swap a file for a symlink or a FIFO between
-    // the look above and this open: neither is followed nor waited on.
-    let file = match sys::untrusted::open_read(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    file_exclusive_bytes(&file)
+    // A tree that is not there (a clone's files half-way through a reset) is an error, not
+    // a count of nothing.
+    fs::symlink_metadata(path)?;
+    let mut total = 0;
+    // The tree is a clone's, whose OS user may change it meanwhile: see sys::tree::each_file.
+    sys::tree::each_file(path, &mut |file| {
+        total += file_exclusive_bytes(file)?;
+        Ok(())
+    })?;
+    Ok(total)
 }
 
 fn file_exclusive_bytes(file: &File) -> io::Result<u64> {
@@ -207,28 +197,6 @@ fn each_extent(file: &File, mut f: impl FnMut(&FiemapExtent)) -> io::Result<()> 
     }
 }
 
-/// Calls `f` with each regular file under `path` (symlinks and FIFOs not followed).
-fn each_file(path: &Path, f: &mut dyn FnMut(&File) -> io::Result<()>) -> io::Result<()> {
-    let meta = match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        other => other?,
-    };
-    if meta.is_dir() {
-        for entry in fs::read_dir(path)? {
-            each_file(&entry?.path(), f)?;
-        }
-        return Ok(());
-    }
-    if !meta.file_type().is_file() {
-        return Ok(());
-    }
-    match sys::untrusted::open_read(path) {
-        Ok(file) => f(&file),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// Bytes of the files under `path` held by no file under `others`: what `path` alone keeps
 /// on disk, where it shares blocks with files besides those (a checkpoint's second copy of
 /// itself) and with `others` (the clone it came from, the image). Physical ranges, as
@@ -236,7 +204,7 @@ fn each_file(path: &Path, f: &mut dyn FnMut(&File) -> io::Result<()>) -> io::Res
 pub fn own_bytes(path: &Path, others: &[&Path]) -> io::Result<u64> {
     let mut taken: Vec<(u64, u64)> = Vec::new();
     for other in others {
-        each_file(other, &mut |file| {
+        sys::tree::each_file(other, &mut |file| {
             each_extent(file, |e| {
                 if e.fe_flags & FIEMAP_EXTENT_SHARED != 0 {
                     taken.push((e.fe_physical, e.fe_physical + e.fe_length));
@@ -253,7 +221,7 @@ pub fn own_bytes(path: &Path, others: &[&Path]) -> io::Result<u64> {
         }
     }
     let mut total = 0;
-    each_file(path, &mut |file| {
+    sys::tree::each_file(path, &mut |file| {
         each_extent(file, |e| {
             if e.fe_flags & FIEMAP_EXTENT_SHARED == 0 {
                 total += e.fe_length;

@@ -71,6 +71,50 @@ pub fn chown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     chown_beneath(&dir, uid, gid)
 }
 
+/// Calls `f` with each regular file of the tree at `path` (or with `path` itself, when it is
+/// one), opened for reading; a tree that is not there has none.
+///
+/// The tree may belong to a less trusted user who changes it meanwhile (a clone's files):
+/// directories are opened relative to their parent's descriptor, nothing is reached through
+/// a symlink, each file is checked to be a regular one once open (a FIFO put in its place
+/// is opened without waiting, then skipped), and entries that vanish are skipped.
+pub fn each_file(path: &Path, f: &mut dyn FnMut(&fs::File) -> io::Result<()>) -> io::Result<()> {
+    let top = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    each_file_at(libc::AT_FDCWD, &top, f)
+}
+
+/// [`each_file`] of the entry `name` of the directory `dir`.
+fn each_file_at(dir: RawFd, name: &CStr, f: &mut dyn FnMut(&fs::File) -> io::Result<()>) -> io::Result<()> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: openat with a valid C string; the descriptor returned is ours alone.
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags) };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        // Gone since it was listed, or a symlink (ELOOP), which is not followed.
+        return match err.raw_os_error() {
+            Some(libc::ENOENT | libc::ELOOP | libc::ENXIO) => Ok(()),
+            _ => Err(err),
+        };
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let file = unsafe { fs::File::from_raw_fd(fd) };
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        let dir = OwnedFd::from(file);
+        for (name, kind) in entries_in(&dir)? {
+            // Symlinks, FIFOs, sockets and devices are never opened.
+            if matches!(kind, libc::DT_DIR | libc::DT_REG | libc::DT_UNKNOWN) {
+                each_file_at(dir.as_raw_fd(), &name, f)?;
+            }
+        }
+        return Ok(());
+    }
+    if meta.is_file() {
+        return f(&file);
+    }
+    Ok(())
+}
+
 /// Opens the directory `name` relative to `parent` without following a symlink.
 pub(crate) fn open_dir_at(parent: RawFd, name: &CStr) -> io::Result<OwnedFd> {
     // SAFETY: openat with a valid C string; the descriptor returned is ours alone.
