@@ -135,6 +135,17 @@ pub fn processes_of_uid(uid: u32) -> Vec<i32> {
         .collect()
 }
 
+/// The range of ports the kernel gives the local end of outgoing connections
+/// (`net.ipv4.ip_local_port_range`).
+pub fn ephemeral_ports() -> Option<(u16, u16)> {
+    let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut ports = text.split_whitespace().map(|p| p.parse::<u16>());
+    match (ports.next(), ports.next()) {
+        (Some(Ok(first)), Some(Ok(last))) => Some((first, last)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,6 +138,21 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
+/// Clones' ports inside the kernel's range for outgoing connections can be taken at any
+/// moment by one of them (a client of another clone, an HTTP call): the clone's server then
+/// fails to start with "Address already in use". Said once, at start.
+fn warn_if_ephemeral((first, last): (u16, u16)) {
+    if let Some((low, high)) = sys::procfs::ephemeral_ports() {
+        if first <= high && low <= last {
+            tracing::warn!(
+                "clone ports {first}-{last} overlap the kernel's ports for outgoing connections, {low}-{high} \
+                 (net.ipv4.ip_local_port_range): a clone may then fail to start with \"Address already in use\". \
+                 Choose --ports outside that range, or reserve them with net.ipv4.ip_local_reserved_ports"
+            );
+        }
+    }
+}
+
 fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
     let (a, b) = s.split_once('-').ok_or("use FIRST-LAST, e.g. 2000000000-2000099999")?;
     let (a, b): (u32, u32) = (a.parse().map_err(|e| format!("{e}"))?, b.parse().map_err(|e| format!("{e}"))?);
@@ -357,6 +372,7 @@ fn run_server(
             }
             _ => None,
         };
+        warn_if_ephemeral(args.ports);
         let server_config = server::ServerConfig {
             data_dir: data_dir.clone(),
             ports: args.ports,

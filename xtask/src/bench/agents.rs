@@ -71,7 +71,7 @@ pub struct Options {
     pub subnet: u8,
     /// First TCP port of the clones' range (each agent has the whole range: its clones
     /// listen on its namespace's address); the source server takes the port after it.
-    #[arg(long, value_name = "N", default_value_t = 57000)]
+    #[arg(long, value_name = "N", default_value_t = 22000)]
     pub port: u16,
     /// With every clone made and timed, keep the fleet running this many seconds before
     /// removing it (to look at it, or profile it: the server's URL is in the log and its

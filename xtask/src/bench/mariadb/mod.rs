@@ -69,7 +69,7 @@ pub struct Options {
     #[arg(long, value_name = "SIZE", default_value = "64MB")]
     pub clone_memory: String,
     /// First TCP port: 20 for the daemon's clones, then the source's.
-    #[arg(long, value_name = "N", default_value_t = 57100)]
+    #[arg(long, value_name = "N", default_value_t = 23100)]
     pub port: u16,
     #[command(flatten)]
     pub common: Common,

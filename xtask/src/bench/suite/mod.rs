@@ -118,7 +118,7 @@ pub struct Options {
     pub workdir: PathBuf,
     /// First of the TCP ports used: 100 for the clones of the daemon on the workdir (more
     /// when --clones asks for more), 100 for those on XFS, then 3 for hand-started servers.
-    #[arg(long, value_name = "N", default_value_t = 56000)]
+    #[arg(long, value_name = "N", default_value_t = 21000)]
     pub port: u16,
     #[command(flatten)]
     pub common: Common,
