@@ -510,42 +510,69 @@ impl CowFs {
     }
 
     /// Loads a directory's merged listing: the image's entries under the journals' overrides.
+    /// How many nodes the first listing of a directory makes per hold of the node table's
+    /// lock, which every request needs for a moment.
+    const NODES_PER_HOLD: usize = 1024;
+
     fn entries<'a>(&self, node: &Node, dir: &'a mut Dir) -> Result<&'a mut BTreeMap<OsString, Ino>> {
         if dir.entries.is_none() {
-            let mut entries = BTreeMap::new();
-            let mut subdirs = 0;
+            // The first listing of a directory makes a node for each of its image entries: a
+            // database's directory can hold 80,000. They are gathered in a vector and the
+            // map built from it at once (sorting, then filling its nodes in order, costs
+            // less than as many inserts), under one hold of the node table's lock.
+            let mut listed: Vec<(OsString, Ino)> = Vec::new();
             if let Some(origin) = &node.origin {
+                let image_entries = self.image.read_dir(origin)?;
+                listed.reserve(image_entries.len() + dir.overrides.len());
                 let adopted = lock(&self.adopted);
-                for (name, kind) in self.image.read_dir(origin)? {
+                // Nodes a layer adopted exist already: they get their place below, once the
+                // node table is let go (a node's own lock is never taken while it is held).
+                let mut known = Vec::new();
+                let mut nodes = self.nodes.write().unwrap();
+                for (i, (name, kind)) in image_entries.into_iter().enumerate() {
+                    if i % Self::NODES_PER_HOLD == Self::NODES_PER_HOLD - 1 {
+                        // Requests for other nodes go on meanwhile.
+                        drop(nodes);
+                        nodes = self.nodes.write().unwrap();
+                    }
                     if dir.overrides.contains_key(&name) {
                         continue;
                     }
                     let path = origin.join(&name);
-                    let child = match adopted.get(&path).and_then(|ino| self.nodes.read().unwrap().get(ino).cloned()) {
-                        Some(child) => child,
+                    let adopted_node =
+                        if adopted.is_empty() { None } else { adopted.get(&path).and_then(|ino| nodes.get(ino)) };
+                    match adopted_node {
+                        Some(child) => {
+                            listed.push((name.clone(), child.ino));
+                            known.push((child.clone(), name));
+                        }
                         None => {
                             let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
-                            self.insert_node(ino, kind, Some(path), false, None)
+                            let child = Node::new(ino, kind, Some(path), false, None);
+                            {
+                                // Not in the table yet: nobody else can hold this lock.
+                                let mut meta = lock(&child.meta);
+                                meta.parent = node.ino;
+                                meta.name = name.clone();
+                            }
+                            nodes.insert(ino, Arc::new(child));
+                            listed.push((name, ino));
                         }
-                    };
+                    }
+                }
+                drop(nodes);
+                for (child, name) in known {
                     let mut meta = lock(&child.meta);
                     meta.parent = node.ino;
-                    meta.name = name.clone();
-                    entries.insert(name, child.ino);
+                    meta.name = name;
                 }
             }
-            for (name, target) in dir.overrides.drain() {
-                if let Some(ino) = target {
-                    entries.insert(name, ino);
-                }
-            }
+            listed.extend(dir.overrides.drain().filter_map(|(name, target)| Some((name, target?))));
+            // An override's name is never also an image entry's (skipped above).
+            let entries: BTreeMap<OsString, Ino> = listed.into_iter().collect();
             let nodes = self.nodes.read().unwrap();
-            for ino in entries.values() {
-                if nodes.get(ino).is_some_and(|n| n.kind == Kind::Dir) {
-                    subdirs += 1;
-                }
-            }
-            dir.subdirs = subdirs;
+            dir.subdirs =
+                entries.values().filter(|ino| nodes.get(ino).is_some_and(|n| n.kind == Kind::Dir)).count() as _;
             dir.entries = Some(entries);
         }
         Ok(dir.entries.as_mut().unwrap())
