@@ -27,6 +27,7 @@ mod sample;
 mod self_contained;
 mod server;
 mod source;
+mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -560,8 +560,28 @@ impl Server {
         let conninfo = self.conninfo(database);
         // Its own command: a statement that may not run in a transaction block (CREATE
         // DATABASE) cannot share a query string. ON_ERROR_STOP ends psql if it fails.
+        Program::new(self.installation.program("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &conninfo,
+                "-c",
+                &self.identity_check(),
+                "-c",
+                sql,
+            ])
+            .timeout(SQL_TIMEOUT)
+    }
+
+    /// A statement that fails unless the server it runs on is this one (see [`Self::psql`]).
+    fn identity_check(&self) -> String {
         let data_dir: PathBuf = self.data_dir.components().collect();
-        let check = format!(
+        format!(
             "DO $thinclone$ BEGIN \
                IF rtrim(current_setting('data_directory'), '/') <> rtrim({dir}, '/') \
                   OR current_setting('port') <> '{port}' THEN \
@@ -570,10 +590,7 @@ impl Server {
              END $thinclone$",
             dir = sql_literal(&data_dir.display().to_string()),
             port = self.port
-        );
-        Program::new(self.installation.program("psql"))
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conninfo, "-c", &check, "-c", sql])
-            .timeout(SQL_TIMEOUT)
+        )
     }
 
     /// The connection string of the superuser in `database` over the private socket. A
@@ -628,9 +645,10 @@ impl engine::Instance for Server {
     }
 
     /// The server gets a SCRAM verifier computed here, never the password. The verifier
-    /// travels in the session's options (`PGOPTIONS`, the environment of psql), not in
-    /// psql's arguments, which every local user can read in `/proc`; the statement that
-    /// uses it names only the setting.
+    /// travels in the session's options, sent from this process over the private socket
+    /// (wire.rs: no psql to start, at every start of a clone); the statement that uses it
+    /// names only the setting, and runs after the check that the server is this one, in
+    /// the same transaction.
     fn set_password(&self, user: &str, password: &Secret) -> Result<()> {
         if user.is_empty() || user.contains('\0') {
             return Err(Error::Other(format!("{user:?} is not a database user name")));
@@ -645,8 +663,16 @@ impl engine::Instance for Server {
              END $thinclone$",
             sql_literal(user)
         );
-        self.psql("postgres", &sql).env("PGOPTIONS", format!("-c thinclone.password_verifier={verifier}")).run()?;
-        Ok(())
+        let options = format!("-c thinclone.password_verifier={verifier}");
+        let socket = self.run_dir.join(format!(".s.PGSQL.{}", self.port));
+        crate::wire::simple_query(
+            &socket,
+            &self.superuser,
+            "postgres",
+            &[("options", &options)],
+            &format!("{}; {sql}", self.identity_check()),
+            SQL_TIMEOUT,
+        )
     }
 
     fn sql(&self, sql: &str) -> Result<String> {

@@ -291,3 +291,36 @@ fn the_sample_database_shows_a_change() {
     assert_ne!(instance.sql(&sample.check_sql).unwrap(), sample.unchanged_value);
     instance.stop(Duration::from_secs(60)).unwrap();
 }
+
+/// The agent's statements go over a socket in a directory the clone's OS user can change: a
+/// socket swapped for a link to another clone's must get neither the password (set over the
+/// protocol by the agent itself, wire.rs) nor a statement (through psql).
+#[test]
+fn a_swapped_socket_gets_nothing() {
+    let t = setup();
+    let data = t.initdb("data", "postgres", &["-A", "trust"]);
+    let (a_data, b_data) = (t.path("a"), t.path("b"));
+    t.copy(&data, &a_data);
+    t.copy(&data, &b_data);
+    let (a, b) = (t.spec("a", &a_data, "postgres"), t.spec("b", &b_data, "postgres"));
+    let instance_a = t.start(&a);
+    let instance_b = t.start(&b);
+    instance_b.set_password("postgres", &Secret::new("b-pw")).unwrap();
+    let socket = |spec: &engine::InstanceSpec| spec.run_dir.join(format!(".s.PGSQL.{}", spec.port));
+    fs::remove_file(socket(&a)).unwrap();
+    std::os::unix::fs::symlink(socket(&b), socket(&a)).unwrap();
+    let err = instance_a.set_password("postgres", &Secret::new("a-pw")).unwrap_err().to_string();
+    assert!(err.contains("its socket was replaced") && !err.contains("SCRAM"), "{err}");
+    let err = instance_a.sql("CREATE DATABASE planted").unwrap_err().to_string();
+    assert!(err.contains("its socket was replaced"), "{err}");
+    // B kept its own password, and got nothing.
+    let b_url = |password: &str| t.engine.url("127.0.0.1", b.port, "postgres", password);
+    assert_eq!(
+        t.engine.query(&b_url("b-pw"), "SELECT count(*) FROM pg_database WHERE datname = 'planted'").unwrap(),
+        "0"
+    );
+    let err = t.engine.query(&b_url("a-pw"), "SELECT 1").unwrap_err().to_string();
+    assert!(err.contains("password authentication failed"), "{err}");
+    instance_a.stop(Duration::from_secs(60)).unwrap();
+    instance_b.stop(Duration::from_secs(60)).unwrap();
+}
