@@ -1366,7 +1366,7 @@ impl CowFs {
         top.file.set_len(size)?;
         data.size = Some(size);
         drop(data);
-        touch(&node, Time::now());
+        touch(node, Time::now());
         Ok(())
     }
 

@@ -166,7 +166,7 @@ impl Mounted {
 /// the filesystem type tells a FUSE mount from the directory beneath it.
 pub fn is_live_mount(path: &Path) -> bool {
     const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-    statfs(path).is_ok_and(|st| st.f_type as i64 == FUSE_SUPER_MAGIC)
+    statfs(path).is_ok_and(|st| st.f_type == FUSE_SUPER_MAGIC)
 }
 
 fn statfs(path: &Path) -> io::Result<libc::statfs> {
