@@ -210,6 +210,13 @@ pub enum CopyData {
 /// ([`crate::reflink::copy_tree`]: several times faster, without extended attributes).
 pub fn copy(from: &Path, to: &Path, data: CopyData, as_user: Option<&User>) -> Result<(), crate::Error> {
     if data == CopyData::Reflink && as_user.is_none() {
+        // What is there already is not the copy's to remove when it fails.
+        if fs::symlink_metadata(to).is_ok() {
+            return Err(crate::Error::Io(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("copying {} to {}: the target exists", from.display(), to.display()),
+            )));
+        }
         return crate::reflink::copy_tree(from, to).map_err(|e| {
             if let Err(r) = remove(to) {
                 tracing::warn!("removing the partial copy {}: {r}", to.display());

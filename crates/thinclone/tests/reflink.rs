@@ -282,6 +282,11 @@ fn the_in_process_reflink_copy_keeps_what_cp_a_keeps() {
         eprintln!("{kind}: the copy holds {own} bytes of its own");
         assert!(own < 64 << 10, "{kind}: the copy holds {own} bytes of its own, not shared");
 
+        // A target that exists is refused and left as it was.
+        let err = sys::tree::copy(&src, &ours, sys::tree::CopyData::Reflink, None).unwrap_err();
+        assert!(err.to_string().contains("the target exists"), "{err}");
+        assert_eq!(support::snapshot(&ours), support::snapshot(&theirs), "{kind}: a refused copy changed its target");
+
         // A device file is refused, and the partial copy is gone.
         let status = std::process::Command::new("mknod").arg(src.join("null")).args(["c", "1", "3"]).status().unwrap();
         assert!(status.success());
