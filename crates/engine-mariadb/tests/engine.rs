@@ -4,7 +4,7 @@
 //! set, adopted, stopped and killed.
 //!
 //! They run as root: sources as the OS user `mysql`, instances as a uid of their own (as the
-//! agent runs clones). Sources listen on ports 33900–33919, instances on 9300–9349. A missing
+//! agent runs clones). Sources listen on ports 23900–23919, instances on 9300–9349. A missing
 //! prerequisite fails the test with a message; nothing is skipped.
 
 use std::collections::BTreeMap;
@@ -203,7 +203,7 @@ fn url(port: u16, user: &str, password: &str) -> String {
 #[test]
 fn images_of_a_crashed_copy_and_of_a_live_server_start_clones_without_recovery() {
     let w = Work::new("images_of_a_crashed_copy_and_of_a_live_server_start_clones_without_recovery");
-    let mut source = Source::create(&w, "source", 33900);
+    let mut source = Source::create(&w, "source", 23900);
     source
         .sql(
             "CREATE USER 'root'@'%' IDENTIFIED BY 'src-pw'; GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION; \
@@ -217,9 +217,9 @@ fn images_of_a_crashed_copy_and_of_a_live_server_start_clones_without_recovery()
     assert!(err.to_string().contains("--from-url mariadb://"), "{err}");
 
     // A live copy through mariadb-backup: the source runs on.
-    let live_url = SourceUrl::parse(&url(33900, "root", "src-pw")).unwrap();
+    let live_url = SourceUrl::parse(&url(23900, "root", "src-pw")).unwrap();
     w.engine.probe(&live_url).unwrap();
-    let bad = SourceUrl::parse(&url(33900, "root", "wrong-pw")).unwrap();
+    let bad = SourceUrl::parse(&url(23900, "root", "wrong-pw")).unwrap();
     let err = w.engine.probe(&bad).unwrap_err();
     assert!(err.is_callers_mistake() && !err.to_string().contains("wrong-pw"), "{err}");
     let live = w.dir_of("live", &w.mysql);
@@ -314,7 +314,7 @@ fn what_the_engine_refuses() {
     let spec = InstanceSpec { read_only: true, ..w.spec("ro", &empty, &w.mysql, 9302) };
     let err = w.engine.start(&spec, START).err().unwrap();
     assert!(err.to_string().contains("does not support read-only"), "{err}");
-    let err = w.engine.probe(&SourceUrl::parse("mariadb://u:secret@127.0.0.1:33919/").unwrap()).unwrap_err();
+    let err = w.engine.probe(&SourceUrl::parse("mariadb://u:secret@127.0.0.1:23919/").unwrap()).unwrap_err();
     assert!(err.is_callers_mistake() && !err.to_string().contains("secret"), "{err}");
 }
 

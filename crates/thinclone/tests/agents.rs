@@ -130,7 +130,7 @@ fn one_image_on_a_shared_location_feeds_clones_on_two_agents() {
         assert_eq!(a.locations.iter().map(|l| l.as_str()).collect::<Vec<_>>(), ["shared"]);
     }
 
-    let src = source(s, &w.work, 54_811);
+    let src = source(s, &w.work, 24_811);
     let image: api::Image = s.ok(&[
         "image",
         "create",
@@ -256,7 +256,7 @@ fn enrollment_and_the_channel_refuse_what_they_must() {
     assert_eq!(shown.status, api::agent::AgentStatus::Revoked);
     assert!(s.proc.log_since_start().contains("refused an agent whose certificate is unknown or revoked"));
     // Clones are not placed on it.
-    let src = source(s, &w.work, 54_821);
+    let src = source(s, &w.work, 24_821);
     let location: api::agent::Location = s.ok(&["location", "add", "shared", w.share.path.to_str().unwrap()]);
     assert_eq!(location.agents.iter().map(|a| a.as_str()).collect::<Vec<_>>(), ["a1"]);
     let _: api::Image = s.ok(&["image", "create", "img", "--from-dir", src.data.to_str().unwrap(), "--host", "a1"]);
@@ -347,7 +347,7 @@ fn plain_http(port: u16) -> String {
 fn agents_servers_and_shares_fail_cleanly() {
     require("agents_servers_and_shares_fail_cleanly");
     let mut w = world("flt", (8130, 8149));
-    let src = source(&w.server, &w.work, 54_831);
+    let src = source(&w.server, &w.work, 24_831);
     let _: api::agent::Location = w.server.ok(&["location", "add", "shared", w.share.path.to_str().unwrap()]);
     let _: api::Image =
         w.server.ok(&["image", "create", "prod", "--from-dir", src.data.to_str().unwrap(), "--host", "a1"]);

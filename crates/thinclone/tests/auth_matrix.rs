@@ -855,7 +855,7 @@ fn every_route_checks_its_caller() {
     let work = tempfile::Builder::new().prefix("thinclone-matrix-").tempdir().unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
     // A small source, so that the images the matrix makes are quick.
-    let source = Server::new(&work.path().join("src"), 54_761, work.path());
+    let source = Server::new(&work.path().join("src"), 24_761, work.path());
     source.initdb();
     source.start();
     source.psql("postgres", "CREATE TABLE t AS SELECT generate_series(1, 100) AS v");

@@ -25,7 +25,7 @@ use serde_json::Value;
 use support::daemon::{psql, Daemon, UrlOf};
 use support::pg::{chown_postgres, command, run, Server};
 
-const PORT: u16 = 54_860;
+const PORT: u16 = 24_860;
 
 /// `url` with its database changed to `db`.
 fn in_db(url: &str, db: &str) -> String {

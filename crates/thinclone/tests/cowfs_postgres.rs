@@ -47,7 +47,7 @@ fn postgres_on_a_clone_survives_kill_9_of_the_server() {
     let work = work.path();
 
     // The source: a real cluster with pgbench data, stopped, copied into the image.
-    let source = Server::new(&work.join("source"), 54_401, work);
+    let source = Server::new(&work.join("source"), 24_401, work);
     source.initdb();
     source.start();
     pg::run(source.pgbench().args(["-i", "-q", "-s", &scale().to_string(), "postgres"]));
@@ -64,7 +64,7 @@ fn postgres_on_a_clone_survives_kill_9_of_the_server() {
     // The clone: a mount over the image, with a server on it.
     let mnt = work.join("mnt");
     let mut mount = Mount::start(&image, &work.join("layer"), &mnt, &["--owner", "postgres"]);
-    let clone = Server::new(&mnt, 54_402, work);
+    let clone = Server::new(&mnt, 24_402, work);
     clone.start();
     let committer = Committer::start(&clone, "postgres", "committed");
     let mut pgbench = clone
@@ -133,7 +133,7 @@ fn postgres_on_a_full_clone_fails_the_statement_not_the_server() {
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let work = work.path();
 
-    let source = Server::new(&work.join("source"), 54_403, work);
+    let source = Server::new(&work.join("source"), 24_403, work);
     source.initdb();
     let image = work.join("image");
     let status = std::process::Command::new("cp").arg("-a").arg(&source.data).arg(&image).status().unwrap();
@@ -157,7 +157,7 @@ fn postgres_on_a_full_clone_fails_the_statement_not_the_server() {
     let _unmount = Unmount(small.clone());
     let mnt = work.join("mnt");
     let mut mount = Mount::start(&image, &small.join("layer"), &mnt, &["--owner", "postgres", "--no-writeback-cache"]);
-    let clone = Server::new(&mnt, 54_404, work);
+    let clone = Server::new(&mnt, 24_404, work);
     clone.start();
     clone.psql("postgres", "CREATE TABLE t (id serial PRIMARY KEY, pad text)");
 

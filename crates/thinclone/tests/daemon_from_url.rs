@@ -23,7 +23,7 @@ fn an_image_of_a_live_server_under_load() {
 
     // A live source of 500 MB or more, taking password logins over TCP, kept busy while the
     // image is taken.
-    let source = Server::new(&work.join("source"), 54_611, work);
+    let source = Server::new(&work.join("source"), 24_611, work);
     source.initdb();
     source.start();
     source.require_passwords("s3cr%t é");
@@ -38,7 +38,7 @@ fn an_image_of_a_live_server_under_load() {
 
     let daemon = Daemon::start(&work.join("data"), (7800, 7849));
     // The password percent-encoded, with a multibyte character next to an escape.
-    let url = "postgresql://postgres:s3cr%25t%20%C3%A9@127.0.0.1:54611/postgres?application_name=thinclone-test";
+    let url = "postgresql://postgres:s3cr%25t%20%C3%A9@127.0.0.1:24611/postgres?application_name=thinclone-test";
     let started = std::time::Instant::now();
     let image: api::Image = daemon.ok(&["image", "create", "live", "--from-url", url]);
     let took = started.elapsed();
@@ -47,7 +47,7 @@ fn an_image_of_a_live_server_under_load() {
     assert_eq!(image.status, ImageStatus::Ready, "{image:?}");
     assert_eq!(image.engine_version.as_deref(), Some("15"), "{image:?}");
     assert!(image.logical_bytes >= 500 << 20, "the image holds only {} bytes", image.logical_bytes);
-    assert_eq!(image.source, "postgresql://postgres@127.0.0.1:54611/postgres?application_name=thinclone-test");
+    assert_eq!(image.source, "postgresql://postgres@127.0.0.1:24611/postgres?application_name=thinclone-test");
     eprintln!(
         "image of a live {} MB server under load taken and prepared in {:.1} s",
         image.logical_bytes >> 20,
@@ -63,10 +63,10 @@ fn an_image_of_a_live_server_under_load() {
 
     // Regression: a `password=` parameter was stored and echoed back. It is used, then
     // neither shown nor stored.
-    let url = "postgresql://postgres@127.0.0.1:54611/postgres?password=s3cr%25t%20%C3%A9&sslmode=disable";
+    let url = "postgresql://postgres@127.0.0.1:24611/postgres?password=s3cr%25t%20%C3%A9&sslmode=disable";
     let image: api::Image = daemon.ok(&["image", "create", "param", "--from-url", url]);
     assert_eq!(image.status, ImageStatus::Ready, "{image:?}");
-    assert_eq!(image.source, "postgresql://postgres@127.0.0.1:54611/postgres?sslmode=disable");
+    assert_eq!(image.source, "postgresql://postgres@127.0.0.1:24611/postgres?sslmode=disable");
 
     // A wrong password and an unreachable source are refused at once; the messages do not
     // carry the password, and nothing is left behind.
@@ -76,7 +76,7 @@ fn an_image_of_a_live_server_under_load() {
             "create",
             "wrong",
             "--from-url",
-            "postgresql://postgres:hunter2@127.0.0.1:54611/postgres",
+            "postgresql://postgres:hunter2@127.0.0.1:24611/postgres",
         ])
         .unwrap_err();
     assert!(err.contains("cannot reach the source") || err.contains("password authentication failed"), "{err}");

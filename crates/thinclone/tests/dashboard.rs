@@ -159,7 +159,7 @@ fn the_dashboard_works_in_a_browser() {
     let w = work.path();
 
     // A small source with a column to mask.
-    let source = Server::new(&w.join("src"), 54_880, w);
+    let source = Server::new(&w.join("src"), 24_880, w);
     source.initdb();
     source.start();
     source.psql(

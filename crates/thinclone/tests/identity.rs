@@ -98,7 +98,7 @@ fn from_dir_takes_only_directories_inside_a_registered_source() {
     support::pg::require("from_dir_takes_only_directories_inside_a_registered_source");
     let unregistered = work_dir("thinclone-identity-unregistered-");
     let data = unregistered.path().join("pgdata");
-    support::pg::Server::new(&data, 54_611, unregistered.path()).initdb();
+    support::pg::Server::new(&data, 24_611, unregistered.path()).initdb();
     let server = work_dir("thinclone-identity-sources-");
     let d = Daemon::start(&server.path().join("server"), (8070, 8079));
     // The harness registers /tmp and /var/tmp: /var/tmp is taken back, so that the data

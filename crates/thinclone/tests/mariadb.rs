@@ -4,7 +4,7 @@
 //! stopped data directory (`--from-dir`), and clones of them on the cowfs and copy drivers,
 //! each a real `mariadbd` reached over its URL with the `mariadb` client.
 //!
-//! The sources listen on 33901–33904; the daemons' clones on 9310–9349.
+//! The sources listen on 23901–23904; the daemons' clones on 9310–9349.
 
 mod support;
 
@@ -55,7 +55,7 @@ fn mariadb_images_and_clones() {
     require("mariadb_images_and_clones");
     let work = tempfile::Builder::new().prefix("thinclone-mariadb-test-").tempdir().unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let mut source = Source::create(work.path(), "source", 33901, "source-pw");
+    let mut source = Source::create(work.path(), "source", 23901, "source-pw");
     source.sql(
         "CREATE DATABASE shop; \
          CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(100), price DECIMAL(10,2)) ENGINE=InnoDB; \
@@ -77,7 +77,7 @@ fn mariadb_images_and_clones() {
     let writer = source.writer("shop.log");
     std::thread::sleep(Duration::from_millis(300));
     let live: api::Image =
-        d.ok(&["image", "create", "live", "--from-url", "mariadb://root:source-pw@127.0.0.1:33901/"]);
+        d.ok(&["image", "create", "live", "--from-url", "mariadb://root:source-pw@127.0.0.1:23901/"]);
     writer.stop();
     let written: u64 = source.sql("SELECT COUNT(*) FROM shop.log").parse().unwrap();
     assert_eq!(live.status, ImageStatus::Ready, "{live:?}");
@@ -233,7 +233,7 @@ fn innodb_on_a_cowfs_clone_survives_kill_9_of_mount_and_server() {
     require("innodb_on_a_cowfs_clone_survives_kill_9_of_mount_and_server");
     let work = tempfile::Builder::new().prefix("thinclone-mariadb-crash-").tempdir().unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let mut source = Source::create(work.path(), "source", 33902, "source-pw");
+    let mut source = Source::create(work.path(), "source", 23902, "source-pw");
     source.sql(
         "CREATE DATABASE shop; CREATE TABLE shop.acks (n BIGINT PRIMARY KEY, pad VARCHAR(200)) ENGINE=InnoDB; \
          CREATE TABLE shop.items (id INT PRIMARY KEY) ENGINE=InnoDB; INSERT INTO shop.items SELECT seq FROM shop.seq_1_to_100;",
@@ -340,7 +340,7 @@ fn mariadb_owners_templates_and_checkpoints() {
     require("mariadb_owners_templates_and_checkpoints");
     let work = tempfile::Builder::new().prefix("thinclone-mariadb-owner-").tempdir().unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let mut source = Source::create(work.path(), "source", 33903, "source-pw");
+    let mut source = Source::create(work.path(), "source", 23903, "source-pw");
     source.sql(
         "CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(100)) ENGINE=InnoDB; \
          INSERT INTO shop.items SELECT seq, CONCAT('item ', seq) FROM shop.seq_1_to_100;",
@@ -427,7 +427,7 @@ fn mariadb_reflink_clones_on_xfs() {
     require("mariadb_reflink_clones_on_xfs");
     let work = tempfile::Builder::new().prefix("thinclone-mariadb-xfs-").tempdir_in("/var/tmp").unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let mut source = Source::create(work.path(), "source", 33904, "source-pw");
+    let mut source = Source::create(work.path(), "source", 23904, "source-pw");
     source.sql(
         "CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(100)) ENGINE=InnoDB; \
          INSERT INTO shop.items SELECT seq, CONCAT('item ', seq) FROM shop.seq_1_to_1000;",

@@ -10,7 +10,7 @@
 //! the original values finds none. A rule naming a missing column, a failing script, and a
 //! script that copies masked values elsewhere each fail the image and leave nothing behind.
 //!
-//! The source listens on 33905; the daemon's clones on 9300–9309.
+//! The source listens on 23905; the daemon's clones on 9300–9309.
 
 mod support;
 
@@ -46,7 +46,7 @@ fn masking_on_mariadb_leaves_no_original_value() {
     let test_started = std::time::Instant::now();
 
     // The source: first with older values, then updated to the ones it holds now.
-    let mut source = Source::create(w, "source", 33905, "source-pw");
+    let mut source = Source::create(w, "source", 23905, "source-pw");
     let rows: Vec<String> = (1..=PEOPLE)
         .map(|i| {
             format!(

@@ -39,7 +39,7 @@ fn masking_fails_closed_and_scripts_run_before_sealing() {
     let w = work.path();
 
     // The source.
-    let source = Server::new(&w.join("src"), 54_851, w);
+    let source = Server::new(&w.join("src"), 24_851, w);
     source.initdb();
     source.start();
     let rows: Vec<String> = (1..=PEOPLE)

@@ -53,12 +53,12 @@ fn a_schedule_keeps_its_newest_images_and_refresh_moves_a_clone_to_the_newest() 
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let w = work.path();
 
-    let source = Server::new(&w.join("src"), 54_870, w);
+    let source = Server::new(&w.join("src"), 24_870, w);
     source.initdb();
     source.start();
     source.require_passwords(PASSWORD);
     source.psql("postgres", "CREATE TABLE generation (n int); INSERT INTO generation VALUES (1);");
-    let url = format!("postgresql://postgres:{PASSWORD}@127.0.0.1:54870/postgres");
+    let url = format!("postgresql://postgres:{PASSWORD}@127.0.0.1:24870/postgres");
 
     let d = Daemon::start(&w.join("data"), (8580, 8599));
 
@@ -74,7 +74,7 @@ fn a_schedule_keeps_its_newest_images_and_refresh_moves_a_clone_to_the_newest() 
     let made: Schedule =
         d.ok(&["schedule", "create", "nightly", "--cron", "0 2 * * *", "--keep", "2", "--from-url", &url]);
     assert_eq!((made.cron.as_str(), made.keep), ("0 2 * * *", 2));
-    assert_eq!(made.source, "postgresql://postgres@127.0.0.1:54870/postgres");
+    assert_eq!(made.source, "postgresql://postgres@127.0.0.1:24870/postgres");
     // The next run is the next 02:00 UTC.
     let now = api::Timestamp::now().0;
     assert!(made.next_run_at.0 > now && made.next_run_at.0 <= now + 86_400, "{made:?}");

@@ -236,7 +236,7 @@ fn an_image_is_sealed_against_clones() {
 fn a_running_servers_directory_is_refused_unless_a_snapshot() {
     require("a_running_servers_directory_is_refused_unless_a_snapshot");
     let work = work_dir("thinclone-trust-");
-    let source = small_source(work.path(), "live", 54_721);
+    let source = small_source(work.path(), "live", 24_721);
     source.start();
     source.psql("postgres", "CREATE TABLE t AS SELECT 42 AS v");
     let d = Daemon::start(&work.path().join("data"), (8000, 8009));
@@ -311,7 +311,7 @@ fn shutdown_during_an_image_job_leaves_nothing_behind() {
 fn full_disks_fail_cleanly_and_harm_nothing() {
     require("full_disks_fail_cleanly_and_harm_nothing");
     let work = work_dir("thinclone-trust-");
-    let source = small_source(work.path(), "small", 54_731);
+    let source = small_source(work.path(), "small", 24_731);
     let small = support::LoopFs::new("ext4", work.path(), 600 << 20);
     let d = Daemon::start(&small.mountpoint.join("data"), (8020, 8029));
 
@@ -332,7 +332,7 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
 
     // Runs out of room while copying: a live copy whose size is not known beforehand.
     let free_before = sys::space::free_bytes(&small.mountpoint).unwrap();
-    let big = Server::new(&work.path().join("bigsrc"), 54_741, work.path());
+    let big = Server::new(&work.path().join("bigsrc"), 24_741, work.path());
     big.initdb();
     big.start();
     big.require_passwords("pw");
@@ -344,7 +344,7 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
             "create",
             "toolarge",
             "--from-url",
-            "postgresql://postgres:pw@127.0.0.1:54741/postgres",
+            "postgresql://postgres:pw@127.0.0.1:24741/postgres",
         ])
         .unwrap_err();
     eprintln!("a live copy that ran out of room failed after {} ms: {err}", started.elapsed().as_millis());
@@ -412,7 +412,7 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
 fn tablespaces_live_inside_images_and_clones() {
     require("tablespaces_live_inside_images_and_clones");
     let work = work_dir("thinclone-trust-");
-    let source = Server::new(&work.path().join("ts-source"), 54_751, work.path());
+    let source = Server::new(&work.path().join("ts-source"), 24_751, work.path());
     source.initdb();
     source.start();
     let tablespace = work.path().join("outside-tablespace");
@@ -426,7 +426,7 @@ fn tablespaces_live_inside_images_and_clones() {
     // From its URL, while it runs.
     let before_url = (support::snapshot(&tablespace), support::snapshot(&source.data));
     let from_url: api::Image =
-        d.ok(&["image", "create", "via-url", "--from-url", "postgresql://postgres:pw@127.0.0.1:54751/postgres"]);
+        d.ok(&["image", "create", "via-url", "--from-url", "postgresql://postgres:pw@127.0.0.1:24751/postgres"]);
     assert_eq!(from_url.status, ImageStatus::Ready, "{from_url:?}");
     // From its directory, stopped.
     source.stop();

@@ -406,7 +406,7 @@ fn build_source() -> PathBuf {
     let work = dir.path().to_owned();
     fs::set_permissions(&work, fs::Permissions::from_mode(0o755)).unwrap();
     let started = Instant::now();
-    let server = pg::Server::new(&work.join("source"), 54_501, &work);
+    let server = pg::Server::new(&work.join("source"), 24_501, &work);
     server.initdb();
     server.start();
     let mut guard = StopOnDrop(&server, true);

@@ -1,6 +1,6 @@
 //! Real MariaDB servers for the integration tests: a source data directory made by
 //! `mariadb-install-db`, run by the test as the OS user `mysql` on a loopback port of the
-//! sources' range (33900–33919), and the `mariadb` client over a clone's URL.
+//! sources' range (23900–23919), and the `mariadb` client over a clone's URL.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
