@@ -18,13 +18,13 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::tree::open_dir_at;
+use crate::tree::{open_at, open_dir_at, UNTRUSTED_READ};
 
 /// `_IOW(0x94, 9, int)`: make the destination share the source's blocks.
 const FICLONE: libc::c_ulong = 0x4004_9409;
@@ -167,10 +167,9 @@ fn copy_files(from: &OwnedFd, to: &OwnedFd, names: &[CString], copier: Copier) -
 
 fn copy_file(from: &OwnedFd, to: &OwnedFd, name: &CStr, copier: Copier) -> io::Result<()> {
     let what = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", name.to_string_lossy()));
-    // O_NONBLOCK: a FIFO put in the file's place meanwhile does not hang the open; it is
-    // then refused as not a regular file.
-    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
-    let source = open_at(from.as_raw_fd(), name, flags, 0).map_err(what)?;
+    // A FIFO put in the file's place meanwhile opens without waiting, and is then refused
+    // as not a regular file.
+    let source = open_at(from.as_raw_fd(), name, UNTRUSTED_READ, 0).map_err(what)?;
     let st = fstat(source.as_raw_fd()).map_err(what)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(what(io::Error::new(io::ErrorKind::InvalidInput, "no longer a regular file")));
@@ -257,16 +256,6 @@ fn check(result: libc::c_int) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-fn open_at(dir: RawFd, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
-    // SAFETY: openat with a valid C string; the descriptor returned is ours alone.
-    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 fn mkdir_at(dir: RawFd, name: &CStr) -> io::Result<()> {

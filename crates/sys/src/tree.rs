@@ -85,19 +85,12 @@ pub fn each_file(path: &Path, f: &mut dyn FnMut(&fs::File) -> io::Result<()>) ->
 
 /// [`each_file`] of the entry `name` of the directory `dir`.
 fn each_file_at(dir: RawFd, name: &CStr, f: &mut dyn FnMut(&fs::File) -> io::Result<()>) -> io::Result<()> {
-    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
-    // SAFETY: openat with a valid C string; the descriptor returned is ours alone.
-    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags) };
-    if fd < 0 {
-        let err = io::Error::last_os_error();
+    let file = match open_at(dir, name, UNTRUSTED_READ, 0) {
+        Ok(file) => file,
         // Gone since it was listed, or a symlink (ELOOP), which is not followed.
-        return match err.raw_os_error() {
-            Some(libc::ENOENT | libc::ELOOP | libc::ENXIO) => Ok(()),
-            _ => Err(err),
-        };
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let file = unsafe { fs::File::from_raw_fd(fd) };
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP | libc::ENXIO)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     let meta = file.metadata()?;
     if meta.is_dir() {
         let dir = OwnedFd::from(file);
@@ -115,17 +108,26 @@ fn each_file_at(dir: RawFd, name: &CStr, f: &mut dyn FnMut(&fs::File) -> io::Res
     Ok(())
 }
 
-/// Opens the directory `name` relative to `parent` without following a symlink.
-pub(crate) fn open_dir_at(parent: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+/// How a file of a tree that a less trusted user may change is opened for reading: never
+/// through a symlink, and without waiting, so that a FIFO put in its place does not hang
+/// the open (the caller then finds it is not a regular file).
+pub(crate) const UNTRUSTED_READ: libc::c_int = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+
+/// Opens the entry `name` of the directory `dir` (or of the working directory, with
+/// `AT_FDCWD`) with `flags`, close-on-exec; `mode` is for a file it creates.
+pub(crate) fn open_at(dir: RawFd, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<fs::File> {
     // SAFETY: openat with a valid C string; the descriptor returned is ours alone.
-    let fd = unsafe {
-        libc::openat(parent, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-    };
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(unsafe { fs::File::from_raw_fd(fd) })
+}
+
+/// Opens the directory `name` relative to `parent` without following a symlink.
+pub(crate) fn open_dir_at(parent: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+    Ok(open_at(parent, name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?.into())
 }
 
 /// The names in an open directory, without `.` and `..`.
