@@ -301,8 +301,13 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
+        // A server a failed test left running keeps it busy: then it is detached now and
+        // freed when that server exits, rather than left mounted for good.
         if let Err(e) = Program::new("umount").arg(&self.path).run() {
-            eprintln!("unmounting the test's tmpfs at {}: {e}", self.path.display());
+            eprintln!("unmounting the test's tmpfs at {}: {e}; detaching it (umount --lazy)", self.path.display());
+            if let Err(e) = Program::new("umount").arg("--lazy").arg(&self.path).run() {
+                eprintln!("detaching the test's tmpfs at {}: {e}", self.path.display());
+            }
         }
     }
 }
