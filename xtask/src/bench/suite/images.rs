@@ -47,6 +47,11 @@ pub fn run(s: &mut Suite, scale: u32) -> Result<()> {
         record(s, "from_dir_xfs", t);
         log(&format!("  image {image} (XFS) from the directory: {t} s"));
     }
+    // Item 6's thinclone clones on btrfs, at its scale only.
+    if let Some(daemon) = s.btrfs.as_ref().and_then(|b| b.daemon.as_ref()).filter(|_| scale == s.p.disk_scale) {
+        let t = timed_image(s, daemon, &image, ImageSource::Dir(&src))?;
+        log(&format!("  image {image} (btrfs) from the directory: {t} s"));
+    }
     s.source = Some(HandServer::start(
         run,
         &src,

@@ -292,6 +292,12 @@ impl Params {
         self.hand_port() + 1
     }
 
+    /// The clones of the daemon on btrfs (item 6).
+    fn ports_btrfs(&self) -> (u16, u16) {
+        let first = self.pg18_port() + 1;
+        (first, first + 19)
+    }
+
     /// Seconds the run should take on the development machine (2 cores, about 1 GB/s of
     /// disk). The per-operation costs were measured there in quick runs; the copy rate is
     /// deliberately low (it includes removal and writeback), so the estimate errs long.
@@ -350,10 +356,14 @@ impl Params {
             t += peers_in_2 * (dd + 2.0) + full(self.disk_scale);
         }
         if self.want(6) {
-            // Per filesystem and pair: a cheap clone and a full copy, each dropped from the
-            // cache, warmed up, measured and removed.
-            let fs_n = if self.wants_btrfs() { 2.0 } else { 1.0 };
+            // Per comparison and pair: a cheap clone and a full copy, each dropped from the
+            // cache, warmed up, measured and removed. With btrfs, two comparisons there (the
+            // peer and thinclone's drivers), and the daemon's image on it.
+            let fs_n = if self.wants_btrfs() { 3.0 } else { 1.0 };
             t += fs_n * p * (cheap + full(self.disk_scale) + 2.0 * (4.0 + w + d));
+            if self.wants_btrfs() {
+                t += full(self.disk_scale);
+            }
         }
         if self.want(3) {
             let drop = if self.drop_caches { 1.0 } else { 0.0 };
@@ -389,8 +399,11 @@ pub struct Xfs {
     pub fs: LoopFs,
 }
 
-/// btrfs on a loop device, with an image's subvolume per scale and the clones' subvolumes.
+/// btrfs on a loop device, with an image's subvolume per scale and the clones' subvolumes,
+/// and, for item 6, a thinclone daemon whose data directory is on it. The daemon is stopped
+/// before the filesystem is unmounted.
 pub struct Btrfs {
+    pub daemon: Option<Daemon>,
     pub fs: LoopFs,
 }
 
@@ -531,9 +544,10 @@ pub fn main(o: Options) -> Result<()> {
     if p.quick {
         progress::quick_banner(quick_what);
     }
-    let busy = host::listening_ports(p.port, p.pg18_port());
+    let last_port = p.ports_btrfs().1;
+    let busy = host::listening_ports(p.port, last_port);
     if !busy.is_empty() {
-        bail!("ports in use in {}-{}: {busy:?}; choose another range with --port", p.port, p.pg18_port());
+        bail!("ports in use in {}-{last_port}: {busy:?}; choose another range with --port", p.port);
     }
     let run = Run::start("suite", &o.workdir, &o.common)?;
     let xfs_file = run.data.join("xfs.img");
@@ -701,11 +715,12 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path, btrfs_file: &std::path
         }
     }
     if suite.p.wants_btrfs() {
-        // Room for the largest image, its clones' growth and item 6's full copy; sparse.
+        // Room for the largest image, its clones' growth, and with item 6 the daemon's image
+        // and a full copy; sparse. The image's subvolume shares the daemon's image's blocks.
         let bytes = (3 << 30)
             + u64::from(btrfs_scale) * unit * 13 / 10
             + u64::from(suite.p.disk_scale) * unit * 3 / 2
-            + if suite.p.want(6) { u64::from(suite.p.disk_scale) * unit * 13 / 10 } else { 0 };
+            + if suite.p.want(6) { u64::from(suite.p.disk_scale) * unit * 26 / 10 } else { 0 };
         suite
             .phases
             .start(format!("btrfs on a loop device ({} sparse file)", super::markdown::bytes(Some(bytes as f64))));
@@ -716,7 +731,29 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path, btrfs_file: &std::path
             if fs.direct_io { "on" } else { "off" }
         ));
         suite.results.btrfs_loop = Some(report::LoopFacts::of(&fs));
-        suite.btrfs = Some(Btrfs { fs });
+        let daemon = if suite.p.want(6) {
+            let daemon = Daemon::start(
+                &run.exec,
+                &run.bin,
+                &fs.mount_point.join("thinclone"),
+                suite.p.ports_btrfs(),
+                &run.logs.join("thinclone-btrfs.log"),
+                &[],
+            );
+            // Unmounted when it fails, and with nothing of ours left on it.
+            let daemon = match daemon {
+                Ok(d) => d,
+                Err(e) => {
+                    suite.btrfs = Some(Btrfs { daemon: None, fs });
+                    return Err(e);
+                }
+            };
+            log(&format!("thinclone daemon on btrfs: {} ({})", daemon.url, daemon.data_dir.display()));
+            Some(daemon)
+        } else {
+            None
+        };
+        suite.btrfs = Some(Btrfs { daemon, fs });
     }
 
     for scale in suite.p.scales.clone() {
@@ -827,9 +864,17 @@ fn btrfs_image(s: &Suite, scale: u32) -> Result<()> {
     std::fs::create_dir_all(dir.parent().expect("a parent"))?;
     let t0 = std::time::Instant::now();
     run.exec.run(&Cmd::new("btrfs").args(["subvolume", "create"]).arg(&dir))?;
-    let mut from = s.ext4()?.image_dir(&format!("img-{scale}")).into_os_string();
+    // The daemon's image on btrfs, when it has one of this scale, shares its blocks with
+    // the subvolume (both sides of item 6's peer row read the same blocks as its driver
+    // row, and the disk holds one copy); else a copy of the image on the work directory.
+    let image = format!("img-{scale}");
+    let shared = btrfs.daemon.as_ref().map(|d| d.image_dir(&image)).filter(|d| d.is_dir());
+    let (mut from, reflink) = match shared {
+        Some(dir) => (dir.into_os_string(), "--reflink=always"),
+        None => (s.ext4()?.image_dir(&image).into_os_string(), "--reflink=never"),
+    };
     from.push("/.");
-    run.exec.run(&Cmd::new("cp").args(["-a", "--reflink=never"]).arg(&from).arg(&dir))?;
+    run.exec.run(&Cmd::new("cp").args(["-a", reflink]).arg(&from).arg(&dir))?;
     let user = &run.pg.user;
     run.exec.note(&format!("chown -R {}: {} && chmod 0700 {0}   # in-process", user.name, dir.display()));
     sys::tree::chown(&dir, user.uid, user.gid).with_context(|| format!("giving {} to {}", dir.display(), user.name))?;

@@ -5,7 +5,9 @@
 //!   the XFS loop mount;
 //! - btrfs (when the run has it): A = a `btrfs subvolume snapshot` of the image's subvolume,
 //!   B = a full copy (`cp -a --reflink=never` into a fresh subvolume), both with a
-//!   hand-started server.
+//!   hand-started server (the peer);
+//! - btrfs, thinclone's drivers: A = a thinclone reflink clone, B = a thinclone copy clone,
+//!   both from the daemon on the btrfs loop mount.
 //!
 //! Each side of each pair is a fresh clone: made, the page cache dropped (when allowed), a
 //! `--warmup` s read-write warm-up, `--duration` s of read-write measured, a `CHECKPOINT`,
@@ -29,13 +31,17 @@ use crate::bench::pg::{url_with_db, Conn};
 use crate::bench::pgbench::Mode;
 use crate::bench::progress::{log, seconds_since};
 use crate::bench::stats::{median, ratio};
+use crate::bench::thinclone::Daemon;
 
 /// The filesystems compared on, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Fs {
     Xfs,
+    /// The peer: a snapshot of a subvolume.
     Btrfs,
+    /// thinclone's reflink driver on btrfs.
+    BtrfsDriver,
 }
 
 impl Fs {
@@ -43,6 +49,7 @@ impl Fs {
         match self {
             Fs::Xfs => ("thinclone reflink clone (XFS)", "thinclone copy clone (XFS)"),
             Fs::Btrfs => ("btrfs subvolume snapshot + start", "cp -a --reflink=never + start (btrfs)"),
+            Fs::BtrfsDriver => ("thinclone reflink clone (btrfs)", "thinclone copy clone (btrfs)"),
         }
     }
 
@@ -50,6 +57,16 @@ impl Fs {
         match self {
             Fs::Xfs => "XFS",
             Fs::Btrfs => "btrfs",
+            Fs::BtrfsDriver => "btrfs, thinclone",
+        }
+    }
+
+    /// For clone names and log files.
+    fn slug(self) -> &'static str {
+        match self {
+            Fs::Xfs => "xfs",
+            Fs::Btrfs => "btrfs",
+            Fs::BtrfsDriver => "btrfsd",
         }
     }
 
@@ -58,6 +75,7 @@ impl Fs {
         match self {
             Fs::Xfs => "growth of the XFS filesystem's used space (df)",
             Fs::Btrfs => "exclusive bytes of the clone's subvolume (btrfs filesystem du -s)",
+            Fs::BtrfsDriver => "exclusive bytes of the clone's data directory (btrfs filesystem du -s)",
         }
     }
 }
@@ -70,6 +88,8 @@ pub struct SideRun {
     pub ready_s: f64,
     pub created_bytes: u64,
     pub after_bytes: u64,
+    /// The daemon's `stored_bytes` of a thinclone clone, measured after the run's checkpoint.
+    pub stored_after_bytes: Option<u64>,
 }
 
 /// The comparison on one filesystem, as measured.
@@ -83,8 +103,11 @@ pub struct Comparison {
 
 pub fn run(s: &mut Suite, scale: u32) -> Result<()> {
     let mut on = vec![Fs::Xfs];
-    if s.btrfs.is_some() {
+    if let Some(btrfs) = &s.btrfs {
         on.push(Fs::Btrfs);
+        if btrfs.daemon.is_some() {
+            on.push(Fs::BtrfsDriver);
+        }
     }
     for fs in on {
         let c = compare(s, fs, scale)?;
@@ -98,27 +121,30 @@ fn compare(s: &Suite, fs: Fs, scale: u32) -> Result<Comparison> {
     let mut c = Comparison { fs, scale, runs: ab::Runs::default(), sides: Vec::new() };
     ab::alternate(s.p.pairs, |pair, side| {
         exec::check_interrupted()?;
-        let name = format!("ab{scale}_{}_{pair}{}", fs.name().to_lowercase(), side.letter().to_lowercase());
+        let name = format!("ab{scale}_{}_{pair}{}", fs.slug(), side.letter().to_lowercase());
         let made = make(s, fs, side, scale, &name)?;
         let created = made.disk_bytes(s)?;
         host::sync_all();
         if run.can_drop {
             run.drop_caches()?;
         }
-        let tag = format!("pgbench-ab-{}-{pair}{}", fs.name().to_lowercase(), side.letter());
+        let tag = format!("pgbench-ab-{}-{pair}{}", fs.slug(), side.letter());
         pgbench.run(&run.exec, &made.conn, Mode::ReadWrite, s.p.warmup, &run.logs.join(format!("{tag}-warmup.log")))?;
         let o =
             pgbench.run(&run.exec, &made.conn, Mode::ReadWrite, s.p.duration, &run.logs.join(format!("{tag}.log")))?;
         s.psql(&made.conn, "checkpoint")?;
+        let checkpointed = api::Timestamp::now();
         let after = made.disk_bytes(s)?;
+        let stored_after = made.stored_bytes_after(s, checkpointed)?;
         log(&format!(
-            "  {} pair {pair} {}: ready in {} s, {} tps, {} after creation, {} after the run",
+            "  {} pair {pair} {}: ready in {} s, {} tps, {} after creation, {} after the run{}",
             fs.name(),
             side.letter(),
             num(Some(made.ready_s), 2),
             num(Some(o.tps), 0),
             bytes(Some(created as f64)),
-            bytes(Some(after as f64))
+            bytes(Some(after as f64)),
+            stored_after.map_or(String::new(), |b| format!(" (the daemon: {})", bytes(Some(b as f64))))
         ));
         c.runs.record(Mode::ReadWrite, pair, side, o);
         c.sides.push(SideRun {
@@ -127,11 +153,12 @@ fn compare(s: &Suite, fs: Fs, scale: u32) -> Result<Comparison> {
             ready_s: made.ready_s,
             created_bytes: created,
             after_bytes: after,
+            stored_after_bytes: stored_after,
         });
         made.remove(s)?;
         match fs {
             Fs::Xfs => s.xfs()?.fs.trim(),
-            Fs::Btrfs => s.btrfs()?.fs.trim(),
+            Fs::Btrfs | Fs::BtrfsDriver => s.btrfs()?.fs.trim(),
         }
         Ok(())
     })?;
@@ -141,37 +168,58 @@ fn compare(s: &Suite, fs: Fs, scale: u32) -> Result<Comparison> {
 /// A fresh clone of side `side`.
 fn make(s: &Suite, fs: Fs, side: Side, scale: u32, name: &str) -> Result<Made> {
     match (fs, side) {
-        (Fs::Xfs, Side::A) => xfs_clone(s, Driver::Reflink, scale, name),
-        (Fs::Xfs, Side::B) => xfs_clone(s, Driver::Copy, scale, name),
+        (Fs::Xfs | Fs::BtrfsDriver, Side::A) => daemon_clone(s, fs, Driver::Reflink, scale, name),
+        (Fs::Xfs | Fs::BtrfsDriver, Side::B) => daemon_clone(s, fs, Driver::Copy, scale, name),
         (Fs::Btrfs, Side::A) => peers::BtrfsSnapshot.make(s, scale, name),
         (Fs::Btrfs, Side::B) => btrfs_copy(s, scale, name),
     }
 }
 
-/// A clone with `driver` from the daemon on XFS; its disk is the filesystem's growth.
-fn xfs_clone(s: &Suite, driver: Driver, scale: u32, name: &str) -> Result<Made> {
-    let xfs = s.xfs()?;
-    let used_before = host::fs_used_bytes(&xfs.fs.mount_point)?;
+/// The thinclone daemon on `fs`'s loop mount.
+fn daemon_on<'s>(s: &'s Suite, fs: Fs) -> Result<&'s Daemon> {
+    match fs {
+        Fs::Xfs => Ok(&s.xfs()?.daemon),
+        Fs::BtrfsDriver | Fs::Btrfs => s.btrfs()?.daemon.as_ref().context("no thinclone daemon runs on btrfs"),
+    }
+}
+
+/// A clone with `driver` from the daemon on `fs`. Its disk on XFS is the filesystem's
+/// growth; on btrfs, whose free space moves by whole chunks of metadata, the exclusive bytes
+/// of its data directory.
+fn daemon_clone(s: &Suite, fs: Fs, driver: Driver, scale: u32, name: &str) -> Result<Made> {
+    let daemon = daemon_on(s, fs)?;
+    let used_before = match fs {
+        Fs::Xfs => host::fs_used_bytes(&s.xfs()?.fs.mount_point)?,
+        _ => 0,
+    };
     let t0 = Instant::now();
-    let clone = xfs.daemon.create_clone(name, &format!("img-{scale}"), driver)?;
+    let clone = daemon.create_clone(name, &format!("img-{scale}"), driver)?;
     let conn = Conn::Url(url_with_db(&clone.url, "bench"));
     s.wait_ready(&conn).with_context(|| format!("clone {name}"))?;
     let ready_s = seconds_since(t0);
-    Ok(Made::new(ready_s, conn, clone.stored_bytes, Box::new(XfsClone { name: name.to_owned(), used_before })))
+    Ok(Made::new(ready_s, conn, clone.stored_bytes, Box::new(DaemonClone { fs, name: name.to_owned(), used_before })))
 }
 
-struct XfsClone {
+struct DaemonClone {
+    fs: Fs,
     name: String,
     used_before: u64,
 }
 
-impl MadeClone for XfsClone {
+impl MadeClone for DaemonClone {
     fn disk_bytes(&self, s: &Suite) -> Result<u64> {
-        Ok(host::fs_used_bytes(&s.xfs()?.fs.mount_point)?.saturating_sub(self.used_before))
+        match self.fs {
+            Fs::Xfs => Ok(host::fs_used_bytes(&s.xfs()?.fs.mount_point)?.saturating_sub(self.used_before)),
+            _ => host::btrfs_exclusive_bytes(&s.run.exec, &daemon_on(s, self.fs)?.clone_data_dir(&self.name)),
+        }
+    }
+
+    fn stored_bytes_after(&self, s: &Suite, since: api::Timestamp) -> Result<Option<u64>> {
+        daemon_on(s, self.fs)?.stored_bytes_after(&self.name, since).map(Some)
     }
 
     fn remove(self: Box<Self>, s: &Suite) -> Result<()> {
-        s.xfs()?.daemon.remove_clone(&self.name)
+        daemon_on(s, self.fs)?.remove_clone(&self.name)
     }
 }
 
@@ -208,6 +256,9 @@ pub struct Summary {
     pub median_b_after_bytes: Option<f64>,
     pub median_a_ready_s: Option<f64>,
     pub median_b_ready_s: Option<f64>,
+    /// The median over the pairs of A's `stored_bytes` / A's disk after the run (thinclone
+    /// clones only): whether what the daemon reports agrees with the filesystem.
+    pub median_a_stored_ratio: Option<f64>,
 }
 
 pub fn summaries(comparisons: &[Comparison]) -> Vec<Summary> {
@@ -236,6 +287,11 @@ pub fn summaries(comparisons: &[Comparison]) -> Vec<Summary> {
                 median_b_after_bytes: med("B", |r| r.after_bytes as f64),
                 median_a_ready_s: med("A", |r| r.ready_s),
                 median_b_ready_s: med("B", |r| r.ready_s),
+                median_a_stored_ratio: median(
+                    &of("A")
+                        .filter_map(|r| ratio(r.stored_after_bytes.map(|b| b as f64), Some(r.after_bytes as f64)))
+                        .collect::<Vec<_>>(),
+                ),
             }
         })
         .collect()
@@ -287,6 +343,7 @@ pub fn table(summaries: &[Summary]) -> Table {
         ("median disk after the run A / B", Align::Right),
         ("median growth A/B", Align::Right),
         ("median ready A / B (s)", Align::Right),
+        ("median A's stored_bytes / its disk", Align::Right),
     ]);
     for x in summaries {
         let rw = x.read_write.as_ref();
@@ -300,6 +357,7 @@ pub fn table(summaries: &[Summary]) -> Table {
             format!("{} / {}", bytes(x.median_a_after_bytes), bytes(x.median_b_after_bytes)),
             num(x.median_growth_ratio, 3),
             format!("{} / {}", num(x.median_a_ready_s, 2), num(x.median_b_ready_s, 2)),
+            num(x.median_a_stored_ratio, 3),
         ]);
     }
     t
