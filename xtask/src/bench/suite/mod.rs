@@ -643,14 +643,7 @@ pub fn main(o: Options) -> Result<()> {
 /// `suite` for the caller to stop, also when this fails.
 fn measure(suite: &mut Suite, xfs_file: &std::path::Path, btrfs_file: &std::path::Path) -> Result<()> {
     let run = suite.run;
-    let daemon = Daemon::start(
-        &run.exec,
-        &run.bin,
-        &run.data.join("ext4"),
-        suite.p.ports_ext4(),
-        &run.logs.join("thinclone-ext4.log"),
-        &[],
-    )?;
+    let daemon = start_daemon(run, &run.data.join("ext4"), suite.p.ports_ext4(), "ext4")?;
     log(&format!("thinclone daemon on {}: {} ({})", suite_fs(run), daemon.url, daemon.data_dir.display()));
     suite.ext4 = Some(daemon);
     let unit = MIB_PER_SCALE << 20;
@@ -671,14 +664,7 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path, btrfs_file: &std::path
             super::markdown::bytes(Some(bytes as f64))
         ));
         let made = LoopFs::make(&run.exec, LoopKind::Xfs, xfs_file, bytes, &run.data.join("xfs")).and_then(|fs| {
-            let daemon = Daemon::start(
-                &run.exec,
-                &run.bin,
-                &fs.mount_point.join("thinclone"),
-                suite.p.ports_xfs(),
-                &run.logs.join("thinclone-xfs.log"),
-                &[],
-            )?;
+            let daemon = start_daemon(run, &fs.mount_point.join("thinclone"), suite.p.ports_xfs(), "xfs")?;
             Ok((fs, daemon))
         });
         match made {
@@ -732,16 +718,8 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path, btrfs_file: &std::path
         ));
         suite.results.btrfs_loop = Some(report::LoopFacts::of(&fs));
         let daemon = if suite.p.want(6) {
-            let daemon = Daemon::start(
-                &run.exec,
-                &run.bin,
-                &fs.mount_point.join("thinclone"),
-                suite.p.ports_btrfs(),
-                &run.logs.join("thinclone-btrfs.log"),
-                &[],
-            );
-            // Unmounted when it fails, and with nothing of ours left on it.
-            let daemon = match daemon {
+            // On failure the filesystem is still handed to `suite`, for the caller to unmount.
+            let daemon = match start_daemon(run, &fs.mount_point.join("thinclone"), suite.p.ports_btrfs(), "btrfs") {
                 Ok(d) => d,
                 Err(e) => {
                     suite.btrfs = Some(Btrfs { daemon: None, fs });
@@ -882,6 +860,11 @@ fn btrfs_image(s: &Suite, scale: u32) -> Result<()> {
     host::syncfs(&dir)?;
     log(&format!("  image img-{scale} on btrfs: {} ({} s)", dir.display(), progress::seconds_since(t0)));
     Ok(())
+}
+
+/// A daemon of the run on `data_dir`, its clones on `ports`, its log `thinclone-FS.log`.
+fn start_daemon(run: &Run, data_dir: &std::path::Path, ports: (u16, u16), fs: &str) -> Result<Daemon> {
+    Daemon::start(&run.exec, &run.bin, data_dir, ports, &run.logs.join(format!("thinclone-{fs}.log")), &[])
 }
 
 /// The work directory's filesystem type, for messages.
