@@ -10,9 +10,10 @@
 //!
 //! ```text
 //! checkpoint\n      →  ok <id of the layer frozen>\n  |  error <message>\n
+//! sync\n            →  ok\n                             |  error <message>\n
 //! ```
 //!
-//! [`checkpoint_mounted`] is the client. Requests are served one at a time, by one thread.
+//! [`checkpoint_mounted`] and [`sync_mounted`] are the clients. Requests are served one at a time, by one thread.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -56,6 +57,23 @@ pub fn checkpoint_mounted(layer_dir: &Path, timeout: Duration) -> io::Result<u64
     match answer.strip_prefix("error ") {
         Some(message) => Err(io::Error::other(format!("{}: {message}", what()))),
         None => Err(io::Error::new(io::ErrorKind::InvalidData, format!("{}: bad answer {answer:?}", what()))),
+    }
+}
+
+/// Asks the mount serving `layer_dir` to make everything it holds durable, as it does at
+/// unmount ([`CowFs::sync_all`]): every file's data and block map, and the layer's journal.
+/// A mount kept after its clients stopped is then as safe as an unmounted layer.
+///
+/// Fails as [`checkpoint_mounted`] does.
+pub fn sync_mounted(layer_dir: &Path, timeout: Duration) -> io::Result<()> {
+    let answer = request(layer_dir, "sync", Instant::now() + timeout)?;
+    if answer.trim_end() == "ok" {
+        return Ok(());
+    }
+    let what = format!("sync of the mount of layer directory {}", layer_dir.display());
+    match answer.strip_prefix("error ") {
+        Some(message) => Err(io::Error::other(format!("{what}: {message}"))),
+        None => Err(io::Error::new(io::ErrorKind::InvalidData, format!("{what}: bad answer {answer:?}"))),
     }
 }
 
@@ -215,6 +233,19 @@ fn answer(fs: &CowFs, mut stream: UnixStream) -> io::Result<()> {
                 }
             }
         }
+        b"sync" => {
+            let synced = {
+                let _gate = fs.shared();
+                fs.sync_all()
+            };
+            match synced {
+                Ok(()) => "ok\n".to_owned(),
+                Err(e) => {
+                    tracing::error!("a sync asked for through the control socket failed: {e}");
+                    format!("error {}\n", one_line(&e.to_string()))
+                }
+            }
+        }
         other => format!("error unknown request {:?}\n", String::from_utf8_lossy(other)),
     };
     stream.write_all(reply.as_bytes())
@@ -264,6 +295,7 @@ mod tests {
         assert_eq!(fs.stack().frozen_ids(), [id]);
         let again = checkpoint_mounted(layers.path(), Duration::from_secs(10)).unwrap();
         assert_eq!(fs.stack().frozen_ids(), [id, again]);
+        sync_mounted(layers.path(), Duration::from_secs(10)).unwrap();
 
         let answer = request(layers.path(), "nonsense", Instant::now() + Duration::from_secs(10)).unwrap();
         assert!(answer.starts_with("error unknown request"), "{answer}");
@@ -273,6 +305,8 @@ mod tests {
         let err = checkpoint_mounted(layers.path(), Duration::from_secs(1)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
         assert!(err.to_string().contains("control socket"), "{err}");
+        let err = sync_mounted(layers.path(), Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! - [`LayerStack`] owns a layer directory and its on-disk format (`layer.rs`).
 //! - [`CowFs`] is the merged tree as plain methods (`fs.rs`), usable without a kernel mount.
 //! - [`mount`] serves a [`CowFs`] through FUSE (`fuse.rs`), with a control socket in the
-//!   layer directory through which [`checkpoint_mounted`] checkpoints the live tree
-//!   (`control.rs`).
+//!   layer directory through which [`checkpoint_mounted`] checkpoints the live tree and
+//!   [`sync_mounted`] makes it durable (`control.rs`).
 //!
 //! cowfs knows nothing about databases.
 
@@ -24,7 +24,7 @@ mod layer;
 mod node;
 mod space;
 
-pub use control::checkpoint_mounted;
+pub use control::{checkpoint_mounted, sync_mounted};
 pub use error::{Error, Result};
 pub use fs::{Caller, CowFs, DirEntry, Options, SetAttr, Statfs};
 pub use fuse::{is_live_mount, mount, unmount_stale, MountConfig, Mounted};
