@@ -147,6 +147,13 @@ pub trait Driver: Send + Sync {
     /// Undoes `attach`.
     fn detach(&self, clone_dir: &Path, attached: Attached) -> Result<()>;
 
+    /// Lets go of a clone whose server stopped cleanly. Storage worth keeping attached (a
+    /// mount, whose page cache makes the next start warm) is made durable and given back to
+    /// be kept; anything else is detached, and `None` returned.
+    fn park(&self, clone_dir: &Path, attached: Attached) -> Result<Option<Attached>> {
+        self.detach(clone_dir, attached).map(|()| None)
+    }
+
     /// Stops and removes whatever of this clone's storage an earlier agent left attached
     /// (a mount whose process lives or died), so that it can be attached afresh or removed.
     fn clean_leftovers(&self, _clone_dir: &Path) -> Result<()> {
@@ -409,6 +416,19 @@ impl Driver for Cowfs {
             }
         }
         self.clean_leftovers(clone_dir)
+    }
+
+    fn park(&self, clone_dir: &Path, mut attached: Attached) -> Result<Option<Attached>> {
+        if self.is_healthy(clone_dir, &mut attached) {
+            // Made durable as an unmount would: a kept mount killed later loses nothing.
+            match cowfs::sync_mounted(&Self::layer(clone_dir), Duration::from_secs(60)) {
+                Ok(()) => return Ok(Some(attached)),
+                Err(e) => {
+                    tracing::warn!(clone_dir = %clone_dir.display(), "stopping the mount instead of keeping it: {e}")
+                }
+            }
+        }
+        self.detach(clone_dir, attached).map(|()| None)
     }
 
     fn clean_leftovers(&self, clone_dir: &Path) -> Result<()> {

@@ -58,6 +58,9 @@ pub struct AgentConfig {
     /// Whether a clone whose storage or server died is repaired (remounted, restarted) by
     /// itself; without it, it stays degraded until `start`.
     pub repair: bool,
+    /// How long a stopped clone keeps its storage attached (a cowfs mount, with its page
+    /// cache), so that a start soon after is warm; zero stops it with the server.
+    pub keep_mounts: Duration,
 }
 
 /// How many repairs in a row a clone gets before it is marked failed.
@@ -86,6 +89,17 @@ struct Running {
     instance: Box<dyn Instance>,
 }
 
+/// A stopped clone whose storage stays attached for a while ([`AgentConfig::keep_mounts`]):
+/// a cowfs mount, made durable, whose page cache a start soon after finds warm. Anything
+/// else done to the clone detaches it first, so that only a start ever sees it.
+struct Kept {
+    attached: Attached,
+    since: std::time::Instant,
+}
+
+/// At most this many stopped clones keep their mounts; the longest kept go first.
+const KEPT_MOUNTS_MAX: usize = 16;
+
 pub struct LocalAgent {
     config: AgentConfig,
     isolation: Isolation,
@@ -101,6 +115,8 @@ pub struct LocalAgent {
     /// One lock per clone: operations on one clone are serialised, others go on.
     locks: Mutex<HashMap<Name, Arc<Mutex<()>>>>,
     running: Mutex<HashMap<Name, Running>>,
+    /// Stopped clones whose storage stays attached, each changed only under its clone's lock.
+    kept: Mutex<HashMap<Name, Kept>>,
     /// Each clone's disk use beyond its image, and when it was measured.
     sizes: Mutex<HashMap<Name, (u64, Timestamp)>>,
     /// What supervision found wrong with each running clone.
@@ -216,6 +232,7 @@ impl LocalAgent {
             drivers,
             locks: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            kept: Mutex::new(HashMap::new()),
             sizes: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
@@ -437,20 +454,26 @@ impl LocalAgent {
     /// uid changed (`chown_pending`) has its files given to its uid first, through the mount
     /// (a cowfs layer keeps the owner of each file the clone made); the record then says so.
     fn bring_up(&self, record: &mut CloneRecord) -> Result<()> {
-        self.bring_up_as(record, false)
+        self.bring_up_as(record, false, None)
     }
 
     /// [`LocalAgent::bring_up`]; `fresh` for a clone just made, whose uid was just found
     /// unused and whose storage has never been attached: nothing can be left of it to clear.
-    fn bring_up_as(&self, record: &mut CloneRecord, fresh: bool) -> Result<()> {
+    /// `kept`: its storage, still attached since it stopped ([`LocalAgent::take_kept`]).
+    fn bring_up_as(&self, record: &mut CloneRecord, fresh: bool, kept: Option<Attached>) -> Result<()> {
         let engine = self.engine(&record.engine)?;
         let image = self.record_image_dir(record);
         // Only cowfs reads the image while the clone runs; reflink and copy clones have
         // their own files.
+        let clone_dir = self.clone_dir(&record.name);
         if record.driver == Driver::Cowfs && !image.is_dir() {
+            if let Some(kept) = kept {
+                if let Err(d) = self.driver(record).detach(&clone_dir, kept) {
+                    tracing::warn!(clone = %record.name, "detaching the kept storage: {d}");
+                }
+            }
             return Err(location_unavailable(&image));
         }
-        let clone_dir = self.clone_dir(&record.name);
         // Root's, and passable: its server reaches its data directory through it.
         fs::set_permissions(&clone_dir, fs::Permissions::from_mode(0o711))
             .map_err(internal("setting the clone directory's permissions"))?;
@@ -460,9 +483,11 @@ impl LocalAgent {
             self.end_leftover_processes(&user)?;
         }
         let driver = self.driver(record);
-        let attached =
-            if fresh { driver.attach_new(&image, &clone_dir, &user) } else { driver.attach(&image, &clone_dir, &user) }
-                .map_err(AgentError::from_driver)?;
+        let attached = match kept {
+            Some(attached) => attached,
+            None if fresh => driver.attach_new(&image, &clone_dir, &user).map_err(AgentError::from_driver)?,
+            None => driver.attach(&image, &clone_dir, &user).map_err(AgentError::from_driver)?,
+        };
         if record.chown_pending {
             tracing::info!(clone = %record.name, uid = user.uid, "giving the clone's files to its new uid");
             if let Err(e) = sys::tree::chown(&attached.data_dir, user.uid, user.gid) {
@@ -532,6 +557,7 @@ impl LocalAgent {
     /// Stops a clone's server and detaches its storage: ours, or what an earlier agent left.
     fn tear_down(&self, record: &CloneRecord) -> Result<()> {
         lock(&self.health).remove(&record.name);
+        self.detach_kept(record)?;
         let clone_dir = self.clone_dir(&record.name);
         let driver = self.driver(record);
         let running = lock(&self.running).remove(&record.name);
@@ -545,22 +571,102 @@ impl LocalAgent {
                 self.end_leftover_processes(&user)
             }
             None => {
-                if let Ok(engine) = self.engine(&record.engine) {
-                    let spec = self.instance_spec(record);
-                    // A server that accepts connections gets a clean stop; whatever is left
-                    // (one a crash caught while it started or stopped) is stopped at once.
-                    if let Some(instance) = engine.adopt(&spec) {
-                        tracing::info!(clone = %record.name, pid = instance.pid(), "stopping a server left running");
-                        if let Err(e) = instance.stop(STOP_TIMEOUT) {
-                            tracing::warn!(clone = %record.name, "stopping a leftover server: {e}");
-                        }
-                    }
-                    engine
-                        .stop_stray(&spec)
-                        .map_err(|e| AgentError::from_engine("stopping a server left running", e))?;
-                }
+                self.stop_leftover_server(record)?;
                 driver.clean_leftovers(&clone_dir).map_err(AgentError::from_driver)?;
                 self.end_leftover_processes(&user)
+            }
+        }
+    }
+
+    /// Stops a server of this clone that no `Running` holds: one an earlier agent left, or
+    /// one a crash caught while it started or stopped.
+    fn stop_leftover_server(&self, record: &CloneRecord) -> Result<()> {
+        let Ok(engine) = self.engine(&record.engine) else { return Ok(()) };
+        let spec = self.instance_spec(record);
+        // A server that accepts connections gets a clean stop; whatever is left is stopped
+        // at once.
+        if let Some(instance) = engine.adopt(&spec) {
+            tracing::info!(clone = %record.name, pid = instance.pid(), "stopping a server left running");
+            if let Err(e) = instance.stop(STOP_TIMEOUT) {
+                tracing::warn!(clone = %record.name, "stopping a leftover server: {e}");
+            }
+        }
+        engine.stop_stray(&spec).map_err(|e| AgentError::from_engine("stopping a server left running", e))?;
+        Ok(())
+    }
+
+    /// Stops a clone's server and keeps its storage attached for [`AgentConfig::keep_mounts`]
+    /// when its driver finds that worth it ([`driver::Driver::park`]); otherwise, or when
+    /// the server did not stop cleanly, tears it down. The caller holds the clone's lock.
+    fn stop_keeping_storage(&self, record: &CloneRecord) -> Result<()> {
+        if self.config.keep_mounts.is_zero() {
+            return self.tear_down(record);
+        }
+        let running = lock(&self.running).remove(&record.name);
+        let Some(Running { attached, instance }) = running else { return self.tear_down(record) };
+        lock(&self.health).remove(&record.name);
+        let clone_dir = self.clone_dir(&record.name);
+        let driver = self.driver(record);
+        if let Err(e) = instance.stop(STOP_TIMEOUT) {
+            tracing::warn!(clone = %record.name, "stopping the server: {e}");
+            driver.detach(&clone_dir, attached).map_err(AgentError::from_driver)?;
+            return self.tear_down(record);
+        }
+        if let Err(e) = self.end_leftover_processes(&self.clone_user(record)) {
+            driver.detach(&clone_dir, attached).map_err(AgentError::from_driver)?;
+            return Err(e);
+        }
+        if let Some(attached) = driver.park(&clone_dir, attached).map_err(AgentError::from_driver)? {
+            tracing::debug!(clone = %record.name, "keeping the stopped clone's storage attached");
+            lock(&self.kept).insert(record.name.clone(), Kept { attached, since: std::time::Instant::now() });
+        }
+        Ok(())
+    }
+
+    /// A stopped clone's storage, still attached and serving, taken to start it on; `None`
+    /// when it has none (a kept mount that died meanwhile is detached here).
+    fn take_kept(&self, record: &CloneRecord) -> Option<Attached> {
+        let mut attached = lock(&self.kept).remove(&record.name)?.attached;
+        let clone_dir = self.clone_dir(&record.name);
+        let driver = self.driver(record);
+        if driver.is_healthy(&clone_dir, &mut attached) {
+            return Some(attached);
+        }
+        tracing::info!(clone = %record.name, "the stopped clone's kept mount died; mounting afresh");
+        if let Err(e) = driver.detach(&clone_dir, attached) {
+            tracing::warn!(clone = %record.name, "detaching the dead mount: {e}");
+        }
+        None
+    }
+
+    /// Detaches a stopped clone's kept storage, if it has any: before anything but a start
+    /// touches the clone's files. The caller holds the clone's lock.
+    fn detach_kept(&self, record: &CloneRecord) -> Result<()> {
+        let Some(kept) = lock(&self.kept).remove(&record.name) else { return Ok(()) };
+        self.driver(record).detach(&self.clone_dir(&record.name), kept.attached).map_err(AgentError::from_driver)
+    }
+
+    /// Detaches the storage of stopped clones kept longer than [`AgentConfig::keep_mounts`],
+    /// and of the longest kept beyond [`KEPT_MOUNTS_MAX`]. A clone busy with an operation is
+    /// left for the next round.
+    fn release_kept(&self) {
+        let mut kept: Vec<(Name, std::time::Instant)> =
+            lock(&self.kept).iter().map(|(name, k)| (name.clone(), k.since)).collect();
+        kept.sort_by_key(|(_, since)| std::cmp::Reverse(*since));
+        for (n, (name, since)) in kept.into_iter().enumerate() {
+            if n < KEPT_MOUNTS_MAX && since.elapsed() < self.config.keep_mounts {
+                continue;
+            }
+            let guard = self.clone_lock(&name);
+            let Ok(_op) = guard.try_lock() else { continue };
+            let Ok(record) = self.load(&name) else {
+                // Gone: whoever removed it detached its storage.
+                lock(&self.kept).remove(&name);
+                continue;
+            };
+            tracing::info!(clone = %name, "detaching the storage the stopped clone kept");
+            if let Err(e) = self.detach_kept(&record) {
+                tracing::warn!(clone = %name, "detaching the stopped clone's storage: {e}");
             }
         }
     }
@@ -860,6 +966,10 @@ impl LocalAgent {
         for record in self.records() {
             let guard = self.clone_lock(&record.name);
             let _op = lock(&guard);
+            // Kept storage of stopped clones goes either way: nothing comes back for it.
+            if let Err(e) = self.detach_kept(&record) {
+                tracing::warn!(clone = %record.name, "detaching a stopped clone's storage at shutdown: {e}");
+            }
             if stop_clones {
                 if let Err(e) = self.tear_down(&record) {
                     tracing::warn!(clone = %record.name, "stopping at shutdown: {e}");
@@ -1236,13 +1346,13 @@ impl LocalAgent {
     }
 }
 
-/// Whether a cowfs mount's log says that it refuses writes for lack of room now: its last
-/// `cowfs: ENOSPC` line is later than its last `cowfs: space available again` line.
 /// Where a clone's checkpoints keep their files: one directory each, by name.
 fn checkpoints_dir(clone_dir: &Path) -> PathBuf {
     clone_dir.join("checkpoints")
 }
 
+/// Whether a cowfs mount's log says that it refuses writes for lack of room now: its last
+/// `cowfs: ENOSPC` line is later than its last `cowfs: space available again` line.
 fn cowfs_out_of_room(clone_dir: &Path) -> bool {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut log) = fs::File::open(clone_dir.join("mount.log")) else { return false };
@@ -1304,7 +1414,10 @@ fn supervise(agent: Weak<LocalAgent>) {
         };
         std::thread::sleep(interval);
         match agent.upgrade() {
-            Some(a) if !a.stopping.load(Ordering::Relaxed) => a.supervise_once(),
+            Some(a) if !a.stopping.load(Ordering::Relaxed) => {
+                a.supervise_once();
+                a.release_kept();
+            }
             _ => return,
         }
     }
@@ -1445,6 +1558,8 @@ impl Agent for LocalAgent {
         let from = match &spec.origin {
             Some(origin) => {
                 let record = self.load(&origin.clone)?;
+                // Its layers are read unmounted.
+                self.detach_kept(&record)?;
                 let checkpoint = record.checkpoints.iter().find(|c| c.name == origin.checkpoint).ok_or_else(|| {
                     AgentError::new(
                         ErrorKind::NotFound,
@@ -1515,7 +1630,7 @@ impl Agent for LocalAgent {
         };
         let made = storage
             .map_err(AgentError::from_driver)
-            .and_then(|()| self.bring_up_as(&mut record, true))
+            .and_then(|()| self.bring_up_as(&mut record, true, None))
             .and_then(|()| self.run_template(&record, spec));
         if let Err(e) = made {
             if let Err(t) = self.tear_down(&record) {
@@ -1554,9 +1669,20 @@ impl Agent for LocalAgent {
         record.intent = Some(Intent::Start);
         record.desired = Desired::Running;
         self.save(&record)?;
-        // Whatever is left of dead processes goes first, so that the start is real.
-        self.tear_down(&record)?;
-        let result = self.bring_up(&mut record);
+        // Whatever is left of dead processes goes first, so that the start is real; storage
+        // kept attached since a stop is started on as it is.
+        let result = match self.take_kept(&record) {
+            Some(kept) => match self.stop_leftover_server(&record) {
+                Ok(()) => self.bring_up_as(&mut record, false, Some(kept)),
+                Err(e) => {
+                    if let Err(d) = self.driver(&record).detach(&self.clone_dir(name), kept) {
+                        tracing::warn!(clone = %name, "detaching the kept storage: {d}");
+                    }
+                    Err(e)
+                }
+            },
+            None => self.tear_down(&record).and_then(|()| self.bring_up(&mut record)),
+        };
         record.intent = None;
         match &result {
             Ok(()) => {
@@ -1576,7 +1702,7 @@ impl Agent for LocalAgent {
         record.intent = Some(Intent::Stop);
         record.desired = Desired::Stopped;
         self.save(&record)?;
-        self.tear_down(&record)?;
+        self.stop_keeping_storage(&record)?;
         record.intent = None;
         record.failure = None;
         self.save(&record)?;
@@ -1683,6 +1809,8 @@ impl Agent for LocalAgent {
         let guard = self.clone_lock(name);
         let _op = lock(&guard);
         let mut record = self.load(name)?;
+        // A stopped clone is checkpointed unmounted.
+        self.detach_kept(&record)?;
         if record.checkpoints.iter().any(|c| &c.name == checkpoint) {
             return Err(AgentError::new(
                 ErrorKind::Conflict,

@@ -31,6 +31,7 @@ fn fixture() -> Fixture {
         engines: Vec::new(),
         size_interval: Duration::from_secs(3600),
         supervise_interval: Duration::from_secs(3600),
+        keep_mounts: Duration::ZERO,
         repair: true,
     })
     .unwrap();

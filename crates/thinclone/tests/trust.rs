@@ -154,6 +154,94 @@ fn a_dead_mount_is_seen_and_repaired() {
     d.ok::<Operation>(&["image", "rm", "img"]);
 }
 
+/// A stopped cowfs clone keeps its mount (its page cache) for a while, so that a start soon
+/// after is warm; anything else done to it unmounts it first, a kept mount that dies is
+/// replaced at the next start with committed data intact, and nothing is left mounted after
+/// a removal, a shutdown or the keeping time.
+#[test]
+fn a_stopped_clone_keeps_its_mount_for_a_while() {
+    require("a_stopped_clone_keeps_its_mount_for_a_while");
+    let work = work_dir("thinclone-trust-");
+    let mut d = Daemon::start(&work.path().join("data"), (8200, 8209));
+    d.ok::<api::Image>(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
+    let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "img"]);
+    sql(clone.url(), "CREATE TABLE precious AS SELECT 'kept' AS v");
+    let mount_pid = |d: &Daemon| -> i32 {
+        fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).unwrap().trim().parse().unwrap()
+    };
+    let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
+    let data = d.data_dir.join("clones/c/data");
+    let mounted = |d: &Daemon| support::daemon::mounts_under(&d.data_dir).contains(&data);
+
+    // Stopped: the server is down, the mount stays; the start runs on the same mount.
+    let first = mount_pid(&d);
+    let stopped: api::Clone = d.ok(&["clone", "stop", "c"]);
+    assert_eq!(stopped.status, CloneStatus::Stopped, "{stopped:?}");
+    assert!(psql(clone.url(), "SELECT 1").is_err(), "the stopped clone's server still answers");
+    assert!(alive(first) && mounted(&d), "the stopped clone's mount was not kept");
+    let started: api::Clone = d.ok(&["clone", "start", "c"]);
+    assert_eq!(started.status, CloneStatus::Ready, "{started:?}");
+    assert_eq!(mount_pid(&d), first, "the start did not use the kept mount");
+    assert_eq!(sql(clone.url(), "SELECT v FROM precious"), "kept");
+
+    // A kept mount killed: the next start mounts afresh, with the committed data.
+    sql(clone.url(), "INSERT INTO precious VALUES ('committed before the stop')");
+    d.ok::<api::Clone>(&["clone", "stop", "c"]);
+    unsafe { libc::kill(first, libc::SIGKILL) };
+    let started: api::Clone = d.ok(&["clone", "start", "c"]);
+    assert_eq!(started.status, CloneStatus::Ready, "{started:?}");
+    let second = mount_pid(&d);
+    assert_ne!(second, first);
+    assert_eq!(sql(clone.url(), "SELECT count(*) FROM precious"), "2");
+
+    // A checkpoint of a stopped clone is taken unmounted.
+    d.ok::<api::Clone>(&["clone", "stop", "c"]);
+    assert!(alive(second));
+    d.ok::<api::Checkpoint>(&["clone", "checkpoint", "c", "--name", "cp1"]);
+    assert!(!alive(second) && !mounted(&d), "the checkpoint left the kept mount in place");
+    d.ok::<api::Clone>(&["clone", "start", "c"]);
+    assert_eq!(sql(clone.url(), "SELECT count(*) FROM precious"), "2");
+
+    // A shutdown unmounts kept mounts even when running clones run on.
+    d.ok::<api::Clone>(&["clone", "stop", "c"]);
+    let kept = mount_pid(&d);
+    d.stop();
+    assert!(!alive(kept) && !mounted(&d), "a kept mount outlived the server");
+    d.restart();
+    let restarted: api::Clone = d.ok(&["clone", "show", "c"]);
+    assert_eq!(restarted.status, CloneStatus::Stopped, "{restarted:?}");
+
+    // Kept for the time asked only: after it, the mount goes by itself.
+    d.extra_args.extend(["--keep-stopped-mounts".to_owned(), "1".to_owned()]);
+    d.restart();
+    d.ok::<api::Clone>(&["clone", "start", "c"]);
+    d.ok::<api::Clone>(&["clone", "stop", "c"]);
+    let kept = mount_pid(&d);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(kept) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!alive(kept) && !mounted(&d), "the kept mount outlived its time");
+    assert!(d.log_since_start().contains("detaching the storage the stopped clone kept"), "{}", d.log_tail(20));
+
+    // With 0, a stop unmounts at once; a removal leaves nothing mounted either way.
+    d.extra_args.truncate(d.extra_args.len() - 2);
+    d.extra_args.extend(["--keep-stopped-mounts".to_owned(), "0".to_owned()]);
+    d.restart();
+    d.ok::<api::Clone>(&["clone", "start", "c"]);
+    d.ok::<api::Clone>(&["clone", "stop", "c"]);
+    assert!(!mounted(&d), "a stop with --keep-stopped-mounts 0 kept the mount");
+    d.extra_args.truncate(d.extra_args.len() - 2);
+    d.restart();
+    d.ok::<api::Clone>(&["clone", "start", "c"]);
+    d.ok::<api::Clone>(&["clone", "stop", "c"]);
+    assert!(mounted(&d));
+    d.ok::<Operation>(&["clone", "rm", "c"]);
+    assert!(!d.data_dir.join("clones/c").exists());
+    assert!(support::daemon::mounts_under(&d.data_dir).is_empty(), "{:?}", support::daemon::mounts_under(&d.data_dir));
+    d.ok::<Operation>(&["image", "rm", "img"]);
+}
+
 /// Issue 9, acceptance 5: a second server on the same data directory exits with an error
 /// that names the first, and touches nothing.
 #[test]
