@@ -484,7 +484,7 @@ impl Report {
         }
         if let Some(q) = &j.query {
             let _ = writeln!(w, "### 3. Query speed on a clone\n");
-            let _ = writeln!(w, "Scale {}. A = a thinclone cowfs clone, B = a thinclone copy clone (a plain full copy) of the same image; the daemon's server settings for both. One server at a time, A B A B: each start is followed by a {wu} s read-write warm-up, {d} s read-write, a {wu} s select-only warm-up and {d} s select-only. Cold: after all warm pairs, each server is started, the page cache dropped, and {d} s of select-only run.\n", q.scale, wu = p.warmup, d = p.duration);
+            let _ = writeln!(w, "Scale {}. A = a thinclone cowfs clone, B = a thinclone copy clone (a plain full copy) of the same image; the daemon's server settings for both. One server at a time, A B A B: each start is followed by a read of every page of the database's tables and indexes (`pg_prewarm`'s `read` mode, into the kernel's page cache), a {wu} s read-write warm-up, {d} s read-write, a {wu} s select-only warm-up and {d} s select-only. Cold: after all warm pairs, each server is started, the page cache dropped, and {d} s of select-only run.\n", q.scale, wu = p.warmup, d = p.duration);
             let ordered: Vec<(Mode, &ab::Summary)> = [Mode::ReadWrite, Mode::SelectOnly, Mode::SelectOnlyCold]
                 .into_iter()
                 .filter_map(|m| Some((m, q.modes.get(m.key())?)))
