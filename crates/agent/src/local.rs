@@ -602,6 +602,10 @@ impl LocalAgent {
         if self.config.keep_mounts.is_zero() {
             return self.tear_down(record);
         }
+        if lock(&self.kept).contains_key(&record.name) {
+            // Stopped already, its storage kept: a second stop changes nothing.
+            return Ok(());
+        }
         let running = lock(&self.running).remove(&record.name);
         let Some(Running { attached, instance }) = running else { return self.tear_down(record) };
         lock(&self.health).remove(&record.name);

@@ -179,6 +179,9 @@ fn a_stopped_clone_keeps_its_mount_for_a_while() {
     assert_eq!(stopped.status, CloneStatus::Stopped, "{stopped:?}");
     assert!(psql(clone.url(), "SELECT 1").is_err(), "the stopped clone's server still answers");
     assert!(alive(first) && mounted(&d), "the stopped clone's mount was not kept");
+    // A second stop keeps it too.
+    d.ok::<api::Clone>(&["clone", "stop", "c"]);
+    assert!(alive(first) && mounted(&d), "a second stop dropped the kept mount");
     let started: api::Clone = d.ok(&["clone", "start", "c"]);
     assert_eq!(started.status, CloneStatus::Ready, "{started:?}");
     assert_eq!(mount_pid(&d), first, "the start did not use the kept mount");
