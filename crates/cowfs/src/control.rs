@@ -54,10 +54,7 @@ pub fn checkpoint_mounted(layer_dir: &Path, timeout: Duration) -> io::Result<u64
             .parse()
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{}: bad answer {answer:?}", what())));
     }
-    match answer.strip_prefix("error ") {
-        Some(message) => Err(io::Error::other(format!("{}: {message}", what()))),
-        None => Err(io::Error::new(io::ErrorKind::InvalidData, format!("{}: bad answer {answer:?}", what()))),
-    }
+    Err(not_done(&what(), &answer))
 }
 
 /// Asks the mount serving `layer_dir` to make everything it holds durable, as it does at
@@ -70,10 +67,15 @@ pub fn sync_mounted(layer_dir: &Path, timeout: Duration) -> io::Result<()> {
     if answer.trim_end() == "ok" {
         return Ok(());
     }
-    let what = format!("sync of the mount of layer directory {}", layer_dir.display());
+    Err(not_done(&format!("sync of the mount of layer directory {}", layer_dir.display()), &answer))
+}
+
+/// The error for an answer that is not the request's success: the mount's own message
+/// (`error MESSAGE`), or an answer the protocol does not know.
+fn not_done(what: &str, answer: &str) -> io::Error {
     match answer.strip_prefix("error ") {
-        Some(message) => Err(io::Error::other(format!("{what}: {message}"))),
-        None => Err(io::Error::new(io::ErrorKind::InvalidData, format!("{what}: bad answer {answer:?}"))),
+        Some(message) => io::Error::other(format!("{what}: {message}")),
+        None => io::Error::new(io::ErrorKind::InvalidData, format!("{what}: bad answer {answer:?}")),
     }
 }
 
