@@ -663,11 +663,9 @@ impl LocalAgent {
             }
             let guard = self.clone_lock(&name);
             let Ok(_op) = guard.try_lock() else { continue };
-            let Ok(record) = self.load(&name) else {
-                // Gone: whoever removed it detached its storage.
-                lock(&self.kept).remove(&name);
-                continue;
-            };
+            // A removal detaches under the same lock, so the record is there; one that cannot
+            // be read is tried again next round rather than dropped with its mount running.
+            let Ok(record) = self.load(&name) else { continue };
             tracing::info!(clone = %name, "detaching the storage the stopped clone kept");
             if let Err(e) = self.detach_kept(&record) {
                 tracing::warn!(clone = %name, "detaching the stopped clone's storage: {e}");
