@@ -246,9 +246,15 @@ pub trait Driver: Send + Sync {
 
 /// The driver of a kind, for clones of an engine whose commit directories are
 /// `commit_dirs` ([`engine::Engine::commit_dirs`]; only cowfs treats them apart).
-pub fn driver(kind: Kind, mount_program: &Path, commit_dirs: &'static [&'static str]) -> Box<dyn Driver> {
+/// `writeback_cache` is [`Cowfs::writeback_cache`].
+pub fn driver(
+    kind: Kind,
+    mount_program: &Path,
+    commit_dirs: &'static [&'static str],
+    writeback_cache: bool,
+) -> Box<dyn Driver> {
     match kind {
-        Kind::Cowfs => Box::new(Cowfs { program: mount_program.to_owned(), commit_dirs }),
+        Kind::Cowfs => Box::new(Cowfs { program: mount_program.to_owned(), commit_dirs, writeback_cache }),
         Kind::Reflink => Box::new(CopyDriver { data: CopyData::Reflink }),
         Kind::Copy => Box::new(CopyDriver { data: CopyData::Copy }),
     }
@@ -261,6 +267,11 @@ pub struct Cowfs {
     pub program: PathBuf,
     /// Directories kept on the host's filesystem rather than in the layer (commit_dirs.rs).
     pub commit_dirs: &'static [&'static str],
+    /// Mount with the kernel's writeback cache: the server's writes return from the page
+    /// cache, as on a local filesystem, but a write the layer has no room for fails at the
+    /// next `fsync` (for a database, a crash) instead of at `write(2)` (doc/SEMANTICS.md,
+    /// "Full disks"). Off unless the agent is told (`--cowfs-writeback-cache`).
+    pub writeback_cache: bool,
 }
 
 impl Cowfs {
@@ -309,7 +320,7 @@ impl Cowfs {
             // Without the kernel's writeback cache a write that needs space the disk does not
             // have fails at write(2), where the database reports it and goes on, rather than at
             // fsync, where it must stop (doc/SEMANTICS.md, "Full disks").
-            .arg("--no-writeback-cache")
+            .args((!self.writeback_cache).then_some("--no-writeback-cache"))
             // As numbers: a clone's own uid has no name.
             .arg("--owner")
             .arg(format!("{}:{}", owner.uid, owner.gid))
@@ -806,7 +817,7 @@ mod tests {
         let clones = tempfile::tempdir().unwrap();
         let clone = clones.path().join("c");
         fs::create_dir(&clone).unwrap();
-        let driver = Cowfs { program: "/nonexistent".into(), commit_dirs: &[] };
+        let driver = Cowfs { program: "/nonexistent".into(), commit_dirs: &[], writeback_cache: false };
         driver.create(image.path(), &clone).unwrap();
         // Creating again (a retried create) is harmless.
         driver.create(image.path(), &clone).unwrap();

@@ -61,6 +61,11 @@ pub struct AgentConfig {
     /// How long a stopped clone keeps its storage attached (a cowfs mount, with its page
     /// cache), so that a start soon after is warm; zero stops it with the server.
     pub keep_mounts: Duration,
+    /// Whether cowfs clones are mounted with the kernel's writeback cache
+    /// ([`crate::driver::Cowfs::writeback_cache`]): faster writes, but a full disk crashes a
+    /// clone's server instead of failing its statement. Takes effect at each clone's next
+    /// mount.
+    pub cowfs_writeback_cache: bool,
 }
 
 /// How many repairs in a row a clone gets before it is marked failed.
@@ -318,7 +323,7 @@ impl LocalAgent {
 
     fn driver(&self, record: &CloneRecord) -> Box<dyn driver::Driver> {
         let commit_dirs = self.engine(&record.engine).map_or(&[][..], |e| e.commit_dirs());
-        driver::driver(record.driver, &self.config.mount_program, commit_dirs)
+        driver::driver(record.driver, &self.config.mount_program, commit_dirs, self.config.cowfs_writeback_cache)
     }
 
     fn clone_lock(&self, name: &Name) -> Arc<Mutex<()>> {
@@ -1064,7 +1069,8 @@ impl LocalAgent {
                     if let Some(name) = dir.file_name().and_then(|n| Name::new(&n.to_string_lossy()).ok()) {
                         let _ = sys::tree::remove(&self.clone_run_dir(&name));
                     }
-                    if let Err(e) = driver::driver(Driver::Cowfs, &self.config.mount_program, &[]).clean_leftovers(&dir)
+                    if let Err(e) =
+                        driver::driver(Driver::Cowfs, &self.config.mount_program, &[], false).clean_leftovers(&dir)
                     {
                         tracing::error!(path = %dir.display(), "stopping what it left running: {e}");
                     }

@@ -32,6 +32,7 @@ fn fixture() -> Fixture {
         size_interval: Duration::from_secs(3600),
         supervise_interval: Duration::from_secs(3600),
         keep_mounts: Duration::ZERO,
+        cowfs_writeback_cache: false,
         repair: true,
     })
     .unwrap();

@@ -54,6 +54,13 @@ pub struct AgentOpts {
     /// files in the kernel's cache (at most 16 clones at once); 0 unmounts at stop.
     #[arg(long, value_name = "SECONDS", default_value_t = 900, env = "THINCLONE_KEEP_STOPPED_MOUNTS")]
     keep_stopped_mounts: u64,
+    /// Mount cowfs clones with the kernel's writeback cache: their servers' writes return
+    /// from memory, as on a local disk, so they run faster, but when the clones' disk is
+    /// full a server crashes at its next fsync (it comes back with every committed
+    /// transaction once there is room) instead of failing the statement that needed space.
+    /// For hosts whose disk will not fill. Takes effect at each clone's next mount.
+    #[arg(long, env = "THINCLONE_COWFS_WRITEBACK_CACHE")]
+    cowfs_writeback_cache: bool,
 }
 
 /// How the server part runs: `thinclone serve` and `thinclone server`.
@@ -259,6 +266,7 @@ fn open_agent(opts: &AgentOpts) -> anyhow::Result<Arc<agent::LocalAgent>> {
         supervise_interval: Duration::from_secs(2),
         repair: !opts.no_repair,
         keep_mounts: Duration::from_secs(opts.keep_stopped_mounts),
+        cowfs_writeback_cache: opts.cowfs_writeback_cache,
     };
     agent::LocalAgent::open_with(config, isolation)
         .with_context(|| format!("opening data directory {}", data_dir.display()))

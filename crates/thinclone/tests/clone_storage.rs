@@ -45,7 +45,8 @@ fn a_cowfs_clone_of_a_prepared_image_serves_sql() {
     };
 
     // A clone: driver create + attach + server start, timed to the first SELECT.
-    let driver = driver::Cowfs { program: support::thinclone_bin(), commit_dirs: engine.commit_dirs() };
+    let driver =
+        driver::Cowfs { program: support::thinclone_bin(), commit_dirs: engine.commit_dirs(), writeback_cache: false };
     let clone_dir = work.join("clones/c1");
     fs::create_dir_all(&clone_dir).unwrap();
     let started = Instant::now();
