@@ -120,6 +120,10 @@ pub struct Options {
     /// when --clones asks for more), 100 for those on XFS, then 3 for hand-started servers.
     #[arg(long, value_name = "N", default_value_t = 21000)]
     pub port: u16,
+    /// Start the daemons with `--cowfs-writeback-cache`: cowfs clones mounted with the
+    /// kernel's writeback cache (faster writes; a full disk crashes a clone's server).
+    #[arg(long)]
+    pub cowfs_writeback_cache: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -158,6 +162,8 @@ pub struct Params {
     pub methods: Vec<&'static str>,
     pub port: u16,
     pub drop_caches: bool,
+    /// The daemons mount cowfs clones with the kernel's writeback cache.
+    pub cowfs_writeback_cache: bool,
 }
 
 impl Params {
@@ -217,6 +223,7 @@ impl Params {
             methods,
             port: o.port,
             drop_caches: !o.common.no_drop_caches,
+            cowfs_writeback_cache: o.cowfs_writeback_cache,
         })
     }
 
@@ -643,7 +650,7 @@ pub fn main(o: Options) -> Result<()> {
 /// `suite` for the caller to stop, also when this fails.
 fn measure(suite: &mut Suite, xfs_file: &std::path::Path, btrfs_file: &std::path::Path) -> Result<()> {
     let run = suite.run;
-    let daemon = start_daemon(run, &run.data.join("ext4"), suite.p.ports_ext4(), "ext4")?;
+    let daemon = start_daemon(suite, &run.data.join("ext4"), suite.p.ports_ext4(), "ext4")?;
     log(&format!("thinclone daemon on {}: {} ({})", suite_fs(run), daemon.url, daemon.data_dir.display()));
     suite.ext4 = Some(daemon);
     let unit = MIB_PER_SCALE << 20;
@@ -664,7 +671,7 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path, btrfs_file: &std::path
             super::markdown::bytes(Some(bytes as f64))
         ));
         let made = LoopFs::make(&run.exec, LoopKind::Xfs, xfs_file, bytes, &run.data.join("xfs")).and_then(|fs| {
-            let daemon = start_daemon(run, &fs.mount_point.join("thinclone"), suite.p.ports_xfs(), "xfs")?;
+            let daemon = start_daemon(suite, &fs.mount_point.join("thinclone"), suite.p.ports_xfs(), "xfs")?;
             Ok((fs, daemon))
         });
         match made {
@@ -719,7 +726,7 @@ fn measure(suite: &mut Suite, xfs_file: &std::path::Path, btrfs_file: &std::path
         suite.results.btrfs_loop = Some(report::LoopFacts::of(&fs));
         let daemon = if suite.p.want(6) {
             // On failure the filesystem is still handed to `suite`, for the caller to unmount.
-            let daemon = match start_daemon(run, &fs.mount_point.join("thinclone"), suite.p.ports_btrfs(), "btrfs") {
+            let daemon = match start_daemon(suite, &fs.mount_point.join("thinclone"), suite.p.ports_btrfs(), "btrfs") {
                 Ok(d) => d,
                 Err(e) => {
                     suite.btrfs = Some(Btrfs { daemon: None, fs });
@@ -863,8 +870,10 @@ fn btrfs_image(s: &Suite, scale: u32) -> Result<()> {
 }
 
 /// A daemon of the run on `data_dir`, its clones on `ports`, its log `thinclone-FS.log`.
-fn start_daemon(run: &Run, data_dir: &std::path::Path, ports: (u16, u16), fs: &str) -> Result<Daemon> {
-    Daemon::start(&run.exec, &run.bin, data_dir, ports, &run.logs.join(format!("thinclone-{fs}.log")), &[])
+fn start_daemon(suite: &Suite, data_dir: &std::path::Path, ports: (u16, u16), fs: &str) -> Result<Daemon> {
+    let run = suite.run;
+    let extra: &[&str] = if suite.p.cowfs_writeback_cache { &["--cowfs-writeback-cache"] } else { &[] };
+    Daemon::start(&run.exec, &run.bin, data_dir, ports, &run.logs.join(format!("thinclone-{fs}.log")), extra)
 }
 
 /// The work directory's filesystem type, for messages.

@@ -187,6 +187,8 @@ struct JsonParams {
     many_scale: u32,
     items: Vec<u32>,
     methods: Vec<&'static str>,
+    /// The daemons ran with `--cowfs-writeback-cache`.
+    cowfs_writeback_cache: bool,
     cold_runs: bool,
     source_server_settings: &'static str,
     hand_started_server_settings: &'static str,
@@ -331,6 +333,7 @@ impl Report {
                 many_scale: p.many_scale,
                 items: p.items.iter().copied().collect(),
                 methods: method_keys.clone(),
+                cowfs_writeback_cache: p.cowfs_writeback_cache,
                 cold_runs: s.run.can_drop,
                 source_server_settings: SOURCE_SETTINGS,
                 hand_started_server_settings: HAND_SETTINGS,
@@ -443,7 +446,11 @@ impl Report {
             p.clients,
             p.threads,
             list(&p.clone_counts)
-        );
+        ) + if p.cowfs_writeback_cache {
+            "; cowfs clones mounted with the kernel's writeback cache (`--cowfs-writeback-cache`)"
+        } else {
+            ""
+        };
         let mut extra = vec![("XFS for reflink".to_owned(), xfs)];
         if let Some(b) = btrfs {
             extra.push(("btrfs".to_owned(), b));
