@@ -38,12 +38,19 @@ fn checksums(root: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
-#[test]
-fn postgres_on_a_clone_survives_kill_9_of_the_server() {
-    support::require_fuse("postgres_on_a_clone");
-    pg::require("postgres_on_a_clone");
+/// What every test here needs first: FUSE and PostgreSQL, or the test fails saying so; and a
+/// work directory the servers' user can enter.
+fn setup(test: &str) -> tempfile::TempDir {
+    support::require_fuse(test);
+    pg::require(test);
     let work = tempfile::tempdir().unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    work
+}
+
+#[test]
+fn postgres_on_a_clone_survives_kill_9_of_the_server() {
+    let work = setup("postgres_on_a_clone");
     let work = work.path();
 
     // The source: a real cluster with pgbench data, stopped, copied into the image.
@@ -206,10 +213,7 @@ impl SmallClone {
 /// committed before is there. The image is unchanged.
 #[test]
 fn postgres_on_a_full_clone_fails_the_statement_not_the_server() {
-    support::require_fuse("postgres_on_a_full_clone");
-    pg::require("postgres_on_a_full_clone");
-    let work = tempfile::tempdir().unwrap();
-    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let work = setup("postgres_on_a_full_clone");
     let c = SmallClone::new(work.path(), (24_403, 24_404), &["--no-writeback-cache"]);
 
     let (committed, error) = c.fill();
@@ -239,10 +243,7 @@ fn postgres_on_a_full_clone_fails_the_statement_not_the_server() {
 /// is unchanged.
 #[test]
 fn postgres_on_a_full_clone_with_the_writeback_cache_stops_and_loses_no_commit() {
-    support::require_fuse("postgres_on_a_full_clone_with_the_writeback_cache");
-    pg::require("postgres_on_a_full_clone_with_the_writeback_cache");
-    let work = tempfile::tempdir().unwrap();
-    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let work = setup("postgres_on_a_full_clone_with_the_writeback_cache");
     let c = SmallClone::new(work.path(), (24_405, 24_406), &[]);
 
     let (committed, error) = c.fill();

@@ -182,8 +182,8 @@ fn a_clone_with_the_writeback_cache_keeps_every_commit_when_its_mount_is_killed(
     assert!(!args.contains(&"--no-writeback-cache".to_owned()), "{args:?}");
 
     // About 150 MB of committed rows in many transactions, more than the server's 64 MB
-    // buffer pool: the pages it evicts are written into the kernel's cache, with no
-    // checkpoint to sync them before the kill.
+    // buffer pool: the pages it evicts are written into the kernel's cache, and nothing
+    // here asks for a checkpoint that would sync them before the kill.
     sql(clone.url(), "CREATE TABLE t (id int PRIMARY KEY, pad text)");
     for batch in 0..15 {
         sql(
