@@ -567,10 +567,11 @@ impl Report {
         }
         let _ = writeln!(w, "{}", t.render());
         let _ = writeln!(w, "</details>\n");
+        let wb_flag = if p.cowfs_writeback_cache { " --cowfs-writeback-cache" } else { "" };
         let _ = writeln!(w, "### Commands\n\n```sh\n# this run");
         let _ = writeln!(
             w,
-            "cargo xtask bench suite{quick_flag} --scales \"{}\" --repeats {} --pairs {} --duration {} --warmup {} --disk-duration {} --clones \"{}\" --items \"{}\" --methods \"{}\"",
+            "cargo xtask bench suite{quick_flag} --scales \"{}\" --repeats {} --pairs {} --duration {} --warmup {} --disk-duration {} --clones \"{}\" --items \"{}\" --methods \"{}\"{wb_flag}",
             list(&p.scales),
             p.repeats,
             p.pairs,
@@ -584,8 +585,10 @@ impl Report {
         let _ = writeln!(w, "# source: initdb, then with the server running ({SOURCE_SETTINGS}):");
         let _ = writeln!(w, "pgbench -i -I dtGvp -s SCALE bench; psql -c checkpoint; pg_ctl stop -m fast");
         let _ = writeln!(w, "# daemons: on the workdir ({}) and on the XFS loop mount; --stop-clones-at-exit; item 5 adds --clone-memory {MANY_CLONE_MEMORY}", j.machine.machine.workdir_fs);
-        let _ =
-            writeln!(w, "thinclone serve --data-dir DIR --listen 127.0.0.1:0 --ports FIRST-LAST --stop-clones-at-exit");
+        let _ = writeln!(
+            w,
+            "thinclone serve --data-dir DIR --listen 127.0.0.1:0 --ports FIRST-LAST --stop-clones-at-exit{wb_flag}"
+        );
         let _ = writeln!(w, "# through the typed client (crates/client), each waiting for its operation to end:");
         let _ = writeln!(w, "POST /v1/images {{\"name\": \"img-SCALE\", \"from_dir\": SOURCE}}    # item 4 also: {{\"from_url\": \"{}\"}}", s.source_url().replace("postgres@", "postgres:PASSWORD@"));
         let _ = writeln!(
