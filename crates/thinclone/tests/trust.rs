@@ -532,14 +532,20 @@ fn full_disks_fail_cleanly_and_harm_nothing() {
     assert!(support::diff(&image_before, &support::snapshot(&image_dir)).is_none(), "the image changed");
 
     // Space comes back: the clone works again, with every committed batch.
-    fs::remove_file(&ballast).unwrap();
+    comes_back_with_every_batch(&d, &ballast, committed);
+    d.ok::<Operation>(&["clone", "rm", "a"]);
+    d.ok::<Operation>(&["clone", "rm", "b"]);
+    d.ok::<Operation>(&["image", "rm", image.name.as_str()]);
+}
+
+/// Frees room by removing `ballast`; clone `a` must then be ready by itself, with at least the
+/// `committed` batches [`fill_until_full`] counted, and take writes.
+fn comes_back_with_every_batch(d: &Daemon, ballast: &Path, committed: u64) {
+    fs::remove_file(ballast).unwrap();
     let back = d.wait_for_clone("a", Duration::from_secs(60), |c| c.status == CloneStatus::Ready);
     let counted: u64 = sql(back.url(), "SELECT count(DISTINCT n) FROM filler").parse().unwrap();
     assert!(counted >= committed, "only {counted} of {committed} committed batches are there");
     sql(back.url(), "INSERT INTO filler VALUES (-1, 'after')");
-    d.ok::<Operation>(&["clone", "rm", "a"]);
-    d.ok::<Operation>(&["clone", "rm", "b"]);
-    d.ok::<Operation>(&["image", "rm", image.name.as_str()]);
 }
 
 /// Makes table `filler` in the clone at `url` and inserts batches numbered from 0 until one
@@ -588,11 +594,7 @@ fn a_clone_with_the_writeback_cache_on_a_full_disk_comes_back_with_every_commit(
     eprintln!("degraded: {:?}", degraded.message);
     assert!(degraded.message.as_deref().unwrap_or("").contains("disk full"), "{degraded:?}");
 
-    fs::remove_file(&ballast).unwrap();
-    let back = d.wait_for_clone("a", Duration::from_secs(60), |c| c.status == CloneStatus::Ready);
-    let counted: u64 = sql(back.url(), "SELECT count(DISTINCT n) FROM filler").parse().unwrap();
-    assert!(counted >= committed, "only {counted} of {committed} committed batches are there");
-    sql(back.url(), "INSERT INTO filler VALUES (-1, 'after')");
+    comes_back_with_every_batch(&d, &ballast, committed);
     d.ok::<Operation>(&["clone", "rm", "a"]);
     d.ok::<Operation>(&["image", "rm", "img"]);
 }
