@@ -287,7 +287,18 @@ fn fill_the_disk(kind: &str, writeback: bool) {
             fs::remove_file(mount.path(&name)).unwrap();
         }
     }
-    let after = File::create(mount.path("after")).unwrap_or_else(|e| panic!("{mode}: after freeing space: {e}"));
+    // The kernel closes a FUSE file (RELEASE) after close(2) has returned, and the removed
+    // file's blocks are free only once cowfs has closed it too and the filesystem has let them
+    // go: room comes back within moments, not at once (a CI run once saw ENOSPC here).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let after = loop {
+        match File::create(mount.path("after")) {
+            Err(e) if errno(&e) == libc::ENOSPC && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            made => break made.unwrap_or_else(|e| panic!("{mode}: after freeing space: {e}")),
+        }
+    };
     for i in 0..4 {
         after.write_all_at(&chunk(3000 + i), i * MIB).unwrap();
     }
