@@ -113,21 +113,14 @@ fn a_dead_mount_is_seen_and_repaired() {
     d.ok::<api::Image>(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
     let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "img"]);
     sql(clone.url(), "CREATE TABLE precious AS SELECT 'kept' AS v");
-    let mount_pid = |d: &Daemon| -> i32 {
-        fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).unwrap().trim().parse().unwrap()
-    };
     // By default a clone's mount keeps no writeback cache (a full disk is an error).
-    assert!(mount_args(mount_pid(&d)).contains(&"--no-writeback-cache".to_owned()));
+    assert!(mount_args(mount_pid(&d, "c")).contains(&"--no-writeback-cache".to_owned()));
 
     // With repair (the default): degraded, then ready again on its own.
-    let killed = mount_pid(&d);
+    let killed = mount_pid(&d, "c");
     unsafe { libc::kill(killed, libc::SIGKILL) };
     let started = Instant::now();
-    let back = d.wait_for_clone("c", Duration::from_secs(30), |c| {
-        c.status == CloneStatus::Ready && {
-            fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).is_ok_and(|p| p.trim() != killed.to_string())
-        }
-    });
+    let back = ready_on_another_mount(&d, "c", killed, Duration::from_secs(30));
     eprintln!("a killed mount was repaired in {} ms", started.elapsed().as_millis());
     assert!(started.elapsed() < Duration::from_secs(15), "the repair took {:?}", started.elapsed());
     assert!(d.log_since_start().contains("degraded: its storage (the cowfs mount) died"), "{}", d.log_tail(20));
@@ -136,7 +129,7 @@ fn a_dead_mount_is_seen_and_repaired() {
     // Without repair: degraded within 10 s, with the reason; `start` repairs it.
     d.extra_args.push("--no-repair".into());
     d.restart();
-    let killed = mount_pid(&d);
+    let killed = mount_pid(&d, "c");
     unsafe { libc::kill(killed, libc::SIGKILL) };
     let started = Instant::now();
     let degraded = d.wait_for_clone("c", Duration::from_secs(10), |c| c.status == CloneStatus::Degraded);
@@ -147,13 +140,31 @@ fn a_dead_mount_is_seen_and_repaired() {
     assert_eq!(sql(clone.url(), "SELECT v FROM precious"), "kept");
 
     // rm of a clone whose mount is dead.
-    unsafe { libc::kill(mount_pid(&d), libc::SIGKILL) };
+    unsafe { libc::kill(mount_pid(&d, "c"), libc::SIGKILL) };
     d.wait_for_clone("c", Duration::from_secs(10), |c| c.status == CloneStatus::Degraded);
     let op: Operation = d.ok(&["clone", "rm", "c"]);
     assert_eq!(op.state, api::OperationState::Succeeded, "{op:?}");
     assert!(!d.data_dir.join("clones/c").exists());
     assert!(support::daemon::mounts_under(&d.data_dir).is_empty(), "{:?}", support::daemon::mounts_under(&d.data_dir));
     d.ok::<Operation>(&["image", "rm", "img"]);
+}
+
+/// Where the agent records the pid of clone `name`'s mount process.
+fn mount_pid_file(d: &Daemon, name: &str) -> std::path::PathBuf {
+    d.data_dir.join(format!("clones/{name}/mount.pid"))
+}
+
+/// The pid of clone `name`'s mount process.
+fn mount_pid(d: &Daemon, name: &str) -> i32 {
+    fs::read_to_string(mount_pid_file(d, name)).unwrap().trim().parse().unwrap()
+}
+
+/// Waits until clone `name` is ready on a mount other than the one of pid `killed`.
+fn ready_on_another_mount(d: &Daemon, name: &str, killed: i32, timeout: Duration) -> api::Clone {
+    d.wait_for_clone(name, timeout, |c| {
+        c.status == CloneStatus::Ready
+            && fs::read_to_string(mount_pid_file(d, name)).is_ok_and(|p| p.trim() != killed.to_string())
+    })
 }
 
 /// The command line of process `pid`.
@@ -174,10 +185,7 @@ fn a_clone_with_the_writeback_cache_keeps_every_commit_when_its_mount_is_killed(
     let d = Daemon::start_with(&work.path().join("data"), (8210, 8219), &["--cowfs-writeback-cache"]);
     d.ok::<api::Image>(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
     let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "img"]);
-    let mount_pid = |d: &Daemon| -> i32 {
-        fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).unwrap().trim().parse().unwrap()
-    };
-    let killed = mount_pid(&d);
+    let killed = mount_pid(&d, "c");
     let args = mount_args(killed);
     assert!(!args.contains(&"--no-writeback-cache".to_owned()), "{args:?}");
 
@@ -196,18 +204,14 @@ fn a_clone_with_the_writeback_cache_keeps_every_commit_when_its_mount_is_killed(
         );
     }
     unsafe { libc::kill(killed, libc::SIGKILL) };
-    let back = d.wait_for_clone("c", Duration::from_secs(60), |c| {
-        c.status == CloneStatus::Ready && {
-            fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).is_ok_and(|p| p.trim() != killed.to_string())
-        }
-    });
+    let back = ready_on_another_mount(&d, "c", killed, Duration::from_secs(60));
     assert_eq!(sql(back.url(), "SELECT count(*), sum(id), count(DISTINCT pad) FROM t"), "150000|11250075000|150000");
     // The index agrees with the table: every row found through it too.
     assert_eq!(
         sql(back.url(), "SET enable_seqscan = off; SELECT count(*) FROM t WHERE id BETWEEN 1 AND 150000"),
         "150000"
     );
-    assert!(!mount_args(mount_pid(&d)).contains(&"--no-writeback-cache".to_owned()));
+    assert!(!mount_args(mount_pid(&d, "c")).contains(&"--no-writeback-cache".to_owned()));
 
     // A clean stop and start keep everything, and a removal leaves nothing mounted.
     d.ok::<api::Clone>(&["clone", "stop", "c"]);
@@ -230,15 +234,12 @@ fn a_stopped_clone_keeps_its_mount_for_a_while() {
     d.ok::<api::Image>(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
     let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "img"]);
     sql(clone.url(), "CREATE TABLE precious AS SELECT 'kept' AS v");
-    let mount_pid = |d: &Daemon| -> i32 {
-        fs::read_to_string(d.data_dir.join("clones/c/mount.pid")).unwrap().trim().parse().unwrap()
-    };
     let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
     let data = d.data_dir.join("clones/c/data");
     let mounted = |d: &Daemon| support::daemon::mounts_under(&d.data_dir).contains(&data);
 
     // Stopped: the server is down, the mount stays; the start runs on the same mount.
-    let first = mount_pid(&d);
+    let first = mount_pid(&d, "c");
     let stopped: api::Clone = d.ok(&["clone", "stop", "c"]);
     assert_eq!(stopped.status, CloneStatus::Stopped, "{stopped:?}");
     assert!(psql(clone.url(), "SELECT 1").is_err(), "the stopped clone's server still answers");
@@ -248,7 +249,7 @@ fn a_stopped_clone_keeps_its_mount_for_a_while() {
     assert!(alive(first) && mounted(&d), "a second stop dropped the kept mount");
     let started: api::Clone = d.ok(&["clone", "start", "c"]);
     assert_eq!(started.status, CloneStatus::Ready, "{started:?}");
-    assert_eq!(mount_pid(&d), first, "the start did not use the kept mount");
+    assert_eq!(mount_pid(&d, "c"), first, "the start did not use the kept mount");
     assert_eq!(sql(clone.url(), "SELECT v FROM precious"), "kept");
 
     // A kept mount killed: the next start mounts afresh, with the committed data.
@@ -257,7 +258,7 @@ fn a_stopped_clone_keeps_its_mount_for_a_while() {
     unsafe { libc::kill(first, libc::SIGKILL) };
     let started: api::Clone = d.ok(&["clone", "start", "c"]);
     assert_eq!(started.status, CloneStatus::Ready, "{started:?}");
-    let second = mount_pid(&d);
+    let second = mount_pid(&d, "c");
     assert_ne!(second, first);
     assert_eq!(sql(clone.url(), "SELECT count(*) FROM precious"), "2");
 
@@ -271,7 +272,7 @@ fn a_stopped_clone_keeps_its_mount_for_a_while() {
 
     // A shutdown unmounts kept mounts even when running clones run on.
     d.ok::<api::Clone>(&["clone", "stop", "c"]);
-    let kept = mount_pid(&d);
+    let kept = mount_pid(&d, "c");
     d.stop();
     assert!(!alive(kept) && !mounted(&d), "a kept mount outlived the server");
     d.restart();
@@ -283,7 +284,7 @@ fn a_stopped_clone_keeps_its_mount_for_a_while() {
     d.restart();
     d.ok::<api::Clone>(&["clone", "start", "c"]);
     d.ok::<api::Clone>(&["clone", "stop", "c"]);
-    let kept = mount_pid(&d);
+    let kept = mount_pid(&d, "c");
     let deadline = Instant::now() + Duration::from_secs(15);
     while alive(kept) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
