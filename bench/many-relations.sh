@@ -2,8 +2,11 @@
 # A hand-run measurement of one scale axis (issue 12): time to a ready cowfs clone of an image
 # with N tables (each with a primary key and one row; 20,000 tables = 60,000 relations, 81,000
 # files). Needs root, PostgreSQL 15 and a release build (target/release/thinclone). Not part of
-# the suite yet: BENCHMARKS.md, "Many relations", has its figures.
-#   N=20000 bench/many-relations.sh
+# the suite yet: BENCHMARKS.md, "Many relations", has its figures. With FLOOR=1 it also times
+# item 1's floor for the same image on XFS (reflink=1, in a sparse loop file): `cp -a
+# --reflink=always` of the image, the copy given to postgres, a server started on it, and
+# its first `SELECT 1` in that database; three times.
+#   N=20000 [FLOOR=1] bench/many-relations.sh
 set -euo pipefail
 B=/usr/lib/postgresql/15/bin
 W=/var/tmp/axes
@@ -35,4 +38,25 @@ done
 $B/psql -qX "${url%/*}/app" -tAc "select count(*) from t19999"
 echo "stored: $($TC clone list --json | python3 -c "import json,sys; print([c.get('stored_bytes') for c in json.load(sys.stdin)])")"
 for i in 1 2 3 4 5; do $TC clone rm m$i >/dev/null 2>&1 || $TC clone delete m$i >/dev/null 2>&1 || true; done
+if [ "${FLOOR:-0}" = 1 ]; then
+  X=$W/xfs
+  mountpoint -q $X && umount $X
+  mkdir -p $X; rm -f $W/xfs.img; truncate -s 8G $W/xfs.img
+  dev=$(losetup --find --show --direct-io=on $W/xfs.img)
+  mkfs.xfs -q -f -K -m reflink=1 "$dev"; mount -t xfs "$dev" $X
+  cp -a $W/tt/images/many $X/image
+  for i in 1 2 3; do
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    t0=$(date +%s.%N)
+    cp -a --reflink=always $X/image $X/copy
+    chown -R postgres: $X/copy
+    runuser -u postgres -- $B/pg_ctl -D $X/copy -l $W/floor.log -w start \
+      -o "-p 5612 -k $W/sock -c listen_addresses=127.0.0.1 -c shared_buffers=64MB" >/dev/null
+    timeout 60 bash -c "until $B/psql -qX -h $W/sock -p 5612 -U postgres -d app -tAc 'select 1' >/dev/null 2>&1; do sleep 0.001; done"
+    echo "floor $i (cp -a --reflink=always, chown, start, select 1) ready in $(echo "$(date +%s.%N) - $t0" | bc) s"
+    runuser -u postgres -- $B/pg_ctl -D $X/copy -w -m fast stop >/dev/null
+    rm -rf $X/copy
+  done
+  umount $X; losetup -d "$dev"; rm -f $W/xfs.img
+fi
 pkill -f "serve --data-dir $W/tt" || true
