@@ -383,8 +383,9 @@ impl Params {
     }
 }
 
-/// Settings of hand-started servers (the cp -a and reflink baselines): those the daemon
-/// gives its clones, so that the start does the same work.
+/// Settings of hand-started servers (the cp -a and reflink baselines, and the peers): the
+/// memory and WAL sizes the daemon gives its clones, so that the start does the same work,
+/// but with `wal_init_zero` and `wal_recycle` off, as clones had them before issue 9.
 pub const HAND_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c shared_buffers=64MB -c wal_init_zero=off -c wal_recycle=off -c min_wal_size=32MB -c max_wal_size=256MB -c max_wal_senders=0 -c max_replication_slots=0 -c archive_mode=off";
 /// The source clusters: also reachable over TCP (pg_basebackup, image create --from-url).
 /// The source cluster's password for its superuser (a throwaway cluster of the benchmark's).
