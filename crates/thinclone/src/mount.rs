@@ -37,7 +37,9 @@ pub struct MountArgs {
     /// Worker threads serving requests.
     #[arg(long, default_value_t = cowfs::MountConfig::default().threads)]
     threads: usize,
-    /// Do not let the kernel cache writes (slower; for debugging).
+    /// Do not let the kernel cache writes: each write reaches the layer before write(2)
+    /// returns, so a full disk is ENOSPC at the write, not at a later fsync (slower; what
+    /// the agent mounts clones with unless it runs with --cowfs-writeback-cache).
     #[arg(long)]
     no_writeback_cache: bool,
 }
