@@ -15,10 +15,11 @@ pub enum WebhookCommand {
         /// Where deliveries are POSTed (http:// or https://).
         #[arg(value_name = "URL")]
         endpoint: String,
-        /// An event kind to deliver (repeatable): image.ready, image.failed, clone.created,
-        /// clone.reset, clone.reverted, clone.removed, clone.expiring, clone.expired,
-        /// clone.stopped, clone.unprotected, clone.degraded, checkpoint.made. Every kind
-        /// when not given.
+        /// An event kind to deliver (repeatable): image.ready, image.failed, image.retired,
+        /// schedule.run, schedule.failed, clone.created, clone.reset, clone.refreshed,
+        /// clone.reverted, clone.removed, clone.expiring, clone.expired, clone.stopped,
+        /// clone.unprotected, clone.degraded, checkpoint.made (doc/API.md). Every kind when
+        /// not given.
         #[arg(long = "event", value_name = "KIND")]
         events: Vec<String>,
         /// The signing secret (at least 16 bytes); the server makes one when not given.
