@@ -92,6 +92,10 @@ struct Health {
 struct Running {
     attached: Attached,
     instance: Box<dyn Instance>,
+    /// Taken over from an earlier agent at this one's start ([`LocalAgent::adopt`]). Its
+    /// storage is not kept at a stop: the stop may be the server finishing an operation
+    /// that a crash interrupted, and after a restart a stopped clone has nothing mounted.
+    adopted: bool,
 }
 
 /// A stopped clone whose storage stays attached for a while ([`AgentConfig::keep_mounts`]):
@@ -526,7 +530,7 @@ impl LocalAgent {
         });
         match started {
             Ok(instance) => {
-                lock(&self.running).insert(record.name.clone(), Running { attached, instance });
+                lock(&self.running).insert(record.name.clone(), Running { attached, instance, adopted: false });
                 if record.chown_pending {
                     record.chown_pending = false;
                     self.save(record)?;
@@ -568,7 +572,7 @@ impl LocalAgent {
         let running = lock(&self.running).remove(&record.name);
         let user = self.clone_user(record);
         match running {
-            Some(Running { attached, instance }) => {
+            Some(Running { attached, instance, .. }) => {
                 if let Err(e) = instance.stop(STOP_TIMEOUT) {
                     tracing::warn!(clone = %record.name, "stopping the server: {e}");
                 }
@@ -601,8 +605,9 @@ impl LocalAgent {
     }
 
     /// Stops a clone's server and keeps its storage attached for [`AgentConfig::keep_mounts`]
-    /// when its driver finds that worth it ([`driver::Driver::park`]); otherwise, or when
-    /// the server did not stop cleanly, tears it down. The caller holds the clone's lock.
+    /// when its driver finds that worth it ([`driver::Driver::park`]); otherwise, when the
+    /// server did not stop cleanly, or when this agent adopted it at its start
+    /// ([`Running::adopted`]), tears it down. The caller holds the clone's lock.
     fn stop_keeping_storage(&self, record: &CloneRecord) -> Result<()> {
         if self.config.keep_mounts.is_zero() {
             return self.tear_down(record);
@@ -611,8 +616,11 @@ impl LocalAgent {
             // Stopped already, its storage kept: a second stop changes nothing.
             return Ok(());
         }
+        if lock(&self.running).get(&record.name).is_none_or(|r| r.adopted) {
+            return self.tear_down(record);
+        }
         let running = lock(&self.running).remove(&record.name);
-        let Some(Running { attached, instance }) = running else { return self.tear_down(record) };
+        let Some(Running { attached, instance, .. }) = running else { return self.tear_down(record) };
         lock(&self.health).remove(&record.name);
         let clone_dir = self.clone_dir(&record.name);
         let driver = self.driver(record);
@@ -888,7 +896,7 @@ impl LocalAgent {
         }
         let Some(instance) = engine.adopt(&self.instance_spec(record)) else { return false };
         tracing::info!(clone = %record.name, pid = instance.pid(), "adopted the clone's running server");
-        lock(&self.running).insert(record.name.clone(), Running { attached, instance });
+        lock(&self.running).insert(record.name.clone(), Running { attached, instance, adopted: true });
         true
     }
 
@@ -1927,7 +1935,7 @@ impl Agent for LocalAgent {
         // Its state is thrown away: the server stops at once, without writing it out.
         let began = std::time::Instant::now();
         let running = lock(&self.running).remove(name);
-        if let Some(Running { attached, instance }) = running {
+        if let Some(Running { attached, instance, .. }) = running {
             drop(instance);
             self.driver(&record).detach(&self.clone_dir(name), attached).map_err(AgentError::from_driver)?;
         }

@@ -234,7 +234,12 @@ fn a_stopped_clone_keeps_its_mount_for_a_while() {
     d.ok::<api::Image>(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
     let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "img"]);
     sql(clone.url(), "CREATE TABLE precious AS SELECT 'kept' AS v");
-    let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
+    // A process that has ended but is not yet reaped (a zombie) is not alive: a mount an
+    // earlier agent started is reaped by whoever inherited it, in its own time.
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    };
     let data = d.data_dir.join("clones/c/data");
     let mounted = |d: &Daemon| support::daemon::mounts_under(&d.data_dir).contains(&data);
 
@@ -304,6 +309,22 @@ fn a_stopped_clone_keeps_its_mount_for_a_while() {
     d.ok::<api::Clone>(&["clone", "start", "c"]);
     d.ok::<api::Clone>(&["clone", "stop", "c"]);
     assert!(mounted(&d));
+
+    // A clone whose server the agent adopted at its start is unmounted at its stop: that
+    // stop may be the server finishing one a kill -9 interrupted, and after a restart no
+    // stopped clone is mounted (crash_recovery.rs checks it at every kill).
+    d.ok::<api::Clone>(&["clone", "start", "c"]);
+    d.kill9();
+    d.restart();
+    assert!(d.log_since_start().contains("adopted the clone's running server"), "{}", d.log_tail(20));
+    let adopted = mount_pid(&d, "c");
+    d.ok::<api::Clone>(&["clone", "stop", "c"]);
+    assert!(!mounted(&d), "the stop of an adopted clone kept its mount\n{}", d.log_tail(30));
+    assert!(!alive(adopted), "the adopted clone's mount process outlived its stop");
+    let started: api::Clone = d.ok(&["clone", "start", "c"]);
+    assert_eq!(sql(started.url(), "SELECT count(*) FROM precious"), "2");
+    d.ok::<api::Clone>(&["clone", "stop", "c"]);
+    assert!(mounted(&d), "a stop after a start by this agent no longer keeps the mount");
     d.ok::<Operation>(&["clone", "rm", "c"]);
     assert!(!d.data_dir.join("clones/c").exists());
     assert!(support::daemon::mounts_under(&d.data_dir).is_empty(), "{:?}", support::daemon::mounts_under(&d.data_dir));
