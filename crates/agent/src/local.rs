@@ -616,10 +616,13 @@ impl LocalAgent {
             // Stopped already, its storage kept: a second stop changes nothing.
             return Ok(());
         }
-        if lock(&self.running).get(&record.name).is_none_or(|r| r.adopted) {
-            return self.tear_down(record);
-        }
-        let running = lock(&self.running).remove(&record.name);
+        let running = {
+            let mut running = lock(&self.running);
+            match running.get(&record.name) {
+                Some(r) if !r.adopted => running.remove(&record.name),
+                _ => None,
+            }
+        };
         let Some(Running { attached, instance, .. }) = running else { return self.tear_down(record) };
         lock(&self.health).remove(&record.name);
         let clone_dir = self.clone_dir(&record.name);
