@@ -234,12 +234,9 @@ fn a_stopped_clone_keeps_its_mount_for_a_while() {
     d.ok::<api::Image>(&["image", "create", "img", "--from-dir", pgbench_source().to_str().unwrap()]);
     let clone: api::Clone = d.ok(&["clone", "create", "c", "--image", "img"]);
     sql(clone.url(), "CREATE TABLE precious AS SELECT 'kept' AS v");
-    // A process that has ended but is not yet reaped (a zombie) is not alive: a mount an
-    // earlier agent started is reaped by whoever inherited it, in its own time.
-    let alive = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
-    };
+    // A zombie is not alive: a mount an earlier agent started is reaped by whoever inherited
+    // it, in its own time.
+    let alive = sys::procfs::is_alive;
     let data = d.data_dir.join("clones/c/data");
     let mounted = |d: &Daemon| support::daemon::mounts_under(&d.data_dir).contains(&data);
 

@@ -328,25 +328,17 @@ pub fn clear_leftovers(dir: &Path) {
         unsafe { libc::kill(*pid, signal) };
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while procs.iter().any(|(pid, _)| alive(*pid)) && Instant::now() < deadline {
+    while procs.iter().any(|(pid, _)| sys::procfs::is_alive(*pid)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     for (pid, _) in &procs {
-        if alive(*pid) {
+        if sys::procfs::is_alive(*pid) {
             // SAFETY: as above.
             unsafe { libc::kill(*pid, libc::SIGKILL) };
         }
     }
     for mp in mounts_under(dir).iter().rev() {
         let _ = Command::new("umount").arg("-l").arg(mp).status();
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie has exited; /proc/PID/stat says so in its third field.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
-        Err(_) => false,
     }
 }
 
